@@ -1,0 +1,181 @@
+//! Where everything lives under `--work-dir`, and the key that names a task.
+//!
+//! ```text
+//! <work_dir>/
+//!   agent.lock                     flock held while an agent uses the work dir
+//!   agent_id                       the id the master gave this agent (fsync'd)
+//!   term                           highest master term seen (fencing)
+//!   meta/frameworks/<fw>/tasks/<task>/
+//!     task.json                    the TaskInfo, checkpointed before launch
+//!     updates.json                 unacknowledged status updates + latest state
+//!     spec.json                    what the supervisor runs
+//!     supervisor.json              the supervisor's claim: its pid + start time, task pid
+//!     kill_request.json            written by the agent before it signals the supervisor
+//!     exit.json                    the supervisor's exit record
+//!     supervisor.log               the supervisor's own diagnostics
+//!     completed                    marker: terminal update acknowledged, task forgotten
+//!   sandboxes/<fw>/<task>/         the task's cwd: stdout, stderr, whatever it writes
+//! ```
+//!
+//! Meta files sit outside the sandbox on purpose: the task owns its sandbox and could
+//! forge or swap anything written there.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use drover_proto::ids::validate_id;
+use drover_proto::{FrameworkId, TaskId};
+use serde::{Deserialize, Serialize};
+
+/// A task is unique per framework: `(framework id, task id)`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct TaskKey {
+    pub framework_id: FrameworkId,
+    pub task_id: TaskId,
+}
+
+impl TaskKey {
+    pub fn new(framework_id: impl Into<String>, task_id: impl Into<String>) -> Self {
+        TaskKey {
+            framework_id: FrameworkId::new(framework_id.into()),
+            task_id: TaskId::new(task_id.into()),
+        }
+    }
+
+    /// Both ids are usable as single path components (see `validate_id`). Only valid keys
+    /// ever get a directory on disk.
+    pub fn validate(&self) -> Result<(), String> {
+        validate_id("framework", self.framework_id.as_str())?;
+        validate_id("task", self.task_id.as_str())
+    }
+}
+
+impl fmt::Display for TaskKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.framework_id, self.task_id)
+    }
+}
+
+/// Paths under the work dir.
+#[derive(Clone, Debug)]
+pub struct Layout {
+    root: PathBuf,
+}
+
+impl Layout {
+    pub fn new(work_dir: impl Into<PathBuf>) -> Self {
+        Layout {
+            root: work_dir.into(),
+        }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn lock_file(&self) -> PathBuf {
+        self.root.join("agent.lock")
+    }
+
+    pub fn agent_id_file(&self) -> PathBuf {
+        self.root.join("agent_id")
+    }
+
+    pub fn term_file(&self) -> PathBuf {
+        self.root.join("term")
+    }
+
+    /// `meta/frameworks`: one directory per framework, each with a `tasks` directory.
+    pub fn frameworks_meta(&self) -> PathBuf {
+        self.root.join("meta").join("frameworks")
+    }
+
+    pub fn sandboxes_root(&self) -> PathBuf {
+        self.root.join("sandboxes")
+    }
+
+    /// The task's meta directory. The key must be valid (see [`TaskKey::validate`]).
+    pub fn task_meta(&self, key: &TaskKey) -> TaskMeta {
+        TaskMeta::new(
+            self.frameworks_meta()
+                .join(key.framework_id.as_str())
+                .join("tasks")
+                .join(key.task_id.as_str()),
+        )
+    }
+
+    /// The task's sandbox. The key must be valid (see [`TaskKey::validate`]).
+    pub fn sandbox(&self, key: &TaskKey) -> PathBuf {
+        self.sandboxes_root()
+            .join(key.framework_id.as_str())
+            .join(key.task_id.as_str())
+    }
+}
+
+/// The files of one task's meta directory.
+#[derive(Clone, Debug)]
+pub struct TaskMeta {
+    dir: PathBuf,
+}
+
+impl TaskMeta {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        TaskMeta { dir: dir.into() }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn task_file(&self) -> PathBuf {
+        self.dir.join("task.json")
+    }
+
+    pub fn updates_file(&self) -> PathBuf {
+        self.dir.join("updates.json")
+    }
+
+    pub fn spec_file(&self) -> PathBuf {
+        self.dir.join("spec.json")
+    }
+
+    pub fn supervisor_file(&self) -> PathBuf {
+        self.dir.join("supervisor.json")
+    }
+
+    pub fn kill_request_file(&self) -> PathBuf {
+        self.dir.join("kill_request.json")
+    }
+
+    pub fn exit_file(&self) -> PathBuf {
+        self.dir.join("exit.json")
+    }
+
+    pub fn supervisor_log(&self) -> PathBuf {
+        self.dir.join("supervisor.log")
+    }
+
+    pub fn completed_file(&self) -> PathBuf {
+        self.dir.join("completed")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_and_validation() {
+        let l = Layout::new("/w");
+        let k = TaskKey::new("fw-1", "task-1");
+        assert!(k.validate().is_ok());
+        assert_eq!(
+            l.task_meta(&k).exit_file(),
+            Path::new("/w/meta/frameworks/fw-1/tasks/task-1/exit.json")
+        );
+        assert_eq!(l.sandbox(&k), Path::new("/w/sandboxes/fw-1/task-1"));
+        assert!(TaskKey::new("fw", "../x").validate().is_err());
+        assert!(TaskKey::new("", "x").validate().is_err());
+        assert_eq!(k.to_string(), "fw-1/task-1");
+    }
+}

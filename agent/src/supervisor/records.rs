@@ -1,0 +1,97 @@
+//! The files through which the agent and a supervisor talk. They are plain JSON in the
+//! task's meta directory, because the two processes must understand each other across
+//! agent restarts and upgrades, with no channel between them.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::procfs::ProcessIdentity;
+
+/// What a supervisor runs (`spec.json`, written by the agent before it spawns the
+/// supervisor).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SupervisorSpec {
+    pub framework_id: String,
+    pub task_id: String,
+    /// The task's working directory; `stdout` and `stderr` are created in it.
+    pub sandbox: PathBuf,
+    /// The task's meta directory, where the supervisor writes its claim and exit record.
+    pub meta_dir: PathBuf,
+    /// The program to execute (`/bin/sh` for shell commands). Looked up in `PATH` when it
+    /// has no slash.
+    pub program: String,
+    /// The full argv, argv[0] included.
+    pub argv: Vec<String>,
+    /// Variables set on top of the environment the supervisor inherited from the agent.
+    pub env: Vec<(String, String)>,
+    /// Run the task as this user (only when the agent runs as root).
+    pub user: Option<UserSpec>,
+    /// Grace between SIGTERM and SIGKILL when a kill arrives without a kill request file.
+    pub default_grace_secs: f64,
+}
+
+/// A resolved user to run the task as.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserSpec {
+    pub name: String,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// `supervisor.json`: who owns the launch of this task.
+///
+/// The file is created exclusively (see `fsutil::create_exclusive`) by exactly one of:
+/// the supervisor, when it starts (`Started`), or an agent recovering after a crash that
+/// found a task checkpointed but no supervisor claim (`Abandoned`). Whoever loses the race
+/// defers to the winner, so a task is never started twice and never started after the
+/// agent reported it as not started.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum SupervisorClaim {
+    Started {
+        supervisor: ProcessIdentity,
+        /// Set (by an atomic rewrite) once the task's process exists.
+        task_pid: Option<i32>,
+    },
+    Abandoned {
+        at: f64,
+    },
+}
+
+/// `kill_request.json`: written by the agent *before* it sends SIGTERM to the
+/// supervisor, so that the supervisor knows the grace period and that the kill was asked
+/// for (a SIGTERM from anyone else is not a kill request).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct KillRequest {
+    pub grace_secs: f64,
+    /// Unix seconds; the grace period runs from here, not from when the signal arrived.
+    pub requested_at: f64,
+    /// `TaskStatus.Reason` to report with TASK_KILLED.
+    pub reason: i32,
+}
+
+/// How the task's main process ended.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ExitOutcome {
+    Exited { code: i32 },
+    Signaled { signal: i32 },
+    /// The command could not be started (no such program, permission denied, …).
+    LaunchFailed { message: String },
+    /// A kill request arrived before the command was started, so it never ran.
+    NotStarted,
+}
+
+/// `exit.json`: the supervisor's last word, written atomically before it exits.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ExitRecord {
+    pub outcome: ExitOutcome,
+    /// True when the agent had asked for the kill (a kill request file existed when the
+    /// supervisor acted on SIGTERM).
+    pub killed: bool,
+    /// The reason from the kill request, when killed.
+    pub kill_reason: Option<i32>,
+    pub task_pid: Option<i32>,
+    pub finished_at: f64,
+}

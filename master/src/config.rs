@@ -1,0 +1,176 @@
+//! The master's configuration and command-line flags.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+/// `drover-master`: the Drover master daemon.
+///
+/// Holds the Raft-replicated registry of agents, frameworks and tasks, runs the DRF
+/// allocator, and serves the scheduler, agent and operator gRPC APIs. Listens on loopback
+/// unless told otherwise.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "drover-master", version, about, long_about = None)]
+pub struct Flags {
+    /// Address of the gRPC API (scheduler, agent and operator services).
+    #[arg(long, default_value = "127.0.0.1:5050", env = "DROVER_MASTER_LISTEN")]
+    pub listen: SocketAddr,
+
+    /// Address of the HTTP endpoint (GET /metrics in Prometheus text, /health, /state).
+    #[arg(long, default_value = "127.0.0.1:5060")]
+    pub http_listen: SocketAddr,
+
+    /// Folder of the registry's RocksDB database (Raft log, hard state, snapshots).
+    #[arg(long, default_value = "/var/lib/drover/master")]
+    pub data_dir: PathBuf,
+
+    /// This master's Raft id (a positive integer, unique in the cluster).
+    #[arg(long, default_value_t = 1)]
+    pub id: u64,
+
+    /// Interval between batch allocation cycles, in milliseconds. Events (a freed agent, a
+    /// REVIVE, a new framework) also trigger a cycle.
+    #[arg(long, default_value_t = 1000)]
+    pub allocation_interval_ms: u64,
+
+    /// How often agents ping the master, in seconds.
+    #[arg(long, default_value_t = 5.0)]
+    pub agent_ping_interval_secs: f64,
+
+    /// An agent silent this long (seconds) becomes UNREACHABLE; its tasks are reported
+    /// UNREACHABLE (partition-aware frameworks) or LOST.
+    #[arg(long, default_value_t = 30.0)]
+    pub agent_timeout_secs: f64,
+
+    /// An offer not used for this long (seconds) is rescinded.
+    #[arg(long, default_value_t = 60.0)]
+    pub offer_timeout_secs: f64,
+
+    /// Interval of HEARTBEAT events to frameworks, in seconds.
+    #[arg(long, default_value_t = 5.0)]
+    pub heartbeat_interval_secs: f64,
+
+    /// Role weights for DRF, e.g. `analytics=3,web=1`. Roles not listed weigh 1.
+    #[arg(long, default_value = "")]
+    pub weights: String,
+
+    /// Raft tick in milliseconds; election and heartbeat timeouts are counted in ticks.
+    #[arg(long, default_value_t = 100)]
+    pub raft_tick_ms: u64,
+
+    /// Election timeout in ticks (randomized between this and twice this).
+    #[arg(long, default_value_t = 10)]
+    pub raft_election_ticks: usize,
+
+    /// Leader heartbeat interval in ticks.
+    #[arg(long, default_value_t = 2)]
+    pub raft_heartbeat_ticks: usize,
+
+    /// Log filter (tracing's env-filter syntax), e.g. `info` or `drover_master=debug`.
+    #[arg(long, default_value = "info", env = "DROVER_LOG")]
+    pub log_level: String,
+}
+
+/// The master's runtime settings, derived from [`Flags`].
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub http_listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub id: u64,
+    pub allocation_interval: Duration,
+    pub agent_ping_interval: Duration,
+    pub agent_timeout_ms: u64,
+    pub offer_timeout_ms: u64,
+    pub heartbeat_interval: Duration,
+    pub weights: Vec<(String, f64)>,
+    pub raft_tick: Duration,
+    pub raft_election_ticks: usize,
+    pub raft_heartbeat_ticks: usize,
+}
+
+fn positive_secs(name: &str, v: f64) -> anyhow::Result<Duration> {
+    if !(v.is_finite() && v > 0.0 && v < 1e7) {
+        anyhow::bail!("--{name} must be a positive number of seconds, got {v}");
+    }
+    Ok(Duration::from_secs_f64(v))
+}
+
+/// Parses `role=weight,role=weight`.
+pub fn parse_weights(text: &str) -> anyhow::Result<Vec<(String, f64)>> {
+    let mut out = Vec::new();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (role, w) = part
+            .split_once('=')
+            .ok_or_else(|| anyhow::anyhow!("weight '{part}' is not ROLE=WEIGHT"))?;
+        let w: f64 = w
+            .trim()
+            .parse()
+            .map_err(|_| anyhow::anyhow!("weight '{part}' is not a number"))?;
+        if !(w.is_finite() && w > 0.0 && w <= 1e6) {
+            anyhow::bail!("weight of role '{role}' must be positive, got {w}");
+        }
+        crate::core::validate_role(role.trim()).map_err(anyhow::Error::msg)?;
+        out.push((role.trim().to_string(), w));
+    }
+    Ok(out)
+}
+
+impl Config {
+    pub fn from_flags(f: &Flags) -> anyhow::Result<Config> {
+        if f.id == 0 {
+            anyhow::bail!("--id must be a positive integer");
+        }
+        if f.raft_election_ticks <= f.raft_heartbeat_ticks {
+            anyhow::bail!("--raft-election-ticks must be larger than --raft-heartbeat-ticks");
+        }
+        let ping = positive_secs("agent-ping-interval-secs", f.agent_ping_interval_secs)?;
+        let timeout = positive_secs("agent-timeout-secs", f.agent_timeout_secs)?;
+        if timeout <= ping {
+            anyhow::bail!("--agent-timeout-secs must be longer than --agent-ping-interval-secs");
+        }
+        Ok(Config {
+            listen: f.listen,
+            http_listen: f.http_listen,
+            data_dir: f.data_dir.clone(),
+            id: f.id,
+            allocation_interval: Duration::from_millis(f.allocation_interval_ms.max(1)),
+            agent_ping_interval: ping,
+            agent_timeout_ms: timeout.as_millis() as u64,
+            offer_timeout_ms: positive_secs("offer-timeout-secs", f.offer_timeout_secs)?.as_millis()
+                as u64,
+            heartbeat_interval: positive_secs("heartbeat-interval-secs", f.heartbeat_interval_secs)?,
+            weights: parse_weights(&f.weights)?,
+            raft_tick: Duration::from_millis(f.raft_tick_ms.max(1)),
+            raft_election_ticks: f.raft_election_ticks,
+            raft_heartbeat_ticks: f.raft_heartbeat_ticks,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn weights_parse_and_refuse_nonsense() {
+        assert_eq!(
+            parse_weights("a=1, b=3").unwrap(),
+            vec![("a".to_string(), 1.0), ("b".to_string(), 3.0)]
+        );
+        assert!(parse_weights("a").is_err());
+        assert!(parse_weights("a=-1").is_err());
+        assert!(parse_weights("a=NaN").is_err());
+        assert!(parse_weights("").unwrap().is_empty());
+    }
+
+    #[test]
+    fn defaults_listen_on_loopback() {
+        let f = Flags::parse_from(["drover-master"]);
+        assert!(f.listen.ip().is_loopback());
+        assert!(f.http_listen.ip().is_loopback());
+        assert!(Config::from_flags(&f).is_ok());
+    }
+}

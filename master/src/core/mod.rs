@@ -1,0 +1,224 @@
+//! The leader's logic: soft state (connections, offers, filters) around the replicated
+//! registry, and the loops that drive it.
+//!
+//! - [`frameworks`]: subscribe, calls (decline, revive, suppress, kill, acknowledge,
+//!   reconcile, teardown), failover deadlines.
+//! - [`offers`]: allocation cycles, offer bookkeeping, rescinds.
+//! - [`gate`]: the ACCEPT gate, a pure check of a request against current state.
+//! - [`agents`]: agent sessions, liveness, the status-update batcher.
+//!
+//! Locking: `soft` is a std mutex that is never held across an `.await`; the registry is
+//! written only by the Raft thread when it applies entries.
+
+pub mod agents;
+pub mod frameworks;
+pub mod gate;
+pub mod offers;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard};
+
+use tokio::sync::{mpsc, Notify};
+use tonic::Status;
+
+use drover_proto::pb;
+use drover_proto::{AgentId, FrameworkId, OfferId, Resources};
+
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::raft::{ProposeError, RaftHandle};
+use crate::registry::{ApplyOutcome, Command, Registry, TaskKey};
+
+/// Capacity of each framework's and agent's outgoing queue. A peer that falls this far
+/// behind is disconnected rather than allowed to grow the master's memory without bound.
+pub const STREAM_QUEUE: usize = 65_536;
+
+pub type EventTx = mpsc::Sender<Result<pb::Event, Status>>;
+pub type AgentTx = mpsc::Sender<Result<pb::MasterMessage, Status>>;
+
+/// A framework connected to this leader.
+pub struct FwConn {
+    pub stream_id: String,
+    pub tx: EventTx,
+    pub suppressed: bool,
+    /// Agent → time (ms) until which offers from it are filtered out.
+    pub filters: HashMap<AgentId, u64>,
+}
+
+/// An agent connected to this leader.
+pub struct AgentConn {
+    pub conn_id: u64,
+    pub tx: AgentTx,
+    pub last_seen_ms: u64,
+}
+
+/// An outstanding offer.
+#[derive(Debug, Clone)]
+pub struct OfferRec {
+    pub framework_id: FrameworkId,
+    pub agent_id: AgentId,
+    pub resources: Resources,
+    pub created_ms: u64,
+}
+
+/// Leader-only state, rebuilt from scratch on every election.
+#[derive(Default)]
+pub struct Soft {
+    /// True once this node leads and has applied everything committed before its term.
+    pub serving: bool,
+    pub term: u64,
+    pub elected_ms: u64,
+    pub frameworks: HashMap<FrameworkId, FwConn>,
+    pub agents: HashMap<AgentId, AgentConn>,
+    pub offers: HashMap<OfferId, OfferRec>,
+    /// Resources of accepted launches whose proposal is not applied yet.
+    pub pending: HashMap<AgentId, Resources>,
+    /// Updates that could not be delivered because their framework was disconnected;
+    /// sent when it resubscribes (latest per task).
+    pub undelivered: HashMap<FrameworkId, HashMap<TaskKey, pb::TaskStatus>>,
+    pub next_conn_id: u64,
+}
+
+/// The master: configuration, clock, Raft handle, registry, soft state, metrics.
+pub struct Master {
+    pub config: Config,
+    pub clock: Arc<dyn Clock>,
+    pub raft: RaftHandle,
+    pub registry: Arc<RwLock<Registry>>,
+    pub soft: Mutex<Soft>,
+    pub metrics: Arc<Metrics>,
+    /// Wakes the allocation loop early.
+    pub allocate_now: Notify,
+    pub updates_tx: mpsc::UnboundedSender<crate::registry::StatusUpdate>,
+}
+
+/// Checks a role name: `*` or a non-empty name of letters, digits, `-`, `_`, `.`.
+pub fn validate_role(role: &str) -> Result<(), String> {
+    if role == "*" {
+        return Ok(());
+    }
+    if role.is_empty() || role.len() > 128 {
+        return Err("role must be '*' or 1-128 characters".into());
+    }
+    if role.starts_with('.') || role.starts_with('-') {
+        return Err(format!("role '{role}' must not start with '.' or '-'"));
+    }
+    if let Some(c) = role
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+    {
+        return Err(format!("role '{role}' contains '{c}'"));
+    }
+    Ok(())
+}
+
+/// Maps a failed proposal to the status a caller sees.
+pub fn propose_status(e: ProposeError) -> Status {
+    match e {
+        ProposeError::NotLeader => drover_proto::leader::not_leader_status(None),
+        ProposeError::Unavailable => Status::unavailable(
+            "leadership changed before the change was committed; reconcile and retry",
+        ),
+        ProposeError::Stopped => Status::unavailable("the master is shutting down"),
+    }
+}
+
+impl Master {
+    pub fn now_ms(&self) -> u64 {
+        self.clock.now_ms()
+    }
+
+    pub fn soft(&self) -> MutexGuard<'_, Soft> {
+        self.soft.lock().expect("soft state lock")
+    }
+
+    pub fn registry(&self) -> RwLockReadGuard<'_, Registry> {
+        self.registry.read().expect("registry lock")
+    }
+
+    /// Refuses calls unless this master is the serving leader.
+    pub fn ensure_leader(&self) -> Result<u64, Status> {
+        let soft = self.soft();
+        if soft.serving {
+            Ok(soft.term)
+        } else {
+            Err(drover_proto::leader::not_leader_status(self.leader_address().as_deref()))
+        }
+    }
+
+    /// The leader's gRPC address when known (only this node's own, until peers exist).
+    pub fn leader_address(&self) -> Option<String> {
+        let role = self.raft.role();
+        (role.is_leader && role.leader_id == self.config.id).then(|| self.config.listen.to_string())
+    }
+
+    /// Proposes a command through Raft and waits for it to be applied.
+    pub async fn propose(&self, cmd: Command) -> Result<ApplyOutcome, Status> {
+        self.raft.propose(&cmd).await.map_err(propose_status)
+    }
+
+    /// Sends an event to a connected framework; a framework whose queue is full is
+    /// disconnected (it will resubscribe).
+    pub fn send_event(soft: &mut Soft, fw: &FrameworkId, event: pb::event::Event) -> bool {
+        let Some(conn) = soft.frameworks.get(fw) else {
+            return false;
+        };
+        match conn.tx.try_send(Ok(pb::Event { event: Some(event) })) {
+            Ok(()) => true,
+            Err(_) => {
+                tracing::warn!(framework = %fw, "framework stream is full or closed; disconnecting it");
+                soft.frameworks.remove(fw);
+                false
+            }
+        }
+    }
+
+    /// Forwards a status update to its framework, or keeps it for when it resubscribes.
+    pub fn forward_update(soft: &mut Soft, fw: &FrameworkId, status: pb::TaskStatus) {
+        let key = TaskKey::new(fw, status.task_id.as_ref().unwrap_or(&Default::default()));
+        let event = pb::event::Event::Update(pb::event::Update {
+            status: Some(status.clone()),
+        });
+        if !Self::send_event(soft, fw, event) && !status.uuid.is_empty() {
+            soft.undelivered.entry(fw.clone()).or_default().insert(key, status);
+        }
+    }
+
+    /// Sends a command to a connected agent, stamped with the leader's term (fencing).
+    pub fn send_agent(soft: &mut Soft, agent: &AgentId, msg: pb::master_message::Msg) -> bool {
+        let term = soft.term;
+        let Some(conn) = soft.agents.get(agent) else {
+            return false;
+        };
+        match conn.tx.try_send(Ok(pb::MasterMessage {
+            term,
+            msg: Some(msg),
+        })) {
+            Ok(()) => true,
+            Err(_) => {
+                tracing::warn!(agent = %agent, "agent stream is full or closed; disconnecting it");
+                soft.agents.remove(agent);
+                false
+            }
+        }
+    }
+
+    /// Drops every connection and offer: this node no longer leads (or is starting to).
+    pub fn reset_soft(&self, serving: bool, term: u64) {
+        let mut soft = self.soft();
+        let not_leader = drover_proto::leader::not_leader_status(None);
+        for (_, c) in soft.frameworks.drain() {
+            let _ = c.tx.try_send(Err(not_leader.clone()));
+        }
+        for (_, c) in soft.agents.drain() {
+            let _ = c.tx.try_send(Err(not_leader.clone()));
+        }
+        soft.offers.clear();
+        soft.pending.clear();
+        soft.undelivered.clear();
+        soft.serving = serving;
+        soft.term = term;
+        soft.elected_ms = self.now_ms();
+    }
+}

@@ -1,0 +1,206 @@
+//! The Drover master.
+//!
+//! Module map:
+//! - [`config`]: flags and runtime settings.
+//! - [`registry`]: the replicated registry, a deterministic state machine (commands in,
+//!   state out; no I/O, no clock).
+//! - [`raft`]: raft-rs with RocksDB storage on a dedicated thread; proposals tracked by
+//!   (index, term).
+//! - [`allocator`]: hierarchical weighted DRF as a pure function of a snapshot.
+//! - [`core`]: the leader's soft state (connections, offers, filters), the ACCEPT gate,
+//!   agent sessions and liveness, framework calls and failover.
+//! - [`services`]: tonic glue for the scheduler, agent and operator services.
+//! - [`http`]: `/metrics`, `/health`, `/state` over HTTP.
+//! - [`metrics`], [`clock`]: counters and timings; the one clock abstraction.
+//!
+//! Start a master with [`serve`], giving it already-bound listeners and a shutdown future.
+
+pub mod allocator;
+pub mod clock;
+pub mod config;
+pub mod core;
+pub mod http;
+pub mod metrics;
+pub mod raft;
+pub mod registry;
+pub mod services;
+
+use std::future::Future;
+use std::sync::{Arc, Mutex, RwLock};
+
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+
+use drover_proto::pb;
+
+use crate::clock::{Clock, SystemClock};
+use crate::config::Config;
+use crate::core::{Master, Soft};
+use crate::metrics::Metrics;
+use crate::raft::{NoPeers, NodeConfig, RocksStorage};
+use crate::registry::{Command, Registry};
+
+/// Largest gRPC message accepted (bigger requests get RESOURCE_EXHAUSTED).
+pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+
+/// Opens the registry's storage, checking that it belongs to this master.
+fn open_storage(config: &Config) -> anyhow::Result<RocksStorage> {
+    std::fs::create_dir_all(&config.data_dir)?;
+    let mut storage = RocksStorage::open(&config.data_dir.join("registry"))?;
+    if storage.is_empty() {
+        tracing::info!(id = config.id, dir = %config.data_dir.display(), "new cluster: seeding membership with this master as its only voter");
+        storage.bootstrap(config.id, vec![config.id])?;
+    } else if let Some(id) = storage.node_id()? {
+        if id != config.id {
+            anyhow::bail!(
+                "data folder {} belongs to master {id}, not {}; a master never takes another's identity",
+                config.data_dir.display(),
+                config.id
+            );
+        }
+    }
+    Ok(storage)
+}
+
+/// Runs a master until `shutdown` resolves.
+pub async fn serve(
+    config: Config,
+    listener: TcpListener,
+    http_listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    serve_with_clock(config, listener, http_listener, Arc::new(SystemClock), shutdown).await
+}
+
+/// [`serve`] with an explicit clock (tests).
+pub async fn serve_with_clock(
+    config: Config,
+    listener: TcpListener,
+    http_listener: TcpListener,
+    clock: Arc<dyn Clock>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let storage = open_storage(&config)?;
+    let registry = Arc::new(RwLock::new(Registry::default()));
+    let metrics = Arc::new(Metrics::default());
+    let (raft, raft_thread) = raft::node::start(
+        NodeConfig {
+            id: config.id,
+            tick: config.raft_tick,
+            election_ticks: config.raft_election_ticks,
+            heartbeat_ticks: config.raft_heartbeat_ticks,
+        },
+        storage,
+        registry.clone(),
+        NoPeers,
+        metrics.clone(),
+    )?;
+    let (updates_tx, updates_rx) = mpsc::unbounded_channel();
+    let master = Arc::new(Master {
+        config: config.clone(),
+        clock,
+        raft: raft.clone(),
+        registry,
+        soft: Mutex::new(Soft::default()),
+        metrics,
+        allocate_now: Default::default(),
+        updates_tx,
+    });
+
+    tokio::spawn(master.clone().run_status_batcher(updates_rx));
+    tokio::spawn(leadership_loop(master.clone()));
+    tokio::spawn(allocation_loop(master.clone()));
+    tokio::spawn(housekeeping_loop(master.clone()));
+    tokio::spawn(heartbeat_loop(master.clone()));
+    tokio::spawn(http::serve(http_listener, master.clone()));
+
+    tracing::info!(listen = %config.listen, http = %config.http_listen, "drover-master serving");
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let result = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(10)))
+        .add_service(
+            pb::scheduler_server::SchedulerServer::new(services::scheduler::SchedulerService { master: master.clone() })
+                .max_decoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .add_service(
+            pb::agent_master_server::AgentMasterServer::new(services::agent::AgentService { master: master.clone() })
+                .max_decoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .add_service(
+            pb::operator_server::OperatorServer::new(services::operator::OperatorService { master: master.clone() })
+                .max_decoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await;
+    master.reset_soft(false, 0);
+    raft.stop();
+    let _ = tokio::task::spawn_blocking(move || raft_thread.join()).await;
+    tracing::info!("drover-master stopped");
+    result.map_err(Into::into)
+}
+
+/// Follows Raft leadership: a new leader commits a no-op (so everything committed before
+/// its term is applied) before serving; a node that stops leading drops all soft state.
+async fn leadership_loop(master: Arc<Master>) {
+    let mut role_rx = master.raft.watch_role();
+    loop {
+        let role = *role_rx.borrow_and_update();
+        master.reset_soft(false, role.term);
+        if role.is_leader {
+            match master.raft.propose(&Command::Noop).await {
+                Ok(_) => {
+                    let mut soft = master.soft();
+                    if master.raft.role() == role {
+                        soft.serving = true;
+                        soft.term = role.term;
+                        soft.elected_ms = master.now_ms();
+                        tracing::info!(term = role.term, "leading: serving frameworks and agents");
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "could not start leading"),
+            }
+            master.allocate_now.notify_one();
+        }
+        if role_rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn allocation_loop(master: Arc<Master>) {
+    let mut tick = tokio::time::interval(master.config.allocation_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = master.allocate_now.notified() => {
+                // Let a burst of events settle into one cycle.
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+        }
+        master.allocate_once();
+    }
+}
+
+async fn housekeeping_loop(master: Arc<Master>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        master.expire_offers();
+        master.check_agents().await;
+        master.expire_frameworks().await;
+    }
+}
+
+async fn heartbeat_loop(master: Arc<Master>) {
+    let mut tick = tokio::time::interval(master.config.heartbeat_interval);
+    loop {
+        tick.tick().await;
+        let mut soft = master.soft();
+        let ids: Vec<_> = soft.frameworks.keys().cloned().collect();
+        for fw in ids {
+            Master::send_event(&mut soft, &fw, pb::event::Event::Heartbeat(pb::event::Heartbeat {}));
+        }
+    }
+}

@@ -1,0 +1,28 @@
+//! Replication of the registry with raft-rs over RocksDB.
+//!
+//! - [`storage`]: raft-rs `Storage` on RocksDB (log, hard state, snapshots).
+//! - [`node`]: the dedicated Raft thread, proposals with (index, term) tracking, apply.
+
+pub mod node;
+pub mod storage;
+
+pub use node::{NoPeers, NodeConfig, ProposeError, RaftHandle, RaftRole, Transport};
+pub use storage::RocksStorage;
+
+/// Forwards raft-rs's slog records into `tracing`, so the master has one log.
+pub struct TracingDrain;
+
+impl slog::Drain for TracingDrain {
+    type Ok = ();
+    type Err = slog::Never;
+
+    fn log(&self, record: &slog::Record<'_>, _values: &slog::OwnedKVList) -> Result<(), slog::Never> {
+        match record.level() {
+            slog::Level::Critical | slog::Level::Error => tracing::error!(target: "raft", "{}", record.msg()),
+            slog::Level::Warning => tracing::warn!(target: "raft", "{}", record.msg()),
+            slog::Level::Info => tracing::info!(target: "raft", "{}", record.msg()),
+            _ => tracing::debug!(target: "raft", "{}", record.msg()),
+        }
+        Ok(())
+    }
+}

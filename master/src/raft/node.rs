@@ -1,0 +1,362 @@
+//! The Raft thread: one dedicated OS thread owns the raft-rs `RawNode` (its `Storage` is
+//! synchronous and RocksDB blocks). Proposals, peer messages and control requests arrive on
+//! one inbox; each loop drains everything queued before handling one `Ready`, so a burst of
+//! proposals shares one fsync (group commit).
+//!
+//! A proposal succeeds only when its entry is applied at the (index, term) it was given.
+//! If leadership changes first, the entry may be overwritten; the caller then gets
+//! `ProposeError::Unavailable` and must reconcile rather than retry blindly.
+
+use std::collections::BTreeMap;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use protobuf::Message as PbMessage;
+use raft::prelude::{ConfChange, ConfChangeV2, Entry, EntryType, Message};
+use raft::{RawNode, StateRole};
+use tokio::sync::{oneshot, watch};
+
+use super::storage::RocksStorage;
+use crate::metrics::Metrics;
+use crate::registry::{self, ApplyOutcome, Command, Registry};
+
+/// Take a registry snapshot (and compact the log) every this many applied entries.
+pub const SNAPSHOT_EVERY: u64 = 10_000;
+
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum ProposeError {
+    #[error("this master is not the leader")]
+    NotLeader,
+    #[error("leadership changed before the proposal was applied; reconcile and retry")]
+    Unavailable,
+    #[error("the raft thread stopped")]
+    Stopped,
+}
+
+/// Who leads, as this node sees it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RaftRole {
+    pub is_leader: bool,
+    pub term: u64,
+    /// 0 when unknown.
+    pub leader_id: u64,
+}
+
+/// Where peer messages go. A single-voter cluster has no peers; the HA work plugs a gRPC
+/// transport in here (and a simulated one for deterministic tests).
+pub trait Transport: Send + 'static {
+    fn send(&mut self, msgs: Vec<Message>);
+}
+
+/// The transport of a one-member cluster: there is nobody to talk to.
+pub struct NoPeers;
+
+impl Transport for NoPeers {
+    fn send(&mut self, msgs: Vec<Message>) {
+        if !msgs.is_empty() {
+            tracing::warn!(count = msgs.len(), "dropping raft messages: no peers configured");
+        }
+    }
+}
+
+type Reply = oneshot::Sender<Result<ApplyOutcome, ProposeError>>;
+
+enum Input {
+    Propose { data: Vec<u8>, reply: Reply, at: Instant },
+    Step(Box<Message>),
+    Stop,
+}
+
+/// Cheap handle to the Raft thread.
+#[derive(Clone)]
+pub struct RaftHandle {
+    tx: Sender<Input>,
+    role: watch::Receiver<RaftRole>,
+}
+
+impl RaftHandle {
+    /// Proposes a command and waits until it is applied (or fails).
+    pub async fn propose(&self, cmd: &Command) -> Result<ApplyOutcome, ProposeError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Input::Propose {
+                data: registry::encode(cmd),
+                reply,
+                at: Instant::now(),
+            })
+            .map_err(|_| ProposeError::Stopped)?;
+        rx.await.unwrap_or(Err(ProposeError::Stopped))
+    }
+
+    /// Delivers a message from a peer.
+    pub fn step(&self, msg: Message) {
+        let _ = self.tx.send(Input::Step(Box::new(msg)));
+    }
+
+    pub fn role(&self) -> RaftRole {
+        *self.role.borrow()
+    }
+
+    /// A receiver that changes whenever leadership or term changes.
+    pub fn watch_role(&self) -> watch::Receiver<RaftRole> {
+        self.role.clone()
+    }
+
+    pub fn stop(&self) {
+        let _ = self.tx.send(Input::Stop);
+    }
+}
+
+/// Raft timing and identity.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub id: u64,
+    pub tick: Duration,
+    pub election_ticks: usize,
+    pub heartbeat_ticks: usize,
+}
+
+struct Pending {
+    term: u64,
+    reply: Reply,
+    at: Instant,
+}
+
+struct Node<T: Transport> {
+    raw: RawNode<RocksStorage>,
+    registry: Arc<RwLock<Registry>>,
+    transport: T,
+    pending: BTreeMap<u64, Pending>,
+    role_tx: watch::Sender<RaftRole>,
+    applied: u64,
+    snapshot_index: u64,
+    metrics: Arc<Metrics>,
+}
+
+/// Starts the Raft thread over `storage`. The registry is loaded from the stored snapshot
+/// and brought up to date by replaying the committed log.
+pub fn start<T: Transport>(
+    cfg: NodeConfig,
+    storage: RocksStorage,
+    registry: Arc<RwLock<Registry>>,
+    transport: T,
+    metrics: Arc<Metrics>,
+) -> anyhow::Result<(RaftHandle, std::thread::JoinHandle<()>)> {
+    let (meta, data) = storage.stored_snapshot()?;
+    *registry.write().expect("registry lock") =
+        Registry::from_snapshot(&data).map_err(anyhow::Error::msg)?;
+    let single_voter = storage.conf_state().voters == vec![cfg.id];
+    let config = raft::Config {
+        id: cfg.id,
+        election_tick: cfg.election_ticks,
+        heartbeat_tick: cfg.heartbeat_ticks,
+        applied: meta.index,
+        check_quorum: true,
+        pre_vote: true,
+        max_size_per_msg: 1024 * 1024,
+        max_inflight_msgs: 256,
+        ..Default::default()
+    };
+    config.validate()?;
+    let logger = slog::Logger::root(super::TracingDrain, slog::o!());
+    let mut raw = RawNode::new(&config, storage, &logger)?;
+    if single_voter {
+        // Nobody else can win: skip the randomized election timeout.
+        raw.campaign()?;
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (role_tx, role_rx) = watch::channel(RaftRole::default());
+    let mut node = Node {
+        raw,
+        registry,
+        transport,
+        pending: BTreeMap::new(),
+        role_tx,
+        applied: meta.index,
+        snapshot_index: meta.index,
+        metrics,
+    };
+    let join = std::thread::Builder::new()
+        .name("raft".into())
+        .spawn(move || node.run(rx, cfg.tick))?;
+    Ok((RaftHandle { tx, role: role_rx }, join))
+}
+
+impl<T: Transport> Node<T> {
+    fn run(&mut self, rx: Receiver<Input>, tick: Duration) {
+        let mut last_tick = Instant::now();
+        loop {
+            let timeout = tick.saturating_sub(last_tick.elapsed());
+            match rx.recv_timeout(timeout) {
+                Ok(input) => {
+                    if !self.handle(input) {
+                        break;
+                    }
+                    // Drain everything queued: one Ready (one fsync) for the whole burst.
+                    while let Ok(input) = rx.try_recv() {
+                        if !self.handle(input) {
+                            self.fail_all(ProposeError::Stopped);
+                            return;
+                        }
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            if last_tick.elapsed() >= tick {
+                self.raw.tick();
+                last_tick = Instant::now();
+            }
+            if let Err(e) = self.on_ready() {
+                // Storage failure: continuing could acknowledge writes that are not durable.
+                tracing::error!(error = %e, "raft storage failed; stopping the raft thread");
+                self.fail_all(ProposeError::Stopped);
+                std::process::exit(70);
+            }
+        }
+        self.fail_all(ProposeError::Stopped);
+    }
+
+    fn handle(&mut self, input: Input) -> bool {
+        match input {
+            Input::Propose { data, reply, at } => {
+                if self.raw.raft.state != StateRole::Leader {
+                    let _ = reply.send(Err(ProposeError::NotLeader));
+                    return true;
+                }
+                let before = self.raw.raft.raft_log.last_index();
+                if self.raw.propose(vec![], data).is_err()
+                    || self.raw.raft.raft_log.last_index() == before
+                {
+                    let _ = reply.send(Err(ProposeError::NotLeader));
+                    return true;
+                }
+                let index = self.raw.raft.raft_log.last_index();
+                let term = self.raw.raft.term;
+                self.pending.insert(index, Pending { term, reply, at });
+            }
+            Input::Step(msg) => {
+                if let Err(e) = self.raw.step(*msg) {
+                    tracing::debug!(error = %e, "raft step failed");
+                }
+            }
+            Input::Stop => return false,
+        }
+        true
+    }
+
+    fn fail_all(&mut self, err: ProposeError) {
+        for (_, p) in std::mem::take(&mut self.pending) {
+            let _ = p.reply.send(Err(err.clone()));
+        }
+    }
+
+    fn publish_role(&mut self) {
+        let role = RaftRole {
+            is_leader: self.raw.raft.state == StateRole::Leader,
+            term: self.raw.raft.term,
+            leader_id: self.raw.raft.leader_id,
+        };
+        if *self.role_tx.borrow() != role {
+            if !role.is_leader {
+                // Entries proposed under an old leadership may never be applied.
+                self.fail_all(ProposeError::Unavailable);
+            }
+            tracing::info!(term = role.term, leader = role.leader_id, is_leader = role.is_leader, "raft role changed");
+            let _ = self.role_tx.send(role);
+        }
+    }
+
+    fn on_ready(&mut self) -> anyhow::Result<()> {
+        if !self.raw.has_ready() {
+            self.publish_role();
+            return Ok(());
+        }
+        let mut ready = self.raw.ready();
+        if !ready.messages().is_empty() {
+            self.transport.send(ready.take_messages());
+        }
+        if !ready.snapshot().is_empty() {
+            let snap = ready.snapshot().clone();
+            self.raw.mut_store().apply_snapshot(&snap)?;
+            let reg = Registry::from_snapshot(snap.get_data()).map_err(anyhow::Error::msg)?;
+            *self.registry.write().expect("registry lock") = reg;
+            self.applied = snap.get_metadata().index;
+            self.snapshot_index = self.applied;
+        }
+        self.apply(ready.take_committed_entries())?;
+        let hs = ready.hs().cloned();
+        self.raw.mut_store().append(ready.entries(), hs.as_ref())?;
+        if !ready.persisted_messages().is_empty() {
+            self.transport.send(ready.take_persisted_messages());
+        }
+        let mut light = self.raw.advance(ready);
+        if let Some(commit) = light.commit_index() {
+            self.raw.mut_store().set_commit(commit)?;
+        }
+        self.transport.send(light.take_messages());
+        self.apply(light.take_committed_entries())?;
+        self.raw.advance_apply();
+        self.publish_role();
+        self.maybe_snapshot()?;
+        Ok(())
+    }
+
+    fn apply(&mut self, entries: Vec<Entry>) -> anyhow::Result<()> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        for e in entries {
+            self.applied = e.index;
+            let outcome = match e.get_entry_type() {
+                EntryType::EntryNormal if e.data.is_empty() => ApplyOutcome::None,
+                EntryType::EntryNormal => {
+                    let cmd = registry::decode(&e.data).map_err(|why| {
+                        // Halting beats diverging: a newer master wrote what we cannot read.
+                        anyhow::anyhow!("entry {} cannot be applied: {why}", e.index)
+                    })?;
+                    self.registry.write().expect("registry lock").apply(&cmd)
+                }
+                EntryType::EntryConfChange => {
+                    let cc = ConfChange::parse_from_bytes(&e.data)?;
+                    let cs = self.raw.apply_conf_change(&cc)?;
+                    self.raw.mut_store().set_conf_state(cs)?;
+                    ApplyOutcome::None
+                }
+                EntryType::EntryConfChangeV2 => {
+                    let cc = ConfChangeV2::parse_from_bytes(&e.data)?;
+                    let cs = self.raw.apply_conf_change(&cc)?;
+                    self.raw.mut_store().set_conf_state(cs)?;
+                    ApplyOutcome::None
+                }
+            };
+            // Answer proposals: success only at the (index, term) they were given.
+            while let Some((&idx, _)) = self.pending.first_key_value() {
+                if idx > e.index {
+                    break;
+                }
+                let p = self.pending.pop_first().expect("checked").1;
+                if idx == e.index && p.term == e.term {
+                    self.metrics.observe_commit(p.at.elapsed());
+                    let _ = p.reply.send(Ok(outcome.clone()));
+                } else {
+                    let _ = p.reply.send(Err(ProposeError::Unavailable));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn maybe_snapshot(&mut self) -> anyhow::Result<()> {
+        if self.applied < self.snapshot_index + SNAPSHOT_EVERY {
+            return Ok(());
+        }
+        let term = raft::Storage::term(self.raw.store(), self.applied)?;
+        let data = self.registry.read().expect("registry lock").to_snapshot();
+        self.raw.mut_store().save_snapshot(self.applied, term, &data)?;
+        self.snapshot_index = self.applied;
+        tracing::info!(index = self.applied, bytes = data.len(), "registry snapshot taken; log compacted");
+        Ok(())
+    }
+}

@@ -1,0 +1,198 @@
+//! Registry records and the registry itself, with its snapshot form.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+use serde::{Deserialize, Serialize};
+
+use drover_proto::pb::{self, TaskState};
+use drover_proto::{AgentId, FrameworkId, Resources, TaskId};
+
+/// Most completed tasks kept for the operator view; older ones are forgotten.
+pub const COMPLETED_TASKS_KEPT: usize = 2000;
+
+/// Framework-scoped task key: task ids are unique within a framework.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct TaskKey {
+    pub framework_id: FrameworkId,
+    pub task_id: TaskId,
+}
+
+impl TaskKey {
+    pub fn new(framework_id: &FrameworkId, task_id: &TaskId) -> Self {
+        Self {
+            framework_id: framework_id.clone(),
+            task_id: task_id.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AgentState {
+    Active,
+    Unreachable,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentRec {
+    pub id: AgentId,
+    pub info: pb::AgentInfo,
+    pub total: Resources,
+    /// Resources of the agent's non-terminal tasks.
+    pub used: Resources,
+    pub state: AgentState,
+    pub registered_ms: u64,
+    pub unreachable_since_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FrameworkRec {
+    pub id: FrameworkId,
+    pub info: pb::FrameworkInfo,
+    pub registered_ms: u64,
+    /// When its stream ended; `None` while connected (as far as the registry knows).
+    pub disconnected_ms: Option<u64>,
+    /// Resources of its non-terminal tasks.
+    pub used: Resources,
+    pub completed_tasks: u64,
+}
+
+impl FrameworkRec {
+    pub fn partition_aware(&self) -> bool {
+        self.info
+            .capabilities
+            .contains(&(pb::framework_info::Capability::PartitionAware as i32))
+    }
+
+    pub fn role(&self) -> &str {
+        if self.info.role.is_empty() {
+            "*"
+        } else {
+            &self.info.role
+        }
+    }
+
+    /// Failover timeout in milliseconds (negative or NaN counts as zero).
+    pub fn failover_timeout_ms(&self) -> u64 {
+        let s = self.info.failover_timeout;
+        if s.is_finite() && s > 0.0 {
+            (s * 1000.0).min(u64::MAX as f64 / 2.0) as u64
+        } else {
+            0
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskRec {
+    pub framework_id: FrameworkId,
+    pub agent_id: AgentId,
+    pub info: pb::TaskInfo,
+    pub resources: Resources,
+    pub state: i32,
+    pub last_status: Option<pb::TaskStatus>,
+    /// The leader term that committed the launch.
+    pub launched_term: u64,
+    pub launched_ms: u64,
+}
+
+impl TaskRec {
+    pub fn key(&self) -> TaskKey {
+        TaskKey::new(&self.framework_id, self.info.task_id.as_ref().unwrap_or(&TaskId::default()))
+    }
+
+    pub fn task_id(&self) -> TaskId {
+        self.info.task_id.clone().unwrap_or_default()
+    }
+
+    pub fn state(&self) -> TaskState {
+        drover_proto::states::from_i32(self.state)
+    }
+}
+
+/// The registry: everything a new leader needs to serve.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Registry {
+    pub agents: BTreeMap<AgentId, AgentRec>,
+    pub frameworks: BTreeMap<FrameworkId, FrameworkRec>,
+    /// Non-terminal tasks.
+    pub tasks: HashMap<TaskKey, TaskRec>,
+    /// The most recent terminal tasks, oldest first, bounded by [`COMPLETED_TASKS_KEPT`].
+    pub completed: VecDeque<TaskRec>,
+    /// Completed task keys, for idempotency and reconciliation.
+    pub completed_index: HashMap<TaskKey, TaskState>,
+    pub weights: BTreeMap<String, f64>,
+}
+
+/// The registry's serialized form (maps with structured keys become lists).
+#[derive(Serialize, Deserialize)]
+struct RegistrySnapshot {
+    version: u32,
+    agents: Vec<AgentRec>,
+    frameworks: Vec<FrameworkRec>,
+    tasks: Vec<TaskRec>,
+    completed: Vec<TaskRec>,
+    weights: BTreeMap<String, f64>,
+}
+
+impl Registry {
+    /// Serializes the whole registry for a Raft snapshot.
+    pub fn to_snapshot(&self) -> Vec<u8> {
+        let mut tasks: Vec<TaskRec> = self.tasks.values().cloned().collect();
+        tasks.sort_by_key(|t| t.key());
+        let snap = RegistrySnapshot {
+            version: 1,
+            agents: self.agents.values().cloned().collect(),
+            frameworks: self.frameworks.values().cloned().collect(),
+            tasks,
+            completed: self.completed.iter().cloned().collect(),
+            weights: self.weights.clone(),
+        };
+        serde_json::to_vec(&snap).expect("registry always serializes")
+    }
+
+    /// Rebuilds a registry from [`Registry::to_snapshot`] output.
+    pub fn from_snapshot(data: &[u8]) -> Result<Registry, String> {
+        if data.is_empty() {
+            return Ok(Registry::default());
+        }
+        let snap: RegistrySnapshot =
+            serde_json::from_slice(data).map_err(|e| format!("bad registry snapshot: {e}"))?;
+        if snap.version != 1 {
+            return Err(format!("unknown registry snapshot version {}", snap.version));
+        }
+        let mut r = Registry {
+            agents: snap.agents.into_iter().map(|a| (a.id.clone(), a)).collect(),
+            frameworks: snap
+                .frameworks
+                .into_iter()
+                .map(|f| (f.id.clone(), f))
+                .collect(),
+            tasks: snap.tasks.into_iter().map(|t| (t.key(), t)).collect(),
+            weights: snap.weights,
+            ..Default::default()
+        };
+        for t in snap.completed {
+            r.completed_index.insert(t.key(), t.state());
+            r.completed.push_back(t);
+        }
+        Ok(r)
+    }
+
+    /// Weight of a role (1 unless an operator set one).
+    pub fn weight(&self, role: &str) -> f64 {
+        self.weights.get(role).copied().unwrap_or(1.0)
+    }
+
+    /// Tasks on one agent.
+    pub fn tasks_on_agent<'a>(&'a self, agent: &'a AgentId) -> impl Iterator<Item = &'a TaskRec> {
+        self.tasks.values().filter(move |t| &t.agent_id == agent)
+    }
+
+    /// A task's latest known state, active or completed.
+    pub fn task_state(&self, key: &TaskKey) -> Option<TaskState> {
+        self.tasks
+            .get(key)
+            .map(|t| t.state())
+            .or_else(|| self.completed_index.get(key).copied())
+    }
+}

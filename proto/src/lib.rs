@@ -1,0 +1,33 @@
+//! Drover's wire protocol and shared vocabulary.
+//!
+//! Module map:
+//! - [`pb`]: the generated prost messages and tonic services of `proto/drover/v1/*.proto`
+//!   (scheduler, agent↔master, agent API, executor and operator services).
+//! - [`ids`]: typed ids (`FrameworkId`, `AgentId`, `OfferId`, `TaskId`, `ExecutorId`) with
+//!   constructors and `Display`, so that handlers never pass bare strings around.
+//! - [`resources`]: the resource vocabulary (scalars, ranges, sets) with exact fixed-point
+//!   arithmetic: add, subtract, contains, split and validation.
+//! - [`states`]: task-state helpers (terminal or not, names for people).
+//! - [`leader`]: the `NotLeader` error that followers answer with, encoded into a gRPC status.
+
+pub mod ids;
+pub mod leader;
+pub mod resources;
+pub mod states;
+
+/// Generated protocol types and services (`drover.v1`).
+#[allow(clippy::all, missing_docs)]
+pub mod pb {
+    tonic::include_proto!("drover.v1");
+}
+
+pub use ids::{AgentId, ExecutorId, FrameworkId, OfferId, TaskId};
+pub use resources::{ResourceError, Resources};
+
+/// Seconds since the Unix epoch, as carried in `TaskStatus.timestamp`.
+pub fn unix_seconds() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Installs what building Drover needs on a fresh Debian machine (run as root or with sudo):
+# a C/C++ toolchain and libclang for RocksDB's bindings, and cargo-nextest for the tests.
+# Safe to run again: it only installs what is missing.
+set -euo pipefail
+
+need_apt=()
+command -v cc >/dev/null 2>&1 || need_apt+=(build-essential)
+command -v c++ >/dev/null 2>&1 || need_apt+=(g++)
+# bindgen (RocksDB's Rust bindings) loads libclang at build time.
+if ! ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 && ! ls /usr/lib/x86_64-linux-gnu/libclang*.so* >/dev/null 2>&1; then
+  need_apt+=(libclang-dev)
+fi
+command -v pkg-config >/dev/null 2>&1 || need_apt+=(pkg-config)
+
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "setup: installing ${need_apt[*]}"
+  SUDO=""
+  [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "setup: cargo is missing; install Rust with rustup first (https://rustup.rs)" >&2
+  exit 1
+fi
+if ! cargo nextest --version >/dev/null 2>&1; then
+  echo "setup: installing cargo-nextest"
+  cargo install cargo-nextest --locked
+fi

@@ -1,0 +1,462 @@
+//! Harness for Drover's multi-process integration tests.
+//!
+//! Module map (all in this file, it is small):
+//! - [`Cluster`]: starts real `drover-master` and `drover-agent` processes on loopback ports
+//!   in a temporary folder, kills (`SIGKILL`), stops (`SIGSTOP`) and restarts them, and on
+//!   drop kills every process it started, including task supervisors that outlive agents.
+//! - [`operator`]: a connected operator client for assertions.
+//! - [`wait_until`]: a bounded poll loop (bounded in count and time; it never asserts on
+//!   durations, only that the outcome arrives before a generous deadline).
+//! - [`Framework`]: runs the test framework binary (`drover-testfw`, in this crate) and reads
+//!   the JSON report it writes.
+//!
+//! The binaries are found next to the test executable's `deps/` folder, so
+//! `cargo build --workspace --bins` must run before the tests (the README's test command
+//! does).
+
+use std::collections::HashMap;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use drover_proto::pb;
+
+/// Folder holding the workspace's binaries.
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let deps = exe.parent().expect("deps folder");
+    let dir = if deps.ends_with("deps") {
+        deps.parent().expect("profile folder").to_path_buf()
+    } else {
+        deps.to_path_buf()
+    };
+    for b in ["drover-master", "drover-agent"] {
+        assert!(
+            dir.join(b).exists(),
+            "{} is missing: run `cargo build --workspace --bins` before the tests",
+            dir.join(b).display()
+        );
+    }
+    dir
+}
+
+/// A free loopback port (the OS picks it; the tiny race is acceptable in tests).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// Polls `f` every `every` until it returns `Some`, or panics with `what` after `limit`.
+pub fn wait_until<T>(what: &str, limit: Duration, every: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if start.elapsed() > limit {
+            panic!("timed out waiting for {what}");
+        }
+        std::thread::sleep(every);
+    }
+}
+
+fn signal(child: &Child, sig: i32) {
+    unsafe {
+        libc::kill(child.id() as i32, sig);
+    }
+}
+
+/// Timing used by cluster tests: generous, so a loaded 2-core machine does not flake.
+#[derive(Debug, Clone)]
+pub struct Timing {
+    pub agent_ping_secs: f64,
+    pub agent_timeout_secs: f64,
+    pub allocation_interval_ms: u64,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Self {
+            agent_ping_secs: 1.0,
+            agent_timeout_secs: 30.0,
+            allocation_interval_ms: 200,
+        }
+    }
+}
+
+struct Agent {
+    child: Option<Child>,
+    port: u16,
+    http_port: u16,
+    work_dir: PathBuf,
+    resources: String,
+}
+
+/// A cluster of real processes in a temporary folder.
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    bins: PathBuf,
+    pub master_port: u16,
+    master_http_port: u16,
+    master: Option<Child>,
+    agents: Vec<Agent>,
+    pub timing: Timing,
+    extra_master_flags: Vec<String>,
+}
+
+impl Cluster {
+    /// Starts a master (not yet any agent).
+    pub fn start(timing: Timing) -> Cluster {
+        Self::start_with(timing, Vec::new())
+    }
+
+    pub fn start_with(timing: Timing, extra_master_flags: Vec<String>) -> Cluster {
+        let dir = tempfile::Builder::new().prefix("drover-test-").tempdir().expect("tempdir");
+        let mut c = Cluster {
+            dir,
+            bins: bin_dir(),
+            master_port: free_port(),
+            master_http_port: free_port(),
+            master: None,
+            agents: Vec::new(),
+            timing,
+            extra_master_flags,
+        };
+        c.start_master();
+        c
+    }
+
+    pub fn master_addr(&self) -> String {
+        format!("127.0.0.1:{}", self.master_port)
+    }
+
+    pub fn master_http(&self) -> String {
+        format!("127.0.0.1:{}", self.master_http_port)
+    }
+
+    fn log(&self, name: &str) -> Stdio {
+        let path = self.dir.path().join(format!("{name}.log"));
+        let f = std::fs::OpenOptions::new().create(true).append(true).open(path).expect("log file");
+        Stdio::from(f)
+    }
+
+    /// Starts (or restarts) the master on its port, with its data folder.
+    pub fn start_master(&mut self) {
+        assert!(self.master.is_none(), "master already running");
+        let mut cmd = Command::new(self.bins.join("drover-master"));
+        cmd.arg("--listen")
+            .arg(self.master_addr())
+            .arg("--http-listen")
+            .arg(self.master_http())
+            .arg("--data-dir")
+            .arg(self.dir.path().join("master"))
+            .arg("--agent-ping-interval-secs")
+            .arg(self.timing.agent_ping_secs.to_string())
+            .arg("--agent-timeout-secs")
+            .arg(self.timing.agent_timeout_secs.to_string())
+            .arg("--allocation-interval-ms")
+            .arg(self.timing.allocation_interval_ms.to_string())
+            .arg("--heartbeat-interval-secs")
+            .arg("1")
+            .args(&self.extra_master_flags)
+            .env("DROVER_LOG", "info,drover_master=debug")
+            .stdout(self.log("master"))
+            .stderr(self.log("master"));
+        self.master = Some(cmd.spawn().expect("spawn drover-master"));
+        let addr = self.master_addr();
+        wait_until("the master to lead", Duration::from_secs(60), Duration::from_millis(100), || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+            rt.block_on(async {
+                let mut c = pb::operator_client::OperatorClient::connect(format!("http://{addr}")).await.ok()?;
+                let h = c.get_health(pb::GetHealthRequest {}).await.ok()?.into_inner();
+                h.leader.then_some(())
+            })
+        });
+    }
+
+    /// `kill -9` of the master.
+    pub fn kill_master(&mut self) {
+        if let Some(mut c) = self.master.take() {
+            signal(&c, libc::SIGKILL);
+            let _ = c.wait();
+        }
+    }
+
+    /// Adds an agent with the given `--resources` and starts it.
+    pub fn add_agent(&mut self, resources: &str) -> usize {
+        let i = self.agents.len();
+        let work_dir = self.dir.path().join(format!("agent-{i}"));
+        self.agents.push(Agent {
+            child: None,
+            port: free_port(),
+            http_port: free_port(),
+            work_dir,
+            resources: resources.to_string(),
+        });
+        self.start_agent(i);
+        i
+    }
+
+    /// Starts (or restarts) agent `i` with its work folder.
+    pub fn start_agent(&mut self, i: usize) {
+        let log = self.log(&format!("agent-{i}"));
+        let log2 = self.log(&format!("agent-{i}"));
+        let a = &mut self.agents[i];
+        assert!(a.child.is_none(), "agent {i} already running");
+        let ports = format!("ports:[{}-{}]", 31000 + 1000 * i, 31999 + 1000 * i);
+        let resources = if a.resources.is_empty() { ports } else { format!("{};{ports}", a.resources) };
+        let mut cmd = Command::new(self.bins.join("drover-agent"));
+        cmd.arg("--master")
+            .arg(format!("127.0.0.1:{}", self.master_port))
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{}", a.port))
+            .arg("--http-listen")
+            .arg(format!("127.0.0.1:{}", a.http_port))
+            .arg("--work-dir")
+            .arg(&a.work_dir)
+            .arg("--resources")
+            .arg(resources)
+            .arg("--status-update-retry-secs")
+            .arg("1")
+            .env("DROVER_LOG", "info")
+            .stdout(log)
+            .stderr(log2);
+        a.child = Some(cmd.spawn().expect("spawn drover-agent"));
+    }
+
+    /// `kill -9` of agent `i` (its tasks keep running under their supervisors).
+    pub fn kill_agent(&mut self, i: usize) {
+        if let Some(mut c) = self.agents[i].child.take() {
+            signal(&c, libc::SIGKILL);
+            let _ = c.wait();
+        }
+    }
+
+    /// Freezes agent `i` (`SIGSTOP`): it stays connected but falls silent.
+    pub fn pause_agent(&mut self, i: usize) {
+        if let Some(c) = &self.agents[i].child {
+            signal(c, libc::SIGSTOP);
+        }
+    }
+
+    pub fn resume_agent(&mut self, i: usize) {
+        if let Some(c) = &self.agents[i].child {
+            signal(c, libc::SIGCONT);
+        }
+    }
+
+    pub fn agent_address(&self, i: usize) -> String {
+        format!("127.0.0.1:{}", self.agents[i].port)
+    }
+
+    /// Runs an async operator query against the master.
+    pub fn operator<T>(
+        &self,
+        f: impl AsyncFnOnce(pb::operator_client::OperatorClient<tonic::transport::Channel>) -> Option<T>,
+    ) -> Option<T> {
+        let addr = self.master_addr();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+        rt.block_on(async move {
+            let c = pb::operator_client::OperatorClient::connect(format!("http://{addr}")).await.ok()?;
+            f(c).await
+        })
+    }
+
+    /// Agents as the master reports them.
+    pub fn agents(&self) -> Vec<pb::AgentSummary> {
+        self.operator(async |mut c| Some(c.get_agents(pb::GetAgentsRequest {}).await.ok()?.into_inner().agents))
+            .unwrap_or_default()
+    }
+
+    /// Waits until `n` agents are ACTIVE (connected to the leader).
+    pub fn wait_for_active_agents(&self, n: usize) {
+        wait_until(&format!("{n} active agents"), Duration::from_secs(90), Duration::from_millis(100), || {
+            let active = self
+                .agents()
+                .iter()
+                .filter(|a| a.state == pb::agent_summary::State::Active as i32)
+                .count();
+            (active >= n).then_some(())
+        });
+    }
+
+    /// The master's Raft term as it reports it.
+    pub fn term(&self) -> u64 {
+        self.operator(async |mut c| {
+            Some(c.get_health(pb::GetHealthRequest {}).await.ok()?.into_inner().master_info?.term)
+        })
+        .unwrap_or(0)
+    }
+
+    /// Active and completed tasks as the master reports them.
+    pub fn tasks(&self) -> (Vec<pb::TaskSummary>, Vec<pb::TaskSummary>) {
+        self.operator(async |mut c| {
+            let r = c
+                .get_tasks(pb::GetTasksRequest { framework_id: None, include_completed: true })
+                .await
+                .ok()?
+                .into_inner();
+            Some((r.tasks, r.completed_tasks))
+        })
+        .unwrap_or_default()
+    }
+
+    /// The master's Prometheus text.
+    pub fn metrics(&self) -> String {
+        self.operator(async |mut c| Some(c.get_metrics(pb::GetMetricsRequest {}).await.ok()?.into_inner().prometheus_text))
+            .unwrap_or_default()
+    }
+
+    /// A file every task can append to (the tests count launches with it).
+    pub fn run_log(&self) -> PathBuf {
+        self.dir.path().join("runs.log")
+    }
+
+    /// How often each task id appears in the run log.
+    pub fn run_counts(&self) -> HashMap<String, usize> {
+        let mut m = HashMap::new();
+        if let Ok(text) = std::fs::read_to_string(self.run_log()) {
+            for line in text.lines().filter(|l| !l.is_empty()) {
+                *m.entry(line.trim().to_string()).or_default() += 1;
+            }
+        }
+        m
+    }
+
+    /// Prints every log (called when a test fails, to explain it).
+    pub fn dump_logs(&self) {
+        if let Ok(rd) = std::fs::read_dir(self.dir.path()) {
+            for e in rd.flatten() {
+                let p = e.path();
+                if p.extension().is_some_and(|x| x == "log") {
+                    let text = std::fs::read_to_string(&p).unwrap_or_default();
+                    let tail: Vec<&str> = text.lines().rev().take(60).collect();
+                    eprintln!("===== {} (last 60 lines)", p.display());
+                    for l in tail.into_iter().rev() {
+                        eprintln!("{l}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Kills every process whose command line mentions this cluster's folder: task
+    /// supervisors and tasks outlive their agent by design, so killing agents is not enough.
+    fn kill_strays(&self) {
+        let needle = self.dir.path().to_string_lossy().to_string();
+        let me = std::process::id();
+        let Ok(rd) = std::fs::read_dir("/proc") else { return };
+        for e in rd.flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
+            if pid as u32 == me {
+                continue;
+            }
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+            let hit = |b: &[u8]| String::from_utf8_lossy(b).contains(&needle);
+            if hit(&cmdline) || hit(&environ) {
+                unsafe {
+                    libc::kill(pid, libc::SIGKILL);
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.dump_logs();
+        }
+        for i in 0..self.agents.len() {
+            self.resume_agent(i);
+            self.kill_agent(i);
+        }
+        self.kill_master();
+        self.kill_strays();
+    }
+}
+
+/// Where a test framework's report goes and how to start it.
+pub struct Framework {
+    pub child: Child,
+    pub report: PathBuf,
+}
+
+impl Framework {
+    /// Starts `drover-testfw` with `args` against the cluster; it writes a JSON report.
+    pub fn start(cluster: &Cluster, name: &str, args: &[&str]) -> Framework {
+        let report = cluster.dir.path().join(format!("{name}.report.json"));
+        let log = cluster.dir.path().join(format!("fw-{name}.log"));
+        let f = std::fs::OpenOptions::new().create(true).append(true).open(&log).expect("log");
+        let child = Command::new(env!("CARGO_BIN_EXE_drover-testfw"))
+            .arg("--master")
+            .arg(cluster.master_addr())
+            .arg("--name")
+            .arg(name)
+            .arg("--report")
+            .arg(&report)
+            .arg("--run-log")
+            .arg(cluster.run_log())
+            .args(args)
+            .stdout(Stdio::from(f.try_clone().expect("dup")))
+            .stderr(Stdio::from(f))
+            .spawn()
+            .expect("spawn drover-testfw");
+        Framework { child, report }
+    }
+
+    /// Waits for the framework to exit (bounded) and returns its report.
+    pub fn finish(mut self, limit: Duration) -> Report {
+        let status = wait_until("the test framework to finish", limit, Duration::from_millis(200), || {
+            self.child.try_wait().ok().flatten()
+        });
+        assert!(status.success(), "test framework failed: {status}");
+        Report::read(&self.report)
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Framework {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What the test framework observed, as written to its report.
+#[derive(Debug, Clone, serde::Deserialize, serde::Serialize, Default)]
+pub struct Report {
+    pub framework_id: String,
+    /// Final state of every task it launched, by task id.
+    pub final_states: HashMap<String, String>,
+    /// How many terminal updates it counted per task id (duplicates included).
+    pub terminal_updates: HashMap<String, usize>,
+    /// Updates that carried a uuid and were acknowledged.
+    pub acknowledged: usize,
+    /// Updates received in all.
+    pub updates: usize,
+    /// Exit codes reported per task id.
+    pub exit_codes: HashMap<String, i32>,
+    /// Tasks launched (accepted) per job index.
+    pub launches: HashMap<String, usize>,
+    /// Resource-seconds (cpus x seconds RUNNING) the framework's tasks used.
+    pub cpu_seconds: f64,
+    /// Times the driver resubscribed after losing the master.
+    pub resubscriptions: usize,
+}
+
+impl Report {
+    pub fn read(path: &Path) -> Report {
+        let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("report {}: {e}", path.display()));
+        serde_json::from_str(&text).expect("report JSON")
+    }
+}
