@@ -186,6 +186,10 @@ pub fn start<T: Transport>(
 impl<T: Transport> Node<T> {
     fn run(&mut self, rx: Receiver<Input>, tick: Duration) {
         let mut last_tick = Instant::now();
+        if let Err(e) = self.on_ready() {
+            tracing::error!(error = %e, "raft storage failed at start");
+            std::process::exit(70);
+        }
         loop {
             let timeout = tick.saturating_sub(last_tick.elapsed());
             match rx.recv_timeout(timeout) {

@@ -63,12 +63,14 @@ impl RocksStorage {
             None => SnapshotMetadata::default(),
         };
         let mut last_index = snap_meta.index;
-        let mut it = db.raw_iterator();
-        it.seek_for_prev(log_key(u64::MAX));
-        if it.valid() {
-            if let Some(k) = it.key() {
-                if k.len() == 10 && k.starts_with(b"l/") {
-                    last_index = u64::from_be_bytes(k[2..].try_into().expect("8 bytes"));
+        {
+            let mut it = db.raw_iterator();
+            it.seek_for_prev(log_key(u64::MAX));
+            if it.valid() {
+                if let Some(k) = it.key() {
+                    if k.len() == 10 && k.starts_with(b"l/") {
+                        last_index = u64::from_be_bytes(k[2..].try_into().expect("8 bytes"));
+                    }
                 }
             }
         }

@@ -13,7 +13,7 @@
 mod apply;
 mod types;
 
-pub use apply::{ApplyOutcome, ReregisterOutcome, UpdateOutcome};
+pub use apply::{master_status, ApplyOutcome, ReregisterOutcome, UpdateOutcome};
 pub use types::*;
 
 use serde::{Deserialize, Serialize};
