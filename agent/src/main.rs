@@ -1,1 +1,68 @@
-fn main(){}
+//! `drover-agent`: see `drover_agent` for the map of the crate.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use drover_agent::{Agent, Config};
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    // Supervisor mode first: a hidden argument, never parsed by clap, no tokio.
+    let args: Vec<_> = std::env::args_os().collect();
+    if let Some(code) = drover_agent::supervisor::dispatch(&args) {
+        return ExitCode::from(code.clamp(0, 255) as u8);
+    }
+
+    let config = Config::parse();
+    let filter = match EnvFilter::try_new(&config.log_level) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("drover-agent: --log-level '{}': {e}", config.log_level);
+            return ExitCode::from(2);
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("drover-agent: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        let agent = Agent::bind(config).await?;
+        agent.run(shutdown_signal()).await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("drover-agent: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("cannot watch SIGTERM: {e}");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+    }
+}

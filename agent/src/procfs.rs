@@ -168,7 +168,8 @@ mod tests {
 
     #[test]
     fn parses_stat_with_odd_command_names() {
-        let line = "1234 (a) b (c)) S 1 1234 1234 0 -1 4194560 100 0 0 0 0 0 0 0 20 0 1 0 987654 1000 10";
+        let line =
+            "1234 (a) b (c)) S 1 1234 1234 0 -1 4194560 100 0 0 0 0 0 0 0 20 0 1 0 987654 1000 10";
         let s = parse_stat(line).unwrap();
         assert_eq!(s.state, 'S');
         assert_eq!(s.ppid, 1);

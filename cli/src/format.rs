@@ -154,7 +154,10 @@ mod tests {
 
     #[test]
     fn names() {
-        assert_eq!(agent_state(pb::agent_summary::State::Active as i32), "ACTIVE");
+        assert_eq!(
+            agent_state(pb::agent_summary::State::Active as i32),
+            "ACTIVE"
+        );
         assert_eq!(agent_state(99), "UNKNOWN");
         assert_eq!(task_state(pb::TaskState::TaskRunning as i32), "RUNNING");
         assert_eq!(role(""), "*");

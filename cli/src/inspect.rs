@@ -98,7 +98,10 @@ pub async fn frameworks(masters: &Masters, output: &OutputArgs) -> Result<()> {
         println!("No frameworks are registered.");
         return Ok(());
     }
-    print!("{}", render_frameworks(&response.frameworks, drover_proto::unix_seconds()));
+    print!(
+        "{}",
+        render_frameworks(&response.frameworks, drover_proto::unix_seconds())
+    );
     Ok(())
 }
 
@@ -296,7 +299,12 @@ pub fn render_status(
         ),
         (
             "health",
-            if health.healthy { "healthy" } else { "UNHEALTHY" }.to_string(),
+            if health.healthy {
+                "healthy"
+            } else {
+                "UNHEALTHY"
+            }
+            .to_string(),
         ),
         ("agents", agents),
         ("frameworks", frameworks),
@@ -412,9 +420,9 @@ mod tests {
         };
         assert_eq!(
             render_frameworks(&[connected, gone], 1_000.0),
-            "ID  NAME        ROLE       CONNECTED                    TASKS  CPUS  MEM (MB)\n\
-             f1  drover-run  *          yes                              3   1.5       256\n\
-             f2  batch       analytics  no (failover ends in 2m5s)       0     0         0\n"
+            "ID  NAME        ROLE       CONNECTED                   TASKS  CPUS  MEM (MB)\n\
+             f1  drover-run  *          yes                             3   1.5       256\n\
+             f2  batch       analytics  no (failover ends in 2m5s)      0     0         0\n"
         );
     }
 

@@ -44,7 +44,8 @@ pub struct LocalArgs {
 
     /// Number of masters. Only 1 for now: multi-master local clusters arrive with the HA
     /// issue.
-    #[arg(long, default_value_t = 1, value_name = "N")]
+    #[arg(long, default_value_t = 1, value_name = "N",
+          value_parser = clap::value_parser!(u16).range(1..))]
     pub masters: u16,
 
     /// Folder for every daemon's data and logs. Reused across runs unless --fresh.
@@ -104,8 +105,11 @@ pub async fn run(args: LocalArgs) -> Result<i32> {
              and two tasks on different agents may be given the same port"
         );
     }
+    // Everything that can be checked is checked before the data folder is touched, so
+    // that a mistyped flag never costs a --fresh wipe.
     let bin_dir = binary_dir()?;
-    let (data_dir, _lock) = prepare_data_dir(&args.data_dir, args.fresh)?;
+    let data_dir = std::path::absolute(&args.data_dir)
+        .with_context(|| format!("resolving {}", args.data_dir.display()))?;
     let plan = Plan::new(
         &bin_dir,
         &data_dir,
@@ -114,6 +118,7 @@ pub async fn run(args: LocalArgs) -> Result<i32> {
         user_resources.as_ref(),
     )?;
     plan.check_addresses_free()?;
+    let _lock = prepare_data_dir(&data_dir, args.fresh)?;
     for dir in plan.folders() {
         fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     }
@@ -145,7 +150,8 @@ pub async fn run(args: LocalArgs) -> Result<i32> {
     let masters = Masters::new(vec![plan.master_address.clone()])?.with_election_retries(0);
     let agents = match wait_until_ready(&plan, &masters, &mut daemons, &mut signals).await {
         Startup::Ready(agents) => agents,
-        Startup::Interrupted => {
+        Startup::Interrupted(name) => {
+            eprintln!("\nReceived {name}; stopping the cluster…");
             shutdown(&mut daemons, &mut signals).await;
             return Ok(0);
         }
@@ -194,7 +200,8 @@ pub async fn run(args: LocalArgs) -> Result<i32> {
 enum Startup {
     /// Every agent active: the master's view of them.
     Ready(Vec<pb::AgentSummary>),
-    Interrupted,
+    /// A signal arrived (its name).
+    Interrupted(&'static str),
     /// A daemon exited (its index in the daemons).
     Died(usize, io::Result<std::process::ExitStatus>),
     /// Not ready in time: why, and the names of the daemons whose logs tell more.
@@ -210,8 +217,6 @@ async fn wait_until_ready(
     signals: &mut Signals,
 ) -> Startup {
     let deadline = Instant::now() + READY_TIMEOUT;
-    let mut last_seen: Result<Vec<pb::AgentSummary>, String> =
-        Err("the master has not answered yet".to_string());
     loop {
         let poll = async {
             let answer = masters
@@ -220,25 +225,28 @@ async fn wait_until_ready(
             tokio::time::sleep(READY_POLL).await;
             answer
         };
-        tokio::select! {
-            _ = signals.recv() => return Startup::Interrupted,
+        let answer = tokio::select! {
+            name = signals.recv() => return Startup::Interrupted(name),
             (index, status) = daemon::first_exit(daemons) => return Startup::Died(index, status),
-            answer = poll => {
-                last_seen = answer.map(|r| r.agents).map_err(|e| format!("{e:#}"));
-            }
-        }
+            answer = poll => answer,
+        };
+        let last_seen = answer.map(|r| r.agents).map_err(|e| format!("{e:#}"));
         if let Ok(agents) = &last_seen {
-            if plan.missing_agents(agents).is_empty() {
+            if plan.is_ready(agents) {
                 return Startup::Ready(agents.clone());
             }
         }
         if Instant::now() >= deadline {
             return match last_seen {
                 Ok(agents) => {
-                    let missing = plan.missing_agents(&agents);
+                    let mut missing = plan.missing_agents(&agents);
+                    if missing.is_empty() {
+                        // Active agents at unexpected addresses: every log may help.
+                        missing = plan.agents.iter().map(|a| a.name.clone()).collect();
+                    }
                     let why = format!(
                         "{} of {} agents active (waiting for {})",
-                        plan.agents.len() - missing.len(),
+                        active_agents(&agents),
                         plan.agents.len(),
                         missing.join(", ")
                     );
@@ -337,18 +345,14 @@ fn sibling_binary(bin_dir: &Path, name: &str) -> Result<PathBuf> {
 }
 
 /// Creates (or checks) the data folder, takes its lock, and wipes it when `fresh`.
-/// Returns the absolute folder and the open lock file, which must stay open for as long
-/// as the cluster runs.
-fn prepare_data_dir(dir: &Path, fresh: bool) -> Result<(PathBuf, File)> {
+/// Returns the open lock file, which must stay open for as long as the cluster runs.
+fn prepare_data_dir(dir: &Path, fresh: bool) -> Result<File> {
     fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let dir = dir
-        .canonicalize()
-        .with_context(|| format!("resolving {}", dir.display()))?;
     let marker = dir.join(MARKER);
     if !marker.exists() {
         // Never write into (or, with --fresh, wipe) a folder someone else uses: a typo
         // such as `--data-dir ~ --fresh` must not delete a home directory.
-        let occupied = fs::read_dir(&dir)
+        let occupied = fs::read_dir(dir)
             .with_context(|| format!("reading {}", dir.display()))?
             .next()
             .is_some();
@@ -380,7 +384,7 @@ fn prepare_data_dir(dir: &Path, fresh: bool) -> Result<(PathBuf, File)> {
     )?;
 
     if fresh {
-        for entry in fs::read_dir(&dir)? {
+        for entry in fs::read_dir(dir)? {
             let entry = entry?;
             if entry.file_name() == MARKER {
                 continue;
@@ -396,7 +400,7 @@ fn prepare_data_dir(dir: &Path, fresh: bool) -> Result<(PathBuf, File)> {
             removed.with_context(|| format!("wiping {}", path.display()))?;
         }
     }
-    Ok((dir, lock))
+    Ok(lock)
 }
 
 /// An advisory lock held until the file is closed (at exit, however it happens).
@@ -466,6 +470,13 @@ fn agent_resources(user: Option<&Resources>, index: u16) -> String {
     }
 }
 
+/// How many of `seen` are ACTIVE.
+fn active_agents(seen: &[pb::AgentSummary]) -> usize {
+    seen.iter()
+        .filter(|a| a.state == AgentState::Active as i32)
+        .count()
+}
+
 /// The address to dial for a listen address: a wildcard host means "every interface", of
 /// which loopback is the one surely reachable.
 fn dial_address(listen: &str) -> String {
@@ -485,9 +496,10 @@ impl Plan {
         user_resources: Option<&Resources>,
     ) -> Result<Plan> {
         let master_listen = master_listen.trim().to_string();
-        if master_listen.rsplit_once(':').is_none_or(|(host, port)| {
-            host.is_empty() || port.parse::<u16>().is_err()
-        }) {
+        if master_listen
+            .rsplit_once(':')
+            .is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err())
+        {
             bail!("--master-listen {master_listen:?} is not HOST:PORT");
         }
         let plan = Plan {
@@ -533,7 +545,10 @@ impl Plan {
     fn listen_addresses(&self) -> Vec<(String, String)> {
         let mut v = vec![
             ("the master".to_string(), self.master_listen.clone()),
-            ("the master's HTTP server".to_string(), MASTER_HTTP.to_string()),
+            (
+                "the master's HTTP server".to_string(),
+                MASTER_HTTP.to_string(),
+            ),
         ];
         for a in &self.agents {
             v.push((a.name.clone(), a.listen.clone()));
@@ -599,9 +614,15 @@ impl Plan {
         specs
     }
 
+    /// True once the master reports as many ACTIVE agents as were started. Agents left
+    /// in the registry by an earlier run cannot be ACTIVE: no process serves them.
+    fn is_ready(&self, seen: &[pb::AgentSummary]) -> bool {
+        active_agents(seen) >= self.agents.len()
+    }
+
     /// Names of the planned agents the master does not report as ACTIVE at their
-    /// address. Agents are matched by address because their ids are the master's to
-    /// choose.
+    /// address, to point at the right logs. Agents are matched by address because their
+    /// ids are the master's to choose.
     fn missing_agents(&self, seen: &[pb::AgentSummary]) -> Vec<String> {
         self.agents
             .iter()
@@ -813,13 +834,16 @@ mod tests {
             summary("127.0.0.1:5053", AgentState::Disconnected),
         ];
         assert_eq!(plan.missing_agents(&seen), ["agent-1"]);
+        assert!(!plan.is_ready(&seen));
         let seen = [
             summary("127.0.0.1:5051", AgentState::Active),
             summary("127.0.0.1:5053", AgentState::Active),
         ];
         assert!(plan.missing_agents(&seen).is_empty());
+        assert!(plan.is_ready(&seen));
         let banner = plan.banner(Path::new("/data"), &seen);
-        assert!(banner.contains("agent-1      127.0.0.1:5053 (HTTP 127.0.0.1:5063, id id-127.0.0.1:5053)"));
+        assert!(banner
+            .contains("agent-1      127.0.0.1:5053 (HTTP 127.0.0.1:5063, id id-127.0.0.1:5053)"));
         assert!(banner.contains("export DROVER_MASTER=127.0.0.1:5050; drover run -- echo hello"));
         assert!(banner.contains("/data/logs/agent-1.log"));
     }
@@ -827,17 +851,21 @@ mod tests {
     #[test]
     fn data_folder_is_locked_marked_and_wiped_only_when_fresh() {
         let root = tempfile::tempdir().unwrap();
-        let dir = root.path().join("local");
-        let (abs, lock) = prepare_data_dir(&dir, false).unwrap();
+        let abs = root.path().join("local");
+        let dir = abs.clone();
+        let lock = prepare_data_dir(&dir, false).unwrap();
         assert!(abs.join(MARKER).is_file());
         fs::create_dir_all(abs.join("master/db")).unwrap();
 
         // A second cluster on the same folder is refused while the first holds the lock.
         let error = prepare_data_dir(&dir, false).unwrap_err().to_string();
-        assert!(error.contains("another `drover local` is already using"), "{error}");
+        assert!(
+            error.contains("another `drover local` is already using"),
+            "{error}"
+        );
         drop(lock);
 
-        let (_, lock) = prepare_data_dir(&dir, false).unwrap();
+        let lock = prepare_data_dir(&dir, false).unwrap();
         assert!(abs.join("master/db").is_dir());
         drop(lock);
 
@@ -846,7 +874,7 @@ mod tests {
         fs::create_dir_all(&outside).unwrap();
         fs::write(outside.join("keep"), "x").unwrap();
         std::os::unix::fs::symlink(&outside, abs.join("link")).unwrap();
-        let (_, _lock) = prepare_data_dir(&dir, true).unwrap();
+        let _lock = prepare_data_dir(&dir, true).unwrap();
         let left: Vec<_> = fs::read_dir(&abs)
             .unwrap()
             .map(|e| e.unwrap().file_name())
@@ -860,7 +888,10 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         fs::write(root.path().join("precious"), "x").unwrap();
         let error = prepare_data_dir(root.path(), true).unwrap_err().to_string();
-        assert!(error.contains("is not a drover local data folder"), "{error}");
+        assert!(
+            error.contains("is not a drover local data folder"),
+            "{error}"
+        );
         assert!(root.path().join("precious").is_file());
     }
 }

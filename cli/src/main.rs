@@ -34,14 +34,14 @@ struct Cli {
     /// Masters to talk to, comma-separated. Any master will do: followers name the
     /// leader and drover follows. Not used by `drover local`, which has --master-listen.
     #[arg(
-        long = "master",
+        long,
         global = true,
         env = "DROVER_MASTER",
         default_value = "127.0.0.1:5050",
         value_delimiter = ',',
         value_name = "HOST:PORT[,HOST:PORT…]"
     )]
-    masters: Vec<String>,
+    master: Vec<String>,
 
     #[command(subcommand)]
     command: Command,
@@ -81,7 +81,10 @@ async fn main() -> ExitCode {
 async fn execute(cli: Cli) -> anyhow::Result<i32> {
     // `local` and `run` run on this task, not a spawned one: `drover local` relies on
     // spawning its daemons from the main thread (see `local::daemon`).
-    let Cli { masters, command } = cli;
+    let Cli {
+        master: masters,
+        command,
+    } = cli;
     match command {
         Command::Local(args) => local::run(args).await,
         // TEMP Command::Run(args) => run::run(masters, args).await,
@@ -148,9 +151,9 @@ mod tests {
     #[test]
     fn master_list_is_comma_separated() {
         let cli = Cli::try_parse_from(["drover", "--master", "a:1,b:2", "agents"]).unwrap();
-        assert_eq!(cli.masters, ["a:1", "b:2"]);
+        assert_eq!(cli.master, ["a:1", "b:2"]);
         let cli = Cli::try_parse_from(["drover", "tasks", "--all", "--master", "c:3"]).unwrap();
-        assert_eq!(cli.masters, ["c:3"]);
+        assert_eq!(cli.master, ["c:3"]);
         assert!(matches!(cli.command, Command::Tasks(ref t) if t.all));
     }
 

@@ -69,7 +69,7 @@ impl Masters {
             if a.is_empty() || a.contains(char::is_whitespace) {
                 bail!("'{a}' is not a master address; expected HOST:PORT");
             }
-            if !out.iter().any(|o| *o == a) {
+            if !out.contains(&a) {
                 out.push(a);
             }
         }
@@ -88,11 +88,6 @@ impl Masters {
     pub fn with_election_retries(mut self, retries: usize) -> Self {
         self.election_retries = retries;
         self
-    }
-
-    /// The configured addresses, as people typed them (without scheme).
-    pub fn addresses(&self) -> &[String] {
-        &self.addresses
     }
 
     /// The address of the master that served the last successful call.
@@ -538,7 +533,7 @@ mod tests {
             "a:1".into(),
         ])
         .unwrap();
-        assert_eq!(m.addresses(), ["a:1", "b:2"]);
+        assert_eq!(m.addresses, ["a:1", "b:2"]);
         assert!(Masters::new(vec![" ".into()]).is_err());
         assert!(Masters::new(vec!["a b:1".into()]).is_err());
     }

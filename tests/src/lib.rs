@@ -305,6 +305,22 @@ impl Cluster {
         .unwrap_or_default()
     }
 
+    /// The agent's own view of its tasks (`AgentApi.GetState`), or `None` if it does not
+    /// answer.
+    pub fn agent_state(&self, i: usize) -> Option<pb::GetAgentStateResponse> {
+        let addr = self.agent_address(i);
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+        rt.block_on(async move {
+            let mut c = pb::agent_api_client::AgentApiClient::connect(format!("http://{addr}")).await.ok()?;
+            Some(c.get_state(pb::GetAgentStateRequest {}).await.ok()?.into_inner())
+        })
+    }
+
+    /// Status updates agent `i` still holds unacknowledged.
+    pub fn agent_pending_updates(&self, i: usize) -> Option<u32> {
+        Some(self.agent_state(i)?.tasks.iter().map(|t| t.pending_updates).sum())
+    }
+
     /// The master's Prometheus text.
     pub fn metrics(&self) -> String {
         self.operator(async |mut c| Some(c.get_metrics(pb::GetMetricsRequest {}).await.ok()?.into_inner().prometheus_text))

@@ -25,7 +25,7 @@ pub struct LaunchSpec {
     pub key: TaskKey,
     pub task: pb::TaskInfo,
     pub agent_id: AgentId,
-    /// Already created, with empty `stdout` and `stderr`.
+    /// Already created; `stdout` and `stderr` in it are created if missing.
     pub sandbox: PathBuf,
     /// Already created; `task.json` is checkpointed in it.
     pub meta: TaskMeta,
@@ -70,8 +70,7 @@ pub trait Containerizer: Send + Sync + 'static {
 
     /// Asks the container to stop: SIGTERM now, SIGKILL after `grace`. The outcome is
     /// reported as killed with `reason`. Killing an ended container is a no-op.
-    async fn kill(&self, key: &TaskKey, grace: Duration, reason: Reason)
-        -> Result<(), AgentError>;
+    async fn kill(&self, key: &TaskKey, grace: Duration, reason: Reason) -> Result<(), AgentError>;
 }
 
 /// The terminal status a [`Termination`] becomes.
@@ -131,9 +130,7 @@ pub fn terminal_status(t: &Termination) -> TerminalStatus {
         ExitOutcome::Exited { .. } | ExitOutcome::Signaled { .. } => {
             (TaskState::TaskFailed, Reason::Unspecified)
         }
-        ExitOutcome::LaunchFailed { .. } => {
-            (TaskState::TaskFailed, Reason::ContainerLaunchFailed)
-        }
+        ExitOutcome::LaunchFailed { .. } => (TaskState::TaskFailed, Reason::ContainerLaunchFailed),
         // Not started yet not killed cannot be written by a supervisor; be explicit anyway.
         ExitOutcome::NotStarted => (TaskState::TaskFailed, Reason::ContainerLaunchFailed),
     };
@@ -202,9 +199,7 @@ mod tests {
             (TaskState::TaskFailed, Reason::ContainerLaunchFailed)
         );
 
-        let s = terminal_status(&Termination::Vanished {
-            detail: "x".into(),
-        });
+        let s = terminal_status(&Termination::Vanished { detail: "x".into() });
         assert_eq!(
             (s.state, s.reason, s.source),
             (

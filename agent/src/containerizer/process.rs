@@ -92,7 +92,10 @@ impl ProcessContainerizer {
         let sandbox = spec.sandbox.to_string_lossy().into_owned();
         env.extend([
             ("DROVER_TASK_ID".into(), spec.key.task_id.to_string()),
-            ("DROVER_FRAMEWORK_ID".into(), spec.key.framework_id.to_string()),
+            (
+                "DROVER_FRAMEWORK_ID".into(),
+                spec.key.framework_id.to_string(),
+            ),
             ("DROVER_AGENT_ID".into(), spec.agent_id.to_string()),
             ("DROVER_SANDBOX".into(), sandbox),
             (
@@ -216,6 +219,14 @@ impl Containerizer for ProcessContainerizer {
 
     async fn launch(&self, spec: LaunchSpec) -> Result<(), AgentError> {
         let sup_spec = self.build_spec(&spec)?;
+        for name in ["stdout", "stderr"] {
+            let path = spec.sandbox.join(name);
+            OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .ctx(|| format!("creating {}", path.display()))?;
+        }
         if let Some(u) = &sup_spec.user {
             // The task writes into its sandbox as that user.
             for p in [

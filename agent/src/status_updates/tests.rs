@@ -36,21 +36,33 @@ fn only_the_head_is_in_flight_and_order_is_kept() {
     let clock = Clock(Instant::now());
     let mut m = StatusUpdateManager::new(RetryPolicy::default());
     let k = key("t1");
-    m.enqueue(&k, update("t1", TaskState::TaskStarting, 1)).unwrap();
-    m.enqueue(&k, update("t1", TaskState::TaskRunning, 2)).unwrap();
-    m.enqueue(&k, update("t1", TaskState::TaskFinished, 3)).unwrap();
+    m.enqueue(&k, update("t1", TaskState::TaskStarting, 1))
+        .unwrap();
+    m.enqueue(&k, update("t1", TaskState::TaskRunning, 2))
+        .unwrap();
+    m.enqueue(&k, update("t1", TaskState::TaskFinished, 3))
+        .unwrap();
 
     let sent = m.due(clock.at(0));
     assert_eq!(states_of(&sent), [("t1".into(), TaskState::TaskStarting)]);
     assert!(m.due(clock.at(1)).is_empty(), "nothing more until acked");
 
-    assert_eq!(m.acknowledge(&k, &[1; 16]), Ack::Accepted { completed: false });
+    assert_eq!(
+        m.acknowledge(&k, &[1; 16]),
+        Ack::Accepted { completed: false }
+    );
     let sent = m.due(clock.at(1));
     assert_eq!(states_of(&sent), [("t1".into(), TaskState::TaskRunning)]);
-    assert_eq!(m.acknowledge(&k, &[2; 16]), Ack::Accepted { completed: false });
+    assert_eq!(
+        m.acknowledge(&k, &[2; 16]),
+        Ack::Accepted { completed: false }
+    );
     let sent = m.due(clock.at(2));
     assert_eq!(states_of(&sent), [("t1".into(), TaskState::TaskFinished)]);
-    assert_eq!(m.acknowledge(&k, &[3; 16]), Ack::Accepted { completed: true });
+    assert_eq!(
+        m.acknowledge(&k, &[3; 16]),
+        Ack::Accepted { completed: true }
+    );
     assert_eq!(m.total_pending(), 0);
     assert_eq!(m.acknowledge(&k, &[3; 16]), Ack::UnknownTask);
     assert!(m.due(clock.at(1000)).is_empty());
@@ -60,8 +72,10 @@ fn only_the_head_is_in_flight_and_order_is_kept() {
 fn streams_of_different_tasks_are_independent() {
     let clock = Clock(Instant::now());
     let mut m = StatusUpdateManager::new(RetryPolicy::default());
-    m.enqueue(&key("a"), update("a", TaskState::TaskRunning, 1)).unwrap();
-    m.enqueue(&key("b"), update("b", TaskState::TaskRunning, 2)).unwrap();
+    m.enqueue(&key("a"), update("a", TaskState::TaskRunning, 1))
+        .unwrap();
+    m.enqueue(&key("b"), update("b", TaskState::TaskRunning, 2))
+        .unwrap();
     let mut sent = states_of(&m.due(clock.at(0)));
     sent.sort();
     assert_eq!(
@@ -78,7 +92,8 @@ fn retries_back_off_exponentially_up_to_the_cap() {
     let clock = Clock(Instant::now());
     let mut m = StatusUpdateManager::new(RetryPolicy::default());
     let k = key("t");
-    m.enqueue(&k, update("t", TaskState::TaskRunning, 1)).unwrap();
+    m.enqueue(&k, update("t", TaskState::TaskRunning, 1))
+        .unwrap();
 
     let mut sends = Vec::new();
     // Step the fake clock one second at a time for two hours.
@@ -88,10 +103,7 @@ fn retries_back_off_exponentially_up_to_the_cap() {
         }
     }
     // 10 s doubling: 0, 10, 30, 70, 150, 310, 630, then every 600 s.
-    assert_eq!(
-        &sends[..9],
-        &[0, 10, 30, 70, 150, 310, 630, 1230, 1830]
-    );
+    assert_eq!(&sends[..9], &[0, 10, 30, 70, 150, 310, 630, 1230, 1830]);
     assert!(sends.windows(2).skip(6).all(|w| w[1] - w[0] == 600));
     assert_eq!(m.next_retry(), Some(clock.at(*sends.last().unwrap() + 600)));
 }
@@ -101,8 +113,10 @@ fn an_ack_for_the_wrong_uuid_is_ignored() {
     let clock = Clock(Instant::now());
     let mut m = StatusUpdateManager::new(RetryPolicy::default());
     let k = key("t");
-    m.enqueue(&k, update("t", TaskState::TaskRunning, 1)).unwrap();
-    m.enqueue(&k, update("t", TaskState::TaskFailed, 2)).unwrap();
+    m.enqueue(&k, update("t", TaskState::TaskRunning, 1))
+        .unwrap();
+    m.enqueue(&k, update("t", TaskState::TaskFailed, 2))
+        .unwrap();
     m.due(clock.at(0));
     // The second update's uuid is not the head's: nothing changes.
     assert_eq!(m.acknowledge(&k, &[2; 16]), Ack::WrongUuid);
@@ -121,8 +135,10 @@ fn an_ack_for_the_wrong_uuid_is_ignored() {
 fn reregistration_resends_every_head_at_once() {
     let clock = Clock(Instant::now());
     let mut m = StatusUpdateManager::new(RetryPolicy::default());
-    m.enqueue(&key("a"), update("a", TaskState::TaskRunning, 1)).unwrap();
-    m.enqueue(&key("b"), update("b", TaskState::TaskRunning, 2)).unwrap();
+    m.enqueue(&key("a"), update("a", TaskState::TaskRunning, 1))
+        .unwrap();
+    m.enqueue(&key("b"), update("b", TaskState::TaskRunning, 2))
+        .unwrap();
     assert_eq!(m.due(clock.at(0)).len(), 2);
     assert!(m.due(clock.at(5)).is_empty());
     m.resend_all();
@@ -136,7 +152,8 @@ fn reregistration_resends_every_head_at_once() {
 fn nothing_is_accepted_after_a_terminal_update() {
     let mut m = StatusUpdateManager::new(RetryPolicy::default());
     let k = key("t");
-    m.enqueue(&k, update("t", TaskState::TaskFinished, 1)).unwrap();
+    m.enqueue(&k, update("t", TaskState::TaskFinished, 1))
+        .unwrap();
     assert_eq!(
         m.enqueue(&k, update("t", TaskState::TaskRunning, 2)),
         Err(EnqueueError::AfterTerminal(k.clone()))
@@ -160,8 +177,10 @@ fn a_restored_stream_resumes_where_it_stopped() {
     let clock = Clock(Instant::now());
     let mut m = StatusUpdateManager::new(RetryPolicy::default());
     let k = key("t");
-    m.enqueue(&k, update("t", TaskState::TaskRunning, 1)).unwrap();
-    m.enqueue(&k, update("t", TaskState::TaskFailed, 2)).unwrap();
+    m.enqueue(&k, update("t", TaskState::TaskRunning, 1))
+        .unwrap();
+    m.enqueue(&k, update("t", TaskState::TaskFailed, 2))
+        .unwrap();
     m.due(clock.at(0));
     m.acknowledge(&k, &[1; 16]);
     let cp = m.checkpoint(&k).unwrap();

@@ -192,7 +192,9 @@ impl Supervisor {
             Some(k) => (k.requested, k.reason),
             None => (false, None),
         };
-        self.log(&format!("task ended: {outcome:?}, killed on request: {killed}"));
+        self.log(&format!(
+            "task ended: {outcome:?}, killed on request: {killed}"
+        ));
         self.finish(outcome, killed, reason)
     }
 
@@ -317,8 +319,8 @@ impl Supervisor {
     }
 
     fn on_kill_signal(&mut self) {
-        let request = read_json::<KillRequest>(&self.meta.kill_request_file())
-            .unwrap_or_else(|e| {
+        let request =
+            read_json::<KillRequest>(&self.meta.kill_request_file()).unwrap_or_else(|e| {
                 self.log(&format!("unreadable kill request, using defaults: {e}"));
                 None
             });
@@ -327,7 +329,10 @@ impl Supervisor {
             Some(r) => {
                 let grace = sane(r.grace_secs);
                 // The grace runs from the request, so a slow signal does not extend it.
-                (grace, (r.requested_at + grace - unix_seconds()).clamp(0.0, grace))
+                (
+                    grace,
+                    (r.requested_at + grace - unix_seconds()).clamp(0.0, grace),
+                )
             }
             None => {
                 let g = sane(self.spec.default_grace_secs);
@@ -378,10 +383,11 @@ impl Supervisor {
 
     /// When the main process is gone the task is over: whatever it left running (in its
     /// group or reparented to us) would hold the task's ports and files, so it goes too.
-    /// Bounded, so a process stuck in the kernel cannot keep the exit record unwritten.
+    /// As a subreaper we inherit every orphaned descendant, so "no children left" means
+    /// nothing of the task is left. Bounded, so a process stuck in the kernel cannot keep
+    /// the exit record unwritten.
     fn kill_leftovers(&self) {
         for _ in 0..200 {
-            self.signal_task_tree(libc::SIGKILL);
             loop {
                 let mut status = 0;
                 // SAFETY: waitpid with a valid out-pointer.
@@ -394,6 +400,7 @@ impl Supervisor {
                 }
                 break;
             }
+            self.signal_task_tree(libc::SIGKILL);
             std::thread::sleep(Duration::from_millis(10));
         }
         self.log("some of the task's processes survived SIGKILL; giving up on them");

@@ -46,7 +46,7 @@ pub struct UserSpec {
 /// found a task checkpointed but no supervisor claim (`Abandoned`). Whoever loses the race
 /// defers to the winner, so a task is never started twice and never started after the
 /// agent reported it as not started.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum SupervisorClaim {
     Started {
@@ -75,10 +75,16 @@ pub struct KillRequest {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum ExitOutcome {
-    Exited { code: i32 },
-    Signaled { signal: i32 },
+    Exited {
+        code: i32,
+    },
+    Signaled {
+        signal: i32,
+    },
     /// The command could not be started (no such program, permission denied, …).
-    LaunchFailed { message: String },
+    LaunchFailed {
+        message: String,
+    },
     /// A kill request arrived before the command was started, so it never ran.
     NotStarted,
 }

@@ -116,7 +116,14 @@ fn die_with_parent(command: &mut Command) {
     // as the process, so the signal means what it should.
     unsafe {
         command.pre_exec(move || {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong, 0, 0, 0) != 0 {
+            if libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGTERM as libc::c_ulong,
+                0,
+                0,
+                0,
+            ) != 0
+            {
                 return Err(io::Error::last_os_error());
             }
             // The parent may have died between fork and prctl; then nobody would send
@@ -265,14 +272,24 @@ mod tests {
         write(&dir.path().join("quick.log"), "from an earlier run\n");
         let mut daemons = vec![
             Daemon::spawn(spec(dir.path(), "slow", "sleep 30")).unwrap(),
-            Daemon::spawn(spec(dir.path(), "quick", "echo hello; echo oops >&2; exit 3")).unwrap(),
+            Daemon::spawn(spec(
+                dir.path(),
+                "quick",
+                "echo hello; echo oops >&2; exit 3",
+            ))
+            .unwrap(),
         ];
         let (index, status) = first_exit(&mut daemons).await;
         assert_eq!(index, 1);
         assert_eq!(status.unwrap().code(), Some(3));
         assert_eq!(daemons[1].log_tail(10), "  hello\n  oops\n");
 
-        let stopped = stop(&mut daemons, Duration::from_secs(5), futures::future::pending()).await;
+        let stopped = stop(
+            &mut daemons,
+            Duration::from_secs(5),
+            futures::future::pending(),
+        )
+        .await;
         assert_eq!(stopped, Stopped::default());
         assert!(daemons[0].exited().is_some());
     }
@@ -300,7 +317,10 @@ mod tests {
         assert!(stopped.stuck.is_empty());
         assert!(started.elapsed() >= Duration::from_millis(300));
         let status = daemons[0].exited().unwrap();
-        assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(9));
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(9)
+        );
     }
 
     #[tokio::test]

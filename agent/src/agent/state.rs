@@ -1,0 +1,537 @@
+//! The agent loop: one task owns all of the agent's state (tasks, status update streams,
+//! the current master session) and handles every event in order, so there are no locks
+//! and no interleavings to reason about. Task-level handlers live in `tasks.rs`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use drover_proto::pb::{self, master_message::Msg, task_status::Reason, TaskState};
+use drover_proto::{states, AgentId};
+use tokio::sync::{mpsc, oneshot};
+
+use super::recovery::{self, TaskCheckpoint};
+use crate::config::Settings;
+use crate::containerizer::{Containerizer, Recovered, Termination};
+use crate::error::{AgentError, IoContext};
+use crate::fsutil::{write_atomic, write_json_atomic};
+use crate::layout::{Layout, TaskKey};
+use crate::master_link::LinkEvent;
+use crate::metrics::Metrics;
+use crate::status_updates::checkpoint::StatusUpdates;
+use crate::status_updates::{RetryPolicy, StatusUpdate};
+
+/// How long a stopping agent waits for the acknowledgement of its last updates.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Events from inside the agent (as opposed to the master link's).
+#[derive(Debug)]
+pub enum Event {
+    /// A task's container ended (from the task's waiter).
+    TaskEnded {
+        key: TaskKey,
+        result: Result<Termination, AgentError>,
+    },
+    /// The agent API asks for the agent's state.
+    GetState(oneshot::Sender<pb::GetAgentStateResponse>),
+}
+
+/// Why the loop stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Exit {
+    /// The shutdown future resolved (SIGINT/SIGTERM, or a test).
+    Requested,
+    /// The master sent `shutdown`.
+    ShutdownByMaster(String),
+}
+
+/// What the agent knows about one task. Its state lives in the status update stream.
+#[derive(Debug, Clone)]
+pub(crate) struct TaskEntry {
+    pub checkpoint: TaskCheckpoint,
+    /// A terminal update was generated; nothing more will be.
+    pub terminal: bool,
+    /// A container exists (launched, or found by recovery) and is watched.
+    pub watched: bool,
+}
+
+struct Session {
+    outbound: mpsc::UnboundedSender<pb::AgentMessage>,
+    master: String,
+}
+
+/// See the module docs.
+pub(crate) struct AgentLoop {
+    pub(crate) settings: Arc<Settings>,
+    pub(crate) layout: Layout,
+    pub(crate) info: pb::AgentInfo,
+    pub(crate) agent_id: Option<AgentId>,
+    pub(crate) tasks: BTreeMap<TaskKey, TaskEntry>,
+    pub(crate) updates: StatusUpdates,
+    pub(crate) containerizer: Arc<dyn Containerizer>,
+    pub(crate) metrics: Arc<Metrics>,
+    /// Set while shutting down: new launches are refused (dropped; the master will
+    /// reconcile them when the agent is back).
+    pub(crate) stopping: bool,
+    events_tx: mpsc::Sender<Event>,
+    session: Option<Session>,
+}
+
+impl AgentLoop {
+    pub(crate) fn new(
+        settings: Arc<Settings>,
+        layout: Layout,
+        info: pb::AgentInfo,
+        agent_id: Option<AgentId>,
+        containerizer: Arc<dyn Containerizer>,
+        metrics: Arc<Metrics>,
+        events_tx: mpsc::Sender<Event>,
+    ) -> Self {
+        let policy = RetryPolicy {
+            initial: settings.status_update_retry,
+            ..RetryPolicy::default()
+        };
+        AgentLoop {
+            updates: StatusUpdates::new(layout.clone(), policy),
+            settings,
+            layout,
+            info,
+            agent_id,
+            tasks: BTreeMap::new(),
+            containerizer,
+            metrics,
+            stopping: false,
+            events_tx,
+            session: None,
+        }
+    }
+
+    /// Rebuilds the task table from the work dir. Running containers are reattached;
+    /// ended ones report their recorded outcome; tasks whose container never started are
+    /// reported as dropped. Nothing is ever launched here.
+    pub(crate) async fn recover(&mut self) -> Result<(), AgentError> {
+        for found in recovery::scan(&self.layout)? {
+            let key = found.key;
+            if let Some(cp) = found.stream {
+                self.updates.restore(key.clone(), cp);
+            }
+            let core = self.updates.core();
+            let latest = core.latest_state(&key).unwrap_or(TaskState::TaskStaging);
+            if states::is_terminal(latest) && core.pending(&key) == 0 {
+                // Terminal update acknowledged, completion marker not yet written.
+                self.updates.core_mut().forget(&key);
+                let path = self.layout.task_meta(&key).completed_file();
+                write_atomic(&path, b"").ctx(|| format!("writing {}", path.display()))?;
+                continue;
+            }
+            let terminal = states::is_terminal(latest);
+            self.tasks.insert(
+                key.clone(),
+                TaskEntry {
+                    checkpoint: found.checkpoint,
+                    terminal,
+                    watched: false,
+                },
+            );
+            if terminal {
+                tracing::info!(task = %key, "recovered with unacknowledged updates");
+                continue;
+            }
+            match self.containerizer.recover(&key).await? {
+                Recovered::Running => {
+                    tracing::info!(task = %key, "reattached to the running task");
+                    if latest != TaskState::TaskRunning {
+                        self.enqueue_status(
+                            &key,
+                            TaskState::TaskRunning,
+                            pb::task_status::Source::Executor,
+                            Reason::Unspecified,
+                            String::new(),
+                            None,
+                        )?;
+                    }
+                    self.watch(&key);
+                }
+                Recovered::Ended => {
+                    tracing::info!(task = %key, "the task ended while the agent was away");
+                    self.watch(&key);
+                }
+                Recovered::NeverStarted => {
+                    tracing::info!(task = %key, "the task never started; reporting it dropped");
+                    self.enqueue_status(
+                        &key,
+                        TaskState::TaskDropped,
+                        pb::task_status::Source::Agent,
+                        Reason::AgentRestarted,
+                        "the agent restarted before the task's container started; the task never ran"
+                            .into(),
+                        None,
+                    )?;
+                }
+            }
+        }
+        self.refresh_gauges();
+        Ok(())
+    }
+
+    /// Starts a waiter that reports when the task's container ends.
+    pub(crate) fn watch(&mut self, key: &TaskKey) {
+        if let Some(e) = self.tasks.get_mut(key) {
+            e.watched = true;
+        }
+        let containerizer = self.containerizer.clone();
+        let events = self.events_tx.clone();
+        let key = key.clone();
+        tokio::spawn(async move {
+            let result = containerizer.wait(&key).await;
+            let _ = events.send(Event::TaskEnded { key, result }).await;
+        });
+    }
+
+    /// Runs until `shutdown` resolves, the master shuts the agent down, or a fatal error
+    /// (a checkpoint that cannot be written) occurs.
+    pub(crate) async fn run(
+        &mut self,
+        link: &mut mpsc::Receiver<LinkEvent>,
+        events: &mut mpsc::Receiver<Event>,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<Exit, AgentError> {
+        tokio::pin!(shutdown);
+        loop {
+            self.flush();
+            self.refresh_gauges();
+            let wake = self.session.as_ref().and(self.updates.core().next_retry());
+            tokio::select! {
+                biased;
+                _ = &mut shutdown => return Ok(Exit::Requested),
+                ev = link.recv() => match ev {
+                    Some(ev) => {
+                        if let Some(exit) = self.on_link(ev).await? {
+                            return Ok(exit);
+                        }
+                    }
+                    None => return Err(AgentError::Config("the master link stopped".into())),
+                },
+                Some(ev) = events.recv() => self.on_event(ev)?,
+                _ = sleep_until(wake) => {}
+            }
+        }
+    }
+
+    /// Kills every task that still runs and waits (bounded) for their terminal updates
+    /// to be checkpointed, still serving the master link so they can be delivered.
+    pub(crate) async fn kill_all_and_wait(
+        &mut self,
+        link: &mut mpsc::Receiver<LinkEvent>,
+        events: &mut mpsc::Receiver<Event>,
+        reason: Reason,
+    ) -> Result<(), AgentError> {
+        self.stopping = true;
+        let running: Vec<TaskKey> = self
+            .tasks
+            .iter()
+            .filter(|(_, e)| !e.terminal && e.watched)
+            .map(|(k, _)| k.clone())
+            .collect();
+        let mut longest = Duration::ZERO;
+        for key in &running {
+            let grace = self.grace_for(key, None);
+            longest = longest.max(grace);
+            tracing::info!(task = %key, "killing the task before exiting");
+            if let Err(e) = self.containerizer.kill(key, grace, reason).await {
+                tracing::error!(task = %key, "kill failed: {e}");
+            }
+        }
+        // The supervisors SIGKILL at the end of the grace period; allow them time to
+        // record the outcome after that.
+        let deadline = tokio::time::Instant::now() + longest + Duration::from_secs(5);
+        while self.tasks.values().any(|e| !e.terminal && e.watched) {
+            self.flush();
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => {
+                    tracing::warn!("some tasks did not end in time; their supervisors will finish the kill");
+                    break;
+                }
+                Some(ev) = events.recv() => self.on_event(ev)?,
+                Some(ev) = link.recv() => {
+                    if let Some(Exit::ShutdownByMaster(r)) = self.on_link(ev).await? {
+                        tracing::warn!("shutdown from the master while stopping: {r}");
+                    }
+                }
+            }
+        }
+        // Give the master a moment to receive and acknowledge the terminal updates; what
+        // is not acknowledged is checkpointed and resent by the next agent anyway.
+        let drain_deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
+        while self.session.is_some() && self.updates.core().total_pending() > 0 {
+            self.flush();
+            let wake = self.updates.core().next_retry();
+            tokio::select! {
+                _ = tokio::time::sleep_until(drain_deadline) => break,
+                _ = sleep_until(wake) => {}
+                Some(ev) = events.recv() => self.on_event(ev)?,
+                Some(ev) = link.recv() => {
+                    self.on_link(ev).await?;
+                }
+            }
+        }
+        self.refresh_gauges();
+        Ok(())
+    }
+
+    async fn on_link(&mut self, ev: LinkEvent) -> Result<Option<Exit>, AgentError> {
+        match ev {
+            LinkEvent::NeedRegistration(reply) => {
+                let _ = reply.send(self.registration());
+            }
+            LinkEvent::Registered {
+                agent_id,
+                master,
+                outbound,
+                ..
+            } => {
+                self.on_registered(agent_id)?;
+                self.session = Some(Session { outbound, master });
+                self.metrics.registered();
+                // Every unacknowledged head goes out again on the new stream.
+                self.updates.core_mut().resend_all();
+            }
+            LinkEvent::Disconnected { master, error } => {
+                tracing::warn!(%master, "lost the master: {error}");
+                self.session = None;
+            }
+            LinkEvent::Message(msg) => return self.on_master_message(*msg).await,
+        }
+        Ok(None)
+    }
+
+    /// Persists the agent id (fsync'd) before anything else happens under it.
+    fn on_registered(&mut self, agent_id: AgentId) -> Result<(), AgentError> {
+        if self.agent_id.as_ref() == Some(&agent_id) {
+            return Ok(());
+        }
+        if let Some(old) = &self.agent_id {
+            tracing::warn!(old = %old, new = %agent_id, "the master gave this agent a new id");
+        }
+        let path = self.layout.agent_id_file();
+        write_atomic(&path, agent_id.as_str().as_bytes())
+            .ctx(|| format!("persisting the agent id to {}", path.display()))?;
+        self.agent_id = Some(agent_id);
+        Ok(())
+    }
+
+    async fn on_master_message(
+        &mut self,
+        msg: pb::MasterMessage,
+    ) -> Result<Option<Exit>, AgentError> {
+        match msg.msg {
+            Some(Msg::RunTask(rt)) => self.on_run_task(rt).await?,
+            Some(Msg::KillTask(k)) => {
+                let key = TaskKey {
+                    framework_id: k.framework_id.unwrap_or_default(),
+                    task_id: k.task_id.unwrap_or_default(),
+                };
+                self.on_kill_task(&key, k.kill_policy, Reason::KilledByFramework)
+                    .await;
+            }
+            Some(Msg::StatusAck(ack)) => {
+                let key = TaskKey {
+                    framework_id: ack.framework_id.unwrap_or_default(),
+                    task_id: ack.task_id.unwrap_or_default(),
+                };
+                self.on_status_ack(&key, &ack.uuid)?;
+            }
+            Some(Msg::ShutdownFramework(s)) => {
+                let fw = s.framework_id.unwrap_or_default();
+                tracing::info!(framework = %fw, "shutting down the framework's tasks");
+                let keys: Vec<TaskKey> = self
+                    .tasks
+                    .keys()
+                    .filter(|k| k.framework_id == fw)
+                    .cloned()
+                    .collect();
+                for key in keys {
+                    self.on_kill_task(&key, None, Reason::FrameworkRemoved)
+                        .await;
+                }
+            }
+            Some(Msg::Shutdown(s)) => {
+                tracing::error!("the master shut this agent down: {}", s.reason);
+                return Ok(Some(Exit::ShutdownByMaster(s.reason)));
+            }
+            Some(Msg::Registered(_)) | Some(Msg::Pong(_)) | None => {}
+        }
+        Ok(None)
+    }
+
+    fn on_status_ack(&mut self, key: &TaskKey, uuid: &[u8]) -> Result<(), AgentError> {
+        use crate::status_updates::Ack;
+        match self.updates.acknowledge(key, uuid)? {
+            Ack::Accepted { completed } => {
+                self.metrics.update_acknowledged();
+                if completed {
+                    tracing::debug!(task = %key, "terminal update acknowledged; forgetting the task");
+                    self.tasks.remove(key);
+                }
+            }
+            Ack::WrongUuid => {
+                tracing::debug!(task = %key, "ignoring an acknowledgement of a uuid that is not in flight")
+            }
+            Ack::UnknownTask => {
+                tracing::debug!(task = %key, "ignoring an acknowledgement for an unknown task")
+            }
+        }
+        Ok(())
+    }
+
+    fn on_event(&mut self, ev: Event) -> Result<(), AgentError> {
+        match ev {
+            Event::TaskEnded { key, result } => self.on_task_ended(&key, result),
+            Event::GetState(reply) => {
+                let _ = reply.send(self.state());
+                Ok(())
+            }
+        }
+    }
+
+    /// Sends every status update that is due, if a master is connected.
+    fn flush(&mut self) {
+        let Some(session) = &self.session else {
+            return;
+        };
+        let mut sent = 0;
+        for (_, update) in self.updates.due(Instant::now()) {
+            if session.outbound.send(update.to_message()).is_err() {
+                // The session is gone; its Disconnected event is on its way. What was not
+                // sent is resent after the next registration.
+                self.session = None;
+                break;
+            }
+            sent += 1;
+        }
+        self.metrics.updates_sent(sent);
+    }
+
+    pub(crate) fn refresh_gauges(&self) {
+        self.metrics
+            .set_tasks_running(self.tasks.values().filter(|e| !e.terminal).count());
+        self.metrics
+            .set_updates_pending(self.updates.core().total_pending());
+    }
+
+    /// Builds a status update with a fresh uuid and checkpoints it.
+    pub(crate) fn enqueue_status(
+        &mut self,
+        key: &TaskKey,
+        state: TaskState,
+        source: pb::task_status::Source,
+        reason: Reason,
+        message: String,
+        exit_code: Option<i32>,
+    ) -> Result<(), AgentError> {
+        let status = pb::TaskStatus {
+            task_id: Some(key.task_id.clone()),
+            state: state as i32,
+            message,
+            source: source as i32,
+            reason: reason as i32,
+            agent_id: self.agent_id.clone(),
+            executor_id: None,
+            timestamp: drover_proto::unix_seconds(),
+            uuid: uuid::Uuid::new_v4().as_bytes().to_vec(),
+            healthy: None,
+            exit_code,
+            data: Vec::new(),
+        };
+        if states::is_terminal(state) {
+            if let Some(e) = self.tasks.get_mut(key) {
+                e.terminal = true;
+            }
+            self.metrics.task_terminal(state);
+        }
+        tracing::info!(task = %key, state = states::name(state), "status update");
+        self.updates.enqueue(
+            key,
+            StatusUpdate {
+                framework_id: key.framework_id.clone(),
+                status,
+            },
+        )
+    }
+
+    fn registration(&self) -> pb::agent_message::Register {
+        let frameworks: BTreeSet<_> = self.tasks.keys().map(|k| k.framework_id.clone()).collect();
+        let tasks = self
+            .tasks
+            .iter()
+            .map(|(key, e)| pb::AgentTask {
+                framework_id: Some(key.framework_id.clone()),
+                task: Some(e.checkpoint.task.clone()),
+                state: self.latest_state(key) as i32,
+            })
+            .collect();
+        pb::agent_message::Register {
+            agent_id: self.agent_id.clone(),
+            info: Some(self.info.clone()),
+            tasks,
+            frameworks: frameworks.into_iter().collect(),
+        }
+    }
+
+    pub(crate) fn latest_state(&self, key: &TaskKey) -> TaskState {
+        self.updates
+            .core()
+            .latest_state(key)
+            .unwrap_or(TaskState::TaskStaging)
+    }
+
+    fn state(&self) -> pb::GetAgentStateResponse {
+        let tasks = self
+            .tasks
+            .keys()
+            .map(|key| pb::AgentTaskState {
+                framework_id: Some(key.framework_id.clone()),
+                task_id: Some(key.task_id.clone()),
+                state: self.latest_state(key) as i32,
+                sandbox: if key.validate().is_ok() {
+                    self.layout.sandbox(key).to_string_lossy().into_owned()
+                } else {
+                    String::new()
+                },
+                exit_code: self.updates.core().latest_exit_code(key),
+                pending_updates: self.updates.core().pending(key) as u32,
+            })
+            .collect();
+        pb::GetAgentStateResponse {
+            agent_id: self.agent_id.clone(),
+            info: Some(self.info.clone()),
+            tasks,
+            master: self
+                .session
+                .as_ref()
+                .map(|s| s.master.clone())
+                .unwrap_or_default(),
+        }
+    }
+
+    /// Writes `task.json` for a valid key (creating its meta directory).
+    pub(crate) fn checkpoint_task(
+        &self,
+        key: &TaskKey,
+        cp: &TaskCheckpoint,
+    ) -> Result<(), AgentError> {
+        let meta = self.layout.task_meta(key);
+        crate::fsutil::create_dir_all_durable(meta.dir())
+            .ctx(|| format!("creating {}", meta.dir().display()))?;
+        let path = meta.task_file();
+        write_json_atomic(&path, cp).ctx(|| format!("checkpointing {}", path.display()))
+    }
+}
+
+async fn sleep_until(when: Option<Instant>) {
+    match when {
+        Some(t) => tokio::time::sleep_until(tokio::time::Instant::from_std(t)).await,
+        None => std::future::pending().await,
+    }
+}

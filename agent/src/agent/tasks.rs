@@ -1,0 +1,239 @@
+//! Task-level handlers of the agent loop: launch, kill, and the end of a container.
+
+use std::fs::OpenOptions;
+use std::time::Duration;
+
+use drover_proto::pb::{
+    self, master_message::RunTask, task_status::Reason, task_status::Source, TaskState,
+};
+use drover_proto::Resources;
+
+use super::recovery::TaskCheckpoint;
+use super::state::{AgentLoop, TaskEntry};
+use crate::containerizer::{terminal_status, LaunchSpec, Termination};
+use crate::error::AgentError;
+use crate::fsutil::create_dir_all_durable;
+use crate::layout::TaskKey;
+
+/// Longest grace period honoured from a kill policy: a typo of `1e9` must not leave a
+/// task unkillable for decades.
+const MAX_GRACE: Duration = Duration::from_secs(24 * 3600);
+
+impl AgentLoop {
+    /// `run_task`: idempotent by (framework id, task id). Order matters for recovery:
+    /// `task.json` is on disk before the sandbox, the sandbox before STARTING, STARTING
+    /// before the container, so a restart at any point finds a consistent story.
+    pub(crate) async fn on_run_task(&mut self, rt: RunTask) -> Result<(), AgentError> {
+        let task = rt.task.unwrap_or_default();
+        let key = TaskKey {
+            framework_id: rt.framework_id.unwrap_or_default(),
+            task_id: task.task_id.clone().unwrap_or_default(),
+        };
+        if self.stopping {
+            tracing::warn!(task = %key, "ignoring a launch while the agent shuts down");
+            return Ok(());
+        }
+        if self.tasks.contains_key(&key) {
+            tracing::debug!(task = %key, "launch of a task already known; ignoring it");
+            return Ok(());
+        }
+        let ids = key.validate();
+        if ids.is_ok() && self.layout.task_meta(&key).dir().exists() {
+            // Completed (terminal update acknowledged) but a launch arrives again: a task
+            // id must never run twice on this agent.
+            tracing::warn!(task = %key, "launch of a task that already ran here; ignoring it");
+            return Ok(());
+        }
+        let checkpoint = TaskCheckpoint {
+            framework_id: key.framework_id.clone(),
+            framework_info: rt.framework_info,
+            task,
+        };
+        let problem = ids.err().or_else(|| self.invalid_task(&checkpoint.task));
+        let durable = key.validate().is_ok();
+        if durable {
+            self.checkpoint_task(&key, &checkpoint)?;
+        }
+        self.tasks.insert(
+            key.clone(),
+            TaskEntry {
+                checkpoint: checkpoint.clone(),
+                terminal: false,
+                watched: false,
+            },
+        );
+        if let Some(problem) = problem {
+            tracing::warn!(task = %key, "refusing an invalid task: {problem}");
+            return self.enqueue_status(
+                &key,
+                TaskState::TaskError,
+                Source::Agent,
+                Reason::TaskInvalid,
+                problem,
+                None,
+            );
+        }
+
+        let sandbox = self.layout.sandbox(&key);
+        if let Err(e) = create_sandbox(&sandbox) {
+            return self.enqueue_status(
+                &key,
+                TaskState::TaskFailed,
+                Source::Agent,
+                Reason::ContainerLaunchFailed,
+                format!("cannot create the sandbox {}: {e}", sandbox.display()),
+                None,
+            );
+        }
+        self.enqueue_status(
+            &key,
+            TaskState::TaskStarting,
+            Source::Executor,
+            Reason::Unspecified,
+            String::new(),
+            None,
+        )?;
+        let spec = LaunchSpec {
+            key: key.clone(),
+            task: checkpoint.task,
+            agent_id: self.agent_id.clone().unwrap_or_default(),
+            sandbox,
+            meta: self.layout.task_meta(&key),
+        };
+        match self.containerizer.launch(spec).await {
+            Ok(()) => {
+                self.metrics.task_launched();
+                self.watch(&key);
+                self.enqueue_status(
+                    &key,
+                    TaskState::TaskRunning,
+                    Source::Executor,
+                    Reason::Unspecified,
+                    String::new(),
+                    None,
+                )
+            }
+            Err(e) => {
+                tracing::warn!(task = %key, "launch failed: {e}");
+                self.enqueue_status(
+                    &key,
+                    TaskState::TaskFailed,
+                    Source::Agent,
+                    Reason::ContainerLaunchFailed,
+                    e.to_string(),
+                    None,
+                )
+            }
+        }
+    }
+
+    /// Why a task cannot run, if it cannot. The master validates too; the agent checks
+    /// again because it is the one that would run a bad command.
+    fn invalid_task(&self, task: &pb::TaskInfo) -> Option<String> {
+        let Some(command) = &task.command else {
+            return Some("the task has no command".into());
+        };
+        if command.value.trim().is_empty() {
+            return Some("the task's command is empty".into());
+        }
+        if let Err(e) = Resources::from_proto(&task.resources) {
+            return Some(format!("the task's resources are invalid: {e}"));
+        }
+        if let (Some(mine), Some(theirs)) = (&self.agent_id, &task.agent_id) {
+            if !theirs.is_empty() && theirs != mine {
+                return Some(format!(
+                    "the task was meant for agent {theirs}, but this is agent {mine}"
+                ));
+            }
+        }
+        None
+    }
+
+    /// `kill_task`: an unknown task is ignored (as Mesos does: the master reconciles);
+    /// a task that already ended is left to its pending terminal update.
+    pub(crate) async fn on_kill_task(
+        &mut self,
+        key: &TaskKey,
+        policy: Option<pb::KillPolicy>,
+        reason: Reason,
+    ) {
+        let Some(entry) = self.tasks.get(key) else {
+            tracing::info!(task = %key, "kill for a task this agent does not know; ignoring it");
+            return;
+        };
+        if entry.terminal || !entry.watched {
+            tracing::debug!(task = %key, "kill for a task that already ended; ignoring it");
+            return;
+        }
+        let grace = self.grace_for(key, policy.as_ref());
+        tracing::info!(task = %key, ?grace, "killing the task");
+        if let Err(e) = self.containerizer.kill(key, grace, reason).await {
+            tracing::error!(task = %key, "kill failed: {e}");
+        }
+    }
+
+    /// The kill's own grace period, else the task's, else the agent's default.
+    pub(crate) fn grace_for(&self, key: &TaskKey, policy: Option<&pb::KillPolicy>) -> Duration {
+        let usable = |p: Option<&pb::KillPolicy>| {
+            p.map(|p| p.grace_period_seconds)
+                .filter(|g| g.is_finite() && *g > 0.0)
+        };
+        let task_policy = self
+            .tasks
+            .get(key)
+            .and_then(|e| e.checkpoint.task.kill_policy.as_ref());
+        usable(policy)
+            .or_else(|| usable(task_policy))
+            .map(|g| Duration::from_secs_f64(g).min(MAX_GRACE))
+            .unwrap_or(self.settings.default_grace)
+    }
+
+    /// A container ended: its terminal update is checkpointed and queued.
+    pub(crate) fn on_task_ended(
+        &mut self,
+        key: &TaskKey,
+        result: Result<Termination, AgentError>,
+    ) -> Result<(), AgentError> {
+        let Some(entry) = self.tasks.get_mut(key) else {
+            return Ok(());
+        };
+        entry.watched = false;
+        if entry.terminal {
+            return Ok(());
+        }
+        let status = match result {
+            Ok(t) => terminal_status(&t),
+            Err(e) => {
+                tracing::error!(task = %key, "lost track of the task's container: {e}");
+                crate::containerizer::TerminalStatus {
+                    state: TaskState::TaskFailed,
+                    reason: Reason::ExecutorTerminated,
+                    source: Source::Agent,
+                    message: format!("the agent lost track of the task's container: {e}"),
+                    exit_code: None,
+                }
+            }
+        };
+        self.enqueue_status(
+            key,
+            status.state,
+            status.source,
+            status.reason,
+            status.message,
+            status.exit_code,
+        )
+    }
+}
+
+/// The sandbox directory with empty `stdout` and `stderr`, so the files API can serve
+/// them from the moment the task is RUNNING.
+fn create_sandbox(dir: &std::path::Path) -> std::io::Result<()> {
+    create_dir_all_durable(dir)?;
+    for name in ["stdout", "stderr"] {
+        OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join(name))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,197 @@
+use super::*;
+use std::fs;
+use std::os::unix::fs::symlink;
+
+use crate::layout::TaskKey;
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    layout: Layout,
+}
+
+fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let layout = Layout::new(dir.path());
+    let sb = layout.sandbox(&TaskKey::new("fw", "t"));
+    fs::create_dir_all(sb.join("sub/deeper")).unwrap();
+    fs::write(sb.join("stdout"), b"hello world\n").unwrap();
+    fs::write(sb.join("sub/deeper/file.txt"), b"deep").unwrap();
+    // Escape attempts planted by a hostile task.
+    symlink("/etc", sb.join("etc_link")).unwrap();
+    symlink("/etc/passwd", sb.join("passwd_link")).unwrap();
+    symlink("/etc", sb.join("sub/inner_link")).unwrap();
+    symlink("../../..", sb.join("up_link")).unwrap();
+    Fixture { _dir: dir, layout }
+}
+
+fn read(f: &Fixture, path: &str) -> Result<pb::ReadFileResponse, AgentError> {
+    read_file(&f.layout, "fw", "t", path, 0, 0)
+}
+
+#[test]
+fn reads_a_file_with_offset_and_length() {
+    let f = fixture();
+    let r = read(&f, "stdout").unwrap();
+    assert_eq!(r.data, b"hello world\n");
+    assert_eq!(r.size, 12);
+    let r = read_file(&f.layout, "fw", "t", "stdout", 6, 5).unwrap();
+    assert_eq!(
+        (r.data.as_slice(), r.offset, r.size),
+        (&b"world"[..], 6, 12)
+    );
+    let r = read_file(&f.layout, "fw", "t", "stdout", 100, 5).unwrap();
+    assert!(r.data.is_empty());
+    let r = read(&f, "sub/deeper/file.txt").unwrap();
+    assert_eq!(r.data, b"deep");
+    let r = read(&f, "./sub/./deeper/file.txt").unwrap();
+    assert_eq!(r.data, b"deep");
+}
+
+#[test]
+fn length_is_capped_at_one_mebibyte() {
+    let f = fixture();
+    let sb = f.layout.sandbox(&TaskKey::new("fw", "t"));
+    fs::write(sb.join("big"), vec![7u8; 3 << 20]).unwrap();
+    let r = read_file(&f.layout, "fw", "t", "big", 0, 10 << 20).unwrap();
+    assert_eq!(r.data.len() as u64, MAX_READ_LENGTH);
+    assert_eq!(r.size, 3 << 20);
+}
+
+#[test]
+fn refuses_absolute_paths() {
+    let f = fixture();
+    let e = read(&f, "/etc/passwd").unwrap_err();
+    assert!(matches!(e, AgentError::InvalidPath(_)), "{e:?}");
+    assert_eq!(e.to_status().code(), tonic::Code::InvalidArgument);
+    assert!(e.to_string().contains("absolute"), "{e}");
+}
+
+#[test]
+fn refuses_dot_dot_anywhere() {
+    let f = fixture();
+    for p in [
+        "..",
+        "../t/stdout",
+        "sub/../stdout",
+        "sub/..",
+        "../../../../etc/passwd",
+    ] {
+        let e = read(&f, p).unwrap_err();
+        assert!(matches!(e, AgentError::InvalidPath(_)), "{p}: {e:?}");
+        assert!(e.to_string().contains(".."), "{p}: {e}");
+    }
+}
+
+#[test]
+fn refuses_empty_components() {
+    let f = fixture();
+    for p in ["sub//deeper/file.txt", "sub/", "stdout/"] {
+        let e = read(&f, p).unwrap_err();
+        assert!(matches!(e, AgentError::InvalidPath(_)), "{p}: {e:?}");
+    }
+    assert!(matches!(read(&f, ""), Err(AgentError::InvalidPath(_))));
+    assert!(matches!(read(&f, "a\0b"), Err(AgentError::InvalidPath(_))));
+}
+
+#[test]
+fn refuses_a_symlink_as_the_file() {
+    let f = fixture();
+    let e = read(&f, "passwd_link").unwrap_err();
+    assert!(matches!(e, AgentError::Symlink(_)), "{e:?}");
+    assert_eq!(e.to_status().code(), tonic::Code::PermissionDenied);
+}
+
+#[test]
+fn refuses_a_symlink_to_etc_as_a_directory() {
+    let f = fixture();
+    for p in ["etc_link/passwd", "up_link/t/stdout"] {
+        let e = read(&f, p).unwrap_err();
+        assert!(matches!(e, AgentError::Symlink(_)), "{p}: {e:?}");
+    }
+    let e = list_files(&f.layout, "fw", "t", "etc_link").unwrap_err();
+    assert!(matches!(e, AgentError::Symlink(_)), "{e:?}");
+}
+
+#[test]
+fn refuses_a_symlink_in_an_intermediate_component() {
+    let f = fixture();
+    let e = read(&f, "sub/inner_link/passwd").unwrap_err();
+    assert!(matches!(e, AgentError::Symlink(_)), "{e:?}");
+    assert!(e.to_string().contains("sub/inner_link"), "{e}");
+    let e = list_files(&f.layout, "fw", "t", "sub/inner_link").unwrap_err();
+    assert!(matches!(e, AgentError::Symlink(_)), "{e:?}");
+}
+
+#[test]
+fn a_swapped_in_sandbox_directory_symlink_is_refused_too() {
+    // The task cannot replace its own sandbox dir, but the check does not rely on that.
+    let f = fixture();
+    let fw_dir = f.layout.sandboxes_root().join("fw");
+    symlink("/etc", fw_dir.join("evil")).unwrap();
+    let e = read_file(&f.layout, "fw", "evil", "passwd", 0, 0).unwrap_err();
+    assert!(matches!(e, AgentError::Symlink(_)), "{e:?}");
+}
+
+#[test]
+fn unknown_tasks_and_files() {
+    let f = fixture();
+    let e = read_file(&f.layout, "fw", "nope", "stdout", 0, 0).unwrap_err();
+    assert_eq!(e.to_status().code(), tonic::Code::NotFound);
+    let e = read_file(&f.layout, "nope", "t", "stdout", 0, 0).unwrap_err();
+    assert_eq!(e.to_status().code(), tonic::Code::NotFound);
+    let e = read_file(&f.layout, "fw", "../fw", "stdout", 0, 0).unwrap_err();
+    assert_eq!(e.to_status().code(), tonic::Code::InvalidArgument);
+    let e = read(&f, "missing").unwrap_err();
+    assert_eq!(e.to_status().code(), tonic::Code::NotFound);
+    let e = read(&f, "stdout/x").unwrap_err();
+    assert_eq!(e.to_status().code(), tonic::Code::InvalidArgument);
+}
+
+#[test]
+fn refuses_directories_and_fifos_without_blocking() {
+    let f = fixture();
+    let sb = f.layout.sandbox(&TaskKey::new("fw", "t"));
+    let e = read(&f, "sub").unwrap_err();
+    assert!(matches!(e, AgentError::WrongFileType(_)), "{e:?}");
+    let fifo = CString::new(sb.join("fifo").as_os_str().as_bytes()).unwrap();
+    // SAFETY: valid path.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+    let e = read(&f, "fifo").unwrap_err();
+    assert!(matches!(e, AgentError::WrongFileType(_)), "{e:?}");
+}
+
+#[test]
+fn lists_directories_without_following_symlinks() {
+    let f = fixture();
+    let r = list_files(&f.layout, "fw", "t", "").unwrap();
+    let names: Vec<_> = r.entries.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(
+        names,
+        ["etc_link", "passwd_link", "stdout", "sub", "up_link"]
+    );
+    let stdout = r.entries.iter().find(|e| e.path == "stdout").unwrap();
+    assert_eq!((stdout.size, stdout.is_dir), (12, false));
+    let link = r.entries.iter().find(|e| e.path == "etc_link").unwrap();
+    assert!(
+        !link.is_dir,
+        "a symlink to a directory is not listed as one"
+    );
+
+    let r = list_files(&f.layout, "fw", "t", "sub").unwrap();
+    let names: Vec<_> = r.entries.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(names, ["sub/deeper", "sub/inner_link"]);
+    assert!(r.entries[0].is_dir);
+
+    let r = list_files(&f.layout, "fw", "t", "stdout").unwrap();
+    assert_eq!(r.entries.len(), 1);
+    assert_eq!(r.entries[0].path, "stdout");
+
+    assert!(matches!(
+        list_files(&f.layout, "fw", "t", "/"),
+        Err(AgentError::InvalidPath(_))
+    ));
+    assert!(matches!(
+        list_files(&f.layout, "fw", "t", ".."),
+        Err(AgentError::InvalidPath(_))
+    ));
+}

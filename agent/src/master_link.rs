@@ -1,0 +1,406 @@
+//! The agent's one long-lived stream to the leading master (`AgentMaster.Session`).
+//!
+//! The link owns connection management and nothing else: it dials masters in turn
+//! (following `NotLeader` hints), registers with what the agent loop hands it, pings,
+//! detects silence, fences stale leaders by term, and reconnects with jittered
+//! exponential backoff. Everything it receives goes to the agent loop as a
+//! [`LinkEvent`]; everything the agent sends goes through the per-session `outbound`
+//! sender, which dies with its session, so nothing meant for an old session can ever be
+//! sent on a new stream before its registration.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use drover_proto::leader::leader_hint;
+use drover_proto::pb::{self, agent_master_client::AgentMasterClient, master_message::Msg};
+use drover_proto::AgentId;
+use rand::Rng;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+
+use crate::error::{AgentError, IoContext};
+use crate::fsutil::write_atomic;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a master may take to answer a registration.
+const REGISTER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Used when a master announces no usable ping interval.
+const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(10);
+/// Silence longer than this many ping intervals means the master or the path is gone.
+const SILENCE_FACTOR: u32 = 3;
+/// Consecutive `NotLeader` hints followed without pause before backing off (two
+/// confused followers could otherwise bounce the agent between them forever).
+const MAX_HINT_HOPS: u32 = 3;
+
+/// What the link tells the agent loop.
+#[derive(Debug)]
+pub enum LinkEvent {
+    /// A new session needs the registration message (built from the agent's state now).
+    NeedRegistration(oneshot::Sender<pb::agent_message::Register>),
+    /// The master accepted the registration. `outbound` carries messages to it for as
+    /// long as this session lives.
+    Registered {
+        agent_id: AgentId,
+        ping_interval: Duration,
+        master: String,
+        outbound: mpsc::UnboundedSender<pb::AgentMessage>,
+    },
+    /// A command from the master (already fenced: its term is current). Boxed: a
+    /// `RunTask` is far larger than the other events.
+    Message(Box<pb::MasterMessage>),
+    /// A registered session ended.
+    Disconnected { master: String, error: String },
+}
+
+/// Keeps the highest master term seen, persisted, and rejects older terms.
+#[derive(Debug)]
+pub struct TermFence {
+    path: PathBuf,
+    highest: u64,
+}
+
+impl TermFence {
+    /// Loads the persisted term (0 when none was ever seen).
+    pub fn load(path: PathBuf) -> Result<Self, AgentError> {
+        let highest = match std::fs::read_to_string(&path) {
+            Ok(s) => s.trim().parse().map_err(|_| {
+                AgentError::Config(format!("{} does not hold a term: '{s}'", path.display()))
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+            Err(e) => return Err(AgentError::io(format!("reading {}", path.display()), e)),
+        };
+        Ok(TermFence { path, highest })
+    }
+
+    pub fn highest(&self) -> u64 {
+        self.highest
+    }
+
+    /// True when a message of `term` may be acted on. A higher term is persisted first,
+    /// so a restarted agent keeps refusing the deposed leader.
+    pub fn admit(&mut self, term: u64) -> Result<bool, AgentError> {
+        if term < self.highest {
+            return Ok(false);
+        }
+        if term > self.highest {
+            write_atomic(&self.path, term.to_string().as_bytes())
+                .ctx(|| format!("persisting term {term} to {}", self.path.display()))?;
+            self.highest = term;
+        }
+        Ok(true)
+    }
+}
+
+/// Exponential backoff with jitter: each delay is drawn from [d/2, d], then d doubles
+/// up to the cap. The jitter keeps a fleet of agents from reconnecting in lockstep
+/// after a master failover.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    initial: Duration,
+    max: Duration,
+    current: Duration,
+}
+
+impl Backoff {
+    pub fn new(initial: Duration, max: Duration) -> Self {
+        Backoff {
+            initial,
+            max,
+            current: initial,
+        }
+    }
+
+    pub fn next_delay(&mut self, rng: &mut impl Rng) -> Duration {
+        let d = self.current;
+        self.current = (self.current * 2).min(self.max);
+        d.mul_f64(rng.gen_range(0.5..=1.0))
+    }
+
+    pub fn reset(&mut self) {
+        self.current = self.initial;
+    }
+}
+
+struct Failure {
+    error: String,
+    leader_hint: Option<String>,
+    registered: bool,
+}
+
+impl Failure {
+    fn new(error: impl Into<String>, registered: bool) -> Self {
+        Failure {
+            error: error.into(),
+            leader_hint: None,
+            registered,
+        }
+    }
+
+    fn status(status: tonic::Status, registered: bool) -> Self {
+        Failure {
+            leader_hint: leader_hint(&status),
+            error: format!("{}: {}", status.code(), status.message()),
+            registered,
+        }
+    }
+}
+
+/// The connection manager. See the module docs.
+pub struct MasterLink {
+    masters: Vec<String>,
+    fence: TermFence,
+    events: mpsc::Sender<LinkEvent>,
+}
+
+fn uri(addr: &str) -> String {
+    if addr.contains("://") {
+        addr.to_string()
+    } else {
+        format!("http://{addr}")
+    }
+}
+
+impl MasterLink {
+    pub fn new(masters: Vec<String>, fence: TermFence, events: mpsc::Sender<LinkEvent>) -> Self {
+        MasterLink {
+            masters,
+            fence,
+            events,
+        }
+    }
+
+    /// Runs until `stop` turns true or the agent loop goes away.
+    pub async fn run(mut self, mut stop: watch::Receiver<bool>) {
+        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+        let mut next = 0usize;
+        let mut hint: Option<String> = None;
+        let mut hops = 0;
+        while !*stop.borrow() {
+            let addr = hint.take().unwrap_or_else(|| {
+                next = next.wrapping_add(1);
+                self.masters[(next - 1) % self.masters.len()].clone()
+            });
+            let failure = tokio::select! {
+                _ = stop.changed() => return,
+                f = self.session(&addr) => f,
+            };
+            let Some(failure) = failure else { return };
+            if failure.registered {
+                backoff.reset();
+                let event = LinkEvent::Disconnected {
+                    master: addr.clone(),
+                    error: failure.error.clone(),
+                };
+                if self.events.send(event).await.is_err() {
+                    return;
+                }
+            }
+            match failure.leader_hint.filter(|h| !h.is_empty() && *h != addr) {
+                Some(leader) if hops < MAX_HINT_HOPS => {
+                    tracing::info!(master = %addr, leader = %leader, "not the leader; following the hint");
+                    hops += 1;
+                    hint = Some(leader);
+                    continue;
+                }
+                _ => hops = 0,
+            }
+            let delay = backoff.next_delay(&mut rand::thread_rng());
+            tracing::warn!(
+                master = %addr,
+                "session failed: {}; retrying in {} ms",
+                failure.error,
+                delay.as_millis()
+            );
+            tokio::select! {
+                _ = stop.changed() => return,
+                _ = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+
+    /// Fences a message; a rejected one is logged and dropped.
+    fn admit(&mut self, msg: &pb::MasterMessage, addr: &str) -> bool {
+        match self.fence.admit(msg.term) {
+            Ok(true) => true,
+            Ok(false) => {
+                tracing::warn!(
+                    master = %addr,
+                    term = msg.term,
+                    highest = self.fence.highest(),
+                    "dropping a message from a deposed leader (older term)"
+                );
+                false
+            }
+            Err(e) => {
+                // Cannot persist: refuse rather than act on a term we might forget.
+                tracing::error!("{e}");
+                false
+            }
+        }
+    }
+
+    /// One session. `None` when the agent loop is gone (shutting down).
+    async fn session(&mut self, addr: &str) -> Option<Failure> {
+        let endpoint = match tonic::transport::Endpoint::from_shared(uri(addr)) {
+            Ok(e) => e
+                .connect_timeout(CONNECT_TIMEOUT)
+                .tcp_nodelay(true)
+                .http2_keep_alive_interval(Duration::from_secs(30))
+                .keep_alive_timeout(Duration::from_secs(20)),
+            Err(e) => return Some(Failure::new(format!("bad master address: {e}"), false)),
+        };
+        let channel = match endpoint.connect().await {
+            Ok(c) => c,
+            Err(e) => return Some(Failure::new(format!("cannot connect: {e}"), false)),
+        };
+        let mut client = AgentMasterClient::new(channel);
+
+        let (reply_tx, reply_rx) = oneshot::channel();
+        self.events
+            .send(LinkEvent::NeedRegistration(reply_tx))
+            .await
+            .ok()?;
+        let register = reply_rx.await.ok()?;
+        let (out_tx, out_rx) = mpsc::unbounded_channel();
+        let _ = out_tx.send(pb::AgentMessage {
+            msg: Some(pb::agent_message::Msg::Register(register)),
+        });
+        let response = match tokio::time::timeout(
+            REGISTER_TIMEOUT,
+            client.session(UnboundedReceiverStream::new(out_rx)),
+        )
+        .await
+        {
+            Err(_) => return Some(Failure::new("the master did not answer", false)),
+            Ok(Err(status)) => return Some(Failure::status(status, false)),
+            Ok(Ok(r)) => r,
+        };
+        let mut inbound = response.into_inner();
+
+        let deadline = Instant::now() + REGISTER_TIMEOUT;
+        let registered = loop {
+            let msg = match tokio::time::timeout_at(deadline, inbound.message()).await {
+                Err(_) => return Some(Failure::new("no answer to the registration", false)),
+                Ok(Err(status)) => return Some(Failure::status(status, false)),
+                Ok(Ok(None)) => return Some(Failure::new("the master closed the stream", false)),
+                Ok(Ok(Some(msg))) => msg,
+            };
+            if !self.admit(&msg, addr) {
+                return Some(Failure::new("the master answered with a stale term", false));
+            }
+            match msg.msg {
+                Some(Msg::Registered(r)) => break r,
+                Some(Msg::Shutdown(_)) => {
+                    self.events
+                        .send(LinkEvent::Message(Box::new(msg)))
+                        .await
+                        .ok()?;
+                    return Some(Failure::new("shut down by the master", false));
+                }
+                other => tracing::debug!("ignoring {other:?} before registration"),
+            }
+        };
+        let agent_id = registered.agent_id.unwrap_or_default();
+        if agent_id.is_empty() {
+            return Some(Failure::new(
+                "the master registered us without an agent id",
+                false,
+            ));
+        }
+        let secs = registered.ping_interval_seconds;
+        let ping = if secs.is_finite() && secs > 0.0 {
+            Duration::from_secs_f64(secs.clamp(0.01, 3600.0))
+        } else {
+            DEFAULT_PING_INTERVAL
+        };
+        tracing::info!(master = %addr, agent_id = %agent_id, ?ping, "registered");
+        self.events
+            .send(LinkEvent::Registered {
+                agent_id,
+                ping_interval: ping,
+                master: addr.to_string(),
+                outbound: out_tx.clone(),
+            })
+            .await
+            .ok()?;
+
+        let silence = ping * SILENCE_FACTOR;
+        let mut ticker = tokio::time::interval_at(Instant::now() + ping, ping);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_heard = Instant::now();
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {
+                    let ping = pb::AgentMessage { msg: Some(pb::agent_message::Msg::Ping(pb::agent_message::Ping {})) };
+                    if out_tx.send(ping).is_err() {
+                        return Some(Failure::new("the stream's sender closed", true));
+                    }
+                }
+                r = tokio::time::timeout_at(last_heard + silence, inbound.message()) => {
+                    let msg = match r {
+                        Err(_) => return Some(Failure::new(
+                            format!("nothing from the master for {} ms", silence.as_millis()),
+                            true,
+                        )),
+                        Ok(Err(status)) => return Some(Failure::status(status, true)),
+                        Ok(Ok(None)) => return Some(Failure::new("the master closed the stream", true)),
+                        Ok(Ok(Some(msg))) => msg,
+                    };
+                    last_heard = Instant::now();
+                    if !self.admit(&msg, addr) {
+                        continue;
+                    }
+                    match &msg.msg {
+                        Some(Msg::Pong(_)) | None => {}
+                        Some(Msg::Registered(_)) => tracing::debug!("ignoring a repeated registration answer"),
+                        Some(_) => {
+                            self.events.send(LinkEvent::Message(Box::new(msg))).await.ok()?;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    #[test]
+    fn fence_rejects_older_terms_and_persists_the_highest() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("term");
+        let mut f = TermFence::load(path.clone()).unwrap();
+        assert!(f.admit(0).unwrap());
+        assert!(f.admit(5).unwrap());
+        assert!(f.admit(5).unwrap());
+        assert!(!f.admit(4).unwrap());
+        let mut again = TermFence::load(path).unwrap();
+        assert_eq!(again.highest(), 5);
+        assert!(!again.admit(3).unwrap());
+        assert!(again.admit(6).unwrap());
+    }
+
+    #[test]
+    fn backoff_doubles_with_jitter_up_to_the_cap() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let mut b = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+        let mut ceiling = Duration::from_millis(200);
+        for _ in 0..20 {
+            let d = b.next_delay(&mut rng);
+            assert!(d >= ceiling / 2 && d <= ceiling, "{d:?} vs {ceiling:?}");
+            ceiling = (ceiling * 2).min(Duration::from_secs(5));
+        }
+        b.reset();
+        assert!(b.next_delay(&mut rng) <= Duration::from_millis(200));
+    }
+
+    #[test]
+    fn addresses_become_uris() {
+        assert_eq!(uri("127.0.0.1:5050"), "http://127.0.0.1:5050");
+        assert_eq!(uri("https://m:1"), "https://m:1");
+    }
+}

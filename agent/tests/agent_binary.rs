@@ -1,0 +1,286 @@
+//! The `drover-agent` binary as operators run it: a separate process, killed with
+//! SIGKILL and restarted, against a fake master served by the test.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use drover_agent::procfs;
+use drover_agent::supervisor::records::SupervisorClaim;
+use drover_proto::pb::{self, agent_master_server::AgentMaster, master_message::Msg, TaskState};
+use drover_proto::{FrameworkId, TaskId};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::{TcpListenerStream, UnboundedReceiverStream};
+use tonic::{Request, Response, Status, Streaming};
+
+type ToAgent = mpsc::UnboundedSender<Result<pb::MasterMessage, Status>>;
+
+struct FakeMaster {
+    from_agent: mpsc::UnboundedSender<pb::AgentMessage>,
+    to_agent: Arc<Mutex<Option<ToAgent>>>,
+}
+
+#[tonic::async_trait]
+impl AgentMaster for FakeMaster {
+    type SessionStream = UnboundedReceiverStream<Result<pb::MasterMessage, Status>>;
+
+    async fn session(
+        &self,
+        request: Request<Streaming<pb::AgentMessage>>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
+        let mut inbound = request.into_inner();
+        let (tx, rx) = mpsc::unbounded_channel();
+        *self.to_agent.lock().unwrap() = Some(tx.clone());
+        let forward = self.from_agent.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(msg)) = inbound.message().await {
+                let reply = match &msg.msg {
+                    Some(pb::agent_message::Msg::Register(_)) => {
+                        Some(Msg::Registered(pb::master_message::Registered {
+                            agent_id: Some(pb::AgentId {
+                                value: "agent-bin".into(),
+                            }),
+                            ping_interval_seconds: 0.5,
+                        }))
+                    }
+                    Some(pb::agent_message::Msg::Ping(_)) => {
+                        Some(Msg::Pong(pb::master_message::Pong {}))
+                    }
+                    _ => None,
+                };
+                if let Some(reply) = reply {
+                    let _ = tx.send(Ok(pb::MasterMessage {
+                        term: 1,
+                        msg: Some(reply),
+                    }));
+                }
+                if forward.send(msg).is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(UnboundedReceiverStream::new(rx)))
+    }
+}
+
+struct Master {
+    addr: String,
+    from_agent: mpsc::UnboundedReceiver<pb::AgentMessage>,
+    to_agent: Arc<Mutex<Option<ToAgent>>>,
+    /// Delivery is at least once (an ack may be lost with a killed agent): repeats of
+    /// uuids already seen are acknowledged again and skipped.
+    seen: HashSet<Vec<u8>>,
+}
+
+impl Master {
+    async fn start() -> Master {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let to_agent = Arc::new(Mutex::new(None));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(pb::agent_master_server::AgentMasterServer::new(
+                    FakeMaster {
+                        from_agent: tx,
+                        to_agent: to_agent.clone(),
+                    },
+                ))
+                .serve_with_incoming(TcpListenerStream::new(listener)),
+        );
+        Master {
+            addr,
+            from_agent: rx,
+            to_agent,
+            seen: HashSet::new(),
+        }
+    }
+
+    fn send(&self, msg: Msg) {
+        if let Some(tx) = self.to_agent.lock().unwrap().as_ref() {
+            let _ = tx.send(Ok(pb::MasterMessage {
+                term: 1,
+                msg: Some(msg),
+            }));
+        }
+    }
+
+    async fn next(&mut self) -> pb::agent_message::Msg {
+        loop {
+            let msg = tokio::time::timeout(Duration::from_secs(30), self.from_agent.recv())
+                .await
+                .expect("the agent went quiet")
+                .expect("the fake master stopped");
+            match msg.msg {
+                Some(pb::agent_message::Msg::Ping(_)) | None => continue,
+                Some(m) => return m,
+            }
+        }
+    }
+
+    async fn register(&mut self) -> pb::agent_message::Register {
+        match self.next().await {
+            pb::agent_message::Msg::Register(r) => r,
+            other => panic!("expected a registration, got {other:?}"),
+        }
+    }
+
+    /// The next new update, acknowledged.
+    async fn acked_update(&mut self) -> pb::TaskStatus {
+        loop {
+            match self.next().await {
+                pb::agent_message::Msg::StatusUpdate(u) => {
+                    let status = u.status.unwrap();
+                    self.send(Msg::StatusAck(pb::master_message::StatusAck {
+                        framework_id: u.framework_id,
+                        task_id: status.task_id.clone(),
+                        uuid: status.uuid.clone(),
+                    }));
+                    if self.seen.insert(status.uuid.clone()) {
+                        return status;
+                    }
+                }
+                other => panic!("expected a status update, got {other:?}"),
+            }
+        }
+    }
+}
+
+/// The agent process; killed if a failing test leaves it behind.
+struct AgentProcess(Child);
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_agent(master: &str, work_dir: &Path) -> AgentProcess {
+    let child = Command::new(env!("CARGO_BIN_EXE_drover-agent"))
+        .args([
+            "--master",
+            master,
+            "--listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+            "--work-dir",
+            work_dir.to_str().unwrap(),
+            "--log-level",
+            "warn",
+        ])
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    AgentProcess(child)
+}
+
+fn state(s: &pb::TaskStatus) -> TaskState {
+    drover_proto::states::from_i32(s.state)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_survive_kill_9_of_the_agent_and_are_recovered() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut master = Master::start().await;
+    let mut agent = start_agent(&master.addr, dir.path());
+    master.register().await;
+
+    master.send(Msg::RunTask(pb::master_message::RunTask {
+        framework_id: Some(FrameworkId::new("fw")),
+        framework_info: None,
+        task: Some(pb::TaskInfo {
+            name: "t".into(),
+            task_id: Some(TaskId::new("t")),
+            command: Some(pb::CommandInfo {
+                value: "echo started; sleep 2; exit 4".into(),
+                shell: true,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+    }));
+    assert_eq!(state(&master.acked_update().await), TaskState::TaskStarting);
+    assert_eq!(state(&master.acked_update().await), TaskState::TaskRunning);
+
+    // SIGKILL: no chance to clean up anything.
+    agent.0.kill().unwrap();
+    agent.0.wait().unwrap();
+
+    let claim_path = dir
+        .path()
+        .join("meta/frameworks/fw/tasks/t/supervisor.json");
+    let claim: SupervisorClaim =
+        serde_json::from_slice(&std::fs::read(&claim_path).unwrap()).unwrap();
+    let SupervisorClaim::Started { supervisor, .. } = claim else {
+        panic!("unexpected claim {claim:?}");
+    };
+    assert!(
+        procfs::is_alive(supervisor),
+        "the supervisor died with the agent"
+    );
+
+    let agent = start_agent(&master.addr, dir.path());
+    let reg = master.register().await;
+    assert_eq!(reg.agent_id.unwrap().value, "agent-bin");
+    assert_eq!(reg.tasks.len(), 1);
+    assert_eq!(
+        reg.tasks[0].task.as_ref().unwrap().task_id,
+        Some(TaskId::new("t"))
+    );
+    let failed = master.acked_update().await;
+    assert_eq!(state(&failed), TaskState::TaskFailed);
+    assert_eq!(failed.exit_code, Some(4));
+    let out = std::fs::read_to_string(dir.path().join("sandboxes/fw/t/stdout")).unwrap();
+    assert_eq!(out, "started\n", "the task ran more than once");
+
+    // A graceful stop exits 0.
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(agent.0.id() as i32, libc::SIGTERM) };
+    let mut agent = agent;
+    assert!(agent.0.wait().unwrap().success());
+}
+
+#[test]
+fn an_unavailable_containerizer_is_a_clear_startup_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_drover-agent"))
+        .args(["--containerizers", "docker", "--work-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("containers issue"), "{err}");
+}
+
+#[test]
+fn help_explains_every_flag() {
+    let out = Command::new(env!("CARGO_BIN_EXE_drover-agent"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for flag in [
+        "--master",
+        "--listen",
+        "--advertise-address",
+        "--http-listen",
+        "--work-dir",
+        "--resources",
+        "--attributes",
+        "--hostname",
+        "--default-grace-period-secs",
+        "--containerizers",
+        "--shutdown-tasks-on-exit",
+        "--log-level",
+    ] {
+        assert!(help.contains(flag), "--help lacks {flag}");
+    }
+    assert!(!help.contains("__supervise"));
+}

@@ -1,0 +1,623 @@
+//! The driver against in-process fake masters: subscription, offers and launches,
+//! acknowledgements, leader following, resubscription after stream loss, missed
+//! heartbeats and NotLeader answers, and every way `run` ends.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use drover_sdk::proto::leader::not_leader_status;
+use drover_sdk::proto::pb::{self, event, scheduler_server};
+use drover_sdk::proto::{FrameworkId, OfferId, Resources, TaskId};
+use drover_sdk::{
+    async_trait, run, Driver, OfferPacker, RunOutcome, Scheduler, SchedulerConfig, SdkError,
+};
+use drover_sdk::{TaskBuilder, TaskRequest};
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tonic::{Request, Response, Status};
+
+// ------------------------------------------------------------------ fake master
+
+/// What a fake master does besides behaving as a well-mannered leader.
+#[derive(Clone, Default)]
+struct Behavior {
+    /// Answer Subscribe with NotLeader naming this leader.
+    follower_of: Option<String>,
+    /// Answer every call with NotLeader naming this leader.
+    calls_not_leader: Option<String>,
+    /// Answer Subscribe with this error.
+    subscribe_error: Option<(tonic::Code, String)>,
+    /// Heartbeat interval announced in SUBSCRIBED.
+    heartbeat: f64,
+    /// On TEARDOWN, close the event stream a while before answering.
+    close_before_teardown_answer: bool,
+}
+
+#[derive(Debug, Clone)]
+enum Call {
+    Accept(pb::AcceptCall),
+    Decline(pb::DeclineCall),
+    Revive,
+    Suppress,
+    Acknowledge(pb::AcknowledgeCall),
+    Reconcile(pb::ReconcileCall),
+    Teardown,
+    Other(&'static str),
+}
+
+#[derive(Default)]
+struct FakeState {
+    behavior: Behavior,
+    subscribes: Vec<pb::SubscribeRequest>,
+    calls: Vec<Call>,
+    stream: Option<mpsc::Sender<Result<pb::Event, Status>>>,
+    stream_id: String,
+}
+
+#[derive(Clone)]
+struct Fake {
+    state: Arc<Mutex<FakeState>>,
+    addr: SocketAddr,
+}
+
+impl Fake {
+    async fn start(behavior: Behavior) -> Fake {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(Mutex::new(FakeState {
+            behavior,
+            ..Default::default()
+        }));
+        let svc = scheduler_server::SchedulerServer::new(Service(state.clone()));
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(svc)
+                .serve_with_incoming(TcpListenerStream::new(listener)),
+        );
+        Fake { state, addr }
+    }
+
+    fn address(&self) -> String {
+        self.addr.to_string()
+    }
+
+    fn subscribes(&self) -> Vec<pb::SubscribeRequest> {
+        self.state.lock().unwrap().subscribes.clone()
+    }
+
+    fn calls(&self) -> Vec<Call> {
+        self.state.lock().unwrap().calls.clone()
+    }
+
+    async fn send(&self, e: event::Event) {
+        let tx = self
+            .state
+            .lock()
+            .unwrap()
+            .stream
+            .clone()
+            .expect("no open stream");
+        tx.send(Ok(pb::Event { event: Some(e) })).await.unwrap();
+    }
+
+    /// Ends the current event stream, as a master that restarts would.
+    fn close_stream(&self) {
+        self.state.lock().unwrap().stream = None;
+    }
+
+    fn set_behavior(&self, behavior: Behavior) {
+        self.state.lock().unwrap().behavior = behavior;
+    }
+
+    /// Waits until a recorded call matches.
+    async fn wait_call(&self, what: &str, f: impl Fn(&Call) -> bool) -> Call {
+        wait_for(what, || self.calls().into_iter().find(|c| f(c))).await
+    }
+}
+
+async fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    for _ in 0..500 {
+        if let Some(v) = f() {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+struct Service(Arc<Mutex<FakeState>>);
+
+impl Service {
+    // The signature tonic's handlers return, so the large error is not ours to shrink.
+    #[allow(clippy::result_large_err)]
+    fn record(
+        &self,
+        header: Option<&pb::CallHeader>,
+        call: Call,
+    ) -> Result<Response<pb::CallResponse>, Status> {
+        let mut s = self.0.lock().unwrap();
+        if let Some(leader) = &s.behavior.calls_not_leader {
+            return Err(not_leader_status(Some(leader)));
+        }
+        let header = header.ok_or_else(|| Status::invalid_argument("no header"))?;
+        if header.stream_id != s.stream_id {
+            return Err(Status::failed_precondition("stale stream id"));
+        }
+        s.calls.push(call);
+        Ok(Response::new(pb::CallResponse {}))
+    }
+}
+
+#[tonic::async_trait]
+impl scheduler_server::Scheduler for Service {
+    type SubscribeStream = ReceiverStream<Result<pb::Event, Status>>;
+
+    async fn subscribe(
+        &self,
+        req: Request<pb::SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let req = req.into_inner();
+        let mut s = self.0.lock().unwrap();
+        if let Some(leader) = &s.behavior.follower_of {
+            return Err(not_leader_status(Some(leader)));
+        }
+        if let Some((code, msg)) = &s.behavior.subscribe_error {
+            return Err(Status::new(*code, msg.clone()));
+        }
+        let framework_id = req
+            .framework_info
+            .as_ref()
+            .and_then(|f| f.id.clone())
+            .unwrap_or_else(|| FrameworkId::new("fw-1"));
+        s.subscribes.push(req);
+        s.stream_id = format!("stream-{}", s.subscribes.len());
+        let (tx, rx) = mpsc::channel(64);
+        let subscribed = event::Event::Subscribed(event::Subscribed {
+            framework_id: Some(framework_id),
+            stream_id: s.stream_id.clone(),
+            heartbeat_interval_seconds: s.behavior.heartbeat,
+            master_info: None,
+        });
+        tx.try_send(Ok(pb::Event {
+            event: Some(subscribed),
+        }))
+        .unwrap();
+        s.stream = Some(tx);
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn accept(
+        &self,
+        r: Request<pb::AcceptCall>,
+    ) -> Result<Response<pb::CallResponse>, Status> {
+        let r = r.into_inner();
+        self.record(r.header.as_ref(), Call::Accept(r.clone()))
+    }
+    async fn decline(
+        &self,
+        r: Request<pb::DeclineCall>,
+    ) -> Result<Response<pb::CallResponse>, Status> {
+        let r = r.into_inner();
+        self.record(r.header.as_ref(), Call::Decline(r.clone()))
+    }
+    async fn revive(
+        &self,
+        r: Request<pb::ReviveCall>,
+    ) -> Result<Response<pb::CallResponse>, Status> {
+        self.record(r.get_ref().header.as_ref(), Call::Revive)
+    }
+    async fn suppress(
+        &self,
+        r: Request<pb::SuppressCall>,
+    ) -> Result<Response<pb::CallResponse>, Status> {
+        self.record(r.get_ref().header.as_ref(), Call::Suppress)
+    }
+    async fn kill(&self, r: Request<pb::KillCall>) -> Result<Response<pb::CallResponse>, Status> {
+        self.record(r.get_ref().header.as_ref(), Call::Other("kill"))
+    }
+    async fn shutdown(
+        &self,
+        r: Request<pb::ShutdownCall>,
+    ) -> Result<Response<pb::CallResponse>, Status> {
+        self.record(r.get_ref().header.as_ref(), Call::Other("shutdown"))
+    }
+    async fn acknowledge(
+        &self,
+        r: Request<pb::AcknowledgeCall>,
+    ) -> Result<Response<pb::CallResponse>, Status> {
+        let r = r.into_inner();
+        self.record(r.header.as_ref(), Call::Acknowledge(r.clone()))
+    }
+    async fn reconcile(
+        &self,
+        r: Request<pb::ReconcileCall>,
+    ) -> Result<Response<pb::CallResponse>, Status> {
+        let r = r.into_inner();
+        self.record(r.header.as_ref(), Call::Reconcile(r.clone()))
+    }
+    async fn message(
+        &self,
+        r: Request<pb::MessageCall>,
+    ) -> Result<Response<pb::CallResponse>, Status> {
+        self.record(r.get_ref().header.as_ref(), Call::Other("message"))
+    }
+    async fn teardown(
+        &self,
+        r: Request<pb::TeardownCall>,
+    ) -> Result<Response<pb::CallResponse>, Status> {
+        let answer = self.record(r.get_ref().header.as_ref(), Call::Teardown);
+        let close_first = {
+            let mut s = self.0.lock().unwrap();
+            s.behavior.close_before_teardown_answer && s.stream.take().is_some()
+        };
+        if close_first {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        answer
+    }
+}
+
+// ------------------------------------------------------------------ test scheduler
+
+#[derive(Debug)]
+enum Seen {
+    Subscribed(Driver, FrameworkId, bool),
+    Update(pb::TaskStatus),
+    Disconnected,
+    Error(String),
+}
+
+/// Launches 0.1-cpu tasks on every offer while it has some queued, reports everything
+/// else to the test.
+struct TestScheduler {
+    seen: mpsc::UnboundedSender<Seen>,
+    pending: std::collections::VecDeque<usize>,
+}
+
+#[async_trait]
+impl Scheduler for TestScheduler {
+    async fn subscribed(&mut self, driver: &Driver, id: FrameworkId, resubscribed: bool) {
+        let _ = self
+            .seen
+            .send(Seen::Subscribed(driver.clone(), id, resubscribed));
+    }
+
+    async fn offers(&mut self, driver: &Driver, offers: Vec<pb::Offer>) {
+        let p = OfferPacker::new().pack(
+            offers,
+            &mut self.pending,
+            |_| TaskRequest::new(0.1, 10.0),
+            |i, o, r| {
+                TaskBuilder::new(format!("t-{i}"))
+                    .shell("true")
+                    .offer(o)
+                    .resources(&r)
+                    .build()
+            },
+        );
+        for (offer, tasks) in p.launches {
+            driver.launch(vec![offer], tasks).await.unwrap();
+        }
+        driver.decline(p.unused, Some(1.0)).await.unwrap();
+    }
+
+    async fn update(&mut self, _driver: &Driver, status: pb::TaskStatus) {
+        let _ = self.seen.send(Seen::Update(status));
+    }
+
+    async fn error(&mut self, _driver: &Driver, message: String) {
+        let _ = self.seen.send(Seen::Error(message));
+    }
+
+    async fn disconnected(&mut self, _driver: &Driver) {
+        let _ = self.seen.send(Seen::Disconnected);
+    }
+}
+
+struct Harness {
+    seen: mpsc::UnboundedReceiver<Seen>,
+    done: oneshot::Receiver<Result<RunOutcome, SdkError>>,
+}
+
+fn start(
+    masters: &[String],
+    configure: impl FnOnce(drover_sdk::SchedulerConfigBuilder) -> drover_sdk::SchedulerConfigBuilder,
+) -> Harness {
+    let builder = SchedulerConfig::builder("test")
+        .masters(masters)
+        .backoff(Duration::from_millis(20), Duration::from_millis(100))
+        .connect_timeout(Duration::from_millis(500));
+    let config = configure(builder).build().unwrap();
+    let (tx, seen) = mpsc::unbounded_channel();
+    let (done_tx, done) = oneshot::channel();
+    tokio::spawn(async move {
+        let r = run(
+            config,
+            TestScheduler {
+                seen: tx,
+                pending: (0..10).collect(),
+            },
+        )
+        .await;
+        let _ = done_tx.send(r);
+    });
+    Harness { seen, done }
+}
+
+impl Harness {
+    async fn next(&mut self) -> Seen {
+        tokio::time::timeout(Duration::from_secs(5), self.seen.recv())
+            .await
+            .expect("timed out waiting for a callback")
+            .expect("scheduler gone")
+    }
+
+    async fn subscribed(&mut self) -> (Driver, FrameworkId, bool) {
+        match self.next().await {
+            Seen::Subscribed(d, id, re) => (d, id, re),
+            other => panic!("expected subscribed, got {other:?}"),
+        }
+    }
+
+    async fn outcome(&mut self) -> Result<RunOutcome, SdkError> {
+        tokio::time::timeout(Duration::from_secs(5), &mut self.done)
+            .await
+            .expect("run did not end")
+            .unwrap()
+    }
+}
+
+fn offer(id: &str, resources: &str) -> event::Event {
+    event::Event::Offers(event::Offers {
+        offers: vec![pb::Offer {
+            id: Some(OfferId::new(id)),
+            agent_id: Some("agent-1".into()),
+            resources: Resources::parse(resources).unwrap().to_proto(),
+            ..Default::default()
+        }],
+    })
+}
+
+fn update(task: &str, state: pb::TaskState, uuid: &[u8]) -> event::Event {
+    event::Event::Update(event::Update {
+        status: Some(pb::TaskStatus {
+            task_id: Some(TaskId::new(task)),
+            agent_id: Some("agent-1".into()),
+            state: state as i32,
+            uuid: uuid.to_vec(),
+            ..Default::default()
+        }),
+    })
+}
+
+// ------------------------------------------------------------------ tests
+
+#[tokio::test]
+async fn launches_on_offers_acknowledges_updates_and_stops() {
+    let m = Fake::start(Behavior::default()).await;
+    let mut h = start(&[m.address()], |b| b);
+    let (driver, id, resubscribed) = h.subscribed().await;
+    assert_eq!(id.as_str(), "fw-1");
+    assert!(!resubscribed);
+    assert_eq!(driver.framework_id(), Some(id));
+    let sub = &m.subscribes()[0];
+    let info = sub.framework_info.as_ref().unwrap();
+    assert!(info.id.is_none() && info.failover_timeout > 0.0);
+
+    m.send(offer("o-1", "cpus:0.35;mem:100")).await;
+    m.send(offer("o-2", "cpus:0.05;mem:100")).await;
+    let Call::Accept(accept) = m
+        .wait_call("accept", |c| matches!(c, Call::Accept(_)))
+        .await
+    else {
+        unreachable!()
+    };
+    assert_eq!(accept.offer_ids, vec![OfferId::new("o-1")]);
+    let launched = &accept.operations[0].launch.as_ref().unwrap().task_infos;
+    assert_eq!(launched.len(), 3);
+    assert_eq!(
+        accept.header.unwrap().framework_id.unwrap().as_str(),
+        "fw-1"
+    );
+    m.wait_call(
+        "decline",
+        |c| matches!(c, Call::Decline(d) if d.offer_ids == [OfferId::new("o-2")]),
+    )
+    .await;
+
+    // Updates with a uuid are acknowledged after the callback; those without are not.
+    m.send(update("t-0", pb::TaskState::TaskRunning, b"")).await;
+    m.send(update("t-0", pb::TaskState::TaskFinished, b"u-1"))
+        .await;
+    for want in [pb::TaskState::TaskRunning, pb::TaskState::TaskFinished] {
+        assert!(matches!(h.next().await, Seen::Update(s) if s.state() == want));
+    }
+    let Call::Acknowledge(ack) = m
+        .wait_call("ack", |c| matches!(c, Call::Acknowledge(_)))
+        .await
+    else {
+        unreachable!()
+    };
+    assert_eq!(
+        (ack.task_id.unwrap().as_str(), ack.uuid.as_slice()),
+        ("t-0", &b"u-1"[..])
+    );
+    assert_eq!(
+        m.calls()
+            .iter()
+            .filter(|c| matches!(c, Call::Acknowledge(_)))
+            .count(),
+        1
+    );
+
+    driver.kill(TaskId::new("t-1"), None).await.unwrap();
+    m.wait_call("kill", |c| matches!(c, Call::Other("kill")))
+        .await;
+
+    driver.stop();
+    assert!(matches!(h.outcome().await, Ok(RunOutcome::Stopped)));
+    assert!(matches!(driver.revive().await, Err(SdkError::Stopped)));
+    assert!(!m.calls().iter().any(|c| matches!(c, Call::Teardown)));
+}
+
+#[tokio::test]
+async fn follows_the_leader_and_resubscribes_after_the_stream_ends() {
+    let leader = Fake::start(Behavior::default()).await;
+    let follower = Fake::start(Behavior {
+        follower_of: Some(leader.address()),
+        ..Default::default()
+    })
+    .await;
+    // Only the follower is configured: the leader is found through its redirect.
+    let mut h = start(&[follower.address()], |b| b);
+    let (driver, _, _) = h.subscribed().await;
+    assert_eq!(driver.master(), Some(leader.address()));
+
+    driver.suppress().await.unwrap();
+    leader.close_stream();
+    assert!(matches!(h.next().await, Seen::Disconnected));
+    let (_, id, resubscribed) = h.subscribed().await;
+    assert!(resubscribed);
+    let subs = leader.subscribes();
+    assert_eq!(subs.len(), 2);
+    // Same framework id, and the suppression survives for a new leader's allocator.
+    assert_eq!(
+        subs[1].framework_info.as_ref().unwrap().id.as_ref(),
+        Some(&id)
+    );
+    assert_eq!(subs[1].suppressed_roles, vec!["*".to_string()]);
+    // Implicit reconciliation after resubscribing, on the new stream.
+    leader
+        .wait_call("reconcile", |c| matches!(c, Call::Reconcile(r) if r.tasks.is_empty() && r.header.as_ref().unwrap().stream_id == "stream-2"))
+        .await;
+
+    driver.teardown().await.unwrap();
+    assert!(matches!(h.outcome().await, Ok(RunOutcome::TornDown)));
+}
+
+#[tokio::test]
+async fn missed_heartbeats_trigger_resubscription() {
+    let m = Fake::start(Behavior {
+        heartbeat: 0.05,
+        ..Default::default()
+    })
+    .await;
+    let mut h = start(&[m.address()], |b| b.reconcile_on_resubscribe(false));
+    let (driver, _, _) = h.subscribed().await;
+    // The master stays silent after SUBSCRIBED: after 3 x 50 ms the driver gives up on it.
+    assert!(matches!(h.next().await, Seen::Disconnected));
+    let (_, _, resubscribed) = h.subscribed().await;
+    assert!(resubscribed);
+    assert!(!m.calls().iter().any(|c| matches!(c, Call::Reconcile(_))));
+    driver.stop();
+    assert!(matches!(h.outcome().await, Ok(RunOutcome::Stopped)));
+}
+
+#[tokio::test]
+async fn not_leader_answer_to_a_call_moves_to_the_new_leader() {
+    let old = Fake::start(Behavior::default()).await;
+    let new = Fake::start(Behavior::default()).await;
+    let mut h = start(&[old.address()], |b| b);
+    let (driver, _, _) = h.subscribed().await;
+
+    // The old leader steps down: calls and new subscriptions are redirected.
+    let redirect = Behavior {
+        follower_of: Some(new.address()),
+        calls_not_leader: Some(new.address()),
+        ..Default::default()
+    };
+    old.set_behavior(redirect);
+    match driver.revive().await {
+        Err(SdkError::NotLeader { call, leader, .. }) => {
+            assert_eq!((call, leader), ("revive", new.address()));
+        }
+        other => panic!("expected NotLeader, got {other:?}"),
+    }
+    assert!(matches!(h.next().await, Seen::Disconnected));
+    let (_, _, resubscribed) = h.subscribed().await;
+    assert!(resubscribed);
+    assert_eq!(driver.master(), Some(new.address()));
+    driver.revive().await.unwrap();
+    driver.stop();
+    assert!(matches!(h.outcome().await, Ok(RunOutcome::Stopped)));
+}
+
+#[tokio::test]
+async fn error_event_ends_run() {
+    let m = Fake::start(Behavior::default()).await;
+    let mut h = start(&[m.address()], |b| b);
+    h.subscribed().await;
+    m.send(event::Event::Error(event::Error {
+        message: "framework removed".into(),
+    }))
+    .await;
+    assert!(matches!(h.next().await, Seen::Error(m) if m == "framework removed"));
+    assert!(matches!(h.outcome().await, Err(SdkError::Framework(m)) if m == "framework removed"));
+}
+
+#[tokio::test]
+async fn refused_subscription_and_unreachable_masters_end_run() {
+    let m = Fake::start(Behavior {
+        subscribe_error: Some((tonic::Code::InvalidArgument, "bad role".into())),
+        ..Default::default()
+    })
+    .await;
+    let mut h = start(&[m.address()], |b| b);
+    match h.outcome().await {
+        Err(SdkError::Subscribe { master, status }) => {
+            assert_eq!(master, m.address());
+            assert_eq!(status.message(), "bad role");
+        }
+        other => panic!("expected a refused subscription, got {other:?}"),
+    }
+
+    // A port nobody listens on (bound, then released).
+    let free = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut h = start(&[free.to_string()], |b| {
+        b.reconnect_timeout(Some(Duration::from_millis(200)))
+    });
+    assert!(matches!(h.outcome().await, Err(SdkError::NoMaster { .. })));
+}
+
+#[tokio::test]
+async fn existing_framework_id_resubscribes_from_the_start() {
+    let m = Fake::start(Behavior::default()).await;
+    let mut h = start(&[m.address()], |b| {
+        b.framework_id(FrameworkId::new("fw-old"))
+    });
+    let (driver, id, resubscribed) = h.subscribed().await;
+    assert_eq!(id.as_str(), "fw-old");
+    assert!(
+        resubscribed,
+        "a restarted scheduler takes its framework back"
+    );
+    m.wait_call("reconcile", |c| matches!(c, Call::Reconcile(_)))
+        .await;
+    driver.stop();
+    assert!(matches!(h.outcome().await, Ok(RunOutcome::Stopped)));
+}
+
+#[tokio::test]
+async fn stream_closed_by_a_teardown_is_not_a_disconnection() {
+    let m = Fake::start(Behavior {
+        close_before_teardown_answer: true,
+        ..Default::default()
+    })
+    .await;
+    let mut h = start(&[m.address()], |b| b);
+    let (driver, _, _) = h.subscribed().await;
+    // From outside any callback, as a signal handler would.
+    driver.teardown().await.unwrap();
+    assert!(matches!(h.outcome().await, Ok(RunOutcome::TornDown)));
+    assert!(h.seen.try_recv().is_err(), "no disconnected callback");
+    assert_eq!(
+        m.subscribes().len(),
+        1,
+        "no resubscription of a removed framework"
+    );
+}

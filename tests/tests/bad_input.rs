@@ -1,0 +1,231 @@
+//! Hostile and malformed calls against a real cluster: each gets a precise gRPC status or a
+//! TASK_ERROR with a reason, nothing else is disturbed, and the cluster keeps working.
+
+use std::time::Duration;
+
+use drover_proto::pb::{self, scheduler_client::SchedulerClient, TaskState};
+use drover_proto::{resources::scalar, OfferId, Resources, TaskId};
+use drover_tests::{Cluster, Timing};
+use tonic::transport::Channel;
+use tonic::Code;
+
+struct Fw {
+    client: SchedulerClient<Channel>,
+    events: tonic::Streaming<pb::Event>,
+    header: pb::CallHeader,
+    offers: std::collections::VecDeque<pb::Offer>,
+    updates: std::collections::VecDeque<pb::TaskStatus>,
+}
+
+async fn subscribe(addr: &str, name: &str) -> Fw {
+    let mut client = SchedulerClient::connect(format!("http://{addr}")).await.unwrap();
+    let mut events = client
+        .subscribe(pb::SubscribeRequest {
+            framework_info: Some(pb::FrameworkInfo { name: name.into(), user: "root".into(), failover_timeout: 60.0, ..Default::default() }),
+            suppressed_roles: vec![],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = events.message().await.unwrap().unwrap();
+    let Some(pb::event::Event::Subscribed(s)) = first.event else { panic!("expected SUBSCRIBED") };
+    Fw {
+        client,
+        events,
+        header: pb::CallHeader { framework_id: s.framework_id, stream_id: s.stream_id },
+        offers: Default::default(),
+        updates: Default::default(),
+    }
+}
+
+impl Fw {
+    /// Reads one event into the queues (bounded wait).
+    async fn pump(&mut self) {
+        let e = tokio::time::timeout(Duration::from_secs(90), self.events.message())
+            .await
+            .expect("no event arrived")
+            .unwrap()
+            .unwrap();
+        match e.event {
+            Some(pb::event::Event::Offers(o)) => self.offers.extend(o.offers),
+            Some(pb::event::Event::Update(u)) => self.updates.extend(u.status),
+            Some(pb::event::Event::Rescind(r)) => self.offers.retain(|o| o.id != r.offer_id),
+            _ => {}
+        }
+    }
+
+    async fn offer(&mut self) -> pb::Offer {
+        loop {
+            if let Some(o) = self.offers.pop_front() {
+                return o;
+            }
+            self.pump().await;
+        }
+    }
+
+    async fn update(&mut self) -> pb::TaskStatus {
+        loop {
+            if let Some(u) = self.updates.pop_front() {
+                return u;
+            }
+            self.pump().await;
+        }
+    }
+
+    async fn launch(&mut self, offers: Vec<OfferId>, tasks: Vec<pb::TaskInfo>) -> Result<(), tonic::Status> {
+        self.client
+            .accept(pb::AcceptCall {
+                header: Some(self.header.clone()),
+                offer_ids: offers,
+                operations: vec![pb::Operation {
+                    r#type: pb::operation::Type::Launch as i32,
+                    launch: Some(pb::operation::Launch { task_infos: tasks }),
+                    ..Default::default()
+                }],
+                filters: Some(pb::Filters { refuse_seconds: Some(0.0) }),
+            })
+            .await
+            .map(|_| ())
+    }
+
+    async fn ack(&mut self, st: &pb::TaskStatus) {
+        if st.uuid.is_empty() {
+            return;
+        }
+        self.client
+            .acknowledge(pb::AcknowledgeCall {
+                header: Some(self.header.clone()),
+                agent_id: st.agent_id.clone(),
+                task_id: st.task_id.clone(),
+                uuid: st.uuid.clone(),
+            })
+            .await
+            .unwrap();
+    }
+}
+
+fn task(id: &str, res: Vec<pb::Resource>, cmd: &str) -> pb::TaskInfo {
+    pb::TaskInfo {
+        name: id.into(),
+        task_id: Some(TaskId::new(id)),
+        resources: res,
+        command: Some(pb::CommandInfo { value: cmd.into(), shell: true, ..Default::default() }),
+        ..Default::default()
+    }
+}
+
+fn small() -> Vec<pb::Resource> {
+    Resources::parse("cpus:0.1;mem:16").unwrap().to_proto()
+}
+
+#[test]
+fn hostile_calls_are_refused_precisely_and_the_cluster_keeps_working() {
+    let mut cluster = Cluster::start(Timing::default());
+    cluster.add_agent("cpus:2;mem:1024");
+    cluster.add_agent("cpus:2;mem:1024");
+    cluster.wait_for_active_agents(2);
+    let addr = cluster.master_addr();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async move {
+        let mut a = subscribe(&addr, "a").await;
+        let mut b = subscribe(&addr, "b").await;
+        let offer = a.offer().await;
+        let oid = offer.id.clone().unwrap();
+        let agent = offer.agent_id.clone().unwrap();
+
+        // Unknown offer.
+        let e = a.launch(vec![OfferId::new("no-such-offer")], vec![task("t0", small(), "true")]).await.unwrap_err();
+        assert_eq!(e.code(), Code::NotFound, "{e:?}");
+        // Someone else's offer.
+        let e = b.launch(vec![oid.clone()], vec![task("t0", small(), "true")]).await.unwrap_err();
+        assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+        // The same offer twice in one call.
+        let e = a.launch(vec![oid.clone(), oid.clone()], vec![task("t0", small(), "true")]).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+        // Calls on someone else's stream.
+        let mut stolen = a.header.clone();
+        stolen.stream_id = b.header.stream_id.clone();
+        let e = a.client.revive(pb::ReviveCall { header: Some(stolen), roles: vec![] }).await.unwrap_err();
+        assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+        // Unknown framework id.
+        let unknown = pb::CallHeader { framework_id: Some("no-such-framework".into()), stream_id: "x".into() };
+        let e = a.client.revive(pb::ReviveCall { header: Some(unknown), roles: vec![] }).await.unwrap_err();
+        assert_eq!(e.code(), Code::NotFound, "{e:?}");
+        // Negative refuse_seconds.
+        let e = a
+            .client
+            .decline(pb::DeclineCall { header: Some(a.header.clone()), offer_ids: vec![oid.clone()], filters: Some(pb::Filters { refuse_seconds: Some(-1.0) }) })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+
+        // One ACCEPT full of bad tasks plus one good one: each bad task gets TASK_ERROR with a
+        // reason, the good one runs.
+        let mut elsewhere = task("elsewhere", small(), "true");
+        elsewhere.agent_id = Some("some-other-agent".into());
+        let tasks = vec![
+            task("negative", vec![scalar("cpus", -1.0)], "true"),
+            task("nan", vec![scalar("mem", f64::NAN)], "true"),
+            task("absurd", vec![scalar("cpus", 1e300)], "true"),
+            task("empty", small(), "   "),
+            task("greedy", Resources::parse("cpus:64;mem:16").unwrap().to_proto(), "true"),
+            elsewhere,
+            task("good", small(), "echo fine"),
+            task("good", small(), "echo duplicate"),
+        ];
+        a.launch(vec![oid.clone()], tasks).await.unwrap();
+        let mut errors = std::collections::HashMap::new();
+        let mut good_done = false;
+        while errors.len() < 7 || !good_done {
+            let st = a.update().await;
+            a.ack(&st).await;
+            let id = st.task_id.clone().unwrap().value;
+            if st.state == TaskState::TaskError as i32 {
+                assert!(!st.message.is_empty(), "TASK_ERROR for {id} carries a reason");
+                assert_eq!(st.reason, pb::task_status::Reason::TaskInvalid as i32);
+                errors.insert(id, st.message);
+            } else if id == "good" && st.state == TaskState::TaskFinished as i32 {
+                good_done = true;
+            }
+        }
+        for id in ["negative", "nan", "absurd", "empty", "greedy", "elsewhere", "good"] {
+            assert!(errors.contains_key(id), "{id} refused: {errors:?}");
+        }
+
+        // The offer was used: accepting it again fails, nothing launched.
+        let e = a.launch(vec![oid.clone()], vec![task("again", small(), "true")]).await.unwrap_err();
+        assert_eq!(e.code(), Code::NotFound, "{e:?}");
+        // A task id already used by this framework.
+        let offer = a.offer().await;
+        a.launch(vec![offer.id.clone().unwrap()], vec![task("good", small(), "true")]).await.unwrap();
+        let st = a.update().await;
+        assert_eq!(st.state, TaskState::TaskError as i32);
+        assert!(st.message.contains("already in use"), "{}", st.message);
+
+        // Killing and acknowledging unknown tasks.
+        let e = a
+            .client
+            .kill(pb::KillCall { header: Some(a.header.clone()), task_id: Some("ghost".into()), agent_id: None, kill_policy: None })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::NotFound);
+        let e = a
+            .client
+            .acknowledge(pb::AcknowledgeCall { header: Some(a.header.clone()), agent_id: Some(agent.clone()), task_id: Some("ghost".into()), uuid: vec![1; 16] })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::NotFound);
+
+        // Framework b is undisturbed and can still run work.
+        let offer = b.offer().await;
+        b.launch(vec![offer.id.clone().unwrap()], vec![task("b-ok", small(), "echo ok")]).await.unwrap();
+        loop {
+            let st = b.update().await;
+            b.ack(&st).await;
+            if st.state == TaskState::TaskFinished as i32 {
+                break;
+            }
+            assert!(!drover_proto::states::is_terminal(drover_proto::states::from_i32(st.state)), "{st:?}");
+        }
+    });
+}
