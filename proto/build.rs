@@ -16,11 +16,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_server(true)
         .build_client(true)
         .type_attribute(".", "#[derive(serde::Serialize, serde::Deserialize)]")
-        .type_attribute(".drover.v1.FrameworkId", "#[derive(Eq, Hash, PartialOrd, Ord)]")
+        .type_attribute(
+            ".drover.v1.FrameworkId",
+            "#[derive(Eq, Hash, PartialOrd, Ord)]",
+        )
         .type_attribute(".drover.v1.AgentId", "#[derive(Eq, Hash, PartialOrd, Ord)]")
         .type_attribute(".drover.v1.OfferId", "#[derive(Eq, Hash, PartialOrd, Ord)]")
         .type_attribute(".drover.v1.TaskId", "#[derive(Eq, Hash, PartialOrd, Ord)]")
-        .type_attribute(".drover.v1.ExecutorId", "#[derive(Eq, Hash, PartialOrd, Ord)]")
+        .type_attribute(
+            ".drover.v1.ExecutorId",
+            "#[derive(Eq, Hash, PartialOrd, Ord)]",
+        )
         .compile_fds(fds)?;
     Ok(())
 }

@@ -141,7 +141,10 @@ impl Config {
             agent_timeout_ms: timeout.as_millis() as u64,
             offer_timeout_ms: positive_secs("offer-timeout-secs", f.offer_timeout_secs)?.as_millis()
                 as u64,
-            heartbeat_interval: positive_secs("heartbeat-interval-secs", f.heartbeat_interval_secs)?,
+            heartbeat_interval: positive_secs(
+                "heartbeat-interval-secs",
+                f.heartbeat_interval_secs,
+            )?,
             weights: parse_weights(&f.weights)?,
             raft_tick: Duration::from_millis(f.raft_tick_ms.max(1)),
             raft_election_ticks: f.raft_election_ticks,

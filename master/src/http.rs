@@ -68,7 +68,15 @@ async fn handle(mut sock: TcpStream, master: Arc<Master>) -> std::io::Result<()>
             let body = serde_json::to_string_pretty(&state).unwrap_or_default();
             respond(&mut sock, 200, "application/json", &body).await
         }
-        _ => respond(&mut sock, 404, "text/plain", "not found; try /metrics, /health or /state\n").await,
+        _ => {
+            respond(
+                &mut sock,
+                404,
+                "text/plain",
+                "not found; try /metrics, /health or /state\n",
+            )
+            .await
+        }
     }
 }
 

@@ -15,6 +15,10 @@
 //!
 //! Start a master with [`serve`], giving it already-bound listeners and a shutdown future.
 
+// Handlers return `tonic::Status`, the gRPC error every caller sees; boxing it everywhere
+// would only add noise.
+#![allow(clippy::result_large_err)]
+
 pub mod allocator;
 pub mod clock;
 pub mod config;
@@ -69,7 +73,14 @@ pub async fn serve(
     http_listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    serve_with_clock(config, listener, http_listener, Arc::new(SystemClock), shutdown).await
+    serve_with_clock(
+        config,
+        listener,
+        http_listener,
+        Arc::new(SystemClock),
+        shutdown,
+    )
+    .await
 }
 
 /// [`serve`] with an explicit clock (tests).
@@ -119,16 +130,22 @@ pub async fn serve_with_clock(
     let result = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(10)))
         .add_service(
-            pb::scheduler_server::SchedulerServer::new(services::scheduler::SchedulerService { master: master.clone() })
-                .max_decoding_message_size(MAX_MESSAGE_BYTES),
+            pb::scheduler_server::SchedulerServer::new(services::scheduler::SchedulerService {
+                master: master.clone(),
+            })
+            .max_decoding_message_size(MAX_MESSAGE_BYTES),
         )
         .add_service(
-            pb::agent_master_server::AgentMasterServer::new(services::agent::AgentService { master: master.clone() })
-                .max_decoding_message_size(MAX_MESSAGE_BYTES),
+            pb::agent_master_server::AgentMasterServer::new(services::agent::AgentService {
+                master: master.clone(),
+            })
+            .max_decoding_message_size(MAX_MESSAGE_BYTES),
         )
         .add_service(
-            pb::operator_server::OperatorServer::new(services::operator::OperatorService { master: master.clone() })
-                .max_decoding_message_size(MAX_MESSAGE_BYTES),
+            pb::operator_server::OperatorServer::new(services::operator::OperatorService {
+                master: master.clone(),
+            })
+            .max_decoding_message_size(MAX_MESSAGE_BYTES),
         )
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await;
@@ -200,7 +217,11 @@ async fn heartbeat_loop(master: Arc<Master>) {
         let mut soft = master.soft();
         let ids: Vec<_> = soft.frameworks.keys().cloned().collect();
         for fw in ids {
-            Master::send_event(&mut soft, &fw, pb::event::Event::Heartbeat(pb::event::Heartbeat {}));
+            Master::send_event(
+                &mut soft,
+                &fw,
+                pb::event::Event::Heartbeat(pb::event::Heartbeat {}),
+            );
         }
     }
 }

@@ -93,22 +93,78 @@ impl Metrics {
     pub fn render(&self) -> String {
         let mut out = String::new();
         let counters: [(&str, &str, &AtomicU64); 13] = [
-            ("drover_master_offers_sent_total", "Offers sent to frameworks.", &self.offers_sent),
-            ("drover_master_offers_declined_total", "Offers declined by frameworks.", &self.offers_declined),
-            ("drover_master_offers_rescinded_total", "Offers rescinded by the master.", &self.offers_rescinded),
-            ("drover_master_offers_accepted_total", "Offers accepted by frameworks.", &self.offers_accepted),
-            ("drover_master_tasks_launched_total", "Tasks committed for launch.", &self.tasks_launched),
-            ("drover_master_tasks_error_total", "Tasks refused by the accept gate (TASK_ERROR).", &self.tasks_error),
-            ("drover_master_status_updates_total", "Status updates received from agents.", &self.status_updates),
-            ("drover_master_status_update_batches_total", "Raft proposals carrying status updates.", &self.status_update_batches),
-            ("drover_master_acknowledgements_total", "Acknowledgements relayed to agents.", &self.acknowledgements),
-            ("drover_master_calls_refused_total", "Scheduler calls refused as invalid.", &self.calls_refused),
-            ("drover_master_agent_registrations_total", "Agent registrations and re-registrations.", &self.agents_registered),
-            ("drover_master_agents_marked_unreachable_total", "Agents marked unreachable.", &self.agents_unreachable),
-            ("drover_master_frameworks_removed_total", "Frameworks removed.", &self.frameworks_removed),
+            (
+                "drover_master_offers_sent_total",
+                "Offers sent to frameworks.",
+                &self.offers_sent,
+            ),
+            (
+                "drover_master_offers_declined_total",
+                "Offers declined by frameworks.",
+                &self.offers_declined,
+            ),
+            (
+                "drover_master_offers_rescinded_total",
+                "Offers rescinded by the master.",
+                &self.offers_rescinded,
+            ),
+            (
+                "drover_master_offers_accepted_total",
+                "Offers accepted by frameworks.",
+                &self.offers_accepted,
+            ),
+            (
+                "drover_master_tasks_launched_total",
+                "Tasks committed for launch.",
+                &self.tasks_launched,
+            ),
+            (
+                "drover_master_tasks_error_total",
+                "Tasks refused by the accept gate (TASK_ERROR).",
+                &self.tasks_error,
+            ),
+            (
+                "drover_master_status_updates_total",
+                "Status updates received from agents.",
+                &self.status_updates,
+            ),
+            (
+                "drover_master_status_update_batches_total",
+                "Raft proposals carrying status updates.",
+                &self.status_update_batches,
+            ),
+            (
+                "drover_master_acknowledgements_total",
+                "Acknowledgements relayed to agents.",
+                &self.acknowledgements,
+            ),
+            (
+                "drover_master_calls_refused_total",
+                "Scheduler calls refused as invalid.",
+                &self.calls_refused,
+            ),
+            (
+                "drover_master_agent_registrations_total",
+                "Agent registrations and re-registrations.",
+                &self.agents_registered,
+            ),
+            (
+                "drover_master_agents_marked_unreachable_total",
+                "Agents marked unreachable.",
+                &self.agents_unreachable,
+            ),
+            (
+                "drover_master_frameworks_removed_total",
+                "Frameworks removed.",
+                &self.frameworks_removed,
+            ),
         ];
         for (name, help, c) in counters {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", c.load(Relaxed));
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+                c.load(Relaxed)
+            );
         }
         self.allocation_cycle.render(
             &mut out,

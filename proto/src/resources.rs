@@ -285,7 +285,12 @@ impl Resources {
                     if out.scalars.contains_key(&name) || out.sets.contains_key(&name) {
                         return Err(ResourceError::MixedKinds(name));
                     }
-                    let merged = out.ranges.get(&name).cloned().unwrap_or_default().union(&set);
+                    let merged = out
+                        .ranges
+                        .get(&name)
+                        .cloned()
+                        .unwrap_or_default()
+                        .union(&set);
                     if !merged.is_empty() {
                         out.ranges.insert(name, merged);
                     }
@@ -373,7 +378,10 @@ impl Resources {
 
     /// The value of a scalar resource (0 when absent).
     pub fn get_scalar(&self, name: &str) -> f64 {
-        self.scalars.get(name).map(|v| from_milli(*v)).unwrap_or(0.0)
+        self.scalars
+            .get(name)
+            .map(|v| from_milli(*v))
+            .unwrap_or(0.0)
     }
 
     /// The value of a scalar in milli-units (exact).
@@ -417,7 +425,10 @@ impl Resources {
             self.ranges.insert(n.clone(), merged);
         }
         for (n, s) in &other.sets {
-            self.sets.entry(n.clone()).or_default().extend(s.iter().cloned());
+            self.sets
+                .entry(n.clone())
+                .or_default()
+                .extend(s.iter().cloned());
         }
     }
 
@@ -516,15 +527,23 @@ impl fmt::Display for Resources {
             parts.push(format!("{n}:{}", from_milli(*v)));
         }
         for (n, r) in &self.ranges {
-            let rs: Vec<String> = r
-                .0
-                .iter()
-                .map(|(b, e)| if b == e { b.to_string() } else { format!("{b}-{e}") })
-                .collect();
+            let rs: Vec<String> =
+                r.0.iter()
+                    .map(|(b, e)| {
+                        if b == e {
+                            b.to_string()
+                        } else {
+                            format!("{b}-{e}")
+                        }
+                    })
+                    .collect();
             parts.push(format!("{n}:[{}]", rs.join(",")));
         }
         for (n, s) in &self.sets {
-            parts.push(format!("{n}:{{{}}}", s.iter().cloned().collect::<Vec<_>>().join(",")));
+            parts.push(format!(
+                "{n}:{{{}}}",
+                s.iter().cloned().collect::<Vec<_>>().join(",")
+            ));
         }
         f.write_str(&parts.join("; "))
     }
@@ -636,7 +655,8 @@ mod tests {
             0..4,
         );
         let ranges = proptest::collection::vec((0u64..200, 0u64..20), 0..6);
-        let set = proptest::collection::btree_set(prop_oneof![Just("a"), Just("b"), Just("c")], 0..3);
+        let set =
+            proptest::collection::btree_set(prop_oneof![Just("a"), Just("b"), Just("c")], 0..3);
         (scalars, ranges, set).prop_map(|(s, r, set)| {
             let mut out = Resources::new();
             for (n, v) in s {

@@ -51,7 +51,12 @@ pub fn free_port() -> u16 {
 }
 
 /// Polls `f` every `every` until it returns `Some`, or panics with `what` after `limit`.
-pub fn wait_until<T>(what: &str, limit: Duration, every: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+pub fn wait_until<T>(
+    what: &str,
+    limit: Duration,
+    every: Duration,
+    mut f: impl FnMut() -> Option<T>,
+) -> T {
     let start = Instant::now();
     loop {
         if let Some(v) = f() {
@@ -115,7 +120,10 @@ impl Cluster {
     }
 
     pub fn start_with(timing: Timing, extra_master_flags: Vec<String>) -> Cluster {
-        let dir = tempfile::Builder::new().prefix("drover-test-").tempdir().expect("tempdir");
+        let dir = tempfile::Builder::new()
+            .prefix("drover-test-")
+            .tempdir()
+            .expect("tempdir");
         let mut c = Cluster {
             dir,
             bins: bin_dir(),
@@ -140,7 +148,11 @@ impl Cluster {
 
     fn log(&self, name: &str) -> Stdio {
         let path = self.dir.path().join(format!("{name}.log"));
-        let f = std::fs::OpenOptions::new().create(true).append(true).open(path).expect("log file");
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .expect("log file");
         Stdio::from(f)
     }
 
@@ -168,14 +180,29 @@ impl Cluster {
             .stderr(self.log("master"));
         self.master = Some(cmd.spawn().expect("spawn drover-master"));
         let addr = self.master_addr();
-        wait_until("the master to lead", Duration::from_secs(60), Duration::from_millis(100), || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
-            rt.block_on(async {
-                let mut c = pb::operator_client::OperatorClient::connect(format!("http://{addr}")).await.ok()?;
-                let h = c.get_health(pb::GetHealthRequest {}).await.ok()?.into_inner();
-                h.leader.then_some(())
-            })
-        });
+        wait_until(
+            "the master to lead",
+            Duration::from_secs(60),
+            Duration::from_millis(100),
+            || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .ok()?;
+                rt.block_on(async {
+                    let mut c =
+                        pb::operator_client::OperatorClient::connect(format!("http://{addr}"))
+                            .await
+                            .ok()?;
+                    let h = c
+                        .get_health(pb::GetHealthRequest {})
+                        .await
+                        .ok()?
+                        .into_inner();
+                    h.leader.then_some(())
+                })
+            },
+        );
     }
 
     /// `kill -9` of the master.
@@ -208,7 +235,11 @@ impl Cluster {
         let a = &mut self.agents[i];
         assert!(a.child.is_none(), "agent {i} already running");
         let ports = format!("ports:[{}-{}]", 31000 + 1000 * i, 31999 + 1000 * i);
-        let resources = if a.resources.is_empty() { ports } else { format!("{};{ports}", a.resources) };
+        let resources = if a.resources.is_empty() {
+            ports
+        } else {
+            format!("{};{ports}", a.resources)
+        };
         let mut cmd = Command::new(self.bins.join("drover-agent"));
         cmd.arg("--master")
             .arg(format!("127.0.0.1:{}", self.master_port))
@@ -259,35 +290,60 @@ impl Cluster {
         f: impl AsyncFnOnce(pb::operator_client::OperatorClient<tonic::transport::Channel>) -> Option<T>,
     ) -> Option<T> {
         let addr = self.master_addr();
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .ok()?;
         rt.block_on(async move {
-            let c = pb::operator_client::OperatorClient::connect(format!("http://{addr}")).await.ok()?;
+            let c = pb::operator_client::OperatorClient::connect(format!("http://{addr}"))
+                .await
+                .ok()?;
             f(c).await
         })
     }
 
     /// Agents as the master reports them.
     pub fn agents(&self) -> Vec<pb::AgentSummary> {
-        self.operator(async |mut c| Some(c.get_agents(pb::GetAgentsRequest {}).await.ok()?.into_inner().agents))
-            .unwrap_or_default()
+        self.operator(async |mut c| {
+            Some(
+                c.get_agents(pb::GetAgentsRequest {})
+                    .await
+                    .ok()?
+                    .into_inner()
+                    .agents,
+            )
+        })
+        .unwrap_or_default()
     }
 
     /// Waits until `n` agents are ACTIVE (connected to the leader).
     pub fn wait_for_active_agents(&self, n: usize) {
-        wait_until(&format!("{n} active agents"), Duration::from_secs(90), Duration::from_millis(100), || {
-            let active = self
-                .agents()
-                .iter()
-                .filter(|a| a.state == pb::agent_summary::State::Active as i32)
-                .count();
-            (active >= n).then_some(())
-        });
+        wait_until(
+            &format!("{n} active agents"),
+            Duration::from_secs(90),
+            Duration::from_millis(100),
+            || {
+                let active = self
+                    .agents()
+                    .iter()
+                    .filter(|a| a.state == pb::agent_summary::State::Active as i32)
+                    .count();
+                (active >= n).then_some(())
+            },
+        );
     }
 
     /// The master's Raft term as it reports it.
     pub fn term(&self) -> u64 {
         self.operator(async |mut c| {
-            Some(c.get_health(pb::GetHealthRequest {}).await.ok()?.into_inner().master_info?.term)
+            Some(
+                c.get_health(pb::GetHealthRequest {})
+                    .await
+                    .ok()?
+                    .into_inner()
+                    .master_info?
+                    .term,
+            )
         })
         .unwrap_or(0)
     }
@@ -296,7 +352,10 @@ impl Cluster {
     pub fn tasks(&self) -> (Vec<pb::TaskSummary>, Vec<pb::TaskSummary>) {
         self.operator(async |mut c| {
             let r = c
-                .get_tasks(pb::GetTasksRequest { framework_id: None, include_completed: true })
+                .get_tasks(pb::GetTasksRequest {
+                    framework_id: None,
+                    include_completed: true,
+                })
                 .await
                 .ok()?
                 .into_inner();
@@ -309,22 +368,46 @@ impl Cluster {
     /// answer.
     pub fn agent_state(&self, i: usize) -> Option<pb::GetAgentStateResponse> {
         let addr = self.agent_address(i);
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .ok()?;
         rt.block_on(async move {
-            let mut c = pb::agent_api_client::AgentApiClient::connect(format!("http://{addr}")).await.ok()?;
-            Some(c.get_state(pb::GetAgentStateRequest {}).await.ok()?.into_inner())
+            let mut c = pb::agent_api_client::AgentApiClient::connect(format!("http://{addr}"))
+                .await
+                .ok()?;
+            Some(
+                c.get_state(pb::GetAgentStateRequest {})
+                    .await
+                    .ok()?
+                    .into_inner(),
+            )
         })
     }
 
     /// Status updates agent `i` still holds unacknowledged.
     pub fn agent_pending_updates(&self, i: usize) -> Option<u32> {
-        Some(self.agent_state(i)?.tasks.iter().map(|t| t.pending_updates).sum())
+        Some(
+            self.agent_state(i)?
+                .tasks
+                .iter()
+                .map(|t| t.pending_updates)
+                .sum(),
+        )
     }
 
     /// The master's Prometheus text.
     pub fn metrics(&self) -> String {
-        self.operator(async |mut c| Some(c.get_metrics(pb::GetMetricsRequest {}).await.ok()?.into_inner().prometheus_text))
-            .unwrap_or_default()
+        self.operator(async |mut c| {
+            Some(
+                c.get_metrics(pb::GetMetricsRequest {})
+                    .await
+                    .ok()?
+                    .into_inner()
+                    .prometheus_text,
+            )
+        })
+        .unwrap_or_default()
     }
 
     /// A file every task can append to (the tests count launches with it).
@@ -365,9 +448,13 @@ impl Cluster {
     fn kill_strays(&self) {
         let needle = self.dir.path().to_string_lossy().to_string();
         let me = std::process::id();
-        let Ok(rd) = std::fs::read_dir("/proc") else { return };
+        let Ok(rd) = std::fs::read_dir("/proc") else {
+            return;
+        };
         for e in rd.flatten() {
-            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
             if pid as u32 == me {
                 continue;
             }
@@ -408,8 +495,12 @@ impl Framework {
     pub fn start(cluster: &Cluster, name: &str, args: &[&str]) -> Framework {
         let report = cluster.dir.path().join(format!("{name}.report.json"));
         let log = cluster.dir.path().join(format!("fw-{name}.log"));
-        let f = std::fs::OpenOptions::new().create(true).append(true).open(&log).expect("log");
-        let child = Command::new(env!("CARGO_BIN_EXE_drover-testfw"))
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("log");
+        let child = Command::new(bin_dir().join("drover-testfw"))
             .arg("--master")
             .arg(cluster.master_addr())
             .arg("--name")
@@ -428,9 +519,12 @@ impl Framework {
 
     /// Waits for the framework to exit (bounded) and returns its report.
     pub fn finish(mut self, limit: Duration) -> Report {
-        let status = wait_until("the test framework to finish", limit, Duration::from_millis(200), || {
-            self.child.try_wait().ok().flatten()
-        });
+        let status = wait_until(
+            "the test framework to finish",
+            limit,
+            Duration::from_millis(200),
+            || self.child.try_wait().ok().flatten(),
+        );
         assert!(status.success(), "test framework failed: {status}");
         Report::read(&self.report)
     }
@@ -472,7 +566,8 @@ pub struct Report {
 
 impl Report {
     pub fn read(path: &Path) -> Report {
-        let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("report {}: {e}", path.display()));
+        let text = std::fs::read_to_string(path)
+            .unwrap_or_else(|e| panic!("report {}: {e}", path.display()));
         serde_json::from_str(&text).expect("report JSON")
     }
 }

@@ -16,18 +16,33 @@ fn agent_kill_9_then_restart_reattaches_and_reports_real_exit_codes() {
     // Even tasks outlive the agent's downtime; odd ones exit 3 while it is down.
     let cmd = "if [ $((JOB_INDEX % 2)) = 0 ]; then sleep 8; echo $JOB_INDEX >> $RUN_LOG; \
                else sleep 2; echo $JOB_INDEX >> $RUN_LOG; exit 3; fi";
-    let fw = Framework::start(&cluster, "reattach", &["--tasks", "6", "--cmd", cmd, "--max-attempts", "1"]);
-    wait_until("six running tasks", Duration::from_secs(120), Duration::from_millis(100), || {
-        let (active, _) = cluster.tasks();
-        let running = active.iter().filter(|t| t.state == pb::TaskState::TaskRunning as i32).count();
-        (running == 6).then_some(())
-    });
+    let fw = Framework::start(
+        &cluster,
+        "reattach",
+        &["--tasks", "6", "--cmd", cmd, "--max-attempts", "1"],
+    );
+    wait_until(
+        "six running tasks",
+        Duration::from_secs(120),
+        Duration::from_millis(100),
+        || {
+            let (active, _) = cluster.tasks();
+            let running = active
+                .iter()
+                .filter(|t| t.state == pb::TaskState::TaskRunning as i32)
+                .count();
+            (running == 6).then_some(())
+        },
+    );
 
     cluster.kill_agent(0);
     // Let the odd tasks exit while nobody watches them.
-    wait_until("odd tasks to exit while the agent is down", Duration::from_secs(60), Duration::from_millis(100), || {
-        (cluster.run_counts().len() >= 3).then_some(())
-    });
+    wait_until(
+        "odd tasks to exit while the agent is down",
+        Duration::from_secs(60),
+        Duration::from_millis(100),
+        || (cluster.run_counts().len() >= 3).then_some(()),
+    );
     cluster.start_agent(0);
 
     let report = fw.finish(Duration::from_secs(300));
@@ -37,13 +52,23 @@ fn agent_kill_9_then_restart_reattaches_and_reports_real_exit_codes() {
             assert_eq!(report.final_states[&id], "FINISHED", "{id}");
         } else {
             assert_eq!(report.final_states[&id], "FAILED", "{id}");
-            assert_eq!(report.exit_codes.get(&id), Some(&3), "{id} reports its real exit code");
+            assert_eq!(
+                report.exit_codes.get(&id),
+                Some(&3),
+                "{id} reports its real exit code"
+            );
         }
     }
     let runs = cluster.run_counts();
     assert_eq!(runs.len(), 6);
-    assert!(runs.values().all(|&n| n == 1), "nothing ran twice: {runs:?}");
-    wait_until("the agent to hold no unacknowledged update", Duration::from_secs(60), Duration::from_millis(250), || {
-        (cluster.agent_pending_updates(0) == Some(0)).then_some(())
-    });
+    assert!(
+        runs.values().all(|&n| n == 1),
+        "nothing ran twice: {runs:?}"
+    );
+    wait_until(
+        "the agent to hold no unacknowledged update",
+        Duration::from_secs(60),
+        Duration::from_millis(250),
+        || (cluster.agent_pending_updates(0) == Some(0)).then_some(()),
+    );
 }

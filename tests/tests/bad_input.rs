@@ -18,21 +18,33 @@ struct Fw {
 }
 
 async fn subscribe(addr: &str, name: &str) -> Fw {
-    let mut client = SchedulerClient::connect(format!("http://{addr}")).await.unwrap();
+    let mut client = SchedulerClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
     let mut events = client
         .subscribe(pb::SubscribeRequest {
-            framework_info: Some(pb::FrameworkInfo { name: name.into(), user: "root".into(), failover_timeout: 60.0, ..Default::default() }),
+            framework_info: Some(pb::FrameworkInfo {
+                name: name.into(),
+                user: "root".into(),
+                failover_timeout: 60.0,
+                ..Default::default()
+            }),
             suppressed_roles: vec![],
         })
         .await
         .unwrap()
         .into_inner();
     let first = events.message().await.unwrap().unwrap();
-    let Some(pb::event::Event::Subscribed(s)) = first.event else { panic!("expected SUBSCRIBED") };
+    let Some(pb::event::Event::Subscribed(s)) = first.event else {
+        panic!("expected SUBSCRIBED")
+    };
     Fw {
         client,
         events,
-        header: pb::CallHeader { framework_id: s.framework_id, stream_id: s.stream_id },
+        header: pb::CallHeader {
+            framework_id: s.framework_id,
+            stream_id: s.stream_id,
+        },
         offers: Default::default(),
         updates: Default::default(),
     }
@@ -72,7 +84,11 @@ impl Fw {
         }
     }
 
-    async fn launch(&mut self, offers: Vec<OfferId>, tasks: Vec<pb::TaskInfo>) -> Result<(), tonic::Status> {
+    async fn launch(
+        &mut self,
+        offers: Vec<OfferId>,
+        tasks: Vec<pb::TaskInfo>,
+    ) -> Result<(), tonic::Status> {
         self.client
             .accept(pb::AcceptCall {
                 header: Some(self.header.clone()),
@@ -82,7 +98,9 @@ impl Fw {
                     launch: Some(pb::operation::Launch { task_infos: tasks }),
                     ..Default::default()
                 }],
-                filters: Some(pb::Filters { refuse_seconds: Some(0.0) }),
+                filters: Some(pb::Filters {
+                    refuse_seconds: Some(0.0),
+                }),
             })
             .await
             .map(|_| ())
@@ -109,7 +127,11 @@ fn task(id: &str, res: Vec<pb::Resource>, cmd: &str) -> pb::TaskInfo {
         name: id.into(),
         task_id: Some(TaskId::new(id)),
         resources: res,
-        command: Some(pb::CommandInfo { value: cmd.into(), shell: true, ..Default::default() }),
+        command: Some(pb::CommandInfo {
+            value: cmd.into(),
+            shell: true,
+            ..Default::default()
+        }),
         ..Default::default()
     }
 }
@@ -134,27 +156,65 @@ fn hostile_calls_are_refused_precisely_and_the_cluster_keeps_working() {
         let agent = offer.agent_id.clone().unwrap();
 
         // Unknown offer.
-        let e = a.launch(vec![OfferId::new("no-such-offer")], vec![task("t0", small(), "true")]).await.unwrap_err();
+        let e = a
+            .launch(
+                vec![OfferId::new("no-such-offer")],
+                vec![task("t0", small(), "true")],
+            )
+            .await
+            .unwrap_err();
         assert_eq!(e.code(), Code::NotFound, "{e:?}");
         // Someone else's offer.
-        let e = b.launch(vec![oid.clone()], vec![task("t0", small(), "true")]).await.unwrap_err();
+        let e = b
+            .launch(vec![oid.clone()], vec![task("t0", small(), "true")])
+            .await
+            .unwrap_err();
         assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
         // The same offer twice in one call.
-        let e = a.launch(vec![oid.clone(), oid.clone()], vec![task("t0", small(), "true")]).await.unwrap_err();
+        let e = a
+            .launch(
+                vec![oid.clone(), oid.clone()],
+                vec![task("t0", small(), "true")],
+            )
+            .await
+            .unwrap_err();
         assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
         // Calls on someone else's stream.
         let mut stolen = a.header.clone();
         stolen.stream_id = b.header.stream_id.clone();
-        let e = a.client.revive(pb::ReviveCall { header: Some(stolen), roles: vec![] }).await.unwrap_err();
+        let e = a
+            .client
+            .revive(pb::ReviveCall {
+                header: Some(stolen),
+                roles: vec![],
+            })
+            .await
+            .unwrap_err();
         assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
         // Unknown framework id.
-        let unknown = pb::CallHeader { framework_id: Some("no-such-framework".into()), stream_id: "x".into() };
-        let e = a.client.revive(pb::ReviveCall { header: Some(unknown), roles: vec![] }).await.unwrap_err();
+        let unknown = pb::CallHeader {
+            framework_id: Some("no-such-framework".into()),
+            stream_id: "x".into(),
+        };
+        let e = a
+            .client
+            .revive(pb::ReviveCall {
+                header: Some(unknown),
+                roles: vec![],
+            })
+            .await
+            .unwrap_err();
         assert_eq!(e.code(), Code::NotFound, "{e:?}");
         // Negative refuse_seconds.
         let e = a
             .client
-            .decline(pb::DeclineCall { header: Some(a.header.clone()), offer_ids: vec![oid.clone()], filters: Some(pb::Filters { refuse_seconds: Some(-1.0) }) })
+            .decline(pb::DeclineCall {
+                header: Some(a.header.clone()),
+                offer_ids: vec![oid.clone()],
+                filters: Some(pb::Filters {
+                    refuse_seconds: Some(-1.0),
+                }),
+            })
             .await
             .unwrap_err();
         assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
@@ -168,7 +228,11 @@ fn hostile_calls_are_refused_precisely_and_the_cluster_keeps_working() {
             task("nan", vec![scalar("mem", f64::NAN)], "true"),
             task("absurd", vec![scalar("cpus", 1e300)], "true"),
             task("empty", small(), "   "),
-            task("greedy", Resources::parse("cpus:64;mem:16").unwrap().to_proto(), "true"),
+            task(
+                "greedy",
+                Resources::parse("cpus:64;mem:16").unwrap().to_proto(),
+                "true",
+            ),
             elsewhere,
             task("good", small(), "echo fine"),
             task("good", small(), "echo duplicate"),
@@ -181,23 +245,42 @@ fn hostile_calls_are_refused_precisely_and_the_cluster_keeps_working() {
             a.ack(&st).await;
             let id = st.task_id.clone().unwrap().value;
             if st.state == TaskState::TaskError as i32 {
-                assert!(!st.message.is_empty(), "TASK_ERROR for {id} carries a reason");
+                assert!(
+                    !st.message.is_empty(),
+                    "TASK_ERROR for {id} carries a reason"
+                );
                 assert_eq!(st.reason, pb::task_status::Reason::TaskInvalid as i32);
                 errors.insert(id, st.message);
             } else if id == "good" && st.state == TaskState::TaskFinished as i32 {
                 good_done = true;
             }
         }
-        for id in ["negative", "nan", "absurd", "empty", "greedy", "elsewhere", "good"] {
+        for id in [
+            "negative",
+            "nan",
+            "absurd",
+            "empty",
+            "greedy",
+            "elsewhere",
+            "good",
+        ] {
             assert!(errors.contains_key(id), "{id} refused: {errors:?}");
         }
 
         // The offer was used: accepting it again fails, nothing launched.
-        let e = a.launch(vec![oid.clone()], vec![task("again", small(), "true")]).await.unwrap_err();
+        let e = a
+            .launch(vec![oid.clone()], vec![task("again", small(), "true")])
+            .await
+            .unwrap_err();
         assert_eq!(e.code(), Code::NotFound, "{e:?}");
         // A task id already used by this framework.
         let offer = a.offer().await;
-        a.launch(vec![offer.id.clone().unwrap()], vec![task("good", small(), "true")]).await.unwrap();
+        a.launch(
+            vec![offer.id.clone().unwrap()],
+            vec![task("good", small(), "true")],
+        )
+        .await
+        .unwrap();
         let st = a.update().await;
         assert_eq!(st.state, TaskState::TaskError as i32);
         assert!(st.message.contains("already in use"), "{}", st.message);
@@ -205,27 +288,45 @@ fn hostile_calls_are_refused_precisely_and_the_cluster_keeps_working() {
         // Killing and acknowledging unknown tasks.
         let e = a
             .client
-            .kill(pb::KillCall { header: Some(a.header.clone()), task_id: Some("ghost".into()), agent_id: None, kill_policy: None })
+            .kill(pb::KillCall {
+                header: Some(a.header.clone()),
+                task_id: Some("ghost".into()),
+                agent_id: None,
+                kill_policy: None,
+            })
             .await
             .unwrap_err();
         assert_eq!(e.code(), Code::NotFound);
         let e = a
             .client
-            .acknowledge(pb::AcknowledgeCall { header: Some(a.header.clone()), agent_id: Some(agent.clone()), task_id: Some("ghost".into()), uuid: vec![1; 16] })
+            .acknowledge(pb::AcknowledgeCall {
+                header: Some(a.header.clone()),
+                agent_id: Some(agent.clone()),
+                task_id: Some("ghost".into()),
+                uuid: vec![1; 16],
+            })
             .await
             .unwrap_err();
         assert_eq!(e.code(), Code::NotFound);
 
         // Framework b is undisturbed and can still run work.
         let offer = b.offer().await;
-        b.launch(vec![offer.id.clone().unwrap()], vec![task("b-ok", small(), "echo ok")]).await.unwrap();
+        b.launch(
+            vec![offer.id.clone().unwrap()],
+            vec![task("b-ok", small(), "echo ok")],
+        )
+        .await
+        .unwrap();
         loop {
             let st = b.update().await;
             b.ack(&st).await;
             if st.state == TaskState::TaskFinished as i32 {
                 break;
             }
-            assert!(!drover_proto::states::is_terminal(drover_proto::states::from_i32(st.state)), "{st:?}");
+            assert!(
+                !drover_proto::states::is_terminal(drover_proto::states::from_i32(st.state)),
+                "{st:?}"
+            );
         }
     });
 }

@@ -11,23 +11,49 @@ use drover_tests::{Cluster, Framework, Report, Timing};
 const TASK_SECS: f64 = 2.0;
 
 fn contend(weights: Option<&str>) -> (Report, Report) {
-    let extra = weights.map(|w| vec!["--weights".to_string(), w.to_string()]).unwrap_or_default();
+    let extra = weights
+        .map(|w| vec!["--weights".to_string(), w.to_string()])
+        .unwrap_or_default();
     let mut cluster = Cluster::start_with(Timing::default(), extra);
     let args = |role: &'static str| {
         vec![
-            "--role", role, "--duration-secs", "30", "--cpus", "1", "--mem", "256",
-            "--cmd", "sleep 2", "--refuse-secs", "0",
+            "--role",
+            role,
+            "--duration-secs",
+            "30",
+            "--cpus",
+            "1",
+            "--mem",
+            "256",
+            "--cmd",
+            "sleep 2",
+            "--refuse-secs",
+            "0",
         ]
     };
     let a = Framework::start(&cluster, "fw-a", &args("a"));
     let b = Framework::start(&cluster, "fw-b", &args("b"));
     // Both subscribed before the agents arrive.
-    drover_tests::wait_until("both frameworks to subscribe", Duration::from_secs(60), Duration::from_millis(100), || {
-        let n = cluster
-            .operator(async |mut c| Some(c.get_frameworks(drover_proto::pb::GetFrameworksRequest {}).await.ok()?.into_inner().frameworks.len()))
-            .unwrap_or(0);
-        (n == 2).then_some(())
-    });
+    drover_tests::wait_until(
+        "both frameworks to subscribe",
+        Duration::from_secs(60),
+        Duration::from_millis(100),
+        || {
+            let n = cluster
+                .operator(async |mut c| {
+                    Some(
+                        c.get_frameworks(drover_proto::pb::GetFrameworksRequest {})
+                            .await
+                            .ok()?
+                            .into_inner()
+                            .frameworks
+                            .len(),
+                    )
+                })
+                .unwrap_or(0);
+            (n == 2).then_some(())
+        },
+    );
     for _ in 0..8 {
         cluster.add_agent("cpus:1;mem:256");
     }
@@ -42,7 +68,10 @@ fn contend(weights: Option<&str>) -> (Report, Report) {
 fn equal_weights_share_evenly() {
     let (a, b) = contend(None);
     eprintln!("cpu-seconds: a={:.1} b={:.1}", a.cpu_seconds, b.cpu_seconds);
-    assert!(a.cpu_seconds > 20.0 && b.cpu_seconds > 20.0, "both ran work");
+    assert!(
+        a.cpu_seconds > 20.0 && b.cpu_seconds > 20.0,
+        "both ran work"
+    );
     // Within about one task's worth (plus timestamp jitter).
     assert!(
         (a.cpu_seconds - b.cpu_seconds).abs() <= TASK_SECS * 1.5,
@@ -57,5 +86,10 @@ fn weights_one_and_three_share_one_to_three() {
     let (a, b) = contend(Some("a=1,b=3"));
     eprintln!("cpu-seconds: a={:.1} b={:.1}", a.cpu_seconds, b.cpu_seconds);
     let ratio = b.cpu_seconds / a.cpu_seconds;
-    assert!((2.5..=3.5).contains(&ratio), "ratio b/a = {ratio:.2} (a={:.1} b={:.1})", a.cpu_seconds, b.cpu_seconds);
+    assert!(
+        (2.5..=3.5).contains(&ratio),
+        "ratio b/a = {ratio:.2} (a={:.1} b={:.1})",
+        a.cpu_seconds,
+        b.cpu_seconds
+    );
 }

@@ -13,26 +13,49 @@ fn two_hundred_tasks_finish_exactly_once() {
     cluster.add_agent("cpus:4;mem:4096");
     cluster.wait_for_active_agents(2);
 
-    let fw = Framework::start(&cluster, "two-hundred", &["--tasks", "200", "--cpus", "0.1", "--mem", "16"]);
+    let fw = Framework::start(
+        &cluster,
+        "two-hundred",
+        &["--tasks", "200", "--cpus", "0.1", "--mem", "16"],
+    );
     let report = fw.finish(Duration::from_secs(600));
 
-    assert_eq!(report.final_states.len(), 200, "every task has a final state");
+    assert_eq!(
+        report.final_states.len(),
+        200,
+        "every task has a final state"
+    );
     for (id, state) in &report.final_states {
         assert_eq!(state, "FINISHED", "task {id}");
-        assert_eq!(report.terminal_updates[id], 1, "task {id} reported terminal once");
+        assert_eq!(
+            report.terminal_updates[id], 1,
+            "task {id} reported terminal once"
+        );
     }
     let runs = cluster.run_counts();
     assert_eq!(runs.len(), 200, "every task ran");
-    assert!(runs.values().all(|&n| n == 1), "no task ran twice: {runs:?}");
+    assert!(
+        runs.values().all(|&n| n == 1),
+        "no task ran twice: {runs:?}"
+    );
     // Every update from an agent carried a uuid and was acknowledged: each task's
     // STARTING/RUNNING/FINISHED updates.
-    assert!(report.acknowledged >= 400, "acknowledged {} updates", report.acknowledged);
+    assert!(
+        report.acknowledged >= 400,
+        "acknowledged {} updates",
+        report.acknowledged
+    );
 
     // Acknowledgements reached the agents: nothing stays pending there.
-    wait_until("agents to have no unacknowledged updates", Duration::from_secs(60), Duration::from_millis(250), || {
-        let pending: Option<u32> = (0..2).map(|i| cluster.agent_pending_updates(i)).sum();
-        (pending == Some(0)).then_some(())
-    });
+    wait_until(
+        "agents to have no unacknowledged updates",
+        Duration::from_secs(60),
+        Duration::from_millis(250),
+        || {
+            let pending: Option<u32> = (0..2).map(|i| cluster.agent_pending_updates(i)).sum();
+            (pending == Some(0)).then_some(())
+        },
+    );
     let (active, completed) = cluster.tasks();
     assert!(active.is_empty(), "no task left active: {active:?}");
     assert!(completed.len() >= 200);

@@ -17,19 +17,35 @@ fn master_kill_9_mid_run_loses_nothing_and_launches_nothing_twice() {
     let fw = Framework::start(
         &cluster,
         "survivor",
-        &["--tasks", "300", "--cmd", "echo $JOB_INDEX >> $RUN_LOG; sleep 0.2", "--max-in-flight", "40"],
+        &[
+            "--tasks",
+            "300",
+            "--cmd",
+            "echo $JOB_INDEX >> $RUN_LOG; sleep 0.2",
+            "--max-in-flight",
+            "40",
+        ],
     );
-    wait_until("a third of the tasks to run", Duration::from_secs(300), Duration::from_millis(100), || {
-        (cluster.run_counts().len() >= 100).then_some(())
-    });
+    wait_until(
+        "a third of the tasks to run",
+        Duration::from_secs(300),
+        Duration::from_millis(100),
+        || (cluster.run_counts().len() >= 100).then_some(()),
+    );
 
     cluster.kill_master();
     std::thread::sleep(Duration::from_secs(1));
     cluster.start_master();
-    assert!(cluster.term() > term_before, "the restarted master leads in a new term");
+    assert!(
+        cluster.term() > term_before,
+        "the restarted master leads in a new term"
+    );
 
     let report = fw.finish(Duration::from_secs(900));
-    assert!(report.resubscriptions >= 1, "the framework resubscribed with its id");
+    assert!(
+        report.resubscriptions >= 1,
+        "the framework resubscribed with its id"
+    );
     let finished: std::collections::HashSet<String> = report
         .final_states
         .iter()

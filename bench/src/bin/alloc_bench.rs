@@ -40,11 +40,14 @@ fn input(agents: usize, frameworks: usize, free_fraction: f64) -> Input {
         .map(|i| FrameworkInput {
             id: FrameworkId::new(format!("fw-{i:04}")),
             role: format!("role-{}", i % 10),
-            allocated: Resources::scalar("cpus", (i % 7) as f64).plus(&Resources::scalar("mem", (i % 13) as f64 * 1024.0)),
+            allocated: Resources::scalar("cpus", (i % 7) as f64)
+                .plus(&Resources::scalar("mem", (i % 13) as f64 * 1024.0)),
             suppressed: false,
             // A few frameworks filter a few agents, as declines do.
             filtered_agents: if i % 10 == 0 {
-                (0..5).map(|k| AgentId::new(format!("agent-{:05}", (i * 7 + k) % agents))).collect()
+                (0..5)
+                    .map(|k| AgentId::new(format!("agent-{:05}", (i * 7 + k) % agents)))
+                    .collect()
             } else {
                 HashSet::new()
             },
@@ -54,7 +57,9 @@ fn input(agents: usize, frameworks: usize, free_fraction: f64) -> Input {
         total,
         agents: list,
         frameworks: fws,
-        weights: (0..10).map(|r| (format!("role-{r}"), 1.0 + r as f64)).collect::<HashMap<_, _>>(),
+        weights: (0..10)
+            .map(|r| (format!("role-{r}"), 1.0 + r as f64))
+            .collect::<HashMap<_, _>>(),
         other_role_allocation: HashMap::new(),
     }
 }
@@ -69,7 +74,11 @@ fn time(input: &Input, rounds: usize) -> (Duration, Duration, usize) {
         grants = out.len();
     }
     samples.sort();
-    (samples[samples.len() / 2], samples[samples.len() - 1], grants)
+    (
+        samples[samples.len() / 2],
+        samples[samples.len() - 1],
+        grants,
+    )
 }
 
 fn main() {
@@ -79,7 +88,11 @@ fn main() {
         for frameworks in [10usize, 100, 1_000] {
             for (label, frac) in [("full", 1.0), ("incremental (1% freed)", 0.01)] {
                 let inp = input(agents, frameworks, frac);
-                let rounds = if agents >= 10_000 && frac == 1.0 { 11 } else { 31 };
+                let rounds = if agents >= 10_000 && frac == 1.0 {
+                    11
+                } else {
+                    31
+                };
                 let (median, max, grants) = time(&inp, rounds);
                 println!(
                     "| {agents} | {frameworks} | {label} | {} | {grants} | {:.2} ms | {:.2} ms |",

@@ -67,9 +67,14 @@ pub struct Allocation {
 }
 
 /// A share as a totally ordered key (shares are finite and non-negative).
-#[derive(Debug, Clone, Copy, PartialEq, PartialOrd)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 struct Share(f64);
 impl Eq for Share {}
+impl PartialOrd for Share {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
 impl Ord for Share {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
         self.0.total_cmp(&other.0)
@@ -160,7 +165,9 @@ pub fn allocate(input: &Input) -> Vec<Allocation> {
             resources: agent.available.clone(),
         });
         // Update the framework's and the role's shares.
-        let a = fw_alloc.get_mut(&fid).expect("every framework has an entry");
+        let a = fw_alloc
+            .get_mut(&fid)
+            .expect("every framework has an entry");
         a.add(&agent.available);
         let new_fs = Share(dominant_share(a, &input.total));
         let role = roles.get_mut(&rname).expect("role exists");
@@ -191,7 +198,10 @@ pub fn naive(input: &Input) -> Vec<Allocation> {
         }
         let mut role_alloc: HashMap<String, Resources> = input.other_role_allocation.clone();
         for f in &input.frameworks {
-            role_alloc.entry(f.role.clone()).or_default().add(&fw_alloc[&f.id]);
+            role_alloc
+                .entry(f.role.clone())
+                .or_default()
+                .add(&fw_alloc[&f.id]);
         }
         let mut candidates: Vec<(f64, String, f64, FrameworkId)> = input
             .frameworks

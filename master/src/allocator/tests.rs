@@ -118,7 +118,13 @@ fn suppressed_and_filtered_frameworks_get_nothing_there() {
 fn arb_input() -> impl Strategy<Value = Input> {
     let agents = proptest::collection::vec((1u32..8, 1u32..8), 0..40);
     let fws = proptest::collection::vec(
-        (0usize..3, 0u32..20, 0u32..20, any::<bool>(), proptest::collection::vec(0usize..40, 0..5)),
+        (
+            0usize..3,
+            0u32..20,
+            0u32..20,
+            any::<bool>(),
+            proptest::collection::vec(0usize..40, 0..5),
+        ),
         0..8,
     );
     let weights = proptest::collection::vec(1u32..5, 3);
@@ -133,8 +139,8 @@ fn arb_input() -> impl Strategy<Value = Input> {
             .into_iter()
             .enumerate()
             .map(|(i, (role, c, m, suppressed, filtered))| {
-                let allocated =
-                    Resources::scalar("cpus", c as f64).plus(&Resources::scalar("mem", m as f64 * 256.0));
+                let allocated = Resources::scalar("cpus", c as f64)
+                    .plus(&Resources::scalar("mem", m as f64 * 256.0));
                 t.add(&allocated);
                 FrameworkInput {
                     id: FrameworkId::new(format!("f{i}")),

@@ -12,7 +12,9 @@ use drover_proto::{AgentId, Resources};
 
 use super::{AgentConn, Master, STREAM_QUEUE};
 use crate::metrics::Metrics;
-use crate::registry::{AgentState, ApplyOutcome, Command, ReportedTask, StatusUpdate, UpdateOutcome};
+use crate::registry::{
+    AgentState, ApplyOutcome, Command, ReportedTask, StatusUpdate, UpdateOutcome,
+};
 
 /// Most status updates proposed in one Raft entry.
 pub const MAX_BATCH: usize = 4096;
@@ -35,7 +37,9 @@ fn validate_register(r: &pb::agent_message::Register) -> Result<Resources, Statu
         return Err(Status::invalid_argument("agent address must be HOST:PORT"));
     }
     if info.hostname.len() > 256 || info.attributes.len() > 256 {
-        return Err(Status::invalid_argument("agent hostname or attributes too large"));
+        return Err(Status::invalid_argument(
+            "agent hostname or attributes too large",
+        ));
     }
     let res = Resources::from_proto(&info.resources)
         .map_err(|e| Status::invalid_argument(format!("agent resources: {e}")))?;
@@ -49,10 +53,18 @@ fn validate_register(r: &pb::agent_message::Register) -> Result<Resources, Statu
 }
 
 fn validate_update(u: &pb::agent_message::StatusUpdate) -> Result<(), String> {
-    let fw = u.framework_id.as_ref().filter(|f| !f.is_empty()).ok_or("update without framework_id")?;
+    let fw = u
+        .framework_id
+        .as_ref()
+        .filter(|f| !f.is_empty())
+        .ok_or("update without framework_id")?;
     validate_id("framework", fw.as_str())?;
     let st = u.status.as_ref().ok_or("update without status")?;
-    let task = st.task_id.as_ref().filter(|t| !t.is_empty()).ok_or("update without task_id")?;
+    let task = st
+        .task_id
+        .as_ref()
+        .filter(|t| !t.is_empty())
+        .ok_or("update without task_id")?;
     validate_id("task", task.as_str())?;
     if st.uuid.is_empty() || st.uuid.len() > 64 {
         return Err("update without a valid uuid".into());
@@ -80,7 +92,9 @@ impl Master {
             .map_err(|_| Status::deadline_exceeded("no Register message"))??
             .ok_or_else(|| Status::invalid_argument("stream ended before Register"))?;
         let Some(AgentMsg::Register(reg)) = first.msg else {
-            return Err(Status::invalid_argument("the first message on an agent stream must be Register"));
+            return Err(Status::invalid_argument(
+                "the first message on an agent stream must be Register",
+            ));
         };
         validate_register(&reg)?;
         let info = reg.info.clone().expect("validated");
@@ -88,7 +102,14 @@ impl Master {
         let (agent_id, cmd) = match reg.agent_id.clone().filter(|a| !a.is_empty()) {
             None => {
                 let id = AgentId::random();
-                (id.clone(), Command::RegisterAgent { agent_id: id, info, now_ms: now })
+                (
+                    id.clone(),
+                    Command::RegisterAgent {
+                        agent_id: id,
+                        info,
+                        now_ms: now,
+                    },
+                )
             }
             Some(id) => {
                 let tasks = reg
@@ -102,7 +123,15 @@ impl Master {
                         })
                     })
                     .collect();
-                (id.clone(), Command::ReregisterAgent { agent_id: id, info, tasks, now_ms: now })
+                (
+                    id.clone(),
+                    Command::ReregisterAgent {
+                        agent_id: id,
+                        info,
+                        tasks,
+                        now_ms: now,
+                    },
+                )
             }
         };
         let outcome = self.propose(cmd).await?;
@@ -118,9 +147,15 @@ impl Master {
             let conn_id = soft.next_conn_id;
             if let Some(old) = soft.agents.insert(
                 agent_id.clone(),
-                AgentConn { conn_id, tx, last_seen_ms: self.now_ms() },
+                AgentConn {
+                    conn_id,
+                    tx,
+                    last_seen_ms: self.now_ms(),
+                },
             ) {
-                let _ = old.tx.try_send(Err(Status::aborted("the agent connected again on a new stream")));
+                let _ = old.tx.try_send(Err(Status::aborted(
+                    "the agent connected again on a new stream",
+                )));
                 Self::rescind_agent_offers(&mut soft, &self.metrics, &agent_id);
             }
             Self::send_agent(
@@ -225,7 +260,11 @@ impl Master {
             }
         }
         let mut soft = self.soft();
-        if soft.agents.get(&agent_id).is_some_and(|c| c.conn_id == conn_id) {
+        if soft
+            .agents
+            .get(&agent_id)
+            .is_some_and(|c| c.conn_id == conn_id)
+        {
             soft.agents.remove(&agent_id);
             Self::rescind_agent_offers(&mut soft, &self.metrics, &agent_id);
             tracing::info!(agent = %agent_id, "agent disconnected");
@@ -233,7 +272,10 @@ impl Master {
     }
 
     /// Proposes status updates in batches (one Raft round per batch), then forwards them.
-    pub async fn run_status_batcher(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<StatusUpdate>) {
+    pub async fn run_status_batcher(
+        self: Arc<Self>,
+        mut rx: mpsc::UnboundedReceiver<StatusUpdate>,
+    ) {
         let slots = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT));
         while let Some(first) = rx.recv().await {
             let permit = slots.clone().acquire_owned().await.expect("never closed");
@@ -254,7 +296,10 @@ impl Master {
 
     async fn commit_updates(&self, batch: Vec<StatusUpdate>) {
         Metrics::inc(&self.metrics.status_update_batches);
-        let cmd = Command::StatusUpdates { updates: batch.clone(), now_ms: self.now_ms() };
+        let cmd = Command::StatusUpdates {
+            updates: batch.clone(),
+            now_ms: self.now_ms(),
+        };
         let outcomes = match self.propose(cmd).await {
             Ok(ApplyOutcome::Updates(o)) => o,
             Ok(_) => return,
@@ -269,7 +314,9 @@ impl Master {
         for (u, outcome) in batch.into_iter().zip(outcomes) {
             match outcome {
                 UpdateOutcome::Applied | UpdateOutcome::Duplicate => {
-                    freed |= drover_proto::states::is_terminal(drover_proto::states::from_i32(u.status.state));
+                    freed |= drover_proto::states::is_terminal(drover_proto::states::from_i32(
+                        u.status.state,
+                    ));
                     Self::forward_update(&mut soft, &u.framework_id, u.status);
                 }
                 UpdateOutcome::Unknown => {
@@ -306,14 +353,20 @@ impl Master {
                 .values()
                 .filter(|a| a.state == AgentState::Active)
                 .filter(|a| {
-                    let last = soft.agents.get(&a.id).map_or(soft.elected_ms, |c| c.last_seen_ms);
+                    let last = soft
+                        .agents
+                        .get(&a.id)
+                        .map_or(soft.elected_ms, |c| c.last_seen_ms);
                     now.saturating_sub(last) > self.config.agent_timeout_ms
                 })
                 .map(|a| a.id.clone())
                 .collect()
         };
         for agent in silent {
-            let cmd = Command::AgentUnreachable { agent_id: agent.clone(), now_ms: now };
+            let cmd = Command::AgentUnreachable {
+                agent_id: agent.clone(),
+                now_ms: now,
+            };
             let updates = match self.propose(cmd).await {
                 Ok(ApplyOutcome::Generated(u)) => u,
                 Ok(_) => Vec::new(),
@@ -326,11 +379,17 @@ impl Master {
             tracing::warn!(agent = %agent, tasks = updates.len(), "agent unreachable");
             let mut soft = self.soft();
             if let Some(c) = soft.agents.remove(&agent) {
-                let _ = c.tx.try_send(Err(Status::unavailable("agent marked unreachable; re-register")));
+                let _ = c.tx.try_send(Err(Status::unavailable(
+                    "agent marked unreachable; re-register",
+                )));
             }
             Self::rescind_agent_offers(&mut soft, &self.metrics, &agent);
             for (fw, st) in updates {
-                Self::send_event(&mut soft, &fw, pb::event::Event::Update(pb::event::Update { status: Some(st) }));
+                Self::send_event(
+                    &mut soft,
+                    &fw,
+                    pb::event::Event::Update(pb::event::Update { status: Some(st) }),
+                );
             }
         }
     }

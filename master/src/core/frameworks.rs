@@ -17,9 +17,15 @@ use crate::registry::{master_status, ApplyOutcome, Command, TaskKey};
 /// Checks a FrameworkInfo from SUBSCRIBE.
 pub fn validate_framework_info(info: &pb::FrameworkInfo) -> Result<(), Status> {
     if info.name.len() > 256 || info.user.len() > 256 || info.hostname.len() > 256 {
-        return Err(Status::invalid_argument("framework name, user or hostname longer than 256 bytes"));
+        return Err(Status::invalid_argument(
+            "framework name, user or hostname longer than 256 bytes",
+        ));
     }
-    let role = if info.role.is_empty() { "*" } else { &info.role };
+    let role = if info.role.is_empty() {
+        "*"
+    } else {
+        &info.role
+    };
     super::validate_role(role).map_err(Status::invalid_argument)?;
     let ft = info.failover_timeout;
     if !(ft.is_finite() && ft >= 0.0) {
@@ -41,7 +47,14 @@ impl Master {
     pub async fn subscribe(
         self: &Arc<Self>,
         req: pb::SubscribeRequest,
-    ) -> Result<(FrameworkId, String, mpsc::Receiver<Result<pb::Event, Status>>), Status> {
+    ) -> Result<
+        (
+            FrameworkId,
+            String,
+            mpsc::Receiver<Result<pb::Event, Status>>,
+        ),
+        Status,
+    > {
         self.ensure_leader()?;
         let mut info = req
             .framework_info
@@ -169,7 +182,9 @@ impl Master {
                     "framework {fw} is not subscribed to this master; subscribe first"
                 ))))
             }
-            None => Err(refuse(Status::not_found(format!("framework {fw} is unknown")))),
+            None => Err(refuse(Status::not_found(format!(
+                "framework {fw} is unknown"
+            )))),
         }
     }
 
@@ -190,7 +205,10 @@ impl Master {
                 soft.offers.remove(id);
             }
             Metrics::add(&self.metrics.offers_accepted, offer_ids.len() as u64);
-            soft.pending.entry(plan.agent_id.clone()).or_default().add(&plan.used);
+            soft.pending
+                .entry(plan.agent_id.clone())
+                .or_default()
+                .add(&plan.used);
             let leftover = plan.offered.checked_sub(&plan.used).unwrap_or_default();
             if !leftover.is_empty() && until > now {
                 if let Some(c) = soft.frameworks.get_mut(&fw) {
@@ -199,7 +217,14 @@ impl Master {
             }
             for (task_id, why) in &plan.errors {
                 Metrics::inc(&self.metrics.tasks_error);
-                let st = master_status(task_id, &plan.agent_id, TaskState::TaskError, Reason::TaskInvalid, why.clone(), now);
+                let st = master_status(
+                    task_id,
+                    &plan.agent_id,
+                    TaskState::TaskError,
+                    Reason::TaskInvalid,
+                    why.clone(),
+                    now,
+                );
                 Self::forward_update(&mut soft, &fw, st);
             }
             plan
@@ -251,16 +276,15 @@ impl Master {
     /// DECLINE: the offers return to the pool; their agents are filtered for a while.
     pub fn decline(&self, call: pb::DeclineCall) -> Result<(), Status> {
         let fw = self.check_caller(call.header.as_ref())?;
-        let until = refuse_until(self.now_ms(), call.filters.as_ref()).map_err(Status::invalid_argument)?;
+        let until =
+            refuse_until(self.now_ms(), call.filters.as_ref()).map_err(Status::invalid_argument)?;
         let mut soft = self.soft();
         // Check every id first so that a bad call changes nothing.
         for id in &call.offer_ids {
             match soft.offers.get(id) {
-                None => {
-                    return Err(Status::not_found(format!(
-                        "offer {id} is not outstanding (unknown, already used, rescinded, or expired)"
-                    )))
-                }
+                None => return Err(Status::not_found(format!(
+                    "offer {id} is not outstanding (unknown, already used, rescinded, or expired)"
+                ))),
                 Some(o) if o.framework_id != fw => {
                     return Err(Status::permission_denied(format!(
                         "offer {id} was made to another framework"
@@ -283,7 +307,11 @@ impl Master {
     }
 
     /// REVIVE: clears filters and resumes offers. SUPPRESS: stops them.
-    pub fn revive_or_suppress(&self, header: Option<&pb::CallHeader>, revive: bool) -> Result<(), Status> {
+    pub fn revive_or_suppress(
+        &self,
+        header: Option<&pb::CallHeader>,
+        revive: bool,
+    ) -> Result<(), Status> {
         let fw = self.check_caller(header)?;
         let mut soft = self.soft();
         if let Some(c) = soft.frameworks.get_mut(&fw) {
@@ -310,7 +338,12 @@ impl Master {
     }
 
     /// The latest status of a task for reconciliation (no uuid: never acknowledged).
-    fn reconcile_status(&self, fw: &FrameworkId, task_id: &TaskId, agent_hint: Option<&AgentId>) -> pb::TaskStatus {
+    fn reconcile_status(
+        &self,
+        fw: &FrameworkId,
+        task_id: &TaskId,
+        agent_hint: Option<&AgentId>,
+    ) -> pb::TaskStatus {
         let now = self.now_ms();
         let reg = self.registry();
         let key = TaskKey::new(fw, task_id);
@@ -321,7 +354,14 @@ impl Master {
         match found {
             Some(t) => {
                 let mut st = t.last_status.clone().unwrap_or_else(|| {
-                    master_status(task_id, &t.agent_id, t.state(), Reason::Reconciliation, "", now)
+                    master_status(
+                        task_id,
+                        &t.agent_id,
+                        t.state(),
+                        Reason::Reconciliation,
+                        "",
+                        now,
+                    )
                 });
                 st.uuid.clear();
                 st.reason = Reason::Reconciliation as i32;
@@ -330,9 +370,20 @@ impl Master {
             }
             None => {
                 let aware = reg.frameworks.get(fw).is_some_and(|f| f.partition_aware());
-                let state = if aware { TaskState::TaskUnknown } else { TaskState::TaskLost };
+                let state = if aware {
+                    TaskState::TaskUnknown
+                } else {
+                    TaskState::TaskLost
+                };
                 let agent = agent_hint.cloned().unwrap_or_default();
-                master_status(task_id, &agent, state, Reason::Reconciliation, "task is unknown to the master", now)
+                master_status(
+                    task_id,
+                    &agent,
+                    state,
+                    Reason::Reconciliation,
+                    "task is unknown to the master",
+                    now,
+                )
             }
         }
     }
@@ -341,7 +392,9 @@ impl Master {
     pub fn reconcile(&self, call: pb::ReconcileCall) -> Result<(), Status> {
         let fw = self.check_caller(call.header.as_ref())?;
         if call.tasks.len() > 100_000 {
-            return Err(Status::invalid_argument("at most 100000 tasks per RECONCILE"));
+            return Err(Status::invalid_argument(
+                "at most 100000 tasks per RECONCILE",
+            ));
         }
         let statuses: Vec<pb::TaskStatus> = if call.tasks.is_empty() {
             let ids: Vec<TaskId> = self
@@ -351,18 +404,27 @@ impl Master {
                 .filter(|t| t.framework_id == fw)
                 .map(|t| t.task_id())
                 .collect();
-            ids.iter().map(|id| self.reconcile_status(&fw, id, None)).collect()
+            ids.iter()
+                .map(|id| self.reconcile_status(&fw, id, None))
+                .collect()
         } else {
             let mut out = Vec::new();
             for t in &call.tasks {
-                let id = t.task_id.clone().ok_or_else(|| Status::invalid_argument("RECONCILE entry without task_id"))?;
+                let id = t
+                    .task_id
+                    .clone()
+                    .ok_or_else(|| Status::invalid_argument("RECONCILE entry without task_id"))?;
                 out.push(self.reconcile_status(&fw, &id, t.agent_id.as_ref()));
             }
             out
         };
         let mut soft = self.soft();
         for st in statuses {
-            Self::send_event(&mut soft, &fw, pb::event::Event::Update(pb::event::Update { status: Some(st) }));
+            Self::send_event(
+                &mut soft,
+                &fw,
+                pb::event::Event::Update(pb::event::Update { status: Some(st) }),
+            );
         }
         Ok(())
     }
@@ -400,12 +462,18 @@ impl Master {
             None => {
                 let known = self.registry().task_state(&key).is_some();
                 if !known {
-                    return Err(Status::not_found(format!("task {task_id} is unknown to the master")));
+                    return Err(Status::not_found(format!(
+                        "task {task_id} is unknown to the master"
+                    )));
                 }
                 // Already terminal: tell the framework its final state again.
                 let st = self.reconcile_status(&fw, &task_id, call.agent_id.as_ref());
                 let mut soft = self.soft();
-                Self::send_event(&mut soft, &fw, pb::event::Event::Update(pb::event::Update { status: Some(st) }));
+                Self::send_event(
+                    &mut soft,
+                    &fw,
+                    pb::event::Event::Update(pb::event::Update { status: Some(st) }),
+                );
                 Ok(())
             }
         }
@@ -424,7 +492,9 @@ impl Master {
             .filter(|a| !a.is_empty())
             .ok_or_else(|| Status::invalid_argument("ACKNOWLEDGE without agent_id"))?;
         if call.uuid.is_empty() || call.uuid.len() > 64 {
-            return Err(Status::invalid_argument("ACKNOWLEDGE needs the update's uuid"));
+            return Err(Status::invalid_argument(
+                "ACKNOWLEDGE needs the update's uuid",
+            ));
         }
         let key = TaskKey::new(&fw, &task_id);
         let owner = {
@@ -435,7 +505,9 @@ impl Master {
                 .map(|t| t.agent_id.clone())
         };
         match owner {
-            None => Err(Status::not_found(format!("task {task_id} is unknown to the master"))),
+            None => Err(Status::not_found(format!(
+                "task {task_id} is unknown to the master"
+            ))),
             Some(a) if a != agent_id => Err(Status::invalid_argument(format!(
                 "task {task_id} ran on agent {a}, not {agent_id}"
             ))),
@@ -460,7 +532,11 @@ impl Master {
     }
 
     /// TEARDOWN (or failover timeout): removes the framework and kills its tasks.
-    pub async fn remove_framework(self: &Arc<Self>, fw: FrameworkId, reason: &str) -> Result<(), Status> {
+    pub async fn remove_framework(
+        self: &Arc<Self>,
+        fw: FrameworkId,
+        reason: &str,
+    ) -> Result<(), Status> {
         let outcome = self
             .propose(Command::RemoveFramework {
                 framework_id: fw.clone(),
@@ -476,9 +552,11 @@ impl Master {
                 Self::send_agent(
                     &mut soft,
                     &agent,
-                    pb::master_message::Msg::ShutdownFramework(pb::master_message::ShutdownFramework {
-                        framework_id: Some(fw.clone()),
-                    }),
+                    pb::master_message::Msg::ShutdownFramework(
+                        pb::master_message::ShutdownFramework {
+                            framework_id: Some(fw.clone()),
+                        },
+                    ),
                 );
             }
         }
@@ -510,14 +588,20 @@ impl Master {
                 .values()
                 .filter(|f| !soft.frameworks.contains_key(&f.id))
                 .filter(|f| {
-                    let since = f.disconnected_ms.unwrap_or(soft.elected_ms).max(soft.elected_ms);
+                    let since = f
+                        .disconnected_ms
+                        .unwrap_or(soft.elected_ms)
+                        .max(soft.elected_ms);
                     now >= since.saturating_add(f.failover_timeout_ms())
                 })
                 .map(|f| f.id.clone())
                 .collect()
         };
         for fw in expired {
-            if let Err(e) = self.remove_framework(fw.clone(), "failover timeout elapsed").await {
+            if let Err(e) = self
+                .remove_framework(fw.clone(), "failover timeout elapsed")
+                .await
+            {
                 tracing::warn!(framework = %fw, error = %e, "could not remove framework");
             }
         }

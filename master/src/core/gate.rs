@@ -70,12 +70,10 @@ pub fn check(
             )));
         }
         match &agent {
-            Some(a) if a != &o.agent_id => {
-                return Err(Status::invalid_argument(format!(
-                    "offers {} and {id} are on different agents; one ACCEPT uses offers of one agent",
-                    offer_ids[0]
-                )))
-            }
+            Some(a) if a != &o.agent_id => return Err(Status::invalid_argument(format!(
+                "offers {} and {id} are on different agents; one ACCEPT uses offers of one agent",
+                offer_ids[0]
+            ))),
             _ => agent = Some(o.agent_id.clone()),
         }
         offered.add(&o.resources);
@@ -115,8 +113,14 @@ pub fn check(
         let Some(launch) = &op.launch else { continue };
         for task in &launch.task_infos {
             let task_id = task.task_id.clone().unwrap_or_default();
-            match check_task(framework_id, &agent_id, task, &remaining, &mut ids_in_call, registry)
-            {
+            match check_task(
+                framework_id,
+                &agent_id,
+                task,
+                &remaining,
+                &mut ids_in_call,
+                registry,
+            ) {
                 Ok(res) => {
                     remaining.sub_saturating(&res);
                     plan.used.add(&res);
@@ -146,7 +150,9 @@ fn check_task(
     }
     let key = TaskKey::new(framework_id, &task_id);
     if registry.task_state(&key).is_some() {
-        return Err(format!("task id {task_id} is already in use by this framework"));
+        return Err(format!(
+            "task id {task_id} is already in use by this framework"
+        ));
     }
     if let Some(a) = &task.agent_id {
         if !a.is_empty() && a != agent_id {
@@ -172,23 +178,32 @@ fn check_task(
     }
     let size = cmd.value.len() + cmd.arguments.iter().map(String::len).sum::<usize>();
     if size > MAX_COMMAND_BYTES {
-        return Err(format!("task command is longer than {MAX_COMMAND_BYTES} bytes"));
+        return Err(format!(
+            "task command is longer than {MAX_COMMAND_BYTES} bytes"
+        ));
     }
     if cmd.arguments.len() > MAX_LIST_ITEMS || cmd.environment.len() > MAX_LIST_ITEMS {
         return Err(format!(
             "task has more than {MAX_LIST_ITEMS} arguments or environment variables"
         ));
     }
-    if cmd.environment.iter().any(|e| e.name.is_empty() || e.name.contains('=')) {
+    if cmd
+        .environment
+        .iter()
+        .any(|e| e.name.is_empty() || e.name.contains('='))
+    {
         return Err("task environment has an empty name or a name containing '='".into());
     }
     if let Some(kp) = &task.kill_policy {
         let g = kp.grace_period_seconds;
         if !(g.is_finite() && (0.0..=3600.0).contains(&g)) {
-            return Err(format!("kill grace period {g} must be between 0 and 3600 seconds"));
+            return Err(format!(
+                "kill grace period {g} must be between 0 and 3600 seconds"
+            ));
         }
     }
-    let res = Resources::from_proto(&task.resources).map_err(|e| format!("invalid resources: {e}"))?;
+    let res =
+        Resources::from_proto(&task.resources).map_err(|e| format!("invalid resources: {e}"))?;
     if res.cpus() <= 0.0 && res.mem() <= 0.0 {
         return Err("task uses no cpus and no mem; give it at least one of them".into());
     }
@@ -285,7 +300,9 @@ mod tests {
             ..Default::default()
         }];
         assert_eq!(
-            check(&f1, &ids(&["o1"]), &group, &offers, &reg).unwrap_err().code(),
+            check(&f1, &ids(&["o1"]), &group, &offers, &reg)
+                .unwrap_err()
+                .code(),
             tonic::Code::Unimplemented
         );
     }
@@ -308,14 +325,30 @@ mod tests {
             task("ok2", "cpus:1;mem:512", "echo hi"),
         ]);
         let plan = check(&f1, &ids(&["o1"]), &ops, &offers, &reg).unwrap();
-        let launched: Vec<_> = plan.launch.iter().map(|t| t.task_id.clone().unwrap().value).collect();
+        let launched: Vec<_> = plan
+            .launch
+            .iter()
+            .map(|t| t.task_id.clone().unwrap().value)
+            .collect();
         assert_eq!(launched, vec!["ok1", "ok2"]);
         assert_eq!(plan.errors.len(), 7);
-        assert!(plan.errors.iter().any(|(id, why)| id.as_str() == "greedy" && why.contains("only have")));
-        assert!(plan.errors.iter().any(|(id, why)| id.as_str() == "existing" && why.contains("already in use")));
-        assert!(plan.errors.iter().any(|(id, why)| id.as_str() == "elsewhere" && why.contains("agent")));
+        assert!(plan
+            .errors
+            .iter()
+            .any(|(id, why)| id.as_str() == "greedy" && why.contains("only have")));
+        assert!(plan
+            .errors
+            .iter()
+            .any(|(id, why)| id.as_str() == "existing" && why.contains("already in use")));
+        assert!(plan
+            .errors
+            .iter()
+            .any(|(id, why)| id.as_str() == "elsewhere" && why.contains("agent")));
         assert_eq!(plan.used.cpus(), 2.0);
-        assert!(plan.launch.iter().all(|t| t.agent_id.as_ref().unwrap().as_str() == "a1"));
+        assert!(plan
+            .launch
+            .iter()
+            .all(|t| t.agent_id.as_ref().unwrap().as_str() == "a1"));
     }
 
     #[test]
@@ -328,9 +361,19 @@ mod tests {
         nan.resources = vec![drover_proto::resources::scalar("mem", f64::NAN)];
         let mut huge = task("huge", "cpus:1", "true");
         huge.resources = vec![drover_proto::resources::scalar("cpus", 1e300)];
-        let plan = check(&f1, &ids(&["o1"]), &launch(vec![neg, nan, huge]), &offers, &reg).unwrap();
+        let plan = check(
+            &f1,
+            &ids(&["o1"]),
+            &launch(vec![neg, nan, huge]),
+            &offers,
+            &reg,
+        )
+        .unwrap();
         assert!(plan.launch.is_empty());
         assert_eq!(plan.errors.len(), 3);
-        assert!(plan.errors.iter().all(|(_, why)| why.contains("invalid resources")));
+        assert!(plan
+            .errors
+            .iter()
+            .all(|(_, why)| why.contains("invalid resources")));
     }
 }

@@ -143,7 +143,9 @@ impl Master {
         if soft.serving {
             Ok(soft.term)
         } else {
-            Err(drover_proto::leader::not_leader_status(self.leader_address().as_deref()))
+            Err(drover_proto::leader::not_leader_status(
+                self.leader_address().as_deref(),
+            ))
         }
     }
 
@@ -181,7 +183,10 @@ impl Master {
             status: Some(status.clone()),
         });
         if !Self::send_event(soft, fw, event) && !status.uuid.is_empty() {
-            soft.undelivered.entry(fw.clone()).or_default().insert(key, status);
+            soft.undelivered
+                .entry(fw.clone())
+                .or_default()
+                .insert(key, status);
         }
     }
 

@@ -27,7 +27,9 @@ pub fn refuse_until(now_ms: u64, filters: Option<&pb::Filters>) -> Result<u64, S
         .and_then(|f| f.refuse_seconds)
         .unwrap_or(DEFAULT_REFUSE_SECONDS);
     if secs.is_nan() || secs < 0.0 {
-        return Err(format!("refuse_seconds must be zero or positive, got {secs}"));
+        return Err(format!(
+            "refuse_seconds must be zero or positive, got {secs}"
+        ));
     }
     Ok(now_ms + (secs.min(MAX_REFUSE_SECONDS) * 1000.0) as u64)
 }
@@ -40,7 +42,9 @@ fn available(soft: &Soft, reg: &Registry) -> Vec<AgentInput> {
     }
     let mut out = Vec::new();
     for id in soft.agents.keys() {
-        let Some(a) = reg.agents.get(id) else { continue };
+        let Some(a) = reg.agents.get(id) else {
+            continue;
+        };
         if a.state != AgentState::Active {
             continue;
         }
@@ -81,7 +85,10 @@ impl Master {
         }
         let mut offered_fw: HashMap<&FrameworkId, Resources> = HashMap::new();
         for o in soft.offers.values() {
-            offered_fw.entry(&o.framework_id).or_default().add(&o.resources);
+            offered_fw
+                .entry(&o.framework_id)
+                .or_default()
+                .add(&o.resources);
         }
         let mut frameworks = Vec::new();
         let mut other: HashMap<String, Resources> = HashMap::new();
@@ -110,7 +117,11 @@ impl Master {
             }
         }
         let mut total = Resources::new();
-        for a in reg.agents.values().filter(|a| a.state == AgentState::Active) {
+        for a in reg
+            .agents
+            .values()
+            .filter(|a| a.state == AgentState::Active)
+        {
             total.add(&a.total);
         }
         let input = allocator::Input {
@@ -123,17 +134,22 @@ impl Master {
         let grants = allocator::allocate(&input);
         let mut per_fw: HashMap<FrameworkId, Vec<pb::Offer>> = HashMap::new();
         for g in grants {
-            let Some(agent) = reg.agents.get(&g.agent_id) else { continue };
+            let Some(agent) = reg.agents.get(&g.agent_id) else {
+                continue;
+            };
             let id = OfferId::random();
-            per_fw.entry(g.framework_id.clone()).or_default().push(pb::Offer {
-                id: Some(id.clone()),
-                framework_id: Some(g.framework_id.clone()),
-                agent_id: Some(g.agent_id.clone()),
-                hostname: agent.info.hostname.clone(),
-                agent_address: agent.info.address.clone(),
-                resources: g.resources.to_proto(),
-                attributes: agent.info.attributes.clone(),
-            });
+            per_fw
+                .entry(g.framework_id.clone())
+                .or_default()
+                .push(pb::Offer {
+                    id: Some(id.clone()),
+                    framework_id: Some(g.framework_id.clone()),
+                    agent_id: Some(g.agent_id.clone()),
+                    hostname: agent.info.hostname.clone(),
+                    agent_address: agent.info.address.clone(),
+                    resources: g.resources.to_proto(),
+                    attributes: agent.info.attributes.clone(),
+                });
             soft.offers.insert(
                 id,
                 OfferRec {
@@ -148,7 +164,11 @@ impl Master {
         for (fw, offers) in per_fw {
             let n = offers.len() as u64;
             let ids: Vec<OfferId> = offers.iter().filter_map(|o| o.id.clone()).collect();
-            if Master::send_event(&mut soft, &fw, pb::event::Event::Offers(pb::event::Offers { offers })) {
+            if Master::send_event(
+                &mut soft,
+                &fw,
+                pb::event::Event::Offers(pb::event::Offers { offers }),
+            ) {
                 Metrics::add(&self.metrics.offers_sent, n);
             } else {
                 for id in ids {

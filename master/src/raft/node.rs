@@ -55,7 +55,10 @@ pub struct NoPeers;
 impl Transport for NoPeers {
     fn send(&mut self, msgs: Vec<Message>) {
         if !msgs.is_empty() {
-            tracing::warn!(count = msgs.len(), "dropping raft messages: no peers configured");
+            tracing::warn!(
+                count = msgs.len(),
+                "dropping raft messages: no peers configured"
+            );
         }
     }
 }
@@ -63,7 +66,11 @@ impl Transport for NoPeers {
 type Reply = oneshot::Sender<Result<ApplyOutcome, ProposeError>>;
 
 enum Input {
-    Propose { data: Vec<u8>, reply: Reply, at: Instant },
+    Propose {
+        data: Vec<u8>,
+        reply: Reply,
+        at: Instant,
+    },
     Step(Box<Message>),
     Stop,
 }
@@ -267,7 +274,12 @@ impl<T: Transport> Node<T> {
                 // Entries proposed under an old leadership may never be applied.
                 self.fail_all(ProposeError::Unavailable);
             }
-            tracing::info!(term = role.term, leader = role.leader_id, is_leader = role.is_leader, "raft role changed");
+            tracing::info!(
+                term = role.term,
+                leader = role.leader_id,
+                is_leader = role.is_leader,
+                "raft role changed"
+            );
             let _ = self.role_tx.send(role);
         }
     }
@@ -358,9 +370,15 @@ impl<T: Transport> Node<T> {
         }
         let term = raft::Storage::term(self.raw.store(), self.applied)?;
         let data = self.registry.read().expect("registry lock").to_snapshot();
-        self.raw.mut_store().save_snapshot(self.applied, term, &data)?;
+        self.raw
+            .mut_store()
+            .save_snapshot(self.applied, term, &data)?;
         self.snapshot_index = self.applied;
-        tracing::info!(index = self.applied, bytes = data.len(), "registry snapshot taken; log compacted");
+        tracing::info!(
+            index = self.applied,
+            bytes = data.len(),
+            "registry snapshot taken; log compacted"
+        );
         Ok(())
     }
 }

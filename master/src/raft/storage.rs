@@ -239,7 +239,10 @@ impl RocksStorage {
 
 impl raft::Storage for RocksStorage {
     fn initial_state(&self) -> raft::Result<RaftState> {
-        Ok(RaftState::new(self.hard_state.clone(), self.conf_state.clone()))
+        Ok(RaftState::new(
+            self.hard_state.clone(),
+            self.conf_state.clone(),
+        ))
     }
 
     fn entries(
@@ -340,8 +343,14 @@ mod tests {
             let mut s = RocksStorage::open(dir.path()).unwrap();
             assert!(s.is_empty());
             s.bootstrap(1, vec![1]).unwrap();
-            let hs = HardState { term: 2, vote: 1, commit: 3, ..Default::default() };
-            s.append(&(1..=5).map(|i| entry(i, 2)).collect::<Vec<_>>(), Some(&hs)).unwrap();
+            let hs = HardState {
+                term: 2,
+                vote: 1,
+                commit: 3,
+                ..Default::default()
+            };
+            s.append(&(1..=5).map(|i| entry(i, 2)).collect::<Vec<_>>(), Some(&hs))
+                .unwrap();
             // A new leader overwrites index 4 onwards with a shorter log.
             s.append(&[entry(4, 3)], None).unwrap();
         }
@@ -352,7 +361,9 @@ mod tests {
         assert_eq!(s.initial_state().unwrap().hard_state.commit, 3);
         assert_eq!(s.conf_state().voters, vec![1]);
         assert_eq!(s.node_id().unwrap(), Some(1));
-        let es = s.entries(1, 5, None, GetEntriesContext::empty(false)).unwrap();
+        let es = s
+            .entries(1, 5, None, GetEntriesContext::empty(false))
+            .unwrap();
         assert_eq!(es.len(), 4);
     }
 
@@ -361,11 +372,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut s = RocksStorage::open(dir.path()).unwrap();
         s.bootstrap(1, vec![1]).unwrap();
-        s.append(&(1..=10).map(|i| entry(i, 1)).collect::<Vec<_>>(), None).unwrap();
+        s.append(&(1..=10).map(|i| entry(i, 1)).collect::<Vec<_>>(), None)
+            .unwrap();
         s.save_snapshot(7, 1, b"registry").unwrap();
         assert_eq!(s.first_index().unwrap(), 8);
         assert_eq!(s.term(7).unwrap(), 1);
-        assert!(matches!(s.term(3), Err(raft::Error::Store(StorageError::Compacted))));
+        assert!(matches!(
+            s.term(3),
+            Err(raft::Error::Store(StorageError::Compacted))
+        ));
         let snap = s.snapshot(7, 2).unwrap();
         assert_eq!(snap.get_data(), b"registry");
         drop(s);

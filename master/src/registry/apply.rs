@@ -25,7 +25,9 @@ pub enum ApplyOutcome {
         updates: Vec<(FrameworkId, pb::TaskStatus)>,
     },
     /// Tasks newly launched (already-known task ids are skipped: LAUNCH is idempotent).
-    Launched { new: Vec<TaskId> },
+    Launched {
+        new: Vec<TaskId>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -401,7 +403,10 @@ impl Registry {
             // A repeat of the terminal update that completed the task is a duplicate, not
             // an unknown task: the framework may still need to acknowledge it.
             if let Some(done) = self.completed.iter().rev().find(|t| t.key() == key) {
-                if done.last_status.as_ref().is_some_and(|s| s.uuid == u.status.uuid)
+                if done
+                    .last_status
+                    .as_ref()
+                    .is_some_and(|s| s.uuid == u.status.uuid)
                     && done.agent_id == u.agent_id
                 {
                     return UpdateOutcome::Duplicate;

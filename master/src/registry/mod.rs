@@ -49,7 +49,10 @@ pub enum Command {
         now_ms: u64,
     },
     /// A framework's stream ended; its failover timeout starts.
-    FrameworkDisconnected { framework_id: FrameworkId, now_ms: u64 },
+    FrameworkDisconnected {
+        framework_id: FrameworkId,
+        now_ms: u64,
+    },
     /// A framework torn down or past its failover timeout; its tasks are killed.
     RemoveFramework {
         framework_id: FrameworkId,

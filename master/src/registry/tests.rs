@@ -15,7 +15,11 @@ fn task(id: &str, res: &str) -> pb::TaskInfo {
     pb::TaskInfo {
         task_id: Some(TaskId::new(id)),
         resources: Resources::parse(res).unwrap().to_proto(),
-        command: Some(pb::CommandInfo { value: "true".into(), shell: true, ..Default::default() }),
+        command: Some(pb::CommandInfo {
+            value: "true".into(),
+            shell: true,
+            ..Default::default()
+        }),
         ..Default::default()
     }
 }
@@ -31,12 +35,23 @@ fn status(id: &str, state: TaskState, uuid: u8) -> pb::TaskStatus {
 
 fn setup(aware: bool) -> Registry {
     let mut r = Registry::default();
-    let mut info = pb::FrameworkInfo { name: "fw".into(), ..Default::default() };
+    let mut info = pb::FrameworkInfo {
+        name: "fw".into(),
+        ..Default::default()
+    };
     if aware {
         info.capabilities.push(Capability::PartitionAware as i32);
     }
-    r.apply(&Command::AddFramework { framework_id: "f".into(), info, now_ms: 1 });
-    r.apply(&Command::RegisterAgent { agent_id: "a".into(), info: agent_info("cpus:4;mem:1024"), now_ms: 1 });
+    r.apply(&Command::AddFramework {
+        framework_id: "f".into(),
+        info,
+        now_ms: 1,
+    });
+    r.apply(&Command::RegisterAgent {
+        agent_id: "a".into(),
+        info: agent_info("cpus:4;mem:1024"),
+        now_ms: 1,
+    });
     r.apply(&Command::LaunchTasks {
         framework_id: "f".into(),
         agent_id: "a".into(),
@@ -49,7 +64,11 @@ fn setup(aware: bool) -> Registry {
 
 fn update(id: &str, state: TaskState, uuid: u8) -> Command {
     Command::StatusUpdates {
-        updates: vec![StatusUpdate { agent_id: "a".into(), framework_id: "f".into(), status: status(id, state, uuid) }],
+        updates: vec![StatusUpdate {
+            agent_id: "a".into(),
+            framework_id: "f".into(),
+            status: status(id, state, uuid),
+        }],
         now_ms: 3,
     }
 }
@@ -72,35 +91,74 @@ fn launch_is_idempotent_and_accounts_resources() {
 #[test]
 fn terminal_update_frees_resources_and_duplicates_are_detected() {
     let mut r = setup(false);
-    assert_eq!(r.apply(&update("t1", TaskState::TaskRunning, 1)), ApplyOutcome::Updates(vec![UpdateOutcome::Applied]));
-    assert_eq!(r.apply(&update("t1", TaskState::TaskRunning, 1)), ApplyOutcome::Updates(vec![UpdateOutcome::Duplicate]));
-    assert_eq!(r.apply(&update("t1", TaskState::TaskFinished, 2)), ApplyOutcome::Updates(vec![UpdateOutcome::Applied]));
-    assert_eq!(r.apply(&update("t1", TaskState::TaskFinished, 2)), ApplyOutcome::Updates(vec![UpdateOutcome::Duplicate]));
-    assert_eq!(r.apply(&update("nope", TaskState::TaskFinished, 3)), ApplyOutcome::Updates(vec![UpdateOutcome::Unknown]));
+    assert_eq!(
+        r.apply(&update("t1", TaskState::TaskRunning, 1)),
+        ApplyOutcome::Updates(vec![UpdateOutcome::Applied])
+    );
+    assert_eq!(
+        r.apply(&update("t1", TaskState::TaskRunning, 1)),
+        ApplyOutcome::Updates(vec![UpdateOutcome::Duplicate])
+    );
+    assert_eq!(
+        r.apply(&update("t1", TaskState::TaskFinished, 2)),
+        ApplyOutcome::Updates(vec![UpdateOutcome::Applied])
+    );
+    assert_eq!(
+        r.apply(&update("t1", TaskState::TaskFinished, 2)),
+        ApplyOutcome::Updates(vec![UpdateOutcome::Duplicate])
+    );
+    assert_eq!(
+        r.apply(&update("nope", TaskState::TaskFinished, 3)),
+        ApplyOutcome::Updates(vec![UpdateOutcome::Unknown])
+    );
     assert_eq!(r.agents[&AgentId::new("a")].used.cpus(), 1.0);
-    assert_eq!(r.task_state(&TaskKey::new(&"f".into(), &"t1".into())), Some(TaskState::TaskFinished));
+    assert_eq!(
+        r.task_state(&TaskKey::new(&"f".into(), &"t1".into())),
+        Some(TaskState::TaskFinished)
+    );
     // A finished task id cannot be launched again.
-    r.apply(&Command::LaunchTasks { framework_id: "f".into(), agent_id: "a".into(), tasks: vec![task("t1", "cpus:1")], term: 1, now_ms: 5 });
-    assert!(!r.tasks.contains_key(&TaskKey::new(&"f".into(), &"t1".into())));
+    r.apply(&Command::LaunchTasks {
+        framework_id: "f".into(),
+        agent_id: "a".into(),
+        tasks: vec![task("t1", "cpus:1")],
+        term: 1,
+        now_ms: 5,
+    });
+    assert!(!r
+        .tasks
+        .contains_key(&TaskKey::new(&"f".into(), &"t1".into())));
 }
 
 #[test]
 fn unreachable_agent_loses_tasks_of_unaware_frameworks_then_kills_them_on_return() {
     let mut r = setup(false);
     r.apply(&update("t1", TaskState::TaskRunning, 1));
-    let out = r.apply(&Command::AgentUnreachable { agent_id: "a".into(), now_ms: 10 });
-    let ApplyOutcome::Generated(updates) = out else { panic!() };
+    let out = r.apply(&Command::AgentUnreachable {
+        agent_id: "a".into(),
+        now_ms: 10,
+    });
+    let ApplyOutcome::Generated(updates) = out else {
+        panic!()
+    };
     assert_eq!(updates.len(), 2);
-    assert!(updates.iter().all(|(_, s)| s.state == TaskState::TaskLost as i32));
+    assert!(updates
+        .iter()
+        .all(|(_, s)| s.state == TaskState::TaskLost as i32));
     assert!(r.tasks.is_empty());
     // The agent returns still running t1: it must be killed, never run twice.
     let out = r.apply(&Command::ReregisterAgent {
         agent_id: "a".into(),
         info: agent_info("cpus:4;mem:1024"),
-        tasks: vec![ReportedTask { framework_id: "f".into(), task_id: "t1".into(), state: TaskState::TaskRunning as i32 }],
+        tasks: vec![ReportedTask {
+            framework_id: "f".into(),
+            task_id: "t1".into(),
+            state: TaskState::TaskRunning as i32,
+        }],
         now_ms: 20,
     });
-    let ApplyOutcome::Reregistered(o) = out else { panic!() };
+    let ApplyOutcome::Reregistered(o) = out else {
+        panic!()
+    };
     assert_eq!(o.kill, vec![(FrameworkId::new("f"), TaskId::new("t1"))]);
     assert_eq!(r.agents[&AgentId::new("a")].state, AgentState::Active);
 }
@@ -109,28 +167,53 @@ fn unreachable_agent_loses_tasks_of_unaware_frameworks_then_kills_them_on_return
 fn partition_aware_tasks_resume() {
     let mut r = setup(true);
     r.apply(&update("t1", TaskState::TaskRunning, 1));
-    r.apply(&Command::AgentUnreachable { agent_id: "a".into(), now_ms: 10 });
+    r.apply(&Command::AgentUnreachable {
+        agent_id: "a".into(),
+        now_ms: 10,
+    });
     assert_eq!(r.tasks.len(), 2);
-    assert!(r.tasks.values().all(|t| t.state() == TaskState::TaskUnreachable));
+    assert!(r
+        .tasks
+        .values()
+        .all(|t| t.state() == TaskState::TaskUnreachable));
     let out = r.apply(&Command::ReregisterAgent {
         agent_id: "a".into(),
         info: agent_info("cpus:4;mem:1024"),
-        tasks: vec![ReportedTask { framework_id: "f".into(), task_id: "t1".into(), state: TaskState::TaskRunning as i32 }],
+        tasks: vec![ReportedTask {
+            framework_id: "f".into(),
+            task_id: "t1".into(),
+            state: TaskState::TaskRunning as i32,
+        }],
         now_ms: 20,
     });
-    let ApplyOutcome::Reregistered(o) = out else { panic!() };
+    let ApplyOutcome::Reregistered(o) = out else {
+        panic!()
+    };
     assert!(o.kill.is_empty());
     // t1 resumes RUNNING; t2 (unknown to the agent, not STAGING anymore) is reported LOST.
-    assert_eq!(r.task_state(&TaskKey::new(&"f".into(), &"t1".into())), Some(TaskState::TaskRunning));
-    assert_eq!(r.task_state(&TaskKey::new(&"f".into(), &"t2".into())), Some(TaskState::TaskLost));
+    assert_eq!(
+        r.task_state(&TaskKey::new(&"f".into(), &"t1".into())),
+        Some(TaskState::TaskRunning)
+    );
+    assert_eq!(
+        r.task_state(&TaskKey::new(&"f".into(), &"t2".into())),
+        Some(TaskState::TaskLost)
+    );
     assert_eq!(o.updates.len(), 2);
 }
 
 #[test]
 fn staging_tasks_unknown_to_a_returning_agent_are_resent() {
     let mut r = setup(false);
-    let out = r.apply(&Command::ReregisterAgent { agent_id: "a".into(), info: agent_info("cpus:4;mem:1024"), tasks: vec![], now_ms: 5 });
-    let ApplyOutcome::Reregistered(o) = out else { panic!() };
+    let out = r.apply(&Command::ReregisterAgent {
+        agent_id: "a".into(),
+        info: agent_info("cpus:4;mem:1024"),
+        tasks: vec![],
+        now_ms: 5,
+    });
+    let ApplyOutcome::Reregistered(o) = out else {
+        panic!()
+    };
     assert_eq!(o.resend.len(), 2);
     assert!(o.kill.is_empty() && o.updates.is_empty());
 }
@@ -138,8 +221,14 @@ fn staging_tasks_unknown_to_a_returning_agent_are_resent() {
 #[test]
 fn removing_a_framework_kills_its_tasks() {
     let mut r = setup(false);
-    let out = r.apply(&Command::RemoveFramework { framework_id: "f".into(), reason: "teardown".into(), now_ms: 9 });
-    let ApplyOutcome::FrameworkRemoved { agents, updates } = out else { panic!() };
+    let out = r.apply(&Command::RemoveFramework {
+        framework_id: "f".into(),
+        reason: "teardown".into(),
+        now_ms: 9,
+    });
+    let ApplyOutcome::FrameworkRemoved { agents, updates } = out else {
+        panic!()
+    };
     assert_eq!(agents, vec![AgentId::new("a")]);
     assert_eq!(updates.len(), 2);
     assert!(r.tasks.is_empty() && r.frameworks.is_empty());
@@ -151,8 +240,13 @@ fn snapshot_round_trip_and_replay_are_deterministic() {
     let cmds = vec![
         update("t1", TaskState::TaskRunning, 1),
         update("t2", TaskState::TaskFailed, 2),
-        Command::SetWeights { weights: vec![("x".into(), 3.0)] },
-        Command::FrameworkDisconnected { framework_id: "f".into(), now_ms: 7 },
+        Command::SetWeights {
+            weights: vec![("x".into(), 3.0)],
+        },
+        Command::FrameworkDisconnected {
+            framework_id: "f".into(),
+            now_ms: 7,
+        },
     ];
     let mut a = setup(false);
     let mut b = setup(false);

@@ -97,7 +97,10 @@ pub struct TaskRec {
 
 impl TaskRec {
     pub fn key(&self) -> TaskKey {
-        TaskKey::new(&self.framework_id, self.info.task_id.as_ref().unwrap_or(&TaskId::default()))
+        TaskKey::new(
+            &self.framework_id,
+            self.info.task_id.as_ref().unwrap_or(&TaskId::default()),
+        )
     }
 
     pub fn task_id(&self) -> TaskId {
@@ -158,7 +161,10 @@ impl Registry {
         let snap: RegistrySnapshot =
             serde_json::from_slice(data).map_err(|e| format!("bad registry snapshot: {e}"))?;
         if snap.version != 1 {
-            return Err(format!("unknown registry snapshot version {}", snap.version));
+            return Err(format!(
+                "unknown registry snapshot version {}",
+                snap.version
+            ));
         }
         let mut r = Registry {
             agents: snap.agents.into_iter().map(|a| (a.id.clone(), a)).collect(),

@@ -35,7 +35,10 @@ impl Master {
         let reg = self.registry();
         let mut offered: BTreeMap<_, Resources> = BTreeMap::new();
         for o in soft.offers.values() {
-            offered.entry(o.agent_id.clone()).or_default().add(&o.resources);
+            offered
+                .entry(o.agent_id.clone())
+                .or_default()
+                .add(&o.resources);
         }
         let mut counts: BTreeMap<_, u32> = BTreeMap::new();
         for t in reg.tasks.values() {
@@ -71,7 +74,10 @@ impl Master {
         let reg = self.registry();
         let mut offered: BTreeMap<FrameworkId, Resources> = BTreeMap::new();
         for o in soft.offers.values() {
-            offered.entry(o.framework_id.clone()).or_default().add(&o.resources);
+            offered
+                .entry(o.framework_id.clone())
+                .or_default()
+                .add(&o.resources);
         }
         let mut active: BTreeMap<FrameworkId, u32> = BTreeMap::new();
         for t in reg.tasks.values() {
@@ -84,7 +90,10 @@ impl Master {
                 let deadline = if conn.is_some() {
                     0.0
                 } else {
-                    let since = f.disconnected_ms.unwrap_or(soft.elected_ms).max(soft.elected_ms);
+                    let since = f
+                        .disconnected_ms
+                        .unwrap_or(soft.elected_ms)
+                        .max(soft.elected_ms);
                     since.saturating_add(f.failover_timeout_ms()) as f64 / 1000.0
                 };
                 pb::FrameworkSummary {
@@ -103,13 +112,25 @@ impl Master {
             .collect()
     }
 
-    pub fn task_summaries(&self, fw: Option<&FrameworkId>, completed: bool) -> (Vec<pb::TaskSummary>, Vec<pb::TaskSummary>) {
+    pub fn task_summaries(
+        &self,
+        fw: Option<&FrameworkId>,
+        completed: bool,
+    ) -> (Vec<pb::TaskSummary>, Vec<pb::TaskSummary>) {
         let reg = self.registry();
         let keep = |t: &&TaskRec| fw.is_none_or(|f| &t.framework_id == f);
         let mut active: Vec<&TaskRec> = reg.tasks.values().filter(keep).collect();
-        active.sort_by(|a, b| a.launched_ms.cmp(&b.launched_ms).then_with(|| a.key().cmp(&b.key())));
+        active.sort_by(|a, b| {
+            a.launched_ms
+                .cmp(&b.launched_ms)
+                .then_with(|| a.key().cmp(&b.key()))
+        });
         let done = if completed {
-            reg.completed.iter().filter(keep).map(task_summary).collect()
+            reg.completed
+                .iter()
+                .filter(keep)
+                .map(task_summary)
+                .collect()
         } else {
             Vec::new()
         };
@@ -120,16 +141,25 @@ impl Master {
         let reg = self.registry();
         let mut roles: BTreeMap<String, pb::RoleSummary> = BTreeMap::new();
         for (name, w) in &reg.weights {
-            roles.insert(name.clone(), pb::RoleSummary { name: name.clone(), weight: *w, ..Default::default() });
+            roles.insert(
+                name.clone(),
+                pb::RoleSummary {
+                    name: name.clone(),
+                    weight: *w,
+                    ..Default::default()
+                },
+            );
         }
         let mut alloc: BTreeMap<String, Resources> = BTreeMap::new();
         for f in reg.frameworks.values() {
             let role = f.role().to_string();
-            let e = roles.entry(role.clone()).or_insert_with(|| pb::RoleSummary {
-                name: role.clone(),
-                weight: reg.weight(&role),
-                ..Default::default()
-            });
+            let e = roles
+                .entry(role.clone())
+                .or_insert_with(|| pb::RoleSummary {
+                    name: role.clone(),
+                    weight: reg.weight(&role),
+                    ..Default::default()
+                });
             e.frameworks.push(f.id.clone());
             alloc.entry(role).or_default().add(&f.used);
         }
@@ -155,20 +185,58 @@ impl Master {
         let reg = self.registry();
         let mut by_state: BTreeMap<&'static str, u64> = BTreeMap::new();
         for t in reg.tasks.values() {
-            *by_state.entry(drover_proto::states::name(t.state())).or_default() += 1;
+            *by_state
+                .entry(drover_proto::states::name(t.state()))
+                .or_default() += 1;
         }
         let mut g = vec![
-            ("drover_master_is_leader".to_string(), "1 when this master serves as leader.".to_string(), soft.serving as u8 as f64),
-            ("drover_master_agents_registered".into(), "Agents in the registry.".into(), reg.agents.len() as f64),
-            ("drover_master_agents_connected".into(), "Agents connected to this leader.".into(), soft.agents.len() as f64),
-            ("drover_master_frameworks_registered".into(), "Frameworks in the registry.".into(), reg.frameworks.len() as f64),
-            ("drover_master_frameworks_connected".into(), "Frameworks subscribed to this leader.".into(), soft.frameworks.len() as f64),
-            ("drover_master_offers_outstanding".into(), "Offers not yet used.".into(), soft.offers.len() as f64),
-            ("drover_master_tasks_active".into(), "Non-terminal tasks.".into(), reg.tasks.len() as f64),
-            ("drover_master_raft_term".into(), "Current Raft term.".into(), soft.term as f64),
+            (
+                "drover_master_is_leader".to_string(),
+                "1 when this master serves as leader.".to_string(),
+                soft.serving as u8 as f64,
+            ),
+            (
+                "drover_master_agents_registered".into(),
+                "Agents in the registry.".into(),
+                reg.agents.len() as f64,
+            ),
+            (
+                "drover_master_agents_connected".into(),
+                "Agents connected to this leader.".into(),
+                soft.agents.len() as f64,
+            ),
+            (
+                "drover_master_frameworks_registered".into(),
+                "Frameworks in the registry.".into(),
+                reg.frameworks.len() as f64,
+            ),
+            (
+                "drover_master_frameworks_connected".into(),
+                "Frameworks subscribed to this leader.".into(),
+                soft.frameworks.len() as f64,
+            ),
+            (
+                "drover_master_offers_outstanding".into(),
+                "Offers not yet used.".into(),
+                soft.offers.len() as f64,
+            ),
+            (
+                "drover_master_tasks_active".into(),
+                "Non-terminal tasks.".into(),
+                reg.tasks.len() as f64,
+            ),
+            (
+                "drover_master_raft_term".into(),
+                "Current Raft term.".into(),
+                soft.term as f64,
+            ),
         ];
         for (state, n) in by_state {
-            g.push((format!("drover_master_tasks_{}", state.to_lowercase()), format!("Tasks in state {state}."), n as f64));
+            g.push((
+                format!("drover_master_tasks_{}", state.to_lowercase()),
+                format!("Tasks in state {state}."),
+                n as f64,
+            ));
         }
         self.metrics.set_gauges(g);
     }
@@ -184,7 +252,10 @@ fn later(what: &str, issue: &str) -> Status {
 impl Operator for OperatorService {
     type SubscribeStream = Events;
 
-    async fn get_health(&self, _: Request<pb::GetHealthRequest>) -> Result<Response<pb::GetHealthResponse>, Status> {
+    async fn get_health(
+        &self,
+        _: Request<pb::GetHealthRequest>,
+    ) -> Result<Response<pb::GetHealthResponse>, Status> {
         let serving = self.master.soft().serving;
         Ok(Response::new(pb::GetHealthResponse {
             healthy: true,
@@ -194,7 +265,10 @@ impl Operator for OperatorService {
         }))
     }
 
-    async fn get_state(&self, _: Request<pb::GetStateRequest>) -> Result<Response<pb::GetStateResponse>, Status> {
+    async fn get_state(
+        &self,
+        _: Request<pb::GetStateRequest>,
+    ) -> Result<Response<pb::GetStateResponse>, Status> {
         self.master.ensure_leader()?;
         let (tasks, completed_tasks) = self.master.task_summaries(None, true);
         Ok(Response::new(pb::GetStateResponse {
@@ -207,41 +281,73 @@ impl Operator for OperatorService {
         }))
     }
 
-    async fn get_agents(&self, _: Request<pb::GetAgentsRequest>) -> Result<Response<pb::GetAgentsResponse>, Status> {
+    async fn get_agents(
+        &self,
+        _: Request<pb::GetAgentsRequest>,
+    ) -> Result<Response<pb::GetAgentsResponse>, Status> {
         self.master.ensure_leader()?;
-        Ok(Response::new(pb::GetAgentsResponse { agents: self.master.agent_summaries() }))
+        Ok(Response::new(pb::GetAgentsResponse {
+            agents: self.master.agent_summaries(),
+        }))
     }
 
-    async fn get_frameworks(&self, _: Request<pb::GetFrameworksRequest>) -> Result<Response<pb::GetFrameworksResponse>, Status> {
+    async fn get_frameworks(
+        &self,
+        _: Request<pb::GetFrameworksRequest>,
+    ) -> Result<Response<pb::GetFrameworksResponse>, Status> {
         self.master.ensure_leader()?;
-        Ok(Response::new(pb::GetFrameworksResponse { frameworks: self.master.framework_summaries() }))
+        Ok(Response::new(pb::GetFrameworksResponse {
+            frameworks: self.master.framework_summaries(),
+        }))
     }
 
-    async fn get_tasks(&self, req: Request<pb::GetTasksRequest>) -> Result<Response<pb::GetTasksResponse>, Status> {
+    async fn get_tasks(
+        &self,
+        req: Request<pb::GetTasksRequest>,
+    ) -> Result<Response<pb::GetTasksResponse>, Status> {
         self.master.ensure_leader()?;
         let r = req.into_inner();
         let fw = r.framework_id.filter(|f| !f.is_empty());
         let (tasks, completed_tasks) = self.master.task_summaries(fw.as_ref(), r.include_completed);
-        Ok(Response::new(pb::GetTasksResponse { tasks, completed_tasks }))
+        Ok(Response::new(pb::GetTasksResponse {
+            tasks,
+            completed_tasks,
+        }))
     }
 
-    async fn get_roles(&self, _: Request<pb::GetRolesRequest>) -> Result<Response<pb::GetRolesResponse>, Status> {
+    async fn get_roles(
+        &self,
+        _: Request<pb::GetRolesRequest>,
+    ) -> Result<Response<pb::GetRolesResponse>, Status> {
         self.master.ensure_leader()?;
-        Ok(Response::new(pb::GetRolesResponse { roles: self.master.role_summaries() }))
+        Ok(Response::new(pb::GetRolesResponse {
+            roles: self.master.role_summaries(),
+        }))
     }
 
-    async fn get_metrics(&self, _: Request<pb::GetMetricsRequest>) -> Result<Response<pb::GetMetricsResponse>, Status> {
+    async fn get_metrics(
+        &self,
+        _: Request<pb::GetMetricsRequest>,
+    ) -> Result<Response<pb::GetMetricsResponse>, Status> {
         self.master.update_gauges();
-        Ok(Response::new(pb::GetMetricsResponse { prometheus_text: self.master.metrics.render() }))
+        Ok(Response::new(pb::GetMetricsResponse {
+            prometheus_text: self.master.metrics.render(),
+        }))
     }
 
-    async fn update_weights(&self, req: Request<pb::UpdateWeightsRequest>) -> Result<Response<pb::UpdateWeightsResponse>, Status> {
+    async fn update_weights(
+        &self,
+        req: Request<pb::UpdateWeightsRequest>,
+    ) -> Result<Response<pb::UpdateWeightsResponse>, Status> {
         self.master.ensure_leader()?;
         let mut weights = Vec::new();
         for w in req.into_inner().weights {
             crate::core::validate_role(&w.role).map_err(Status::invalid_argument)?;
             if !(w.weight.is_finite() && w.weight > 0.0 && w.weight <= 1e6) {
-                return Err(Status::invalid_argument(format!("weight of role '{}' must be positive, got {}", w.role, w.weight)));
+                return Err(Status::invalid_argument(format!(
+                    "weight of role '{}' must be positive, got {}",
+                    w.role, w.weight
+                )));
             }
             weights.push((w.role, w.weight));
         }
@@ -250,35 +356,59 @@ impl Operator for OperatorService {
         Ok(Response::new(pb::UpdateWeightsResponse {}))
     }
 
-    async fn update_quota(&self, _: Request<pb::UpdateQuotaRequest>) -> Result<Response<pb::UpdateQuotaResponse>, Status> {
+    async fn update_quota(
+        &self,
+        _: Request<pb::UpdateQuotaRequest>,
+    ) -> Result<Response<pb::UpdateQuotaResponse>, Status> {
         Err(later("quota", "the quotas and reservations issue"))
     }
 
-    async fn get_maintenance(&self, _: Request<pb::GetMaintenanceRequest>) -> Result<Response<pb::GetMaintenanceResponse>, Status> {
+    async fn get_maintenance(
+        &self,
+        _: Request<pb::GetMaintenanceRequest>,
+    ) -> Result<Response<pb::GetMaintenanceResponse>, Status> {
         Err(later("maintenance", "the maintenance and draining issue"))
     }
 
-    async fn update_maintenance(&self, _: Request<pb::UpdateMaintenanceRequest>) -> Result<Response<pb::UpdateMaintenanceResponse>, Status> {
+    async fn update_maintenance(
+        &self,
+        _: Request<pb::UpdateMaintenanceRequest>,
+    ) -> Result<Response<pb::UpdateMaintenanceResponse>, Status> {
         Err(later("maintenance", "the maintenance and draining issue"))
     }
 
-    async fn reserve_resources(&self, _: Request<pb::ReserveResourcesRequest>) -> Result<Response<pb::ReserveResourcesResponse>, Status> {
+    async fn reserve_resources(
+        &self,
+        _: Request<pb::ReserveResourcesRequest>,
+    ) -> Result<Response<pb::ReserveResourcesResponse>, Status> {
         Err(later("reservations", "the quotas and reservations issue"))
     }
 
-    async fn unreserve_resources(&self, _: Request<pb::UnreserveResourcesRequest>) -> Result<Response<pb::UnreserveResourcesResponse>, Status> {
+    async fn unreserve_resources(
+        &self,
+        _: Request<pb::UnreserveResourcesRequest>,
+    ) -> Result<Response<pb::UnreserveResourcesResponse>, Status> {
         Err(later("reservations", "the quotas and reservations issue"))
     }
 
-    async fn create_volumes(&self, _: Request<pb::CreateVolumesRequest>) -> Result<Response<pb::CreateVolumesResponse>, Status> {
+    async fn create_volumes(
+        &self,
+        _: Request<pb::CreateVolumesRequest>,
+    ) -> Result<Response<pb::CreateVolumesResponse>, Status> {
         Err(later("persistent volumes", "the stateful frameworks issue"))
     }
 
-    async fn destroy_volumes(&self, _: Request<pb::DestroyVolumesRequest>) -> Result<Response<pb::DestroyVolumesResponse>, Status> {
+    async fn destroy_volumes(
+        &self,
+        _: Request<pb::DestroyVolumesRequest>,
+    ) -> Result<Response<pb::DestroyVolumesResponse>, Status> {
         Err(later("persistent volumes", "the stateful frameworks issue"))
     }
 
-    async fn teardown_framework(&self, req: Request<pb::TeardownFrameworkRequest>) -> Result<Response<pb::TeardownFrameworkResponse>, Status> {
+    async fn teardown_framework(
+        &self,
+        req: Request<pb::TeardownFrameworkRequest>,
+    ) -> Result<Response<pb::TeardownFrameworkResponse>, Status> {
         self.master.ensure_leader()?;
         let fw = req
             .into_inner()
@@ -288,11 +418,16 @@ impl Operator for OperatorService {
         if !self.master.registry().frameworks.contains_key(&fw) {
             return Err(Status::not_found(format!("framework {fw} is unknown")));
         }
-        self.master.remove_framework(fw, "torn down by an operator").await?;
+        self.master
+            .remove_framework(fw, "torn down by an operator")
+            .await?;
         Ok(Response::new(pb::TeardownFrameworkResponse {}))
     }
 
-    async fn subscribe(&self, _: Request<pb::OperatorSubscribeRequest>) -> Result<Response<Events>, Status> {
+    async fn subscribe(
+        &self,
+        _: Request<pb::OperatorSubscribeRequest>,
+    ) -> Result<Response<Events>, Status> {
         Err(later("the operator event stream", "the web UI issue"))
     }
 }

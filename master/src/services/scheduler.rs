@@ -37,23 +37,37 @@ impl Scheduler for SchedulerService {
         Ok(Response::new(Box::pin(stream)))
     }
 
-    async fn accept(&self, req: Request<pb::AcceptCall>) -> Result<Response<pb::CallResponse>, Status> {
+    async fn accept(
+        &self,
+        req: Request<pb::AcceptCall>,
+    ) -> Result<Response<pb::CallResponse>, Status> {
         self.master.accept(req.into_inner()).await?;
         ok()
     }
 
-    async fn decline(&self, req: Request<pb::DeclineCall>) -> Result<Response<pb::CallResponse>, Status> {
+    async fn decline(
+        &self,
+        req: Request<pb::DeclineCall>,
+    ) -> Result<Response<pb::CallResponse>, Status> {
         self.master.decline(req.into_inner())?;
         ok()
     }
 
-    async fn revive(&self, req: Request<pb::ReviveCall>) -> Result<Response<pb::CallResponse>, Status> {
-        self.master.revive_or_suppress(req.get_ref().header.as_ref(), true)?;
+    async fn revive(
+        &self,
+        req: Request<pb::ReviveCall>,
+    ) -> Result<Response<pb::CallResponse>, Status> {
+        self.master
+            .revive_or_suppress(req.get_ref().header.as_ref(), true)?;
         ok()
     }
 
-    async fn suppress(&self, req: Request<pb::SuppressCall>) -> Result<Response<pb::CallResponse>, Status> {
-        self.master.revive_or_suppress(req.get_ref().header.as_ref(), false)?;
+    async fn suppress(
+        &self,
+        req: Request<pb::SuppressCall>,
+    ) -> Result<Response<pb::CallResponse>, Status> {
+        self.master
+            .revive_or_suppress(req.get_ref().header.as_ref(), false)?;
         ok()
     }
 
@@ -62,29 +76,50 @@ impl Scheduler for SchedulerService {
         ok()
     }
 
-    async fn shutdown(&self, req: Request<pb::ShutdownCall>) -> Result<Response<pb::CallResponse>, Status> {
+    async fn shutdown(
+        &self,
+        req: Request<pb::ShutdownCall>,
+    ) -> Result<Response<pb::CallResponse>, Status> {
         self.master.check_caller(req.get_ref().header.as_ref())?;
-        Err(Status::unimplemented("SHUTDOWN of custom executors arrives with executors (containers issue)"))
+        Err(Status::unimplemented(
+            "SHUTDOWN of custom executors arrives with executors (containers issue)",
+        ))
     }
 
-    async fn acknowledge(&self, req: Request<pb::AcknowledgeCall>) -> Result<Response<pb::CallResponse>, Status> {
+    async fn acknowledge(
+        &self,
+        req: Request<pb::AcknowledgeCall>,
+    ) -> Result<Response<pb::CallResponse>, Status> {
         self.master.acknowledge(req.into_inner())?;
         ok()
     }
 
-    async fn reconcile(&self, req: Request<pb::ReconcileCall>) -> Result<Response<pb::CallResponse>, Status> {
+    async fn reconcile(
+        &self,
+        req: Request<pb::ReconcileCall>,
+    ) -> Result<Response<pb::CallResponse>, Status> {
         self.master.reconcile(req.into_inner())?;
         ok()
     }
 
-    async fn message(&self, req: Request<pb::MessageCall>) -> Result<Response<pb::CallResponse>, Status> {
+    async fn message(
+        &self,
+        req: Request<pb::MessageCall>,
+    ) -> Result<Response<pb::CallResponse>, Status> {
         self.master.check_caller(req.get_ref().header.as_ref())?;
-        Err(Status::unimplemented("MESSAGE to custom executors arrives with executors (containers issue)"))
+        Err(Status::unimplemented(
+            "MESSAGE to custom executors arrives with executors (containers issue)",
+        ))
     }
 
-    async fn teardown(&self, req: Request<pb::TeardownCall>) -> Result<Response<pb::CallResponse>, Status> {
+    async fn teardown(
+        &self,
+        req: Request<pb::TeardownCall>,
+    ) -> Result<Response<pb::CallResponse>, Status> {
         let fw = self.master.check_caller(req.get_ref().header.as_ref())?;
-        self.master.remove_framework(fw, "torn down by the framework").await?;
+        self.master
+            .remove_framework(fw, "torn down by the framework")
+            .await?;
         ok()
     }
 }

@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use drover_sdk::proto::pb::{self, TaskState};
 use drover_sdk::proto::states::{is_terminal, name};
-use drover_sdk::{async_trait, Driver, OfferPacker, Scheduler, SchedulerConfig, TaskBuilder, TaskRequest};
+use drover_sdk::{
+    async_trait, Driver, OfferPacker, Scheduler, SchedulerConfig, TaskBuilder, TaskRequest,
+};
 use drover_tests::Report;
 
 #[derive(Parser, Debug, Clone)]
@@ -90,7 +92,11 @@ impl TestFw {
         if self.uncertain.is_empty() {
             return;
         }
-        let tasks = self.uncertain.iter().map(|id| (id.as_str().into(), None)).collect();
+        let tasks = self
+            .uncertain
+            .iter()
+            .map(|id| (id.as_str().into(), None))
+            .collect();
         if driver.reconcile(tasks).await.is_ok() {
             self.uncertain.clear();
         }
@@ -114,13 +120,21 @@ impl TestFw {
 
 #[async_trait]
 impl Scheduler for TestFw {
-    async fn subscribed(&mut self, driver: &Driver, framework_id: drover_sdk::proto::FrameworkId, resubscribed: bool) {
+    async fn subscribed(
+        &mut self,
+        driver: &Driver,
+        framework_id: drover_sdk::proto::FrameworkId,
+        resubscribed: bool,
+    ) {
         self.report.framework_id = framework_id.to_string();
         if resubscribed {
             self.report.resubscriptions += 1;
         }
         self.reconcile_uncertain(driver).await;
-        eprintln!("testfw {}: subscribed as {framework_id} (resubscribed: {resubscribed})", self.args.name);
+        eprintln!(
+            "testfw {}: subscribed as {framework_id} (resubscribed: {resubscribed})",
+            self.args.name
+        );
     }
 
     async fn offers(&mut self, driver: &Driver, offers: Vec<pb::Offer>) {
@@ -137,7 +151,7 @@ impl Scheduler for TestFw {
         let packing = OfferPacker::new().max_tasks(room).pack(
             offers,
             &mut self.pending,
-            |_| request.clone(),
+            |_| request,
             |(index, attempt), offer, resources| {
                 TaskBuilder::new(format!("{name}-{index}-{attempt}"))
                     .name(format!("{name} #{index}"))
@@ -149,19 +163,28 @@ impl Scheduler for TestFw {
                     .build()
             },
         );
-        let filters = pb::Filters { refuse_seconds: Some(self.args.refuse_secs) };
+        let filters = pb::Filters {
+            refuse_seconds: Some(self.args.refuse_secs),
+        };
         for (offer_id, tasks) in packing.launches {
             let ids: Vec<(String, usize)> = tasks
                 .iter()
                 .map(|t| {
                     let id = t.task_id.clone().unwrap_or_default().to_string();
-                    let index = id.split('-').rev().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+                    let index = id
+                        .split('-')
+                        .rev()
+                        .nth(1)
+                        .and_then(|s| s.parse().ok())
+                        .unwrap_or(0);
                     (id, index)
                 })
                 .collect();
             let op = pb::Operation {
                 r#type: pb::operation::Type::Launch as i32,
-                launch: Some(pb::operation::Launch { task_infos: tasks.clone() }),
+                launch: Some(pb::operation::Launch {
+                    task_infos: tasks.clone(),
+                }),
                 ..Default::default()
             };
             match driver.accept(vec![offer_id], vec![op], filters).await {
@@ -186,7 +209,9 @@ impl Scheduler for TestFw {
             }
         }
         if !packing.unused.is_empty() {
-            let _ = driver.decline(packing.unused, Some(self.args.refuse_secs)).await;
+            let _ = driver
+                .decline(packing.unused, Some(self.args.refuse_secs))
+                .await;
         }
     }
 
@@ -198,13 +223,17 @@ impl Scheduler for TestFw {
         let id = status.task_id.clone().unwrap_or_default().to_string();
         let state = drover_sdk::proto::states::from_i32(status.state);
         if state == TaskState::TaskRunning {
-            self.running_since.entry(id.clone()).or_insert(status.timestamp);
+            self.running_since
+                .entry(id.clone())
+                .or_insert(status.timestamp);
         }
         if !is_terminal(state) {
             return;
         }
         *self.report.terminal_updates.entry(id.clone()).or_default() += 1;
-        self.report.final_states.insert(id.clone(), name(state).to_string());
+        self.report
+            .final_states
+            .insert(id.clone(), name(state).to_string());
         if let Some(code) = status.exit_code {
             self.report.exit_codes.insert(id.clone(), code);
         }
@@ -215,7 +244,12 @@ impl Scheduler for TestFw {
         if let Some(start) = self.running_since.remove(&id) {
             self.report.cpu_seconds += self.args.cpus * (status.timestamp - start).max(0.0);
         }
-        eprintln!("testfw {}: {id} {} {}", self.args.name, name(state), status.message);
+        eprintln!(
+            "testfw {}: {id} {} {}",
+            self.args.name,
+            name(state),
+            status.message
+        );
         match state {
             TaskState::TaskFinished => {
                 self.done.insert(index, true);
@@ -250,9 +284,15 @@ async fn main() -> anyhow::Result<()> {
         .partition_aware(args.partition_aware)
         .failover_timeout(Duration::from_secs_f64(args.failover_timeout_secs))
         .build()?;
-    let deadline = args.duration_secs.map(|s| Instant::now() + Duration::from_secs_f64(s));
+    let deadline = args
+        .duration_secs
+        .map(|s| Instant::now() + Duration::from_secs_f64(s));
     let fw = TestFw {
-        pending: if deadline.is_some() { VecDeque::new() } else { (0..args.tasks).map(|i| (i, 0)).collect() },
+        pending: if deadline.is_some() {
+            VecDeque::new()
+        } else {
+            (0..args.tasks).map(|i| (i, 0)).collect()
+        },
         args: args.clone(),
         attempts: HashMap::new(),
         done: HashMap::new(),
