@@ -509,6 +509,33 @@ async fn follows_a_not_leader_hint_and_obeys_a_shutdown() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_tasks_on_exit_kills_and_reports_before_exiting() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut master = Master::start().await;
+    let agent = start_agent(&master.addr, dir.path(), &["--shutdown-tasks-on-exit"]).await;
+    master.register().await;
+    master.run_task(2, "t", "exec sleep 60");
+    assert_eq!(
+        state_of(&master.acked_update().await),
+        TaskState::TaskStarting
+    );
+    assert_eq!(
+        state_of(&master.acked_update().await),
+        TaskState::TaskRunning
+    );
+
+    let _ = agent.stop.send(());
+    let killed = master.acked_update().await;
+    assert_eq!(state_of(&killed), TaskState::TaskKilled);
+    assert_eq!(killed.reason, Reason::AgentRestarted as i32);
+    let result = tokio::time::timeout(Duration::from_secs(30), agent.handle)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(result.is_ok(), "{result:?}");
+}
+
 async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();

@@ -21,9 +21,12 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // Colours only for people: logs piped to files or journald stay plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(ansi)
         .init();
 
     let runtime = match tokio::runtime::Builder::new_multi_thread()

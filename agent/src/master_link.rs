@@ -153,6 +153,25 @@ pub struct MasterLink {
     events: mpsc::Sender<LinkEvent>,
 }
 
+/// An error with its sources: tonic's transport errors say only "transport error" at
+/// the top, and the reason (connection refused, DNS, …) underneath.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    let mut last = out.clone();
+    while let Some(s) = source {
+        let msg = s.to_string();
+        // hyper wraps errors in layers that repeat the same words.
+        if msg != last {
+            out.push_str(": ");
+            out.push_str(&msg);
+        }
+        last = msg;
+        source = s.source();
+    }
+    out
+}
+
 fn uri(addr: &str) -> String {
     if addr.contains("://") {
         addr.to_string()
@@ -252,7 +271,12 @@ impl MasterLink {
         };
         let channel = match endpoint.connect().await {
             Ok(c) => c,
-            Err(e) => return Some(Failure::new(format!("cannot connect: {e}"), false)),
+            Err(e) => {
+                return Some(Failure::new(
+                    format!("cannot connect: {}", error_chain(&e)),
+                    false,
+                ))
+            }
         };
         let mut client = AgentMasterClient::new(channel);
 

@@ -7,7 +7,8 @@
 //! - [`inspect`]: `drover status | agents | frameworks | tasks`, as tables or `--json`.
 //! - [`table`] and [`format`]: aligned text tables and resource/state/duration formatting.
 //! - [`local`]: `drover local`, a whole cluster of child processes on one machine
-//!   (`local::daemon` spawns, supervises and stops them).
+//!   (`local::plan` decides flags, ports and folders; `local::daemon` spawns, supervises
+//!   and stops the processes).
 //! - `run`: `drover run -- CMD`, one command run on the cluster as a small framework.
 //!
 //! Output for people goes to stdout; progress, warnings and errors go to stderr, so that
@@ -17,7 +18,7 @@ mod format;
 mod inspect;
 mod local;
 mod masters;
-// TEMP mod run;
+mod run;
 mod table;
 
 use std::process::ExitCode;
@@ -53,7 +54,7 @@ enum Command {
     /// until Ctrl-C.
     Local(local::LocalArgs),
     /// Run one command on the cluster and report its output and final state.
-    // TEMP Run(run::RunArgs),
+    Run(run::RunArgs),
     /// Summarise the cluster: leader, agents, frameworks, tasks and resources.
     Status(inspect::OutputArgs),
     /// List the agents with their resources (allocated/total) and task counts.
@@ -87,7 +88,7 @@ async fn execute(cli: Cli) -> anyhow::Result<i32> {
     } = cli;
     match command {
         Command::Local(args) => local::run(args).await,
-        // TEMP Command::Run(args) => run::run(masters, args).await,
+        Command::Run(args) => run::run(masters, args).await,
         Command::Status(out) => inspect::status(&Masters::new(masters)?, &out)
             .await
             .map(|()| 0),

@@ -96,6 +96,8 @@
 //! }
 //! ```
 
+#![warn(missing_docs)]
+
 pub mod config;
 mod connection;
 pub mod driver;

@@ -50,10 +50,10 @@ pub async fn run<S: Scheduler>(
     let (control_tx, control_rx) = mpsc::unbounded_channel();
     let driver = Driver::new(&config, control_tx);
     let mut runner = Runner {
+        backoff: Backoff::new(config.backoff),
         config,
         driver: driver.clone(),
         control: control_rx,
-        backoff: None,
     };
     let result = runner.run(&mut scheduler).await;
     driver.finish();
@@ -64,7 +64,8 @@ struct Runner {
     config: SchedulerConfig,
     driver: Driver,
     control: mpsc::UnboundedReceiver<Control>,
-    backoff: Option<Backoff>,
+    /// Kept across reconnections: it is reset only by a successful subscription.
+    backoff: Backoff,
 }
 
 /// Why serving one subscription ended.
@@ -147,11 +148,10 @@ impl Runner {
     async fn connect(
         config: &SchedulerConfig,
         driver: &Driver,
-        backoff: &mut Option<Backoff>,
+        backoff: &mut Backoff,
         preferred: Option<String>,
     ) -> Result<Subscription, SdkError> {
         let started = Instant::now();
-        let backoff = backoff.get_or_insert_with(|| Backoff::new(config.backoff));
         let mut preferred = preferred;
         loop {
             let mut round = Round::new(&config.masters, preferred.take().as_deref());

@@ -38,7 +38,9 @@ impl AgentLoop {
             return Ok(());
         }
         let ids = key.validate();
-        if ids.is_ok() && self.layout.task_meta(&key).dir().exists() {
+        // Only valid ids name a directory; a task with bad ids is refused from memory.
+        let durable = ids.is_ok();
+        if durable && self.layout.task_meta(&key).dir().exists() {
             // Completed (terminal update acknowledged) but a launch arrives again: a task
             // id must never run twice on this agent.
             tracing::warn!(task = %key, "launch of a task that already ran here; ignoring it");
@@ -50,7 +52,6 @@ impl AgentLoop {
             task,
         };
         let problem = ids.err().or_else(|| self.invalid_task(&checkpoint.task));
-        let durable = key.validate().is_ok();
         if durable {
             self.checkpoint_task(&key, &checkpoint)?;
         }

@@ -247,7 +247,8 @@ impl Scheduler for Batch {
         _status: Option<i32>,
     ) {
         if executor_id.is_none() {
-            println!("[batch] agent {agent_id} was lost; its tasks are reported as they are");
+            // Its tasks' fates arrive as updates (LOST ones are rerun, UNREACHABLE waited for).
+            println!("[batch] agent {agent_id} was lost");
         }
     }
 

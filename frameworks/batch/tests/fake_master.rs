@@ -62,6 +62,8 @@ impl Fake {
         });
     }
 
+    // tonic handlers answer with this type; the large error is not ours to shrink.
+    #[allow(clippy::result_large_err)]
     fn ok(&self) -> Answer {
         Ok(Response::new(pb::CallResponse {}))
     }

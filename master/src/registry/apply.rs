@@ -399,6 +399,11 @@ impl Registry {
     fn status_update(&mut self, u: &StatusUpdate, _now_ms: u64) -> UpdateOutcome {
         let task_id = u.status.task_id.clone().unwrap_or_default();
         let key = TaskKey::new(&u.framework_id, &task_id);
+        if !self.frameworks.contains_key(&u.framework_id) {
+            // Its framework is gone (torn down, or failed over for good): nobody will
+            // acknowledge this update, so the master does.
+            return UpdateOutcome::Unknown;
+        }
         let Some(t) = self.tasks.get_mut(&key) else {
             // A repeat of the terminal update that completed the task is a duplicate, not
             // an unknown task: the framework may still need to acknowledge it.
