@@ -52,7 +52,8 @@ pub struct Flags {
     #[arg(long, default_value_t = 5.0)]
     pub heartbeat_interval_secs: f64,
 
-    /// Role weights for DRF, e.g. `analytics=3,web=1`. Roles not listed weigh 1.
+    /// Role weights for DRF, e.g. `analytics=3,web=1`, applied (and replicated) when this
+    /// master starts leading. Roles not listed keep their weight (1 unless set before).
     #[arg(long, default_value = "")]
     pub weights: String,
 

@@ -164,7 +164,15 @@ async fn leadership_loop(master: Arc<Master>) {
         let role = *role_rx.borrow_and_update();
         master.reset_soft(false, role.term);
         if role.is_leader {
-            match master.raft.propose(&Command::Noop).await {
+            let mut started = master.raft.propose(&Command::Noop).await;
+            if started.is_ok() && !master.config.weights.is_empty() {
+                // Weights given by flag are replicated like any operator change.
+                started = master
+                    .raft
+                    .propose(&Command::SetWeights { weights: master.config.weights.clone() })
+                    .await;
+            }
+            match started {
                 Ok(_) => {
                     let mut soft = master.soft();
                     if master.raft.role() == role {
