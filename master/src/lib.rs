@@ -169,7 +169,9 @@ async fn leadership_loop(master: Arc<Master>) {
                 // Weights given by flag are replicated like any operator change.
                 started = master
                     .raft
-                    .propose(&Command::SetWeights { weights: master.config.weights.clone() })
+                    .propose(&Command::SetWeights {
+                        weights: master.config.weights.clone(),
+                    })
                     .await;
             }
             match started {

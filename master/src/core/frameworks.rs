@@ -282,9 +282,11 @@ impl Master {
         // Check every id first so that a bad call changes nothing.
         for id in &call.offer_ids {
             match soft.offers.get(id) {
-                None => return Err(Status::not_found(format!(
+                None => {
+                    return Err(Status::not_found(format!(
                     "offer {id} is not outstanding (unknown, already used, rescinded, or expired)"
-                ))),
+                )))
+                }
                 Some(o) if o.framework_id != fw => {
                     return Err(Status::permission_denied(format!(
                         "offer {id} was made to another framework"

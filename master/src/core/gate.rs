@@ -70,10 +70,12 @@ pub fn check(
             )));
         }
         match &agent {
-            Some(a) if a != &o.agent_id => return Err(Status::invalid_argument(format!(
+            Some(a) if a != &o.agent_id => {
+                return Err(Status::invalid_argument(format!(
                 "offers {} and {id} are on different agents; one ACCEPT uses offers of one agent",
                 offer_ids[0]
-            ))),
+            )))
+            }
             _ => agent = Some(o.agent_id.clone()),
         }
         offered.add(&o.resources);
