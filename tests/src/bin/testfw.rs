@@ -52,6 +52,10 @@ struct Args {
     /// refuse_seconds for declines and for what launches leave over.
     #[arg(long, default_value_t = 1.0)]
     refuse_secs: f64,
+    /// Resubscribe with this framework id and adopt its running tasks instead of launching
+    /// new ones; finish when every adopted task has ended.
+    #[arg(long)]
+    adopt_framework_id: Option<String>,
     /// At most this many tasks in flight.
     #[arg(long)]
     max_in_flight: Option<usize>,
@@ -74,6 +78,9 @@ struct TestFw {
 
 impl TestFw {
     fn finished(&self) -> bool {
+        if self.args.adopt_framework_id.is_some() {
+            return !self.report.launches.is_empty() && self.in_flight.is_empty();
+        }
         let launching_over = match self.deadline {
             Some(d) => Instant::now() >= d,
             None => self.done.len() + self.failed_for_good >= self.args.tasks,
@@ -130,6 +137,7 @@ impl Scheduler for TestFw {
         if resubscribed {
             self.report.resubscriptions += 1;
         }
+        self.write_report();
         self.reconcile_uncertain(driver).await;
         eprintln!(
             "testfw {}: subscribed as {framework_id} (resubscribed: {resubscribed})",
@@ -227,6 +235,17 @@ impl Scheduler for TestFw {
                 .entry(id.clone())
                 .or_insert(status.timestamp);
         }
+        if self.args.adopt_framework_id.is_some()
+            && !is_terminal(state)
+            && !self.in_flight.contains_key(&id)
+        {
+            // Reconciliation tells a resubscribed framework which tasks it still has.
+            if let Some(index) = id.rsplit('-').nth(1).and_then(|s| s.parse().ok()) {
+                eprintln!("testfw {}: adopted {id} ({})", self.args.name, name(state));
+                self.in_flight.insert(id.clone(), index);
+                self.report.launches.entry(index.to_string()).or_default();
+            }
+        }
         if !is_terminal(state) {
             return;
         }
@@ -278,7 +297,11 @@ impl Scheduler for TestFw {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let config = SchedulerConfig::builder(args.name.clone())
+    let mut builder = SchedulerConfig::builder(args.name.clone());
+    if let Some(id) = &args.adopt_framework_id {
+        builder = builder.framework_id(id.as_str().into());
+    }
+    let config = builder
         .masters(drover_sdk::parse_masters(&args.master)?)
         .role(args.role.clone())
         .partition_aware(args.partition_aware)
@@ -288,7 +311,7 @@ async fn main() -> anyhow::Result<()> {
         .duration_secs
         .map(|s| Instant::now() + Duration::from_secs_f64(s));
     let fw = TestFw {
-        pending: if deadline.is_some() {
+        pending: if deadline.is_some() || args.adopt_framework_id.is_some() {
             VecDeque::new()
         } else {
             (0..args.tasks).map(|i| (i, 0)).collect()
