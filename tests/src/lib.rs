@@ -333,6 +333,22 @@ impl Cluster {
         );
     }
 
+    /// Tasks in TASK_RUNNING as the master reports them.
+    pub fn running_tasks(&self) -> usize {
+        let running = pb::TaskState::TaskRunning as i32;
+        self.tasks().0.iter().filter(|t| t.state == running).count()
+    }
+
+    /// Waits until exactly `n` tasks are RUNNING.
+    pub fn wait_for_running_tasks(&self, n: usize) {
+        wait_until(
+            &format!("{n} running tasks"),
+            Duration::from_secs(120),
+            Duration::from_millis(100),
+            || (self.running_tasks() == n).then_some(()),
+        );
+    }
+
     /// The master's Raft term as it reports it.
     pub fn term(&self) -> u64 {
         self.operator(async |mut c| {

@@ -4,7 +4,6 @@
 
 use std::time::Duration;
 
-use drover_proto::pb;
 use drover_tests::{wait_until, Cluster, Framework, Timing};
 
 #[test]
@@ -21,19 +20,7 @@ fn agent_kill_9_then_restart_reattaches_and_reports_real_exit_codes() {
         "reattach",
         &["--tasks", "6", "--cmd", cmd, "--max-attempts", "1"],
     );
-    wait_until(
-        "six running tasks",
-        Duration::from_secs(120),
-        Duration::from_millis(100),
-        || {
-            let (active, _) = cluster.tasks();
-            let running = active
-                .iter()
-                .filter(|t| t.state == pb::TaskState::TaskRunning as i32)
-                .count();
-            (running == 6).then_some(())
-        },
-    );
+    cluster.wait_for_running_tasks(6);
 
     cluster.kill_agent(0);
     // Let the odd tasks exit while nobody watches them.

@@ -16,22 +16,6 @@ fn timing() -> Timing {
     }
 }
 
-fn running_on(cluster: &Cluster, n: usize) {
-    wait_until(
-        &format!("{n} running tasks"),
-        Duration::from_secs(120),
-        Duration::from_millis(100),
-        || {
-            let (active, _) = cluster.tasks();
-            let running = active
-                .iter()
-                .filter(|t| t.state == pb::TaskState::TaskRunning as i32)
-                .count();
-            (running == n).then_some(())
-        },
-    );
-}
-
 #[test]
 fn lost_tasks_rerun_elsewhere_and_are_killed_when_the_agent_returns() {
     let mut cluster = Cluster::start(timing());
@@ -45,7 +29,7 @@ fn lost_tasks_rerun_elsewhere_and_are_killed_when_the_agent_returns() {
         "rerun",
         &["--tasks", "2", "--cpus", "1", "--cmd", cmd],
     );
-    running_on(&cluster, 2);
+    cluster.wait_for_running_tasks(2);
     cluster.add_agent("cpus:2;mem:1024");
     cluster.wait_for_active_agents(2);
 
@@ -110,7 +94,7 @@ fn partition_aware_tasks_become_unreachable_then_resume() {
         "aware",
         &["--tasks", "1", "--partition-aware", "--cmd", cmd],
     );
-    running_on(&cluster, 1);
+    cluster.wait_for_running_tasks(1);
 
     cluster.pause_agent(0);
     wait_until(
@@ -126,7 +110,7 @@ fn partition_aware_tasks_become_unreachable_then_resume() {
         },
     );
     cluster.resume_agent(0);
-    running_on(&cluster, 1);
+    cluster.wait_for_running_tasks(1);
 
     let report = fw.finish(Duration::from_secs(300));
     assert_eq!(report.final_states["aware-0-0"], "FINISHED");

@@ -7,15 +7,6 @@ use std::time::Duration;
 use drover_proto::pb;
 use drover_tests::{wait_until, Cluster, Framework, Report, Timing};
 
-fn running(cluster: &Cluster) -> usize {
-    cluster
-        .tasks()
-        .0
-        .iter()
-        .filter(|t| t.state == pb::TaskState::TaskRunning as i32)
-        .count()
-}
-
 fn frameworks(cluster: &Cluster) -> Vec<pb::FrameworkSummary> {
     cluster
         .operator(async |mut c| {
@@ -37,12 +28,7 @@ fn a_framework_resubscribes_within_its_failover_timeout_and_keeps_its_tasks() {
     cluster.wait_for_active_agents(1);
     let cmd = "sleep 8; echo $JOB_INDEX >> $RUN_LOG";
     let mut first = Framework::start(&cluster, "phoenix", &["--tasks", "2", "--cmd", cmd]);
-    wait_until(
-        "two running tasks",
-        Duration::from_secs(120),
-        Duration::from_millis(100),
-        || (running(&cluster) == 2).then_some(()),
-    );
+    cluster.wait_for_running_tasks(2);
     let id = Report::read(&first.report).framework_id;
     first.kill();
     wait_until(
@@ -57,7 +43,7 @@ fn a_framework_resubscribes_within_its_failover_timeout_and_keeps_its_tasks() {
         },
     );
     assert_eq!(
-        running(&cluster),
+        cluster.running_tasks(),
         2,
         "tasks keep running while the framework is away"
     );
@@ -89,12 +75,7 @@ fn past_its_failover_timeout_a_framework_is_removed_and_its_tasks_killed() {
         "mayfly",
         &["--tasks", "1", "--cmd", cmd, "--failover-timeout-secs", "2"],
     );
-    wait_until(
-        "a running task",
-        Duration::from_secs(120),
-        Duration::from_millis(100),
-        || (running(&cluster) == 1).then_some(()),
-    );
+    cluster.wait_for_running_tasks(1);
     fw.kill();
     wait_until(
         "the framework to be removed",
