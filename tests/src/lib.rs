@@ -426,6 +426,20 @@ impl Cluster {
         .unwrap_or_default()
     }
 
+    /// Agent `i`'s Prometheus text from its HTTP endpoint.
+    pub fn agent_metrics(&self, i: usize) -> String {
+        use std::io::{Read, Write};
+        let addr = format!("127.0.0.1:{}", self.agents[i].http_port);
+        let Ok(mut s) = std::net::TcpStream::connect(&addr) else {
+            return String::new();
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+        let _ = s.write_all(b"GET /metrics HTTP/1.1\r\nHost: agent\r\nConnection: close\r\n\r\n");
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out
+    }
+
     /// A file every task can append to (the tests count launches with it).
     pub fn run_log(&self) -> PathBuf {
         self.dir.path().join("runs.log")

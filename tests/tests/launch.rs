@@ -56,6 +56,24 @@ fn two_hundred_tasks_finish_exactly_once() {
             (pending == Some(0)).then_some(())
         },
     );
+    // The metrics say the same.
+    let metrics = cluster.metrics();
+    assert!(
+        metrics.contains("drover_master_tasks_launched_total 200"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("drover_master_raft_commit_seconds_count"));
+    assert!(metrics.contains("drover_master_allocation_cycle_seconds_count"));
+    let launched: u64 = (0..2)
+        .map(|i| {
+            let text = cluster.agent_metrics(i);
+            text.lines()
+                .find_map(|l| l.strip_prefix("drover_agent_tasks_launched_total "))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .unwrap_or(0)
+        })
+        .sum();
+    assert_eq!(launched, 200, "agents count every launch");
     let (active, completed) = cluster.tasks();
     assert!(active.is_empty(), "no task left active: {active:?}");
     assert!(completed.len() >= 200);

@@ -71,6 +71,34 @@ fn decline_suppress_revive_rescind_and_kill() {
                 "{st:?}"
             );
         }
+        // Explicit reconciliation: a known task's latest state, an unknown task as LOST; both
+        // from the master, without a uuid (never acknowledged).
+        fw.client
+            .reconcile(pb::ReconcileCall {
+                header: Some(fw.header.clone()),
+                tasks: vec![
+                    pb::reconcile_call::Task {
+                        task_id: Some("sleeper".into()),
+                        agent_id: None,
+                    },
+                    pb::reconcile_call::Task {
+                        task_id: Some("ghost".into()),
+                        agent_id: None,
+                    },
+                ],
+            })
+            .await
+            .unwrap();
+        let mut answers = std::collections::HashMap::new();
+        while answers.len() < 2 {
+            let st = fw.update().await;
+            assert!(st.uuid.is_empty(), "reconciliation answers carry no uuid");
+            assert_eq!(st.reason, pb::task_status::Reason::Reconciliation as i32);
+            answers.insert(st.task_id.clone().unwrap().value, st.state);
+        }
+        assert_eq!(answers["sleeper"], TaskState::TaskKilled as i32);
+        assert_eq!(answers["ghost"], TaskState::TaskLost as i32);
+
         let offer = fw.offer().await;
         // The agent goes away: its offer is rescinded.
         cluster.kill_agent(0);
