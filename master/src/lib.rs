@@ -44,6 +44,9 @@ use crate::metrics::Metrics;
 use crate::raft::{NoPeers, NodeConfig, RocksStorage};
 use crate::registry::{Command, Registry};
 
+/// A launch still STAGING this long after its commit is sent to its agent again.
+const STAGING_RESEND_MS: u64 = 10_000;
+
 /// Largest gRPC message accepted (bigger requests get RESOURCE_EXHAUSTED).
 pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 
@@ -212,8 +215,13 @@ async fn allocation_loop(master: Arc<Master>) {
 async fn housekeeping_loop(master: Arc<Master>) {
     let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ticks = 0u64;
     loop {
         tick.tick().await;
+        ticks += 1;
+        if ticks.is_multiple_of(20) {
+            master.resend_staging(STAGING_RESEND_MS);
+        }
         master.expire_offers();
         master.check_agents().await;
         master.expire_frameworks().await;

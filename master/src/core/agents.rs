@@ -145,14 +145,11 @@ impl Master {
             }
             soft.next_conn_id += 1;
             let conn_id = soft.next_conn_id;
-            if let Some(old) = soft.agents.insert(
-                agent_id.clone(),
-                AgentConn {
-                    conn_id,
-                    tx,
-                    last_seen_ms: self.now_ms(),
-                },
-            ) {
+            soft.agent_seen.insert(agent_id.clone(), self.now_ms());
+            if let Some(old) = soft
+                .agents
+                .insert(agent_id.clone(), AgentConn { conn_id, tx })
+            {
                 let _ = old.tx.try_send(Err(Status::aborted(
                     "the agent connected again on a new stream",
                 )));
@@ -228,9 +225,10 @@ impl Master {
             {
                 let mut soft = self.soft();
                 match soft.agents.get_mut(&agent_id) {
-                    Some(c) if c.conn_id == conn_id => c.last_seen_ms = now,
+                    Some(c) if c.conn_id == conn_id => {}
                     _ => return, // replaced by a newer stream, or no longer leading
                 }
+                soft.agent_seen.insert(agent_id.clone(), now);
                 if let Some(AgentMsg::Ping(_)) = msg.msg {
                     Self::send_agent(&mut soft, &agent_id, Msg::Pong(pb::master_message::Pong {}));
                     continue;
@@ -319,8 +317,12 @@ impl Master {
                     ));
                     Self::forward_update(&mut soft, &u.framework_id, u.status);
                 }
-                UpdateOutcome::Unknown => {
-                    // Nobody will acknowledge it: do so here so the agent stops resending.
+                UpdateOutcome::Unknown | UpdateOutcome::Forgotten => {
+                    if outcome == UpdateOutcome::Forgotten {
+                        Self::forward_update(&mut soft, &u.framework_id, u.status.clone());
+                    }
+                    // The registry tracks nothing more for this task, so the master
+                    // acknowledges it itself and the agent stops resending.
                     Self::send_agent(
                         &mut soft,
                         &u.agent_id,
@@ -339,6 +341,46 @@ impl Master {
         }
     }
 
+    /// Sends again every launch that is still STAGING a while after it committed, to its
+    /// connected agent. Covers a RunTask lost in a race with the agent's re-registration;
+    /// agents ignore a task they already have, so this never runs anything twice.
+    pub fn resend_staging(&self, older_than_ms: u64) {
+        let now = self.now_ms();
+        let mut soft = self.soft();
+        if !soft.serving {
+            return;
+        }
+        let reg = self.registry();
+        let stale: Vec<_> = reg
+            .tasks
+            .values()
+            .filter(|t| t.state() == pb::TaskState::TaskStaging)
+            .filter(|t| now.saturating_sub(t.launched_ms) >= older_than_ms)
+            .filter(|t| soft.agents.contains_key(&t.agent_id))
+            .map(|t| {
+                let info = reg.frameworks.get(&t.framework_id).map(|f| f.info.clone());
+                (
+                    t.agent_id.clone(),
+                    t.framework_id.clone(),
+                    info,
+                    t.info.clone(),
+                )
+            })
+            .collect();
+        drop(reg);
+        for (agent, fw, info, task) in stale {
+            Self::send_agent(
+                &mut soft,
+                &agent,
+                Msg::RunTask(pb::master_message::RunTask {
+                    framework_id: Some(fw),
+                    framework_info: info,
+                    task: Some(task),
+                }),
+            );
+        }
+    }
+
     /// Marks agents silent past their timeout UNREACHABLE. Agents that have not
     /// re-registered with this leader count from its election.
     pub async fn check_agents(self: &Arc<Self>) {
@@ -354,9 +396,10 @@ impl Master {
                 .filter(|a| a.state == AgentState::Active)
                 .filter(|a| {
                     let last = soft
-                        .agents
+                        .agent_seen
                         .get(&a.id)
-                        .map_or(soft.elected_ms, |c| c.last_seen_ms);
+                        .copied()
+                        .unwrap_or(soft.elected_ms);
                     now.saturating_sub(last) > self.config.agent_timeout_ms
                 })
                 .map(|a| a.id.clone())
@@ -378,6 +421,8 @@ impl Master {
             Metrics::inc(&self.metrics.agents_unreachable);
             tracing::warn!(agent = %agent, tasks = updates.len(), "agent unreachable");
             let mut soft = self.soft();
+            // Even a stream opened meanwhile goes: the agent must re-register, which turns
+            // it Active again and kills the tasks reported LOST.
             if let Some(c) = soft.agents.remove(&agent) {
                 let _ = c.tx.try_send(Err(Status::unavailable(
                     "agent marked unreachable; re-register",

@@ -1,6 +1,6 @@
 //! Frameworks: subscription, the scheduler calls, and failover deadlines.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
@@ -188,14 +188,25 @@ impl Master {
         }
     }
 
-    /// ACCEPT: the gate, then commit, then send launches to the agent.
+    /// ACCEPT: the gate, then commit, then send launches to the agent. Runs to completion
+    /// in its own task even if the caller cancels: bookkeeping after the commit (pending
+    /// resources, sending the launch) must not be skipped.
     pub async fn accept(self: &Arc<Self>, call: pb::AcceptCall) -> Result<(), Status> {
+        let master = self.clone();
+        tokio::spawn(async move { master.accept_to_completion(call).await })
+            .await
+            .map_err(|e| Status::internal(format!("accept task failed: {e}")))?
+    }
+
+    async fn accept_to_completion(self: &Arc<Self>, call: pb::AcceptCall) -> Result<(), Status> {
         let fw = self.check_caller(call.header.as_ref())?;
         let now = self.now_ms();
         let until = refuse_until(now, call.filters.as_ref()).map_err(Status::invalid_argument)?;
         let offer_ids: Vec<OfferId> = call.offer_ids.clone();
-        let plan = {
+        let (plan, term) = {
             let mut soft = self.soft();
+            // The launch commits under the term whose offers the gate checked.
+            let term = soft.term;
             let plan = {
                 let reg = self.registry();
                 gate::check(&fw, &offer_ids, &call.operations, &soft.offers, &reg)
@@ -227,12 +238,11 @@ impl Master {
                 );
                 Self::forward_update(&mut soft, &fw, st);
             }
-            plan
+            (plan, term)
         };
         let result = if plan.launch.is_empty() {
             Ok(ApplyOutcome::None)
         } else {
-            let term = self.soft().term;
             self.propose(Command::LaunchTasks {
                 framework_id: fw.clone(),
                 agent_id: plan.agent_id.clone(),
@@ -243,18 +253,37 @@ impl Master {
             .await
         };
         let mut soft = self.soft();
+        if soft.term != term || !soft.serving {
+            // Leadership changed meanwhile: the soft state (and `pending`) was rebuilt, and
+            // only reconciliation can tell whether the launch committed.
+            return Err(Status::unavailable(
+                "leadership changed during the launch; reconcile these tasks",
+            ));
+        }
         if let Some(p) = soft.pending.get_mut(&plan.agent_id) {
             p.sub_saturating(&plan.used);
         }
         let outcome = result?;
-        let new: Vec<TaskId> = match outcome {
-            ApplyOutcome::Launched { new } => new,
-            _ => Vec::new(),
+        let new: HashSet<TaskId> = match outcome {
+            ApplyOutcome::Launched { new } => new.into_iter().collect(),
+            _ => HashSet::new(),
         };
         let info = self.registry().frameworks.get(&fw).map(|f| f.info.clone());
         for task in plan.launch {
             let id = task.task_id.clone().unwrap_or_default();
             if !new.contains(&id) {
+                // The registry refused it at apply time: a concurrent ACCEPT used the same
+                // task id first, or the agent became unreachable meanwhile.
+                Metrics::inc(&self.metrics.tasks_error);
+                let st = master_status(
+                    &id,
+                    &plan.agent_id,
+                    TaskState::TaskError,
+                    Reason::TaskInvalid,
+                    "task id already in use, or the agent became unreachable before the launch committed",
+                    now,
+                );
+                Self::forward_update(&mut soft, &fw, st);
                 continue;
             }
             Metrics::inc(&self.metrics.tasks_launched);
@@ -349,10 +378,7 @@ impl Master {
         let now = self.now_ms();
         let reg = self.registry();
         let key = TaskKey::new(fw, task_id);
-        let found = reg
-            .tasks
-            .get(&key)
-            .or_else(|| reg.completed.iter().rev().find(|t| t.key() == key));
+        let found = reg.task(&key);
         match found {
             Some(t) => {
                 let mut st = t.last_status.clone().unwrap_or_else(|| {
@@ -501,10 +527,7 @@ impl Master {
         let key = TaskKey::new(&fw, &task_id);
         let owner = {
             let reg = self.registry();
-            reg.tasks
-                .get(&key)
-                .or_else(|| reg.completed.iter().rev().find(|t| t.key() == key))
-                .map(|t| t.agent_id.clone())
+            reg.task(&key).map(|t| t.agent_id.clone())
         };
         match owner {
             None => Err(Status::not_found(format!(
@@ -533,8 +556,21 @@ impl Master {
         }
     }
 
-    /// TEARDOWN (or failover timeout): removes the framework and kills its tasks.
+    /// TEARDOWN (or failover timeout): removes the framework and kills its tasks. Runs to
+    /// completion in its own task, so a caller that goes away cannot leave the tasks running.
     pub async fn remove_framework(
+        self: &Arc<Self>,
+        fw: FrameworkId,
+        reason: &str,
+    ) -> Result<(), Status> {
+        let master = self.clone();
+        let reason = reason.to_string();
+        tokio::spawn(async move { master.remove_framework_to_completion(fw, &reason).await })
+            .await
+            .map_err(|e| Status::internal(format!("teardown task failed: {e}")))?
+    }
+
+    async fn remove_framework_to_completion(
         self: &Arc<Self>,
         fw: FrameworkId,
         reason: &str,
@@ -581,23 +617,30 @@ impl Master {
     pub async fn expire_frameworks(self: &Arc<Self>) {
         let now = self.now_ms();
         let expired: Vec<FrameworkId> = {
-            let soft = self.soft();
+            let mut soft = self.soft();
             if !soft.serving {
                 return;
             }
             let reg = self.registry();
-            reg.frameworks
-                .values()
-                .filter(|f| !soft.frameworks.contains_key(&f.id))
-                .filter(|f| {
-                    let since = f
-                        .disconnected_ms
-                        .unwrap_or(soft.elected_ms)
-                        .max(soft.elected_ms);
-                    now >= since.saturating_add(f.failover_timeout_ms())
-                })
-                .map(|f| f.id.clone())
-                .collect()
+            let soft = &mut *soft;
+            soft.framework_away
+                .retain(|id, _| !soft.frameworks.contains_key(id));
+            let mut expired = Vec::new();
+            for f in reg.frameworks.values() {
+                if soft.frameworks.contains_key(&f.id) {
+                    continue;
+                }
+                // The clock starts at the disconnection the registry recorded or, while that
+                // is not committed yet (or the stream was dropped for being full), when this
+                // leader first saw the framework without a stream; and never before this
+                // leader's election. Never earlier than the real disconnection.
+                let away = *soft.framework_away.entry(f.id.clone()).or_insert(now);
+                let since = f.disconnected_ms.unwrap_or(away).max(soft.elected_ms);
+                if now >= since.saturating_add(f.failover_timeout_ms()) {
+                    expired.push(f.id.clone());
+                }
+            }
+            expired
         };
         for fw in expired {
             if let Err(e) = self

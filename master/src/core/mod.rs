@@ -50,7 +50,6 @@ pub struct FwConn {
 pub struct AgentConn {
     pub conn_id: u64,
     pub tx: AgentTx,
-    pub last_seen_ms: u64,
 }
 
 /// An outstanding offer.
@@ -71,6 +70,12 @@ pub struct Soft {
     pub elected_ms: u64,
     pub frameworks: HashMap<FrameworkId, FwConn>,
     pub agents: HashMap<AgentId, AgentConn>,
+    /// When each agent was last heard from, kept across disconnections: an agent's
+    /// timeout runs from the last message it sent, not from when its stream broke.
+    pub agent_seen: HashMap<AgentId, u64>,
+    /// When this leader first saw each framework without a subscription (see
+    /// `expire_frameworks`).
+    pub framework_away: HashMap<FrameworkId, u64>,
     pub offers: HashMap<OfferId, OfferRec>,
     /// Resources of accepted launches whose proposal is not applied yet.
     pub pending: HashMap<AgentId, Resources>,
@@ -221,6 +226,8 @@ impl Master {
         }
         soft.offers.clear();
         soft.pending.clear();
+        soft.agent_seen.clear();
+        soft.framework_away.clear();
         soft.undelivered.clear();
         soft.serving = serving;
         soft.term = term;

@@ -118,8 +118,12 @@ impl RocksStorage {
     }
 
     fn write(&self, batch: WriteBatch) -> anyhow::Result<()> {
+        self.write_with(batch, true)
+    }
+
+    fn write_with(&self, batch: WriteBatch, sync: bool) -> anyhow::Result<()> {
         let mut wo = WriteOptions::default();
-        wo.set_sync(true);
+        wo.set_sync(sync);
         self.db.write_opt(batch, &wo)?;
         Ok(())
     }
@@ -152,11 +156,17 @@ impl RocksStorage {
         Ok(())
     }
 
-    /// Records a new commit index (from a `LightReady`).
+    /// Records a new commit index (from a `LightReady`). Not fsynced: a commit index lost
+    /// in a crash is learned again from the log and the peers, while term and vote (which
+    /// must never go back) are always written with a sync in [`RocksStorage::append`].
     pub fn set_commit(&mut self, commit: u64) -> anyhow::Result<()> {
         let mut hs = self.hard_state.clone();
         hs.commit = commit;
-        self.append(&[], Some(&hs))
+        let mut batch = WriteBatch::default();
+        batch.put(HARD_STATE, hs.write_to_bytes()?);
+        self.write_with(batch, false)?;
+        self.hard_state = hs;
+        Ok(())
     }
 
     /// Records a membership change that was applied.

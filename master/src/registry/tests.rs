@@ -109,7 +109,7 @@ fn terminal_update_frees_resources_and_duplicates_are_detected() {
     );
     assert_eq!(
         r.apply(&update("nope", TaskState::TaskFinished, 3)),
-        ApplyOutcome::Updates(vec![UpdateOutcome::Unknown])
+        ApplyOutcome::Updates(vec![UpdateOutcome::Forgotten])
     );
     assert_eq!(r.agents[&AgentId::new("a")].used.cpus(), 1.0);
     assert_eq!(

@@ -8,7 +8,7 @@ use drover_proto::pb::{self, TaskState};
 use drover_proto::{AgentId, FrameworkId, Resources, TaskId};
 
 /// Most completed tasks kept for the operator view; older ones are forgotten.
-pub const COMPLETED_TASKS_KEPT: usize = 2000;
+pub const COMPLETED_TASKS_KEPT: usize = 20_000;
 
 /// Framework-scoped task key: task ids are unique within a framework.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -119,10 +119,12 @@ pub struct Registry {
     pub frameworks: BTreeMap<FrameworkId, FrameworkRec>,
     /// Non-terminal tasks.
     pub tasks: HashMap<TaskKey, TaskRec>,
-    /// The most recent terminal tasks, oldest first, bounded by [`COMPLETED_TASKS_KEPT`].
-    pub completed: VecDeque<TaskRec>,
-    /// Completed task keys, for idempotency and reconciliation.
-    pub completed_index: HashMap<TaskKey, TaskState>,
+    /// Keys of the most recent terminal tasks, oldest first, bounded by
+    /// [`COMPLETED_TASKS_KEPT`]. A key appears at most once: a task id in use (active or
+    /// completed) cannot be launched again.
+    pub completed: VecDeque<TaskKey>,
+    /// The records of those tasks, for the operator view, idempotency and reconciliation.
+    pub completed_tasks: HashMap<TaskKey, TaskRec>,
     pub weights: BTreeMap<String, f64>,
 }
 
@@ -147,7 +149,11 @@ impl Registry {
             agents: self.agents.values().cloned().collect(),
             frameworks: self.frameworks.values().cloned().collect(),
             tasks,
-            completed: self.completed.iter().cloned().collect(),
+            completed: self
+                .completed
+                .iter()
+                .filter_map(|k| self.completed_tasks.get(k).cloned())
+                .collect(),
             weights: self.weights.clone(),
         };
         serde_json::to_vec(&snap).expect("registry always serializes")
@@ -178,8 +184,8 @@ impl Registry {
             ..Default::default()
         };
         for t in snap.completed {
-            r.completed_index.insert(t.key(), t.state());
-            r.completed.push_back(t);
+            r.completed.push_back(t.key());
+            r.completed_tasks.insert(t.key(), t);
         }
         Ok(r)
     }
@@ -194,11 +200,18 @@ impl Registry {
         self.tasks.values().filter(move |t| &t.agent_id == agent)
     }
 
+    /// A task's record, active or recently completed.
+    pub fn task(&self, key: &TaskKey) -> Option<&TaskRec> {
+        self.tasks
+            .get(key)
+            .or_else(|| self.completed_tasks.get(key))
+    }
+
     /// A task's latest known state, active or completed.
     pub fn task_state(&self, key: &TaskKey) -> Option<TaskState> {
         self.tasks
             .get(key)
             .map(|t| t.state())
-            .or_else(|| self.completed_index.get(key).copied())
+            .or_else(|| self.completed_tasks.get(key).map(|t| t.state()))
     }
 }

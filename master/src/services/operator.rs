@@ -128,6 +128,7 @@ impl Master {
         let done = if completed {
             reg.completed
                 .iter()
+                .filter_map(|k| reg.completed_tasks.get(k))
                 .filter(keep)
                 .map(task_summary)
                 .collect()
