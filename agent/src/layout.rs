@@ -5,15 +5,16 @@
 //!   agent.lock                     flock held while an agent uses the work dir
 //!   agent_id                       the id the master gave this agent (fsync'd)
 //!   term                           highest master term seen (fencing)
+//!   meta/checkpoints.log           every task's TaskInfo (checkpointed before launch) and
+//!                                  status update stream, group-committed (see `journal`)
 //!   meta/frameworks/<fw>/tasks/<task>/
-//!     task.json                    the TaskInfo, checkpointed before launch
-//!     updates.json                 unacknowledged status updates + latest state
 //!     spec.json                    what the supervisor runs
 //!     supervisor.json              the supervisor's claim: its pid + start time, task pid
 //!     kill_request.json            written by the agent before it signals the supervisor
 //!     exit.json                    the supervisor's exit record
 //!     supervisor.log               the supervisor's own diagnostics
-//!     completed                    marker: terminal update acknowledged, task forgotten
+//!     task.json, updates.json,     checkpoints of agents before the checkpoint log: read
+//!     completed                    once by recovery, moved into the log, then removed
 //!   sandboxes/<fw>/<task>/         the task's cwd: stdout, stderr, whatever it writes
 //! ```
 //!
@@ -85,6 +86,11 @@ impl Layout {
         self.root.join("term")
     }
 
+    /// `meta/checkpoints.log`: see [`crate::journal`].
+    pub fn checkpoint_log(&self) -> PathBuf {
+        self.root.join("meta").join("checkpoints.log")
+    }
+
     /// `meta/frameworks`: one directory per framework, each with a `tasks` directory.
     pub fn frameworks_meta(&self) -> PathBuf {
         self.root.join("meta").join("frameworks")
@@ -127,10 +133,12 @@ impl TaskMeta {
         &self.dir
     }
 
+    /// Legacy (before the checkpoint log): the task's `TaskCheckpoint`.
     pub fn task_file(&self) -> PathBuf {
         self.dir.join("task.json")
     }
 
+    /// Legacy (before the checkpoint log): the task's `StreamCheckpoint`.
     pub fn updates_file(&self) -> PathBuf {
         self.dir.join("updates.json")
     }
@@ -155,6 +163,8 @@ impl TaskMeta {
         self.dir.join("supervisor.log")
     }
 
+    /// Legacy (before the checkpoint log): marker of a task whose terminal update was
+    /// acknowledged.
     pub fn completed_file(&self) -> PathBuf {
         self.dir.join("completed")
     }

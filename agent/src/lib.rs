@@ -16,6 +16,7 @@
 //!   `O_NOFOLLOW`, component by component).
 //! - [`api`]: the gRPC services on `--listen` (`AgentApi`, and `Executor`, unimplemented).
 //! - [`metrics`]: counters and gauges, served as Prometheus text over a tiny HTTP responder.
+//! - [`journal`]: the checkpoint log, group-committed (one sync per batch of events).
 //! - [`layout`]: where everything lives under `--work-dir`; [`fsutil`]: durable writes;
 //!   [`procfs`]: process identity (pid + start time) and pid-reuse-proof signals;
 //!   [`error`]: the crate's error enum and its mapping to gRPC statuses.
@@ -30,6 +31,7 @@ pub mod containerizer;
 pub mod error;
 pub mod files_api;
 pub mod fsutil;
+pub mod journal;
 pub mod layout;
 pub mod master_link;
 pub mod metrics;

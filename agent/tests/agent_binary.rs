@@ -214,6 +214,12 @@ async fn tasks_survive_kill_9_of_the_agent_and_are_recovered() {
     let claim_path = dir
         .path()
         .join("meta/frameworks/fw/tasks/t/supervisor.json");
+    // RUNNING means the supervisor was spawned; it claims the task a moment later, on
+    // its own (it outlives the agent).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !claim_path.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     let claim: SupervisorClaim =
         serde_json::from_slice(&std::fs::read(&claim_path).unwrap()).unwrap();
     let SupervisorClaim::Started { supervisor, .. } = claim else {

@@ -4,10 +4,15 @@
 //! - `state.rs`: the agent loop that owns all state and handles events in order;
 //! - `tasks.rs`: launch, kill and container-end handlers;
 //! - `recovery.rs`: reading checkpointed tasks after a restart.
+//!
+//! Checkpoints go to one append-only log per agent, group-committed per batch of events
+//! (see [`crate::journal`] and `state.rs`).
 
 mod recovery;
 mod state;
 mod tasks;
+#[cfg(test)]
+mod tests;
 
 pub use recovery::TaskCheckpoint;
 pub use state::{Event, Exit};
@@ -113,17 +118,18 @@ impl Agent {
             PathBuf::from("/proc/self/exe"),
             settings.default_grace,
         ));
+        let (journal, found) = recovery::load(&layout)?;
         let (events_tx, events_rx) = mpsc::channel(1024);
         let mut core = AgentLoop::new(
             settings.clone(),
-            layout.clone(),
             info,
             agent_id,
             containerizer,
             metrics.clone(),
             events_tx.clone(),
+            journal,
         );
-        core.recover().await?;
+        core.recover(found).await?;
         tracing::info!(
             api = %api_address,
             http = %http_address,

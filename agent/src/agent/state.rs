@@ -1,6 +1,14 @@
 //! The agent loop: one task owns all of the agent's state (tasks, status update streams,
 //! the current master session) and handles every event in order, so there are no locks
 //! and no interleavings to reason about. Task-level handlers live in `tasks.rs`.
+//!
+//! Events are handled in batches, for the sake of the disk (group commit): the loop takes
+//! every event that is ready, lets the handlers change state and stage checkpoints, then
+//! makes the whole batch durable at one point ([`AgentLoop::commit`]: one append and one
+//! `fdatasync` of the checkpoint log, see [`crate::journal`]), and only then acts on it:
+//! answers requests, sends status updates, launches containers ([`AgentLoop::settle`]).
+//! Handlers therefore never send or launch themselves; they stage and queue. What a launch
+//! enqueues (RUNNING, or FAILED) goes into the next batch, which starts at once.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
@@ -11,11 +19,12 @@ use drover_proto::pb::{self, master_message::Msg, task_status::Reason, TaskState
 use drover_proto::{states, AgentId};
 use tokio::sync::{mpsc, oneshot};
 
-use super::recovery::{self, TaskCheckpoint};
+use super::recovery::{RecoveredTask, TaskCheckpoint};
 use crate::config::Settings;
-use crate::containerizer::{Containerizer, Recovered, Termination};
+use crate::containerizer::{Containerizer, LaunchSpec, Recovered, Termination};
 use crate::error::{AgentError, IoContext};
-use crate::fsutil::{write_atomic, write_json_atomic};
+use crate::fsutil::{create_dir_all_durable, fsync_dir, write_atomic};
+use crate::journal::{Journal, Record};
 use crate::layout::{Layout, TaskKey};
 use crate::master_link::LinkEvent;
 use crate::metrics::Metrics;
@@ -24,6 +33,16 @@ use crate::status_updates::{RetryPolicy, StatusUpdate};
 
 /// How long a stopping agent waits for the acknowledgement of its last updates.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Most events taken into one batch: bounds how long the first of them waits for the
+/// batch's durability point while events keep arriving. One sync per this many events
+/// costs nothing measurable.
+const MAX_BATCH: usize = 256;
+
+/// Most containers started per round of the loop: starting one costs milliseconds (a
+/// process spawn), and acknowledgements and ended tasks must not wait behind hundreds.
+/// The rest start in the next round, which comes at once.
+pub(crate) const MAX_LAUNCHES: usize = 32;
 
 /// Events from inside the agent (as opposed to the master link's).
 #[derive(Debug)]
@@ -61,6 +80,13 @@ struct Session {
     master: String,
 }
 
+/// A request answered from the agent's state once the batch it arrived in is durable:
+/// nothing leaves the agent before it is on disk, answers included.
+enum Reply {
+    State(oneshot::Sender<pb::GetAgentStateResponse>),
+    Registration(oneshot::Sender<pb::agent_message::Register>),
+}
+
 /// See the module docs.
 pub(crate) struct AgentLoop {
     pub(crate) settings: Arc<Settings>,
@@ -74,6 +100,11 @@ pub(crate) struct AgentLoop {
     /// Set while shutting down: new launches are refused (dropped; the master will
     /// reconcile them when the agent is back).
     pub(crate) stopping: bool,
+    /// The checkpoint log; see the module docs.
+    pub(crate) journal: Journal,
+    /// Tasks checkpointed in the current batch, launched once it is durable.
+    pub(crate) launches: Vec<LaunchSpec>,
+    replies: Vec<Reply>,
     events_tx: mpsc::Sender<Event>,
     session: Option<Session>,
 }
@@ -81,19 +112,20 @@ pub(crate) struct AgentLoop {
 impl AgentLoop {
     pub(crate) fn new(
         settings: Arc<Settings>,
-        layout: Layout,
         info: pb::AgentInfo,
         agent_id: Option<AgentId>,
         containerizer: Arc<dyn Containerizer>,
         metrics: Arc<Metrics>,
         events_tx: mpsc::Sender<Event>,
+        journal: Journal,
     ) -> Self {
         let policy = RetryPolicy {
             initial: settings.status_update_retry,
             ..RetryPolicy::default()
         };
+        let layout = Layout::new(&settings.work_dir);
         AgentLoop {
-            updates: StatusUpdates::new(layout.clone(), policy),
+            updates: StatusUpdates::new(policy),
             settings,
             layout,
             info,
@@ -102,27 +134,33 @@ impl AgentLoop {
             containerizer,
             metrics,
             stopping: false,
+            journal,
+            launches: Vec::new(),
+            replies: Vec::new(),
             events_tx,
             session: None,
         }
     }
 
-    /// Rebuilds the task table from the work dir. Running containers are reattached;
-    /// ended ones report their recorded outcome; tasks whose container never started are
-    /// reported as dropped. Nothing is ever launched here.
-    pub(crate) async fn recover(&mut self) -> Result<(), AgentError> {
-        for found in recovery::scan(&self.layout)? {
+    /// Rebuilds the task table from what [`super::recovery::load`] found. Running
+    /// containers are reattached; ended ones report their recorded outcome; tasks whose
+    /// container never started are reported as dropped. Nothing is ever launched here.
+    /// Ends with the log rewritten to exactly the recovered state.
+    pub(crate) async fn recover(&mut self, found: Vec<RecoveredTask>) -> Result<(), AgentError> {
+        let mut legacy = Vec::new();
+        for found in found {
             let key = found.key;
+            if found.legacy {
+                legacy.push(key.clone());
+            }
             if let Some(cp) = found.stream {
                 self.updates.restore(key.clone(), cp);
             }
             let core = self.updates.core();
             let latest = core.latest_state(&key).unwrap_or(TaskState::TaskStaging);
             if states::is_terminal(latest) && core.pending(&key) == 0 {
-                // Terminal update acknowledged, completion marker not yet written.
-                self.updates.core_mut().forget(&key);
-                let path = self.layout.task_meta(&key).completed_file();
-                write_atomic(&path, b"").ctx(|| format!("writing {}", path.display()))?;
+                // Terminal update acknowledged, completion not yet recorded.
+                self.updates.complete(&key);
                 continue;
             }
             let terminal = states::is_terminal(latest);
@@ -138,6 +176,12 @@ impl AgentLoop {
                 tracing::info!(task = %key, "recovered with unacknowledged updates");
                 continue;
             }
+            // A crash between the log's sync and its directories' (see `Journal::commit`)
+            // can leave a checkpointed task without its meta directory; it was not
+            // launched then, and the containerizer records that in the directory.
+            let meta = self.layout.task_meta(&key);
+            create_dir_all_durable(meta.dir())
+                .ctx(|| format!("creating {}", meta.dir().display()))?;
             match self.containerizer.recover(&key).await? {
                 Recovered::Running => {
                     tracing::info!(task = %key, "reattached to the running task");
@@ -149,7 +193,7 @@ impl AgentLoop {
                             Reason::Unspecified,
                             String::new(),
                             None,
-                        )?;
+                        );
                     }
                     self.watch(&key);
                 }
@@ -167,9 +211,29 @@ impl AgentLoop {
                         "the agent restarted before the task's container started; the task never ran"
                             .into(),
                         None,
-                    )?;
+                    );
                 }
             }
+        }
+        // The log becomes exactly the recovered state: what recovery enqueued is made
+        // durable, completed tasks and any cut-off tail disappear, and tasks read from an
+        // older agent's files are now in the log, so those files can go.
+        self.commit()?;
+        self.compact()?;
+        for key in legacy {
+            let meta = self.layout.task_meta(&key);
+            for path in [meta.task_file(), meta.updates_file()] {
+                match std::fs::remove_file(&path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => {
+                        return Err(AgentError::io(format!("removing {}", path.display()), e))
+                    }
+                }
+            }
+            // Durably gone: a task.json reappearing after a power loss would bring back a
+            // task the log has since forgotten.
+            fsync_dir(meta.dir()).ctx(|| format!("syncing {}", meta.dir().display()))?;
         }
         self.refresh_gauges();
         Ok(())
@@ -199,22 +263,156 @@ impl AgentLoop {
     ) -> Result<Exit, AgentError> {
         tokio::pin!(shutdown);
         loop {
-            self.flush();
+            self.settle().await?;
             self.refresh_gauges();
-            let wake = self.session.as_ref().and(self.updates.core().next_retry());
+            // Never sleep on a batch that is not committed yet (what the launches just
+            // enqueued): go round at once, with whatever has arrived meanwhile.
+            let wake = if self.unsettled() {
+                Some(Instant::now())
+            } else {
+                self.session.as_ref().and(self.updates.core().next_retry())
+            };
+            let mut exit = None;
             tokio::select! {
                 biased;
-                _ = &mut shutdown => return Ok(Exit::Requested),
+                _ = &mut shutdown => {
+                    self.finish().await?;
+                    return Ok(Exit::Requested);
+                }
                 ev = link.recv() => match ev {
-                    Some(ev) => {
-                        if let Some(exit) = self.on_link(ev).await? {
-                            return Ok(exit);
-                        }
-                    }
+                    Some(ev) => exit = self.on_link(ev).await?,
                     None => return Err(AgentError::Config("the master link stopped".into())),
                 },
-                Some(ev) = events.recv() => self.on_event(ev)?,
+                Some(ev) = events.recv() => self.on_event(ev),
                 _ = sleep_until(wake) => {}
+            }
+            if exit.is_none() {
+                exit = self.take_ready(link, events).await?;
+            }
+            if let Some(exit) = exit {
+                self.finish().await?;
+                return Ok(exit);
+            }
+        }
+    }
+
+    /// Before the loop returns: what came before the exit is launched and reported, as
+    /// if each event had been handled on its own.
+    async fn finish(&mut self) -> Result<(), AgentError> {
+        self.commit_and_send()?;
+        self.launch_pending(usize::MAX).await;
+        self.commit_and_send()
+    }
+
+    /// Handles every event that is ready now (up to [`MAX_BATCH`]): the rest of a batch.
+    async fn take_ready(
+        &mut self,
+        link: &mut mpsc::Receiver<LinkEvent>,
+        events: &mut mpsc::Receiver<Event>,
+    ) -> Result<Option<Exit>, AgentError> {
+        for _ in 0..MAX_BATCH {
+            if let Ok(ev) = link.try_recv() {
+                if let Some(exit) = self.on_link(ev).await? {
+                    return Ok(Some(exit));
+                }
+            } else if let Ok(ev) = events.try_recv() {
+                self.on_event(ev);
+            } else {
+                break;
+            }
+        }
+        Ok(None)
+    }
+
+    /// Ends a batch: its durability point, then everything that waited for it (answers,
+    /// status updates, launches). What the launches enqueue waits for the next batch.
+    pub(crate) async fn settle(&mut self) -> Result<(), AgentError> {
+        self.commit_and_send()?;
+        self.launch_pending(MAX_LAUNCHES).await;
+        Ok(())
+    }
+
+    /// True when something waits for a durability point or for [`Self::settle`].
+    fn unsettled(&self) -> bool {
+        !self.journal.is_clean()
+            || self.updates.is_dirty()
+            || !self.launches.is_empty()
+            || !self.replies.is_empty()
+    }
+
+    /// True when everything the agent's state says is on disk.
+    pub(crate) fn is_durable(&self) -> bool {
+        self.journal.is_clean() && !self.updates.is_dirty()
+    }
+
+    /// The durability point of a batch: the changed status update streams join the
+    /// staged task checkpoints, and the checkpoint log syncs them all at once.
+    pub(crate) fn commit(&mut self) -> Result<(), AgentError> {
+        for record in self.updates.take_checkpoints() {
+            self.journal.stage(&record);
+        }
+        let synced = self.journal.commit().ctx(|| {
+            format!(
+                "committing checkpoints to {}",
+                self.journal.path().display()
+            )
+        })?;
+        if synced {
+            self.metrics.checkpoint_synced();
+        }
+        if self.journal.wants_compaction() {
+            self.compact()?;
+        }
+        Ok(())
+    }
+
+    /// Rewrites the checkpoint log with the live tasks only. Called right after a commit,
+    /// when the in-memory state is exactly what is durable.
+    fn compact(&mut self) -> Result<(), AgentError> {
+        let updates = self.updates.core();
+        let live = self
+            .tasks
+            .iter()
+            .filter(|(key, _)| key.validate().is_ok())
+            .flat_map(|(key, entry)| {
+                let task = Record::Task {
+                    key: key.clone(),
+                    task: Box::new(entry.checkpoint.clone()),
+                };
+                let stream = updates.checkpoint(key).map(|stream| Record::Updates {
+                    key: key.clone(),
+                    stream,
+                });
+                std::iter::once(task).chain(stream)
+            });
+        self.journal
+            .compact(live)
+            .ctx(|| format!("compacting {}", self.journal.path().display()))?;
+        self.metrics.checkpoint_synced();
+        Ok(())
+    }
+
+    /// [`Self::commit`], then the answers and status updates that waited for it.
+    pub(crate) fn commit_and_send(&mut self) -> Result<(), AgentError> {
+        self.commit()?;
+        self.answer();
+        self.send_due();
+        Ok(())
+    }
+
+    fn answer(&mut self) {
+        if !self.is_durable() {
+            debug_assert!(false, "answering before the batch is durable");
+            return;
+        }
+        for reply in std::mem::take(&mut self.replies) {
+            match reply {
+                Reply::State(tx) => {
+                    let _ = tx.send(self.state());
+                }
+                Reply::Registration(tx) => {
+                    let _ = tx.send(self.registration());
+                }
             }
         }
     }
@@ -247,13 +445,13 @@ impl AgentLoop {
         // record the outcome after that.
         let deadline = tokio::time::Instant::now() + longest + Duration::from_secs(5);
         while self.tasks.values().any(|e| !e.terminal && e.watched) {
-            self.flush();
+            self.commit_and_send()?;
             tokio::select! {
                 _ = tokio::time::sleep_until(deadline) => {
                     tracing::warn!("some tasks did not end in time; their supervisors will finish the kill");
                     break;
                 }
-                Some(ev) = events.recv() => self.on_event(ev)?,
+                Some(ev) = events.recv() => self.on_event(ev),
                 Some(ev) = link.recv() => {
                     if let Some(Exit::ShutdownByMaster(r)) = self.on_link(ev).await? {
                         tracing::warn!("shutdown from the master while stopping: {r}");
@@ -265,17 +463,18 @@ impl AgentLoop {
         // is not acknowledged is checkpointed and resent by the next agent anyway.
         let drain_deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
         while self.session.is_some() && self.updates.core().total_pending() > 0 {
-            self.flush();
+            self.commit_and_send()?;
             let wake = self.updates.core().next_retry();
             tokio::select! {
                 _ = tokio::time::sleep_until(drain_deadline) => break,
                 _ = sleep_until(wake) => {}
-                Some(ev) = events.recv() => self.on_event(ev)?,
+                Some(ev) = events.recv() => self.on_event(ev),
                 Some(ev) = link.recv() => {
                     self.on_link(ev).await?;
                 }
             }
         }
+        self.commit()?;
         self.refresh_gauges();
         Ok(())
     }
@@ -283,7 +482,7 @@ impl AgentLoop {
     async fn on_link(&mut self, ev: LinkEvent) -> Result<Option<Exit>, AgentError> {
         match ev {
             LinkEvent::NeedRegistration(reply) => {
-                let _ = reply.send(self.registration());
+                self.replies.push(Reply::Registration(reply));
             }
             LinkEvent::Registered {
                 agent_id,
@@ -326,21 +525,21 @@ impl AgentLoop {
         msg: pb::MasterMessage,
     ) -> Result<Option<Exit>, AgentError> {
         match msg.msg {
-            Some(Msg::RunTask(rt)) => self.on_run_task(rt).await?,
+            Some(Msg::RunTask(rt)) => self.on_run_task(rt)?,
             Some(Msg::KillTask(k)) => {
                 let key = TaskKey {
                     framework_id: k.framework_id.unwrap_or_default(),
                     task_id: k.task_id.unwrap_or_default(),
                 };
                 self.on_kill_task(&key, k.kill_policy, Reason::KilledByFramework)
-                    .await;
+                    .await?;
             }
             Some(Msg::StatusAck(ack)) => {
                 let key = TaskKey {
                     framework_id: ack.framework_id.unwrap_or_default(),
                     task_id: ack.task_id.unwrap_or_default(),
                 };
-                self.on_status_ack(&key, &ack.uuid)?;
+                self.on_status_ack(&key, &ack.uuid);
             }
             Some(Msg::ShutdownFramework(s)) => {
                 let fw = s.framework_id.unwrap_or_default();
@@ -353,7 +552,7 @@ impl AgentLoop {
                     .collect();
                 for key in keys {
                     self.on_kill_task(&key, None, Reason::FrameworkRemoved)
-                        .await;
+                        .await?;
                 }
             }
             Some(Msg::Shutdown(s)) => {
@@ -365,9 +564,9 @@ impl AgentLoop {
         Ok(None)
     }
 
-    fn on_status_ack(&mut self, key: &TaskKey, uuid: &[u8]) -> Result<(), AgentError> {
+    fn on_status_ack(&mut self, key: &TaskKey, uuid: &[u8]) {
         use crate::status_updates::Ack;
-        match self.updates.acknowledge(key, uuid)? {
+        match self.updates.acknowledge(key, uuid) {
             Ack::Accepted { completed } => {
                 self.metrics.update_acknowledged();
                 if completed {
@@ -382,21 +581,18 @@ impl AgentLoop {
                 tracing::debug!(task = %key, "ignoring an acknowledgement for an unknown task")
             }
         }
-        Ok(())
     }
 
-    fn on_event(&mut self, ev: Event) -> Result<(), AgentError> {
+    fn on_event(&mut self, ev: Event) {
         match ev {
             Event::TaskEnded { key, result } => self.on_task_ended(&key, result),
-            Event::GetState(reply) => {
-                let _ = reply.send(self.state());
-                Ok(())
-            }
+            Event::GetState(reply) => self.replies.push(Reply::State(reply)),
         }
     }
 
-    /// Sends every status update that is due, if a master is connected.
-    fn flush(&mut self) {
+    /// Sends every status update that is due, if a master is connected. Only called
+    /// right after a commit: everything it sends is on disk.
+    fn send_due(&mut self) {
         let Some(session) = &self.session else {
             return;
         };
@@ -420,7 +616,8 @@ impl AgentLoop {
             .set_updates_pending(self.updates.core().total_pending());
     }
 
-    /// Builds a status update with a fresh uuid and checkpoints it.
+    /// Builds a status update with a fresh uuid and enqueues it; it is checkpointed by the
+    /// batch's commit and sent after that.
     pub(crate) fn enqueue_status(
         &mut self,
         key: &TaskKey,
@@ -429,7 +626,7 @@ impl AgentLoop {
         reason: Reason,
         message: String,
         exit_code: Option<i32>,
-    ) -> Result<(), AgentError> {
+    ) {
         let status = pb::TaskStatus {
             task_id: Some(key.task_id.clone()),
             state: state as i32,
@@ -457,7 +654,7 @@ impl AgentLoop {
                 framework_id: key.framework_id.clone(),
                 status,
             },
-        )
+        );
     }
 
     fn registration(&self) -> pb::agent_message::Register {
@@ -515,17 +712,22 @@ impl AgentLoop {
         }
     }
 
-    /// Writes `task.json` for a valid key (creating its meta directory).
+    /// Creates the meta directory of a valid key and stages the task's checkpoint; both
+    /// are durable once the batch commits, before the task is launched.
     pub(crate) fn checkpoint_task(
-        &self,
+        &mut self,
         key: &TaskKey,
         cp: &TaskCheckpoint,
     ) -> Result<(), AgentError> {
         let meta = self.layout.task_meta(key);
-        crate::fsutil::create_dir_all_durable(meta.dir())
+        self.journal
+            .create_dir_all(meta.dir())
             .ctx(|| format!("creating {}", meta.dir().display()))?;
-        let path = meta.task_file();
-        write_json_atomic(&path, cp).ctx(|| format!("checkpointing {}", path.display()))
+        self.journal.stage(&Record::Task {
+            key: key.clone(),
+            task: Box::new(cp.clone()),
+        });
+        Ok(())
     }
 }
 

@@ -12,7 +12,7 @@ use super::recovery::TaskCheckpoint;
 use super::state::{AgentLoop, TaskEntry};
 use crate::containerizer::{terminal_status, LaunchSpec, Termination};
 use crate::error::AgentError;
-use crate::fsutil::create_dir_all_durable;
+use crate::journal::Journal;
 use crate::layout::TaskKey;
 
 /// Longest grace period honoured from a kill policy: a typo of `1e9` must not leave a
@@ -20,10 +20,12 @@ use crate::layout::TaskKey;
 const MAX_GRACE: Duration = Duration::from_secs(24 * 3600);
 
 impl AgentLoop {
-    /// `run_task`: idempotent by (framework id, task id). Order matters for recovery:
-    /// `task.json` is on disk before the sandbox, the sandbox before STARTING, STARTING
-    /// before the container, so a restart at any point finds a consistent story.
-    pub(crate) async fn on_run_task(&mut self, rt: RunTask) -> Result<(), AgentError> {
+    /// `run_task`: idempotent by (framework id, task id). Checkpoints the task, creates
+    /// its sandbox, enqueues STARTING and queues the launch; the batch's commit makes all
+    /// of it durable before [`Self::launch_pending`] starts the container, so a restart at
+    /// any point finds a consistent story (a checkpointed task without a container is
+    /// reported as never started).
+    pub(crate) fn on_run_task(&mut self, rt: RunTask) -> Result<(), AgentError> {
         let task = rt.task.unwrap_or_default();
         let key = TaskKey {
             framework_id: rt.framework_id.unwrap_or_default(),
@@ -65,7 +67,7 @@ impl AgentLoop {
         );
         if let Some(problem) = problem {
             tracing::warn!(task = %key, "refusing an invalid task: {problem}");
-            return self.enqueue_status(
+            self.enqueue_status(
                 &key,
                 TaskState::TaskError,
                 Source::Agent,
@@ -73,11 +75,12 @@ impl AgentLoop {
                 problem,
                 None,
             );
+            return Ok(());
         }
 
         let sandbox = self.layout.sandbox(&key);
-        if let Err(e) = create_sandbox(&sandbox) {
-            return self.enqueue_status(
+        if let Err(e) = create_sandbox(&mut self.journal, &sandbox) {
+            self.enqueue_status(
                 &key,
                 TaskState::TaskFailed,
                 Source::Agent,
@@ -85,6 +88,7 @@ impl AgentLoop {
                 format!("cannot create the sandbox {}: {e}", sandbox.display()),
                 None,
             );
+            return Ok(());
         }
         self.enqueue_status(
             &key,
@@ -93,37 +97,57 @@ impl AgentLoop {
             Reason::Unspecified,
             String::new(),
             None,
-        )?;
-        let spec = LaunchSpec {
+        );
+        self.launches.push(LaunchSpec {
             key: key.clone(),
             task: checkpoint.task,
             agent_id: self.agent_id.clone().unwrap_or_default(),
             sandbox,
             meta: self.layout.task_meta(&key),
-        };
-        match self.containerizer.launch(spec).await {
-            Ok(()) => {
-                self.metrics.task_launched();
-                self.watch(&key);
-                self.enqueue_status(
-                    &key,
-                    TaskState::TaskRunning,
-                    Source::Executor,
-                    Reason::Unspecified,
-                    String::new(),
-                    None,
-                )
-            }
-            Err(e) => {
-                tracing::warn!(task = %key, "launch failed: {e}");
-                self.enqueue_status(
-                    &key,
-                    TaskState::TaskFailed,
-                    Source::Agent,
-                    Reason::ContainerLaunchFailed,
-                    e.to_string(),
-                    None,
-                )
+        });
+        Ok(())
+    }
+
+    /// Starts the containers of (at most `limit` of) the tasks queued by
+    /// [`Self::on_run_task`], oldest first. Called right after a commit, so their
+    /// checkpoints are durable; RUNNING (or FAILED) is enqueued for the next batch.
+    pub(crate) async fn launch_pending(&mut self, limit: usize) {
+        if self.launches.is_empty() {
+            return;
+        }
+        if !self.is_durable() {
+            debug_assert!(false, "launching before the batch is durable");
+            tracing::error!("not launching tasks whose checkpoints are not durable yet");
+            return;
+        }
+        let n = limit.min(self.launches.len());
+        let batch: Vec<LaunchSpec> = self.launches.drain(..n).collect();
+        for spec in batch {
+            let key = spec.key.clone();
+            match self.containerizer.launch(spec).await {
+                Ok(()) => {
+                    self.metrics.task_launched();
+                    self.watch(&key);
+                    self.enqueue_status(
+                        &key,
+                        TaskState::TaskRunning,
+                        Source::Executor,
+                        Reason::Unspecified,
+                        String::new(),
+                        None,
+                    );
+                }
+                Err(e) => {
+                    tracing::warn!(task = %key, "launch failed: {e}");
+                    self.enqueue_status(
+                        &key,
+                        TaskState::TaskFailed,
+                        Source::Agent,
+                        Reason::ContainerLaunchFailed,
+                        e.to_string(),
+                        None,
+                    );
+                }
             }
         }
     }
@@ -157,20 +181,28 @@ impl AgentLoop {
         key: &TaskKey,
         policy: Option<pb::KillPolicy>,
         reason: Reason,
-    ) {
+    ) -> Result<(), AgentError> {
+        if self.launches.iter().any(|s| s.key == *key) {
+            // Its launch is still queued: make the batch durable and start the queued
+            // containers first, so the kill meets a container, as when events came one
+            // at a time.
+            self.commit_and_send()?;
+            self.launch_pending(usize::MAX).await;
+        }
         let Some(entry) = self.tasks.get(key) else {
             tracing::info!(task = %key, "kill for a task this agent does not know; ignoring it");
-            return;
+            return Ok(());
         };
         if entry.terminal || !entry.watched {
             tracing::debug!(task = %key, "kill for a task that already ended; ignoring it");
-            return;
+            return Ok(());
         }
         let grace = self.grace_for(key, policy.as_ref());
         tracing::info!(task = %key, ?grace, "killing the task");
         if let Err(e) = self.containerizer.kill(key, grace, reason).await {
             tracing::error!(task = %key, "kill failed: {e}");
         }
+        Ok(())
     }
 
     /// The kill's own grace period, else the task's, else the agent's default.
@@ -189,18 +221,14 @@ impl AgentLoop {
             .unwrap_or(self.settings.default_grace)
     }
 
-    /// A container ended: its terminal update is checkpointed and queued.
-    pub(crate) fn on_task_ended(
-        &mut self,
-        key: &TaskKey,
-        result: Result<Termination, AgentError>,
-    ) -> Result<(), AgentError> {
+    /// A container ended: its terminal update is enqueued (checkpointed by the commit).
+    pub(crate) fn on_task_ended(&mut self, key: &TaskKey, result: Result<Termination, AgentError>) {
         let Some(entry) = self.tasks.get_mut(key) else {
-            return Ok(());
+            return;
         };
         entry.watched = false;
         if entry.terminal {
-            return Ok(());
+            return;
         }
         let status = match result {
             Ok(t) => terminal_status(&t),
@@ -222,14 +250,14 @@ impl AgentLoop {
             status.reason,
             status.message,
             status.exit_code,
-        )
+        );
     }
 }
 
 /// The sandbox directory with empty `stdout` and `stderr`, so the files API can serve
-/// them from the moment the task is RUNNING.
-fn create_sandbox(dir: &std::path::Path) -> std::io::Result<()> {
-    create_dir_all_durable(dir)?;
+/// them from the moment the task is RUNNING. The directory is durable with the batch.
+fn create_sandbox(journal: &mut Journal, dir: &std::path::Path) -> std::io::Result<()> {
+    journal.create_dir_all(dir)?;
     for name in ["stdout", "stderr"] {
         OpenOptions::new()
             .create(true)

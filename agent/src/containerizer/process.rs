@@ -128,6 +128,24 @@ impl ProcessContainerizer {
     }
 }
 
+/// How long after its spec was written a supervisor may still be starting up.
+const CLAIM_GRACE: Duration = Duration::from_secs(3);
+
+/// A task without a claim whose spec was written moments ago may have a supervisor that
+/// is still starting (the previous agent stopped right after spawning it): give it until
+/// [`CLAIM_GRACE`] after the spec was written to claim the task, rather than declare the
+/// task abandoned and report a task that is about to run as never started. Returns at
+/// once for an old spec or none (a crash before the spawn).
+async fn wait_for_a_starting_supervisor(spec: &std::path::Path, claim: &std::path::Path) {
+    let Ok(written) = std::fs::metadata(spec).and_then(|m| m.modified()) else {
+        return;
+    };
+    let deadline = written + CLAIM_GRACE;
+    while !claim.exists() && std::time::SystemTime::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// The program and argv of a command (see `CommandInfo`).
 pub fn command_line(command: &pb::CommandInfo) -> Result<(String, Vec<String>), AgentError> {
     if command.value.is_empty() {
@@ -238,8 +256,14 @@ impl Containerizer for ProcessContainerizer {
                     .ctx(|| format!("giving {} to user {}", p.display(), u.name))?;
             }
         }
+        // Not fsynced: only the supervisor reads it, once, at its start. A crash of the agent
+        // leaves it in the page cache; a power loss kills the supervisor too, and recovery
+        // goes by `supervisor.json` and `exit.json` (the supervisor syncs those), never by
+        // the spec. Two syncs per task saved.
         let spec_path = spec.meta.spec_file();
-        write_json_atomic(&spec_path, &sup_spec)
+        let spec_bytes = serde_json::to_vec_pretty(&sup_spec).map_err(std::io::Error::other);
+        spec_bytes
+            .and_then(|bytes| std::fs::write(&spec_path, bytes))
             .ctx(|| format!("writing {}", spec_path.display()))?;
 
         // The supervisor's own output goes to a file too: a pipe to the agent would break
@@ -310,6 +334,7 @@ impl Containerizer for ProcessContainerizer {
             return Ok(Recovered::Ended);
         }
         let claim_path = meta.supervisor_file();
+        wait_for_a_starting_supervisor(&meta.spec_file(), &claim_path).await;
         // Two rounds: if our "abandoned" claim loses the race, the supervisor's won.
         for _ in 0..2 {
             let claim: Option<SupervisorClaim> =

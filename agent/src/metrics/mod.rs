@@ -33,6 +33,7 @@ pub struct Metrics {
     updates_acknowledged: AtomicU64,
     updates_pending: AtomicU64,
     registrations: AtomicU64,
+    checkpoint_syncs: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -53,6 +54,7 @@ impl Metrics {
             updates_acknowledged: AtomicU64::new(0),
             updates_pending: AtomicU64::new(0),
             registrations: AtomicU64::new(0),
+            checkpoint_syncs: AtomicU64::new(0),
         }
     }
 
@@ -86,6 +88,16 @@ impl Metrics {
 
     pub fn registered(&self) {
         self.registrations.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// One durability point of the agent's checkpoint log (a batch of checkpoints made
+    /// durable together, or a compaction).
+    pub fn checkpoint_synced(&self) {
+        self.checkpoint_syncs.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn checkpoint_syncs(&self) -> u64 {
+        self.checkpoint_syncs.load(Ordering::Relaxed)
     }
 
     /// The Prometheus text exposition (format 0.0.4).
@@ -135,6 +147,12 @@ impl Metrics {
             load(&self.registrations),
         );
         metric(
+            "drover_agent_checkpoint_syncs_total",
+            "counter",
+            "Durability points of the checkpoint log: each makes a whole batch of task and status update checkpoints durable at once.",
+            load(&self.checkpoint_syncs),
+        );
+        metric(
             "drover_agent_uptime_seconds",
             "gauge",
             "Seconds since the agent started.",
@@ -181,6 +199,7 @@ mod tests {
             "drover_agent_status_updates_acknowledged_total 0",
             "drover_agent_status_updates_pending 4",
             "drover_agent_registrations_total 0",
+            "drover_agent_checkpoint_syncs_total 0",
             "# TYPE drover_agent_uptime_seconds gauge",
         ] {
             assert!(text.contains(needle), "missing {needle} in\n{text}");

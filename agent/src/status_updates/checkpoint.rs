@@ -1,97 +1,108 @@
-//! The shell around [`StatusUpdateManager`]: every change to a task's stream is written to
-//! `updates.json` (fsync + rename) before the caller may send anything, so an update that
-//! left the agent is always on disk, and a restarted agent resends what was not
+//! The shell around [`StatusUpdateManager`]: it remembers which task streams changed
+//! since the last durability point and hands their checkpoints to the agent's checkpoint
+//! log ([`crate::journal`]) as one batch. The agent loop commits that batch before it
+//! sends anything ([`StatusUpdates::due`] refuses to run while a change is not taken), so
+//! an update that left the agent is always on disk, an acknowledgement is on disk before
+//! the next update of its task goes out, and a restarted agent resends what was not
 //! acknowledged.
 //!
-//! Tasks whose ids are not valid path components (refused at launch with TASK_ERROR) have
-//! no directory; their streams live in memory only.
+//! Several changes to one stream within a batch (STARTING then RUNNING, an acknowledgement
+//! then a new update) become a single record holding the stream's final state.
+//!
+//! Tasks whose ids are not valid path components (refused at launch with TASK_ERROR) are
+//! never checkpointed; their streams live in memory only.
 
+use std::collections::BTreeSet;
 use std::time::Instant;
 
 use super::{Ack, RetryPolicy, StatusUpdate, StatusUpdateManager, StreamCheckpoint};
-use crate::error::{AgentError, IoContext};
-use crate::fsutil::{read_json, write_atomic, write_json_atomic};
-use crate::layout::{Layout, TaskKey};
+use crate::journal::Record;
+use crate::layout::TaskKey;
 
 /// A checkpointing status update manager.
 #[derive(Debug)]
 pub struct StatusUpdates {
     core: StatusUpdateManager,
-    layout: Layout,
+    /// Streams changed since [`Self::take_checkpoints`] last ran (valid keys only).
+    dirty: BTreeSet<TaskKey>,
 }
 
 impl StatusUpdates {
-    pub fn new(layout: Layout, policy: RetryPolicy) -> Self {
+    pub fn new(policy: RetryPolicy) -> Self {
         StatusUpdates {
             core: StatusUpdateManager::new(policy),
-            layout,
+            dirty: BTreeSet::new(),
         }
     }
 
-    /// Reads a task's checkpoint (recovery). `Ok(None)` when it has none.
-    pub fn load(layout: &Layout, key: &TaskKey) -> Result<Option<StreamCheckpoint>, AgentError> {
-        let path = layout.task_meta(key).updates_file();
-        read_json(&path).ctx(|| format!("reading {}", path.display()))
-    }
-
-    /// Restores a recovered stream.
+    /// Restores a recovered stream (already durable).
     pub fn restore(&mut self, key: TaskKey, cp: StreamCheckpoint) {
         self.core.restore(key, cp);
     }
 
-    /// Enqueues and checkpoints an update. The update is sent by the next [`Self::due`].
-    pub fn enqueue(&mut self, key: &TaskKey, update: StatusUpdate) -> Result<(), AgentError> {
+    /// Enqueues an update; it is checkpointed by the next commit and sent after it.
+    pub fn enqueue(&mut self, key: &TaskKey, update: StatusUpdate) {
         if let Err(e) = self.core.enqueue(key, update) {
             // A caller bug, not a reason to stop the agent: the stream stays as it was.
             tracing::error!(task = %key, "status update refused: {e}");
-            return Ok(());
+            return;
         }
-        self.persist(key)
+        self.touch(key);
     }
 
-    /// Handles an acknowledgement; on the terminal one, marks the task completed so that
-    /// recovery forgets it (its meta directory and sandbox stay until garbage collection).
-    pub fn acknowledge(&mut self, key: &TaskKey, uuid: &[u8]) -> Result<Ack, AgentError> {
+    /// Handles an acknowledgement. The terminal one ends the stream, which is checkpointed
+    /// as completed so that recovery forgets the task (its meta directory and sandbox stay
+    /// until garbage collection).
+    pub fn acknowledge(&mut self, key: &TaskKey, uuid: &[u8]) -> Ack {
         let ack = self.core.acknowledge(key, uuid);
-        match ack {
-            Ack::Accepted { completed: false } => self.persist(key)?,
-            Ack::Accepted { completed: true } => {
-                if key.validate().is_ok() {
-                    let meta = self.layout.task_meta(key);
-                    let path = meta.completed_file();
-                    write_atomic(&path, b"").ctx(|| format!("writing {}", path.display()))?;
-                    // The queue is empty now; drop the stale copy so nothing is resent.
-                    let updates = meta.updates_file();
-                    match std::fs::remove_file(&updates) {
-                        Ok(()) => {}
-                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                        Err(e) => {
-                            return Err(AgentError::io(
-                                format!("removing {}", updates.display()),
-                                e,
-                            ))
-                        }
-                    }
-                }
-            }
-            Ack::UnknownTask | Ack::WrongUuid => {}
+        if let Ack::Accepted { .. } = ack {
+            self.touch(key);
         }
-        Ok(ack)
+        ack
     }
 
-    fn persist(&self, key: &TaskKey) -> Result<(), AgentError> {
-        if key.validate().is_err() {
-            return Ok(());
-        }
-        let Some(cp) = self.core.checkpoint(key) else {
-            return Ok(());
-        };
-        let path = self.layout.task_meta(key).updates_file();
-        write_json_atomic(&path, &cp).ctx(|| format!("checkpointing {}", path.display()))
+    /// Drops a stream whose terminal update is already acknowledged (recovery), recording
+    /// the task as completed.
+    pub fn complete(&mut self, key: &TaskKey) {
+        self.core.forget(key);
+        self.touch(key);
     }
 
-    /// See [`StatusUpdateManager::due`]. Everything returned is already on disk.
+    fn touch(&mut self, key: &TaskKey) {
+        if key.validate().is_ok() {
+            self.dirty.insert(key.clone());
+        }
+    }
+
+    /// True when some change still has to be handed to the log.
+    pub fn is_dirty(&self) -> bool {
+        !self.dirty.is_empty()
+    }
+
+    /// The records of every stream changed since the last call: its current checkpoint,
+    /// or `Completed` when the stream has ended.
+    pub fn take_checkpoints(&mut self) -> Vec<Record> {
+        std::mem::take(&mut self.dirty)
+            .into_iter()
+            .map(|key| match self.core.checkpoint(&key) {
+                Some(stream) => Record::Updates { key, stream },
+                None => Record::Completed { key },
+            })
+            .collect()
+    }
+
+    /// See [`StatusUpdateManager::due`]. Callers commit the checkpoint log first, so
+    /// everything returned is already on disk; with changes not even handed to the log
+    /// this returns nothing (a bug in the caller, caught loudly in debug builds).
     pub fn due(&mut self, now: Instant) -> Vec<(TaskKey, StatusUpdate)> {
+        if self.is_dirty() {
+            debug_assert!(
+                false,
+                "status updates due before their checkpoints were taken"
+            );
+            tracing::error!("not sending status updates that are not checkpointed yet");
+            return Vec::new();
+        }
         self.core.due(now)
     }
 
@@ -108,6 +119,7 @@ impl StatusUpdates {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::journal::Journal;
     use drover_proto::pb::{self, TaskState};
     use drover_proto::FrameworkId;
 
@@ -124,51 +136,85 @@ mod tests {
         }
     }
 
+    fn commit(su: &mut StatusUpdates, journal: &mut Journal) {
+        for r in su.take_checkpoints() {
+            journal.stage(&r);
+        }
+        journal.commit().unwrap();
+    }
+
     #[test]
     fn checkpoint_round_trip_and_completion() {
         let dir = tempfile::tempdir().unwrap();
-        let layout = Layout::new(dir.path());
+        let log = dir.path().join("checkpoints.log");
+        let (mut journal, _) = Journal::open(&log).unwrap();
         let key = TaskKey::new("fw", "t");
-        let meta = layout.task_meta(&key);
-        crate::fsutil::create_dir_all_durable(meta.dir()).unwrap();
 
-        let mut su = StatusUpdates::new(layout.clone(), RetryPolicy::default());
-        su.enqueue(&key, update(TaskState::TaskRunning, 1)).unwrap();
-        su.enqueue(&key, update(TaskState::TaskFailed, 2)).unwrap();
-        // Written before anything was sent.
-        let cp = StatusUpdates::load(&layout, &key).unwrap().unwrap();
-        assert_eq!(cp.pending.len(), 2);
-        assert_eq!(cp, su.core().checkpoint(&key).unwrap());
+        let mut su = StatusUpdates::new(RetryPolicy::default());
+        su.enqueue(&key, update(TaskState::TaskRunning, 1));
+        su.enqueue(&key, update(TaskState::TaskFailed, 2));
+        // Two changes of one stream in a batch make one record.
+        let records = su.take_checkpoints();
+        assert_eq!(records.len(), 1);
+        assert!(!su.is_dirty());
+        let Record::Updates { stream, .. } = &records[0] else {
+            panic!("{records:?}")
+        };
+        assert_eq!(stream.pending.len(), 2);
+        assert_eq!(*stream, su.core().checkpoint(&key).unwrap());
+        journal.stage(&records[0]);
+        journal.commit().unwrap();
 
         su.due(Instant::now());
-        su.acknowledge(&key, &[1; 16]).unwrap();
+        su.acknowledge(&key, &[1; 16]);
+        assert!(su.is_dirty());
+        commit(&mut su, &mut journal);
 
         // A new agent restores exactly the remaining queue.
-        let cp = StatusUpdates::load(&layout, &key).unwrap().unwrap();
+        drop(journal);
+        let (mut journal, live) = Journal::open(&log).unwrap();
+        let cp = live[&key].stream.clone().unwrap();
         assert_eq!(cp.pending.len(), 1);
         assert_eq!(cp.latest_state, TaskState::TaskFailed as i32);
         assert_eq!(cp.latest_exit_code, Some(3));
-        let mut again = StatusUpdates::new(layout.clone(), RetryPolicy::default());
+        let mut again = StatusUpdates::new(RetryPolicy::default());
         again.restore(key.clone(), cp);
         let sent = again.due(Instant::now());
         assert_eq!(sent.len(), 1);
         assert_eq!(sent[0].1.status.uuid, vec![2; 16]);
         assert_eq!(
-            again.acknowledge(&key, &[2; 16]).unwrap(),
+            again.acknowledge(&key, &[2; 16]),
             Ack::Accepted { completed: true }
         );
-        assert!(meta.completed_file().exists());
-        assert!(!meta.updates_file().exists());
+        assert_eq!(
+            again.take_checkpoints(),
+            vec![Record::Completed { key: key.clone() }]
+        );
+        journal.stage(&Record::Completed { key });
+        journal.commit().unwrap();
+        drop(journal);
+        assert!(Journal::open(&log).unwrap().1.is_empty());
+    }
+
+    #[test]
+    #[cfg_attr(
+        debug_assertions,
+        should_panic(expected = "before their checkpoints were taken")
+    )]
+    fn nothing_is_due_before_it_is_checkpointed() {
+        let key = TaskKey::new("fw", "t");
+        let mut su = StatusUpdates::new(RetryPolicy::default());
+        su.enqueue(&key, update(TaskState::TaskRunning, 1));
+        assert!(su.due(Instant::now()).is_empty());
     }
 
     #[test]
     fn invalid_ids_stay_in_memory() {
-        let dir = tempfile::tempdir().unwrap();
-        let layout = Layout::new(dir.path());
         let key = TaskKey::new("fw", "a/b");
-        let mut su = StatusUpdates::new(layout, RetryPolicy::default());
-        su.enqueue(&key, update(TaskState::TaskError, 1)).unwrap();
+        let mut su = StatusUpdates::new(RetryPolicy::default());
+        su.enqueue(&key, update(TaskState::TaskError, 1));
         assert_eq!(su.core().pending(&key), 1);
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        assert!(!su.is_dirty());
+        assert!(su.take_checkpoints().is_empty());
     }
 }

@@ -3,7 +3,8 @@
 //!
 //! [`StatusUpdateManager`] is the pure core (inputs in, decisions out; no I/O, no clock
 //! reads: time comes in as arguments), in the style of raft-rs. [`checkpoint`] is the thin
-//! shell that persists each task's queue before anything is sent.
+//! shell that hands each changed queue to the checkpoint log, which the agent commits
+//! before anything is sent.
 //!
 //! Rules (Mesos's status update manager):
 //! - one FIFO stream per task; only the head of a stream is ever in flight;
@@ -48,7 +49,7 @@ impl StatusUpdate {
     }
 }
 
-/// What is persisted per task (`updates.json`).
+/// What is persisted per task (an `updates` record of the checkpoint log).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct StreamCheckpoint {
     /// The state of the newest update ever enqueued: what the agent reports for the task

@@ -1,0 +1,270 @@
+//! The agent loop's group commit, against a fake containerizer: a batch of events costs
+//! one durability point, and nothing is sent or launched before it.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use drover_proto::pb::{self, master_message::Msg, task_status::Reason, TaskState};
+use drover_proto::{AgentId, FrameworkId, TaskId};
+use tokio::sync::mpsc;
+
+use super::recovery;
+use super::state::{AgentLoop, Event, Exit, MAX_LAUNCHES};
+use crate::config::Config;
+use crate::containerizer::{Containerizer, LaunchSpec, Recovered, Termination};
+use crate::error::AgentError;
+use crate::fsutil::create_dir_all_durable;
+use crate::layout::{Layout, TaskKey};
+use crate::master_link::LinkEvent;
+use crate::metrics::Metrics;
+use crate::supervisor::records::{ExitOutcome, ExitRecord};
+
+/// As many launches as one round of the loop starts.
+const N: usize = MAX_LAUNCHES;
+
+/// Records, for every launch, how many durability points had happened by then. Its
+/// containers never end by themselves (the test reports their end).
+struct Fake {
+    metrics: Arc<Metrics>,
+    launched: Mutex<BTreeMap<TaskKey, u64>>,
+}
+
+#[async_trait]
+impl Containerizer for Fake {
+    fn name(&self) -> &'static str {
+        "fake"
+    }
+
+    async fn launch(&self, spec: LaunchSpec) -> Result<(), AgentError> {
+        let syncs = self.metrics.checkpoint_syncs();
+        self.launched.lock().unwrap().insert(spec.key, syncs);
+        Ok(())
+    }
+
+    async fn recover(&self, _key: &TaskKey) -> Result<Recovered, AgentError> {
+        Ok(Recovered::NeverStarted)
+    }
+
+    async fn wait(&self, _key: &TaskKey) -> Result<Termination, AgentError> {
+        std::future::pending().await
+    }
+
+    async fn kill(&self, _: &TaskKey, _: Duration, _: Reason) -> Result<(), AgentError> {
+        Ok(())
+    }
+}
+
+fn run_task(i: usize) -> LinkEvent {
+    LinkEvent::Message(Box::new(pb::MasterMessage {
+        term: 1,
+        msg: Some(Msg::RunTask(pb::master_message::RunTask {
+            framework_id: Some(FrameworkId::new("fw")),
+            framework_info: None,
+            task: Some(pb::TaskInfo {
+                name: format!("t{i}"),
+                task_id: Some(TaskId::new(format!("t{i}"))),
+                command: Some(pb::CommandInfo {
+                    value: "true".into(),
+                    shell: true,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+        })),
+    }))
+}
+
+fn ack(status: &pb::TaskStatus) -> LinkEvent {
+    LinkEvent::Message(Box::new(pb::MasterMessage {
+        term: 1,
+        msg: Some(Msg::StatusAck(pb::master_message::StatusAck {
+            framework_id: Some(FrameworkId::new("fw")),
+            task_id: status.task_id.clone(),
+            uuid: status.uuid.clone(),
+        })),
+    }))
+}
+
+/// Runs the loop until `count` updates in `state` have been sent; returns every update
+/// sent meanwhile.
+async fn run_until(
+    core: &mut AgentLoop,
+    link: &mut mpsc::Receiver<LinkEvent>,
+    events: &mut mpsc::Receiver<Event>,
+    outbound: &mut mpsc::UnboundedReceiver<pb::AgentMessage>,
+    state: TaskState,
+    count: usize,
+) -> Vec<pb::TaskStatus> {
+    let sent = Arc::new(Mutex::new(Vec::new()));
+    let seen = sent.clone();
+    let done = async move {
+        let mut n = 0;
+        while n < count {
+            let msg = outbound.recv().await.expect("the loop is alive");
+            if let Some(pb::agent_message::Msg::StatusUpdate(u)) = msg.msg {
+                let status = u.status.unwrap();
+                n += usize::from(status.state == state as i32);
+                seen.lock().unwrap().push(status);
+            }
+        }
+    };
+    let exit = tokio::time::timeout(Duration::from_secs(20), core.run(link, events, done))
+        .await
+        .unwrap_or_else(|_| {
+            let states: Vec<_> = sent.lock().unwrap().iter().map(|s| s.state).collect();
+            panic!("not all updates were sent in time; sent: {states:?}")
+        })
+        .unwrap();
+    assert_eq!(exit, Exit::Requested);
+    let sent = sent.lock().unwrap().clone();
+    sent
+}
+
+#[tokio::test]
+async fn a_batch_of_launches_updates_and_acks_shares_one_durability_point() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = Config::from_args([
+        "--master",
+        "127.0.0.1:1",
+        "--work-dir",
+        dir.path().to_str().unwrap(),
+    ])
+    .unwrap()
+    .validate()
+    .unwrap();
+    let layout = Layout::new(&settings.work_dir);
+    for d in [layout.frameworks_meta(), layout.sandboxes_root()] {
+        create_dir_all_durable(&d).unwrap();
+    }
+    let metrics = Arc::new(Metrics::new());
+    let fake = Arc::new(Fake {
+        metrics: metrics.clone(),
+        launched: Mutex::new(BTreeMap::new()),
+    });
+    let (events_tx, mut events) = mpsc::channel(1024);
+    let (journal, found) = recovery::load(&layout).unwrap();
+    let mut core = AgentLoop::new(
+        Arc::new(settings),
+        pb::AgentInfo::default(),
+        Some(AgentId::new("agent-1")),
+        fake.clone(),
+        metrics.clone(),
+        events_tx.clone(),
+        journal,
+    );
+    core.recover(found).await.unwrap();
+
+    // Batch 1: a registration and N launches, all queued before the loop runs.
+    let (link_tx, mut link) = mpsc::channel(1024);
+    let (out_tx, mut outbound) = mpsc::unbounded_channel();
+    link_tx
+        .send(LinkEvent::Registered {
+            agent_id: AgentId::new("agent-1"),
+            ping_interval: Duration::from_secs(60),
+            master: "m".into(),
+            outbound: out_tx,
+        })
+        .await
+        .unwrap();
+    for i in 0..N {
+        link_tx.send(run_task(i)).await.unwrap();
+    }
+    let base = metrics.checkpoint_syncs();
+    let starting = run_until(
+        &mut core,
+        &mut link,
+        &mut events,
+        &mut outbound,
+        TaskState::TaskStarting,
+        N,
+    )
+    .await;
+    // One durability point before the first launch covered all N task checkpoints and
+    // STARTING updates; one more made the N RUNNING updates the launches enqueued durable
+    // (they wait behind STARTING, the head of each stream).
+    let launched = fake.launched.lock().unwrap().clone();
+    assert_eq!(launched.len(), N);
+    assert!(launched.values().all(|s| *s == base + 1), "{launched:?}");
+    assert_eq!(metrics.checkpoint_syncs(), base + 2);
+    assert_eq!(starting.len(), N);
+
+    // Batch 2: every STARTING acknowledged at once: one sync, then N RUNNING go out.
+    for status in &starting {
+        link_tx.send(ack(status)).await.unwrap();
+    }
+    let base = metrics.checkpoint_syncs();
+    let running = run_until(
+        &mut core,
+        &mut link,
+        &mut events,
+        &mut outbound,
+        TaskState::TaskRunning,
+        N,
+    )
+    .await;
+    assert_eq!(metrics.checkpoint_syncs(), base + 1);
+    assert_eq!(running.len(), N);
+
+    // Batch 3: every RUNNING acknowledged and every container ended: one sync.
+    for status in &running {
+        link_tx.send(ack(status)).await.unwrap();
+    }
+    for i in 0..N {
+        events_tx
+            .send(Event::TaskEnded {
+                key: TaskKey::new("fw", format!("t{i}")),
+                result: Ok(Termination::Recorded(ExitRecord {
+                    outcome: ExitOutcome::Exited { code: 0 },
+                    killed: false,
+                    kill_reason: None,
+                    task_pid: None,
+                    finished_at: 0.0,
+                })),
+            })
+            .await
+            .unwrap();
+    }
+    let base = metrics.checkpoint_syncs();
+    let finished = run_until(
+        &mut core,
+        &mut link,
+        &mut events,
+        &mut outbound,
+        TaskState::TaskFinished,
+        N,
+    )
+    .await;
+    assert_eq!(metrics.checkpoint_syncs(), base + 1);
+    assert_eq!(finished.len(), N);
+
+    // Batch 4: terminal acknowledgements complete their tasks, again in one sync.
+    // Half of them are queued now; a restart must still know the other half.
+    for status in &finished[..N / 2] {
+        link_tx.send(ack(status)).await.unwrap();
+    }
+    let (stop_tx, stop) = tokio::sync::oneshot::channel::<()>();
+    let base = metrics.checkpoint_syncs();
+    let run = core.run(&mut link, &mut events, async {
+        let _ = stop.await;
+    });
+    let stopper = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let _ = stop_tx.send(());
+    };
+    let (exit, ()) = tokio::join!(run, stopper);
+    assert_eq!(exit.unwrap(), Exit::Requested);
+    assert_eq!(metrics.checkpoint_syncs(), base + 1);
+    assert_eq!(core.tasks.len(), N - N / 2);
+    drop(core);
+
+    // What a restarted agent finds: the unacknowledged half, FINISHED and pending.
+    let (_, found) = recovery::load(&layout).unwrap();
+    assert_eq!(found.len(), N - N / 2);
+    for t in &found {
+        let stream = t.stream.as_ref().unwrap();
+        assert_eq!(stream.latest_state, TaskState::TaskFinished as i32);
+        assert_eq!(stream.pending.len(), 1);
+    }
+}
