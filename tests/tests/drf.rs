@@ -15,24 +15,34 @@ fn contend(weights: Option<&str>) -> (Report, Report) {
         .map(|w| vec!["--weights".to_string(), w.to_string()])
         .unwrap_or_default();
     let mut cluster = Cluster::start_with(Timing::default(), extra);
+    // One absolute deadline for both, so neither gets the cluster to itself at the end.
+    let until = format!("{:.3}", drover_proto::unix_seconds() + 35.0);
     let args = |role: &'static str| {
         vec![
-            "--role",
-            role,
-            "--duration-secs",
-            "30",
-            "--cpus",
-            "1",
-            "--mem",
-            "256",
-            "--cmd",
-            "sleep 2",
-            "--refuse-secs",
-            "0",
+            "--role".to_string(),
+            role.to_string(),
+            "--until-unix-secs".to_string(),
+            until.clone(),
+            "--cpus".to_string(),
+            "1".to_string(),
+            "--mem".to_string(),
+            "256".to_string(),
+            "--cmd".to_string(),
+            "sleep 2".to_string(),
+            "--refuse-secs".to_string(),
+            "0".to_string(),
         ]
     };
-    let a = Framework::start(&cluster, "fw-a", &args("a"));
-    let b = Framework::start(&cluster, "fw-b", &args("b"));
+    let a = Framework::start(
+        &cluster,
+        "fw-a",
+        &args("a").iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    let b = Framework::start(
+        &cluster,
+        "fw-b",
+        &args("b").iter().map(String::as_str).collect::<Vec<_>>(),
+    );
     // Both subscribed before the agents arrive.
     drover_tests::wait_until(
         "both frameworks to subscribe",

@@ -36,6 +36,10 @@ struct Args {
     /// Keep launching until this many seconds have passed, then finish what runs.
     #[arg(long)]
     duration_secs: Option<f64>,
+    /// Keep launching until this Unix time (seconds), then finish what runs. Lets several
+    /// frameworks share one deadline.
+    #[arg(long)]
+    until_unix_secs: Option<f64>,
     /// Shell command; RUN_LOG and the DROVER_* variables are in its environment.
     #[arg(long, default_value = "echo $JOB_INDEX >> $RUN_LOG")]
     cmd: String,
@@ -307,9 +311,14 @@ async fn main() -> anyhow::Result<()> {
         .partition_aware(args.partition_aware)
         .failover_timeout(Duration::from_secs_f64(args.failover_timeout_secs))
         .build()?;
-    let deadline = args
-        .duration_secs
-        .map(|s| Instant::now() + Duration::from_secs_f64(s));
+    let deadline = match (args.duration_secs, args.until_unix_secs) {
+        (_, Some(until)) => {
+            let left = until - drover_sdk::proto::unix_seconds();
+            Some(Instant::now() + Duration::from_secs_f64(left.max(0.0)))
+        }
+        (Some(s), None) => Some(Instant::now() + Duration::from_secs_f64(s)),
+        (None, None) => None,
+    };
     let fw = TestFw {
         pending: if deadline.is_some() || args.adopt_framework_id.is_some() {
             VecDeque::new()
