@@ -1,5 +1,6 @@
 //! `drover local`: a whole cluster on one machine, for trying Drover and testing
-//! frameworks. It starts `drover-master` and N `drover-agent` processes found next to the
+//! frameworks. It starts one `drover-master` (or a Raft group of 3 or 5 with `--masters`)
+//! and N `drover-agent` processes found next to the
 //! `drover` executable, keeps every daemon's data and log in one folder, waits until all
 //! agents are active, prints the endpoints, and supervises them until Ctrl-C or SIGTERM.
 //!
@@ -7,9 +8,10 @@
 //!
 //! ```text
 //! .drover-local       marker and lock: this folder belongs to a local cluster
-//! master/             the master's --data-dir
+//! master/             the master's --data-dir (one master)
+//! master-1/, …        each master's --data-dir (--masters 3 or 5; the name is its --id)
 //! agent-0/, agent-1/  each agent's --work-dir
-//! logs/master.log, logs/agent-0.log, …
+//! logs/master.log (or logs/master-1.log, …), logs/agent-0.log, …
 //! ```
 //!
 //! Submodules: `plan` decides which programs run with which flags, ports and folders
@@ -30,7 +32,7 @@ use tokio::signal::unix::{signal, Signal, SignalKind};
 
 use crate::masters::Masters;
 use daemon::Daemon;
-use plan::{Plan, MAX_AGENTS};
+use plan::{Plan, MAX_AGENTS, MAX_MASTERS};
 
 /// `drover local` flags.
 #[derive(Args, Debug)]
@@ -40,17 +42,20 @@ pub struct LocalArgs {
           value_parser = clap::value_parser!(u16).range(1..=MAX_AGENTS as i64))]
     pub agents: u16,
 
-    /// Number of masters. Only 1 for now: multi-master local clusters arrive with the HA
-    /// issue.
+    /// Number of masters: 1, or 3 (or 5) in one Raft group that survives the loss of a
+    /// minority. The first master listens on --master-listen (HTTP 127.0.0.1:5060); master
+    /// i+1 on that port + 10 + 10*i, HTTP the port after (5070/5071 and 5080/5081 by
+    /// default). Agents and the printed DROVER_MASTER get every master's address. A data
+    /// folder keeps the number of masters it was created with (--fresh to change it).
     #[arg(long, default_value_t = 1, value_name = "N",
-          value_parser = clap::value_parser!(u16).range(1..))]
+          value_parser = clap::value_parser!(u16).range(1..=MAX_MASTERS as i64))]
     pub masters: u16,
 
     /// Folder for every daemon's data and logs. Reused across runs unless --fresh.
     #[arg(long, default_value = "./.drover/local", value_name = "DIR")]
     pub data_dir: PathBuf,
 
-    /// Address the master serves gRPC on (schedulers, agents, this CLI).
+    /// Address the (first) master serves gRPC on (schedulers, agents, this CLI).
     #[arg(long, default_value = "127.0.0.1:5050", value_name = "HOST:PORT")]
     pub master_listen: String,
 
@@ -78,9 +83,10 @@ const TAIL_LINES: usize = 20;
 
 /// Runs `drover local` to the end; the result is the process exit code.
 pub async fn run(args: LocalArgs) -> Result<i32> {
-    if args.masters != 1 {
-        bail!(
-            "--masters {}: multi-master local clusters arrive with the HA issue; use --masters 1",
+    if args.masters.is_multiple_of(2) {
+        eprintln!(
+            "warning: --masters {}: an even number of masters tolerates no more failures \
+             than one master fewer",
             args.masters
         );
     }
@@ -107,11 +113,13 @@ pub async fn run(args: LocalArgs) -> Result<i32> {
         &bin_dir,
         &data_dir,
         &args.master_listen,
+        args.masters,
         args.agents,
         user_resources.as_ref(),
     )?;
     plan.check_addresses_free()?;
     let _lock = prepare_data_dir(&data_dir, args.fresh)?;
+    plan.check_existing_masters()?;
     for dir in plan.folders() {
         fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     }
@@ -122,7 +130,9 @@ pub async fn run(args: LocalArgs) -> Result<i32> {
     let mut signals = Signals::new()?;
 
     eprintln!(
-        "Starting a local Drover cluster: 1 master and {} agent{} (data in {})…",
+        "Starting a local Drover cluster: {} master{} and {} agent{} (data in {})…",
+        args.masters,
+        if args.masters == 1 { "" } else { "s" },
         args.agents,
         if args.agents == 1 { "" } else { "s" },
         data_dir.display()
@@ -134,23 +144,24 @@ pub async fn run(args: LocalArgs) -> Result<i32> {
         match Daemon::spawn(spec) {
             Ok(d) => daemons.push(d),
             Err(e) => {
-                shutdown(&mut daemons, &mut signals).await;
+                shutdown(&mut daemons, plan.masters.len(), &mut signals).await;
                 return Err(e);
             }
         }
     }
 
-    let masters = Masters::new(vec![plan.master_address.clone()])?.with_election_retries(0);
+    let masters = Masters::new(plan.masters.iter().map(|m| m.address.clone()).collect())?
+        .with_election_retries(0);
     let agents = match wait_until_ready(&plan, &masters, &mut daemons, &mut signals).await {
         Startup::Ready(agents) => agents,
         Startup::Interrupted(name) => {
             eprintln!("\nReceived {name}; stopping the cluster…");
-            shutdown(&mut daemons, &mut signals).await;
+            shutdown(&mut daemons, plan.masters.len(), &mut signals).await;
             return Ok(0);
         }
         Startup::Died(index, status) => {
             report_exit(&daemons[index], status);
-            shutdown(&mut daemons, &mut signals).await;
+            shutdown(&mut daemons, plan.masters.len(), &mut signals).await;
             return Ok(1);
         }
         Startup::TimedOut(why, culprits) => {
@@ -164,7 +175,7 @@ pub async fn run(args: LocalArgs) -> Result<i32> {
                     eprint!("{}", d.log_tail(TAIL_LINES));
                 }
             }
-            shutdown(&mut daemons, &mut signals).await;
+            shutdown(&mut daemons, plan.masters.len(), &mut signals).await;
             return Ok(1);
         }
     };
@@ -185,7 +196,7 @@ pub async fn run(args: LocalArgs) -> Result<i32> {
             1
         }
     };
-    shutdown(&mut daemons, &mut signals).await;
+    shutdown(&mut daemons, plan.masters.len(), &mut signals).await;
     Ok(code)
 }
 
@@ -245,16 +256,19 @@ async fn wait_until_ready(
                     );
                     Startup::TimedOut(why, missing)
                 }
-                Err(e) => Startup::TimedOut(e, vec!["master".to_string()]),
+                Err(e) => {
+                    Startup::TimedOut(e, plan.masters.iter().map(|m| m.name.clone()).collect())
+                }
             };
         }
     }
 }
 
 /// Stops agents first, so they can still report their tasks' end to the master and shut
-/// those tasks down, then the master. A second signal cuts each grace period short.
-async fn shutdown(daemons: &mut [Daemon], signals: &mut Signals) {
-    let (master, agents) = daemons.split_at_mut(1.min(daemons.len()));
+/// those tasks down, then the masters (the first `masters` daemons). A second signal cuts
+/// each grace period short.
+async fn shutdown(daemons: &mut [Daemon], masters: usize, signals: &mut Signals) {
+    let (master, agents) = daemons.split_at_mut(masters.min(daemons.len()));
     for group in [agents, master] {
         if group.is_empty() {
             continue;

@@ -1,5 +1,6 @@
 //! The master's configuration and command-line flags.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -26,9 +27,18 @@ pub struct Flags {
     #[arg(long, default_value = "/var/lib/drover/master")]
     pub data_dir: PathBuf,
 
-    /// This master's Raft id (a positive integer, unique in the cluster).
+    /// This master's Raft id (a positive integer, unique in the cluster). The data folder
+    /// records it: a folder written by another id is refused.
     #[arg(long, default_value_t = 1)]
     pub id: u64,
+
+    /// Every master of the cluster, this one included: `1=HOST:PORT,2=HOST:PORT,3=HOST:PORT`
+    /// (their gRPC `--listen` addresses, as the others can dial them). On an empty data
+    /// folder it seeds a brand-new cluster whose voters are exactly these ids; on an
+    /// existing data folder only the addresses are used (membership comes from the
+    /// replicated log). Without it, an empty data folder starts a single-master cluster.
+    #[arg(long, default_value = "", value_name = "ID=HOST:PORT,…")]
+    pub peers: String,
 
     /// Interval between batch allocation cycles, in milliseconds. Events (a freed agent, a
     /// REVIVE, a new framework) also trigger a cycle.
@@ -81,6 +91,9 @@ pub struct Config {
     pub http_listen: SocketAddr,
     pub data_dir: PathBuf,
     pub id: u64,
+    /// Raft id → gRPC address of every master named by `--peers` (this one included);
+    /// empty for a single-master cluster.
+    pub peers: BTreeMap<u64, String>,
     pub allocation_interval: Duration,
     pub agent_ping_interval: Duration,
     pub agent_timeout_ms: u64,
@@ -119,6 +132,31 @@ pub fn parse_weights(text: &str) -> anyhow::Result<Vec<(String, f64)>> {
     Ok(out)
 }
 
+/// Parses `--peers`: `ID=HOST:PORT` pairs, ids positive and unique.
+pub fn parse_peers(text: &str) -> anyhow::Result<BTreeMap<u64, String>> {
+    let mut out = BTreeMap::new();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (id, addr) = part
+            .split_once('=')
+            .ok_or_else(|| anyhow::anyhow!("peer '{part}' is not ID=HOST:PORT"))?;
+        let id: u64 =
+            id.trim().parse().ok().filter(|&i| i > 0).ok_or_else(|| {
+                anyhow::anyhow!("peer '{part}': the id must be a positive integer")
+            })?;
+        let addr = addr.trim();
+        if addr
+            .rsplit_once(':')
+            .is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err())
+        {
+            anyhow::bail!("peer '{part}': the address must be HOST:PORT");
+        }
+        if out.insert(id, addr.to_string()).is_some() {
+            anyhow::bail!("--peers names master {id} twice");
+        }
+    }
+    Ok(out)
+}
+
 impl Config {
     pub fn from_flags(f: &Flags) -> anyhow::Result<Config> {
         if f.id == 0 {
@@ -126,6 +164,14 @@ impl Config {
         }
         if f.raft_election_ticks <= f.raft_heartbeat_ticks {
             anyhow::bail!("--raft-election-ticks must be larger than --raft-heartbeat-ticks");
+        }
+        let peers = parse_peers(&f.peers)?;
+        if !peers.is_empty() && !peers.contains_key(&f.id) {
+            anyhow::bail!(
+                "--peers must name this master too (--id {} is not among {:?})",
+                f.id,
+                peers.keys().collect::<Vec<_>>()
+            );
         }
         let ping = positive_secs("agent-ping-interval-secs", f.agent_ping_interval_secs)?;
         let timeout = positive_secs("agent-timeout-secs", f.agent_timeout_secs)?;
@@ -137,6 +183,7 @@ impl Config {
             http_listen: f.http_listen,
             data_dir: f.data_dir.clone(),
             id: f.id,
+            peers,
             allocation_interval: Duration::from_millis(f.allocation_interval_ms.max(1)),
             agent_ping_interval: ping,
             agent_timeout_ms: timeout.as_millis() as u64,
@@ -168,6 +215,25 @@ mod tests {
         assert!(parse_weights("a=-1").is_err());
         assert!(parse_weights("a=NaN").is_err());
         assert!(parse_weights("").unwrap().is_empty());
+    }
+
+    #[test]
+    fn peers_parse_and_refuse_nonsense() {
+        let p = parse_peers("1=127.0.0.1:5050, 2=host-b:5070,3=[::1]:5080").unwrap();
+        assert_eq!(p.len(), 3);
+        assert_eq!(p[&2], "host-b:5070");
+        assert!(parse_peers("").unwrap().is_empty());
+        assert!(parse_peers("1=a:1,1=b:2").is_err(), "duplicate id");
+        assert!(parse_peers("0=a:1").is_err(), "id 0");
+        assert!(parse_peers("1=a").is_err(), "no port");
+        assert!(parse_peers("a:1").is_err(), "no id");
+        let f = Flags::parse_from(["drover-master", "--id", "4", "--peers", "1=a:1,2=b:2"]);
+        assert!(
+            Config::from_flags(&f).is_err(),
+            "own id missing from --peers"
+        );
+        let f = Flags::parse_from(["drover-master", "--id", "2", "--peers", "1=a:1,2=b:2"]);
+        assert!(Config::from_flags(&f).is_ok());
     }
 
     #[test]

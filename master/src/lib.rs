@@ -5,11 +5,11 @@
 //! - [`registry`]: the replicated registry, a deterministic state machine (commands in,
 //!   state out; no I/O, no clock).
 //! - [`raft`]: raft-rs with RocksDB storage on a dedicated thread; proposals tracked by
-//!   (index, term).
+//!   (index, term); Raft messages to the other masters over gRPC.
 //! - [`allocator`]: hierarchical weighted DRF as a pure function of a snapshot.
 //! - [`core`]: the leader's soft state (connections, offers, filters), the ACCEPT gate,
 //!   agent sessions and liveness, framework calls and failover.
-//! - [`services`]: tonic glue for the scheduler, agent and operator services.
+//! - [`services`]: tonic glue for the scheduler, agent, operator and Raft peer services.
 //! - [`http`]: `/metrics`, `/health`, `/state` over HTTP.
 //! - [`metrics`], [`clock`]: counters and timings; the one clock abstraction.
 //!
@@ -41,7 +41,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::core::{Master, Soft};
 use crate::metrics::Metrics;
-use crate::raft::{NoPeers, NodeConfig, RocksStorage};
+use crate::raft::{GrpcTransport, NoPeers, NodeConfig, RaftHandle, RocksStorage, Transport};
 use crate::registry::{Command, Registry};
 
 /// A launch still STAGING this long after its commit is sent to its agent again.
@@ -50,13 +50,20 @@ const STAGING_RESEND_MS: u64 = 10_000;
 /// Largest gRPC message accepted (bigger requests get RESOURCE_EXHAUSTED).
 pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 
-/// Opens the registry's storage, checking that it belongs to this master.
+/// Opens the registry's storage, checking that it belongs to this master. An empty data
+/// folder seeds a brand-new cluster: its voters are the ids of `--peers`, or this master
+/// alone without it.
 fn open_storage(config: &Config) -> anyhow::Result<RocksStorage> {
     std::fs::create_dir_all(&config.data_dir)?;
     let mut storage = RocksStorage::open(&config.data_dir.join("registry"))?;
     if storage.is_empty() {
-        tracing::info!(id = config.id, dir = %config.data_dir.display(), "new cluster: seeding membership with this master as its only voter");
-        storage.bootstrap(config.id, vec![config.id])?;
+        let voters: Vec<u64> = if config.peers.is_empty() {
+            vec![config.id]
+        } else {
+            config.peers.keys().copied().collect()
+        };
+        tracing::info!(id = config.id, ?voters, dir = %config.data_dir.display(), "new cluster: seeding its membership");
+        storage.bootstrap(config.id, voters)?;
     } else if let Some(id) = storage.node_id()? {
         if id != config.id {
             anyhow::bail!(
@@ -97,6 +104,26 @@ pub async fn serve_with_clock(
     let storage = open_storage(&config)?;
     let registry = Arc::new(RwLock::new(Registry::default()));
     let metrics = Arc::new(Metrics::default());
+    let voters = storage.conf_state().voters.clone();
+    if let Some(unknown) = voters
+        .iter()
+        .find(|v| **v != config.id && !config.peers.contains_key(v))
+    {
+        tracing::warn!(
+            peer = unknown,
+            ?voters,
+            "a voting member has no address in --peers; this master cannot reach it"
+        );
+    }
+    let peers = config.peers.clone();
+    let id = config.id;
+    let make_transport = move |handle: RaftHandle| -> Box<dyn Transport> {
+        if peers.keys().any(|p| *p != id) {
+            Box::new(GrpcTransport::start(id, &peers, handle))
+        } else {
+            Box::new(NoPeers)
+        }
+    };
     let (raft, raft_thread) = raft::node::start(
         NodeConfig {
             id: config.id,
@@ -106,7 +133,7 @@ pub async fn serve_with_clock(
         },
         storage,
         registry.clone(),
-        NoPeers,
+        make_transport,
         metrics.clone(),
     )?;
     let (updates_tx, updates_rx) = mpsc::unbounded_channel();
@@ -149,6 +176,12 @@ pub async fn serve_with_clock(
                 master: master.clone(),
             })
             .max_decoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .add_service(
+            pb::raft_peer_server::RaftPeerServer::new(services::peer::PeerService {
+                master: master.clone(),
+            })
+            .max_decoding_message_size(raft::transport::MAX_RAFT_MESSAGE_BYTES),
         )
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await;

@@ -2,7 +2,8 @@
 //!
 //! Module map (all in this file, it is small):
 //! - [`Cluster`]: starts real `drover-master` and `drover-agent` processes on loopback ports
-//!   in a temporary folder, kills (`SIGKILL`), stops (`SIGSTOP`) and restarts them, and on
+//!   in a temporary folder (one master, or several in one Raft group with
+//!   [`Cluster::start_ha`]), kills (`SIGKILL`), stops (`SIGSTOP`) and restarts them, and on
 //!   drop kills every process it started, including task supervisors that outlive agents.
 //! - [`operator`]: a connected operator client for assertions.
 //! - [`wait_until`]: a bounded poll loop (bounded in count and time; it never asserts on
@@ -101,16 +102,54 @@ struct Agent {
     resources: String,
 }
 
-/// A cluster of real processes in a temporary folder.
+/// One master process of the cluster.
+struct MasterProc {
+    /// Raft id (`--id`), 1-based.
+    id: u64,
+    port: u16,
+    http_port: u16,
+    child: Option<Child>,
+}
+
+/// A cluster of real processes in a temporary folder: one master (started by
+/// [`Cluster::start`]) or several in one Raft group (started by [`Cluster::start_ha`]).
 pub struct Cluster {
     pub dir: tempfile::TempDir,
     bins: PathBuf,
-    pub master_port: u16,
-    master_http_port: u16,
-    master: Option<Child>,
+    masters: Vec<MasterProc>,
+    /// True when the masters run with `--peers` (multi-master mode).
+    ha: bool,
     agents: Vec<Agent>,
     pub timing: Timing,
     extra_master_flags: Vec<String>,
+}
+
+fn runtime() -> Option<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .ok()
+}
+
+/// `GetHealth` of the master at `addr`, or `None` if it does not answer.
+pub fn health(addr: &str) -> Option<pb::GetHealthResponse> {
+    let addr = addr.to_string();
+    runtime()?.block_on(async move {
+        let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .ok()?
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(Duration::from_secs(5))
+            .connect()
+            .await
+            .ok()?;
+        let mut c = pb::operator_client::OperatorClient::new(ch);
+        Some(
+            c.get_health(pb::GetHealthRequest {})
+                .await
+                .ok()?
+                .into_inner(),
+        )
+    })
 }
 
 impl Cluster {
@@ -120,30 +159,77 @@ impl Cluster {
     }
 
     pub fn start_with(timing: Timing, extra_master_flags: Vec<String>) -> Cluster {
-        let dir = tempfile::Builder::new()
-            .prefix("drover-test-")
-            .tempdir()
-            .expect("tempdir");
-        let mut c = Cluster {
-            dir,
-            bins: bin_dir(),
-            master_port: free_port(),
-            master_http_port: free_port(),
-            master: None,
-            agents: Vec::new(),
-            timing,
-            extra_master_flags,
-        };
+        let mut c = Self::new_cluster(timing, extra_master_flags, 1, false);
         c.start_master();
         c
     }
 
+    /// Starts `n` masters in one Raft group (`--id 1..=n`, `--peers` naming all of them) and
+    /// waits until one of them leads. No agent yet.
+    pub fn start_ha(timing: Timing, n: usize) -> Cluster {
+        let mut c = Self::new_cluster(timing, Vec::new(), n, true);
+        for i in 0..n {
+            c.spawn_master(i);
+        }
+        c.wait_for_leader();
+        c
+    }
+
+    fn new_cluster(timing: Timing, extra: Vec<String>, n: usize, ha: bool) -> Cluster {
+        let dir = tempfile::Builder::new()
+            .prefix("drover-test-")
+            .tempdir()
+            .expect("tempdir");
+        Cluster {
+            dir,
+            bins: bin_dir(),
+            masters: (0..n)
+                .map(|i| MasterProc {
+                    id: i as u64 + 1,
+                    port: free_port(),
+                    http_port: free_port(),
+                    child: None,
+                })
+                .collect(),
+            ha,
+            agents: Vec::new(),
+            timing,
+            extra_master_flags: extra,
+        }
+    }
+
+    /// Number of masters.
+    pub fn master_count(&self) -> usize {
+        self.masters.len()
+    }
+
+    /// The gRPC address of master `i` (0-based; its Raft id is `i + 1`).
+    pub fn master_addr_at(&self, i: usize) -> String {
+        format!("127.0.0.1:{}", self.masters[i].port)
+    }
+
+    /// Every master's address, comma-separated (what agents and frameworks are given).
+    pub fn master_list(&self) -> String {
+        (0..self.masters.len())
+            .map(|i| self.master_addr_at(i))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The address operator queries go to: the leader's (the only master's in
+    /// single-master mode; in multi-master mode the current leader's, or the first
+    /// master's when none leads).
     pub fn master_addr(&self) -> String {
-        format!("127.0.0.1:{}", self.master_port)
+        let i = if self.ha {
+            self.leader().unwrap_or(0)
+        } else {
+            0
+        };
+        self.master_addr_at(i)
     }
 
     pub fn master_http(&self) -> String {
-        format!("127.0.0.1:{}", self.master_http_port)
+        format!("127.0.0.1:{}", self.masters[0].http_port)
     }
 
     fn log(&self, name: &str) -> Stdio {
@@ -156,16 +242,24 @@ impl Cluster {
         Stdio::from(f)
     }
 
-    /// Starts (or restarts) the master on its port, with its data folder.
-    pub fn start_master(&mut self) {
-        assert!(self.master.is_none(), "master already running");
+    fn spawn_master(&mut self, i: usize) {
+        assert!(
+            self.masters[i].child.is_none(),
+            "master {i} already running"
+        );
+        let (name, data) = if self.ha {
+            (format!("master-{i}"), format!("master-{i}"))
+        } else {
+            ("master".to_string(), "master".to_string())
+        };
+        let m = &self.masters[i];
         let mut cmd = Command::new(self.bins.join("drover-master"));
         cmd.arg("--listen")
-            .arg(self.master_addr())
+            .arg(format!("127.0.0.1:{}", m.port))
             .arg("--http-listen")
-            .arg(self.master_http())
+            .arg(format!("127.0.0.1:{}", m.http_port))
             .arg("--data-dir")
-            .arg(self.dir.path().join("master"))
+            .arg(self.dir.path().join(data))
             .arg("--agent-ping-interval-secs")
             .arg(self.timing.agent_ping_secs.to_string())
             .arg("--agent-timeout-secs")
@@ -176,41 +270,104 @@ impl Cluster {
             .arg("1")
             .args(&self.extra_master_flags)
             .env("DROVER_LOG", "info,drover_master=debug")
-            .stdout(self.log("master"))
-            .stderr(self.log("master"));
-        self.master = Some(cmd.spawn().expect("spawn drover-master"));
-        let addr = self.master_addr();
+            .stdout(self.log(&name))
+            .stderr(self.log(&name));
+        if self.ha {
+            let peers: Vec<String> = self
+                .masters
+                .iter()
+                .map(|p| format!("{}=127.0.0.1:{}", p.id, p.port))
+                .collect();
+            cmd.arg("--id")
+                .arg(m.id.to_string())
+                .arg("--peers")
+                .arg(peers.join(","));
+        }
+        self.masters[i].child = Some(cmd.spawn().expect("spawn drover-master"));
+    }
+
+    /// Starts (or restarts) the only master on its port, with its data folder, and waits
+    /// until it leads (single-master mode).
+    pub fn start_master(&mut self) {
+        assert!(!self.ha, "multi-master clusters use start_master_at");
+        self.spawn_master(0);
+        let addr = self.master_addr_at(0);
         wait_until(
             "the master to lead",
             Duration::from_secs(60),
             Duration::from_millis(100),
-            || {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .ok()?;
-                rt.block_on(async {
-                    let mut c =
-                        pb::operator_client::OperatorClient::connect(format!("http://{addr}"))
-                            .await
-                            .ok()?;
-                    let h = c
-                        .get_health(pb::GetHealthRequest {})
-                        .await
-                        .ok()?
-                        .into_inner();
-                    h.leader.then_some(())
-                })
-            },
+            || health(&addr)?.leader.then_some(()),
         );
     }
 
-    /// `kill -9` of the master.
+    /// Starts (or restarts) master `i` with its data folder and waits until it answers
+    /// (multi-master mode; it may or may not lead).
+    pub fn start_master_at(&mut self, i: usize) {
+        self.spawn_master(i);
+        let addr = self.master_addr_at(i);
+        wait_until(
+            &format!("master {i} to answer"),
+            Duration::from_secs(60),
+            Duration::from_millis(100),
+            || health(&addr).map(|_| ()),
+        );
+    }
+
+    /// `kill -9` of the master (single-master mode: the only one).
     pub fn kill_master(&mut self) {
-        if let Some(mut c) = self.master.take() {
+        self.kill_master_at(0);
+    }
+
+    /// `kill -9` of master `i`.
+    pub fn kill_master_at(&mut self, i: usize) {
+        if let Some(mut c) = self.masters[i].child.take() {
             signal(&c, libc::SIGKILL);
             let _ = c.wait();
         }
+    }
+
+    /// The master that serves as leader, if any: asked with `GetHealth` of every running
+    /// master. Should two claim it (an old leader that has not noticed yet), the one with
+    /// the higher term.
+    pub fn leader(&self) -> Option<usize> {
+        (0..self.masters.len())
+            .filter(|&i| self.masters[i].child.is_some())
+            .filter_map(|i| {
+                let h = health(&self.master_addr_at(i))?;
+                h.leader
+                    .then(|| (h.master_info.map(|m| m.term).unwrap_or(0), i))
+            })
+            .max()
+            .map(|(_, i)| i)
+    }
+
+    /// Waits (bounded) until some master leads and returns it.
+    pub fn wait_for_leader(&self) -> usize {
+        wait_until(
+            "a master to lead",
+            Duration::from_secs(60),
+            Duration::from_millis(100),
+            || self.leader(),
+        )
+    }
+
+    /// Master `i`'s Raft term as it reports it (0 if it does not answer).
+    pub fn term_at(&self, i: usize) -> u64 {
+        health(&self.master_addr_at(i))
+            .and_then(|h| h.master_info)
+            .map(|m| m.term)
+            .unwrap_or(0)
+    }
+
+    /// Master `i`'s Raft progress and applied registry (`RaftPeer.Status`).
+    pub fn raft_status(&self, i: usize) -> Option<pb::RaftStatusResponse> {
+        let addr = self.master_addr_at(i);
+        runtime()?.block_on(async move {
+            let mut c = pb::raft_peer_client::RaftPeerClient::connect(format!("http://{addr}"))
+                .await
+                .ok()?;
+            Some(c.status(pb::RaftStatusRequest {}).await.ok()?.into_inner())
+        })
     }
 
     /// Adds an agent with the given `--resources` and starts it.
@@ -232,6 +389,7 @@ impl Cluster {
     pub fn start_agent(&mut self, i: usize) {
         let log = self.log(&format!("agent-{i}"));
         let log2 = self.log(&format!("agent-{i}"));
+        let masters = self.master_list();
         let a = &mut self.agents[i];
         assert!(a.child.is_none(), "agent {i} already running");
         let ports = format!("ports:[{}-{}]", 31000 + 1000 * i, 31999 + 1000 * i);
@@ -242,7 +400,7 @@ impl Cluster {
         };
         let mut cmd = Command::new(self.bins.join("drover-agent"));
         cmd.arg("--master")
-            .arg(format!("127.0.0.1:{}", self.master_port))
+            .arg(masters)
             .arg("--listen")
             .arg(format!("127.0.0.1:{}", a.port))
             .arg("--http-listen")
@@ -509,7 +667,9 @@ impl Drop for Cluster {
             self.resume_agent(i);
             self.kill_agent(i);
         }
-        self.kill_master();
+        for i in 0..self.masters.len() {
+            self.kill_master_at(i);
+        }
         self.kill_strays();
     }
 }
@@ -532,7 +692,7 @@ impl Framework {
             .expect("log");
         let child = Command::new(bin_dir().join("drover-testfw"))
             .arg("--master")
-            .arg(cluster.master_addr())
+            .arg(cluster.master_list())
             .arg("--name")
             .arg(name)
             .arg("--report")

@@ -29,7 +29,10 @@ fn two_hundred_tasks_finish_exactly_once() {
         assert_eq!(state, "FINISHED", "task {id}");
         // Delivery is at least once: an agent resends an update whose acknowledgement is
         // slow, and the framework may see it twice; it never sees a different outcome.
-        assert!(report.terminal_updates[id] >= 1, "task {id} reported terminal");
+        assert!(
+            report.terminal_updates[id] >= 1,
+            "task {id} reported terminal"
+        );
     }
     let runs = cluster.run_counts();
     assert_eq!(runs.len(), 200, "every task ran");

@@ -17,8 +17,8 @@ use super::daemon::DaemonSpec;
 /// Most agents one machine gets: each takes a block of 1000 ports from 31000 up, and the
 /// last block must end below 65536.
 pub const MAX_AGENTS: u16 = 34;
-/// The master's HTTP address (web UI, metrics).
-pub const MASTER_HTTP: &str = "127.0.0.1:5060";
+/// Most masters one local cluster runs (Raft groups are 1, 3 or 5 masters).
+pub const MAX_MASTERS: u16 = 5;
 
 /// A daemon binary next to `drover`, or an error saying how to get it.
 fn sibling_binary(bin_dir: &Path, name: &str) -> Result<PathBuf> {
@@ -42,17 +42,42 @@ pub struct AgentPlan {
     pub resources: String,
 }
 
+/// One master's place on this machine.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MasterPlan {
+    /// `master` alone, or `master-1`, `master-2`, … (its Raft id) in a group.
+    pub name: String,
+    pub id: u64,
+    pub listen: String,
+    /// Where clients and the other masters dial it: `listen`, with a wildcard host
+    /// replaced by loopback.
+    pub address: String,
+    pub http: String,
+    pub data_dir: PathBuf,
+}
+
 /// Everything `drover local` will start, decided before starting anything.
 #[derive(Debug)]
 pub struct Plan {
     pub master_bin: PathBuf,
     pub agent_bin: PathBuf,
     pub data_dir: PathBuf,
-    pub master_listen: String,
-    /// Where clients dial the master: `master_listen`, with a wildcard host replaced by
-    /// loopback.
+    pub masters: Vec<MasterPlan>,
+    /// Every master's address, comma-separated: what agents and clients are given.
     pub master_address: String,
     pub agents: Vec<AgentPlan>,
+}
+
+/// The gRPC and HTTP ports of master `index` when the first listens on `base`: the first
+/// keeps `base` and 5060; the others take `base + 10 + 10 * index` and the port after it
+/// (5070/5071 and 5080/5081 with the default 5050), clear of the agents' 5051-5069.
+pub fn master_ports(base: u16, index: u16) -> (u16, u16) {
+    if index == 0 {
+        (base, 5060)
+    } else {
+        let p = base.saturating_add(10 + 10 * index);
+        (p, p.saturating_add(1))
+    }
 }
 
 /// The agent API and HTTP ports of agent `index`. The first five follow the documented
@@ -109,22 +134,55 @@ impl Plan {
         bin_dir: &Path,
         data_dir: &Path,
         master_listen: &str,
+        masters: u16,
         agents: u16,
         user_resources: Option<&Resources>,
     ) -> Result<Plan> {
         let master_listen = master_listen.trim().to_string();
-        if master_listen
+        let Some((host, base)) = master_listen
             .rsplit_once(':')
-            .is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err())
-        {
+            .and_then(|(host, port)| Some((host, port.parse::<u16>().ok()?)))
+            .filter(|(host, _)| !host.is_empty())
+        else {
             bail!("--master-listen {master_listen:?} is not HOST:PORT");
+        };
+        if masters == 0 || masters > MAX_MASTERS {
+            bail!("--masters must be between 1 and {MAX_MASTERS}");
         }
+        let masters: Vec<MasterPlan> = (0..masters)
+            .map(|i| {
+                let (port, http) = master_ports(base, i);
+                let single = masters == 1;
+                let listen = if i == 0 {
+                    master_listen.clone()
+                } else {
+                    format!("{host}:{port}")
+                };
+                let name = if single {
+                    "master".to_string()
+                } else {
+                    format!("master-{}", i + 1)
+                };
+                MasterPlan {
+                    data_dir: data_dir.join(&name),
+                    name,
+                    id: u64::from(i) + 1,
+                    address: dial_address(&listen),
+                    listen,
+                    http: format!("127.0.0.1:{http}"),
+                }
+            })
+            .collect();
         let plan = Plan {
             master_bin: sibling_binary(bin_dir, "drover-master")?,
             agent_bin: sibling_binary(bin_dir, "drover-agent")?,
             data_dir: data_dir.to_path_buf(),
-            master_address: dial_address(&master_listen),
-            master_listen,
+            master_address: masters
+                .iter()
+                .map(|m| m.address.clone())
+                .collect::<Vec<_>>()
+                .join(","),
+            masters,
             agents: (0..agents)
                 .map(|i| {
                     let (listen, http) = agent_ports(i);
@@ -141,7 +199,7 @@ impl Plan {
         let addresses = plan.listen_addresses();
         for (i, (who, address)) in addresses.iter().enumerate() {
             if let Some((other, _)) = addresses[..i].iter().find(|(_, a)| a == address) {
-                bail!("{who} and {other} would both listen on {address}; choose another --master-listen");
+                bail!("{who} and {other} would both listen on {address}; choose another --master-listen or fewer --agents");
             }
         }
         Ok(plan)
@@ -153,20 +211,24 @@ impl Plan {
 
     /// Folders to create before starting.
     pub fn folders(&self) -> Vec<PathBuf> {
-        let mut v = vec![self.data_dir.join("logs"), self.data_dir.join("master")];
+        let mut v = vec![self.data_dir.join("logs")];
+        v.extend(self.masters.iter().map(|m| m.data_dir.clone()));
         v.extend(self.agents.iter().map(|a| a.work_dir.clone()));
         v
     }
 
     /// Every address a daemon will listen on, with who listens there.
     pub fn listen_addresses(&self) -> Vec<(String, String)> {
-        let mut v = vec![
-            ("the master".to_string(), self.master_listen.clone()),
-            (
-                "the master's HTTP server".to_string(),
-                MASTER_HTTP.to_string(),
-            ),
-        ];
+        let mut v = Vec::new();
+        for m in &self.masters {
+            let who = if self.masters.len() == 1 {
+                "the master".to_string()
+            } else {
+                m.name.clone()
+            };
+            v.push((who.clone(), m.listen.clone()));
+            v.push((format!("{who}'s HTTP server"), m.http.clone()));
+        }
         for a in &self.agents {
             v.push((a.name.clone(), a.listen.clone()));
             v.push((format!("{}'s HTTP server", a.name), a.http.clone()));
@@ -192,22 +254,70 @@ impl Plan {
         Ok(())
     }
 
-    /// What to start, master first: agents dial it as soon as they run.
+    /// Refuses a data folder whose masters were seeded for another number of masters:
+    /// `--peers` seeds only a brand-new cluster, so 3 masters cannot grow to 5 (or shrink
+    /// to 3) by restarting with another `--masters`.
+    pub fn check_existing_masters(&self) -> Result<()> {
+        let has_data = |d: &Path| d.join("registry").exists();
+        let planned = self
+            .masters
+            .iter()
+            .filter(|m| has_data(&m.data_dir))
+            .count();
+        let mut others = Vec::new();
+        if self.masters.len() > 1 && has_data(&self.data_dir.join("master")) {
+            others.push("master".to_string());
+        }
+        for i in 1..=u64::from(MAX_MASTERS) {
+            let name = format!("master-{i}");
+            let planned_here = self.masters.iter().any(|m| m.name == name);
+            if !planned_here && has_data(&self.data_dir.join(&name)) {
+                others.push(name);
+            }
+        }
+        if !others.is_empty() || (planned != 0 && planned != self.masters.len()) {
+            bail!(
+                "{} holds a cluster of another number of masters ({} with data); run it \
+                 again with the --masters it was created with, or start over with --fresh",
+                self.data_dir.display(),
+                others.len() + planned
+            );
+        }
+        Ok(())
+    }
+
+    /// What to start, masters first: agents dial them as soon as they run.
     pub fn specs(&self) -> Vec<DaemonSpec> {
         let os = |s: &str| OsString::from(s);
-        let mut specs = vec![DaemonSpec {
-            name: "master".to_string(),
-            program: self.master_bin.clone(),
-            args: vec![
-                os("--listen"),
-                os(&self.master_listen),
-                os("--http-listen"),
-                os(MASTER_HTTP),
-                os("--data-dir"),
-                self.data_dir.join("master").into_os_string(),
-            ],
-            log: self.log("master"),
-        }];
+        let peers = self
+            .masters
+            .iter()
+            .map(|m| format!("{}={}", m.id, m.address))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut specs: Vec<DaemonSpec> = self
+            .masters
+            .iter()
+            .map(|m| {
+                let mut args = vec![
+                    os("--listen"),
+                    os(&m.listen),
+                    os("--http-listen"),
+                    os(&m.http),
+                    os("--data-dir"),
+                    m.data_dir.clone().into_os_string(),
+                ];
+                if self.masters.len() > 1 {
+                    args.extend([os("--id"), os(&m.id.to_string()), os("--peers"), os(&peers)]);
+                }
+                DaemonSpec {
+                    name: m.name.clone(),
+                    program: self.master_bin.clone(),
+                    args,
+                    log: self.log(&m.name),
+                }
+            })
+            .collect();
         for a in &self.agents {
             specs.push(DaemonSpec {
                 name: a.name.clone(),
@@ -254,10 +364,11 @@ impl Plan {
 
     /// What a user needs once the cluster is up.
     pub fn banner(&self, data_dir: &Path, seen: &[pb::AgentSummary]) -> String {
-        let mut rows: Vec<(String, String)> = vec![
-            ("master gRPC".into(), self.master_address.clone()),
-            ("master HTTP".into(), format!("http://{MASTER_HTTP}")),
-        ];
+        let mut rows: Vec<(String, String)> = Vec::new();
+        for m in &self.masters {
+            rows.push((format!("{} gRPC", m.name), m.address.clone()));
+            rows.push((format!("{} HTTP", m.name), format!("http://{}", m.http)));
+        }
         for a in &self.agents {
             let id = seen
                 .iter()
@@ -271,7 +382,10 @@ impl Plan {
             ));
         }
         rows.push(("data".into(), data_dir.display().to_string()));
-        rows.push(("logs".into(), self.log("master").display().to_string()));
+        for (i, m) in self.masters.iter().enumerate() {
+            let key = if i == 0 { "logs" } else { "" };
+            rows.push((key.into(), self.log(&m.name).display().to_string()));
+        }
         for a in &self.agents {
             rows.push((String::new(), self.log(&a.name).display().to_string()));
         }
@@ -281,7 +395,9 @@ impl Plan {
         let n = self.agents.len();
         let _ = writeln!(
             out,
-            "\nDrover is running locally: 1 master, {n} agent{}.\n",
+            "\nDrover is running locally: {} master{}, {n} agent{}.\n",
+            self.masters.len(),
+            if self.masters.len() == 1 { "" } else { "s" },
             if n == 1 { "" } else { "s" }
         );
         for (key, value) in rows {
@@ -317,6 +433,7 @@ mod tests {
             bins.path(),
             Path::new("/data"),
             "127.0.0.1:5050",
+            1,
             agents,
             user.as_ref(),
         )
@@ -368,6 +485,75 @@ mod tests {
     }
 
     #[test]
+    fn three_masters_know_each_other_and_agents_know_them_all() {
+        let bins = bin_dir();
+        let plan = Plan::new(
+            bins.path(),
+            Path::new("/data"),
+            "127.0.0.1:5050",
+            3,
+            2,
+            None,
+        )
+        .unwrap();
+        let specs = plan.specs();
+        assert_eq!(specs.len(), 5);
+        let peers = "1=127.0.0.1:5050,2=127.0.0.1:5070,3=127.0.0.1:5080";
+        assert_eq!(
+            args(&specs[1]),
+            [
+                "--listen",
+                "127.0.0.1:5070",
+                "--http-listen",
+                "127.0.0.1:5071",
+                "--data-dir",
+                "/data/master-2",
+                "--id",
+                "2",
+                "--peers",
+                peers
+            ]
+        );
+        assert_eq!(specs[2].name, "master-3");
+        assert_eq!(
+            &args(&specs[2])[..4],
+            [
+                "--listen",
+                "127.0.0.1:5080",
+                "--http-listen",
+                "127.0.0.1:5081"
+            ]
+        );
+        assert_eq!(
+            &args(&specs[3])[..2],
+            ["--master", "127.0.0.1:5050,127.0.0.1:5070,127.0.0.1:5080"]
+        );
+        let banner = plan.banner(Path::new("/data"), &[]);
+        assert!(banner.contains("3 masters, 2 agents"));
+        assert!(banner.contains(
+            "export DROVER_MASTER=127.0.0.1:5050,127.0.0.1:5070,127.0.0.1:5080; drover run"
+        ));
+        // Five masters and many agents: every port is still distinct or refused.
+        let five = Plan::new(bins.path(), Path::new("/d"), "127.0.0.1:5050", 5, 5, None);
+        assert!(five.is_ok());
+        assert!(Plan::new(bins.path(), Path::new("/d"), "127.0.0.1:5050", 6, 1, None).is_err());
+    }
+
+    #[test]
+    fn another_number_of_masters_is_refused_on_existing_data() {
+        let bins = bin_dir();
+        let data = tempfile::tempdir().unwrap();
+        let plan = |n| Plan::new(bins.path(), data.path(), "127.0.0.1:5050", n, 1, None).unwrap();
+        assert!(plan(3).check_existing_masters().is_ok(), "empty folder");
+        for i in 1..=3 {
+            std::fs::create_dir_all(data.path().join(format!("master-{i}/registry"))).unwrap();
+        }
+        assert!(plan(3).check_existing_masters().is_ok());
+        assert!(plan(5).check_existing_masters().is_err());
+        assert!(plan(1).check_existing_masters().is_err());
+    }
+
+    #[test]
     fn agent_resources_merge_with_the_port_block() {
         let user = Resources::parse("cpus:2;mem:2048").unwrap();
         assert_eq!(
@@ -407,18 +593,18 @@ mod tests {
     #[test]
     fn clashing_master_address_is_refused() {
         let bins = bin_dir();
-        let error = Plan::new(bins.path(), Path::new("/d"), "127.0.0.1:5051", 1, None)
+        let error = Plan::new(bins.path(), Path::new("/d"), "127.0.0.1:5051", 1, 1, None)
             .unwrap_err()
             .to_string();
         assert!(error.contains("agent-0 and the master would both listen on 127.0.0.1:5051"));
-        assert!(Plan::new(bins.path(), Path::new("/d"), "5050", 1, None).is_err());
-        assert!(Plan::new(bins.path(), Path::new("/d"), "host:port", 1, None).is_err());
+        assert!(Plan::new(bins.path(), Path::new("/d"), "5050", 1, 1, None).is_err());
+        assert!(Plan::new(bins.path(), Path::new("/d"), "host:port", 1, 1, None).is_err());
     }
 
     #[test]
     fn missing_binaries_say_how_to_build_them() {
         let empty = tempfile::tempdir().unwrap();
-        let error = Plan::new(empty.path(), Path::new("/d"), "127.0.0.1:5050", 1, None)
+        let error = Plan::new(empty.path(), Path::new("/d"), "127.0.0.1:5050", 1, 1, None)
             .unwrap_err()
             .to_string();
         assert!(error.contains("drover-master was not found next to drover"));

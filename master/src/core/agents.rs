@@ -141,7 +141,7 @@ impl Master {
         let conn_id = {
             let mut soft = self.soft();
             if !soft.serving {
-                return Err(drover_proto::leader::not_leader_status(None));
+                return Err(self.not_leader());
             }
             soft.next_conn_id += 1;
             let conn_id = soft.next_conn_id;

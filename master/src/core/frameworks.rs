@@ -86,7 +86,7 @@ impl Master {
         let stream_id = uuid::Uuid::new_v4().to_string();
         let mut soft = self.soft();
         if !soft.serving {
-            return Err(drover_proto::leader::not_leader_status(None));
+            return Err(self.not_leader());
         }
         let subscribed = pb::event::Event::Subscribed(pb::event::Subscribed {
             framework_id: Some(framework_id.clone()),

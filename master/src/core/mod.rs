@@ -148,21 +148,44 @@ impl Master {
         if soft.serving {
             Ok(soft.term)
         } else {
-            Err(drover_proto::leader::not_leader_status(
-                self.leader_address().as_deref(),
-            ))
+            drop(soft);
+            Err(self.not_leader())
         }
     }
 
-    /// The leader's gRPC address when known (only this node's own, until peers exist).
+    /// The leader's gRPC address when known: Raft's leader id looked up in `--peers`
+    /// (this master's own address when it leads).
     pub fn leader_address(&self) -> Option<String> {
         let role = self.raft.role();
-        (role.is_leader && role.leader_id == self.config.id).then(|| self.config.listen.to_string())
+        if role.leader_id == 0 {
+            return None;
+        }
+        if role.leader_id == self.config.id {
+            if !role.is_leader {
+                return None;
+            }
+            return Some(
+                self.config
+                    .peers
+                    .get(&self.config.id)
+                    .cloned()
+                    .unwrap_or_else(|| self.config.listen.to_string()),
+            );
+        }
+        self.config.peers.get(&role.leader_id).cloned()
+    }
+
+    /// The NotLeader answer, naming the leader when known.
+    pub fn not_leader(&self) -> Status {
+        drover_proto::leader::not_leader_status(self.leader_address().as_deref())
     }
 
     /// Proposes a command through Raft and waits for it to be applied.
     pub async fn propose(&self, cmd: Command) -> Result<ApplyOutcome, Status> {
-        self.raft.propose(&cmd).await.map_err(propose_status)
+        self.raft.propose(&cmd).await.map_err(|e| match e {
+            ProposeError::NotLeader => self.not_leader(),
+            e => propose_status(e),
+        })
     }
 
     /// Sends an event to a connected framework; a framework whose queue is full is
@@ -216,8 +239,8 @@ impl Master {
 
     /// Drops every connection and offer: this node no longer leads (or is starting to).
     pub fn reset_soft(&self, serving: bool, term: u64) {
+        let not_leader = self.not_leader();
         let mut soft = self.soft();
-        let not_leader = drover_proto::leader::not_leader_status(None);
         for (_, c) in soft.frameworks.drain() {
             let _ = c.tx.try_send(Err(not_leader.clone()));
         }

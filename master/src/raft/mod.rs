@@ -2,12 +2,16 @@
 //!
 //! - [`storage`]: raft-rs `Storage` on RocksDB (log, hard state, snapshots).
 //! - [`node`]: the dedicated Raft thread, proposals with (index, term) tracking, apply.
+//! - [`transport`]: Raft messages to the other masters over gRPC, one bounded queue and
+//!   one sender task per peer.
 
 pub mod node;
 pub mod storage;
+pub mod transport;
 
 pub use node::{NoPeers, NodeConfig, ProposeError, RaftHandle, RaftRole, Transport};
 pub use storage::RocksStorage;
+pub use transport::GrpcTransport;
 
 /// Forwards raft-rs's slog records into `tracing`, so the master has one log.
 pub struct TracingDrain;

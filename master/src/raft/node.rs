@@ -8,13 +8,14 @@
 //! `ProposeError::Unavailable` and must reconcile rather than retry blindly.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use protobuf::Message as PbMessage;
 use raft::prelude::{ConfChange, ConfChangeV2, Entry, EntryType, Message};
-use raft::{RawNode, StateRole};
+use raft::{RawNode, SnapshotStatus, StateRole};
 use tokio::sync::{oneshot, watch};
 
 use super::storage::RocksStorage;
@@ -43,14 +44,32 @@ pub struct RaftRole {
     pub leader_id: u64,
 }
 
-/// Where peer messages go. A single-voter cluster has no peers; the HA work plugs a gRPC
-/// transport in here (and a simulated one for deterministic tests).
+/// How far this node's log and registry have come, published by the Raft thread.
+#[derive(Debug, Default)]
+pub struct Progress {
+    pub commit: AtomicU64,
+    pub applied: AtomicU64,
+    /// Voting members of the applied configuration.
+    pub voters: Mutex<Vec<u64>>,
+}
+
+/// Where peer messages go: [`NoPeers`] for a single-voter cluster, the gRPC transport
+/// (`crate::peers::GrpcTransport`) between masters, and later a simulated network for
+/// deterministic tests. `send` must not block: the Raft thread calls it. Delivery is best
+/// effort; Raft retransmits what is lost. A transport reports peers it cannot reach through
+/// [`RaftHandle::report_unreachable`] and [`RaftHandle::report_snapshot`].
 pub trait Transport: Send + 'static {
     fn send(&mut self, msgs: Vec<Message>);
 }
 
 /// The transport of a one-member cluster: there is nobody to talk to.
 pub struct NoPeers;
+
+impl<T: Transport + ?Sized> Transport for Box<T> {
+    fn send(&mut self, msgs: Vec<Message>) {
+        (**self).send(msgs)
+    }
+}
 
 impl Transport for NoPeers {
     fn send(&mut self, msgs: Vec<Message>) {
@@ -72,6 +91,11 @@ enum Input {
         at: Instant,
     },
     Step(Box<Message>),
+    Unreachable(u64),
+    SnapshotStatus {
+        to: u64,
+        ok: bool,
+    },
     Stop,
 }
 
@@ -80,6 +104,7 @@ enum Input {
 pub struct RaftHandle {
     tx: Sender<Input>,
     role: watch::Receiver<RaftRole>,
+    progress: Arc<Progress>,
 }
 
 impl RaftHandle {
@@ -99,6 +124,26 @@ impl RaftHandle {
     /// Delivers a message from a peer.
     pub fn step(&self, msg: Message) {
         let _ = self.tx.send(Input::Step(Box::new(msg)));
+    }
+
+    /// Tells Raft that a message to `peer` could not be delivered (it probes instead of
+    /// streaming appends to that peer until it answers again).
+    pub fn report_unreachable(&self, peer: u64) {
+        let _ = self.tx.send(Input::Unreachable(peer));
+    }
+
+    /// Tells Raft whether a snapshot sent to `peer` was delivered.
+    pub fn report_snapshot(&self, peer: u64, ok: bool) {
+        let _ = self.tx.send(Input::SnapshotStatus { to: peer, ok });
+    }
+
+    /// Commit index, applied index and voters, as last published by the Raft thread.
+    pub fn progress(&self) -> (u64, u64, Vec<u64>) {
+        (
+            self.progress.commit.load(Ordering::Relaxed),
+            self.progress.applied.load(Ordering::Relaxed),
+            self.progress.voters.lock().expect("voters lock").clone(),
+        )
     }
 
     pub fn role(&self) -> RaftRole {
@@ -139,21 +184,28 @@ struct Node<T: Transport> {
     applied: u64,
     snapshot_index: u64,
     metrics: Arc<Metrics>,
+    progress: Arc<Progress>,
 }
 
 /// Starts the Raft thread over `storage`. The registry is loaded from the stored snapshot
-/// and brought up to date by replaying the committed log.
+/// and brought up to date by replaying the committed log. `make_transport` receives the
+/// node's handle, so that the transport can report unreachable peers.
 pub fn start<T: Transport>(
     cfg: NodeConfig,
     storage: RocksStorage,
     registry: Arc<RwLock<Registry>>,
-    transport: T,
+    make_transport: impl FnOnce(RaftHandle) -> T,
     metrics: Arc<Metrics>,
 ) -> anyhow::Result<(RaftHandle, std::thread::JoinHandle<()>)> {
     let (meta, data) = storage.stored_snapshot()?;
     *registry.write().expect("registry lock") =
         Registry::from_snapshot(&data).map_err(anyhow::Error::msg)?;
     let single_voter = storage.conf_state().voters == vec![cfg.id];
+    let progress = Arc::new(Progress {
+        commit: AtomicU64::new(storage.hard_state().commit),
+        applied: AtomicU64::new(meta.index),
+        voters: Mutex::new(storage.conf_state().voters.clone()),
+    });
     let config = raft::Config {
         id: cfg.id,
         election_tick: cfg.election_ticks,
@@ -174,6 +226,12 @@ pub fn start<T: Transport>(
     }
     let (tx, rx) = std::sync::mpsc::channel();
     let (role_tx, role_rx) = watch::channel(RaftRole::default());
+    let handle = RaftHandle {
+        tx,
+        role: role_rx,
+        progress: progress.clone(),
+    };
+    let transport = make_transport(handle.clone());
     let mut node = Node {
         raw,
         registry,
@@ -183,11 +241,12 @@ pub fn start<T: Transport>(
         applied: meta.index,
         snapshot_index: meta.index,
         metrics,
+        progress,
     };
     let join = std::thread::Builder::new()
         .name("raft".into())
         .spawn(move || node.run(rx, cfg.tick))?;
-    Ok((RaftHandle { tx, role: role_rx }, join))
+    Ok((handle, join))
 }
 
 impl<T: Transport> Node<T> {
@@ -252,6 +311,15 @@ impl<T: Transport> Node<T> {
                     tracing::debug!(error = %e, "raft step failed");
                 }
             }
+            Input::Unreachable(peer) => self.raw.report_unreachable(peer),
+            Input::SnapshotStatus { to, ok } => {
+                let status = if ok {
+                    SnapshotStatus::Finish
+                } else {
+                    SnapshotStatus::Failure
+                };
+                self.raw.report_snapshot(to, status);
+            }
             Input::Stop => return false,
         }
         true
@@ -300,6 +368,8 @@ impl<T: Transport> Node<T> {
             *self.registry.write().expect("registry lock") = reg;
             self.applied = snap.get_metadata().index;
             self.snapshot_index = self.applied;
+            *self.progress.voters.lock().expect("voters lock") =
+                snap.get_metadata().get_conf_state().voters.clone();
         }
         self.apply(ready.take_committed_entries())?;
         let hs = ready.hs().cloned();
@@ -314,6 +384,10 @@ impl<T: Transport> Node<T> {
         self.transport.send(light.take_messages());
         self.apply(light.take_committed_entries())?;
         self.raw.advance_apply();
+        self.progress
+            .commit
+            .store(self.raw.raft.raft_log.committed, Ordering::Relaxed);
+        self.progress.applied.store(self.applied, Ordering::Relaxed);
         self.publish_role();
         self.maybe_snapshot()?;
         Ok(())
@@ -337,12 +411,14 @@ impl<T: Transport> Node<T> {
                 EntryType::EntryConfChange => {
                     let cc = ConfChange::parse_from_bytes(&e.data)?;
                     let cs = self.raw.apply_conf_change(&cc)?;
+                    *self.progress.voters.lock().expect("voters lock") = cs.voters.clone();
                     self.raw.mut_store().set_conf_state(cs)?;
                     ApplyOutcome::None
                 }
                 EntryType::EntryConfChangeV2 => {
                     let cc = ConfChangeV2::parse_from_bytes(&e.data)?;
                     let cs = self.raw.apply_conf_change(&cc)?;
+                    *self.progress.voters.lock().expect("voters lock") = cs.voters.clone();
                     self.raw.mut_store().set_conf_state(cs)?;
                     ApplyOutcome::None
                 }

@@ -4,9 +4,11 @@
 //! - [`scheduler`]: the scheduler API (frameworks).
 //! - [`agent`]: the agent↔master stream.
 //! - [`operator`]: inspection and operations.
+//! - [`peer`]: Raft messages between masters, and a read-only view of Raft progress.
 
 pub mod agent;
 pub mod operator;
+pub mod peer;
 pub mod scheduler;
 
 use std::pin::Pin;

@@ -330,6 +330,7 @@ impl Operator for OperatorService {
         &self,
         _: Request<pb::GetMetricsRequest>,
     ) -> Result<Response<pb::GetMetricsResponse>, Status> {
+        self.master.ensure_leader()?;
         self.master.update_gauges();
         Ok(Response::new(pb::GetMetricsResponse {
             prometheus_text: self.master.metrics.render(),
@@ -361,6 +362,7 @@ impl Operator for OperatorService {
         &self,
         _: Request<pb::UpdateQuotaRequest>,
     ) -> Result<Response<pb::UpdateQuotaResponse>, Status> {
+        self.master.ensure_leader()?;
         Err(later("quota", "the quotas and reservations issue"))
     }
 
@@ -368,6 +370,7 @@ impl Operator for OperatorService {
         &self,
         _: Request<pb::GetMaintenanceRequest>,
     ) -> Result<Response<pb::GetMaintenanceResponse>, Status> {
+        self.master.ensure_leader()?;
         Err(later("maintenance", "the maintenance and draining issue"))
     }
 
@@ -375,6 +378,7 @@ impl Operator for OperatorService {
         &self,
         _: Request<pb::UpdateMaintenanceRequest>,
     ) -> Result<Response<pb::UpdateMaintenanceResponse>, Status> {
+        self.master.ensure_leader()?;
         Err(later("maintenance", "the maintenance and draining issue"))
     }
 
@@ -382,6 +386,7 @@ impl Operator for OperatorService {
         &self,
         _: Request<pb::ReserveResourcesRequest>,
     ) -> Result<Response<pb::ReserveResourcesResponse>, Status> {
+        self.master.ensure_leader()?;
         Err(later("reservations", "the quotas and reservations issue"))
     }
 
@@ -389,6 +394,7 @@ impl Operator for OperatorService {
         &self,
         _: Request<pb::UnreserveResourcesRequest>,
     ) -> Result<Response<pb::UnreserveResourcesResponse>, Status> {
+        self.master.ensure_leader()?;
         Err(later("reservations", "the quotas and reservations issue"))
     }
 
@@ -396,6 +402,7 @@ impl Operator for OperatorService {
         &self,
         _: Request<pb::CreateVolumesRequest>,
     ) -> Result<Response<pb::CreateVolumesResponse>, Status> {
+        self.master.ensure_leader()?;
         Err(later("persistent volumes", "the stateful frameworks issue"))
     }
 
@@ -403,6 +410,7 @@ impl Operator for OperatorService {
         &self,
         _: Request<pb::DestroyVolumesRequest>,
     ) -> Result<Response<pb::DestroyVolumesResponse>, Status> {
+        self.master.ensure_leader()?;
         Err(later("persistent volumes", "the stateful frameworks issue"))
     }
 
@@ -429,6 +437,7 @@ impl Operator for OperatorService {
         &self,
         _: Request<pb::OperatorSubscribeRequest>,
     ) -> Result<Response<Events>, Status> {
+        self.master.ensure_leader()?;
         Err(later("the operator event stream", "the web UI issue"))
     }
 }
