@@ -29,6 +29,10 @@ struct Args {
     cpus: f64,
     #[arg(long, default_value_t = 1.0)]
     mem: f64,
+    /// At most this many tasks launched and not yet ended (1 measures an idle agent's
+    /// latency; the default launches everything that fits).
+    #[arg(long)]
+    in_flight: Option<usize>,
     /// Shell command of every task.
     #[arg(long, default_value = "true")]
     cmd: String,
@@ -50,7 +54,11 @@ impl Scheduler for Bench {
     async fn offers(&mut self, driver: &Driver, offers: Vec<pb::Offer>) {
         let request = TaskRequest::new(self.args.cpus, self.args.mem);
         let cmd = self.args.cmd.clone();
-        let packing = OfferPacker::new().pack(
+        let room = self
+            .args
+            .in_flight
+            .map_or(usize::MAX, |n| n.saturating_sub(self.accepted_at.len()));
+        let packing = OfferPacker::new().max_tasks(room).pack(
             offers,
             &mut self.pending,
             |_| request,
@@ -84,7 +92,10 @@ impl Scheduler for Bench {
                 eprintln!("accept failed: {e}");
             }
         }
-        let _ = driver.decline(packing.unused, Some(1.0)).await;
+        // With a cap on tasks in flight, offers come back at once so the next task waits
+        // only for its predecessor, not for a filter.
+        let refuse = if self.args.in_flight.is_some() { 0.0 } else { 1.0 };
+        let _ = driver.decline(packing.unused, Some(refuse)).await;
     }
 
     async fn update(&mut self, driver: &Driver, status: pb::TaskStatus) {
