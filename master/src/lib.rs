@@ -47,6 +47,9 @@ use crate::registry::{Command, Registry};
 /// A launch still STAGING this long after its commit is sent to its agent again.
 const STAGING_RESEND_MS: u64 = 10_000;
 
+/// How long a stopping master waits for open calls to finish.
+const GRACEFUL_STOP: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Largest gRPC message accepted (bigger requests get RESOURCE_EXHAUSTED).
 pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 
@@ -157,7 +160,8 @@ pub async fn serve_with_clock(
 
     tracing::info!(listen = %config.listen, http = %config.http_listen, "drover-master serving");
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-    let result = tonic::transport::Server::builder()
+    let stopping = Arc::new(tokio::sync::Notify::new());
+    let server = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(10)))
         .add_service(
             pb::scheduler_server::SchedulerServer::new(services::scheduler::SchedulerService {
@@ -183,8 +187,28 @@ pub async fn serve_with_clock(
             })
             .max_decoding_message_size(raft::transport::MAX_RAFT_MESSAGE_BYTES),
         )
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await;
+        .serve_with_incoming_shutdown(incoming, {
+            // On shutdown, end every framework and agent stream first: a graceful stop
+            // waits for open calls, and these streams would otherwise never end.
+            let master = master.clone();
+            let stopping = stopping.clone();
+            async move {
+                shutdown.await;
+                master.reset_soft(false, 0);
+                stopping.notify_one();
+            }
+        });
+    // A peer that keeps its half of a stream open must not hold the master up for ever.
+    let result = tokio::select! {
+        r = server => r,
+        _ = async {
+            stopping.notified().await;
+            tokio::time::sleep(GRACEFUL_STOP).await;
+        } => {
+            tracing::warn!("open calls did not finish within {GRACEFUL_STOP:?}; stopping anyway");
+            Ok(())
+        }
+    };
     master.reset_soft(false, 0);
     raft.stop();
     let _ = tokio::task::spawn_blocking(move || raft_thread.join()).await;

@@ -24,12 +24,18 @@ struct Master {
     clock: ManualClock,
     _dir: tempfile::TempDir,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
+    served: Option<tokio::task::JoinHandle<()>>,
 }
 
-impl Drop for Master {
-    fn drop(&mut self) {
+impl Master {
+    /// Stops the master and waits until it has stopped (its Raft thread joined), so that
+    /// RocksDB is closed before the test process exits.
+    async fn shutdown(mut self) {
         if let Some(s) = self.stop.take() {
             let _ = s.send(());
+        }
+        if let Some(h) = self.served.take() {
+            let _ = h.await;
         }
     }
 }
@@ -57,7 +63,7 @@ async fn start_master(agent_timeout_secs: &str) -> Master {
     let clock = ManualClock::new(START_MS);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let c = clock.clone();
-    tokio::spawn(async move {
+    let served = tokio::spawn(async move {
         let _ = drover_master::serve_with_clock(config, listener, http, Arc::new(c), async {
             let _ = stopped.await;
         })
@@ -68,6 +74,7 @@ async fn start_master(agent_timeout_secs: &str) -> Master {
         clock,
         _dir: dir,
         stop: Some(stop),
+        served: Some(served),
     };
     eventually("the master to lead", || async {
         let mut op = OperatorClient::connect(format!("http://{}", m.addr))
@@ -216,7 +223,7 @@ async fn next_offer_event(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_agent_becomes_unreachable_only_after_its_timeout() {
     let m = start_master("30").await;
-    let _agent = register_agent(&m).await;
+    let agent = register_agent(&m).await;
     assert_eq!(
         agent_states(&m).await,
         vec![pb::agent_summary::State::Active as i32]
@@ -233,13 +240,15 @@ async fn a_silent_agent_becomes_unreachable_only_after_its_timeout() {
         (agent_states(&m).await == vec![pb::agent_summary::State::Unreachable as i32]).then_some(())
     })
     .await;
+    drop(agent);
+    m.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn offers_expire_and_decline_filters_last_refuse_seconds() {
     // The agent must not time out while the clock jumps ahead.
     let m = start_master("100000").await;
-    let _agent = register_agent(&m).await;
+    let agent = register_agent(&m).await;
     let (mut c, mut events, header) = subscribe(&m, 3600.0).await;
     let Some(pb::event::Event::Offers(o)) =
         next_offer_event(&mut events, Duration::from_secs(10)).await
@@ -282,6 +291,8 @@ async fn offers_expire_and_decline_filters_last_refuse_seconds() {
         next_offer_event(&mut events, Duration::from_secs(10)).await,
         Some(pb::event::Event::Offers(_))
     ));
+    drop(agent);
+    m.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -319,4 +330,5 @@ async fn a_disconnected_framework_is_removed_only_after_its_failover_timeout() {
         frameworks().await.is_empty().then_some(())
     })
     .await;
+    m.shutdown().await;
 }

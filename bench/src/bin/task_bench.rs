@@ -94,7 +94,11 @@ impl Scheduler for Bench {
         }
         // With a cap on tasks in flight, offers come back at once so the next task waits
         // only for its predecessor, not for a filter.
-        let refuse = if self.args.in_flight.is_some() { 0.0 } else { 1.0 };
+        let refuse = if self.args.in_flight.is_some() {
+            0.0
+        } else {
+            1.0
+        };
         let _ = driver.decline(packing.unused, Some(refuse)).await;
     }
 
