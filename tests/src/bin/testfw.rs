@@ -265,7 +265,13 @@ impl Scheduler for TestFw {
             return;
         };
         if let Some(start) = self.running_since.remove(&id) {
-            self.report.cpu_seconds += self.args.cpus * (status.timestamp - start).max(0.0);
+            // With a shared deadline, count only time before it: frameworks whose last
+            // tasks happen to straddle the deadline would otherwise look unequal.
+            let end = match self.args.until_unix_secs {
+                Some(until) => status.timestamp.min(until),
+                None => status.timestamp,
+            };
+            self.report.cpu_seconds += self.args.cpus * (end - start).max(0.0);
         }
         eprintln!(
             "testfw {}: {id} {} {}",
