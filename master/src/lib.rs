@@ -159,17 +159,7 @@ pub async fn serve_with_clock(
     tokio::spawn(http::serve(http_listener, master.clone()));
 
     tracing::info!(listen = %config.listen, http = %config.http_listen, "drover-master serving");
-    // Small messages (offers, updates, launches) must not wait for Nagle's algorithm and
-    // delayed ACKs (tens of milliseconds per hop): turn it off on every accepted socket.
-    let incoming = tokio_stream::StreamExt::map(
-        tokio_stream::wrappers::TcpListenerStream::new(listener),
-        |conn| {
-            if let Ok(sock) = &conn {
-                let _ = sock.set_nodelay(true);
-            }
-            conn
-        },
-    );
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     let stopping = Arc::new(tokio::sync::Notify::new());
     let server = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(10)))
