@@ -14,7 +14,8 @@
 //! Cost: sorted sets keyed by share make each grant `O(log R + log F)` plus the frameworks
 //! skipped because a filter excludes them, and only agents with free resources are visited,
 //! so a cycle's work follows what changed rather than the cluster's size.
-//! `naive` (tests only) recomputes everything from scratch for comparison.
+//! The tests keep a slow, obvious reference (`tests::naive`) that recomputes everything
+//! from scratch, and check this allocator against it.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
@@ -179,62 +180,6 @@ pub fn allocate(input: &Input) -> Vec<Allocation> {
             dominant_share(&role.allocated, &input.total) / weight_of(&input.weights, &rname),
         );
         role_order.insert((new_rs, rname));
-    }
-    out
-}
-
-/// The slow, obvious version of [`allocate`]: recomputes and sorts every share from scratch
-/// for every agent. Kept for property tests and as the specification.
-pub fn naive(input: &Input) -> Vec<Allocation> {
-    let mut fw_alloc: HashMap<FrameworkId, Resources> = input
-        .frameworks
-        .iter()
-        .map(|f| (f.id.clone(), f.allocated.clone()))
-        .collect();
-    let mut out = Vec::new();
-    for agent in &input.agents {
-        if agent.available.is_empty() {
-            continue;
-        }
-        let mut role_alloc: HashMap<String, Resources> = input.other_role_allocation.clone();
-        for f in &input.frameworks {
-            role_alloc
-                .entry(f.role.clone())
-                .or_default()
-                .add(&fw_alloc[&f.id]);
-        }
-        let mut candidates: Vec<(f64, String, f64, FrameworkId)> = input
-            .frameworks
-            .iter()
-            .filter(|f| !f.suppressed)
-            .map(|f| {
-                let rs = dominant_share(&role_alloc[&f.role], &input.total)
-                    / weight_of(&input.weights, &f.role);
-                let fs = dominant_share(&fw_alloc[&f.id], &input.total);
-                (rs, f.role.clone(), fs, f.id.clone())
-            })
-            .collect();
-        candidates.sort_by(|a, b| {
-            a.0.total_cmp(&b.0)
-                .then_with(|| a.1.cmp(&b.1))
-                .then_with(|| a.2.total_cmp(&b.2))
-                .then_with(|| a.3.cmp(&b.3))
-        });
-        let pick = candidates.into_iter().find(|(_, _, _, fid)| {
-            !input
-                .frameworks
-                .iter()
-                .find(|f| &f.id == fid)
-                .is_some_and(|f| f.filtered_agents.contains(&agent.id))
-        });
-        if let Some((_, _, _, fid)) = pick {
-            fw_alloc.get_mut(&fid).unwrap().add(&agent.available);
-            out.push(Allocation {
-                framework_id: fid,
-                agent_id: agent.id.clone(),
-                resources: agent.available.clone(),
-            });
-        }
     }
     out
 }
