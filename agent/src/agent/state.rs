@@ -638,6 +638,7 @@ impl AgentLoop {
             timestamp: drover_proto::unix_seconds(),
             uuid: uuid::Uuid::new_v4().as_bytes().to_vec(),
             healthy: None,
+            check_status: None,
             exit_code,
             data: Vec::new(),
         };
@@ -698,6 +699,9 @@ impl AgentLoop {
                 },
                 exit_code: self.updates.core().latest_exit_code(key),
                 pending_updates: self.updates.core().pending(key) as u32,
+                // Filled by containerizers that sample usage (linux, docker).
+                usage: None,
+                containerizer: "process".to_string(),
             })
             .collect();
         pb::GetAgentStateResponse {
