@@ -138,7 +138,7 @@ pub async fn tasks(masters: &Masters, args: &TasksArgs) -> Result<()> {
     Ok(())
 }
 
-fn print_json<T: Serialize>(value: &T) -> Result<()> {
+pub fn print_json<T: Serialize>(value: &T) -> Result<()> {
     let text = serde_json::to_string_pretty(value).context("encoding JSON")?;
     println!("{text}");
     Ok(())

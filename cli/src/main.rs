@@ -10,6 +10,7 @@
 //!   (`local::plan` decides flags, ports and folders; `local::daemon` spawns, supervises
 //!   and stops the processes).
 //! - `run`: `drover run -- CMD`, one command run on the cluster as a small framework.
+//! - [`membership`]: `drover masters list | add | remove | replace | transfer`.
 //!
 //! Output for people goes to stdout; progress, warnings and errors go to stderr, so that
 //! `drover tasks --json | jq` and friends see only data.
@@ -18,6 +19,7 @@ mod format;
 mod inspect;
 mod local;
 mod masters;
+mod membership;
 mod run;
 mod table;
 
@@ -63,6 +65,10 @@ enum Command {
     Frameworks(inspect::OutputArgs),
     /// List the tasks (active ones unless --all).
     Tasks(inspect::TasksArgs),
+    /// The masters of the cluster: list them, add, remove or replace one, move the
+    /// leadership.
+    #[command(subcommand)]
+    Masters(membership::MastersCommand),
 }
 
 #[tokio::main]
@@ -99,6 +105,9 @@ async fn execute(cli: Cli) -> anyhow::Result<i32> {
             .await
             .map(|()| 0),
         Command::Tasks(args) => inspect::tasks(&Masters::new(masters)?, &args)
+            .await
+            .map(|()| 0),
+        Command::Masters(cmd) => membership::run(&Masters::new(masters)?, cmd)
             .await
             .map(|()| 0),
     }

@@ -488,6 +488,37 @@ mod fake {
         ) -> Answer<TeardownFrameworkResponse> {
             later()
         }
+        async fn list_masters(
+            &self,
+            _: Request<ListMastersRequest>,
+        ) -> Result<Response<ListMastersResponse>, Status> {
+            Err(Status::unimplemented("test"))
+        }
+        async fn add_master(
+            &self,
+            _: Request<AddMasterRequest>,
+        ) -> Result<Response<AddMasterResponse>, Status> {
+            Err(Status::unimplemented("test"))
+        }
+        async fn remove_master(
+            &self,
+            _: Request<RemoveMasterRequest>,
+        ) -> Result<Response<RemoveMasterResponse>, Status> {
+            Err(Status::unimplemented("test"))
+        }
+        async fn transfer_leadership(
+            &self,
+            _: Request<TransferLeadershipRequest>,
+        ) -> Result<Response<TransferLeadershipResponse>, Status> {
+            Err(Status::unimplemented("test"))
+        }
+        type BackupStream = futures::stream::Empty<Result<BackupChunk, Status>>;
+        async fn backup(
+            &self,
+            _: Request<BackupRequest>,
+        ) -> Result<Response<Self::BackupStream>, Status> {
+            Err(Status::unimplemented("test"))
+        }
         type SubscribeStream = futures::stream::Empty<Result<OperatorEvent, Status>>;
         async fn subscribe(
             &self,

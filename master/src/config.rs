@@ -40,6 +40,25 @@ pub struct Flags {
     #[arg(long, default_value = "", value_name = "ID=HOST:PORT,…")]
     pub peers: String,
 
+    /// Join an existing cluster through any of its masters (`HOST:PORT[,HOST:PORT…]`):
+    /// this master asks the leader to add it as a learner (unless `drover masters add`
+    /// already did), catches up from a snapshot, and is promoted to voter. Only for an
+    /// empty data folder and a new id: a master whose data was lost is replaced by a new
+    /// id, never revived under its old one. Ignored once the data folder holds state.
+    #[arg(
+        long,
+        default_value = "",
+        value_name = "HOST:PORT,…",
+        conflicts_with = "peers"
+    )]
+    pub join: String,
+
+    /// The gRPC address the other masters, agents and clients use to reach this master,
+    /// when it differs from `--listen` (e.g. `--listen 0.0.0.0:5050`). Default: this
+    /// master's entry in `--peers`, else the `--listen` address.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub advertise_address: Option<String>,
+
     /// Interval between batch allocation cycles, in milliseconds. Events (a freed agent, a
     /// REVIVE, a new framework) also trigger a cycle.
     #[arg(long, default_value_t = 1000)]
@@ -80,8 +99,53 @@ pub struct Flags {
     pub raft_heartbeat_ticks: usize,
 
     /// Log filter (tracing's env-filter syntax), e.g. `info` or `drover_master=debug`.
-    #[arg(long, default_value = "info", env = "DROVER_LOG")]
+    #[arg(long, default_value = "info", env = "DROVER_LOG", global = true)]
     pub log_level: String,
+
+    #[command(subcommand)]
+    pub command: Option<Subcommand>,
+}
+
+/// Operations other than serving.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Subcommand {
+    /// Writes a backup of the registry to a file: online from the leader (`--master`), or
+    /// offline from a stopped master's data folder (`--from-data-dir`).
+    Backup {
+        /// Any masters of the running cluster, `HOST:PORT[,HOST:PORT…]` (the leader is
+        /// found from them).
+        #[arg(
+            long,
+            value_delimiter = ',',
+            conflicts_with = "from_data_dir",
+            required_unless_present = "from_data_dir"
+        )]
+        master: Vec<String>,
+        /// The data folder of a STOPPED master (e.g. the most up-to-date survivor of a
+        /// cluster that lost its majority).
+        #[arg(long, value_name = "DIR")]
+        from_data_dir: Option<PathBuf>,
+        /// Where to write the backup.
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
+    /// Seeds an EMPTY data folder as one member of a new cluster holding a backup's
+    /// registry. Run it for every member with the same `--peers` and file, then start the
+    /// masters as usual with those `--id`, `--peers` and `--data-dir`.
+    Restore {
+        /// The backup file.
+        #[arg(long, value_name = "FILE")]
+        from: PathBuf,
+        /// The new member's (empty) data folder.
+        #[arg(long, value_name = "DIR")]
+        data_dir: PathBuf,
+        /// The new member's Raft id.
+        #[arg(long)]
+        id: u64,
+        /// Every master of the new cluster: `1=HOST:PORT,2=HOST:PORT,3=HOST:PORT`.
+        #[arg(long)]
+        peers: String,
+    },
 }
 
 /// The master's runtime settings, derived from [`Flags`].
@@ -94,6 +158,10 @@ pub struct Config {
     /// Raft id → gRPC address of every master named by `--peers` (this one included);
     /// empty for a single-master cluster.
     pub peers: BTreeMap<u64, String>,
+    /// Masters to contact to join an existing cluster (`--join`).
+    pub join: Vec<String>,
+    /// Where the others reach this master.
+    pub advertise: String,
     pub allocation_interval: Duration,
     pub agent_ping_interval: Duration,
     pub agent_timeout_ms: u64,
@@ -173,6 +241,32 @@ impl Config {
                 peers.keys().collect::<Vec<_>>()
             );
         }
+        let join: Vec<String> = f
+            .join
+            .split(',')
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+            .map(str::to_string)
+            .collect();
+        let advertise = match (&f.advertise_address, peers.get(&f.id)) {
+            (Some(a), _) => a.clone(),
+            (None, Some(a)) => a.clone(),
+            (None, None) => f.listen.to_string(),
+        };
+        if let (Some(a), Some(p)) = (&f.advertise_address, peers.get(&f.id)) {
+            if a != p {
+                anyhow::bail!(
+                    "--advertise-address {a} differs from this master's --peers entry {p}"
+                );
+            }
+        }
+        if !join.is_empty()
+            && advertise
+                .parse::<SocketAddr>()
+                .is_ok_and(|a| a.ip().is_unspecified())
+        {
+            anyhow::bail!("joining a cluster needs an address the other masters can dial: set --advertise-address (--listen is {})", f.listen);
+        }
         let ping = positive_secs("agent-ping-interval-secs", f.agent_ping_interval_secs)?;
         let timeout = positive_secs("agent-timeout-secs", f.agent_timeout_secs)?;
         if timeout <= ping {
@@ -184,6 +278,8 @@ impl Config {
             data_dir: f.data_dir.clone(),
             id: f.id,
             peers,
+            join,
+            advertise,
             allocation_interval: Duration::from_millis(f.allocation_interval_ms.max(1)),
             agent_ping_interval: ping,
             agent_timeout_ms: timeout.as_millis() as u64,

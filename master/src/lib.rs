@@ -11,6 +11,9 @@
 //!   agent sessions and liveness, framework calls and failover.
 //! - [`services`]: tonic glue for the scheduler, agent, operator and Raft peer services.
 //! - [`http`]: `/metrics`, `/health`, `/state` over HTTP.
+//! - [`membership`]: seeding a new cluster and joining an existing one safely.
+//! - [`backup`]: registry backups (online through the leader, or offline from a data
+//!   folder) and restoring one into new data folders.
 //! - [`metrics`], [`clock`]: counters and timings; the one clock abstraction.
 //!
 //! Start a master with [`serve`], giving it already-bound listeners and a shutdown future.
@@ -20,10 +23,12 @@
 #![allow(clippy::result_large_err)]
 
 pub mod allocator;
+pub mod backup;
 pub mod clock;
 pub mod config;
 pub mod core;
 pub mod http;
+pub mod membership;
 pub mod metrics;
 pub mod raft;
 pub mod registry;
@@ -41,7 +46,8 @@ use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::core::{Master, Soft};
 use crate::metrics::Metrics;
-use crate::raft::{GrpcTransport, NoPeers, NodeConfig, RaftHandle, RocksStorage, Transport};
+use crate::raft::transport::AddressBook;
+use crate::raft::{GrpcTransport, NodeConfig, RaftHandle, RocksStorage, Transport};
 use crate::registry::{Command, Registry};
 
 /// A launch still STAGING this long after its commit is sent to its agent again.
@@ -54,20 +60,14 @@ const GRACEFUL_STOP: std::time::Duration = std::time::Duration::from_secs(5);
 pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 
 /// Opens the registry's storage, checking that it belongs to this master. An empty data
-/// folder seeds a brand-new cluster: its voters are the ids of `--peers`, or this master
-/// alone without it.
-fn open_storage(config: &Config) -> anyhow::Result<RocksStorage> {
+/// folder either joins an existing cluster (`--join`: the members' addresses learned there
+/// are added to `config.peers`) or seeds a brand-new one, whose voters are the ids of
+/// `--peers` (or this master alone) and whose address book is `--peers`; seeding is
+/// refused when a named peer already runs a cluster (see [`membership`]).
+async fn open_storage(config: &mut Config) -> anyhow::Result<RocksStorage> {
     std::fs::create_dir_all(&config.data_dir)?;
     let mut storage = RocksStorage::open(&config.data_dir.join("registry"))?;
-    if storage.is_empty() {
-        let voters: Vec<u64> = if config.peers.is_empty() {
-            vec![config.id]
-        } else {
-            config.peers.keys().copied().collect()
-        };
-        tracing::info!(id = config.id, ?voters, dir = %config.data_dir.display(), "new cluster: seeding its membership");
-        storage.bootstrap(config.id, voters)?;
-    } else if let Some(id) = storage.node_id()? {
+    if let Some(id) = storage.node_id()? {
         if id != config.id {
             anyhow::bail!(
                 "data folder {} belongs to master {id}, not {}; a master never takes another's identity",
@@ -76,6 +76,41 @@ fn open_storage(config: &Config) -> anyhow::Result<RocksStorage> {
             );
         }
     }
+    if !storage.is_empty() {
+        if !config.join.is_empty() {
+            tracing::info!("the data folder holds cluster state: --join is ignored");
+        }
+        return Ok(storage);
+    }
+    if !config.join.is_empty() || storage.node_id()?.is_some() {
+        // Joining (or restarted while joining): no membership of our own; the leader's
+        // snapshot brings it.
+        let seeds = if config.join.is_empty() {
+            config.peers.values().cloned().collect()
+        } else {
+            config.join.clone()
+        };
+        let book = membership::join(config.id, &config.advertise, &seeds).await?;
+        storage.record_joining(config.id)?;
+        for (id, addr) in book {
+            config.peers.entry(id).or_insert(addr);
+        }
+        tracing::info!(id = config.id, peers = ?config.peers, "joining the cluster as a learner");
+        return Ok(storage);
+    }
+    let mut book = config.peers.clone();
+    if book.is_empty() {
+        book.insert(config.id, config.advertise.clone());
+    } else {
+        membership::refuse_if_cluster_exists(config.id, &config.peers).await?;
+    }
+    let voters: Vec<u64> = book.keys().copied().collect();
+    tracing::info!(id = config.id, ?voters, dir = %config.data_dir.display(), "new cluster: seeding its membership");
+    let registry = Registry {
+        masters: book,
+        ..Default::default()
+    };
+    storage.bootstrap(config.id, voters, &registry.to_snapshot())?;
     Ok(storage)
 }
 
@@ -104,28 +139,15 @@ pub async fn serve_with_clock(
     clock: Arc<dyn Clock>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let storage = open_storage(&config)?;
+    let mut config = config;
+    let storage = open_storage(&mut config).await?;
     let registry = Arc::new(RwLock::new(Registry::default()));
     let metrics = Arc::new(Metrics::default());
-    let voters = storage.conf_state().voters.clone();
-    if let Some(unknown) = voters
-        .iter()
-        .find(|v| **v != config.id && !config.peers.contains_key(v))
-    {
-        tracing::warn!(
-            peer = unknown,
-            ?voters,
-            "a voting member has no address in --peers; this master cannot reach it"
-        );
-    }
-    let peers = config.peers.clone();
+    let book = AddressBook::new(registry.clone(), config.peers.clone());
     let id = config.id;
+    let transport_metrics = metrics.clone();
     let make_transport = move |handle: RaftHandle| -> Box<dyn Transport> {
-        if peers.keys().any(|p| *p != id) {
-            Box::new(GrpcTransport::start(id, &peers, handle))
-        } else {
-            Box::new(NoPeers)
-        }
+        Box::new(GrpcTransport::start(id, book, handle, transport_metrics))
     };
     let (raft, raft_thread) = raft::node::start(
         NodeConfig {
@@ -194,6 +216,7 @@ pub async fn serve_with_clock(
             let stopping = stopping.clone();
             async move {
                 shutdown.await;
+                hand_over_leadership(&master).await;
                 master.reset_soft(false, 0);
                 stopping.notify_one();
             }
@@ -214,6 +237,31 @@ pub async fn serve_with_clock(
     let _ = tokio::task::spawn_blocking(move || raft_thread.join()).await;
     tracing::info!("drover-master stopped");
     result.map_err(Into::into)
+}
+
+/// A leader stopping on purpose hands leadership to the most up-to-date voter first, so
+/// that the cluster does not wait out an election timeout.
+async fn hand_over_leadership(master: &Master) {
+    let role = master.raft.role();
+    let (voters, _) = master.raft.configuration();
+    if !role.is_leader || voters.len() < 2 {
+        return;
+    }
+    master.raft.transfer_leadership(0);
+    let mut rx = master.raft.watch_role();
+    let moved = tokio::time::timeout(
+        master.config.raft_tick * (master.config.raft_election_ticks as u32) * 2,
+        rx.wait_for(|r| !r.is_leader),
+    )
+    .await;
+    match moved {
+        Ok(Ok(r)) => tracing::info!(
+            term = r.term,
+            leader = r.leader_id,
+            "leadership handed over"
+        ),
+        _ => tracing::warn!("leadership was not handed over in time; stopping anyway"),
+    }
 }
 
 /// Follows Raft leadership: a new leader commits a no-op (so everything committed before

@@ -2,7 +2,8 @@
 //! SIGTERM.
 
 use clap::Parser;
-use drover_master::config::{Config, Flags};
+use drover_master::backup;
+use drover_master::config::{parse_peers, Config, Flags, Subcommand};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -12,6 +13,9 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    if let Some(cmd) = flags.command.clone() {
+        return run_subcommand(cmd).await;
+    }
     let config = Config::from_flags(&flags)?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -33,4 +37,45 @@ async fn shutdown_signal() {
         _ = term.recv() => {}
     }
     tracing::info!("shutting down");
+}
+
+async fn run_subcommand(cmd: Subcommand) -> anyhow::Result<()> {
+    match cmd {
+        Subcommand::Backup {
+            master,
+            from_data_dir,
+            out,
+        } => {
+            let b = match from_data_dir {
+                Some(dir) => backup::offline(&dir)?,
+                None => backup::online(&master).await?,
+            };
+            b.write_to(&out)?;
+            println!(
+                "backup written to {}: registry at log index {} (term {}), {} bytes, sha256 {}",
+                out.display(),
+                b.header.index,
+                b.header.term,
+                b.header.size,
+                b.header.sha256
+            );
+        }
+        Subcommand::Restore {
+            from,
+            data_dir,
+            id,
+            peers,
+        } => {
+            let b = backup::Backup::read_from(&from)?;
+            let peers = parse_peers(&peers)?;
+            backup::restore(&b, &data_dir, id, &peers)?;
+            println!(
+                "{} seeded as master {id} of a new cluster {:?} from the backup at log index {}",
+                data_dir.display(),
+                peers.keys().collect::<Vec<_>>(),
+                b.header.index
+            );
+        }
+    }
+    Ok(())
 }

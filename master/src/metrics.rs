@@ -67,6 +67,10 @@ pub struct Metrics {
     pub agents_registered: AtomicU64,
     pub agents_unreachable: AtomicU64,
     pub frameworks_removed: AtomicU64,
+    /// Registry snapshots installed from a leader (a lagging or new member catching up).
+    pub snapshots_received: AtomicU64,
+    /// Registry snapshots streamed to other masters.
+    pub snapshots_sent: AtomicU64,
     pub allocation_cycle: Timing,
     pub raft_commit: Timing,
     gauges: Mutex<Vec<(String, String, f64)>>,
@@ -92,7 +96,7 @@ impl Metrics {
 
     pub fn render(&self) -> String {
         let mut out = String::new();
-        let counters: [(&str, &str, &AtomicU64); 13] = [
+        let counters: [(&str, &str, &AtomicU64); 15] = [
             (
                 "drover_master_offers_sent_total",
                 "Offers sent to frameworks.",
@@ -157,6 +161,16 @@ impl Metrics {
                 "drover_master_frameworks_removed_total",
                 "Frameworks removed.",
                 &self.frameworks_removed,
+            ),
+            (
+                "drover_master_raft_snapshots_received_total",
+                "Registry snapshots installed from the leader.",
+                &self.snapshots_received,
+            ),
+            (
+                "drover_master_raft_snapshots_sent_total",
+                "Registry snapshots streamed to other masters.",
+                &self.snapshots_sent,
             ),
         ];
         for (name, help, c) in counters {

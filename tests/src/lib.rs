@@ -106,9 +106,148 @@ struct Agent {
 struct MasterProc {
     /// Raft id (`--id`), 1-based.
     id: u64,
+    /// The address it listens on: loopback, or its own address inside a network namespace.
+    host: String,
     port: u16,
     http_port: u16,
     child: Option<Child>,
+    /// Network namespace it runs in (partition tests).
+    netns: Option<String>,
+    /// Started with `--join` (added at runtime) rather than seeded by `--peers`.
+    joined: bool,
+    /// Its data folder's name under the cluster folder.
+    data: String,
+}
+
+/// Network namespaces, one per master, joined by a bridge in the root namespace, so that
+/// a test can cut one master off from the others with blackhole routes while the test
+/// itself (and agents and frameworks, in the root namespace) still reach every master.
+/// Removed (with everything in them) on drop.
+pub struct Hosts {
+    bridge: String,
+    names: Vec<String>,
+    ips: Vec<String>,
+}
+
+fn sh(args: &[&str]) -> bool {
+    Command::new(args[0])
+        .args(&args[1..])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn sh_checked(args: &[&str]) {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Hosts {
+    /// Creates `n` namespaces on a private /24 named after this process, so parallel test
+    /// processes never collide.
+    pub fn create(n: usize) -> Hosts {
+        let tag = std::process::id() % 100_000;
+        // 10.<200-249>.<0-255>.0/24, picked from the pid.
+        let net = format!("10.{}.{}", 200 + (tag / 256) % 50, tag % 256);
+        let bridge = format!("dbr{tag}");
+        let hosts = Hosts {
+            bridge: bridge.clone(),
+            names: (0..n).map(|i| format!("drv{tag}-{i}")).collect(),
+            ips: (0..n).map(|i| format!("{net}.{}", i + 2)).collect(),
+        };
+        sh_checked(&["ip", "link", "add", &bridge, "type", "bridge"]);
+        sh_checked(&["ip", "addr", "add", &format!("{net}.1/24"), "dev", &bridge]);
+        sh_checked(&["ip", "link", "set", &bridge, "up"]);
+        for i in 0..n {
+            let ns = &hosts.names[i];
+            let outside = format!("dv{tag}o{i}");
+            let inside = format!("dv{tag}i{i}");
+            sh_checked(&["ip", "netns", "add", ns]);
+            sh_checked(&[
+                "ip", "link", "add", &outside, "type", "veth", "peer", "name", &inside,
+            ]);
+            sh_checked(&["ip", "link", "set", &inside, "netns", ns]);
+            sh_checked(&["ip", "link", "set", &outside, "master", &bridge]);
+            sh_checked(&["ip", "link", "set", &outside, "up"]);
+            let ip = format!("{}/24", hosts.ips[i]);
+            sh_checked(&["ip", "-n", ns, "addr", "add", &ip, "dev", &inside]);
+            sh_checked(&["ip", "-n", ns, "link", "set", &inside, "up"]);
+            sh_checked(&["ip", "-n", ns, "link", "set", "lo", "up"]);
+            sh_checked(&[
+                "ip",
+                "-n",
+                ns,
+                "route",
+                "add",
+                "default",
+                "via",
+                &format!("{net}.1"),
+            ]);
+        }
+        hosts
+    }
+
+    /// Cuts host `i` off from every other host (not from the root namespace).
+    pub fn isolate(&self, i: usize) {
+        for j in 0..self.names.len() {
+            if j != i {
+                sh_checked(&[
+                    "ip",
+                    "-n",
+                    &self.names[i],
+                    "route",
+                    "add",
+                    "blackhole",
+                    &format!("{}/32", self.ips[j]),
+                ]);
+                sh_checked(&[
+                    "ip",
+                    "-n",
+                    &self.names[j],
+                    "route",
+                    "add",
+                    "blackhole",
+                    &format!("{}/32", self.ips[i]),
+                ]);
+            }
+        }
+    }
+
+    /// Undoes every [`Hosts::isolate`].
+    pub fn heal(&self) {
+        for i in 0..self.names.len() {
+            for j in 0..self.names.len() {
+                if i != j {
+                    sh(&[
+                        "ip",
+                        "-n",
+                        &self.names[i],
+                        "route",
+                        "del",
+                        "blackhole",
+                        &format!("{}/32", self.ips[j]),
+                    ]);
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Hosts {
+    fn drop(&mut self) {
+        for ns in &self.names {
+            sh(&["ip", "netns", "del", ns]);
+        }
+        sh(&["ip", "link", "del", &self.bridge]);
+    }
 }
 
 /// A cluster of real processes in a temporary folder: one master (started by
@@ -122,6 +261,9 @@ pub struct Cluster {
     agents: Vec<Agent>,
     pub timing: Timing,
     extra_master_flags: Vec<String>,
+    /// Network namespaces of the masters, when they run in their own (dropped after the
+    /// processes are killed).
+    pub hosts: Option<Hosts>,
 }
 
 fn runtime() -> Option<tokio::runtime::Runtime> {
@@ -175,6 +317,26 @@ impl Cluster {
         c
     }
 
+    /// Like [`Cluster::start_ha`], but every master runs in its own network namespace
+    /// with its own address (see [`Hosts`]), so that a test can partition them.
+    pub fn start_ha_in_netns(timing: Timing, n: usize) -> Cluster {
+        let hosts = Hosts::create(n);
+        let mut c = Self::new_cluster(timing, Vec::new(), n, true);
+        for (i, m) in c.masters.iter_mut().enumerate() {
+            m.host = hosts.ips[i].clone();
+            m.netns = Some(hosts.names[i].clone());
+            // Every namespace has its own ports.
+            m.port = 5050;
+            m.http_port = 5060;
+        }
+        c.hosts = Some(hosts);
+        for i in 0..n {
+            c.spawn_master(i);
+        }
+        c.wait_for_leader();
+        c
+    }
+
     fn new_cluster(timing: Timing, extra: Vec<String>, n: usize, ha: bool) -> Cluster {
         let dir = tempfile::Builder::new()
             .prefix("drover-test-")
@@ -186,15 +348,24 @@ impl Cluster {
             masters: (0..n)
                 .map(|i| MasterProc {
                     id: i as u64 + 1,
+                    host: "127.0.0.1".to_string(),
                     port: free_port(),
                     http_port: free_port(),
                     child: None,
+                    netns: None,
+                    joined: false,
+                    data: if ha {
+                        format!("master-{i}")
+                    } else {
+                        "master".to_string()
+                    },
                 })
                 .collect(),
             ha,
             agents: Vec::new(),
             timing,
             extra_master_flags: extra,
+            hosts: None,
         }
     }
 
@@ -205,7 +376,22 @@ impl Cluster {
 
     /// The gRPC address of master `i` (0-based; its Raft id is `i + 1`).
     pub fn master_addr_at(&self, i: usize) -> String {
-        format!("127.0.0.1:{}", self.masters[i].port)
+        format!("{}:{}", self.masters[i].host, self.masters[i].port)
+    }
+
+    /// Master `i`'s Raft id.
+    pub fn master_id(&self, i: usize) -> u64 {
+        self.masters[i].id
+    }
+
+    /// Whether master `i`'s process is running (as far as this harness knows).
+    pub fn master_running(&self, i: usize) -> bool {
+        self.masters[i].child.is_some()
+    }
+
+    /// Master `i`'s data folder.
+    pub fn master_data_dir(&self, i: usize) -> PathBuf {
+        self.dir.path().join(&self.masters[i].data)
     }
 
     /// Every master's address, comma-separated (what agents and frameworks are given).
@@ -229,7 +415,15 @@ impl Cluster {
     }
 
     pub fn master_http(&self) -> String {
-        format!("127.0.0.1:{}", self.masters[0].http_port)
+        format!("{}:{}", self.masters[0].host, self.masters[0].http_port)
+    }
+
+    /// Master `i`'s Prometheus text from its HTTP endpoint (any master, leader or not).
+    pub fn master_metrics_at(&self, i: usize) -> String {
+        http_get(
+            &format!("{}:{}", self.masters[i].host, self.masters[i].http_port),
+            "/metrics",
+        )
     }
 
     fn log(&self, name: &str) -> Stdio {
@@ -247,19 +441,32 @@ impl Cluster {
             self.masters[i].child.is_none(),
             "master {i} already running"
         );
-        let (name, data) = if self.ha {
-            (format!("master-{i}"), format!("master-{i}"))
+        let child = self.master_command(i).spawn().expect("spawn drover-master");
+        self.masters[i].child = Some(child);
+    }
+
+    fn master_command(&self, i: usize) -> Command {
+        let name = if self.ha {
+            format!("master-{i}")
         } else {
-            ("master".to_string(), "master".to_string())
+            "master".to_string()
         };
         let m = &self.masters[i];
-        let mut cmd = Command::new(self.bins.join("drover-master"));
+        let mut cmd = match &m.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns])
+                    .arg(self.bins.join("drover-master"));
+                c
+            }
+            None => Command::new(self.bins.join("drover-master")),
+        };
         cmd.arg("--listen")
-            .arg(format!("127.0.0.1:{}", m.port))
+            .arg(format!("{}:{}", m.host, m.port))
             .arg("--http-listen")
-            .arg(format!("127.0.0.1:{}", m.http_port))
+            .arg(format!("{}:{}", m.host, m.http_port))
             .arg("--data-dir")
-            .arg(self.dir.path().join(data))
+            .arg(self.dir.path().join(&m.data))
             .arg("--agent-ping-interval-secs")
             .arg(self.timing.agent_ping_secs.to_string())
             .arg("--agent-timeout-secs")
@@ -272,18 +479,115 @@ impl Cluster {
             .env("DROVER_LOG", "info,drover_master=debug")
             .stdout(self.log(&name))
             .stderr(self.log(&name));
-        if self.ha {
+        if self.ha && m.joined {
+            let others: Vec<String> = (0..self.masters.len())
+                .filter(|&j| j != i)
+                .map(|j| self.master_addr_at(j))
+                .collect();
+            cmd.arg("--id")
+                .arg(m.id.to_string())
+                .arg("--join")
+                .arg(others.join(","));
+        } else if self.ha {
+            // The masters seeded together; later joiners are not part of --peers.
             let peers: Vec<String> = self
                 .masters
                 .iter()
-                .map(|p| format!("{}=127.0.0.1:{}", p.id, p.port))
+                .filter(|p| !p.joined)
+                .map(|p| format!("{}={}:{}", p.id, p.host, p.port))
                 .collect();
             cmd.arg("--id")
                 .arg(m.id.to_string())
                 .arg("--peers")
                 .arg(peers.join(","));
         }
-        self.masters[i].child = Some(cmd.spawn().expect("spawn drover-master"));
+        cmd
+    }
+
+    /// Adds a master with a new id that joins the running cluster (`--join`), starts it
+    /// and waits until it answers; returns its index.
+    pub fn add_joining_master(&mut self) -> usize {
+        let i = self.masters.len();
+        let id = self.masters.iter().map(|m| m.id).max().unwrap_or(0) + 1;
+        self.masters.push(MasterProc {
+            id,
+            host: "127.0.0.1".to_string(),
+            port: free_port(),
+            http_port: free_port(),
+            child: None,
+            netns: None,
+            joined: true,
+            data: format!("master-{i}"),
+        });
+        self.start_master_at(i);
+        i
+    }
+
+    /// Starts master `i` expecting it to refuse to run: waits (bounded) for it to exit and
+    /// returns its exit status and what it logged.
+    pub fn start_master_expecting_refusal(
+        &mut self,
+        i: usize,
+    ) -> (std::process::ExitStatus, String) {
+        let out = self.dir.path().join(format!("master-{i}-refused.log"));
+        let f = std::fs::File::create(&out).expect("log file");
+        let mut child = self
+            .master_command(i)
+            .stdout(Stdio::from(f.try_clone().expect("dup")))
+            .stderr(Stdio::from(f))
+            .spawn()
+            .expect("spawn drover-master");
+        let status = wait_until(
+            &format!("master {i} to exit"),
+            Duration::from_secs(60),
+            Duration::from_millis(100),
+            || child.try_wait().ok().flatten(),
+        );
+        (status, std::fs::read_to_string(&out).unwrap_or_default())
+    }
+
+    /// Stops master `i` on purpose (SIGTERM, as an operator or systemd would) and waits
+    /// for it to exit (SIGKILL after a minute).
+    pub fn stop_master_at(&mut self, i: usize) -> Option<std::process::ExitStatus> {
+        let mut c = self.masters[i].child.take()?;
+        signal(&c, libc::SIGTERM);
+        let start = Instant::now();
+        loop {
+            if let Ok(Some(st)) = c.try_wait() {
+                return Some(st);
+            }
+            if start.elapsed() > Duration::from_secs(60) {
+                signal(&c, libc::SIGKILL);
+                return c.wait().ok();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Runs the `drover` command line against this cluster's masters.
+    pub fn drover(&self, args: &[&str]) -> std::process::Output {
+        let running: Vec<String> = (0..self.masters.len())
+            .filter(|&i| self.masters[i].child.is_some())
+            .map(|i| self.master_addr_at(i))
+            .collect();
+        Command::new(self.bins.join("drover"))
+            .arg("--master")
+            .arg(running.join(","))
+            .args(args)
+            .output()
+            .expect("run drover")
+    }
+
+    /// The masters as the leader lists them (`ListMasters`).
+    pub fn list_masters(&self) -> Option<pb::ListMastersResponse> {
+        self.operator(async |mut c| {
+            Some(
+                c.list_masters(pb::ListMastersRequest {})
+                    .await
+                    .ok()?
+                    .into_inner(),
+            )
+        })
     }
 
     /// Starts (or restarts) the only master on its port, with its data folder, and waits
@@ -586,16 +890,10 @@ impl Cluster {
 
     /// Agent `i`'s Prometheus text from its HTTP endpoint.
     pub fn agent_metrics(&self, i: usize) -> String {
-        use std::io::{Read, Write};
-        let addr = format!("127.0.0.1:{}", self.agents[i].http_port);
-        let Ok(mut s) = std::net::TcpStream::connect(&addr) else {
-            return String::new();
-        };
-        let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
-        let _ = s.write_all(b"GET /metrics HTTP/1.1\r\nHost: agent\r\nConnection: close\r\n\r\n");
-        let mut out = String::new();
-        let _ = s.read_to_string(&mut out);
-        out
+        http_get(
+            &format!("127.0.0.1:{}", self.agents[i].http_port),
+            "/metrics",
+        )
     }
 
     /// A file every task can append to (the tests count launches with it).
@@ -672,6 +970,29 @@ impl Drop for Cluster {
         }
         self.kill_strays();
     }
+}
+
+/// A plain HTTP GET (the daemons' metrics endpoints); empty when nothing answers.
+pub fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(addr) else {
+        return String::new();
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+    let _ = write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: drover\r\nConnection: close\r\n\r\n"
+    );
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
+/// The value of a counter or gauge in Prometheus text (0 when absent).
+pub fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or(0.0)
 }
 
 /// Where a test framework's report goes and how to start it.

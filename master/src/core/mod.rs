@@ -126,6 +126,7 @@ pub fn propose_status(e: ProposeError) -> Status {
             "leadership changed before the change was committed; reconcile and retry",
         ),
         ProposeError::Stopped => Status::unavailable("the master is shutting down"),
+        ProposeError::ConfChangePending => Status::aborted(e.to_string()),
     }
 }
 
@@ -153,26 +154,29 @@ impl Master {
         }
     }
 
-    /// The leader's gRPC address when known: Raft's leader id looked up in `--peers`
-    /// (this master's own address when it leads).
+    /// The leader's gRPC address when known (this master's own address when it leads).
     pub fn leader_address(&self) -> Option<String> {
         let role = self.raft.role();
         if role.leader_id == 0 {
             return None;
         }
-        if role.leader_id == self.config.id {
-            if !role.is_leader {
-                return None;
-            }
-            return Some(
-                self.config
-                    .peers
-                    .get(&self.config.id)
-                    .cloned()
-                    .unwrap_or_else(|| self.config.listen.to_string()),
-            );
+        if role.leader_id == self.config.id && !role.is_leader {
+            return None;
         }
-        self.config.peers.get(&role.leader_id).cloned()
+        self.peer_address(role.leader_id)
+    }
+
+    /// The gRPC address of master `id`: the replicated address book first (it follows
+    /// membership changes), then `--peers` / what `--join` learned at start.
+    pub fn peer_address(&self, id: u64) -> Option<String> {
+        if id == self.config.id {
+            return Some(self.config.advertise.clone());
+        }
+        self.registry()
+            .masters
+            .get(&id)
+            .cloned()
+            .or_else(|| self.config.peers.get(&id).cloned())
     }
 
     /// The NotLeader answer, naming the leader when known.

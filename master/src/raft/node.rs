@@ -14,7 +14,10 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use protobuf::Message as PbMessage;
-use raft::prelude::{ConfChange, ConfChangeV2, Entry, EntryType, Message};
+use raft::prelude::{
+    ConfChange, ConfChangeSingle, ConfChangeType, ConfChangeV2, ConfState, Entry, EntryType,
+    Message,
+};
 use raft::{RawNode, SnapshotStatus, StateRole};
 use tokio::sync::{oneshot, watch};
 
@@ -25,6 +28,13 @@ use crate::registry::{self, ApplyOutcome, Command, Registry};
 /// Take a registry snapshot (and compact the log) every this many applied entries.
 pub const SNAPSHOT_EVERY: u64 = 10_000;
 
+/// A learner within this many entries of the commit index counts as caught up and is
+/// promoted to voter.
+const PROMOTE_LAG: u64 = 64;
+
+/// Ticks between the leader's checks for learners ready to be promoted.
+const PROMOTE_CHECK_TICKS: u64 = 5;
+
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum ProposeError {
     #[error("this master is not the leader")]
@@ -33,6 +43,8 @@ pub enum ProposeError {
     Unavailable,
     #[error("the raft thread stopped")]
     Stopped,
+    #[error("another membership change is still in progress; retry when it has been applied")]
+    ConfChangePending,
 }
 
 /// Who leads, as this node sees it.
@@ -51,6 +63,36 @@ pub struct Progress {
     pub applied: AtomicU64,
     /// Voting members of the applied configuration.
     pub voters: Mutex<Vec<u64>>,
+    /// Learners of the applied configuration.
+    pub learners: Mutex<Vec<u64>>,
+    /// Replication progress of every member, as the leader tracks it (empty on followers).
+    pub members: Mutex<Vec<MemberProgress>>,
+}
+
+/// One member's replication progress, as the leader sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberProgress {
+    pub id: u64,
+    pub voter: bool,
+    pub matched: u64,
+    pub recently_active: bool,
+}
+
+/// What a membership proposal asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MembershipChange {
+    /// Add a master as a learner (it is promoted once caught up), at this address.
+    AddLearner { id: u64, address: String },
+    /// Remove a master (voter or learner).
+    Remove { id: u64 },
+}
+
+/// The context carried by membership entries: the address of an added master, so that
+/// every replica's address book (in the registry) follows the log.
+#[derive(serde::Serialize, serde::Deserialize, Default)]
+struct ChangeContext {
+    #[serde(default)]
+    address: String,
 }
 
 /// Where peer messages go: [`NoPeers`] for a single-voter cluster, the gRPC transport
@@ -90,6 +132,14 @@ enum Input {
         reply: Reply,
         at: Instant,
     },
+    ProposeChange {
+        change: MembershipChange,
+        reply: Reply,
+        at: Instant,
+    },
+    Transfer {
+        to: u64,
+    },
     Step(Box<Message>),
     Unreachable(u64),
     SnapshotStatus {
@@ -119,6 +169,46 @@ impl RaftHandle {
             })
             .map_err(|_| ProposeError::Stopped)?;
         rx.await.unwrap_or(Err(ProposeError::Stopped))
+    }
+
+    /// Proposes a membership change and waits until it is applied. Only one change may be
+    /// in flight at a time ([`ProposeError::ConfChangePending`] otherwise).
+    pub async fn propose_change(
+        &self,
+        change: MembershipChange,
+    ) -> Result<ApplyOutcome, ProposeError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Input::ProposeChange {
+                change,
+                reply,
+                at: Instant::now(),
+            })
+            .map_err(|_| ProposeError::Stopped)?;
+        rx.await.unwrap_or(Err(ProposeError::Stopped))
+    }
+
+    /// Asks the leader to hand leadership to `to` (0: the most up-to-date other voter).
+    /// Returns at once; watch [`RaftHandle::watch_role`] for the outcome.
+    pub fn transfer_leadership(&self, to: u64) {
+        let _ = self.tx.send(Input::Transfer { to });
+    }
+
+    /// Replication progress of every member (filled on the leader only).
+    pub fn members(&self) -> Vec<MemberProgress> {
+        self.progress.members.lock().expect("members lock").clone()
+    }
+
+    /// Voters and learners of the applied configuration.
+    pub fn configuration(&self) -> (Vec<u64>, Vec<u64>) {
+        (
+            self.progress.voters.lock().expect("voters lock").clone(),
+            self.progress
+                .learners
+                .lock()
+                .expect("learners lock")
+                .clone(),
+        )
     }
 
     /// Delivers a message from a peer.
@@ -183,6 +273,12 @@ struct Node<T: Transport> {
     role_tx: watch::Sender<RaftRole>,
     applied: u64,
     snapshot_index: u64,
+    /// Membership entries up to this index are already in the stored configuration.
+    conf_index: u64,
+    /// Take a snapshot at the next opportunity (a master was added: it must catch up
+    /// from a snapshot, since the seeded membership is not in the log).
+    snapshot_soon: bool,
+    ticks: u64,
     metrics: Arc<Metrics>,
     progress: Arc<Progress>,
 }
@@ -201,10 +297,13 @@ pub fn start<T: Transport>(
     *registry.write().expect("registry lock") =
         Registry::from_snapshot(&data).map_err(anyhow::Error::msg)?;
     let single_voter = storage.conf_state().voters == vec![cfg.id];
+    let conf_index = storage.conf_index();
     let progress = Arc::new(Progress {
         commit: AtomicU64::new(storage.hard_state().commit),
         applied: AtomicU64::new(meta.index),
         voters: Mutex::new(storage.conf_state().voters.clone()),
+        learners: Mutex::new(storage.conf_state().learners.clone()),
+        members: Mutex::new(Vec::new()),
     });
     let config = raft::Config {
         id: cfg.id,
@@ -240,6 +339,9 @@ pub fn start<T: Transport>(
         role_tx,
         applied: meta.index,
         snapshot_index: meta.index,
+        conf_index,
+        snapshot_soon: false,
+        ticks: 0,
         metrics,
         progress,
     };
@@ -277,6 +379,10 @@ impl<T: Transport> Node<T> {
             if last_tick.elapsed() >= tick {
                 self.raw.tick();
                 last_tick = Instant::now();
+                self.ticks += 1;
+                if self.ticks.is_multiple_of(PROMOTE_CHECK_TICKS) {
+                    self.maybe_promote();
+                }
             }
             if let Err(e) = self.on_ready() {
                 // Storage failure: continuing could acknowledge writes that are not durable.
@@ -305,6 +411,61 @@ impl<T: Transport> Node<T> {
                 let index = self.raw.raft.raft_log.last_index();
                 let term = self.raw.raft.term;
                 self.pending.insert(index, Pending { term, reply, at });
+            }
+            Input::ProposeChange { change, reply, at } => {
+                if self.raw.raft.state != StateRole::Leader {
+                    let _ = reply.send(Err(ProposeError::NotLeader));
+                    return true;
+                }
+                if self.raw.raft.has_pending_conf() {
+                    let _ = reply.send(Err(ProposeError::ConfChangePending));
+                    return true;
+                }
+                let (cc, context) = match &change {
+                    MembershipChange::AddLearner { id, address } => (
+                        single_change(*id, ConfChangeType::AddLearnerNode),
+                        ChangeContext {
+                            address: address.clone(),
+                        },
+                    ),
+                    MembershipChange::Remove { id } => (
+                        single_change(*id, ConfChangeType::RemoveNode),
+                        ChangeContext::default(),
+                    ),
+                };
+                let before = self.raw.raft.raft_log.last_index();
+                let context = serde_json::to_vec(&context).expect("context serializes");
+                if self.raw.propose_conf_change(context, cc).is_err()
+                    || self.raw.raft.raft_log.last_index() == before
+                {
+                    let _ = reply.send(Err(ProposeError::ConfChangePending));
+                    return true;
+                }
+                let index = self.raw.raft.raft_log.last_index();
+                let term = self.raw.raft.term;
+                self.pending.insert(index, Pending { term, reply, at });
+            }
+            Input::Transfer { to } => {
+                if self.raw.raft.state == StateRole::Leader {
+                    let me = self.raw.raft.id;
+                    let target = if to != 0 {
+                        Some(to)
+                    } else {
+                        // The voter with the longest log takes over soonest.
+                        let voters = self.raw.raft.prs().conf().voters().ids();
+                        self.raw
+                            .raft
+                            .prs()
+                            .iter()
+                            .filter(|(id, _)| **id != me && voters.contains(**id))
+                            .max_by_key(|(id, p)| (p.matched, std::cmp::Reverse(**id)))
+                            .map(|(id, _)| *id)
+                    };
+                    if let Some(t) = target.filter(|t| *t != me) {
+                        tracing::info!(to = t, "transferring leadership");
+                        self.raw.transfer_leader(t);
+                    }
+                }
             }
             Input::Step(msg) => {
                 if let Err(e) = self.raw.step(*msg) {
@@ -370,6 +531,17 @@ impl<T: Transport> Node<T> {
             self.snapshot_index = self.applied;
             *self.progress.voters.lock().expect("voters lock") =
                 snap.get_metadata().get_conf_state().voters.clone();
+            *self.progress.learners.lock().expect("learners lock") =
+                snap.get_metadata().get_conf_state().learners.clone();
+            self.conf_index = self.conf_index.max(snap.get_metadata().index);
+            self.metrics
+                .snapshots_received
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::info!(
+                index = snap.get_metadata().index,
+                bytes = snap.get_data().len(),
+                "installed a registry snapshot from the leader"
+            );
         }
         self.apply(ready.take_committed_entries())?;
         let hs = ready.hs().cloned();
@@ -389,6 +561,7 @@ impl<T: Transport> Node<T> {
             .store(self.raw.raft.raft_log.committed, Ordering::Relaxed);
         self.progress.applied.store(self.applied, Ordering::Relaxed);
         self.publish_role();
+        self.publish_members();
         self.maybe_snapshot()?;
         Ok(())
     }
@@ -410,16 +583,27 @@ impl<T: Transport> Node<T> {
                 }
                 EntryType::EntryConfChange => {
                     let cc = ConfChange::parse_from_bytes(&e.data)?;
-                    let cs = self.raw.apply_conf_change(&cc)?;
-                    *self.progress.voters.lock().expect("voters lock") = cs.voters.clone();
-                    self.raw.mut_store().set_conf_state(cs)?;
+                    let changes = vec![single_change_of(cc.node_id, cc.get_change_type())];
+                    let cs = if e.index <= self.conf_index {
+                        self.raw.store().conf_state().clone()
+                    } else {
+                        self.raw.apply_conf_change(&cc)?
+                    };
+                    self.applied_membership(&e, cs, &changes)?;
                     ApplyOutcome::None
                 }
                 EntryType::EntryConfChangeV2 => {
                     let cc = ConfChangeV2::parse_from_bytes(&e.data)?;
-                    let cs = self.raw.apply_conf_change(&cc)?;
-                    *self.progress.voters.lock().expect("voters lock") = cs.voters.clone();
-                    self.raw.mut_store().set_conf_state(cs)?;
+                    // A restart replays the log from the last snapshot, but the stored
+                    // configuration already includes changes up to `conf_index`: applying
+                    // them twice would fail (or corrupt a joint configuration).
+                    let cs = if e.index <= self.conf_index {
+                        self.raw.store().conf_state().clone()
+                    } else {
+                        self.raw.apply_conf_change(&cc)?
+                    };
+                    let changes = cc.get_changes().to_vec();
+                    self.applied_membership(&e, cs, &changes)?;
                     ApplyOutcome::None
                 }
             };
@@ -440,10 +624,103 @@ impl<T: Transport> Node<T> {
         Ok(())
     }
 
+    /// Records an applied membership entry: stored configuration, published voters and
+    /// learners, and the address book in the registry.
+    fn applied_membership(
+        &mut self,
+        e: &Entry,
+        cs: ConfState,
+        changes: &[ConfChangeSingle],
+    ) -> anyhow::Result<()> {
+        if e.index > self.conf_index {
+            self.raw.mut_store().set_conf_state(cs.clone(), e.index)?;
+            self.conf_index = e.index;
+        }
+        *self.progress.voters.lock().expect("voters lock") = cs.voters.clone();
+        *self.progress.learners.lock().expect("learners lock") = cs.learners.clone();
+        let ctx: ChangeContext = serde_json::from_slice(&e.context).unwrap_or_default();
+        let mut reg = self.registry.write().expect("registry lock");
+        for c in changes {
+            match c.get_change_type() {
+                ConfChangeType::AddNode | ConfChangeType::AddLearnerNode => {
+                    reg.apply_membership(c.node_id, true, Some(&ctx.address));
+                    self.snapshot_soon = true;
+                }
+                ConfChangeType::RemoveNode => reg.apply_membership(c.node_id, false, None),
+            }
+        }
+        tracing::info!(index = e.index, voters = ?cs.voters, learners = ?cs.learners, "membership changed");
+        Ok(())
+    }
+
+    /// The leader promotes one caught-up learner at a time to voter.
+    fn maybe_promote(&mut self) {
+        if self.raw.raft.state != StateRole::Leader || self.raw.raft.has_pending_conf() {
+            return;
+        }
+        let committed = self.raw.raft.raft_log.committed;
+        let learners: Vec<u64> = self
+            .raw
+            .raft
+            .prs()
+            .conf()
+            .learners()
+            .iter()
+            .copied()
+            .collect();
+        let ready = learners.into_iter().find(|l| {
+            self.raw.raft.prs().get(*l).is_some_and(|p| {
+                p.recent_active && p.matched + PROMOTE_LAG >= committed && p.matched > 0
+            })
+        });
+        if let Some(id) = ready {
+            let address = self
+                .registry
+                .read()
+                .expect("registry lock")
+                .masters
+                .get(&id)
+                .cloned()
+                .unwrap_or_default();
+            let context = serde_json::to_vec(&ChangeContext { address }).expect("serializes");
+            match self
+                .raw
+                .propose_conf_change(context, single_change(id, ConfChangeType::AddNode))
+            {
+                Ok(()) => tracing::info!(id, "learner caught up: promoting it to voter"),
+                Err(e) => tracing::warn!(id, error = %e, "could not propose a promotion"),
+            }
+        }
+    }
+
+    fn publish_members(&mut self) {
+        let mut members = Vec::new();
+        if self.raw.raft.state == StateRole::Leader {
+            let me = self.raw.raft.id;
+            let voters = self.raw.raft.prs().conf().voters().ids();
+            for (id, p) in self.raw.raft.prs().iter() {
+                members.push(MemberProgress {
+                    id: *id,
+                    voter: voters.contains(*id),
+                    matched: p.matched,
+                    recently_active: p.recent_active || *id == me,
+                });
+            }
+            members.sort_by_key(|m| m.id);
+        }
+        let mut slot = self.progress.members.lock().expect("members lock");
+        if *slot != members {
+            *slot = members;
+        }
+    }
+
     fn maybe_snapshot(&mut self) -> anyhow::Result<()> {
-        if self.applied < self.snapshot_index + SNAPSHOT_EVERY {
+        let due = self.applied >= self.snapshot_index + SNAPSHOT_EVERY
+            || (self.snapshot_soon && self.applied > self.snapshot_index);
+        if !due {
             return Ok(());
         }
+        self.snapshot_soon = false;
         let term = raft::Storage::term(self.raw.store(), self.applied)?;
         let data = self.registry.read().expect("registry lock").to_snapshot();
         self.raw
@@ -457,4 +734,19 @@ impl<T: Transport> Node<T> {
         );
         Ok(())
     }
+}
+
+fn single_change(id: u64, ty: ConfChangeType) -> ConfChangeV2 {
+    let mut cc = ConfChangeV2::default();
+    cc.set_changes(vec![single_change_of(id, ty)].into());
+    cc
+}
+
+fn single_change_of(id: u64, ty: ConfChangeType) -> ConfChangeSingle {
+    let mut c = ConfChangeSingle {
+        node_id: id,
+        ..Default::default()
+    };
+    c.set_change_type(ty);
+    c
 }

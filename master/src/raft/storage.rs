@@ -22,6 +22,10 @@ const CONF_STATE: &[u8] = b"m/conf_state";
 const SNAP_META: &[u8] = b"m/snap_meta";
 const SNAP_DATA: &[u8] = b"m/snap_data";
 const NODE_ID: &[u8] = b"m/node_id";
+/// Log index of the last membership entry reflected in `m/conf_state`: on restart, the log
+/// is replayed from the snapshot, and membership entries up to here must not be applied
+/// to Raft twice (the stored configuration already includes them).
+const CONF_INDEX: &[u8] = b"m/conf_index";
 
 fn log_key(index: u64) -> [u8; 10] {
     let mut k = [0u8; 10];
@@ -42,6 +46,7 @@ pub struct RocksStorage {
     conf_state: ConfState,
     snap_meta: SnapshotMetadata,
     last_index: u64,
+    conf_index: u64,
 }
 
 impl RocksStorage {
@@ -62,6 +67,10 @@ impl RocksStorage {
             Some(b) => SnapshotMetadata::parse_from_bytes(&b)?,
             None => SnapshotMetadata::default(),
         };
+        let conf_index = match db.get(CONF_INDEX)? {
+            Some(b) => u64::from_be_bytes(b.as_slice().try_into().unwrap_or([0; 8])),
+            None => 0,
+        };
         let mut last_index = snap_meta.index;
         {
             let mut it = db.raw_iterator();
@@ -80,6 +89,7 @@ impl RocksStorage {
             conf_state,
             snap_meta,
             last_index,
+            conf_index,
         })
     }
 
@@ -99,8 +109,15 @@ impl RocksStorage {
             .map(|b| u64::from_be_bytes(b.as_slice().try_into().unwrap_or([0; 8]))))
     }
 
-    /// Seeds a brand-new cluster's membership (and records which node this is).
-    pub fn bootstrap(&mut self, node_id: u64, voters: Vec<u64>) -> anyhow::Result<()> {
+    /// Seeds a brand-new cluster's membership (and records which node this is). `registry`
+    /// is the initial registry (its address book of masters), stored as the snapshot at
+    /// index 0; every seeded member must be given the same one.
+    pub fn bootstrap(
+        &mut self,
+        node_id: u64,
+        voters: Vec<u64>,
+        registry: &[u8],
+    ) -> anyhow::Result<()> {
         let cs = ConfState {
             voters,
             ..Default::default()
@@ -111,6 +128,7 @@ impl RocksStorage {
         let mut meta = SnapshotMetadata::default();
         meta.set_conf_state(cs.clone());
         batch.put(SNAP_META, meta.write_to_bytes()?);
+        batch.put(SNAP_DATA, registry);
         self.write(batch)?;
         self.conf_state = cs;
         self.snap_meta = meta;
@@ -169,13 +187,74 @@ impl RocksStorage {
         Ok(())
     }
 
-    /// Records a membership change that was applied.
-    pub fn set_conf_state(&mut self, cs: ConfState) -> anyhow::Result<()> {
+    /// Seeds a new cluster's member from a registry backup: the backup becomes the
+    /// snapshot at (`index`, `term`), and the log starts after it. Every member of the new
+    /// cluster is restored from the same backup with the same voters.
+    pub fn restore(
+        &mut self,
+        node_id: u64,
+        voters: Vec<u64>,
+        index: u64,
+        term: u64,
+        registry: &[u8],
+    ) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.is_empty(),
+            "the data folder already holds cluster state"
+        );
+        let cs = ConfState {
+            voters,
+            ..Default::default()
+        };
+        let mut meta = SnapshotMetadata {
+            index,
+            term,
+            ..Default::default()
+        };
+        meta.set_conf_state(cs.clone());
+        let hs = HardState {
+            term,
+            commit: index,
+            ..Default::default()
+        };
         let mut batch = WriteBatch::default();
         batch.put(CONF_STATE, cs.write_to_bytes()?);
+        batch.put(CONF_INDEX, index.to_be_bytes());
+        batch.put(NODE_ID, node_id.to_be_bytes());
+        batch.put(SNAP_META, meta.write_to_bytes()?);
+        batch.put(SNAP_DATA, registry);
+        batch.put(HARD_STATE, hs.write_to_bytes()?);
         self.write(batch)?;
         self.conf_state = cs;
+        self.conf_index = index;
+        self.snap_meta = meta;
+        self.hard_state = hs;
+        self.last_index = index;
         Ok(())
+    }
+
+    /// Records that this node will join an existing cluster: its id, and no membership
+    /// (the leader's snapshot brings it).
+    pub fn record_joining(&mut self, node_id: u64) -> anyhow::Result<()> {
+        let mut batch = WriteBatch::default();
+        batch.put(NODE_ID, node_id.to_be_bytes());
+        self.write(batch)
+    }
+
+    /// Records a membership change that was applied, with the index of its entry.
+    pub fn set_conf_state(&mut self, cs: ConfState, index: u64) -> anyhow::Result<()> {
+        let mut batch = WriteBatch::default();
+        batch.put(CONF_STATE, cs.write_to_bytes()?);
+        batch.put(CONF_INDEX, index.to_be_bytes());
+        self.write(batch)?;
+        self.conf_state = cs;
+        self.conf_index = index;
+        Ok(())
+    }
+
+    /// Index of the last membership entry the stored configuration includes.
+    pub fn conf_index(&self) -> u64 {
+        self.conf_index
     }
 
     /// Stores a snapshot of the applied registry at (`index`, `term`) and compacts the log
@@ -207,6 +286,7 @@ impl RocksStorage {
         batch.put(SNAP_META, meta.write_to_bytes()?);
         batch.put(SNAP_DATA, snap.get_data());
         batch.put(CONF_STATE, meta.get_conf_state().write_to_bytes()?);
+        batch.put(CONF_INDEX, meta.index.to_be_bytes());
         let mut hs = self.hard_state.clone();
         hs.term = hs.term.max(meta.term);
         hs.commit = meta.index;
@@ -214,6 +294,7 @@ impl RocksStorage {
         self.write(batch)?;
         self.hard_state = hs;
         self.conf_state = meta.get_conf_state().clone();
+        self.conf_index = meta.index;
         self.last_index = meta.index;
         self.snap_meta = meta;
         Ok(())
@@ -352,7 +433,7 @@ mod tests {
         {
             let mut s = RocksStorage::open(dir.path()).unwrap();
             assert!(s.is_empty());
-            s.bootstrap(1, vec![1]).unwrap();
+            s.bootstrap(1, vec![1], b"").unwrap();
             let hs = HardState {
                 term: 2,
                 vote: 1,
@@ -381,7 +462,7 @@ mod tests {
     fn snapshot_compacts_the_log() {
         let dir = tempfile::tempdir().unwrap();
         let mut s = RocksStorage::open(dir.path()).unwrap();
-        s.bootstrap(1, vec![1]).unwrap();
+        s.bootstrap(1, vec![1], b"").unwrap();
         s.append(&(1..=10).map(|i| entry(i, 1)).collect::<Vec<_>>(), None)
             .unwrap();
         s.save_snapshot(7, 1, b"registry").unwrap();

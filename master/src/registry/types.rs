@@ -126,6 +126,10 @@ pub struct Registry {
     /// The records of those tasks, for the operator view, idempotency and reconciliation.
     pub completed_tasks: HashMap<TaskKey, TaskRec>,
     pub weights: BTreeMap<String, f64>,
+    /// Raft id -> gRPC address of every master of the cluster, learners included. Changed
+    /// only by membership entries (and seeded from `--peers`), so that every member, and a
+    /// new one catching up from a snapshot, knows where the others are.
+    pub masters: BTreeMap<u64, String>,
 }
 
 /// The registry's serialized form (maps with structured keys become lists).
@@ -137,6 +141,9 @@ struct RegistrySnapshot {
     tasks: Vec<TaskRec>,
     completed: Vec<TaskRec>,
     weights: BTreeMap<String, f64>,
+    /// Absent in snapshots written before membership changes existed.
+    #[serde(default)]
+    masters: BTreeMap<u64, String>,
 }
 
 impl Registry {
@@ -155,6 +162,7 @@ impl Registry {
                 .filter_map(|k| self.completed_tasks.get(k).cloned())
                 .collect(),
             weights: self.weights.clone(),
+            masters: self.masters.clone(),
         };
         serde_json::to_vec(&snap).expect("registry always serializes")
     }
@@ -181,6 +189,7 @@ impl Registry {
                 .collect(),
             tasks: snap.tasks.into_iter().map(|t| (t.key(), t)).collect(),
             weights: snap.weights,
+            masters: snap.masters,
             ..Default::default()
         };
         for t in snap.completed {
@@ -188,6 +197,18 @@ impl Registry {
             r.completed_tasks.insert(t.key(), t);
         }
         Ok(r)
+    }
+
+    /// Applies a membership entry's effect on the address book: `address` is recorded for
+    /// an added master (learner or voter), and a removed master is forgotten.
+    pub fn apply_membership(&mut self, id: u64, added: bool, address: Option<&str>) {
+        if added {
+            if let Some(a) = address.filter(|a| !a.is_empty()) {
+                self.masters.insert(id, a.to_string());
+            }
+        } else {
+            self.masters.remove(&id);
+        }
     }
 
     /// Weight of a role (1 unless an operator set one).

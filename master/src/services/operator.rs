@@ -10,7 +10,9 @@ use tonic::{Request, Response, Status};
 use drover_proto::pb::{self, operator_server::Operator};
 use drover_proto::{FrameworkId, Resources};
 
-use crate::core::Master;
+use crate::core::{propose_status, Master};
+use crate::raft::node::MembershipChange;
+use crate::raft::ProposeError;
 use crate::registry::{AgentState, Command, TaskRec};
 
 pub struct OperatorService {
@@ -244,6 +246,56 @@ impl Master {
 }
 
 type Events = Pin<Box<dyn Stream<Item = Result<pb::OperatorEvent, Status>> + Send>>;
+type BackupStream = Pin<Box<dyn Stream<Item = Result<pb::BackupChunk, Status>> + Send>>;
+
+/// Size of one backup chunk.
+const BACKUP_CHUNK_BYTES: usize = 1024 * 1024;
+
+impl Master {
+    /// Every member with its role and (on the leader) replication progress.
+    pub fn master_members(&self) -> Vec<pb::MasterMember> {
+        use pb::master_member::Role;
+        let (voters, learners) = self.raft.configuration();
+        let progress = self.raft.members();
+        let role = self.raft.role();
+        voters
+            .iter()
+            .map(|id| (*id, Role::Voter))
+            .chain(learners.iter().map(|id| (*id, Role::Learner)))
+            .map(|(id, r)| {
+                let p = progress.iter().find(|p| p.id == id);
+                pb::MasterMember {
+                    id,
+                    address: self.peer_address(id).unwrap_or_default(),
+                    role: r as i32,
+                    is_leader: role.is_leader && id == self.config.id
+                        || !role.is_leader && id == role.leader_id,
+                    match_index: p.map(|p| p.matched).unwrap_or(0),
+                    recently_active: p.is_some_and(|p| p.recently_active),
+                }
+            })
+            .collect()
+    }
+
+    /// Waits (up to two election timeouts) until this master no longer leads; returns the
+    /// new leader's id when one is known.
+    async fn wait_leadership_moved(&self) -> Option<u64> {
+        let mut rx = self.raft.watch_role();
+        let limit = self.config.raft_tick * (self.config.raft_election_ticks as u32) * 2;
+        let moved = tokio::time::timeout(limit, rx.wait_for(|r| !r.is_leader && r.leader_id != 0))
+            .await
+            .ok()?
+            .ok()?;
+        Some(moved.leader_id)
+    }
+}
+
+/// Validates an `AddMaster` address: `HOST:PORT`.
+fn valid_master_address(addr: &str) -> Result<(), Status> {
+    crate::config::parse_peers(&format!("1={addr}"))
+        .map(|_| ())
+        .map_err(|_| Status::invalid_argument(format!("master address '{addr}' is not HOST:PORT")))
+}
 
 fn later(what: &str, issue: &str) -> Status {
     Status::unimplemented(format!("{what} arrives with {issue}"))
@@ -439,5 +491,194 @@ impl Operator for OperatorService {
     ) -> Result<Response<Events>, Status> {
         self.master.ensure_leader()?;
         Err(later("the operator event stream", "the web UI issue"))
+    }
+
+    async fn list_masters(
+        &self,
+        _: Request<pb::ListMastersRequest>,
+    ) -> Result<Response<pb::ListMastersResponse>, Status> {
+        self.master.ensure_leader()?;
+        let role = self.master.raft.role();
+        let (commit_index, _, _) = self.master.raft.progress();
+        Ok(Response::new(pb::ListMastersResponse {
+            masters: self.master.master_members(),
+            leader_id: role.leader_id,
+            term: role.term,
+            commit_index,
+        }))
+    }
+
+    async fn add_master(
+        &self,
+        req: Request<pb::AddMasterRequest>,
+    ) -> Result<Response<pb::AddMasterResponse>, Status> {
+        self.master.ensure_leader()?;
+        let r = req.into_inner();
+        if r.id == 0 {
+            return Err(Status::invalid_argument(
+                "a master id must be a positive integer",
+            ));
+        }
+        valid_master_address(&r.address)?;
+        let (voters, learners) = self.master.raft.configuration();
+        if voters.contains(&r.id) || learners.contains(&r.id) {
+            let known = self.master.peer_address(r.id).unwrap_or_default();
+            if known == r.address {
+                // Already done (a retried call, or `--join` after `drover masters add`).
+                return Ok(Response::new(pb::AddMasterResponse {
+                    masters: self.master.master_members(),
+                }));
+            }
+            return Err(Status::already_exists(format!(
+                "master {} is already a member, at {known}",
+                r.id
+            )));
+        }
+        if let Some((other, _)) = self
+            .master
+            .registry()
+            .masters
+            .iter()
+            .find(|(id, a)| **id != r.id && **a == r.address)
+        {
+            return Err(Status::already_exists(format!(
+                "address {} belongs to master {other}",
+                r.address
+            )));
+        }
+        self.master
+            .raft
+            .propose_change(MembershipChange::AddLearner {
+                id: r.id,
+                address: r.address.clone(),
+            })
+            .await
+            .map_err(|e| match e {
+                ProposeError::NotLeader => self.master.not_leader(),
+                e => propose_status(e),
+            })?;
+        tracing::info!(id = r.id, address = %r.address, "master added as a learner");
+        Ok(Response::new(pb::AddMasterResponse {
+            masters: self.master.master_members(),
+        }))
+    }
+
+    async fn remove_master(
+        &self,
+        req: Request<pb::RemoveMasterRequest>,
+    ) -> Result<Response<pb::RemoveMasterResponse>, Status> {
+        self.master.ensure_leader()?;
+        let id = req.into_inner().id;
+        let (voters, learners) = self.master.raft.configuration();
+        if !voters.contains(&id) && !learners.contains(&id) {
+            return Err(Status::not_found(format!("master {id} is not a member")));
+        }
+        if voters.contains(&id) {
+            if voters.len() == 1 {
+                return Err(Status::failed_precondition(
+                    "cannot remove the last voting master",
+                ));
+            }
+            // Refuse a removal that leaves too few live voters to commit anything.
+            let members = self.master.raft.members();
+            let remaining: Vec<u64> = voters.iter().copied().filter(|v| *v != id).collect();
+            let live = remaining
+                .iter()
+                .filter(|v| members.iter().any(|m| m.id == **v && m.recently_active))
+                .count();
+            if live < remaining.len() / 2 + 1 {
+                return Err(Status::failed_precondition(format!(
+                    "removing master {id} would leave {live} of {} voters reachable, fewer than                      a majority; bring the others back (or add a replacement) first",
+                    remaining.len()
+                )));
+            }
+        }
+        if id == self.master.config.id {
+            // A leader cannot remove itself cleanly: hand over, and let the caller retry
+            // at the new leader (the NotLeader status names it).
+            self.master.raft.transfer_leadership(0);
+            self.master.wait_leadership_moved().await;
+            return Err(self.master.not_leader());
+        }
+        self.master
+            .raft
+            .propose_change(MembershipChange::Remove { id })
+            .await
+            .map_err(|e| match e {
+                ProposeError::NotLeader => self.master.not_leader(),
+                e => propose_status(e),
+            })?;
+        tracing::info!(id, "master removed");
+        Ok(Response::new(pb::RemoveMasterResponse {
+            masters: self.master.master_members(),
+        }))
+    }
+
+    async fn transfer_leadership(
+        &self,
+        req: Request<pb::TransferLeadershipRequest>,
+    ) -> Result<Response<pb::TransferLeadershipResponse>, Status> {
+        self.master.ensure_leader()?;
+        let to = req.into_inner().to;
+        let (voters, _) = self.master.raft.configuration();
+        if to == self.master.config.id {
+            return Ok(Response::new(pb::TransferLeadershipResponse {
+                leader_id: to,
+            }));
+        }
+        if to != 0 && !voters.contains(&to) {
+            return Err(Status::invalid_argument(format!(
+                "master {to} is not a voting member"
+            )));
+        }
+        if voters.len() < 2 {
+            return Err(Status::failed_precondition(
+                "there is no other voting master to hand leadership to",
+            ));
+        }
+        self.master.raft.transfer_leadership(to);
+        match self.master.wait_leadership_moved().await {
+            Some(leader_id) => Ok(Response::new(pb::TransferLeadershipResponse { leader_id })),
+            None => Err(Status::deadline_exceeded(
+                "leadership did not move within two election timeouts; is the target caught up and reachable?",
+            )),
+        }
+    }
+
+    type BackupStream = BackupStream;
+
+    async fn backup(
+        &self,
+        _: Request<pb::BackupRequest>,
+    ) -> Result<Response<BackupStream>, Status> {
+        self.master.ensure_leader()?;
+        // A barrier: once it is applied, the registry holds everything committed before
+        // this call.
+        self.master.propose(Command::Noop).await?;
+        let (data, index) = {
+            let reg = self.master.registry();
+            let (_, applied, _) = self.master.raft.progress();
+            (reg.to_snapshot(), applied)
+        };
+        let term = self.master.raft.role().term;
+        let size = data.len() as u64;
+        let mut chunks: Vec<Result<pb::BackupChunk, Status>> = data
+            .chunks(BACKUP_CHUNK_BYTES)
+            .map(|c| {
+                Ok(pb::BackupChunk {
+                    data: c.to_vec(),
+                    ..Default::default()
+                })
+            })
+            .collect();
+        if chunks.is_empty() {
+            chunks.push(Ok(pb::BackupChunk::default()));
+        }
+        if let Some(Ok(first)) = chunks.first_mut() {
+            first.index = index;
+            first.term = term;
+            first.size = size;
+        }
+        Ok(Response::new(Box::pin(futures::stream::iter(chunks))))
     }
 }
