@@ -166,6 +166,11 @@ impl Hosts {
         sh_checked(&["ip", "link", "add", &bridge, "type", "bridge"]);
         sh_checked(&["ip", "addr", "add", &format!("{net}.1/24"), "dev", &bridge]);
         sh_checked(&["ip", "link", "set", &bridge, "up"]);
+        // Docker sets the FORWARD policy to DROP, and bridged traffic passes through it:
+        // let our bridge forward between its own ports.
+        sh_checked(&[
+            "iptables", "-I", "FORWARD", "-i", &bridge, "-o", &bridge, "-j", "ACCEPT",
+        ]);
         for i in 0..n {
             let ns = &hosts.names[i];
             let outside = format!("dv{tag}o{i}");
@@ -247,6 +252,10 @@ impl Drop for Hosts {
             sh(&["ip", "netns", "del", ns]);
         }
         sh(&["ip", "link", "del", &self.bridge]);
+        let b = self.bridge.as_str();
+        sh(&[
+            "iptables", "-D", "FORWARD", "-i", b, "-o", b, "-j", "ACCEPT",
+        ]);
     }
 }
 

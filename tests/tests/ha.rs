@@ -5,6 +5,9 @@
 //!   rejoins as a follower, and every job runs exactly once and finishes.
 //! - A follower killed and restarted: it catches up with everything committed while it was
 //!   away (same term, same applied registry).
+//! - The leader cut off from the other masters (network namespaces and blackhole routes):
+//!   the majority elects a new leader, the old one stops serving, and after healing it
+//!   follows the new leader with the same applied registry.
 //!
 //! Outcomes only: every wait is bounded generously and nothing asserts a duration.
 
@@ -159,4 +162,70 @@ fn follower_kill_9_then_restart_catches_up() {
     assert!(caught_up.applied_index >= lead.commit_index);
     assert_eq!(caught_up.completed_tasks, 200, "it knows every task");
     assert_eq!(caught_up.agents, 1);
+}
+
+#[test]
+fn a_partitioned_leader_steps_down_and_rejoins_without_divergence() {
+    // Every master in its own network namespace; agents, the framework and this test stay
+    // in the root namespace and can reach all of them.
+    let mut cluster = Cluster::start_ha_in_netns(Timing::default(), 3);
+    cluster.add_agent("cpus:4;mem:4096");
+    cluster.add_agent("cpus:4;mem:4096");
+    cluster.wait_for_active_agents(2);
+    let fw = Framework::start(
+        &cluster,
+        "partition",
+        &["--tasks", "600", "--max-in-flight", "60"],
+    );
+    wait_until("tasks to run", 10 * MINUTE, POLL, || {
+        (cluster.run_counts().len() >= 100).then_some(())
+    });
+
+    let old = cluster.wait_for_leader();
+    let old_term = cluster.term_at(old);
+    cluster
+        .hosts
+        .as_ref()
+        .expect("masters in namespaces")
+        .isolate(old);
+
+    // The majority elects a new leader; the cut-off one notices it lost its quorum
+    // (check_quorum) and stops serving.
+    let new = wait_until("a leader on the majority side", MINUTE, POLL, || {
+        cluster.leader().filter(|&l| l != old)
+    });
+    assert!(
+        cluster.term_at(new) > old_term,
+        "the new leader leads in a higher term"
+    );
+    wait_until("the cut-off master to stop serving", MINUTE, POLL, || {
+        let h = drover_tests::health(&cluster.master_addr_at(old))?;
+        (!h.leader).then_some(())
+    });
+
+    cluster.hosts.as_ref().expect("namespaces").heal();
+    let rejoined = wait_until(
+        "the old leader to follow the new one",
+        2 * MINUTE,
+        POLL,
+        || {
+            let s = cluster.raft_status(old)?;
+            let leader = cluster.leader()?;
+            (!s.is_leader && s.leader_id == cluster.master_id(leader)).then_some(s)
+        },
+    );
+    assert!(rejoined.term > old_term);
+
+    let report = fw.finish(20 * MINUTE);
+    assert_eq!(
+        finished_jobs(&report).len(),
+        600,
+        "every job index finished"
+    );
+    let runs = cluster.run_counts();
+    assert_eq!(runs.len(), 600);
+    let twice: Vec<_> = runs.iter().filter(|(_, n)| **n != 1).collect();
+    assert!(twice.is_empty(), "jobs ran more than once: {twice:?}");
+    // Same applied registry everywhere, the old leader included: nothing diverged.
+    wait_for_replicas_to_agree(&cluster, &[0, 1, 2]);
 }
