@@ -87,7 +87,7 @@ pub struct Flags {
     pub weights: String,
 
     /// Raft tick in milliseconds; election and heartbeat timeouts are counted in ticks.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 50)]
     pub raft_tick_ms: u64,
 
     /// Election timeout in ticks (randomized between this and twice this).

@@ -56,6 +56,9 @@ const STAGING_RESEND_MS: u64 = 10_000;
 /// How long a stopping master waits for open calls to finish.
 const GRACEFUL_STOP: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// Concurrent streams allowed on one HTTP/2 connection.
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 1000;
+
 /// Largest gRPC message accepted (bigger requests get RESOURCE_EXHAUSTED).
 pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 
@@ -185,6 +188,9 @@ pub async fn serve_with_clock(
     let stopping = Arc::new(tokio::sync::Notify::new());
     let server = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(10)))
+        // Agent sessions are long-lived streams; a proxy or a simulated fleet may carry
+        // many of them on one connection (hyper's default is 200).
+        .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
         .add_service(
             pb::scheduler_server::SchedulerServer::new(services::scheduler::SchedulerService {
                 master: master.clone(),

@@ -86,6 +86,7 @@ impl Master {
         self: &Arc<Self>,
         mut inbound: tonic::Streaming<pb::AgentMessage>,
     ) -> Result<mpsc::Receiver<Result<pb::MasterMessage, Status>>, Status> {
+        self.await_known_leader().await;
         self.ensure_leader()?;
         let first = tokio::time::timeout(REGISTER_TIMEOUT, inbound.message())
             .await

@@ -55,6 +55,7 @@ impl Master {
         ),
         Status,
     > {
+        self.await_known_leader().await;
         self.ensure_leader()?;
         let mut info = req
             .framework_info

@@ -155,9 +155,11 @@ impl Master {
     }
 
     /// The leader's gRPC address when known (this master's own address when it leads).
+    /// A leader this follower has not heard from lately is not named: it is probably
+    /// dead, and an election is coming.
     pub fn leader_address(&self) -> Option<String> {
         let role = self.raft.role();
-        if role.leader_id == 0 {
+        if role.leader_id == 0 || self.raft.leader_silent() {
             return None;
         }
         if role.leader_id == self.config.id && !role.is_leader {
@@ -177,6 +179,29 @@ impl Master {
             .get(&id)
             .cloned()
             .or_else(|| self.config.peers.get(&id).cloned())
+    }
+
+    /// Holds a stream-opening call (a framework's Subscribe, an agent's Session) while
+    /// this master knows no live leader, for up to three election timeouts: answered at
+    /// once with "no leader known", clients would back off and retry; held, they are
+    /// served (or redirected) as soon as the election ends. Returns at once when this
+    /// master serves or names a live leader.
+    pub async fn await_known_leader(&self) {
+        let limit = self.config.raft_tick * (self.config.raft_election_ticks as u32 * 3);
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            if self.soft().serving
+                || self
+                    .leader_address()
+                    .is_some_and(|_| !self.raft.role().is_leader)
+            {
+                return;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
     }
 
     /// The NotLeader answer, naming the leader when known.

@@ -67,6 +67,9 @@ pub struct Progress {
     pub learners: Mutex<Vec<u64>>,
     /// Replication progress of every member, as the leader tracks it (empty on followers).
     pub members: Mutex<Vec<MemberProgress>>,
+    /// A follower that has not heard its leader for two heartbeat intervals: the leader is
+    /// probably gone, so clients should not be sent to it.
+    pub leader_silent: std::sync::atomic::AtomicBool,
 }
 
 /// One member's replication progress, as the leader sees it.
@@ -199,6 +202,11 @@ impl RaftHandle {
         self.progress.members.lock().expect("members lock").clone()
     }
 
+    /// True on a follower whose leader has been silent for two heartbeat intervals.
+    pub fn leader_silent(&self) -> bool {
+        self.progress.leader_silent.load(Ordering::Relaxed)
+    }
+
     /// Voters and learners of the applied configuration.
     pub fn configuration(&self) -> (Vec<u64>, Vec<u64>) {
         (
@@ -304,6 +312,7 @@ pub fn start<T: Transport>(
         voters: Mutex::new(storage.conf_state().voters.clone()),
         learners: Mutex::new(storage.conf_state().learners.clone()),
         members: Mutex::new(Vec::new()),
+        leader_silent: Default::default(),
     });
     let config = raft::Config {
         id: cfg.id,
@@ -493,6 +502,9 @@ impl<T: Transport> Node<T> {
     }
 
     fn publish_role(&mut self) {
+        let silent = self.raw.raft.state == StateRole::Follower
+            && self.raw.raft.election_elapsed > 2 * self.raw.raft.heartbeat_timeout();
+        self.progress.leader_silent.store(silent, Ordering::Relaxed);
         let role = RaftRole {
             is_leader: self.raw.raft.state == StateRole::Leader,
             term: self.raw.raft.term,

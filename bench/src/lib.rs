@@ -1,0 +1,18 @@
+//! Shared pieces of Drover's benchmarks.
+//!
+//! Module map:
+//! - [`fleet`]: a simulated agent fleet (thousands of agents speaking the real agent
+//!   protocol from one process), used by `sim-agents`, `failover-bench` and
+//!   `memory-bench`.
+//! - [`procs`]: real master processes (three in one Raft group) started from the built
+//!   binaries, killed and restarted by the benchmarks.
+//! - [`stats`]: percentiles (nearest rank).
+//!
+//! The binaries: `alloc-bench` (allocator cycle), `task-bench` (end-to-end tasks through
+//! a running cluster), `sim-agents` (a standalone simulated fleet), `failover-bench`
+//! (leader kill to first offer), `registry-bench` (replicated writes, Drover beside etcd),
+//! `memory-bench` (master memory per agent and per task).
+
+pub mod fleet;
+pub mod procs;
+pub mod stats;
