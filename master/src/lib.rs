@@ -146,10 +146,11 @@ pub async fn serve_with_clock(
     let storage = open_storage(&mut config).await?;
     let registry = Arc::new(RwLock::new(Registry::default()));
     let metrics = Arc::new(Metrics::default());
-    let book = AddressBook::new(registry.clone(), config.peers.clone());
+    let seed = config.peers.clone();
     let id = config.id;
     let transport_metrics = metrics.clone();
     let make_transport = move |handle: RaftHandle| -> Box<dyn Transport> {
+        let book = AddressBook::new(handle.clone(), seed);
         Box::new(GrpcTransport::start(id, book, handle, transport_metrics))
     };
     let (raft, raft_thread) = raft::node::start(

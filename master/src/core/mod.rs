@@ -169,15 +169,14 @@ impl Master {
     }
 
     /// The gRPC address of master `id`: the replicated address book first (it follows
-    /// membership changes), then `--peers` / what `--join` learned at start.
+    /// membership changes), then `--peers` / what `--join` learned at start. Never waits
+    /// on the registry lock: it is called with the soft-state lock held.
     pub fn peer_address(&self, id: u64) -> Option<String> {
         if id == self.config.id {
             return Some(self.config.advertise.clone());
         }
-        self.registry()
-            .masters
-            .get(&id)
-            .cloned()
+        self.raft
+            .master_address(id)
             .or_else(|| self.config.peers.get(&id).cloned())
     }
 
@@ -190,7 +189,8 @@ impl Master {
         let limit = self.config.raft_tick * (self.config.raft_election_ticks as u32 * 3);
         let deadline = tokio::time::Instant::now() + limit;
         loop {
-            if self.soft().serving
+            let serving = self.soft().serving;
+            if serving
                 || self
                     .leader_address()
                     .is_some_and(|_| !self.raft.role().is_leader)

@@ -70,6 +70,9 @@ pub struct Progress {
     /// A follower that has not heard its leader for two heartbeat intervals: the leader is
     /// probably gone, so clients should not be sent to it.
     pub leader_silent: std::sync::atomic::AtomicBool,
+    /// The address book (Raft id -> gRPC address), as applied: a copy of the registry's,
+    /// behind its own small lock so that readers never wait on the registry.
+    pub masters: Mutex<BTreeMap<u64, String>>,
 }
 
 /// One member's replication progress, as the leader sees it.
@@ -202,6 +205,21 @@ impl RaftHandle {
         self.progress.members.lock().expect("members lock").clone()
     }
 
+    /// The applied address book of masters.
+    pub fn master_addresses(&self) -> BTreeMap<u64, String> {
+        self.progress.masters.lock().expect("masters lock").clone()
+    }
+
+    /// One master's address from the applied address book.
+    pub fn master_address(&self, id: u64) -> Option<String> {
+        self.progress
+            .masters
+            .lock()
+            .expect("masters lock")
+            .get(&id)
+            .cloned()
+    }
+
     /// True on a follower whose leader has been silent for two heartbeat intervals.
     pub fn leader_silent(&self) -> bool {
         self.progress.leader_silent.load(Ordering::Relaxed)
@@ -313,6 +331,7 @@ pub fn start<T: Transport>(
         learners: Mutex::new(storage.conf_state().learners.clone()),
         members: Mutex::new(Vec::new()),
         leader_silent: Default::default(),
+        masters: Mutex::new(registry.read().expect("registry lock").masters.clone()),
     });
     let config = raft::Config {
         id: cfg.id,
@@ -538,6 +557,7 @@ impl<T: Transport> Node<T> {
             let snap = ready.snapshot().clone();
             self.raw.mut_store().apply_snapshot(&snap)?;
             let reg = Registry::from_snapshot(snap.get_data()).map_err(anyhow::Error::msg)?;
+            *self.progress.masters.lock().expect("masters lock") = reg.masters.clone();
             *self.registry.write().expect("registry lock") = reg;
             self.applied = snap.get_metadata().index;
             self.snapshot_index = self.applied;
@@ -651,16 +671,20 @@ impl<T: Transport> Node<T> {
         *self.progress.voters.lock().expect("voters lock") = cs.voters.clone();
         *self.progress.learners.lock().expect("learners lock") = cs.learners.clone();
         let ctx: ChangeContext = serde_json::from_slice(&e.context).unwrap_or_default();
-        let mut reg = self.registry.write().expect("registry lock");
-        for c in changes {
-            match c.get_change_type() {
-                ConfChangeType::AddNode | ConfChangeType::AddLearnerNode => {
-                    reg.apply_membership(c.node_id, true, Some(&ctx.address));
-                    self.snapshot_soon = true;
+        let book = {
+            let mut reg = self.registry.write().expect("registry lock");
+            for c in changes {
+                match c.get_change_type() {
+                    ConfChangeType::AddNode | ConfChangeType::AddLearnerNode => {
+                        reg.apply_membership(c.node_id, true, Some(&ctx.address));
+                        self.snapshot_soon = true;
+                    }
+                    ConfChangeType::RemoveNode => reg.apply_membership(c.node_id, false, None),
                 }
-                ConfChangeType::RemoveNode => reg.apply_membership(c.node_id, false, None),
             }
-        }
+            reg.masters.clone()
+        };
+        *self.progress.masters.lock().expect("masters lock") = book;
         tracing::info!(index = e.index, voters = ?cs.voters, learners = ?cs.learners, "membership changed");
         Ok(())
     }

@@ -12,7 +12,7 @@
 //! of chunks (`SendSnapshot`).
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use protobuf::Message as PbMessage;
@@ -24,7 +24,6 @@ use drover_proto::pb::{self, raft_peer_client::RaftPeerClient};
 
 use super::node::{RaftHandle, Transport};
 use crate::metrics::Metrics;
-use crate::registry::Registry;
 
 /// Messages waiting for one peer; beyond this, new ones are dropped.
 pub const PEER_QUEUE: usize = 4096;
@@ -42,27 +41,23 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// bounded by `max_size_per_msg` (1 MiB) and [`BATCH`]; snapshots are streamed in chunks.
 pub const MAX_RAFT_MESSAGE_BYTES: usize = 320 * 1024 * 1024;
 
-/// Where the other masters are: the replicated address book in the registry (it follows
-/// membership changes), then the addresses this master started with (`--peers`, or what
-/// `--join` learned).
+/// Where the other masters are: the replicated address book (it follows membership
+/// changes, see [`RaftHandle::master_address`]), then the addresses this master started
+/// with (`--peers`, or what `--join` learned).
 #[derive(Clone)]
 pub struct AddressBook {
-    registry: Arc<RwLock<Registry>>,
+    raft: RaftHandle,
     seed: BTreeMap<u64, String>,
 }
 
 impl AddressBook {
-    pub fn new(registry: Arc<RwLock<Registry>>, seed: BTreeMap<u64, String>) -> Self {
-        Self { registry, seed }
+    pub fn new(raft: RaftHandle, seed: BTreeMap<u64, String>) -> Self {
+        Self { raft, seed }
     }
 
     pub fn get(&self, id: u64) -> Option<String> {
-        self.registry
-            .read()
-            .expect("registry lock")
-            .masters
-            .get(&id)
-            .cloned()
+        self.raft
+            .master_address(id)
             .or_else(|| self.seed.get(&id).cloned())
     }
 }

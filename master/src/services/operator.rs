@@ -534,13 +534,8 @@ impl Operator for OperatorService {
                 r.id
             )));
         }
-        if let Some((other, _)) = self
-            .master
-            .registry()
-            .masters
-            .iter()
-            .find(|(id, a)| **id != r.id && **a == r.address)
-        {
+        let book = self.master.raft.master_addresses();
+        if let Some((other, _)) = book.iter().find(|(id, a)| **id != r.id && **a == r.address) {
             return Err(Status::already_exists(format!(
                 "address {} belongs to master {other}",
                 r.address

@@ -112,7 +112,7 @@ impl RaftPeer for PeerService {
             .iter()
             .map(|(k, v)| (*k, v.clone()))
             .collect();
-        addresses.extend(self.master.registry().masters.clone());
+        addresses.extend(self.master.raft.master_addresses());
         addresses.insert(self.master.config.id, self.master.config.advertise.clone());
         let reg = self.master.registry();
         let mut completed_task_keys: Vec<String> = reg
