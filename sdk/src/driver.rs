@@ -311,6 +311,11 @@ impl Driver {
     /// Asks for the latest state of tasks, answered by UPDATE events without uuid. With an
     /// empty list (implicit reconciliation) the master reports every task it knows for the
     /// framework; a listed task it does not know comes back as UNKNOWN (or LOST).
+    ///
+    /// The answers travel on the event stream and are not acknowledged: if the stream is
+    /// lost before they arrive (a master failover right after the call), they are lost
+    /// too. Keep a task "uncertain" until an update for it arrives, and reconcile it again
+    /// after every resubscription ([`crate::Scheduler::subscribed`]).
     pub async fn reconcile(&self, tasks: Vec<(TaskId, Option<AgentId>)>) -> Result<(), SdkError> {
         let tasks = tasks
             .into_iter()

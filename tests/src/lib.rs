@@ -282,6 +282,17 @@ fn runtime() -> Option<tokio::runtime::Runtime> {
         .ok()
 }
 
+/// A channel to `addr` whose calls cannot hang a test: bounded connect and call times.
+async fn connect(addr: &str) -> Option<tonic::transport::Channel> {
+    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .ok()?
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(20))
+        .connect()
+        .await
+        .ok()
+}
+
 /// `GetHealth` of the master at `addr`, or `None` if it does not answer.
 pub fn health(addr: &str) -> Option<pb::GetHealthResponse> {
     let addr = addr.to_string();
@@ -676,9 +687,7 @@ impl Cluster {
     pub fn raft_status(&self, i: usize) -> Option<pb::RaftStatusResponse> {
         let addr = self.master_addr_at(i);
         runtime()?.block_on(async move {
-            let mut c = pb::raft_peer_client::RaftPeerClient::connect(format!("http://{addr}"))
-                .await
-                .ok()?;
+            let mut c = pb::raft_peer_client::RaftPeerClient::new(connect(&addr).await?);
             Some(c.status(pb::RaftStatusRequest {}).await.ok()?.into_inner())
         })
     }
@@ -766,9 +775,7 @@ impl Cluster {
             .build()
             .ok()?;
         rt.block_on(async move {
-            let c = pb::operator_client::OperatorClient::connect(format!("http://{addr}"))
-                .await
-                .ok()?;
+            let c = pb::operator_client::OperatorClient::new(connect(&addr).await?);
             f(c).await
         })
     }
@@ -860,9 +867,7 @@ impl Cluster {
             .build()
             .ok()?;
         rt.block_on(async move {
-            let mut c = pb::agent_api_client::AgentApiClient::connect(format!("http://{addr}"))
-                .await
-                .ok()?;
+            let mut c = pb::agent_api_client::AgentApiClient::new(connect(&addr).await?);
             Some(
                 c.get_state(pb::GetAgentStateRequest {})
                     .await

@@ -108,9 +108,11 @@ impl TestFw {
             .iter()
             .map(|id| (id.as_str().into(), None))
             .collect();
-        if driver.reconcile(tasks).await.is_ok() {
-            self.uncertain.clear();
-        }
+        // Answers to an explicit reconciliation are not acknowledged and die with the
+        // stream they travel on (a failover right after the call): a task stays uncertain
+        // until an update for it arrives, and is asked about again after every
+        // resubscription.
+        let _ = driver.reconcile(tasks).await;
     }
 
     fn refill(&mut self) {
@@ -229,6 +231,10 @@ impl Scheduler for TestFw {
 
     async fn update(&mut self, driver: &Driver, status: pb::TaskStatus) {
         self.report.updates += 1;
+        if let Some(task_id) = &status.task_id {
+            let id = task_id.to_string();
+            self.uncertain.retain(|u| *u != id);
+        }
         if !status.uuid.is_empty() {
             self.report.acknowledged += 1;
         }
