@@ -157,3 +157,54 @@ mod tests {
         assert!(std::mem::size_of::<SdkError>() <= 80);
     }
 }
+
+impl SdkError {
+    /// Whether a failed call may still have been carried out. False when the call was
+    /// never sent ([`SdkError::Disconnected`], [`SdkError::Stopped`]), a follower refused
+    /// it ([`SdkError::NotLeader`]), or the master refused it as invalid; true when the
+    /// master failed over mid-call (UNAVAILABLE) or the answer never came (a timeout). A
+    /// LAUNCH that may have taken effect must be reconciled, not relaunched under a new
+    /// task id, or its work could run twice.
+    pub fn may_have_taken_effect(&self) -> bool {
+        match self {
+            SdkError::Call { status, .. } => !matches!(
+                status.code(),
+                tonic::Code::InvalidArgument
+                    | tonic::Code::FailedPrecondition
+                    | tonic::Code::NotFound
+                    | tonic::Code::PermissionDenied
+                    | tonic::Code::AlreadyExists
+                    | tonic::Code::ResourceExhausted
+                    | tonic::Code::Unauthenticated
+                    | tonic::Code::Unimplemented
+            ),
+            _ => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod ambiguity_tests {
+    use super::*;
+
+    fn call(code: tonic::Code) -> SdkError {
+        SdkError::Call {
+            call: "accept",
+            status: Box::new(tonic::Status::new(code, "x")),
+        }
+    }
+
+    #[test]
+    fn only_calls_that_may_have_run_are_ambiguous() {
+        assert!(call(tonic::Code::Unavailable).may_have_taken_effect());
+        assert!(call(tonic::Code::DeadlineExceeded).may_have_taken_effect());
+        assert!(!call(tonic::Code::InvalidArgument).may_have_taken_effect());
+        assert!(!SdkError::Disconnected.may_have_taken_effect());
+        assert!(!SdkError::NotLeader {
+            call: "accept",
+            leader: String::new(),
+            status: Box::new(tonic::Status::unavailable("not the leader")),
+        }
+        .may_have_taken_effect());
+    }
+}

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use drover_sdk::proto::pb;
-use drover_sdk::proto::{FrameworkId, TaskId};
+use drover_sdk::proto::{AgentId, FrameworkId, TaskId};
 use drover_sdk::{
     async_trait, AgentFiles, Driver, OfferPacker, Scheduler, TaskBuilder, TaskRequest,
 };
@@ -38,6 +38,10 @@ pub struct Shared {
     pub finishing: bool,
     /// The last progress line printed, so that none is printed twice.
     pub last_progress: Option<Progress>,
+    /// Launches whose ACCEPT failed ambiguously (the master may have committed them before
+    /// failing over): asked about by reconciliation until an update for them arrives, so
+    /// a job index never runs twice.
+    pub uncertain: Vec<TaskId>,
 }
 
 impl Shared {
@@ -92,6 +96,23 @@ impl Batch {
             // The next event tries again; after a resubscription the SDK restores the
             // suppression itself.
             debug!("suppress/revive not sent: {e}");
+        }
+    }
+
+    /// Asks the master about launches that failed ambiguously; the answers (STAGING and
+    /// on, or LOST for a launch that never committed) arrive as updates.
+    async fn reconcile_uncertain(&self, driver: &Driver) {
+        let tasks: Vec<(TaskId, Option<AgentId>)> = self
+            .state()
+            .uncertain
+            .iter()
+            .map(|t| (t.clone(), None))
+            .collect();
+        if tasks.is_empty() {
+            return;
+        }
+        if let Err(e) = driver.reconcile(tasks).await {
+            debug!("reconciliation not sent ({e}); retrying once resubscribed");
         }
     }
 
@@ -156,6 +177,7 @@ impl Scheduler for Batch {
             }
             return;
         }
+        self.reconcile_uncertain(driver).await;
         self.sync_offer_interest(driver).await;
     }
 
@@ -198,13 +220,22 @@ impl Scheduler for Batch {
         for (offer_id, tasks) in packing.launches {
             let ids: Vec<TaskId> = tasks.iter().filter_map(|t| t.task_id.clone()).collect();
             if let Err(e) = driver.launch(vec![offer_id], tasks).await {
-                warn!(
-                    "launching {} task(s) failed: {e}; they wait for another offer",
-                    ids.len()
-                );
-                let mut s = self.state();
-                for id in &ids {
-                    s.job.launch_failed(id);
+                if !e.may_have_taken_effect() {
+                    warn!(
+                        "launching {} task(s) failed: {e}; they wait for another offer",
+                        ids.len()
+                    );
+                    let mut s = self.state();
+                    for id in &ids {
+                        s.job.launch_failed(id);
+                    }
+                } else {
+                    warn!(
+                        "launching {} task(s) may or may not have committed ({e}); reconciling them",
+                        ids.len()
+                    );
+                    self.state().uncertain.extend(ids);
+                    self.reconcile_uncertain(driver).await;
                 }
             }
         }
@@ -217,6 +248,9 @@ impl Scheduler for Batch {
     async fn update(&mut self, driver: &Driver, status: pb::TaskStatus) {
         let (outcome, done, finishing) = {
             let mut s = self.state();
+            if let Some(id) = &status.task_id {
+                s.uncertain.retain(|u| u != id);
+            }
             let outcome = s.job.on_update(&status);
             (outcome, s.job.is_done(), s.finishing)
         };

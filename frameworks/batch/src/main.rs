@@ -140,6 +140,7 @@ async fn run_job(args: Args) -> anyhow::Result<u8> {
         agents: Default::default(),
         finishing: false,
         last_progress: None,
+        uncertain: Vec::new(),
     }));
     let request = TaskRequest::new(args.cpus, args.mem).with_disk(args.disk);
     let command = args.command.join(" ");
