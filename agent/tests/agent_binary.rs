@@ -255,13 +255,13 @@ async fn tasks_survive_kill_9_of_the_agent_and_are_recovered() {
 fn an_unavailable_containerizer_is_a_clear_startup_error() {
     let dir = tempfile::tempdir().unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_drover-agent"))
-        .args(["--containerizers", "docker", "--work-dir"])
+        .args(["--containerizers", "podman", "--work-dir"])
         .arg(dir.path())
         .output()
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("containers issue"), "{err}");
+    assert!(err.contains("unknown containerizer 'podman'"), "{err}");
 }
 
 #[test]

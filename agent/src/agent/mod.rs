@@ -21,7 +21,6 @@ use std::fs::{File, OpenOptions};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use drover_proto::pb::{self, task_status::Reason};
@@ -32,7 +31,6 @@ use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::api::{AgentApiService, ExecutorService};
 use crate::config::{Config, Settings};
-use crate::containerizer::process::ProcessContainerizer;
 use crate::containerizer::Containerizer;
 use crate::error::{AgentError, IoContext};
 use crate::fsutil::create_dir_all_durable;
@@ -103,7 +101,9 @@ impl Agent {
             None => api_address.to_string(),
         };
         let detected = crate::resources::detect(layout.root());
-        let resources = crate::resources::apply_overrides(&detected, &settings.resource_overrides);
+        let offered =
+            crate::resources::reserve(&detected, settings.reserved_cpus, settings.reserved_mem_mb);
+        let resources = crate::resources::apply_overrides(&offered, &settings.resource_overrides);
         let info = pb::AgentInfo {
             hostname,
             address: advertised,
@@ -113,11 +113,8 @@ impl Agent {
         let agent_id = read_agent_id(&layout.agent_id_file())?;
         let fence = TermFence::load(layout.term_file())?;
         let metrics = Arc::new(Metrics::new());
-        let containerizer: Arc<dyn Containerizer> = Arc::new(ProcessContainerizer::new(
-            layout.clone(),
-            PathBuf::from("/proc/self/exe"),
-            settings.default_grace,
-        ));
+        let containerizer: Arc<dyn Containerizer> =
+            Arc::new(crate::containerizer::build(&settings, &layout)?);
         let (journal, found) = recovery::load(&layout)?;
         let (events_tx, events_rx) = mpsc::channel(1024);
         let mut core = AgentLoop::new(
