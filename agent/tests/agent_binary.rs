@@ -7,6 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use drover_agent::containerizer::linux::cgroups::{work_dir_tag, Hierarchies};
 use drover_agent::containerizer::linux::ContainerCheckpoint;
 use drover_agent::procfs;
 use drover_agent::supervisor::records::SupervisorClaim;
@@ -335,6 +336,17 @@ fn container_of(work_dir: &Path, task: &str) -> ContainerCheckpoint {
     serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap()
 }
 
+/// Kills whatever a failing test left in an agent's cgroups.
+struct Sweep(std::path::PathBuf);
+
+impl Drop for Sweep {
+    fn drop(&mut self) {
+        if let Ok(h) = Hierarchies::detect() {
+            h.destroy_all_below(&self.0);
+        }
+    }
+}
+
 /// Waits (bounded) until `cond` holds.
 fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
@@ -352,6 +364,10 @@ async fn linux_containers_survive_kill_9_of_the_agent_and_nothing_is_orphaned() 
     let dir = tempfile::tempdir().unwrap();
     let mut master = Master::start().await;
     let mut agent = start_agent_with(&master.addr, dir.path(), &["--containerizers", "linux"]);
+    let _sweep = Sweep(
+        std::path::Path::new("drover")
+            .join(work_dir_tag(&std::fs::canonicalize(dir.path()).unwrap())),
+    );
     master.register().await;
 
     // One keeps running; three end while the agent is away: an exit code, a signal, and

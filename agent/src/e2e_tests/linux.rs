@@ -27,13 +27,30 @@ fn linux_task(id: &str, resources: &str, script: &str, kind: pb::container_info:
     })
 }
 
+use crate::containerizer::linux::cgroups::{work_dir_tag, Hierarchies};
+
+/// The agent's cgroup root, relative to each hierarchy.
+fn agent_cgroups(work_dir: &std::path::Path) -> std::path::PathBuf {
+    let canonical = std::fs::canonicalize(work_dir).unwrap();
+    std::path::Path::new("drover").join(work_dir_tag(&canonical))
+}
+
+/// Kills whatever a failing test left in the agent's cgroups.
+struct Sweep(std::path::PathBuf);
+
+impl Drop for Sweep {
+    fn drop(&mut self) {
+        if let Ok(h) = Hierarchies::detect() {
+            h.destroy_all_below(&self.0);
+        }
+    }
+}
+
 /// The agent's cgroup directories in the memory hierarchy that are left (there should
 /// be none once its containers ended).
 fn leftover_cgroups(work_dir: &std::path::Path) -> Vec<String> {
-    let canonical = std::fs::canonicalize(work_dir).unwrap();
-    let tag = crate::containerizer::linux::cgroups::work_dir_tag(&canonical);
-    let h = crate::containerizer::linux::cgroups::Hierarchies::detect().unwrap();
-    let dir = h.v1_mount("memory").unwrap().join("drover").join(tag);
+    let h = Hierarchies::detect().unwrap();
+    let dir = h.v1_mount("memory").unwrap().join(agent_cgroups(work_dir));
     match std::fs::read_dir(&dir) {
         Ok(entries) => entries
             .filter_map(|e| e.ok())
@@ -50,6 +67,7 @@ async fn linux_tasks_report_oom_usage_and_unavailable_containerizers() {
     let dir = tempfile::tempdir().unwrap();
     let mut master = Master::start().await;
     let agent = start_agent(&master.addr, dir.path(), &[]).await;
+    let _sweep = Sweep(agent_cgroups(dir.path()));
     master.register().await;
 
     // Past its memory limit: OOM-killed, and said so.

@@ -178,6 +178,28 @@ impl Hierarchies {
     }
 }
 
+impl Hierarchies {
+    /// Kills every container below `<hierarchy>/<relative>` (an agent's root) and removes
+    /// their cgroups and the root. For tests that must leave nothing behind even when they
+    /// fail, and for operators retiring an agent's work dir.
+    pub fn destroy_all_below(&self, relative: &Path) {
+        let mut names = BTreeSet::new();
+        for mount in self.v1.values() {
+            if let Ok(entries) = fs::read_dir(mount.join(relative)) {
+                for e in entries.flatten() {
+                    if e.path().is_dir() {
+                        names.insert(e.file_name());
+                    }
+                }
+            }
+        }
+        for name in names {
+            let _ = self.container(&relative.join(name)).destroy();
+        }
+        self.remove_if_empty(relative);
+    }
+}
+
 /// Decodes the octal escapes (`\040` for a space) of mountinfo paths.
 fn unescape_mountinfo(s: &str) -> String {
     let b = s.as_bytes();
