@@ -26,7 +26,7 @@ use drover_proto::AgentId;
 
 use crate::config::Settings;
 use crate::error::{AgentError, IoContext};
-use crate::fsutil::write_atomic;
+use crate::fsutil::replace_unsynced;
 use crate::layout::{Layout, TaskKey, TaskMeta};
 use crate::supervisor::records::{ExitOutcome, ExitRecord, Limitation};
 
@@ -110,6 +110,9 @@ pub fn type_name(t: pb::container_info::Type) -> Option<&'static str> {
 /// it ran under `process`.
 const CONTAINERIZER_FILE: &str = "containerizer";
 
+/// Every containerizer name a task may have been launched under.
+const KNOWN: [&str; 3] = ["linux", "process", "docker"];
+
 /// The enabled containerizers; see the module docs.
 pub struct Containerizers {
     layout: Layout,
@@ -175,8 +178,10 @@ impl Containerizer for Containerizers {
     async fn launch(&self, spec: LaunchSpec) -> Result<(), AgentError> {
         let chosen = self.pick(&spec.task)?;
         let path = spec.meta.dir().join(CONTAINERIZER_FILE);
-        // Durable before the container exists: recovery must ask the same containerizer.
-        write_atomic(&path, chosen.name().as_bytes())
+        // Before the container exists, so recovery asks the same containerizer. Not
+        // synced: after a power loss no container runs, and recovery treats a missing or
+        // torn name as `process`, which finds the dead supervisor just the same.
+        replace_unsynced(&path, chosen.name().as_bytes())
             .ctx(|| format!("writing {}", path.display()))?;
         let key = spec.key.clone();
         chosen.launch(spec).await?;
@@ -187,7 +192,11 @@ impl Containerizer for Containerizers {
     async fn recover(&self, key: &TaskKey) -> Result<Recovered, AgentError> {
         let path = self.layout.task_meta(key).dir().join(CONTAINERIZER_FILE);
         let name = match std::fs::read_to_string(&path) {
-            Ok(n) => n.trim().to_string(),
+            Ok(n) if KNOWN.contains(&n.trim()) => n.trim().to_string(),
+            Ok(n) => {
+                tracing::warn!(task = %key, "unreadable containerizer name {n:?}; recovering the task as a process task");
+                "process".to_string()
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => "process".to_string(),
             Err(e) => return Err(AgentError::io(format!("reading {}", path.display()), e)),
         };

@@ -36,6 +36,8 @@ const MIN_CFS_QUOTA_US: u64 = 1_000;
 pub const SHARES_PER_CPU: f64 = 1024.0;
 /// Smallest `cpu.shares` the kernel accepts.
 const MIN_SHARES: u64 = 2;
+/// The kernel's largest pid count (`PID_MAX_LIMIT` on 64-bit), the most `pids.max` takes.
+pub const MAX_PIDS: u64 = 4_194_304;
 /// Smallest memory limit a task may ask for: below this the container's own init and
 /// the shell starting the command are OOM-killed before the task does anything.
 pub const MIN_MEM_MB: f64 = 4.0;
@@ -258,8 +260,11 @@ impl Limits {
                 ));
             }
         }
-        if self.pids == 0 {
-            return Err("the pids limit must be at least 1".into());
+        if self.pids == 0 || self.pids > MAX_PIDS {
+            return Err(format!(
+                "the pids limit must be between 1 and {MAX_PIDS}, not {}",
+                self.pids
+            ));
         }
         Ok(())
     }
@@ -651,6 +656,10 @@ pids\t8\t1\t1
                 ..l
             },
             Limits { pids: 0, ..l },
+            Limits {
+                pids: MAX_PIDS + 1,
+                ..l
+            },
         ] {
             assert!(bad.validate().is_err(), "{bad:?}");
         }

@@ -37,7 +37,7 @@ use serde::{Deserialize, Serialize};
 use super::process::ProcessContainerizer;
 use super::{Containerizer, LaunchSpec, Recovered, Termination};
 use crate::error::{AgentError, IoContext};
-use crate::fsutil::{read_json, write_json_atomic};
+use crate::fsutil::{read_json, replace_unsynced};
 use crate::layout::{Layout, TaskKey};
 use crate::supervisor::records::{ContainerLaunch, SANDBOX_IN_ROOTFS};
 use cgroups::{ContainerCgroups, Hierarchies, Limits};
@@ -267,13 +267,17 @@ impl Containerizer for LinuxContainerizer {
         let cgroups = self
             .hierarchies
             .container(&self.agent_root.join(&container_id));
-        // Before the cgroups exist: a restarted agent must be able to remove them.
+        // Before the cgroups exist: a restarted agent must be able to remove them. Not
+        // synced: cgroups do not outlive a power loss.
         let checkpoint = ContainerCheckpoint {
             container_id: container_id.clone(),
             cgroups: cgroups.clone(),
         };
         let path = self.container_file(&spec.key);
-        write_json_atomic(&path, &checkpoint).ctx(|| format!("writing {}", path.display()))?;
+        serde_json::to_vec_pretty(&checkpoint)
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| replace_unsynced(&path, &bytes))
+            .ctx(|| format!("writing {}", path.display()))?;
         let created = {
             let cgroups = cgroups.clone();
             tokio::task::spawn_blocking(move || cgroups.create(&limits))
@@ -302,10 +306,13 @@ impl Containerizer for LinuxContainerizer {
 
     async fn recover(&self, key: &TaskKey) -> Result<Recovered, AgentError> {
         let path = self.container_file(key);
-        let checkpoint: Option<ContainerCheckpoint> =
-            read_json(&path).ctx(|| format!("reading {}", path.display()))?;
-        if let Some(cp) = checkpoint {
-            self.containers().insert(key.clone(), cp.cgroups);
+        match read_json::<ContainerCheckpoint>(&path) {
+            Ok(Some(cp)) => {
+                self.containers().insert(key.clone(), cp.cgroups);
+            }
+            Ok(None) => {}
+            // Only a power loss tears it, and then no cgroup of it is left either.
+            Err(e) => tracing::warn!(task = %key, "ignoring {}: {e}", path.display()),
         }
         let found = self.supervisors.recover(key).await?;
         if found == Recovered::NeverStarted {
