@@ -144,6 +144,25 @@ impl Containerizers {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// A usage sample of every running container that measures it.
+    pub fn usage_all(&self) -> Vec<pb::TaskUsage> {
+        let running: Vec<(TaskKey, Arc<dyn Containerizer>)> = self
+            .running()
+            .iter()
+            .map(|(k, c)| (k.clone(), c.clone()))
+            .collect();
+        running
+            .into_iter()
+            .filter_map(|(key, c)| {
+                c.usage(&key).map(|statistics| pb::TaskUsage {
+                    framework_id: Some(key.framework_id.clone()),
+                    task_id: Some(key.task_id.clone()),
+                    statistics: Some(statistics),
+                })
+            })
+            .collect()
+    }
+
     fn by_name(&self, name: &str) -> Option<Arc<dyn Containerizer>> {
         self.enabled.iter().find(|c| c.name() == name).cloned()
     }
