@@ -370,20 +370,17 @@ async fn linux_containers_survive_kill_9_of_the_agent_and_nothing_is_orphaned() 
     );
     master.register().await;
 
-    // One keeps running; three end while the agent is away: an exit code, a signal, and
-    // an OOM kill.
+    // One keeps running; three end while the agent is away (once the test creates `go`
+    // in their sandboxes): an exit code, a signal, and an OOM kill.
+    let go = "until [ -e go ]; do sleep 0.05; done";
     let tasks = [
-        ("long", "cpus:0.1;mem:32", "echo up; exec sleep 1000"),
-        ("exits", "cpus:0.1;mem:32", "sleep 1; exit 5"),
-        ("signaled", "cpus:0.1;mem:32", "sleep 1; kill -KILL $$"),
-        (
-            "oom",
-            "cpus:0.1;mem:32",
-            "sleep 1; head -c 200M /dev/zero | tail",
-        ),
+        ("long", "echo up; exec sleep 1000".to_string()),
+        ("exits", format!("{go}; exit 5")),
+        ("signaled", format!("{go}; kill -KILL $$")),
+        ("oom", format!("{go}; head -c 200M /dev/zero | tail")),
     ];
-    for (id, resources, script) in tasks {
-        master.send(linux_task(id, resources, script));
+    for (id, script) in &tasks {
+        master.send(linux_task(id, "cpus:0.1;mem:32", script));
     }
     let mut updates: Vec<pb::TaskStatus> = Vec::new();
     while updates
@@ -402,7 +399,10 @@ async fn linux_containers_survive_kill_9_of_the_agent_and_nothing_is_orphaned() 
 
     agent.0.kill().unwrap();
     agent.0.wait().unwrap();
-    for (id, _, _) in &tasks[1..] {
+    for (id, _) in &tasks[1..] {
+        std::fs::write(dir.path().join(format!("sandboxes/fw/{id}/go")), "").unwrap();
+    }
+    for (id, _) in &tasks[1..] {
         let exit = dir
             .path()
             .join(format!("meta/frameworks/fw/tasks/{id}/exit.json"));
@@ -414,7 +414,7 @@ async fn linux_containers_survive_kill_9_of_the_agent_and_nothing_is_orphaned() 
         long_pids.len() >= 2,
         "the running container lost its processes"
     );
-    for (id, _, _) in &tasks[1..] {
+    for (id, _) in &tasks[1..] {
         let ended = container_of(dir.path(), id);
         assert!(!ended.cgroups.exists(), "{id}: cgroups outlived the task");
     }
