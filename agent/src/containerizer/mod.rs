@@ -118,6 +118,9 @@ pub struct Containerizers {
     layout: Layout,
     /// The first is the default for tasks that name no type.
     enabled: Vec<Arc<dyn Containerizer>>,
+    /// Not enabled for new tasks, but able to recover the tasks an earlier agent ran with
+    /// them (a containerizer dropped from `--containerizers` must not orphan its tasks).
+    recovery_only: Vec<Arc<dyn Containerizer>>,
     /// Tasks launched or recovered and not yet waited for. Never held across an await.
     running: Mutex<HashMap<TaskKey, Arc<dyn Containerizer>>>,
 }
@@ -129,8 +132,15 @@ impl Containerizers {
         Containerizers {
             layout,
             enabled,
+            recovery_only: Vec::new(),
             running: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Adds containerizers that only recover tasks launched with them earlier.
+    pub fn with_recovery_only(mut self, extra: Vec<Arc<dyn Containerizer>>) -> Self {
+        self.recovery_only = extra;
+        self
     }
 
     /// Names of the enabled containerizers, the default first.
@@ -219,7 +229,15 @@ impl Containerizer for Containerizers {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => "process".to_string(),
             Err(e) => return Err(AgentError::io(format!("reading {}", path.display()), e)),
         };
-        let chosen = self.by_name(&name).ok_or_else(|| {
+        let recovering = self
+            .recovery_only
+            .iter()
+            .find(|c| c.name() == name)
+            .cloned()
+            .inspect(|_| {
+                tracing::info!(task = %key, "recovering a task of the '{name}' containerizer, which is no longer enabled for new tasks");
+            });
+        let chosen = self.by_name(&name).or(recovering).ok_or_else(|| {
             AgentError::Config(format!(
                 "task {key} runs under the '{name}' containerizer, which this agent does not \
                  enable (enabled: {}); enable it again to recover the task",
@@ -327,7 +345,19 @@ pub fn build(settings: &Settings, layout: &Layout) -> Result<Containerizers, Age
             settings.containerizers.join(",")
         );
     }
-    Ok(Containerizers::new(layout.clone(), enabled))
+    // Tasks of a containerizer that is no longer enabled are still recovered and reported.
+    let mut recovery_only: Vec<Arc<dyn Containerizer>> = Vec::new();
+    let has =
+        |enabled: &[Arc<dyn Containerizer>], name: &str| enabled.iter().any(|c| c.name() == name);
+    if !has(&enabled, "process") {
+        recovery_only.push(process());
+    }
+    if !has(&enabled, "linux") {
+        if let Ok(l) = linux() {
+            recovery_only.push(Arc::new(l));
+        }
+    }
+    Ok(Containerizers::new(layout.clone(), enabled).with_recovery_only(recovery_only))
 }
 /// The terminal status a [`Termination`] becomes.
 #[derive(Clone, Debug, PartialEq)]

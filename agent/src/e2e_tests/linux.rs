@@ -246,3 +246,57 @@ async fn a_linux_task_type_on_a_process_only_agent_fails_with_the_reason() {
     );
     agent.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_linux_task_is_recovered_after_linux_is_dropped_from_the_containerizers() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut master = Master::start().await;
+    let agent = start_agent(&master.addr, dir.path(), &["--containerizers", "linux"]).await;
+    let _sweep = Sweep(agent_cgroups(dir.path()));
+    master.register().await;
+    master.send(
+        2,
+        linux_task(
+            "kept",
+            "cpus:0.1;mem:32",
+            "exec sleep 1000",
+            pb::container_info::Type::Linux,
+        ),
+    );
+    assert_eq!(
+        state_of(&master.acked_update().await),
+        TaskState::TaskStarting
+    );
+    assert_eq!(
+        state_of(&master.acked_update().await),
+        TaskState::TaskRunning
+    );
+    agent.stop().await.unwrap();
+
+    // The operator restarts the agent without linux: the running container is still
+    // found, measured and killed, and new linux tasks are refused.
+    let agent = start_agent(&master.addr, dir.path(), &["--containerizers", "process"]).await;
+    let reg = master.register().await;
+    assert_eq!(reg.tasks.len(), 1);
+    let state = agent.state().await;
+    assert_eq!(state.tasks[0].containerizer, "linux");
+    assert!(state.tasks[0].usage.is_some());
+    master.send(
+        2,
+        Msg::KillTask(pb::master_message::KillTask {
+            framework_id: Some(FrameworkId::new("fw")),
+            task_id: Some(TaskId::new("kept")),
+            kill_policy: None,
+        }),
+    );
+    assert_eq!(
+        state_of(&master.acked_update().await),
+        TaskState::TaskKilled
+    );
+    agent.stop().await.unwrap();
+    assert!(
+        leftover_cgroups(dir.path()).is_empty(),
+        "{:?}",
+        leftover_cgroups(dir.path())
+    );
+}
