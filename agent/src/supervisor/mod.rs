@@ -42,6 +42,10 @@ use crate::layout::TaskMeta;
 use crate::procfs::{self, ProcessIdentity};
 use records::{ExitOutcome, ExitRecord, KillRequest, Limitation, SupervisorClaim, SupervisorSpec};
 
+/// How long a container's init may take to set up namespaces and mounts and start the
+/// command before the launch counts as failed.
+const INIT_SETUP_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// The hidden first argument that turns `drover-agent` into a supervisor.
 pub const SUPERVISE_ARG: &str = "__supervise";
 
@@ -291,7 +295,7 @@ impl Supervisor {
     /// cgroups, and waits for its report that the command started.
     fn spawn_container(&mut self, c: &records::ContainerLaunch) -> io::Result<i32> {
         use std::io::BufRead;
-        use std::os::fd::{FromRawFd, OwnedFd};
+        use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
         // Our next child is PID 1 of a new namespace; we stay outside it.
         // SAFETY: unshare with a valid flag; the supervisor is single-threaded.
         if unsafe { libc::unshare(libc::CLONE_NEWPID) } != 0 {
@@ -373,13 +377,35 @@ impl Supervisor {
         drop(child);
         // Only the init holds the write end now: EOF means it is gone.
         drop(write_end);
-        let mut report = std::io::BufReader::new(std::fs::File::from(read_end));
+        // Setup is mounts and namespaces: quick, unless something (a hung network
+        // filesystem under the root filesystem) blocks. Bounded, so a kill request (which
+        // waits, blocked, meanwhile) is never stuck behind it for good.
+        let mut pfd = libc::pollfd {
+            fd: read_end.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let timeout_ms = INIT_SETUP_TIMEOUT.as_millis() as libc::c_int;
+        // SAFETY: one valid pollfd.
+        let ready = loop {
+            let r = unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
+            if r >= 0 || io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+                break r;
+            }
+        };
         let mut line = String::new();
-        report.read_line(&mut line)?;
+        let mut report = std::io::BufReader::new(std::fs::File::from(read_end));
+        if ready > 0 {
+            report.read_line(&mut line)?;
+        }
         self.report = Some(report);
         let line = line.trim();
         if line.starts_with("started") {
             return Ok(pid);
+        }
+        if ready == 0 {
+            // SAFETY: kill of our own unreaped child.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
         }
         // The init failed and exits; reap it so it does not look like the task.
         let mut status = 0;
@@ -387,6 +413,10 @@ impl Supervisor {
         unsafe { libc::waitpid(pid, &mut status, 0) };
         Err(io::Error::other(match line.strip_prefix("failed ") {
             Some(why) => why.to_string(),
+            None if ready == 0 => format!(
+                "the container's setup did not finish within {} s",
+                INIT_SETUP_TIMEOUT.as_secs()
+            ),
             None => "the container's init exited before starting the command".to_string(),
         }))
     }
