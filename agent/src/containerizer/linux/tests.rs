@@ -23,6 +23,10 @@ impl Drop for Fixture {
         self.linux
             .hierarchies()
             .remove_if_empty(self.linux.agent_cgroup_root());
+        // Fails harmlessly while another test's agent root is still in it.
+        self.linux
+            .hierarchies()
+            .remove_if_empty(Path::new("drover-test"));
     }
 }
 
@@ -510,4 +514,21 @@ async fn an_isolated_network_has_only_loopback_and_the_host_network_is_the_hosts
     } else {
         eprintln!("loopback check skipped: /bin/busybox (busybox-static) is not installed");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_smallest_memory_limit_still_runs_a_shell() {
+    let f = fixture();
+    let status = run_to_end(
+        &f,
+        spec(
+            &f,
+            "small",
+            &format!("cpus:0.1;mem:{}", cgroups::MIN_MEM_MB),
+            "echo ok",
+        ),
+    )
+    .await;
+    assert_eq!(status.state, TaskState::TaskFinished, "{status:?}");
+    assert_eq!(output(&f, "small", "stdout"), "ok\n");
 }
