@@ -71,15 +71,35 @@ pub struct Config {
     #[arg(long, default_value_t = 3.0, value_name = "SECS")]
     pub default_grace_period_secs: f64,
 
-    /// Containerizers to enable, comma-separated. Only 'process' (plain processes in
-    /// sandboxes) exists today; 'linux' and 'docker' arrive with the containers issue.
-    #[arg(
-        long,
-        default_value = "process",
-        value_delimiter = ',',
-        value_name = "NAME[,NAME...]"
-    )]
+    /// Containerizers to enable, comma-separated; the first is the default for tasks
+    /// whose ContainerInfo names no type. 'linux': namespaces, cgroups and an init per
+    /// task (needs root and the cpu, cpuacct, memory and pids cgroup controllers);
+    /// 'process': plain processes in sandboxes, no isolation. Default: 'linux,process'
+    /// when the agent runs as root and the cgroup controllers are usable, else 'process'.
+    #[arg(long, value_delimiter = ',', value_name = "NAME[,NAME...]")]
     pub containerizers: Vec<String>,
+
+    /// Most processes (and threads) one linux container may hold (cgroup pids.max), for
+    /// tasks whose ContainerInfo.pids_limit is 0.
+    #[arg(long, default_value_t = 4096, value_name = "N")]
+    pub pids_limit: u64,
+
+    /// Where the linux containerizer puts its cgroups, relative to the root of each
+    /// cgroup hierarchy: <ROOT>/<agent-tag>/<container-id>. Outside the agent's own
+    /// cgroup on purpose, so restarting the agent's service does not kill tasks.
+    #[arg(long, default_value = "drover", value_name = "PATH")]
+    pub cgroups_root: PathBuf,
+
+    /// CPUs kept for the agent and the system: subtracted from the detected cpus (not
+    /// from a --resources override).
+    #[arg(long, default_value_t = 0.5, value_name = "CPUS")]
+    pub reserved_cpus: f64,
+
+    /// Memory (MB) kept for the agent and the system: subtracted from the detected mem
+    /// (not from a --resources override). Default: 10% of the machine's memory, at least
+    /// 256 MB and at most 4096 MB.
+    #[arg(long, value_name = "MB")]
+    pub reserved_mem_mb: Option<f64>,
 
     /// On SIGINT/SIGTERM, kill every running task before exiting. Off by default: tasks
     /// normally outlive the agent and a restarted agent reattaches to them.
@@ -111,6 +131,13 @@ pub struct Settings {
     pub default_grace: Duration,
     pub shutdown_tasks_on_exit: bool,
     pub status_update_retry: Duration,
+    /// Empty: choose automatically (see `containerizer::build`).
+    pub containerizers: Vec<String>,
+    pub pids_limit: u64,
+    /// Relative, without `..`.
+    pub cgroups_root: PathBuf,
+    pub reserved_cpus: f64,
+    pub reserved_mem_mb: Option<f64>,
 }
 
 impl Config {
@@ -140,21 +167,58 @@ impl Config {
         if masters.is_empty() {
             return Err(AgentError::Config("--master names no master".into()));
         }
+        let mut containerizers: Vec<String> = Vec::new();
         for c in &self.containerizers {
-            match c.trim() {
-                "process" => {}
+            let c = c.trim();
+            match c {
+                "linux" | "process" => {}
+                "" => continue,
                 other => {
                     return Err(AgentError::Config(format!(
-                        "--containerizers: '{other}' is not available yet; it arrives with the \
-                         containers issue (only 'process' exists today)"
+                        "--containerizers: unknown containerizer '{other}' (known: linux, process)"
                     )))
                 }
             }
+            if containerizers.iter().any(|x| x == c) {
+                return Err(AgentError::Config(format!(
+                    "--containerizers names '{c}' twice"
+                )));
+            }
+            containerizers.push(c.to_string());
         }
-        if self.containerizers.is_empty() {
+        if !self.containerizers.is_empty() && containerizers.is_empty() {
             return Err(AgentError::Config(
                 "--containerizers names no containerizer".into(),
             ));
+        }
+        if self.pids_limit == 0 || self.pids_limit > 4_194_304 {
+            return Err(AgentError::Config(format!(
+                "--pids-limit must be between 1 and 4194304, not {}",
+                self.pids_limit
+            )));
+        }
+        let root = &self.cgroups_root;
+        let plain = root
+            .components()
+            .all(|c| matches!(c, std::path::Component::Normal(_)));
+        if root.as_os_str().is_empty() || !plain {
+            return Err(AgentError::Config(format!(
+                "--cgroups-root must be a relative path without '.' or '..', not '{}'",
+                root.display()
+            )));
+        }
+        let rc = self.reserved_cpus;
+        if !rc.is_finite() || rc < 0.0 {
+            return Err(AgentError::Config(format!(
+                "--reserved-cpus must be 0 or more, not {rc}"
+            )));
+        }
+        if let Some(m) = self.reserved_mem_mb {
+            if !m.is_finite() || m < 0.0 {
+                return Err(AgentError::Config(format!(
+                    "--reserved-mem-mb must be 0 or more, not {m}"
+                )));
+            }
         }
         let resource_overrides = match &self.resources {
             Some(text) => Resources::parse(text)
@@ -195,6 +259,11 @@ impl Config {
             default_grace: Duration::from_secs_f64(grace),
             shutdown_tasks_on_exit: self.shutdown_tasks_on_exit,
             status_update_retry: Duration::from_secs_f64(retry),
+            containerizers,
+            pids_limit: self.pids_limit,
+            cgroups_root: self.cgroups_root.clone(),
+            reserved_cpus: self.reserved_cpus,
+            reserved_mem_mb: self.reserved_mem_mb,
         })
     }
 }
@@ -233,8 +302,10 @@ mod tests {
         assert!(!c.master.is_empty());
         assert_eq!(c.listen, "127.0.0.1:5051");
         assert_eq!(c.http_listen, "127.0.0.1:5061");
-        assert_eq!(c.containerizers, ["process"]);
+        assert!(c.containerizers.is_empty());
         let s = c.validate().unwrap();
+        assert!(s.containerizers.is_empty());
+        assert_eq!((s.pids_limit, s.reserved_cpus), (4096, 0.5));
         assert_eq!(s.default_grace, Duration::from_secs(3));
         assert_eq!(s.status_update_retry, Duration::from_secs(10));
 
@@ -245,12 +316,30 @@ mod tests {
         assert_eq!(s.attributes.len(), 2);
         assert_eq!(s.attributes[1].text, "a");
 
-        let err = Config::from_args(["--containerizers", "process,docker"])
+        let err = Config::from_args(["--containerizers", "process,podman"])
             .unwrap()
             .validate()
             .unwrap_err()
             .to_string();
-        assert!(err.contains("containers issue"), "{err}");
+        assert!(err.contains("unknown containerizer 'podman'"), "{err}");
+        let s = Config::from_args(["--containerizers", "process,linux"])
+            .unwrap()
+            .validate()
+            .unwrap();
+        assert_eq!(s.containerizers, ["process", "linux"]);
+        for bad in [
+            "--containerizers=linux,linux",
+            "--pids-limit=0",
+            "--cgroups-root=/abs",
+            "--cgroups-root=a/../b",
+            "--reserved-cpus=-1",
+            "--reserved-mem-mb=NaN",
+        ] {
+            assert!(
+                Config::from_args([bad]).unwrap().validate().is_err(),
+                "{bad:?} accepted"
+            );
+        }
         assert!(Config::from_args(["--resources", "cpus:x"])
             .unwrap()
             .validate()

@@ -56,6 +56,19 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     fsync_dir(path.parent().ok_or_else(|| no_parent(path))?)
 }
 
+/// Replaces `path` with `bytes` atomically (a reader sees the old or the new content,
+/// also after a crash of this process) but not durably: for records that only matter
+/// while the machine stays up, such as what describes running containers (a power loss
+/// ends them all). Saves the two syncs of [`write_atomic`].
+pub fn replace_unsynced(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let tmp = temp_path(path)?;
+    if let Err(e) = fs::write(&tmp, bytes) {
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
+    fs::rename(&tmp, path)
+}
+
 /// [`write_atomic`] of a value as pretty JSON (checkpoints are meant to be readable).
 pub fn write_json_atomic<T: Serialize>(path: &Path, value: &T) -> io::Result<()> {
     let bytes = serde_json::to_vec_pretty(value).map_err(io::Error::other)?;

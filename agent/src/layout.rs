@@ -13,6 +13,8 @@
 //!     kill_request.json            written by the agent before it signals the supervisor
 //!     exit.json                    the supervisor's exit record
 //!     supervisor.log               the supervisor's own diagnostics
+//!     containerizer                which containerizer runs the task (absent: process)
+//!     container.json               linux containers: container id and cgroup paths
 //!     task.json, updates.json,     checkpoints of agents before the checkpoint log: read
 //!     completed                    once by recovery, moved into the log, then removed
 //!   sandboxes/<fw>/<task>/         the task's cwd: stdout, stderr, whatever it writes

@@ -9,9 +9,12 @@
 //!   pings, leader hints, term fencing, reconnection with backoff.
 //! - [`status_updates`]: the status update manager, a pure core (ordered per-task queues,
 //!   retries with backoff, acknowledgements) plus its checkpointing shell.
-//! - [`containerizer`]: the `Containerizer` trait and the `process` implementation.
+//! - [`containerizer`]: the `Containerizer` trait, the registry that picks one per task
+//!   (`Containerizers`), and the implementations: `process` (plain processes) and `linux`
+//!   (namespaces, cgroups and a PID-1 init per task; `containerizer::linux`).
 //! - [`supervisor`]: the per-task supervisor process (this binary re-executed with a hidden
-//!   argument) that runs the command, outlives the agent and records the exit status.
+//!   argument) that runs the command (for linux containers: starts the container's init,
+//!   this binary again), outlives the agent and records the exit status.
 //! - [`files_api`]: sandbox reads and listings that never leave the sandbox (`openat` with
 //!   `O_NOFOLLOW`, component by component).
 //! - [`api`]: the gRPC services on `--listen` (`AgentApi`, and `Executor`, unimplemented).
@@ -46,8 +49,9 @@ pub use error::AgentError;
 
 /// Test binaries have no `main` of ours, yet the process containerizer re-executes the
 /// running binary (`/proc/self/exe`) as the supervisor. This constructor runs before the
-/// test harness and turns a test binary started with `__supervise` into a supervisor,
-/// so tests exercise exactly the production path.
+/// test harness and turns a test binary started with `__supervise` into a supervisor
+/// (and with `__container_init` into a container's init), so tests exercise exactly the
+/// production path.
 #[cfg(test)]
 #[used]
 #[link_section = ".init_array"]

@@ -9,6 +9,7 @@
 //! sent on a new stream before its registration.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use drover_proto::leader::leader_hint;
@@ -151,7 +152,15 @@ pub struct MasterLink {
     masters: Vec<String>,
     fence: TermFence,
     events: mpsc::Sender<LinkEvent>,
+    usage: Option<UsageSource>,
 }
+
+/// Samples the usage of the agent's containers, for pings (see [`MasterLink::with_usage`]).
+pub type UsageSource = Arc<dyn Fn() -> Vec<pb::TaskUsage> + Send + Sync>;
+
+/// Usage rides on pings at most this often: the master's task view needs no more, and
+/// sampling reads a few cgroup files per container.
+const USAGE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// An error with its sources: tonic's transport errors say only "transport error" at
 /// the top, and the reason (connection refused, DNS, …) underneath.
@@ -186,7 +195,14 @@ impl MasterLink {
             masters,
             fence,
             events,
+            usage: None,
         }
+    }
+
+    /// Pings carry the containers' usage from `source`, so the master's task view shows it.
+    pub fn with_usage(mut self, source: UsageSource) -> Self {
+        self.usage = Some(source);
+        self
     }
 
     /// Runs until `stop` turns true or the agent loop goes away.
@@ -353,10 +369,18 @@ impl MasterLink {
         let mut ticker = tokio::time::interval_at(Instant::now() + ping, ping);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_heard = Instant::now();
+        let mut usage_sent: Option<Instant> = None;
         loop {
             tokio::select! {
                 _ = ticker.tick() => {
-                    let ping = pb::AgentMessage { msg: Some(pb::agent_message::Msg::Ping(pb::agent_message::Ping {})) };
+                    let mut usage = Vec::new();
+                    if let Some(source) = &self.usage {
+                        if usage_sent.is_none_or(|t| t.elapsed() >= USAGE_INTERVAL) {
+                            usage = source();
+                            usage_sent = Some(Instant::now());
+                        }
+                    }
+                    let ping = pb::AgentMessage { msg: Some(pb::agent_message::Msg::Ping(pb::agent_message::Ping { usage })) };
                     if out_tx.send(ping).is_err() {
                         return Some(Failure::new("the stream's sender closed", true));
                     }

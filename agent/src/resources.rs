@@ -36,6 +36,46 @@ pub fn detect(work_dir: &Path) -> Resources {
     r
 }
 
+/// The memory kept for the agent and the system when `--reserved-mem-mb` is not given:
+/// 10% of the machine's, at least 256 MB, at most 4096 MB (never more than there is).
+pub fn default_reserved_mem_mb(total_mb: f64) -> f64 {
+    (total_mb * 0.1).clamp(256.0, 4096.0).min(total_mb)
+}
+
+/// `detected` minus the headroom kept for the agent and the system (`--reserved-cpus`,
+/// `--reserved-mem-mb`, see [`default_reserved_mem_mb`]). Never below zero; applied before
+/// `--resources` overrides, which are taken as given.
+pub fn reserve(detected: &Resources, cpus: f64, mem_mb: Option<f64>) -> Resources {
+    let mut out = Resources::from_proto(
+        &detected
+            .to_proto()
+            .into_iter()
+            .filter(|r| r.name != "cpus" && r.name != "mem")
+            .collect::<Vec<_>>(),
+    )
+    .unwrap_or_default();
+    let total_cpus = detected.cpus();
+    if total_cpus > 0.0 {
+        let left = (total_cpus - cpus).max(0.0);
+        if left == 0.0 {
+            tracing::warn!("--reserved-cpus {cpus} leaves no cpus of {total_cpus} to offer");
+        } else {
+            out.add(&Resources::scalar("cpus", left));
+        }
+    }
+    let total_mem = detected.mem();
+    if total_mem > 0.0 {
+        let reserved = mem_mb.unwrap_or_else(|| default_reserved_mem_mb(total_mem));
+        let left = (total_mem - reserved).max(0.0).floor();
+        if left == 0.0 {
+            tracing::warn!("--reserved-mem-mb {reserved} leaves no mem of {total_mem} MB to offer");
+        } else {
+            out.add(&Resources::scalar("mem", left));
+        }
+    }
+    out
+}
+
 /// `detected` with every resource named in `overrides` replaced by the override.
 pub fn apply_overrides(detected: &Resources, overrides: &Resources) -> Resources {
     let named: Vec<String> = overrides.to_proto().into_iter().map(|r| r.name).collect();
@@ -87,6 +127,23 @@ mod tests {
         assert_eq!(r.mem(), detected.mem());
         assert_eq!(r.get_scalar("gpus"), 1.0);
         assert_eq!(r.ports(), vec![5000, 5001]);
+    }
+
+    #[test]
+    fn keeps_headroom_for_the_agent_and_the_system() {
+        let detected = Resources::parse("cpus:2;mem:24000;disk:100;ports:[1-2]").unwrap();
+        let r = reserve(&detected, 0.5, None);
+        assert_eq!(r.cpus(), 1.5);
+        assert_eq!(r.mem(), 24000.0 - 2400.0);
+        assert_eq!(r.disk(), 100.0);
+        assert_eq!(r.ports(), vec![1, 2]);
+        let small = Resources::parse("cpus:1;mem:1000").unwrap();
+        let r = reserve(&small, 0.0, None);
+        assert_eq!((r.cpus(), r.mem()), (1.0, 744.0));
+        let r = reserve(&small, 2.0, Some(5000.0));
+        assert_eq!((r.cpus(), r.mem()), (0.0, 0.0));
+        assert_eq!(default_reserved_mem_mb(100_000.0), 4096.0);
+        assert_eq!(default_reserved_mem_mb(100.0), 100.0);
     }
 
     #[test]

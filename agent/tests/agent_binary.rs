@@ -7,6 +7,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use drover_agent::containerizer::linux::cgroups::{work_dir_tag, Hierarchies};
+use drover_agent::containerizer::linux::ContainerCheckpoint;
 use drover_agent::procfs;
 use drover_agent::supervisor::records::SupervisorClaim;
 use drover_proto::pb::{self, agent_master_server::AgentMaster, master_message::Msg, TaskState};
@@ -160,7 +162,12 @@ impl Drop for AgentProcess {
 }
 
 fn start_agent(master: &str, work_dir: &Path) -> AgentProcess {
+    start_agent_with(master, work_dir, &[])
+}
+
+fn start_agent_with(master: &str, work_dir: &Path, extra: &[&str]) -> AgentProcess {
     let child = Command::new(env!("CARGO_BIN_EXE_drover-agent"))
+        .args(extra)
         .args([
             "--master",
             master,
@@ -255,13 +262,13 @@ async fn tasks_survive_kill_9_of_the_agent_and_are_recovered() {
 fn an_unavailable_containerizer_is_a_clear_startup_error() {
     let dir = tempfile::tempdir().unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_drover-agent"))
-        .args(["--containerizers", "docker", "--work-dir"])
+        .args(["--containerizers", "podman", "--work-dir"])
         .arg(dir.path())
         .output()
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("containers issue"), "{err}");
+    assert!(err.contains("unknown containerizer 'podman'"), "{err}");
 }
 
 #[test]
@@ -283,10 +290,211 @@ fn help_explains_every_flag() {
         "--hostname",
         "--default-grace-period-secs",
         "--containerizers",
+        "--pids-limit",
+        "--cgroups-root",
+        "--reserved-cpus",
+        "--reserved-mem-mb",
         "--shutdown-tasks-on-exit",
         "--log-level",
     ] {
         assert!(help.contains(flag), "--help lacks {flag}");
     }
     assert!(!help.contains("__supervise"));
+    assert!(!help.contains("__container_init"));
+}
+
+fn linux_task(id: &str, resources: &str, script: &str) -> Msg {
+    Msg::RunTask(pb::master_message::RunTask {
+        framework_id: Some(FrameworkId::new("fw")),
+        framework_info: None,
+        task: Some(pb::TaskInfo {
+            name: id.into(),
+            task_id: Some(TaskId::new(id)),
+            resources: drover_proto::Resources::parse(resources)
+                .unwrap()
+                .to_proto(),
+            command: Some(pb::CommandInfo {
+                value: script.into(),
+                shell: true,
+                ..Default::default()
+            }),
+            container: Some(pb::ContainerInfo {
+                r#type: pb::container_info::Type::Linux as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+    })
+}
+
+fn task_id(s: &pb::TaskStatus) -> String {
+    s.task_id.clone().unwrap_or_default().value
+}
+
+fn container_of(work_dir: &Path, task: &str) -> ContainerCheckpoint {
+    let path = work_dir.join(format!("meta/frameworks/fw/tasks/{task}/container.json"));
+    serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap()
+}
+
+/// Kills whatever a failing test left in an agent's cgroups.
+struct Sweep(std::path::PathBuf);
+
+impl Drop for Sweep {
+    fn drop(&mut self) {
+        if let Ok(h) = Hierarchies::detect() {
+            h.destroy_all_below(&self.0);
+        }
+    }
+}
+
+/// Waits (bounded) until `cond` holds.
+fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never happened: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn linux_containers_survive_kill_9_of_the_agent_and_nothing_is_orphaned() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut master = Master::start().await;
+    let mut agent = start_agent_with(&master.addr, dir.path(), &["--containerizers", "linux"]);
+    let _sweep = Sweep(
+        std::path::Path::new("drover")
+            .join(work_dir_tag(&std::fs::canonicalize(dir.path()).unwrap())),
+    );
+    master.register().await;
+
+    // One keeps running; three end while the agent is away (once the test creates `go`
+    // in their sandboxes): an exit code, a signal, and an OOM kill.
+    let go = "until [ -e go ]; do sleep 0.05; done";
+    let tasks = [
+        ("long", "echo up; exec sleep 1000".to_string()),
+        ("exits", format!("{go}; exit 5")),
+        ("signaled", format!("{go}; kill -KILL $$")),
+        ("oom", format!("{go}; head -c 200M /dev/zero | tail")),
+    ];
+    for (id, script) in &tasks {
+        master.send(linux_task(id, "cpus:0.1;mem:32", script));
+    }
+    let mut updates: Vec<pb::TaskStatus> = Vec::new();
+    while updates
+        .iter()
+        .filter(|u| state(u) == TaskState::TaskRunning)
+        .count()
+        < tasks.len()
+    {
+        let u = master.acked_update().await;
+        assert!(
+            matches!(state(&u), TaskState::TaskStarting | TaskState::TaskRunning),
+            "{u:?}"
+        );
+        updates.push(u);
+    }
+
+    agent.0.kill().unwrap();
+    agent.0.wait().unwrap();
+    for (id, _) in &tasks[1..] {
+        std::fs::write(dir.path().join(format!("sandboxes/fw/{id}/go")), "").unwrap();
+    }
+    for (id, _) in &tasks[1..] {
+        let exit = dir
+            .path()
+            .join(format!("meta/frameworks/fw/tasks/{id}/exit.json"));
+        eventually(&format!("{id} ends without the agent"), || exit.exists());
+    }
+    let long = container_of(dir.path(), "long");
+    let long_pids = long.cgroups.pids();
+    assert!(
+        long_pids.len() >= 2,
+        "the running container lost its processes"
+    );
+    for (id, _) in &tasks[1..] {
+        let ended = container_of(dir.path(), id);
+        assert!(!ended.cgroups.exists(), "{id}: cgroups outlived the task");
+    }
+
+    let agent = start_agent_with(&master.addr, dir.path(), &["--containerizers", "linux"]);
+    let reg = master.register().await;
+    assert_eq!(reg.tasks.len(), tasks.len());
+    let mut ended = std::collections::BTreeMap::new();
+    while ended.len() < 3 {
+        let u = master.acked_update().await;
+        updates.push(u.clone());
+        if drover_proto::states::is_terminal(state(&u)) {
+            ended.insert(task_id(&u), u);
+        }
+    }
+    let exits = &ended["exits"];
+    assert_eq!(
+        (state(exits), exits.exit_code),
+        (TaskState::TaskFailed, Some(5))
+    );
+    let signaled = &ended["signaled"];
+    assert_eq!(state(signaled), TaskState::TaskFailed);
+    assert_eq!(signaled.message, "terminated by signal 9");
+    let oom = &ended["oom"];
+    assert_eq!(
+        (state(oom), oom.reason),
+        (
+            TaskState::TaskFailed,
+            pb::task_status::Reason::ContainerLimitationMemory as i32
+        )
+    );
+
+    // The reattached container is still the same one, and can be killed.
+    assert_eq!(long.cgroups.pids(), long_pids);
+    master.send(Msg::KillTask(pb::master_message::KillTask {
+        framework_id: Some(FrameworkId::new("fw")),
+        task_id: Some(TaskId::new("long")),
+        kill_policy: None,
+    }));
+    let killed = master.acked_update().await;
+    assert_eq!(
+        (task_id(&killed), state(&killed)),
+        ("long".into(), TaskState::TaskKilled)
+    );
+    updates.push(killed);
+    eventually("the killed container's cgroups go", || {
+        !long.cgroups.exists()
+    });
+    for pid in long_pids {
+        eventually("the killed container's processes go", || {
+            procfs::stat(pid).unwrap().is_none_or(|s| s.state == 'Z')
+        });
+    }
+
+    // Each task ended exactly once, and each output shows a single run.
+    let mut terminal = std::collections::BTreeMap::new();
+    for u in &updates {
+        if drover_proto::states::is_terminal(state(u)) {
+            *terminal.entry(task_id(u)).or_insert(0) += 1;
+        }
+    }
+    assert_eq!(
+        terminal.values().copied().collect::<Vec<_>>(),
+        [1, 1, 1, 1],
+        "{terminal:?}"
+    );
+    let out = std::fs::read_to_string(dir.path().join("sandboxes/fw/long/stdout")).unwrap();
+    assert_eq!(out, "up\n", "the task ran more than once");
+
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(agent.0.id() as i32, libc::SIGTERM) };
+    let mut agent = agent;
+    assert!(agent.0.wait().unwrap().success());
+    // The agent's cgroup root went with its last container.
+    let root = long
+        .cgroups
+        .dir("memory")
+        .unwrap()
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    assert!(!root.exists(), "{} left behind", root.display());
 }

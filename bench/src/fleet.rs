@@ -351,7 +351,7 @@ impl SimAgent {
                 }
                 Event::Ping => {
                     let ping = pb::AgentMessage {
-                        msg: Some(agent_message::Msg::Ping(agent_message::Ping {})),
+                        msg: Some(agent_message::Msg::Ping(agent_message::Ping::default())),
                     };
                     if tx.send(ping).await.is_err() {
                         return Err(None);

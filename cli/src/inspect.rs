@@ -377,6 +377,7 @@ mod tests {
             state: state as i32,
             resources: vec![scalar("cpus", 0.25), scalar("mem", 64.0)],
             last_status: None,
+            usage: None,
         }
     }
 

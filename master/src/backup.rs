@@ -37,8 +37,9 @@ pub struct BackupHeader {
     pub size: u64,
     /// SHA-256 of those bytes, hex.
     pub sha256: String,
-    /// Seconds since the Unix epoch when taken.
-    pub created: f64,
+    /// Milliseconds since the Unix epoch when taken (an integer: JSON floats do not
+    /// round-trip exactly).
+    pub created_ms: u64,
     /// "online" (from the leader) or "offline" (from a data folder).
     pub source: String,
 }
@@ -65,7 +66,7 @@ impl Backup {
                 term,
                 size: registry.len() as u64,
                 sha256: sha256_hex(&registry),
-                created: drover_proto::unix_seconds(),
+                created_ms: (drover_proto::unix_seconds() * 1000.0) as u64,
                 source: source.to_string(),
             },
             registry,

@@ -945,6 +945,19 @@ impl Cluster {
 
     /// Kills every process whose command line mentions this cluster's folder: task
     /// supervisors and tasks outlive their agent by design, so killing agents is not enough.
+    /// The linux containers of killed supervisors are not torn down by anyone: their
+    /// cgroups (and anything still in them) go here, so a failed test leaks nothing.
+    fn remove_agent_cgroups(&self) {
+        use drover_agent::containerizer::linux::cgroups::{work_dir_tag, Hierarchies};
+        let Ok(h) = Hierarchies::detect() else {
+            return;
+        };
+        for a in &self.agents {
+            let dir = std::fs::canonicalize(&a.work_dir).unwrap_or_else(|_| a.work_dir.clone());
+            h.destroy_all_below(&Path::new("drover").join(work_dir_tag(&dir)));
+        }
+    }
+
     fn kill_strays(&self) {
         let needle = self.dir.path().to_string_lossy().to_string();
         let me = std::process::id();
@@ -983,6 +996,7 @@ impl Drop for Cluster {
             self.kill_master_at(i);
         }
         self.kill_strays();
+        self.remove_agent_cgroups();
     }
 }
 

@@ -21,7 +21,6 @@ use std::fs::{File, OpenOptions};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use drover_proto::pb::{self, task_status::Reason};
@@ -32,8 +31,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::api::{AgentApiService, ExecutorService};
 use crate::config::{Config, Settings};
-use crate::containerizer::process::ProcessContainerizer;
-use crate::containerizer::Containerizer;
+use crate::containerizer::{Containerizer, Containerizers};
 use crate::error::{AgentError, IoContext};
 use crate::fsutil::create_dir_all_durable;
 use crate::layout::Layout;
@@ -54,6 +52,8 @@ pub struct Agent {
     events_rx: mpsc::Receiver<Event>,
     fence: TermFence,
     metrics: Arc<Metrics>,
+    /// The same containerizers the loop uses: pings sample their usage.
+    containerizers: Arc<Containerizers>,
     /// Held for the agent's lifetime: one agent per work dir.
     _lock: File,
 }
@@ -103,7 +103,9 @@ impl Agent {
             None => api_address.to_string(),
         };
         let detected = crate::resources::detect(layout.root());
-        let resources = crate::resources::apply_overrides(&detected, &settings.resource_overrides);
+        let offered =
+            crate::resources::reserve(&detected, settings.reserved_cpus, settings.reserved_mem_mb);
+        let resources = crate::resources::apply_overrides(&offered, &settings.resource_overrides);
         let info = pb::AgentInfo {
             hostname,
             address: advertised,
@@ -113,11 +115,8 @@ impl Agent {
         let agent_id = read_agent_id(&layout.agent_id_file())?;
         let fence = TermFence::load(layout.term_file())?;
         let metrics = Arc::new(Metrics::new());
-        let containerizer: Arc<dyn Containerizer> = Arc::new(ProcessContainerizer::new(
-            layout.clone(),
-            PathBuf::from("/proc/self/exe"),
-            settings.default_grace,
-        ));
+        let containerizers = Arc::new(crate::containerizer::build(&settings, &layout)?);
+        let containerizer: Arc<dyn Containerizer> = containerizers.clone();
         let (journal, found) = recovery::load(&layout)?;
         let (events_tx, events_rx) = mpsc::channel(1024);
         let mut core = AgentLoop::new(
@@ -151,6 +150,7 @@ impl Agent {
             events_rx,
             fence,
             metrics,
+            containerizers,
             _lock: lock,
         })
     }
@@ -202,7 +202,9 @@ impl Agent {
             stopped(stop_rx.clone()),
         ));
         let (link_tx, mut link_rx) = mpsc::channel(1024);
-        let link = MasterLink::new(self.settings.masters.clone(), self.fence, link_tx);
+        let containerizers = self.containerizers.clone();
+        let link = MasterLink::new(self.settings.masters.clone(), self.fence, link_tx)
+            .with_usage(Arc::new(move || containerizers.usage_all()));
         let link_task = tokio::spawn(link.run(stop_rx.clone()));
 
         let mut result = self

@@ -73,6 +73,8 @@ pub(crate) struct TaskEntry {
     pub terminal: bool,
     /// A container exists (launched, or found by recovery) and is watched.
     pub watched: bool,
+    /// The containerizer running (or that ran) the task, once it has a container.
+    pub containerizer: Option<&'static str>,
 }
 
 struct Session {
@@ -170,6 +172,7 @@ impl AgentLoop {
                     checkpoint: found.checkpoint,
                     terminal,
                     watched: false,
+                    containerizer: None,
                 },
             );
             if terminal {
@@ -241,8 +244,10 @@ impl AgentLoop {
 
     /// Starts a waiter that reports when the task's container ends.
     pub(crate) fn watch(&mut self, key: &TaskKey) {
+        let name = self.containerizer.containerizer_of(key);
         if let Some(e) = self.tasks.get_mut(key) {
             e.watched = true;
+            e.containerizer = name.or(e.containerizer);
         }
         let containerizer = self.containerizer.clone();
         let events = self.events_tx.clone();
@@ -687,8 +692,8 @@ impl AgentLoop {
     fn state(&self) -> pb::GetAgentStateResponse {
         let tasks = self
             .tasks
-            .keys()
-            .map(|key| pb::AgentTaskState {
+            .iter()
+            .map(|(key, entry)| pb::AgentTaskState {
                 framework_id: Some(key.framework_id.clone()),
                 task_id: Some(key.task_id.clone()),
                 state: self.latest_state(key) as i32,
@@ -699,9 +704,12 @@ impl AgentLoop {
                 },
                 exit_code: self.updates.core().latest_exit_code(key),
                 pending_updates: self.updates.core().pending(key) as u32,
-                // Filled by containerizers that sample usage (linux, docker).
-                usage: None,
-                containerizer: "process".to_string(),
+                usage: if entry.watched {
+                    self.containerizer.usage(key)
+                } else {
+                    None
+                },
+                containerizer: entry.containerizer.unwrap_or_default().to_string(),
             })
             .collect();
         pb::GetAgentStateResponse {

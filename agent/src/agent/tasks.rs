@@ -63,6 +63,7 @@ impl AgentLoop {
                 checkpoint: checkpoint.clone(),
                 terminal: false,
                 watched: false,
+                containerizer: None,
             },
         );
         if let Some(problem) = problem {

@@ -221,6 +221,7 @@ async fn a_batch_of_launches_updates_and_acks_shares_one_durability_point() {
                     kill_reason: None,
                     task_pid: None,
                     finished_at: 0.0,
+                    limitation: None,
                 })),
             })
             .await

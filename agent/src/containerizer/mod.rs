@@ -2,22 +2,33 @@
 //! after an agent restart.
 //!
 //! [`Containerizer`] is the seam between the agent's bookkeeping (which knows tasks,
-//! status updates and the master) and the machinery that runs processes. Only
-//! [`process::ProcessContainerizer`] exists today; `linux` (namespaces + cgroups) and
-//! `docker` arrive with the containers issue and implement the same trait.
+//! status updates and the master) and the machinery that runs processes:
+//! - [`process::ProcessContainerizer`]: plain processes in sandboxes (no isolation);
+//! - [`linux::LinuxContainerizer`]: namespaces, cgroups and a PID-1 init per task.
+//!
+//! The agent talks to one [`Containerizers`]: the enabled containerizers keyed by name,
+//! which picks one per task from `ContainerInfo.type` (the first enabled one when the
+//! task names none), remembers the choice in the task's meta directory so recovery asks
+//! the same one again, and routes every later call there. A new containerizer (`docker`)
+//! is one more entry in [`build`] and one more arm in [`type_name`].
 
+pub mod linux;
 pub mod process;
 
+use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use drover_proto::pb::{self, task_status::Reason, task_status::Source, TaskState};
 use drover_proto::AgentId;
 
-use crate::error::AgentError;
-use crate::layout::{TaskKey, TaskMeta};
-use crate::supervisor::records::{ExitOutcome, ExitRecord};
+use crate::config::Settings;
+use crate::error::{AgentError, IoContext};
+use crate::fsutil::replace_unsynced;
+use crate::layout::{Layout, TaskKey, TaskMeta};
+use crate::supervisor::records::{ExitOutcome, ExitRecord, Limitation};
 
 /// Everything a containerizer needs to start one task.
 #[derive(Clone, Debug)]
@@ -71,8 +82,283 @@ pub trait Containerizer: Send + Sync + 'static {
     /// Asks the container to stop: SIGTERM now, SIGKILL after `grace`. The outcome is
     /// reported as killed with `reason`. Killing an ended container is a no-op.
     async fn kill(&self, key: &TaskKey, grace: Duration, reason: Reason) -> Result<(), AgentError>;
+
+    /// The container's latest resource usage, for containerizers that measure it. Cheap
+    /// (a few small file reads): the agent calls it when it answers a state request.
+    fn usage(&self, _key: &TaskKey) -> Option<pb::ResourceStatistics> {
+        None
+    }
+
+    /// The name of the containerizer running the task (for a registry of several).
+    fn containerizer_of(&self, _key: &TaskKey) -> Option<&'static str> {
+        Some(self.name())
+    }
 }
 
+/// The containerizer name `ContainerInfo.type` asks for; `None` for the agent's default.
+pub fn type_name(t: pb::container_info::Type) -> Option<&'static str> {
+    use pb::container_info::Type;
+    match t {
+        Type::Unspecified => None,
+        Type::Linux => Some("linux"),
+        Type::Docker => Some("docker"),
+        Type::Process => Some("process"),
+    }
+}
+
+/// The file in a task's meta directory naming its containerizer. Tasks of agents before
+/// it ran under `process`.
+const CONTAINERIZER_FILE: &str = "containerizer";
+
+/// Every containerizer name a task may have been launched under.
+const KNOWN: [&str; 3] = ["linux", "process", "docker"];
+
+/// The enabled containerizers; see the module docs.
+pub struct Containerizers {
+    layout: Layout,
+    /// The first is the default for tasks that name no type.
+    enabled: Vec<Arc<dyn Containerizer>>,
+    /// Not enabled for new tasks, but able to recover the tasks an earlier agent ran with
+    /// them (a containerizer dropped from `--containerizers` must not orphan its tasks).
+    recovery_only: Vec<Arc<dyn Containerizer>>,
+    /// Tasks launched or recovered and not yet waited for. Never held across an await.
+    running: Mutex<HashMap<TaskKey, Arc<dyn Containerizer>>>,
+}
+
+impl Containerizers {
+    /// `enabled` must not be empty; its first entry is the default.
+    pub fn new(layout: Layout, enabled: Vec<Arc<dyn Containerizer>>) -> Self {
+        assert!(!enabled.is_empty(), "no containerizer enabled");
+        Containerizers {
+            layout,
+            enabled,
+            recovery_only: Vec::new(),
+            running: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Adds containerizers that only recover tasks launched with them earlier.
+    pub fn with_recovery_only(mut self, extra: Vec<Arc<dyn Containerizer>>) -> Self {
+        self.recovery_only = extra;
+        self
+    }
+
+    /// Names of the enabled containerizers, the default first.
+    pub fn names(&self) -> Vec<&'static str> {
+        self.enabled.iter().map(|c| c.name()).collect()
+    }
+
+    fn running(&self) -> std::sync::MutexGuard<'_, HashMap<TaskKey, Arc<dyn Containerizer>>> {
+        self.running
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// A usage sample of every running container that measures it.
+    pub fn usage_all(&self) -> Vec<pb::TaskUsage> {
+        let running: Vec<(TaskKey, Arc<dyn Containerizer>)> = self
+            .running()
+            .iter()
+            .map(|(k, c)| (k.clone(), c.clone()))
+            .collect();
+        running
+            .into_iter()
+            .filter_map(|(key, c)| {
+                c.usage(&key).map(|statistics| pb::TaskUsage {
+                    framework_id: Some(key.framework_id.clone()),
+                    task_id: Some(key.task_id.clone()),
+                    statistics: Some(statistics),
+                })
+            })
+            .collect()
+    }
+
+    fn by_name(&self, name: &str) -> Option<Arc<dyn Containerizer>> {
+        self.enabled.iter().find(|c| c.name() == name).cloned()
+    }
+
+    /// The containerizer for a task, or why there is none.
+    pub fn pick(&self, task: &pb::TaskInfo) -> Result<Arc<dyn Containerizer>, AgentError> {
+        let asked = task.container.as_ref().map(|c| c.r#type).unwrap_or(0);
+        let Ok(t) = pb::container_info::Type::try_from(asked) else {
+            return Err(AgentError::Launch(format!(
+                "unknown container type {asked}"
+            )));
+        };
+        match type_name(t) {
+            None => Ok(self.enabled[0].clone()),
+            Some(name) => self.by_name(name).ok_or_else(|| {
+                AgentError::Launch(format!(
+                    "the task asks for the '{name}' containerizer, which this agent does not \
+                     enable (enabled: {})",
+                    self.names().join(",")
+                ))
+            }),
+        }
+    }
+}
+
+#[async_trait]
+impl Containerizer for Containerizers {
+    fn name(&self) -> &'static str {
+        "containerizers"
+    }
+
+    async fn launch(&self, spec: LaunchSpec) -> Result<(), AgentError> {
+        let chosen = self.pick(&spec.task)?;
+        let path = spec.meta.dir().join(CONTAINERIZER_FILE);
+        // Before the container exists, so recovery asks the same containerizer. Not
+        // synced: after a power loss no container runs, and recovery treats a missing or
+        // torn name as `process`, which finds the dead supervisor just the same.
+        replace_unsynced(&path, chosen.name().as_bytes())
+            .ctx(|| format!("writing {}", path.display()))?;
+        let key = spec.key.clone();
+        chosen.launch(spec).await?;
+        self.running().insert(key, chosen);
+        Ok(())
+    }
+
+    async fn recover(&self, key: &TaskKey) -> Result<Recovered, AgentError> {
+        let path = self.layout.task_meta(key).dir().join(CONTAINERIZER_FILE);
+        let name = match std::fs::read_to_string(&path) {
+            Ok(n) if KNOWN.contains(&n.trim()) => n.trim().to_string(),
+            Ok(n) => {
+                tracing::warn!(task = %key, "unreadable containerizer name {n:?}; recovering the task as a process task");
+                "process".to_string()
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => "process".to_string(),
+            Err(e) => return Err(AgentError::io(format!("reading {}", path.display()), e)),
+        };
+        let recovering = self
+            .recovery_only
+            .iter()
+            .find(|c| c.name() == name)
+            .cloned()
+            .inspect(|_| {
+                tracing::info!(task = %key, "recovering a task of the '{name}' containerizer, which is no longer enabled for new tasks");
+            });
+        let chosen = self.by_name(&name).or(recovering).ok_or_else(|| {
+            AgentError::Config(format!(
+                "task {key} runs under the '{name}' containerizer, which this agent does not \
+                 enable (enabled: {}); enable it again to recover the task",
+                self.names().join(",")
+            ))
+        })?;
+        let found = chosen.recover(key).await?;
+        if found != Recovered::NeverStarted {
+            self.running().insert(key.clone(), chosen);
+        }
+        Ok(found)
+    }
+
+    async fn wait(&self, key: &TaskKey) -> Result<Termination, AgentError> {
+        let chosen =
+            self.running().get(key).cloned().ok_or_else(|| {
+                AgentError::Launch(format!("no container is known for task {key}"))
+            })?;
+        let result = chosen.wait(key).await;
+        self.running().remove(key);
+        result
+    }
+
+    async fn kill(&self, key: &TaskKey, grace: Duration, reason: Reason) -> Result<(), AgentError> {
+        let chosen = self.running().get(key).cloned();
+        match chosen {
+            Some(c) => c.kill(key, grace, reason).await,
+            None => Ok(()),
+        }
+    }
+
+    fn usage(&self, key: &TaskKey) -> Option<pb::ResourceStatistics> {
+        let chosen = self.running().get(key).cloned()?;
+        chosen.usage(key)
+    }
+
+    fn containerizer_of(&self, key: &TaskKey) -> Option<&'static str> {
+        self.running().get(key).map(|c| c.name())
+    }
+}
+
+/// The containerizers `--containerizers` enables; without the flag, `linux` (default)
+/// and `process` when the agent runs as root with usable cgroups, else `process` alone.
+/// Logs which and why.
+pub fn build(settings: &Settings, layout: &Layout) -> Result<Containerizers, AgentError> {
+    let exe = PathBuf::from("/proc/self/exe");
+    let linux = || {
+        linux::LinuxContainerizer::new(
+            layout.clone(),
+            exe.clone(),
+            linux::LinuxOptions {
+                cgroups_root: settings.cgroups_root.clone(),
+                pids_limit: settings.pids_limit,
+                default_grace: settings.default_grace,
+            },
+        )
+    };
+    let process = || -> Arc<dyn Containerizer> {
+        Arc::new(process::ProcessContainerizer::new(
+            layout.clone(),
+            exe.clone(),
+            settings.default_grace,
+        ))
+    };
+    let mut enabled: Vec<Arc<dyn Containerizer>> = Vec::new();
+    if settings.containerizers.is_empty() {
+        match linux() {
+            Ok(l) => {
+                tracing::info!(
+                    cgroups = %l.hierarchies().describe(),
+                    cgroup_root = %l.agent_cgroup_root().display(),
+                    "containerizers: linux (default), process; the agent runs as root and \
+                     the cgroup controllers are usable"
+                );
+                enabled.push(Arc::new(l));
+                enabled.push(process());
+            }
+            Err(why) => {
+                tracing::info!("containerizers: process only; linux is not available: {why}");
+                enabled.push(process());
+            }
+        }
+    } else {
+        for name in &settings.containerizers {
+            match name.as_str() {
+                "linux" => {
+                    let l = linux().map_err(|why| {
+                        AgentError::Config(format!(
+                            "--containerizers: 'linux' cannot run here: {why}"
+                        ))
+                    })?;
+                    tracing::info!(cgroups = %l.hierarchies().describe(), "linux containerizer enabled");
+                    enabled.push(Arc::new(l));
+                }
+                "process" => enabled.push(process()),
+                other => {
+                    return Err(AgentError::Config(format!(
+                        "--containerizers: unknown containerizer '{other}'"
+                    )))
+                }
+            }
+        }
+        tracing::info!(
+            "containerizers: {} (from --containerizers; the first is the default)",
+            settings.containerizers.join(",")
+        );
+    }
+    // Tasks of a containerizer that is no longer enabled are still recovered and reported.
+    let mut recovery_only: Vec<Arc<dyn Containerizer>> = Vec::new();
+    let has =
+        |enabled: &[Arc<dyn Containerizer>], name: &str| enabled.iter().any(|c| c.name() == name);
+    if !has(&enabled, "process") {
+        recovery_only.push(process());
+    }
+    if !has(&enabled, "linux") {
+        if let Ok(l) = linux() {
+            recovery_only.push(Arc::new(l));
+        }
+    }
+    Ok(Containerizers::new(layout.clone(), enabled).with_recovery_only(recovery_only))
+}
 /// The terminal status a [`Termination`] becomes.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TerminalStatus {
@@ -111,6 +397,28 @@ pub fn terminal_status(t: &Termination) -> TerminalStatus {
         ExitOutcome::LaunchFailed { message } => format!("failed to launch the command: {message}"),
         ExitOutcome::NotStarted => "the command was never started".to_string(),
     };
+    if let (
+        Some(Limitation::Memory {
+            limit_bytes,
+            max_usage_bytes,
+        }),
+        false,
+    ) = (&record.limitation, record.killed)
+    {
+        let mb = |b: u64| b as f64 / (1024.0 * 1024.0);
+        let limit = limit_bytes.map_or("its".to_string(), |l| format!("its {:.0} MB", mb(l)));
+        return TerminalStatus {
+            state: TaskState::TaskFailed,
+            reason: Reason::ContainerLimitationMemory,
+            source: Source::Agent,
+            message: format!(
+                "the container exceeded {limit} memory limit (peak usage {:.1} MB) and the \
+                 kernel OOM-killed it; {what}",
+                mb(*max_usage_bytes)
+            ),
+            exit_code,
+        };
+    }
     if record.killed {
         let reason = record
             .kill_reason
@@ -154,6 +462,7 @@ mod tests {
             kill_reason: reason,
             task_pid: Some(1),
             finished_at: 0.0,
+            limitation: None,
         })
     }
 

@@ -66,7 +66,8 @@ impl ProcessContainerizer {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn build_spec(&self, spec: &LaunchSpec) -> Result<SupervisorSpec, AgentError> {
+    /// What the supervisor of this task runs (the linux containerizer adds its part).
+    pub(crate) fn build_spec(&self, spec: &LaunchSpec) -> Result<SupervisorSpec, AgentError> {
         let command = spec
             .task
             .command
@@ -124,7 +125,106 @@ impl ProcessContainerizer {
             env,
             user: user.map(|(u, _)| u),
             default_grace_secs: self.default_grace.as_secs_f64(),
+            container: None,
         })
+    }
+
+    /// Creates the task's output files, writes `spec.json` and starts the supervisor in
+    /// its own session.
+    pub(crate) async fn start_supervisor(
+        &self,
+        spec: &LaunchSpec,
+        sup_spec: &SupervisorSpec,
+    ) -> Result<(), AgentError> {
+        for name in ["stdout", "stderr"] {
+            let path = spec.sandbox.join(name);
+            OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .ctx(|| format!("creating {}", path.display()))?;
+        }
+        if let Some(u) = &sup_spec.user {
+            // The task writes into its sandbox as that user.
+            for p in [
+                spec.sandbox.clone(),
+                spec.sandbox.join("stdout"),
+                spec.sandbox.join("stderr"),
+            ] {
+                std::os::unix::fs::chown(&p, Some(u.uid), Some(u.gid))
+                    .ctx(|| format!("giving {} to user {}", p.display(), u.name))?;
+            }
+        }
+        // Not fsynced: only the supervisor reads it, once, at its start. A crash of the agent
+        // leaves it in the page cache; a power loss kills the supervisor too, and recovery
+        // goes by `supervisor.json` and `exit.json` (the supervisor syncs those), never by
+        // the spec. Two syncs per task saved.
+        let spec_path = spec.meta.spec_file();
+        let spec_bytes = serde_json::to_vec_pretty(sup_spec).map_err(std::io::Error::other);
+        spec_bytes
+            .and_then(|bytes| std::fs::write(&spec_path, bytes))
+            .ctx(|| format!("writing {}", spec_path.display()))?;
+
+        // The supervisor's own output goes to a file too: a pipe to the agent would break
+        // (EPIPE) as soon as the agent exits.
+        let log_path = spec.meta.supervisor_log();
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .ctx(|| format!("opening {}", log_path.display()))?;
+        let log2 = log
+            .try_clone()
+            .ctx(|| format!("duplicating {}", log_path.display()))?;
+
+        let mut cmd = tokio::process::Command::new(&self.supervisor_exe);
+        cmd.arg(SUPERVISE_ARG)
+            .arg(&spec_path)
+            .current_dir("/")
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2)
+            .kill_on_drop(false);
+        // SAFETY: only async-signal-safe calls (setsid, sigprocmask) between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                // Its own session: no signal aimed at the agent's group or terminal
+                // reaches it, so it outlives the agent.
+                if libc::setsid() < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                // Start with SIGTERM/SIGCHLD blocked (the mask survives exec): a kill that
+                // arrives before the supervisor sets up its wait stays pending instead of
+                // killing it with no exit record.
+                let mut set: libc::sigset_t = std::mem::zeroed();
+                libc::sigemptyset(&mut set);
+                libc::sigaddset(&mut set, libc::SIGTERM);
+                libc::sigaddset(&mut set, libc::SIGCHLD);
+                if libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut()) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd
+            .spawn()
+            .ctx(|| format!("starting the supervisor {}", self.supervisor_exe.display()))?;
+        let pid = child
+            .id()
+            .ok_or_else(|| AgentError::Launch("the supervisor exited at once".into()))?
+            as i32;
+        // Our unreaped child keeps its /proc entry, so this cannot race with its exit.
+        let identity = procfs::identity(pid)
+            .ctx(|| format!("reading /proc/{pid}/stat"))?
+            .ok_or_else(|| AgentError::Launch(format!("supervisor {pid} vanished")))?;
+        self.supervisors().insert(
+            spec.key.clone(),
+            Supervised {
+                identity,
+                child: Some(child),
+            },
+        );
+        Ok(())
     }
 }
 
@@ -236,96 +336,24 @@ impl Containerizer for ProcessContainerizer {
     }
 
     async fn launch(&self, spec: LaunchSpec) -> Result<(), AgentError> {
-        let sup_spec = self.build_spec(&spec)?;
-        for name in ["stdout", "stderr"] {
-            let path = spec.sandbox.join(name);
-            OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&path)
-                .ctx(|| format!("creating {}", path.display()))?;
-        }
-        if let Some(u) = &sup_spec.user {
-            // The task writes into its sandbox as that user.
-            for p in [
-                spec.sandbox.clone(),
-                spec.sandbox.join("stdout"),
-                spec.sandbox.join("stderr"),
-            ] {
-                std::os::unix::fs::chown(&p, Some(u.uid), Some(u.gid))
-                    .ctx(|| format!("giving {} to user {}", p.display(), u.name))?;
+        if let Some(c) = &spec.task.container {
+            if c.image.as_ref().is_some_and(|i| !i.name.is_empty()) {
+                return Err(AgentError::Launch(
+                    "the process containerizer cannot run a task inside an image; use the \
+                     linux containerizer"
+                        .into(),
+                ));
+            }
+            if c.network == pb::container_info::Network::Isolated as i32 {
+                return Err(AgentError::Launch(
+                    "the process containerizer cannot isolate the network; use the linux \
+                     containerizer"
+                        .into(),
+                ));
             }
         }
-        // Not fsynced: only the supervisor reads it, once, at its start. A crash of the agent
-        // leaves it in the page cache; a power loss kills the supervisor too, and recovery
-        // goes by `supervisor.json` and `exit.json` (the supervisor syncs those), never by
-        // the spec. Two syncs per task saved.
-        let spec_path = spec.meta.spec_file();
-        let spec_bytes = serde_json::to_vec_pretty(&sup_spec).map_err(std::io::Error::other);
-        spec_bytes
-            .and_then(|bytes| std::fs::write(&spec_path, bytes))
-            .ctx(|| format!("writing {}", spec_path.display()))?;
-
-        // The supervisor's own output goes to a file too: a pipe to the agent would break
-        // (EPIPE) as soon as the agent exits.
-        let log_path = spec.meta.supervisor_log();
-        let log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .ctx(|| format!("opening {}", log_path.display()))?;
-        let log2 = log
-            .try_clone()
-            .ctx(|| format!("duplicating {}", log_path.display()))?;
-
-        let mut cmd = tokio::process::Command::new(&self.supervisor_exe);
-        cmd.arg(SUPERVISE_ARG)
-            .arg(&spec_path)
-            .current_dir("/")
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log2)
-            .kill_on_drop(false);
-        // SAFETY: only async-signal-safe calls (setsid, sigprocmask) between fork and exec.
-        unsafe {
-            cmd.pre_exec(|| {
-                // Its own session: no signal aimed at the agent's group or terminal
-                // reaches it, so it outlives the agent.
-                if libc::setsid() < 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                // Start with SIGTERM/SIGCHLD blocked (the mask survives exec): a kill that
-                // arrives before the supervisor sets up its wait stays pending instead of
-                // killing it with no exit record.
-                let mut set: libc::sigset_t = std::mem::zeroed();
-                libc::sigemptyset(&mut set);
-                libc::sigaddset(&mut set, libc::SIGTERM);
-                libc::sigaddset(&mut set, libc::SIGCHLD);
-                if libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut()) != 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let child = cmd
-            .spawn()
-            .ctx(|| format!("starting the supervisor {}", self.supervisor_exe.display()))?;
-        let pid = child
-            .id()
-            .ok_or_else(|| AgentError::Launch("the supervisor exited at once".into()))?
-            as i32;
-        // Our unreaped child keeps its /proc entry, so this cannot race with its exit.
-        let identity = procfs::identity(pid)
-            .ctx(|| format!("reading /proc/{pid}/stat"))?
-            .ok_or_else(|| AgentError::Launch(format!("supervisor {pid} vanished")))?;
-        self.supervisors().insert(
-            spec.key.clone(),
-            Supervised {
-                identity,
-                child: Some(child),
-            },
-        );
-        Ok(())
+        let sup_spec = self.build_spec(&spec)?;
+        self.start_supervisor(&spec, &sup_spec).await
     }
 
     async fn recover(&self, key: &TaskKey) -> Result<Recovered, AgentError> {

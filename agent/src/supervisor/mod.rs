@@ -15,6 +15,14 @@
 //! 5. when the main process ends, kills whatever the task left behind, writes
 //!    `exit.json` atomically in the meta directory (never in the sandbox, which the task
 //!    controls) and exits.
+//!
+//! For a linux container (`spec.container`), step 2 differs: the supervisor unshares a PID
+//! namespace for its children and starts the container's init (this binary again, see
+//! [`crate::containerizer::linux::init`]) inside the container's cgroups; the init sets up
+//! the other namespaces and runs the command. Kills go to the init, which forwards them;
+//! a SIGKILL of the init takes the whole PID namespace down. At the end the supervisor
+//! reads the memory cgroup's OOM counter, tears the cgroups down (every process in them
+//! killed) and records a memory limitation with the outcome.
 
 pub mod records;
 
@@ -28,10 +36,15 @@ use std::time::{Duration, Instant};
 
 use drover_proto::unix_seconds;
 
+use crate::containerizer::linux::init::{self as container_init, INIT_ARG};
 use crate::fsutil::{create_json_exclusive, read_json, write_json_atomic};
 use crate::layout::TaskMeta;
 use crate::procfs::{self, ProcessIdentity};
-use records::{ExitOutcome, ExitRecord, KillRequest, SupervisorClaim, SupervisorSpec};
+use records::{ExitOutcome, ExitRecord, KillRequest, Limitation, SupervisorClaim, SupervisorSpec};
+
+/// How long a container's init may take to set up namespaces and mounts and start the
+/// command before the launch counts as failed.
+const INIT_SETUP_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The hidden first argument that turns `drover-agent` into a supervisor.
 pub const SUPERVISE_ARG: &str = "__supervise";
@@ -39,6 +52,17 @@ pub const SUPERVISE_ARG: &str = "__supervise";
 /// If `args` (a full argv) asks for a supervisor, runs it and returns its exit code.
 /// `main` calls this before parsing flags, so the hidden mode never shows in `--help`.
 pub fn dispatch(args: &[OsString]) -> Option<i32> {
+    if args.get(1).is_some_and(|a| a == INIT_ARG) {
+        let fd = args
+            .get(3)
+            .and_then(|f| f.to_str())
+            .and_then(|f| f.parse().ok());
+        let (Some(spec), Some(fd)) = (args.get(2), fd) else {
+            eprintln!("usage: drover-agent {INIT_ARG} <spec.json> <fd>");
+            return Some(2);
+        };
+        return Some(container_init::run(Path::new(spec), fd));
+    }
     if args.get(1).is_none_or(|a| a != SUPERVISE_ARG) {
         return None;
     }
@@ -84,7 +108,7 @@ pub fn supervise(spec_path: &Path) -> i32 {
             return 1;
         }
     };
-    let mut sup = Supervisor::new(spec, signals);
+    let mut sup = Supervisor::new(spec, spec_path.to_path_buf(), signals);
     match sup.run() {
         Ok(()) => 0,
         Err(e) => {
@@ -104,7 +128,10 @@ struct KillState {
 
 struct Supervisor {
     spec: SupervisorSpec,
+    spec_path: std::path::PathBuf,
     meta: TaskMeta,
+    /// Linux containers: the read end of the init's report pipe.
+    report: Option<std::io::BufReader<std::fs::File>>,
     signals: SignalSet,
     me: Option<ProcessIdentity>,
     task_pid: Option<i32>,
@@ -112,11 +139,13 @@ struct Supervisor {
 }
 
 impl Supervisor {
-    fn new(spec: SupervisorSpec, signals: SignalSet) -> Self {
+    fn new(spec: SupervisorSpec, spec_path: std::path::PathBuf, signals: SignalSet) -> Self {
         let meta = TaskMeta::new(spec.meta_dir.clone());
         Supervisor {
             spec,
+            spec_path,
             meta,
+            report: None,
             signals,
             me: None,
             task_pid: None,
@@ -162,7 +191,12 @@ impl Supervisor {
         let task_pid = match self.spawn_task() {
             Ok(pid) => pid,
             Err(e) => {
-                let message = format!("cannot run '{}': {e}", self.spec.program);
+                // The container's init words its own errors (setup or exec).
+                let message = if self.spec.container.is_some() {
+                    e.to_string()
+                } else {
+                    format!("cannot run '{}': {e}", self.spec.program)
+                };
                 self.log(&message);
                 return self.finish(ExitOutcome::LaunchFailed { message }, false, None);
             }
@@ -177,8 +211,12 @@ impl Supervisor {
             },
         )?;
 
-        let status = self.wait_for_task(task_pid);
+        let mut status = self.wait_for_task(task_pid);
         self.kill_leftovers();
+        if let Some(inner) = self.container_task_status() {
+            // The init's own status is derived from the task's; the task's is exact.
+            status = inner;
+        }
         let outcome = if libc::WIFEXITED(status) {
             ExitOutcome::Exited {
                 code: libc::WEXITSTATUS(status),
@@ -199,17 +237,194 @@ impl Supervisor {
     }
 
     fn finish(&self, outcome: ExitOutcome, killed: bool, reason: Option<i32>) -> io::Result<()> {
+        let mut limitation = None;
+        if let Some(c) = &self.spec.container {
+            // Counters first: they go with the cgroup.
+            let sigkilled = matches!(
+                outcome,
+                ExitOutcome::Signaled {
+                    signal: libc::SIGKILL
+                } | ExitOutcome::Exited { code: 137 }
+            );
+            let ran = matches!(
+                outcome,
+                ExitOutcome::Exited { .. } | ExitOutcome::Signaled { .. }
+            );
+            let failed = !matches!(outcome, ExitOutcome::Exited { code: 0 });
+            if let Some(ev) = c.cgroups.memory_events() {
+                if ran && failed && ev.oom_killed(sigkilled) {
+                    self.log(&format!("the task hit its memory limit: {ev:?}"));
+                    limitation = Some(Limitation::Memory {
+                        limit_bytes: ev.limit_bytes,
+                        max_usage_bytes: ev.max_usage_bytes,
+                    });
+                }
+            }
+            if let Err(e) = c.cgroups.destroy() {
+                // The agent tries again when it sees the exit record.
+                self.log(&format!("cannot remove the container's cgroups: {e}"));
+            }
+        }
         let record = ExitRecord {
             outcome,
             killed,
             kill_reason: if killed { reason } else { None },
             task_pid: self.task_pid,
             finished_at: unix_seconds(),
+            limitation,
         };
         write_json_atomic(&self.meta.exit_file(), &record)
     }
 
-    fn spawn_task(&self) -> io::Result<i32> {
+    /// Linux containers: the task's wait status as the init reported it, if it did.
+    fn container_task_status(&mut self) -> Option<i32> {
+        use std::io::BufRead;
+        let report = self.report.as_mut()?;
+        let mut status = None;
+        let mut line = String::new();
+        while report.read_line(&mut line).unwrap_or(0) > 0 {
+            if let Some(s) = line.trim().strip_prefix("status ") {
+                status = s.parse().ok();
+            }
+            line.clear();
+        }
+        status
+    }
+
+    /// Starts the container's init in a new PID namespace, inside the container's
+    /// cgroups, and waits for its report that the command started.
+    fn spawn_container(&mut self, c: &records::ContainerLaunch) -> io::Result<i32> {
+        use std::io::BufRead;
+        use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+        // Our next child is PID 1 of a new namespace; we stay outside it.
+        // SAFETY: unshare with a valid flag; the supervisor is single-threaded.
+        if unsafe { libc::unshare(libc::CLONE_NEWPID) } != 0 {
+            return Err(io::Error::other(format!(
+                "cannot create a PID namespace: {}",
+                io::Error::last_os_error()
+            )));
+        }
+        let mut fds = [0; 2];
+        // SAFETY: valid array of two descriptors.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: pipe2 just returned these descriptors to us.
+        let (read_end, write_end) =
+            unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        let write_fd = fds[1];
+        let procs: Vec<CString> = c
+            .cgroups
+            .procs_files()
+            .iter()
+            .map(|p| {
+                use std::os::unix::ffi::OsStrExt;
+                CString::new(p.as_os_str().as_bytes())
+                    .map_err(|_| io::Error::other("cgroup path contains NUL"))
+            })
+            .collect::<io::Result<_>>()?;
+        let out = |name: &str| {
+            OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(self.spec.sandbox.join(name))
+        };
+        let (stdout, stderr) = (out("stdout")?, out("stderr")?);
+        let mut cmd = Command::new("/proc/self/exe");
+        cmd.arg(INIT_ARG)
+            .arg(&self.spec_path)
+            .arg(write_fd.to_string())
+            .current_dir("/")
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr);
+        let init_signals = container_init::init_signals();
+        // SAFETY: only async-signal-safe calls (open, write, close, fcntl, sigprocmask)
+        // on data prepared before the fork.
+        unsafe {
+            cmd.pre_exec(move || {
+                // Join the cgroups before anything of the task exists: "0" is the
+                // writer itself, whatever its pid in which namespace.
+                for path in &procs {
+                    let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                    if fd < 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                    let n = libc::write(fd, b"0".as_ptr().cast(), 1);
+                    let err = io::Error::last_os_error();
+                    libc::close(fd);
+                    if n != 1 {
+                        return Err(err);
+                    }
+                }
+                // The init blocks its signals at once, but a SIGTERM before that would be
+                // lost (an init ignores signals it neither handles nor blocks).
+                if libc::sigprocmask(libc::SIG_BLOCK, init_signals.as_ptr(), std::ptr::null_mut())
+                    != 0
+                {
+                    return Err(io::Error::last_os_error());
+                }
+                if libc::fcntl(write_fd, libc::F_SETFD, 0) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().map_err(|e| {
+            io::Error::new(e.kind(), format!("cannot start the container's init: {e}"))
+        })?;
+        let pid = child.id() as i32;
+        drop(child);
+        // Only the init holds the write end now: EOF means it is gone.
+        drop(write_end);
+        // Setup is mounts and namespaces: quick, unless something (a hung network
+        // filesystem under the root filesystem) blocks. Bounded, so a kill request (which
+        // waits, blocked, meanwhile) is never stuck behind it for good.
+        let mut pfd = libc::pollfd {
+            fd: read_end.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let timeout_ms = INIT_SETUP_TIMEOUT.as_millis() as libc::c_int;
+        // SAFETY: one valid pollfd.
+        let ready = loop {
+            let r = unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
+            if r >= 0 || io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+                break r;
+            }
+        };
+        let mut line = String::new();
+        let mut report = std::io::BufReader::new(std::fs::File::from(read_end));
+        if ready > 0 {
+            report.read_line(&mut line)?;
+        }
+        self.report = Some(report);
+        let line = line.trim();
+        if line.starts_with("started") {
+            return Ok(pid);
+        }
+        if ready == 0 {
+            // SAFETY: kill of our own unreaped child.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        // The init failed and exits; reap it so it does not look like the task.
+        let mut status = 0;
+        // SAFETY: waitpid with a valid out-pointer.
+        unsafe { libc::waitpid(pid, &mut status, 0) };
+        Err(io::Error::other(match line.strip_prefix("failed ") {
+            Some(why) => why.to_string(),
+            None if ready == 0 => format!(
+                "the container's setup did not finish within {} s",
+                INIT_SETUP_TIMEOUT.as_secs()
+            ),
+            None => "the container's init exited before starting the command".to_string(),
+        }))
+    }
+
+    fn spawn_task(&mut self) -> io::Result<i32> {
+        if let Some(c) = self.spec.container.clone() {
+            return self.spawn_container(&c);
+        }
         let out = |name: &str| {
             OpenOptions::new()
                 .create(true)
@@ -367,8 +582,16 @@ impl Supervisor {
         }
     }
 
-    /// Signals the task's process group and every process reparented to us.
+    /// Signals the task's process group and every process reparented to us; in a linux
+    /// container, its init (which forwards to the task; a SIGKILL ends the namespace).
     fn signal_task_tree(&self, sig: i32) {
+        if self.spec.container.is_some() {
+            if let Some(init) = self.task_pid {
+                // SAFETY: kill with integer arguments; our own unreaped child.
+                unsafe { libc::kill(init, sig) };
+            }
+            return;
+        }
         if let Some(pgid) = self.task_pid {
             // SAFETY: killpg with integer arguments; ESRCH (group gone) is fine.
             unsafe { libc::killpg(pgid, sig) };
@@ -408,7 +631,7 @@ impl Supervisor {
 }
 
 /// The user's supplementary groups, resolved before the fork (getgrouplist allocates).
-fn supplementary_groups(user: &str, gid: u32) -> io::Result<Vec<libc::gid_t>> {
+pub(crate) fn supplementary_groups(user: &str, gid: u32) -> io::Result<Vec<libc::gid_t>> {
     let name = CString::new(user).map_err(|_| io::Error::other("user name contains NUL"))?;
     let mut n: libc::c_int = 32;
     loop {
@@ -431,10 +654,14 @@ fn supplementary_groups(user: &str, gid: u32) -> io::Result<Vec<libc::gid_t>> {
 
 /// A set of signals, for blocking and `sigtimedwait`.
 #[derive(Clone, Copy)]
-struct SignalSet(libc::sigset_t);
+pub(crate) struct SignalSet(libc::sigset_t);
 
 impl SignalSet {
-    fn of(signals: &[i32]) -> Self {
+    pub(crate) fn as_ptr(&self) -> *const libc::sigset_t {
+        &self.0
+    }
+
+    pub(crate) fn of(signals: &[i32]) -> Self {
         // SAFETY: sigemptyset initialises the zeroed set; sigaddset with valid signals.
         unsafe {
             let mut set: libc::sigset_t = std::mem::zeroed();
@@ -446,7 +673,7 @@ impl SignalSet {
         }
     }
 
-    fn block(&self) -> io::Result<()> {
+    pub(crate) fn block(&self) -> io::Result<()> {
         // SAFETY: valid set pointer; the supervisor is single-threaded.
         if unsafe { libc::sigprocmask(libc::SIG_BLOCK, &self.0, std::ptr::null_mut()) } != 0 {
             return Err(io::Error::last_os_error());
@@ -455,7 +682,7 @@ impl SignalSet {
     }
 
     /// Waits up to `timeout` for one of the (blocked) signals.
-    fn wait(&self, timeout: Duration) -> Option<i32> {
+    pub(crate) fn wait(&self, timeout: Duration) -> Option<i32> {
         let ts = libc::timespec {
             tv_sec: timeout.as_secs() as libc::time_t,
             tv_nsec: timeout.subsec_nanos() as libc::c_long,

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use crate::containerizer::linux::cgroups::ContainerCgroups;
 use crate::procfs::ProcessIdentity;
 
 /// What a supervisor runs (`spec.json`, written by the agent before it spawns the
@@ -29,6 +30,40 @@ pub struct SupervisorSpec {
     pub user: Option<UserSpec>,
     /// Grace between SIGTERM and SIGKILL when a kill arrives without a kill request file.
     pub default_grace_secs: f64,
+    /// Set for the `linux` containerizer: the task runs in namespaces and cgroups under a
+    /// container init (see `containerizer::linux`). Absent: a plain process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<ContainerLaunch>,
+}
+
+/// How a linux container is isolated (part of [`SupervisorSpec`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ContainerLaunch {
+    /// The container's id, unique on the agent (names its cgroups).
+    pub container_id: String,
+    /// The UTS namespace's hostname.
+    pub hostname: String,
+    /// A network namespace of its own (loopback only) instead of the host's network.
+    pub isolate_network: bool,
+    /// Run inside this root filesystem (the sandbox appears at [`SANDBOX_IN_ROOTFS`]).
+    pub rootfs: Option<PathBuf>,
+    /// The container's cgroups, already created with their limits; the init joins them
+    /// before anything of the task runs.
+    pub cgroups: ContainerCgroups,
+}
+
+/// Where the sandbox is mounted inside a container's own root filesystem.
+pub const SANDBOX_IN_ROOTFS: &str = "/mnt/sandbox";
+
+/// A limit of the container that ended the task.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Limitation {
+    /// The kernel OOM-killed a process of the container at its memory limit.
+    Memory {
+        limit_bytes: Option<u64>,
+        max_usage_bytes: u64,
+    },
 }
 
 /// A resolved user to run the task as.
@@ -100,4 +135,7 @@ pub struct ExitRecord {
     pub kill_reason: Option<i32>,
     pub task_pid: Option<i32>,
     pub finished_at: f64,
+    /// A container limit that was hit (linux containers); absent for plain processes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limitation: Option<Limitation>,
 }

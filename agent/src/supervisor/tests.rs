@@ -30,6 +30,7 @@ fn task(program: &str, argv: &[&str]) -> Task {
         env: vec![("GREETING".into(), "hello".into())],
         user: None,
         default_grace_secs: 5.0,
+        container: None,
     };
     Task {
         _dir: dir,

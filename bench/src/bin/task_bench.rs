@@ -27,7 +27,8 @@ struct Args {
     tasks: usize,
     #[arg(long, default_value_t = 0.01)]
     cpus: f64,
-    #[arg(long, default_value_t = 1.0)]
+    /// MB per task. Linux containers take at least 4 MB (their memory limit).
+    #[arg(long, default_value_t = 8.0)]
     mem: f64,
     /// At most this many tasks launched and not yet ended (1 measures an idle agent's
     /// latency; the default launches everything that fits).

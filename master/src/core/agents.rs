@@ -13,13 +13,16 @@ use drover_proto::{AgentId, Resources};
 use super::{AgentConn, Master, STREAM_QUEUE};
 use crate::metrics::Metrics;
 use crate::registry::{
-    AgentState, ApplyOutcome, Command, ReportedTask, StatusUpdate, UpdateOutcome,
+    AgentState, ApplyOutcome, Command, ReportedTask, StatusUpdate, TaskKey, UpdateOutcome,
 };
 
 /// Most status updates proposed in one Raft entry.
 pub const MAX_BATCH: usize = 4096;
 /// Batches in flight at once (pipelining: the next batch fills while one commits).
 const BATCHES_IN_FLIGHT: usize = 4;
+/// Most usage samples kept from one ping: an agent cannot grow the leader's memory
+/// without bound.
+const MAX_USAGE_ENTRIES: usize = 100_000;
 /// How long a new stream may take to send its Register message.
 const REGISTER_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -230,7 +233,21 @@ impl Master {
                     _ => return, // replaced by a newer stream, or no longer leading
                 }
                 soft.agent_seen.insert(agent_id.clone(), now);
-                if let Some(AgentMsg::Ping(_)) = msg.msg {
+                if let Some(AgentMsg::Ping(ping)) = msg.msg {
+                    if !ping.usage.is_empty() {
+                        // Replaced as a whole: tasks that ended drop out.
+                        let usage = ping
+                            .usage
+                            .into_iter()
+                            .take(MAX_USAGE_ENTRIES)
+                            .filter_map(|u| {
+                                let key =
+                                    TaskKey::new(u.framework_id.as_ref()?, u.task_id.as_ref()?);
+                                Some((key, u.statistics?))
+                            })
+                            .collect();
+                        soft.usage.insert(agent_id.clone(), usage);
+                    }
                     Self::send_agent(&mut soft, &agent_id, Msg::Pong(pb::master_message::Pong {}));
                     continue;
                 }

@@ -82,6 +82,9 @@ pub struct Soft {
     /// Updates that could not be delivered because their framework was disconnected;
     /// sent when it resubscribes (latest per task).
     pub undelivered: HashMap<FrameworkId, HashMap<TaskKey, pb::TaskStatus>>,
+    /// The latest container usage each agent reported with its pings, for the task view.
+    /// Kept per agent so an agent can only ever describe its own tasks.
+    pub usage: HashMap<AgentId, HashMap<TaskKey, pb::ResourceStatistics>>,
     pub next_conn_id: u64,
 }
 
@@ -281,6 +284,7 @@ impl Master {
         soft.agent_seen.clear();
         soft.framework_away.clear();
         soft.undelivered.clear();
+        soft.usage.clear();
         soft.serving = serving;
         soft.term = term;
         soft.elected_ms = self.now_ms();

@@ -21,6 +21,7 @@ pub struct OperatorService {
 
 fn task_summary(t: &TaskRec) -> pb::TaskSummary {
     pb::TaskSummary {
+        usage: None,
         framework_id: Some(t.framework_id.clone()),
         task_id: Some(t.task_id()),
         name: t.info.name.clone(),
@@ -119,6 +120,8 @@ impl Master {
         fw: Option<&FrameworkId>,
         completed: bool,
     ) -> (Vec<pb::TaskSummary>, Vec<pb::TaskSummary>) {
+        // Soft state before the registry, as everywhere else (lock order).
+        let usage = self.soft().usage.clone();
         let reg = self.registry();
         let keep = |t: &&TaskRec| fw.is_none_or(|f| &t.framework_id == f);
         let mut active: Vec<&TaskRec> = reg.tasks.values().filter(keep).collect();
@@ -137,7 +140,14 @@ impl Master {
         } else {
             Vec::new()
         };
-        (active.into_iter().map(task_summary).collect(), done)
+        let with_usage = |t: &TaskRec| pb::TaskSummary {
+            usage: usage
+                .get(&t.agent_id)
+                .and_then(|per_task| per_task.get(&t.key()))
+                .cloned(),
+            ..task_summary(t)
+        };
+        (active.into_iter().map(with_usage).collect(), done)
     }
 
     pub fn role_summaries(&self) -> Vec<pb::RoleSummary> {

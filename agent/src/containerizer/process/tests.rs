@@ -180,6 +180,7 @@ async fn recovers_a_finished_task_from_its_exit_record() {
             kill_reason: None,
             task_pid: Some(12345),
             finished_at: 1.0,
+            limitation: None,
         },
     )
     .unwrap();

@@ -1,0 +1,411 @@
+//! The container's init: PID 1 of a linux container's PID namespace.
+//!
+//! The supervisor (see [`crate::supervisor`]) unshares a PID namespace for its children
+//! and starts this binary again as `drover-agent __container_init <spec.json> <fd>`, with
+//! the container's cgroups already joined. The init then
+//! 1. unshares the mount, UTS and IPC namespaces (and the network namespace when asked),
+//!    makes every mount private, sets the hostname, and mounts a fresh `/proc` for its
+//!    PID namespace; with a root filesystem it also mounts the sandbox at `/mnt/sandbox`,
+//!    a minimal `/dev`, and pivots into it;
+//! 2. starts the task's command in its own process group and tells the supervisor
+//!    through `<fd>` (`started`, or `failed <why>`: a setup error is a launch failure,
+//!    not an exit status);
+//! 3. reaps every zombie (orphans in the namespace are re-parented to PID 1), forwards
+//!    SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 to the task's process group;
+//! 4. when the command ends, writes its raw wait status to `<fd>` (`status N`: a task
+//!    killed by a signal cannot be told apart from an exit code otherwise) and exits with
+//!    the same code the shell would give (`128 + signal` for a signal). Its exit makes the
+//!    kernel kill whatever else is left in the namespace.
+//!
+//! Plain blocking Rust plus libc, like the supervisor; all signals it handles are blocked
+//! and taken with `sigtimedwait` (a namespace's init only receives signals it handles or
+//! blocks).
+
+use std::ffi::CString;
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::os::fd::FromRawFd;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::fsutil::read_json;
+use crate::supervisor::records::{ContainerLaunch, SupervisorSpec, SANDBOX_IN_ROOTFS};
+use crate::supervisor::SignalSet;
+
+/// The hidden first argument that turns `drover-agent` into a container init.
+pub const INIT_ARG: &str = "__container_init";
+
+/// Signals the init forwards to the task.
+const FORWARDED: [i32; 6] = [
+    libc::SIGTERM,
+    libc::SIGINT,
+    libc::SIGHUP,
+    libc::SIGQUIT,
+    libc::SIGUSR1,
+    libc::SIGUSR2,
+];
+
+/// Every signal the init takes with `sigtimedwait`.
+pub(crate) fn init_signals() -> SignalSet {
+    let mut all = FORWARDED.to_vec();
+    all.push(libc::SIGCHLD);
+    SignalSet::of(&all)
+}
+
+/// Runs the init; returns its exit code. `report_fd` is the pipe to the supervisor.
+pub fn run(spec_path: &Path, report_fd: i32) -> i32 {
+    let signals = init_signals();
+    if let Err(e) = signals.block() {
+        eprintln!("container init: cannot block signals: {e}");
+        return 127;
+    }
+    // SAFETY: the supervisor passed us this descriptor for our exclusive use.
+    let mut report = unsafe { File::from_raw_fd(report_fd) };
+    // The task must not inherit the pipe: the supervisor reads it to its end.
+    // SAFETY: fcntl on a descriptor we own.
+    unsafe { libc::fcntl(report_fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+
+    let main = match read_json::<SupervisorSpec>(spec_path)
+        .map_err(|e| format!("cannot read {}: {e}", spec_path.display()))
+        .and_then(|s| s.ok_or_else(|| format!("{} does not exist", spec_path.display())))
+        .and_then(|spec| start(&spec))
+    {
+        Ok(pid) => pid,
+        Err(message) => {
+            let _ = writeln!(report, "failed {}", message.replace('\n', " "));
+            return 127;
+        }
+    };
+    let _ = writeln!(report, "started {main}");
+
+    loop {
+        if let Some(status) = reap(main) {
+            let _ = writeln!(report, "status {status}");
+            return if libc::WIFEXITED(status) {
+                libc::WEXITSTATUS(status)
+            } else {
+                128 + libc::WTERMSIG(status)
+            };
+        }
+        if let Some(sig) = signals.wait(Duration::from_secs(1)) {
+            if FORWARDED.contains(&sig) {
+                // The task's process group first (a shell and its children); the
+                // process itself if it left its group.
+                // SAFETY: kill with integer arguments.
+                if unsafe { libc::kill(-main, sig) } != 0 {
+                    unsafe { libc::kill(main, sig) };
+                }
+            }
+        }
+    }
+}
+
+/// Reaps every exited child: the task's orphans come back to PID 1 and must not stay
+/// zombies. Returns the main process's wait status once it has ended.
+fn reap(main: i32) -> Option<i32> {
+    let mut found = None;
+    loop {
+        let mut status = 0;
+        // SAFETY: waitpid with a valid out-pointer.
+        let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+        if pid <= 0 {
+            return found;
+        }
+        if pid == main {
+            found = Some(status);
+        }
+    }
+}
+
+/// Sets up the namespaces and mounts, then starts the command. Returns its pid.
+fn start(spec: &SupervisorSpec) -> Result<i32, String> {
+    let container = spec
+        .container
+        .as_ref()
+        .ok_or("the spec describes no container")?;
+    let cwd = isolate(spec, container)?;
+
+    let user = match &spec.user {
+        Some(u) => Some((
+            u.uid,
+            u.gid,
+            crate::supervisor::supplementary_groups(&u.name, u.gid)
+                .map_err(|e| format!("groups of user '{}': {e}", u.name))?,
+        )),
+        None => None,
+    };
+    let argv0 = spec
+        .argv
+        .first()
+        .cloned()
+        .unwrap_or_else(|| spec.program.clone());
+    let mut cmd = Command::new(&spec.program);
+    cmd.arg0(argv0)
+        .args(spec.argv.iter().skip(1))
+        .envs(spec.env.iter().map(|(k, v)| (k, v)))
+        .current_dir(&cwd)
+        .stdin(Stdio::null());
+    let empty = SignalSet::of(&[]);
+    // SAFETY: only async-signal-safe calls (setpgid, sigprocmask, setgroups, setgid,
+    // setuid) on data prepared before the fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setpgid(0, 0) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if libc::sigprocmask(libc::SIG_SETMASK, empty.as_ptr(), std::ptr::null_mut()) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if let Some((uid, gid, groups)) = &user {
+                if libc::setgroups(groups.len(), groups.as_ptr()) != 0
+                    || libc::setgid(*gid) != 0
+                    || libc::setuid(*uid) != 0
+                {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    let child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot run '{}': {e}", spec.program))?;
+    let pid = child.id() as i32;
+    // SAFETY: setpgid with integer arguments; EACCES after the child's exec is harmless.
+    unsafe { libc::setpgid(pid, pid) };
+    // Reaped by waitpid(-1) in the main loop.
+    drop(child);
+    Ok(pid)
+}
+
+/// New namespaces, private mounts, hostname, `/proc` (and the root filesystem). Returns
+/// the task's working directory as seen from inside.
+fn isolate(spec: &SupervisorSpec, c: &ContainerLaunch) -> Result<PathBuf, String> {
+    let mut flags = libc::CLONE_NEWNS | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC;
+    if c.isolate_network {
+        flags |= libc::CLONE_NEWNET;
+    }
+    // SAFETY: unshare with valid flags; the init is single-threaded.
+    if unsafe { libc::unshare(flags) } != 0 {
+        return Err(format!(
+            "cannot create the container's namespaces: {}",
+            io::Error::last_os_error()
+        ));
+    }
+    // Nothing mounted from here on may propagate back to the host.
+    mount(
+        None,
+        Path::new("/"),
+        None,
+        libc::MS_REC | libc::MS_PRIVATE,
+        None,
+    )?;
+    let name = c.hostname.as_bytes();
+    // SAFETY: valid pointer and length.
+    if unsafe { libc::sethostname(name.as_ptr().cast(), name.len()) } != 0 {
+        return Err(format!(
+            "cannot set the hostname '{}': {}",
+            c.hostname,
+            io::Error::last_os_error()
+        ));
+    }
+    if c.isolate_network {
+        loopback_up()?;
+    }
+    let proc_flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+    let Some(rootfs) = &c.rootfs else {
+        // A /proc of this PID namespace: the task sees its own processes only.
+        mount(
+            Some("proc"),
+            Path::new("/proc"),
+            Some("proc"),
+            proc_flags,
+            None,
+        )?;
+        return Ok(spec.sandbox.clone());
+    };
+
+    // The root filesystem must be a mount point for pivot_root.
+    mount(
+        Some(
+            rootfs
+                .as_os_str()
+                .to_str()
+                .ok_or("rootfs path is not UTF-8")?,
+        ),
+        rootfs,
+        None,
+        libc::MS_BIND | libc::MS_REC,
+        None,
+    )?;
+    let sandbox_in = rootfs.join(SANDBOX_IN_ROOTFS.trim_start_matches('/'));
+    for dir in [
+        "proc",
+        "dev",
+        "mnt",
+        SANDBOX_IN_ROOTFS.trim_start_matches('/'),
+    ] {
+        ensure_dir_in(rootfs, dir)?;
+    }
+    mount(
+        Some(path_str(&spec.sandbox)?),
+        &sandbox_in,
+        None,
+        libc::MS_BIND | libc::MS_REC,
+        None,
+    )?;
+    mount(
+        Some("proc"),
+        &rootfs.join("proc"),
+        Some("proc"),
+        proc_flags,
+        None,
+    )?;
+    populate_dev(rootfs)?;
+
+    let root_c = cstring(rootfs.as_os_str().as_bytes())?;
+    let dot = cstring(b".")?;
+    // SAFETY: valid NUL-terminated paths. pivot_root(".", ".") stacks the old root on
+    // top of the new one; detaching it leaves only the container's filesystem.
+    unsafe {
+        if libc::chdir(root_c.as_ptr()) != 0
+            || libc::syscall(libc::SYS_pivot_root, dot.as_ptr(), dot.as_ptr()) != 0
+            || libc::umount2(dot.as_ptr(), libc::MNT_DETACH) != 0
+            || libc::chdir(c"/".as_ptr()) != 0
+        {
+            return Err(format!(
+                "cannot switch to the root filesystem {}: {}",
+                rootfs.display(),
+                io::Error::last_os_error()
+            ));
+        }
+    }
+    Ok(PathBuf::from(SANDBOX_IN_ROOTFS))
+}
+
+/// `rootfs/rel` as a directory, created when missing. A symlink anywhere on the way is
+/// refused: the image owns its files, and a link could aim our mounts elsewhere.
+fn ensure_dir_in(rootfs: &Path, rel: &str) -> Result<(), String> {
+    let mut path = rootfs.to_path_buf();
+    for part in rel.split('/').filter(|p| !p.is_empty()) {
+        path.push(part);
+        match fs::symlink_metadata(&path) {
+            Ok(m) if m.file_type().is_symlink() => {
+                return Err(format!(
+                    "{} in the root filesystem is a symlink; refusing to mount over it",
+                    path.display()
+                ))
+            }
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => return Err(format!("{} is not a directory", path.display())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                fs::create_dir(&path).map_err(|e| format!("creating {}: {e}", path.display()))?
+            }
+            Err(e) => return Err(format!("{}: {e}", path.display())),
+        }
+    }
+    Ok(())
+}
+
+/// A small `/dev` on a tmpfs: the usual character devices bound from the host, the
+/// `/proc/self/fd` links, and a `/dev/shm`.
+fn populate_dev(rootfs: &Path) -> Result<(), String> {
+    let dev = rootfs.join("dev");
+    mount(
+        Some("tmpfs"),
+        &dev,
+        Some("tmpfs"),
+        libc::MS_NOSUID | libc::MS_NOEXEC,
+        Some("mode=755,size=65536k"),
+    )?;
+    for name in ["null", "zero", "full", "random", "urandom", "tty"] {
+        let host = Path::new("/dev").join(name);
+        if !host.exists() {
+            continue;
+        }
+        let target = dev.join(name);
+        File::create(&target).map_err(|e| format!("creating {}: {e}", target.display()))?;
+        mount(Some(path_str(&host)?), &target, None, libc::MS_BIND, None)?;
+    }
+    for (link, to) in [
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ] {
+        std::os::unix::fs::symlink(to, dev.join(link))
+            .map_err(|e| format!("creating /dev/{link}: {e}"))?;
+    }
+    let shm = dev.join("shm");
+    fs::create_dir(&shm).map_err(|e| format!("creating /dev/shm: {e}"))?;
+    mount(
+        Some("shm"),
+        &shm,
+        Some("tmpfs"),
+        libc::MS_NOSUID | libc::MS_NODEV,
+        Some("mode=1777,size=65536k"),
+    )
+}
+
+/// Brings up `lo` in a fresh network namespace (it starts down).
+fn loopback_up() -> Result<(), String> {
+    // SAFETY: socket/ioctl with a zeroed, NUL-terminated ifreq.
+    unsafe {
+        let sock = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if sock < 0 {
+            return Err(format!("socket: {}", io::Error::last_os_error()));
+        }
+        let mut req: libc::ifreq = std::mem::zeroed();
+        for (i, b) in b"lo".iter().enumerate() {
+            req.ifr_name[i] = *b as libc::c_char;
+        }
+        let mut result = libc::ioctl(sock, libc::SIOCGIFFLAGS, &mut req);
+        if result == 0 {
+            req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+            result = libc::ioctl(sock, libc::SIOCSIFFLAGS, &req);
+        }
+        let err = io::Error::last_os_error();
+        libc::close(sock);
+        if result != 0 {
+            return Err(format!("bringing up the loopback interface: {err}"));
+        }
+    }
+    Ok(())
+}
+
+fn cstring(b: &[u8]) -> Result<CString, String> {
+    CString::new(b).map_err(|_| "path contains NUL".to_string())
+}
+
+fn path_str(p: &Path) -> Result<&str, String> {
+    p.to_str()
+        .ok_or_else(|| format!("{} is not UTF-8", p.display()))
+}
+
+fn mount(
+    source: Option<&str>,
+    target: &Path,
+    fstype: Option<&str>,
+    flags: libc::c_ulong,
+    data: Option<&str>,
+) -> Result<(), String> {
+    let src = source.map(|s| cstring(s.as_bytes())).transpose()?;
+    let tgt = cstring(target.as_os_str().as_bytes())?;
+    let fs = fstype.map(|s| cstring(s.as_bytes())).transpose()?;
+    let dat = data.map(|s| cstring(s.as_bytes())).transpose()?;
+    let ptr = |c: &Option<CString>| c.as_ref().map_or(std::ptr::null(), |c| c.as_ptr());
+    // SAFETY: every pointer is null or a NUL-terminated string that outlives the call.
+    let r = unsafe { libc::mount(ptr(&src), tgt.as_ptr(), ptr(&fs), flags, ptr(&dat).cast()) };
+    if r != 0 {
+        return Err(format!(
+            "mounting {} on {}: {}",
+            source.unwrap_or("(none)"),
+            target.display(),
+            io::Error::last_os_error()
+        ));
+    }
+    Ok(())
+}
