@@ -1,28 +1,72 @@
-//! The agent's gRPC services on `--listen`: `AgentApi` (files API and state) and
-//! `Executor` (custom executors, not implemented yet).
+//! The agent's gRPC services on `--listen`: `AgentApi` (files API, state and the image
+//! store) and `Executor` (custom executors, not implemented yet).
 
+use std::path::PathBuf;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use drover_proto::pb::{
     self, agent_api_server::AgentApi, executor_server::Executor, ExecutorEvent,
 };
 use futures::Stream;
+use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, oneshot};
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 
 use crate::agent::Event;
 use crate::files_api;
+use crate::images::{ImageRecord, ImageStore};
 use crate::layout::Layout;
 
-/// `AgentApi`: file reads run on the blocking pool; state questions go to the agent loop.
+/// Largest `ImportImageChunk.data` accepted.
+pub const MAX_IMAGE_CHUNK: usize = 1 << 20;
+
+/// `AgentApi`: file reads and image imports run on the blocking pool; state questions go
+/// to the agent loop.
 pub struct AgentApiService {
     layout: Layout,
     events: mpsc::Sender<Event>,
+    images: Arc<ImageStore>,
 }
 
 impl AgentApiService {
-    pub fn new(layout: Layout, events: mpsc::Sender<Event>) -> Self {
-        AgentApiService { layout, events }
+    pub fn new(layout: Layout, events: mpsc::Sender<Event>, images: Arc<ImageStore>) -> Self {
+        AgentApiService {
+            layout,
+            events,
+            images,
+        }
+    }
+}
+
+/// An image as the API shows it.
+pub fn image_summary(r: &ImageRecord) -> pb::ImageSummary {
+    pb::ImageSummary {
+        digest: r.digest.to_string(),
+        config_digest: r.config_digest.to_string(),
+        names: r.names.clone(),
+        size_bytes: r.size_bytes,
+        layers: r.layers,
+        imported_at: r.imported_at,
+        created: r.config.created.clone(),
+        format: r.format.as_str().to_string(),
+        entrypoint: r.config.entrypoint.clone(),
+        cmd: r.config.cmd.clone(),
+        env: r.config.env.clone(),
+        working_dir: r.config.working_dir.clone(),
+        user: r.config.user.clone(),
+        architecture: r.config.architecture.clone(),
+        os: r.config.os.clone(),
+    }
+}
+
+/// Removes an uploaded archive however the import ends (including a client that goes
+/// away mid-stream, which drops the handler's future).
+struct UploadFile(PathBuf);
+
+impl Drop for UploadFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
     }
 }
 
@@ -77,6 +121,93 @@ impl AgentApi for AgentApiService {
         rx.await
             .map(Response::new)
             .map_err(|_| Status::unavailable("the agent is shutting down"))
+    }
+
+    async fn import_image(
+        &self,
+        request: Request<Streaming<pb::ImportImageChunk>>,
+    ) -> Result<Response<pb::ImportImageResponse>, Status> {
+        let mut chunks = request.into_inner();
+        let limit = self.images.limits().max_archive_bytes;
+        let upload = UploadFile(self.images.upload_path());
+        let mut file = tokio::fs::File::create(&upload.0)
+            .await
+            .map_err(|e| Status::internal(format!("creating {}: {e}", upload.0.display())))?;
+        let (mut name, mut format, mut total, mut first) =
+            (String::new(), String::new(), 0u64, true);
+        while let Some(chunk) = chunks.message().await? {
+            if first {
+                name = chunk.name;
+                format = chunk.format;
+                first = false;
+            } else if !chunk.name.is_empty() || !chunk.format.is_empty() {
+                return Err(Status::invalid_argument(
+                    "only the first ImportImageChunk may carry a name or a format",
+                ));
+            }
+            if chunk.data.len() > MAX_IMAGE_CHUNK {
+                return Err(Status::invalid_argument(format!(
+                    "an ImportImageChunk carries {} bytes; at most {MAX_IMAGE_CHUNK} are allowed",
+                    chunk.data.len()
+                )));
+            }
+            total += chunk.data.len() as u64;
+            if total > limit {
+                return Err(Status::resource_exhausted(format!(
+                    "the image archive is larger than the {} MiB this agent accepts \
+                     (--image-max-archive-mb)",
+                    limit >> 20
+                )));
+            }
+            file.write_all(&chunk.data)
+                .await
+                .map_err(|e| Status::internal(format!("writing {}: {e}", upload.0.display())))?;
+        }
+        if total == 0 {
+            return Err(Status::invalid_argument("no archive bytes were sent"));
+        }
+        file.flush()
+            .await
+            .map_err(|e| Status::internal(format!("writing {}: {e}", upload.0.display())))?;
+        drop(file);
+        let store = self.images.clone();
+        let path = upload.0.clone();
+        let images = tokio::task::spawn_blocking(move || {
+            let name = (!name.trim().is_empty()).then_some(name);
+            store.import(&path, name.as_deref(), format.trim())
+        })
+        .await
+        .map_err(|e| Status::internal(format!("image import panicked: {e}")))?
+        .map_err(|e| e.to_status())?;
+        drop(upload);
+        Ok(Response::new(pb::ImportImageResponse {
+            images: images.iter().map(image_summary).collect(),
+            archive_bytes: total,
+        }))
+    }
+
+    async fn list_images(
+        &self,
+        _request: Request<pb::ListImagesRequest>,
+    ) -> Result<Response<pb::ListImagesResponse>, Status> {
+        Ok(Response::new(pb::ListImagesResponse {
+            images: self.images.list().iter().map(image_summary).collect(),
+        }))
+    }
+
+    async fn remove_image(
+        &self,
+        request: Request<pb::RemoveImageRequest>,
+    ) -> Result<Response<pb::RemoveImageResponse>, Status> {
+        let image = request.into_inner().image;
+        let store = self.images.clone();
+        let removed = tokio::task::spawn_blocking(move || store.remove(&image))
+            .await
+            .map_err(|e| Status::internal(format!("image removal panicked: {e}")))?
+            .map_err(|e| e.to_status())?;
+        Ok(Response::new(pb::RemoveImageResponse {
+            image: Some(image_summary(&removed)),
+        }))
     }
 }
 
