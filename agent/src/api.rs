@@ -241,3 +241,148 @@ impl Executor for ExecutorService {
         Err(Status::unimplemented(NO_EXECUTORS))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::images::tests::{layer, oci_files, plain, reference_layers, write_tar, E};
+    use crate::images::ImportLimits;
+    use drover_proto::pb::agent_api_client::AgentApiClient;
+    use tokio_stream::wrappers::TcpListenerStream;
+
+    fn chunk(name: &str, data: Vec<u8>) -> pb::ImportImageChunk {
+        pb::ImportImageChunk {
+            name: name.into(),
+            format: String::new(),
+            data,
+        }
+    }
+
+    fn chunks_of(bytes: &[u8], name: &str) -> Vec<pb::ImportImageChunk> {
+        bytes
+            .chunks(4096)
+            .enumerate()
+            .map(|(i, c)| chunk(if i == 0 { name } else { "" }, c.to_vec()))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn image_rpcs_stream_limit_and_refuse() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(
+            ImageStore::open(
+                dir.path().join("images"),
+                ImportLimits {
+                    max_archive_bytes: 256 << 10,
+                    max_unpacked_bytes: 1 << 20,
+                },
+            )
+            .unwrap(),
+        );
+        let (events, _rx) = mpsc::channel(1);
+        let service = AgentApiService::new(Layout::new(dir.path()), events, store.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(pb::agent_api_server::AgentApiServer::new(service))
+                .serve_with_incoming(TcpListenerStream::new(listener)),
+        );
+        let mut client = AgentApiClient::connect(format!("http://{addr}"))
+            .await
+            .unwrap();
+        let uploads_left = || {
+            std::fs::read_dir(dir.path().join("images/uploads"))
+                .unwrap()
+                .count()
+        };
+
+        // Over --image-max-archive-mb.
+        let big: Vec<_> = (0..80).map(|_| chunk("", vec![0u8; 4096])).collect();
+        let err = client
+            .import_image(futures::stream::iter(big))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err:?}");
+        assert!(err.message().contains("--image-max-archive-mb"), "{err:?}");
+        // A chunk over 1 MiB; a name after the first chunk; nothing at all.
+        let err = client
+            .import_image(futures::stream::iter(vec![chunk(
+                "",
+                vec![0; MAX_IMAGE_CHUNK + 1],
+            )]))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+        let err = client
+            .import_image(futures::stream::iter(vec![
+                chunk("", vec![1]),
+                chunk("late", vec![2]),
+            ]))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+        let err = client
+            .import_image(futures::stream::iter(Vec::<pb::ImportImageChunk>::new()))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+
+        // A hostile archive.
+        let (files, _) = oci_files(
+            &[plain(layer(&[E::File("../x", b"x", 0o644)]))],
+            serde_json::json!({}),
+        );
+        let evil = dir.path().join("evil.tar");
+        write_tar(&files, &evil);
+        let err = client
+            .import_image(futures::stream::iter(chunks_of(
+                &std::fs::read(&evil).unwrap(),
+                "",
+            )))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+        assert!(err.message().contains("contains '..'"), "{err:?}");
+
+        // A good one, then list and remove.
+        let (files, digest) = oci_files(&reference_layers(), serde_json::json!({}));
+        let good = dir.path().join("good.tar");
+        write_tar(&files, &good);
+        let bytes = std::fs::read(&good).unwrap();
+        let response = client
+            .import_image(futures::stream::iter(chunks_of(&bytes, "app")))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(response.archive_bytes, bytes.len() as u64);
+        assert_eq!(response.images.len(), 1);
+        assert_eq!(response.images[0].digest, digest);
+        assert_eq!(response.images[0].names, ["app:latest"]);
+        assert_eq!(response.images[0].user, "app");
+        let listed = client
+            .list_images(pb::ListImagesRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(listed.images, response.images);
+        assert_eq!(uploads_left(), 0);
+        let removed = client
+            .remove_image(pb::RemoveImageRequest {
+                image: "app".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(removed.image.unwrap().digest, digest);
+        let err = client
+            .remove_image(pb::RemoveImageRequest {
+                image: "app".into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::NotFound);
+        assert!(store.list().is_empty());
+        server.abort();
+    }
+}

@@ -15,7 +15,7 @@ use super::*;
 // ------------------------------------------------------------------ archive builders
 
 /// One tar entry. Names are written raw, so hostile ones (`../x`, `/x`) stay as given.
-enum E<'a> {
+pub(crate) enum E<'a> {
     Dir(&'a str, u32),
     File(&'a str, &'a [u8], u32),
     Symlink(&'a str, &'a str),
@@ -28,7 +28,7 @@ fn raw_name(field: &mut [u8], name: &str) {
     field[..name.len()].copy_from_slice(name.as_bytes());
 }
 
-fn layer(entries: &[E]) -> Vec<u8> {
+pub(crate) fn layer(entries: &[E]) -> Vec<u8> {
     let mut b = tar::Builder::new(Vec::new());
     for e in entries {
         let mut h = tar::Header::new_old();
@@ -91,12 +91,12 @@ fn hex_of(digest: &str) -> &str {
 type Files = BTreeMap<String, Vec<u8>>;
 
 /// A layer as stored (maybe gzipped) and its uncompressed tar.
-struct Layer {
+pub(crate) struct Layer {
     stored: Vec<u8>,
     plain: Vec<u8>,
 }
 
-fn plain(l: Vec<u8>) -> Layer {
+pub(crate) fn plain(l: Vec<u8>) -> Layer {
     Layer {
         stored: l.clone(),
         plain: l,
@@ -131,7 +131,7 @@ fn config_json(layers: &[Layer]) -> Vec<u8> {
 }
 
 /// An OCI layout; returns its files and the manifest digest.
-fn oci_files(layers: &[Layer], annotations: serde_json::Value) -> (Files, String) {
+pub(crate) fn oci_files(layers: &[Layer], annotations: serde_json::Value) -> (Files, String) {
     let mut files = Files::new();
     let config = config_json(layers);
     let config_digest = sha(&config);
@@ -244,7 +244,7 @@ fn write_dir(files: &Files, dir: &Path) {
     }
 }
 
-fn write_tar(files: &Files, path: &Path) {
+pub(crate) fn write_tar(files: &Files, path: &Path) {
     let mut b = tar::Builder::new(std::fs::File::create(path).unwrap());
     for (name, bytes) in files {
         let mut h = tar::Header::new_gnu();
@@ -260,7 +260,7 @@ fn write_tar(files: &Files, path: &Path) {
 
 /// Two layers exercising files, modes, symlinks, hard links, a whiteout of a file and of
 /// a directory, and an opaque directory whose new content comes before its marker.
-fn reference_layers() -> Vec<Layer> {
+pub(crate) fn reference_layers() -> Vec<Layer> {
     let l1 = layer(&[
         E::Dir("etc/", 0o755),
         E::File("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\n", 0o644),
@@ -292,6 +292,9 @@ fn reference_layers() -> Vec<Layer> {
             b"root:x:0:\napp:x:1000:\nwheel:x:10:app\n",
             0o644,
         ),
+        // Whiteouts of what never was: no-ops that create nothing.
+        E::File("nowhere/deep/.wh.thing", b"", 0o644),
+        E::File("etc/.wh.not-there", b"", 0o644),
     ]);
     vec![plain(l1), gzipped(l2)]
 }

@@ -76,6 +76,17 @@ pub(crate) fn decompressed<'a>(
     }
 }
 
+/// What [`Unpacker::walk`] does with a missing directory.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Walk {
+    /// Creates it (layers often omit parent directories).
+    Create,
+    /// Refuses the entry (a hard link's target must exist).
+    MustExist,
+    /// Reports it missing.
+    IfExists,
+}
+
 /// What one image's unpacking has cost so far, against its limit.
 pub(crate) struct Budget {
     pub used: u64,
@@ -246,9 +257,19 @@ impl Unpacker {
         ) {
             return Ok(());
         }
-        let parent = self.walk(parents, layer, &shown, true)?;
-        let parent_rel: PathBuf = parents.iter().collect();
         let name_bytes = name.as_bytes();
+        let whiteout = name_bytes.starts_with(b".wh.");
+        // A whiteout in a directory that does not exist hides nothing: no-op, rather
+        // than creating the directory.
+        let how = if whiteout {
+            Walk::IfExists
+        } else {
+            Walk::Create
+        };
+        let Some(parent) = self.walk(parents, layer, &shown, how)? else {
+            return Ok(());
+        };
+        let parent_rel: PathBuf = parents.iter().collect();
         if name_bytes == b".wh..wh..opq" {
             for child in list(&parent).map_err(|e| io_err(layer, &shown, e))? {
                 self.prune(&parent, &parent_rel, &child)
@@ -377,7 +398,9 @@ impl Unpacker {
                         "is a hard link to the root directory",
                     ));
                 };
-                let tparent = self.walk(tparents, layer, &shown_target, false)?;
+                let tparent = self
+                    .walk(tparents, layer, &shown_target, Walk::MustExist)?
+                    .expect("MustExist walks return a directory");
                 let c_tname = cstr(tname).map_err(|e| io_err(layer, &shown, e))?;
                 match lstatat(tparent.as_raw_fd(), &c_tname) {
                     Ok(st) if kind_of(&st) == libc::S_IFDIR => {
@@ -451,15 +474,15 @@ impl Unpacker {
         check(unsafe { libc::fchmod(fd.as_raw_fd(), mode as libc::mode_t) })
     }
 
-    /// Opens the directory `parents` beneath the root. Missing directories are created
-    /// (layers often omit parents) when `create`; a symlink on the way is refused.
+    /// Opens the directory `parents` beneath the root (`None`: missing, for
+    /// [`Walk::IfExists`]). A symlink on the way is refused.
     fn walk(
         &mut self,
         parents: &[OsString],
         layer: &str,
         shown: &str,
-        create: bool,
-    ) -> Result<OwnedFd, AgentError> {
+        how: Walk,
+    ) -> Result<Option<OwnedFd>, AgentError> {
         let mut fd = self.root.try_clone().map_err(|e| io_err(layer, shown, e))?;
         let mut rel = PathBuf::new();
         for part in parents {
@@ -467,7 +490,10 @@ impl Unpacker {
             let c = cstr(part).map_err(|e| io_err(layer, shown, e))?;
             let next = match openat(fd.as_raw_fd(), &c, DIR_FLAGS, 0) {
                 Ok(next) => next,
-                Err(e) if e.kind() == io::ErrorKind::NotFound && create => {
+                Err(e) if e.kind() == io::ErrorKind::NotFound && how == Walk::IfExists => {
+                    return Ok(None)
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound && how == Walk::Create => {
                     // SAFETY: valid dirfd and name.
                     check(unsafe { libc::mkdirat(fd.as_raw_fd(), c.as_ptr(), 0o755) })
                         .map_err(|e| io_err(layer, shown, e))?;
@@ -491,7 +517,7 @@ impl Unpacker {
             };
             fd = next;
         }
-        Ok(fd)
+        Ok(Some(fd))
     }
 
     /// Hides what lower layers left at `dir/name`, keeping what this layer wrote.
