@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building Drover needs on a fresh Debian machine (run as root or with sudo):
 # a C/C++ toolchain and libclang for RocksDB's bindings, cargo-nextest for the tests, and
-# busybox-static for the image tests.
+# busybox-static and skopeo for the image tests.
 # Safe to run again: it only installs what is missing.
 set -euo pipefail
 
@@ -17,6 +17,8 @@ fi
 command -v pkg-config >/dev/null 2>&1 || need_apt+=(pkg-config)
 # The image tests build a tiny image around Debian's static busybox.
 [ -x /bin/busybox ] || need_apt+=(busybox-static)
+# ... and write it as an OCI image layout with another tool than Docker.
+command -v skopeo >/dev/null 2>&1 || need_apt+=(skopeo)
 
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing ${need_apt[*]}"

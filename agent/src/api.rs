@@ -47,7 +47,7 @@ pub fn image_summary(r: &ImageRecord) -> pb::ImageSummary {
         names: r.names.clone(),
         size_bytes: r.size_bytes,
         layers: r.layers,
-        imported_at: r.imported_at,
+        imported_at: r.imported_at_ms as f64 / 1000.0,
         created: r.config.created.clone(),
         format: r.format.as_str().to_string(),
         entrypoint: r.config.entrypoint.clone(),
@@ -174,7 +174,12 @@ impl AgentApi for AgentApiService {
         let path = upload.0.clone();
         let images = tokio::task::spawn_blocking(move || {
             let name = (!name.trim().is_empty()).then_some(name);
-            store.import(&path, name.as_deref(), format.trim())
+            store.import_as(
+                &path,
+                "the uploaded archive",
+                name.as_deref(),
+                format.trim(),
+            )
         })
         .await
         .map_err(|e| Status::internal(format!("image import panicked: {e}")))?

@@ -302,10 +302,11 @@ pub fn render_import(response: &pb::ImportImageResponse) -> String {
     let mut out = String::new();
     for i in &response.images {
         out.push_str(&format!(
-            "Imported {} {} ({} layers, {} unpacked)\n",
+            "Imported {} {} ({} layer{}, {} unpacked)\n",
             i.digest,
             names(i),
             i.layers,
+            if i.layers == 1 { "" } else { "s" },
             bytes(i.size_bytes)
         ));
     }
@@ -365,6 +366,21 @@ mod tests {
                 "NAMES             DIGEST                  SIZE  LAYERS  CREATED               IMPORTED\n",
                 "<none>            sha256:aaaaaaaaaaaa    300 B       2  2024-01-02T03:04:05Z  1m5s ago\n",
                 "web:1,web:latest  sha256:bbbbbbbbbbbb  5.0 MiB       2  2024-01-02T03:04:05Z  1m5s ago\n",
+            )
+        );
+    }
+
+    #[test]
+    fn import_summary() {
+        let response = pb::ImportImageResponse {
+            images: vec![image(&["web:1"], 'c', 2048)],
+            archive_bytes: 4096,
+        };
+        assert_eq!(
+            render_import(&response),
+            format!(
+                "Imported sha256:{} web:1 (2 layers, 2.0 KiB unpacked)\n",
+                "c".repeat(64)
             )
         );
     }

@@ -76,8 +76,8 @@ pub struct ImageRecord {
     pub layers: u32,
     /// Total size of the unpacked files, in bytes.
     pub size_bytes: u64,
-    /// Unix seconds of the import.
-    pub imported_at: f64,
+    /// Unix time of the import, in milliseconds (an integer: JSON keeps it exactly).
+    pub imported_at_ms: u64,
     pub config: ImageConfig,
 }
 
@@ -242,13 +242,25 @@ impl ImageStore {
         name: Option<&str>,
         format: &str,
     ) -> Result<Vec<ImageRecord>, AgentError> {
+        self.import_as(archive, &archive.display().to_string(), name, format)
+    }
+
+    /// [`ImageStore::import`], naming the archive `shown` in errors (the API says "the
+    /// uploaded archive" rather than the agent's own file name for it).
+    pub fn import_as(
+        &self,
+        archive: &Path,
+        shown: &str,
+        name: Option<&str>,
+        format: &str,
+    ) -> Result<Vec<ImageRecord>, AgentError> {
         let extra = name.map(normalize_name).transpose()?;
         let staging = self
             .dir
             .join("staging")
             .join(uuid::Uuid::new_v4().to_string());
         std::fs::create_dir(&staging).ctx(|| format!("creating {}", staging.display()))?;
-        let result = self.import_in(archive, extra, format, &staging);
+        let result = self.import_in(archive, shown, extra, format, &staging);
         if let Err(e) = std::fs::remove_dir_all(&staging) {
             tracing::warn!(path = %staging.display(), error = %e, "could not remove an import's staging directory");
         }
@@ -258,12 +270,13 @@ impl ImageStore {
     fn import_in(
         &self,
         archive: &Path,
+        shown: &str,
         extra: Option<String>,
         format: &str,
         staging: &Path,
     ) -> Result<Vec<ImageRecord>, AgentError> {
-        let archive = self.gunzip_if_needed(archive, staging)?;
-        let src = source::Source::open(&archive)?;
+        let archive = self.gunzip_if_needed(archive, shown, staging)?;
+        let src = source::Source::open(&archive, shown)?;
         let mut plans = manifest::plan(&src, format)?;
         if extra.is_some() && plans.len() != 1 {
             return Err(AgentError::InvalidImage(format!(
@@ -316,7 +329,12 @@ impl ImageStore {
 
     /// Archives arrive gzip-compressed (`docker save | gzip`) as often as not; tar needs
     /// to seek, so such an archive is decompressed into the staging directory first.
-    fn gunzip_if_needed(&self, archive: &Path, staging: &Path) -> Result<PathBuf, AgentError> {
+    fn gunzip_if_needed(
+        &self,
+        archive: &Path,
+        shown: &str,
+        staging: &Path,
+    ) -> Result<PathBuf, AgentError> {
         use std::io::Read;
         if archive.is_dir() {
             return Ok(archive.to_path_buf());
@@ -336,13 +354,11 @@ impl ImageStore {
             std::fs::File::create(&target).ctx(|| format!("creating {}", target.display()))?;
         let limit = self.limits.max_archive_bytes;
         let mut decoder = flate2::read::MultiGzDecoder::new(file).take(limit + 1);
-        let n = std::io::copy(&mut decoder, &mut out).map_err(|e| {
-            AgentError::InvalidImage(format!("{} is not valid gzip: {e}", archive.display()))
-        })?;
+        let n = std::io::copy(&mut decoder, &mut out)
+            .map_err(|e| AgentError::InvalidImage(format!("{shown} is not valid gzip: {e}")))?;
         if n > limit {
             return Err(AgentError::ImageTooLarge(format!(
-                "{} decompresses to more than the {} MiB allowed (--image-max-archive-mb)",
-                archive.display(),
+                "{shown} decompresses to more than the {} MiB allowed (--image-max-archive-mb)",
                 limit >> 20
             )));
         }
@@ -427,7 +443,7 @@ impl ImageStore {
                     format: plan.format,
                     layers: plan.layers.len() as u32,
                     size_bytes: size,
-                    imported_at: drover_proto::unix_seconds(),
+                    imported_at_ms: (drover_proto::unix_seconds() * 1000.0) as u64,
                     config: plan.config.clone(),
                 },
             );

@@ -42,12 +42,13 @@ pub(crate) fn normalize(name: &str) -> Option<String> {
 
 impl Source {
     /// Opens `path`: a directory is read as it is; a file must be an uncompressed tar.
-    pub(crate) fn open(path: &Path) -> Result<Source, AgentError> {
+    /// `shown` names the archive in errors.
+    pub(crate) fn open(path: &Path, shown: &str) -> Result<Source, AgentError> {
         let meta = std::fs::metadata(path).ctx(|| format!("opening {}", path.display()))?;
         if meta.is_dir() {
             return Ok(Source::Dir(path.to_path_buf()));
         }
-        let shown = path.display().to_string();
+        let shown = shown.to_string();
         let file = File::open(path).ctx(|| format!("opening {shown}"))?;
         let mut files = HashMap::new();
         let mut symlinks = HashMap::new();
