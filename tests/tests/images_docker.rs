@@ -376,6 +376,23 @@ fn docker_save_tarball_imports_lists_and_runs_from_an_overlay() {
         (user.uid, user.gid, user.home.as_path()),
         (1234, 1234, Path::new("/srv"))
     );
+    // The sandbox bind-mounted in, as the linux containerizer does.
+    let sandbox = dir.path().join("sandbox");
+    std::fs::create_dir(&sandbox).unwrap();
+    let target = prepared.mount_point("/mnt/sandbox").unwrap();
+    run(Command::new("mount")
+        .arg("--bind")
+        .arg(&sandbox)
+        .arg(&target));
+    run(Command::new("chroot").arg(&prepared.rootfs).args([
+        "/bin/sh",
+        "-c",
+        "cd /mnt/sandbox && echo out > stdout",
+    ]));
+    assert_eq!(
+        std::fs::read_to_string(sandbox.join("stdout")).unwrap(),
+        "out\n"
+    );
     let out = run(Command::new("chroot").arg(&prepared.rootfs).args([
         "/bin/sh",
         "-c",
@@ -394,6 +411,11 @@ fn docker_save_tarball_imports_lists_and_runs_from_an_overlay() {
     );
     cleanup_rootfs(&container).unwrap();
     assert!(!container.join("rootfs").exists());
+    // Unmounted first, so the sandbox kept what the task wrote.
+    assert_eq!(
+        std::fs::read_to_string(sandbox.join("stdout")).unwrap(),
+        "out\n"
+    );
     store.remove("web").unwrap();
     assert!(store.list().is_empty());
 }

@@ -918,6 +918,20 @@ fn copy_fallback_makes_a_private_tree() {
     assert_eq!(tree(&prepared.rootfs), reference_tree());
     std::fs::write(prepared.rootfs.join("keep/file"), b"changed").unwrap();
     assert_eq!(tree(&store.rootfs_dir(&rec.digest)), reference_tree());
+    // Mount points are made inside, never through the image's symlinks.
+    let target = prepared.mount_point("/mnt/sandbox").unwrap();
+    assert_eq!(target, prepared.rootfs.join("mnt/sandbox"));
+    assert!(target.is_dir());
+    assert_eq!(prepared.mount_point("mnt/sandbox").unwrap(), target);
+    let err = prepared
+        .mount_point("/bin/host-passwd/x")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("/bin/host-passwd is a symlink"), "{err}");
+    std::os::unix::fs::symlink("/tmp", prepared.rootfs.join("tmp-link")).unwrap();
+    assert!(prepared.mount_point("/tmp-link/sandbox").is_err());
+    assert!(prepared.mount_point("/../x").is_err());
+    assert!(prepared.mount_point("/").is_err());
     // Preparing twice is refused rather than mounting over a live root.
     assert!(store.prepare_rootfs("ref", &container).is_err());
     cleanup_rootfs(&container).unwrap();

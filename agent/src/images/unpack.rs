@@ -91,7 +91,13 @@ enum Walk {
 pub(crate) struct Budget {
     pub used: u64,
     pub limit: u64,
+    /// Tar entries of all layers so far: an image of millions of empty files weighs
+    /// nothing yet can exhaust the inodes of the work dir's file system.
+    pub entries: u64,
 }
+
+/// Most tar entries one image may have (a full Debian image has about 10,000 files).
+pub(crate) const MAX_ENTRIES: u64 = 1_000_000;
 
 /// Unpacks the layers of one image, in order, into a fresh root directory.
 pub(crate) struct Unpacker {
@@ -204,7 +210,11 @@ impl Unpacker {
             // SAFETY: geteuid has no preconditions.
             as_root: unsafe { libc::geteuid() } == 0,
             written: HashSet::new(),
-            budget: Budget { used: 0, limit },
+            budget: Budget {
+                used: 0,
+                limit,
+                entries: 0,
+            },
             skipped_devices: 0,
         })
     }
@@ -234,6 +244,12 @@ impl Unpacker {
         entry: &mut tar::Entry<'_, &mut dyn Read>,
         layer: &str,
     ) -> Result<(), AgentError> {
+        self.budget.entries += 1;
+        if self.budget.entries > MAX_ENTRIES {
+            return Err(AgentError::ImageTooLarge(format!(
+                "the image's layers hold more than {MAX_ENTRIES} entries"
+            )));
+        }
         let path = entry
             .path()
             .map_err(|e| AgentError::InvalidImage(format!("layer {layer}: bad entry name: {e}")))?
