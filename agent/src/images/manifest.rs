@@ -93,6 +93,41 @@ pub struct ImageConfig {
     pub created: String,
 }
 
+impl ImageConfig {
+    /// What a container of the image runs when the task names no command: `Entrypoint`
+    /// followed by `Cmd`, as Docker does. Empty when the image names neither.
+    pub fn default_argv(&self) -> Vec<String> {
+        self.entrypoint.iter().chain(&self.cmd).cloned().collect()
+    }
+
+    /// The image's `Env` with `overrides` applied on top (a task's variables win), in
+    /// the image's order, new names after. Entries without `=` are ignored.
+    pub fn env_with(&self, overrides: &[(String, String)]) -> Vec<(String, String)> {
+        let mut env: Vec<(String, String)> = self
+            .env
+            .iter()
+            .filter_map(|e| e.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        for (k, v) in overrides {
+            match env.iter_mut().find(|(name, _)| name == k) {
+                Some(slot) => slot.1 = v.clone(),
+                None => env.push((k.clone(), v.clone())),
+            }
+        }
+        env
+    }
+
+    /// The working directory inside the container (`/` when the image names none).
+    pub fn working_dir_or_root(&self) -> &str {
+        if self.working_dir.is_empty() {
+            "/"
+        } else {
+            &self.working_dir
+        }
+    }
+}
+
 /// The archive format, as detected or as hinted on import.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]

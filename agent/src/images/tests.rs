@@ -981,3 +981,61 @@ fn users_come_from_the_images_own_passwd_and_group() {
     let err = lookup_user(&fake2, "root").unwrap_err().to_string();
     assert!(err.contains("through a symlink"), "{err}");
 }
+
+#[test]
+fn config_helpers_merge_like_docker() {
+    let config = ImageConfig {
+        env: vec!["PATH=/bin".into(), "A=1".into(), "junk".into()],
+        entrypoint: vec!["/bin/sh".into(), "-c".into()],
+        cmd: vec!["echo hi".into()],
+        ..Default::default()
+    };
+    assert_eq!(config.default_argv(), ["/bin/sh", "-c", "echo hi"]);
+    assert_eq!(
+        config.env_with(&[("A".into(), "2".into()), ("B".into(), "3".into())]),
+        [
+            ("PATH".to_string(), "/bin".to_string()),
+            ("A".to_string(), "2".to_string()),
+            ("B".to_string(), "3".to_string()),
+        ]
+    );
+    assert_eq!(config.working_dir_or_root(), "/");
+}
+
+#[test]
+fn classic_docker_save_with_shared_layers_as_symlinks() {
+    // docker save stores a layer used twice once, and links the second to the first.
+    let dir = tempfile::tempdir().unwrap();
+    let base = layer(&[E::File("a", b"1", 0o644)]);
+    let top = layer(&[E::File("b", b"2", 0o644)]);
+    let layers = vec![plain(base.clone()), plain(top), plain(base)];
+    let (files, _) = docker_classic_files(&layers, &["shared:1"]);
+    let manifest: serde_json::Value = serde_json::from_slice(&files["manifest.json"]).unwrap();
+    let first = manifest[0]["Layers"][0].as_str().unwrap().to_string();
+    let third = manifest[0]["Layers"][2].as_str().unwrap().to_string();
+    assert_ne!(first, third);
+    let archive = dir.path().join("shared.tar");
+    let mut b = tar::Builder::new(std::fs::File::create(&archive).unwrap());
+    for (name, bytes) in &files {
+        let mut h = tar::Header::new_gnu();
+        if *name == third {
+            let first_id = first.split('/').next().unwrap();
+            h.set_entry_type(tar::EntryType::Symlink);
+            h.set_size(0);
+            b.append_link(&mut h, name, format!("../{first_id}/layer.tar"))
+                .unwrap();
+            continue;
+        }
+        h.set_size(bytes.len() as u64);
+        h.set_mode(0o644);
+        b.append_data(&mut h, name, bytes.as_slice()).unwrap();
+    }
+    b.finish().unwrap();
+    drop(b);
+    let store = store(dir.path());
+    let rec = store.import(&archive, None, "").unwrap().remove(0);
+    assert_eq!(rec.layers, 3);
+    let t = tree(&store.rootfs_dir(&rec.digest));
+    assert_eq!(t["a"], "file 644 1");
+    assert_eq!(t["b"], "file 644 2");
+}
