@@ -121,6 +121,12 @@ pub(super) fn prepare(
     }
     std::fs::create_dir_all(container_dir)
         .ctx(|| format!("creating {}", container_dir.display()))?;
+    // Left by a cleanup that died between its steps: a stale upper layer must not leak
+    // into a new container.
+    let stale = container_dir.join("overlay");
+    if stale.exists() {
+        std::fs::remove_dir_all(&stale).ctx(|| format!("removing {}", stale.display()))?;
+    }
     std::fs::create_dir(&rootfs).ctx(|| format!("creating {}", rootfs.display()))?;
     let mode = if try_overlay {
         match mount_overlay(lower, container_dir, &rootfs) {

@@ -913,9 +913,13 @@ fn copy_fallback_makes_a_private_tree() {
     let dir = tempfile::tempdir().unwrap();
     let (store, rec) = imported_reference(dir.path());
     let container = dir.path().join("c");
+    // A stale upper layer from an interrupted cleanup does not show through.
+    std::fs::create_dir_all(container.join("overlay/upper")).unwrap();
+    std::fs::write(container.join("overlay/upper/stale"), b"old").unwrap();
     let prepared = store.prepare_rootfs_copy("ref", &container).unwrap();
     assert_eq!(prepared.mode, RootfsMode::Copy);
     assert_eq!(tree(&prepared.rootfs), reference_tree());
+    assert!(!container.join("overlay").exists());
     std::fs::write(prepared.rootfs.join("keep/file"), b"changed").unwrap();
     assert_eq!(tree(&store.rootfs_dir(&rec.digest)), reference_tree());
     // Mount points are made inside, never through the image's symlinks.
