@@ -1043,3 +1043,30 @@ fn classic_docker_save_with_shared_layers_as_symlinks() {
     assert_eq!(t["a"], "file 644 1");
     assert_eq!(t["b"], "file 644 2");
 }
+
+#[test]
+fn an_opaque_marker_keeps_what_its_layer_put_deeper_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let layers = vec![
+        plain(layer(&[
+            E::File("opt/a/x", b"x", 0o644),
+            E::File("opt/b", b"b", 0o644),
+        ])),
+        // No entries for opt/ or opt/a/: they come from the lower layer.
+        plain(layer(&[
+            E::File("opt/a/new", b"new", 0o644),
+            E::File("opt/.wh..wh..opq", b"", 0o644),
+        ])),
+    ];
+    let (files, _) = oci_files(&layers, serde_json::json!({}));
+    let layout = dir.path().join("layout");
+    write_dir(&files, &layout);
+    let store = store(dir.path());
+    let rec = store.import(&layout, None, "").unwrap().remove(0);
+    let t = tree(&store.rootfs_dir(&rec.digest));
+    assert_eq!(
+        t.keys().collect::<Vec<_>>(),
+        ["opt", "opt/a", "opt/a/new"],
+        "{t:?}"
+    );
+}

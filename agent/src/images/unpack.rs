@@ -531,6 +531,11 @@ impl Unpacker {
                     return Err(hostile(layer, shown, &what));
                 }
             };
+            if how != Walk::MustExist {
+                // The directories holding an entry are part of this layer (a tar from
+                // `docker save` lists them anyway): an opaque marker higher up keeps them.
+                self.written.insert(rel.clone());
+            }
             fd = next;
         }
         Ok(Some(fd))
