@@ -36,7 +36,12 @@ pub enum ImagesCommand {
 #[derive(Args, Debug)]
 pub struct AgentArg {
     /// The agent's API address (its --listen).
-    #[arg(long, default_value = "127.0.0.1:5051", value_name = "HOST:PORT")]
+    #[arg(
+        long,
+        env = "DROVER_AGENT",
+        default_value = "127.0.0.1:5051",
+        value_name = "HOST:PORT"
+    )]
     pub agent: String,
 }
 
