@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building Drover needs on a fresh Debian machine (run as root or with sudo):
-# a C/C++ toolchain and libclang for RocksDB's bindings, and cargo-nextest and
-# busybox-static for the tests.
+# a C/C++ toolchain and libclang for RocksDB's bindings, cargo-nextest for the tests, and
+# busybox-static and skopeo for the image tests.
 # Safe to run again: it only installs what is missing.
 set -euo pipefail
 
@@ -15,8 +15,10 @@ if ! ls /usr/lib/llvm-*/lib/libclang.so* /usr/lib/llvm-*/lib/libclang-[0-9]*.so*
   need_apt+=(libclang-dev)
 fi
 command -v pkg-config >/dev/null 2>&1 || need_apt+=(pkg-config)
-# The linux containerizer's root filesystem test builds a tiny rootfs from a static busybox.
+# The image tests build a tiny image around Debian's static busybox.
 [ -x /bin/busybox ] || need_apt+=(busybox-static)
+# ... and write it as an OCI image layout with another tool than Docker.
+command -v skopeo >/dev/null 2>&1 || need_apt+=(skopeo)
 
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing ${need_apt[*]}"

@@ -1,28 +1,72 @@
-//! The agent's gRPC services on `--listen`: `AgentApi` (files API and state) and
-//! `Executor` (custom executors, not implemented yet).
+//! The agent's gRPC services on `--listen`: `AgentApi` (files API, state and the image
+//! store) and `Executor` (custom executors, not implemented yet).
 
+use std::path::PathBuf;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use drover_proto::pb::{
     self, agent_api_server::AgentApi, executor_server::Executor, ExecutorEvent,
 };
 use futures::Stream;
+use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, oneshot};
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 
 use crate::agent::Event;
 use crate::files_api;
+use crate::images::{ImageRecord, ImageStore};
 use crate::layout::Layout;
 
-/// `AgentApi`: file reads run on the blocking pool; state questions go to the agent loop.
+/// Largest `ImportImageChunk.data` accepted.
+pub const MAX_IMAGE_CHUNK: usize = 1 << 20;
+
+/// `AgentApi`: file reads and image imports run on the blocking pool; state questions go
+/// to the agent loop.
 pub struct AgentApiService {
     layout: Layout,
     events: mpsc::Sender<Event>,
+    images: Arc<ImageStore>,
 }
 
 impl AgentApiService {
-    pub fn new(layout: Layout, events: mpsc::Sender<Event>) -> Self {
-        AgentApiService { layout, events }
+    pub fn new(layout: Layout, events: mpsc::Sender<Event>, images: Arc<ImageStore>) -> Self {
+        AgentApiService {
+            layout,
+            events,
+            images,
+        }
+    }
+}
+
+/// An image as the API shows it.
+pub fn image_summary(r: &ImageRecord) -> pb::ImageSummary {
+    pb::ImageSummary {
+        digest: r.digest.to_string(),
+        config_digest: r.config_digest.to_string(),
+        names: r.names.clone(),
+        size_bytes: r.size_bytes,
+        layers: r.layers,
+        imported_at: r.imported_at_ms as f64 / 1000.0,
+        created: r.config.created.clone(),
+        format: r.format.as_str().to_string(),
+        entrypoint: r.config.entrypoint.clone(),
+        cmd: r.config.cmd.clone(),
+        env: r.config.env.clone(),
+        working_dir: r.config.working_dir.clone(),
+        user: r.config.user.clone(),
+        architecture: r.config.architecture.clone(),
+        os: r.config.os.clone(),
+    }
+}
+
+/// Removes an uploaded archive however the import ends (including a client that goes
+/// away mid-stream, which drops the handler's future).
+struct UploadFile(PathBuf);
+
+impl Drop for UploadFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
     }
 }
 
@@ -78,6 +122,98 @@ impl AgentApi for AgentApiService {
             .map(Response::new)
             .map_err(|_| Status::unavailable("the agent is shutting down"))
     }
+
+    async fn import_image(
+        &self,
+        request: Request<Streaming<pb::ImportImageChunk>>,
+    ) -> Result<Response<pb::ImportImageResponse>, Status> {
+        let mut chunks = request.into_inner();
+        let limit = self.images.limits().max_archive_bytes;
+        let upload = UploadFile(self.images.upload_path());
+        let mut file = tokio::fs::File::create(&upload.0)
+            .await
+            .map_err(|e| Status::internal(format!("creating {}: {e}", upload.0.display())))?;
+        let (mut name, mut format, mut total, mut first) =
+            (String::new(), String::new(), 0u64, true);
+        while let Some(chunk) = chunks.message().await? {
+            if first {
+                name = chunk.name;
+                format = chunk.format;
+                first = false;
+            } else if !chunk.name.is_empty() || !chunk.format.is_empty() {
+                return Err(Status::invalid_argument(
+                    "only the first ImportImageChunk may carry a name or a format",
+                ));
+            }
+            if chunk.data.len() > MAX_IMAGE_CHUNK {
+                return Err(Status::invalid_argument(format!(
+                    "an ImportImageChunk carries {} bytes; at most {MAX_IMAGE_CHUNK} are allowed",
+                    chunk.data.len()
+                )));
+            }
+            total += chunk.data.len() as u64;
+            if total > limit {
+                return Err(Status::resource_exhausted(format!(
+                    "the image archive is larger than the {} MiB this agent accepts \
+                     (--image-max-archive-mb)",
+                    limit >> 20
+                )));
+            }
+            file.write_all(&chunk.data)
+                .await
+                .map_err(|e| Status::internal(format!("writing {}: {e}", upload.0.display())))?;
+        }
+        if total == 0 {
+            return Err(Status::invalid_argument("no archive bytes were sent"));
+        }
+        file.flush()
+            .await
+            .map_err(|e| Status::internal(format!("writing {}: {e}", upload.0.display())))?;
+        drop(file);
+        let store = self.images.clone();
+        let path = upload.0.clone();
+        let images = tokio::task::spawn_blocking(move || {
+            let name = (!name.trim().is_empty()).then_some(name);
+            store.import_as(
+                &path,
+                "the uploaded archive",
+                name.as_deref(),
+                format.trim(),
+            )
+        })
+        .await
+        .map_err(|e| Status::internal(format!("image import panicked: {e}")))?
+        .map_err(|e| e.to_status())?;
+        drop(upload);
+        Ok(Response::new(pb::ImportImageResponse {
+            images: images.iter().map(image_summary).collect(),
+            archive_bytes: total,
+        }))
+    }
+
+    async fn list_images(
+        &self,
+        _request: Request<pb::ListImagesRequest>,
+    ) -> Result<Response<pb::ListImagesResponse>, Status> {
+        Ok(Response::new(pb::ListImagesResponse {
+            images: self.images.list().iter().map(image_summary).collect(),
+        }))
+    }
+
+    async fn remove_image(
+        &self,
+        request: Request<pb::RemoveImageRequest>,
+    ) -> Result<Response<pb::RemoveImageResponse>, Status> {
+        let image = request.into_inner().image;
+        let store = self.images.clone();
+        let removed = tokio::task::spawn_blocking(move || store.remove(&image))
+            .await
+            .map_err(|e| Status::internal(format!("image removal panicked: {e}")))?
+            .map_err(|e| e.to_status())?;
+        Ok(Response::new(pb::RemoveImageResponse {
+            image: Some(image_summary(&removed)),
+        }))
+    }
 }
 
 const NO_EXECUTORS: &str = "custom executors arrive with the containers issue";
@@ -108,5 +244,150 @@ impl Executor for ExecutorService {
         _request: Request<pb::ExecutorMessageCall>,
     ) -> Result<Response<pb::ExecutorCallResponse>, Status> {
         Err(Status::unimplemented(NO_EXECUTORS))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::images::tests::{layer, oci_files, plain, reference_layers, write_tar, E};
+    use crate::images::ImportLimits;
+    use drover_proto::pb::agent_api_client::AgentApiClient;
+    use tokio_stream::wrappers::TcpListenerStream;
+
+    fn chunk(name: &str, data: Vec<u8>) -> pb::ImportImageChunk {
+        pb::ImportImageChunk {
+            name: name.into(),
+            format: String::new(),
+            data,
+        }
+    }
+
+    fn chunks_of(bytes: &[u8], name: &str) -> Vec<pb::ImportImageChunk> {
+        bytes
+            .chunks(4096)
+            .enumerate()
+            .map(|(i, c)| chunk(if i == 0 { name } else { "" }, c.to_vec()))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn image_rpcs_stream_limit_and_refuse() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(
+            ImageStore::open(
+                dir.path().join("images"),
+                ImportLimits {
+                    max_archive_bytes: 256 << 10,
+                    max_unpacked_bytes: 1 << 20,
+                },
+            )
+            .unwrap(),
+        );
+        let (events, _rx) = mpsc::channel(1);
+        let service = AgentApiService::new(Layout::new(dir.path()), events, store.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(pb::agent_api_server::AgentApiServer::new(service))
+                .serve_with_incoming(TcpListenerStream::new(listener)),
+        );
+        let mut client = AgentApiClient::connect(format!("http://{addr}"))
+            .await
+            .unwrap();
+        let uploads_left = || {
+            std::fs::read_dir(dir.path().join("images/uploads"))
+                .unwrap()
+                .count()
+        };
+
+        // Over --image-max-archive-mb.
+        let big: Vec<_> = (0..80).map(|_| chunk("", vec![0u8; 4096])).collect();
+        let err = client
+            .import_image(futures::stream::iter(big))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err:?}");
+        assert!(err.message().contains("--image-max-archive-mb"), "{err:?}");
+        // A chunk over 1 MiB; a name after the first chunk; nothing at all.
+        let err = client
+            .import_image(futures::stream::iter(vec![chunk(
+                "",
+                vec![0; MAX_IMAGE_CHUNK + 1],
+            )]))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+        let err = client
+            .import_image(futures::stream::iter(vec![
+                chunk("", vec![1]),
+                chunk("late", vec![2]),
+            ]))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+        let err = client
+            .import_image(futures::stream::iter(Vec::<pb::ImportImageChunk>::new()))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+
+        // A hostile archive.
+        let (files, _) = oci_files(
+            &[plain(layer(&[E::File("../x", b"x", 0o644)]))],
+            serde_json::json!({}),
+        );
+        let evil = dir.path().join("evil.tar");
+        write_tar(&files, &evil);
+        let err = client
+            .import_image(futures::stream::iter(chunks_of(
+                &std::fs::read(&evil).unwrap(),
+                "",
+            )))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+        assert!(err.message().contains("contains '..'"), "{err:?}");
+
+        // A good one, then list and remove.
+        let (files, digest) = oci_files(&reference_layers(), serde_json::json!({}));
+        let good = dir.path().join("good.tar");
+        write_tar(&files, &good);
+        let bytes = std::fs::read(&good).unwrap();
+        let response = client
+            .import_image(futures::stream::iter(chunks_of(&bytes, "app")))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(response.archive_bytes, bytes.len() as u64);
+        assert_eq!(response.images.len(), 1);
+        assert_eq!(response.images[0].digest, digest);
+        assert_eq!(response.images[0].names, ["app:latest"]);
+        assert_eq!(response.images[0].user, "app");
+        let listed = client
+            .list_images(pb::ListImagesRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(listed.images, response.images);
+        assert_eq!(uploads_left(), 0);
+        let removed = client
+            .remove_image(pb::RemoveImageRequest {
+                image: "app".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(removed.image.unwrap().digest, digest);
+        let err = client
+            .remove_image(pb::RemoveImageRequest {
+                image: "app".into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::NotFound);
+        assert!(store.list().is_empty());
+        server.abort();
     }
 }

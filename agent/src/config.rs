@@ -8,6 +8,7 @@ use drover_proto::pb;
 use drover_proto::Resources;
 
 use crate::error::AgentError;
+use crate::images::ImportLimits;
 
 /// The Drover agent: runs tasks on this machine for the Drover masters.
 ///
@@ -106,6 +107,16 @@ pub struct Config {
     #[arg(long)]
     pub shutdown_tasks_on_exit: bool,
 
+    /// Largest image archive `ImportImage` accepts (as sent, or once un-gzipped), in MiB.
+    /// Larger uploads are refused with RESOURCE_EXHAUSTED.
+    #[arg(long, default_value_t = 4096, value_name = "MIB")]
+    pub image_max_archive_mb: u64,
+
+    /// Largest total size of the files one image may unpack to, in MiB (guards against
+    /// layers that decompress to far more than they weigh).
+    #[arg(long, default_value_t = 16384, value_name = "MIB")]
+    pub image_max_unpacked_mb: u64,
+
     /// Log filter, e.g. 'info' or 'info,drover_agent=debug' (tracing-subscriber
     /// EnvFilter syntax).
     #[arg(long, default_value = "info", value_name = "FILTER")]
@@ -138,6 +149,7 @@ pub struct Settings {
     pub cgroups_root: PathBuf,
     pub reserved_cpus: f64,
     pub reserved_mem_mb: Option<f64>,
+    pub image_limits: ImportLimits,
 }
 
 impl Config {
@@ -242,6 +254,21 @@ impl Config {
                 "--status-update-retry-secs must be between 0.001 and 600, not {retry}"
             )));
         }
+        for (flag, mb) in [
+            ("--image-max-archive-mb", self.image_max_archive_mb),
+            ("--image-max-unpacked-mb", self.image_max_unpacked_mb),
+        ] {
+            if !(1..=1 << 30).contains(&mb) {
+                return Err(AgentError::Config(format!(
+                    "{flag} must be between 1 and {}, not {mb}",
+                    1u64 << 30
+                )));
+            }
+        }
+        let image_limits = ImportLimits {
+            max_archive_bytes: self.image_max_archive_mb << 20,
+            max_unpacked_bytes: self.image_max_unpacked_mb << 20,
+        };
         if let Some(h) = &self.hostname {
             if h.trim().is_empty() {
                 return Err(AgentError::Config("--hostname is empty".into()));
@@ -264,6 +291,7 @@ impl Config {
             cgroups_root: self.cgroups_root.clone(),
             reserved_cpus: self.reserved_cpus,
             reserved_mem_mb: self.reserved_mem_mb,
+            image_limits,
         })
     }
 }
@@ -348,6 +376,15 @@ mod tests {
             .unwrap()
             .validate()
             .is_err());
+        assert!(Config::from_args(["--image-max-archive-mb", "0"])
+            .unwrap()
+            .validate()
+            .is_err());
+        let s = Config::from_args(["--image-max-archive-mb", "2"])
+            .unwrap()
+            .validate()
+            .unwrap();
+        assert_eq!(s.image_limits.max_archive_bytes, 2 << 20);
         assert!(parse_attributes("rack:1;rack:2").is_err());
         assert!(parse_attributes("nocolon").is_err());
     }

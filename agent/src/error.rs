@@ -50,6 +50,27 @@ pub enum AgentError {
     /// The path (or a component of it) does not exist.
     #[error("{0}")]
     FileNotFound(String),
+
+    /// No image of that digest or name in the agent's image store.
+    #[error("{0}")]
+    ImageNotFound(String),
+
+    /// An image archive that is malformed, does not match its digests, or holds entries
+    /// that would escape the root filesystem; also a bad image name or format hint.
+    #[error("invalid image: {0}")]
+    InvalidImage(String),
+
+    /// An image archive (or what it unpacks to) over the agent's limits.
+    #[error("{0}")]
+    ImageTooLarge(String),
+
+    /// An image still used by a container.
+    #[error("{0}")]
+    ImageInUse(String),
+
+    /// A task's user (or group) that the image does not define.
+    #[error("{0}")]
+    UnknownUser(String),
 }
 
 impl AgentError {
@@ -65,12 +86,16 @@ impl AgentError {
     pub fn to_status(&self) -> tonic::Status {
         let msg = self.to_string();
         match self {
-            AgentError::TaskNotFound(_) | AgentError::FileNotFound(_) => {
-                tonic::Status::not_found(msg)
-            }
-            AgentError::InvalidPath(_) | AgentError::WrongFileType(_) | AgentError::Config(_) => {
-                tonic::Status::invalid_argument(msg)
-            }
+            AgentError::TaskNotFound(_)
+            | AgentError::FileNotFound(_)
+            | AgentError::ImageNotFound(_) => tonic::Status::not_found(msg),
+            AgentError::InvalidPath(_)
+            | AgentError::WrongFileType(_)
+            | AgentError::Config(_)
+            | AgentError::InvalidImage(_)
+            | AgentError::UnknownUser(_) => tonic::Status::invalid_argument(msg),
+            AgentError::ImageTooLarge(_) => tonic::Status::resource_exhausted(msg),
+            AgentError::ImageInUse(_) => tonic::Status::failed_precondition(msg),
             AgentError::Symlink(_) => tonic::Status::permission_denied(msg),
             AgentError::WorkDirLocked(_)
             | AgentError::ShutdownByMaster(_)

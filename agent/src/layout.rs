@@ -18,6 +18,7 @@
 //!     task.json, updates.json,     checkpoints of agents before the checkpoint log: read
 //!     completed                    once by recovery, moved into the log, then removed
 //!   sandboxes/<fw>/<task>/         the task's cwd: stdout, stderr, whatever it writes
+//!   images/                        the image store (see `crate::images`)
 //! ```
 //!
 //! Meta files sit outside the sandbox on purpose: the task owns its sandbox and could
@@ -100,6 +101,11 @@ impl Layout {
 
     pub fn sandboxes_root(&self) -> PathBuf {
         self.root.join("sandboxes")
+    }
+
+    /// `images/`: the image store (see [`crate::images`]).
+    pub fn images_dir(&self) -> PathBuf {
+        self.root.join("images")
     }
 
     /// The task's meta directory. The key must be valid (see [`TaskKey::validate`]).

@@ -17,6 +17,9 @@
 //!   this binary again), outlives the agent and records the exit status.
 //! - [`files_api`]: sandbox reads and listings that never leave the sandbox (`openat` with
 //!   `O_NOFOLLOW`, component by component).
+//! - [`images`]: the local image store (OCI layouts and `docker save` archives imported,
+//!   verified and unpacked into immutable root filesystems under `<work_dir>/images`), the
+//!   per-container overlay root filesystems on top, and user lookup in an image.
 //! - [`api`]: the gRPC services on `--listen` (`AgentApi`, and `Executor`, unimplemented).
 //! - [`metrics`]: counters and gauges, served as Prometheus text over a tiny HTTP responder.
 //! - [`journal`]: the checkpoint log, group-committed (one sync per batch of events).
@@ -34,6 +37,7 @@ pub mod containerizer;
 pub mod error;
 pub mod files_api;
 pub mod fsutil;
+pub mod images;
 pub mod journal;
 pub mod layout;
 pub mod master_link;

@@ -9,6 +9,8 @@
 //! - [`local`]: `drover local`, a whole cluster of child processes on one machine
 //!   (`local::plan` decides flags, ports and folders; `local::daemon` spawns, supervises
 //!   and stops the processes).
+//! - [`images`]: `drover images import | list | remove`, an agent's image store through
+//!   that agent's API (`--agent`).
 //! - `run`: `drover run -- CMD`, one command run on the cluster as a small framework.
 //! - [`membership`]: `drover masters list | add | remove | replace | transfer`.
 //!
@@ -16,6 +18,7 @@
 //! `drover tasks --json | jq` and friends see only data.
 
 mod format;
+mod images;
 mod inspect;
 mod local;
 mod masters;
@@ -69,6 +72,12 @@ enum Command {
     /// leadership.
     #[command(subcommand)]
     Masters(membership::MastersCommand),
+    /// Manage an agent's local image store (no registry): import `docker save` or OCI
+    /// archives, list and remove images. Talks to the agent given by --agent.
+    Images {
+        #[command(subcommand)]
+        command: images::ImagesCommand,
+    },
 }
 
 #[tokio::main]
@@ -110,6 +119,7 @@ async fn execute(cli: Cli) -> anyhow::Result<i32> {
         Command::Masters(cmd) => membership::run(&Masters::new(masters)?, cmd)
             .await
             .map(|()| 0),
+        Command::Images { command } => images::run(command).await.map(|()| 0),
     }
 }
 
@@ -179,6 +189,31 @@ mod tests {
         assert_eq!(args.masters, 1);
         assert_eq!(args.master_listen, "127.0.0.1:5050");
         assert_eq!(args.data_dir, std::path::Path::new("./.drover/local"));
+    }
+
+    #[test]
+    fn images_commands_parse() {
+        let cli =
+            Cli::try_parse_from(["drover", "images", "import", "a.tar", "--name", "x"]).unwrap();
+        let Command::Images {
+            command: images::ImagesCommand::Import(args),
+        } = cli.command
+        else {
+            panic!("not images import")
+        };
+        assert_eq!(args.file, std::path::Path::new("a.tar"));
+        assert_eq!(args.name.as_deref(), Some("x"));
+        assert_eq!(args.agent.agent, "127.0.0.1:5051");
+        let cli =
+            Cli::try_parse_from(["drover", "images", "list", "--json", "--agent", "h:1"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Images { command: images::ImagesCommand::List(ref l) } if l.json && l.agent.agent == "h:1"
+        ));
+        assert!(Cli::try_parse_from(["drover", "images", "import"]).is_err());
+        assert!(
+            Cli::try_parse_from(["drover", "images", "import", "f", "--format", "rpm"]).is_err()
+        );
     }
 
     #[test]

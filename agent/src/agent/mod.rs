@@ -34,6 +34,7 @@ use crate::config::{Config, Settings};
 use crate::containerizer::{Containerizer, Containerizers};
 use crate::error::{AgentError, IoContext};
 use crate::fsutil::create_dir_all_durable;
+use crate::images::ImageStore;
 use crate::layout::Layout;
 use crate::master_link::{MasterLink, TermFence};
 use crate::metrics::Metrics;
@@ -54,6 +55,7 @@ pub struct Agent {
     metrics: Arc<Metrics>,
     /// The same containerizers the loop uses: pings sample their usage.
     containerizers: Arc<Containerizers>,
+    images: Arc<ImageStore>,
     /// Held for the agent's lifetime: one agent per work dir.
     _lock: File,
 }
@@ -79,6 +81,11 @@ impl Agent {
             create_dir_all_durable(&dir).ctx(|| format!("creating {}", dir.display()))?;
         }
         let lock = lock_work_dir(&layout)?;
+        // After the lock: opening removes the leftovers of interrupted imports.
+        let images = Arc::new(ImageStore::open(
+            layout.images_dir(),
+            settings.image_limits,
+        )?);
 
         let api_listener = TcpListener::bind(&settings.listen)
             .await
@@ -151,6 +158,7 @@ impl Agent {
             fence,
             metrics,
             containerizers,
+            images,
             _lock: lock,
         })
     }
@@ -170,6 +178,11 @@ impl Agent {
         &self.core.info.address
     }
 
+    /// The agent's image store (shared with the API and the containerizers).
+    pub fn images(&self) -> Arc<ImageStore> {
+        self.images.clone()
+    }
+
     /// The agent id from a previous registration, if any.
     pub fn agent_id(&self) -> Option<&AgentId> {
         self.core.agent_id.as_ref()
@@ -186,7 +199,11 @@ impl Agent {
             let _ = rx.wait_for(|s| *s).await;
         };
 
-        let api = AgentApiService::new(self.layout.clone(), self.events_tx.clone());
+        let api = AgentApiService::new(
+            self.layout.clone(),
+            self.events_tx.clone(),
+            self.images.clone(),
+        );
         let api_server = tokio::spawn(
             tonic::transport::Server::builder()
                 .add_service(pb::agent_api_server::AgentApiServer::new(api))
