@@ -211,10 +211,20 @@ pub fn render_tasks(response: &pb::GetTasksResponse) -> String {
         "STATE",
         "CPUS",
         "MEM (MB)",
+        "CPU TIME (s)",
+        "RSS (MB)",
         "NAME",
     ])
-    .right(&["CPUS", "MEM (MB)"]);
+    .right(&["CPUS", "MEM (MB)", "CPU TIME (s)", "RSS (MB)"]);
     for t in response.tasks.iter().chain(&response.completed_tasks) {
+        // Usage comes from containers that measure it (linux), while they run.
+        let (cpu_time, rss) = match &t.usage {
+            Some(u) => (
+                format!("{:.2}", u.cpus_user_time_secs + u.cpus_system_time_secs),
+                format!("{:.1}", u.mem_rss_bytes as f64 / (1024.0 * 1024.0)),
+            ),
+            None => ("-".to_string(), "-".to_string()),
+        };
         table.row(vec![
             format::id_or_dash(t.task_id.as_ref()),
             format::id_or_dash(t.framework_id.as_ref()),
@@ -222,6 +232,8 @@ pub fn render_tasks(response: &pb::GetTasksResponse) -> String {
             format::task_state(t.state).to_string(),
             format::scalar(&t.resources, "cpus"),
             format::scalar(&t.resources, "mem"),
+            cpu_time,
+            rss,
             t.name.clone(),
         ]);
     }
@@ -429,15 +441,22 @@ mod tests {
 
     #[test]
     fn tasks_table_lists_active_then_completed() {
+        let mut measured = task("t2", pb::TaskState::TaskRunning);
+        measured.usage = Some(pb::ResourceStatistics {
+            cpus_user_time_secs: 1.5,
+            cpus_system_time_secs: 0.25,
+            mem_rss_bytes: 12 << 20,
+            ..Default::default()
+        });
         let response = pb::GetTasksResponse {
-            tasks: vec![task("t2", pb::TaskState::TaskRunning)],
+            tasks: vec![measured],
             completed_tasks: vec![task("t1", pb::TaskState::TaskFinished)],
         };
         assert_eq!(
             render_tasks(&response),
-            "ID  FRAMEWORK  AGENT  STATE     CPUS  MEM (MB)  NAME\n\
-             t2  fw         a1     RUNNING   0.25        64  echo t2\n\
-             t1  fw         a1     FINISHED  0.25        64  echo t1\n"
+            "ID  FRAMEWORK  AGENT  STATE     CPUS  MEM (MB)  CPU TIME (s)  RSS (MB)  NAME\n\
+             t2  fw         a1     RUNNING   0.25        64          1.75      12.0  echo t2\n\
+             t1  fw         a1     FINISHED  0.25        64             -         -  echo t1\n"
         );
     }
 
