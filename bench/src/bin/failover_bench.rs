@@ -36,15 +36,25 @@ struct Args {
     election_ticks: usize,
 }
 
-/// Declines everything (for an hour) and reports when offers arrive.
+/// What the framework saw, and when.
+enum Seen {
+    Subscribed(Instant),
+    Offers(Instant),
+}
+
+/// Declines everything (for an hour) and reports subscriptions and offers.
 struct Watcher {
-    offers: mpsc::UnboundedSender<Instant>,
+    offers: mpsc::UnboundedSender<Seen>,
 }
 
 #[async_trait]
 impl Scheduler for Watcher {
+    async fn subscribed(&mut self, _: &Driver, _: drover_sdk::proto::FrameworkId, _: bool) {
+        let _ = self.offers.send(Seen::Subscribed(Instant::now()));
+    }
+
     async fn offers(&mut self, driver: &Driver, offers: Vec<pb::Offer>) {
-        let _ = self.offers.send(Instant::now());
+        let _ = self.offers.send(Seen::Offers(Instant::now()));
         let ids = offers.into_iter().filter_map(|o| o.id).collect();
         let _ = driver.decline(ids, Some(3600.0)).await;
     }
@@ -127,13 +137,18 @@ async fn measure(agents: usize, args: &Args) -> anyhow::Result<Vec<Duration>> {
         while offers.try_recv().is_ok() {}
         let killed_at = Instant::now();
         masters.kill(leader);
+        // Offers already on their way from the old leader do not count: only those after
+        // the framework has resubscribed (to the new leader).
+        let mut resubscribed = false;
         let first = loop {
-            let t = tokio::time::timeout(Duration::from_secs(120), offers.recv())
+            let seen = tokio::time::timeout(Duration::from_secs(120), offers.recv())
                 .await
                 .map_err(|_| anyhow::anyhow!("no offer within 120 s of kill {k}"))?
                 .ok_or_else(|| anyhow::anyhow!("framework stopped"))?;
-            if t > killed_at {
-                break t;
+            match seen {
+                Seen::Subscribed(t) if t > killed_at => resubscribed = true,
+                Seen::Offers(t) if resubscribed => break t,
+                _ => {}
             }
         };
         let d = first - killed_at;

@@ -305,6 +305,9 @@ struct Node<T: Transport> {
     /// from a snapshot, since the seeded membership is not in the log).
     snapshot_soon: bool,
     ticks: u64,
+    tick: Duration,
+    /// When the leader last heard from each member.
+    last_heard: std::collections::HashMap<u64, Instant>,
     metrics: Arc<Metrics>,
     progress: Arc<Progress>,
 }
@@ -370,6 +373,8 @@ pub fn start<T: Transport>(
         conf_index,
         snapshot_soon: false,
         ticks: 0,
+        tick: cfg.tick,
+        last_heard: Default::default(),
         metrics,
         progress,
     };
@@ -547,6 +552,7 @@ impl<T: Transport> Node<T> {
     fn on_ready(&mut self) -> anyhow::Result<()> {
         if !self.raw.has_ready() {
             self.publish_role();
+            self.publish_members();
             return Ok(());
         }
         let mut ready = self.raw.ready();
@@ -733,13 +739,24 @@ impl<T: Transport> Node<T> {
         let mut members = Vec::new();
         if self.raw.raft.state == StateRole::Leader {
             let me = self.raw.raft.id;
+            let now = Instant::now();
+            // raft-rs clears `recent_active` at every quorum check, so a healthy follower
+            // can read inactive for a moment: remember when each was last heard instead.
+            let window = self.tick * (2 * self.raw.raft.election_timeout() as u32);
             let voters = self.raw.raft.prs().conf().voters().ids();
             for (id, p) in self.raw.raft.prs().iter() {
+                if p.recent_active || *id == me {
+                    self.last_heard.insert(*id, now);
+                }
+                let heard = self
+                    .last_heard
+                    .get(id)
+                    .is_some_and(|t| now.duration_since(*t) <= window);
                 members.push(MemberProgress {
                     id: *id,
                     voter: voters.contains(*id),
                     matched: p.matched,
-                    recently_active: p.recent_active || *id == me,
+                    recently_active: heard,
                 });
             }
             members.sort_by_key(|m| m.id);
