@@ -75,8 +75,11 @@ pub struct Config {
     /// Containerizers to enable, comma-separated; the first is the default for tasks
     /// whose ContainerInfo names no type. 'linux': namespaces, cgroups and an init per
     /// task (needs root and the cpu, cpuacct, memory and pids cgroup controllers);
-    /// 'process': plain processes in sandboxes, no isolation. Default: 'linux,process'
-    /// when the agent runs as root and the cgroup controllers are usable, else 'process'.
+    /// 'process': plain processes in sandboxes, no isolation; 'docker': tasks whose
+    /// ContainerInfo.type is DOCKER, through the Docker engine at --docker-socket.
+    /// Default: 'linux,process' when the agent runs as root and the cgroup controllers
+    /// are usable, else 'process'; plus 'docker' when the engine answers at start-up.
+    /// Naming 'docker' makes an engine that does not answer a start-up error.
     #[arg(long, value_delimiter = ',', value_name = "NAME[,NAME...]")]
     pub containerizers: Vec<String>,
 
@@ -101,6 +104,10 @@ pub struct Config {
     /// 256 MB and at most 4096 MB.
     #[arg(long, value_name = "MB")]
     pub reserved_mem_mb: Option<f64>,
+
+    /// The Docker engine's API socket, used by the 'docker' containerizer.
+    #[arg(long, default_value = crate::containerizer::docker::DEFAULT_SOCKET, value_name = "PATH")]
+    pub docker_socket: PathBuf,
 
     /// On SIGINT/SIGTERM, kill every running task before exiting. Off by default: tasks
     /// normally outlive the agent and a restarted agent reattaches to them.
@@ -150,6 +157,7 @@ pub struct Settings {
     pub reserved_cpus: f64,
     pub reserved_mem_mb: Option<f64>,
     pub image_limits: ImportLimits,
+    pub docker_socket: PathBuf,
 }
 
 impl Config {
@@ -183,11 +191,11 @@ impl Config {
         for c in &self.containerizers {
             let c = c.trim();
             match c {
-                "linux" | "process" => {}
+                "linux" | "process" | "docker" => {}
                 "" => continue,
                 other => {
                     return Err(AgentError::Config(format!(
-                        "--containerizers: unknown containerizer '{other}' (known: linux, process)"
+                        "--containerizers: unknown containerizer '{other}' (known: linux, process, docker)"
                     )))
                 }
             }
@@ -292,6 +300,7 @@ impl Config {
             reserved_cpus: self.reserved_cpus,
             reserved_mem_mb: self.reserved_mem_mb,
             image_limits,
+            docker_socket: self.docker_socket.clone(),
         })
     }
 }
@@ -334,6 +343,7 @@ mod tests {
         let s = c.validate().unwrap();
         assert!(s.containerizers.is_empty());
         assert_eq!((s.pids_limit, s.reserved_cpus), (4096, 0.5));
+        assert_eq!(s.docker_socket, PathBuf::from("/var/run/docker.sock"));
         assert_eq!(s.default_grace, Duration::from_secs(3));
         assert_eq!(s.status_update_retry, Duration::from_secs(10));
 

@@ -31,6 +31,10 @@ pub enum AgentError {
     #[error("failed to launch the task: {0}")]
     Launch(String),
 
+    /// The Docker engine failed a call the agent needed (list, inspect, remove, logs).
+    #[error("the Docker engine: {0}")]
+    Docker(String),
+
     /// The files API was asked about a task that has no sandbox on this agent.
     #[error("{0}")]
     TaskNotFound(String),
@@ -101,6 +105,7 @@ impl AgentError {
             | AgentError::ShutdownByMaster(_)
             | AgentError::Launch(_)
             | AgentError::Io { .. } => tonic::Status::internal(msg),
+            AgentError::Docker(_) => tonic::Status::unavailable(msg),
         }
     }
 }

@@ -10,8 +10,9 @@
 //! - [`status_updates`]: the status update manager, a pure core (ordered per-task queues,
 //!   retries with backoff, acknowledgements) plus its checkpointing shell.
 //! - [`containerizer`]: the `Containerizer` trait, the registry that picks one per task
-//!   (`Containerizers`), and the implementations: `process` (plain processes) and `linux`
-//!   (namespaces, cgroups and a PID-1 init per task; `containerizer::linux`).
+//!   (`Containerizers`), and the implementations: `process` (plain processes), `linux`
+//!   (namespaces, cgroups and a PID-1 init per task; `containerizer::linux`) and `docker`
+//!   (the Docker Engine API; `containerizer::docker`).
 //! - [`supervisor`]: the per-task supervisor process (this binary re-executed with a hidden
 //!   argument) that runs the command (for linux containers: starts the container's init,
 //!   this binary again), outlives the agent and records the exit status.

@@ -294,6 +294,7 @@ fn help_explains_every_flag() {
         "--cgroups-root",
         "--reserved-cpus",
         "--reserved-mem-mb",
+        "--docker-socket",
         "--shutdown-tasks-on-exit",
         "--log-level",
     ] {
@@ -497,4 +498,274 @@ async fn linux_containers_survive_kill_9_of_the_agent_and_nothing_is_orphaned() 
         .unwrap()
         .to_path_buf();
     assert!(!root.exists(), "{} left behind", root.display());
+}
+
+fn docker_task(id: &str, image: &str, script: &str) -> pb::TaskInfo {
+    pb::TaskInfo {
+        name: id.into(),
+        task_id: Some(TaskId::new(id)),
+        command: Some(pb::CommandInfo {
+            value: script.into(),
+            shell: true,
+            ..Default::default()
+        }),
+        resources: vec![
+            drover_proto::resources::scalar("cpus", 0.1),
+            drover_proto::resources::scalar("mem", 32.0),
+        ],
+        container: Some(pb::ContainerInfo {
+            r#type: pb::container_info::Type::Docker as i32,
+            docker: Some(pb::container_info::Docker {
+                image: image.into(),
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn run_task(master: &Master, task: pb::TaskInfo) {
+    master.send(Msg::RunTask(pb::master_message::RunTask {
+        framework_id: Some(FrameworkId::new("fw")),
+        framework_info: None,
+        task: Some(task),
+    }));
+}
+
+fn task_of(s: &pb::TaskStatus) -> String {
+    s.task_id.as_ref().unwrap().as_str().to_string()
+}
+
+/// Removes the containers a test's agent (and the test) created, even when it fails.
+struct DockerCleanup {
+    work_dir: std::path::PathBuf,
+    names: Vec<String>,
+}
+
+impl Drop for DockerCleanup {
+    fn drop(&mut self) {
+        drover_agent::containerizer::docker::testing::remove_containers_of(&self.work_dir);
+        for name in &self.names {
+            let _ = Command::new("docker")
+                .args(["rm", "-f", name])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+fn docker_state(name: &str) -> Option<String> {
+    let out = Command::new("docker")
+        .args(["inspect", "-f", "{{.State.Status}}", name])
+        .stderr(Stdio::null())
+        .output()
+        .unwrap();
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_and_process_tasks_survive_kill_9_and_nothing_is_orphaned() {
+    use drover_agent::containerizer::docker::testing::{engine_missing, TestImage};
+    if engine_missing("docker_and_process_tasks_survive_kill_9_and_nothing_is_orphaned")
+        .await
+        .is_some()
+    {
+        return;
+    }
+    let image = TestImage::import().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let work_dir = std::fs::canonicalize(dir.path()).unwrap();
+    let orphan = format!("drover-test-orphan-{}", std::process::id());
+    let _cleanup = DockerCleanup {
+        work_dir: work_dir.clone(),
+        names: vec![orphan.clone()],
+    };
+    let mut master = Master::start().await;
+    let flags = ["--containerizers", "process,docker"];
+    let mut agent = start_agent_with(&master.addr, &work_dir, &flags);
+    master.register().await;
+
+    let wait_for = |file: &str| format!("while [ ! -e {file} ]; do sleep 0.05; done");
+    // "ended": ends while the agent is away; "runs": still runs after the restart.
+    run_task(
+        &master,
+        docker_task(
+            "ended",
+            &image.name,
+            &format!(
+                "echo a-out; echo a-err >&2; {}; echo after; exit 3",
+                wait_for("/mnt/sandbox/go")
+            ),
+        ),
+    );
+    run_task(
+        &master,
+        docker_task(
+            "runs",
+            &image.name,
+            &format!("echo b; {}; echo b-done", wait_for("/mnt/sandbox/go")),
+        ),
+    );
+    run_task(
+        &master,
+        pb::TaskInfo {
+            name: "proc".into(),
+            task_id: Some(TaskId::new("proc")),
+            command: Some(pb::CommandInfo {
+                value: format!("echo p; {}; exit 5", wait_for("go")),
+                shell: true,
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    );
+    let mut before: std::collections::BTreeMap<String, Vec<TaskState>> = Default::default();
+    for _ in 0..6 {
+        let s = master.acked_update().await;
+        before.entry(task_of(&s)).or_default().push(state(&s));
+    }
+    for task in ["ended", "runs", "proc"] {
+        assert_eq!(
+            before[task],
+            [TaskState::TaskStarting, TaskState::TaskRunning],
+            "{task}"
+        );
+    }
+
+    agent.0.kill().unwrap();
+    agent.0.wait().unwrap();
+
+    let sandbox = |task: &str| work_dir.join("sandboxes/fw").join(task);
+    let container = |task: &str| format!("drover-agent-bin-fw-{task}");
+    assert_eq!(docker_state(&container("runs")).as_deref(), Some("running"));
+    // "ended" finishes (and prints more) while no agent watches it.
+    std::fs::write(sandbox("ended").join("go"), b"").unwrap();
+    for _ in 0..600 {
+        if docker_state(&container("ended")).as_deref() == Some("exited") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(docker_state(&container("ended")).as_deref(), Some("exited"));
+    // A container of this work dir for a task the agent does not know: an orphan.
+    let started = Command::new("docker")
+        .args(["run", "-d", "--name", &orphan, "--label"])
+        .arg(format!("drover.work-dir={}", work_dir.display()))
+        .args([
+            "--label",
+            "drover.framework-id=fw",
+            "--label",
+            "drover.task-id=ghost",
+            &image.name,
+            "sleep",
+            "1000",
+        ])
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(started.success());
+
+    let agent = start_agent_with(&master.addr, &work_dir, &flags);
+    let reg = master.register().await;
+    assert_eq!(reg.tasks.len(), 3);
+    assert_eq!(docker_state(&orphan), None, "the orphan is removed");
+
+    let ended = master.acked_update().await;
+    assert_eq!(task_of(&ended), "ended");
+    assert_eq!(state(&ended), TaskState::TaskFailed);
+    assert_eq!(ended.exit_code, Some(3), "the real exit code");
+
+    std::fs::write(sandbox("runs").join("go"), b"").unwrap();
+    std::fs::write(sandbox("proc").join("go"), b"").unwrap();
+    let mut after: std::collections::BTreeMap<String, Vec<pb::TaskStatus>> = Default::default();
+    for _ in 0..2 {
+        let s = master.acked_update().await;
+        after.entry(task_of(&s)).or_default().push(s);
+    }
+    let runs = &after["runs"];
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    assert_eq!(state(&runs[0]), TaskState::TaskFinished);
+    assert_eq!(runs[0].exit_code, Some(0));
+    let proc_ = &after["proc"];
+    assert_eq!(proc_.len(), 1, "{proc_:?}");
+    assert_eq!(state(&proc_[0]), TaskState::TaskFailed);
+    assert_eq!(proc_[0].exit_code, Some(5));
+
+    let read = |task: &str, f: &str| std::fs::read_to_string(sandbox(task).join(f)).unwrap();
+    assert_eq!(
+        read("ended", "stdout"),
+        "a-out\nafter\n",
+        "output while away"
+    );
+    assert_eq!(read("ended", "stderr"), "a-err\n");
+    assert_eq!(read("runs", "stdout"), "b\nb-done\n");
+    assert_eq!(read("proc", "stdout"), "p\n");
+    // Every container is gone once its task is reported.
+    for task in ["ended", "runs"] {
+        assert_eq!(docker_state(&container(task)), None, "{task}");
+    }
+
+    // Nothing is reported twice: a graceful stop, and no update arrived meanwhile.
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(agent.0.id() as i32, libc::SIGTERM) };
+    let mut agent = agent;
+    assert!(agent.0.wait().unwrap().success());
+    while let Ok(msg) = master.from_agent.try_recv() {
+        if let Some(pb::agent_message::Msg::StatusUpdate(u)) = msg.msg {
+            let s = u.status.unwrap();
+            assert!(
+                !master.seen.insert(s.uuid.clone()),
+                "an extra update: {s:?}"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_docker_task_on_an_agent_without_docker_fails_with_a_clear_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut master = Master::start().await;
+    let _agent = start_agent_with(&master.addr, dir.path(), &["--containerizers", "process"]);
+    master.register().await;
+    run_task(&master, docker_task("d", "busybox:latest", "true"));
+    assert_eq!(state(&master.acked_update().await), TaskState::TaskStarting);
+    let failed = master.acked_update().await;
+    assert_eq!(state(&failed), TaskState::TaskFailed);
+    assert_eq!(
+        failed.reason,
+        pb::task_status::Reason::ContainerLaunchFailed as i32
+    );
+    assert!(
+        failed
+            .message
+            .contains("'docker' containerizer, which this agent does not enable"),
+        "{}",
+        failed.message
+    );
+}
+
+#[test]
+fn docker_named_without_an_engine_is_a_clear_startup_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_drover-agent"))
+        .args([
+            "--containerizers",
+            "process,docker",
+            "--docker-socket",
+            "/nonexistent/docker.sock",
+            "--work-dir",
+        ])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--containerizers names docker")
+            && err.contains("no Docker engine socket at /nonexistent/docker.sock"),
+        "{err}"
+    );
 }

@@ -73,16 +73,94 @@ pub struct RunArgs {
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub timeout_secs: Option<u64>,
 
+    /// Which containerizer runs the task on its agent: 'docker' (a Docker container from
+    /// --image, which must already be in the agent's Docker engine: nothing is pulled),
+    /// 'linux' (namespaces and cgroups; --image, if given, names an image in the agent's
+    /// local image store) or 'process' (a plain process, no isolation). Default: the
+    /// agent's choice.
+    #[arg(long, value_enum, value_name = "NAME")]
+    pub containerizer: Option<ContainerizerChoice>,
+
+    /// The image the task runs in (with --containerizer docker or linux). With docker
+    /// the command may be left out to run the image's own.
+    #[arg(long, value_name = "NAME")]
+    pub image: Option<String>,
+
     /// The command. A single argument runs under /bin/sh -c ('echo $HOME | wc -c');
-    /// several run directly as an argument vector, without a shell.
+    /// several run directly as an argument vector, without a shell. Optional with
+    /// --containerizer docker, which then runs the image's own command.
     #[arg(
-        required = true,
+        required_unless_present = "image",
         num_args = 1..,
         trailing_var_arg = true,
         allow_hyphen_values = true,
         value_name = "CMD"
     )]
     pub command: Vec<String>,
+}
+
+/// `--containerizer`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ContainerizerChoice {
+    Docker,
+    Linux,
+    Process,
+}
+
+impl RunArgs {
+    /// The task's `ContainerInfo`, or why the flags do not fit together.
+    pub fn container_info(&self) -> Result<Option<pb::ContainerInfo>, String> {
+        use pb::container_info::Type;
+        let image = self
+            .image
+            .as_deref()
+            .map(str::trim)
+            .filter(|i| !i.is_empty());
+        if self.image.is_some() && image.is_none() {
+            return Err("--image is empty".into());
+        }
+        let info = match (self.containerizer, image) {
+            (None, None) => return Ok(None),
+            (None, Some(_)) => {
+                return Err(
+                    "--image needs --containerizer docker (a Docker image) or linux (an image \
+                     of the agent's image store)"
+                        .into(),
+                )
+            }
+            (Some(ContainerizerChoice::Docker), None) => {
+                return Err("--containerizer docker needs --image NAME".into())
+            }
+            (Some(ContainerizerChoice::Process), Some(_)) => {
+                return Err("--containerizer process runs no image; leave --image out".into())
+            }
+            (Some(ContainerizerChoice::Docker), Some(image)) => pb::ContainerInfo {
+                r#type: Type::Docker as i32,
+                docker: Some(pb::container_info::Docker {
+                    image: image.to_string(),
+                }),
+                ..Default::default()
+            },
+            (Some(ContainerizerChoice::Linux), image) => pb::ContainerInfo {
+                r#type: Type::Linux as i32,
+                image: image.map(|name| pb::Image {
+                    name: name.to_string(),
+                }),
+                ..Default::default()
+            },
+            (Some(ContainerizerChoice::Process), None) => pb::ContainerInfo {
+                r#type: Type::Process as i32,
+                ..Default::default()
+            },
+        };
+        let docker = info.r#type == Type::Docker as i32;
+        if self.command.is_empty() && !docker {
+            return Err(
+                "a command is required unless --containerizer docker runs the image's own".into(),
+            );
+        }
+        Ok(Some(info))
+    }
 }
 
 /// Parses `NAME=VALUE`.
@@ -250,7 +328,10 @@ impl RunScheduler {
         for (k, v) in &self.args.env {
             task = task.env(k.clone(), v.clone());
         }
-        task.offer(offer).resources(resources).build()
+        let mut task = task.offer(offer).resources(resources).build();
+        // Checked by `run` before anything was sent.
+        task.container = self.args.container_info().unwrap_or_default();
+        task
     }
 
     fn start_follower(&mut self) {
@@ -630,6 +711,7 @@ pub async fn run(masters: Vec<String>, args: RunArgs) -> anyhow::Result<i32> {
     if args.cpus <= 0.0 {
         anyhow::bail!("--cpus must be positive");
     }
+    args.container_info().map_err(|e| anyhow!(e))?;
     let name = args.name.clone().unwrap_or_else(|| "drover-run".into());
     let config = SchedulerConfig::builder(name.clone())
         .masters(&masters)
@@ -736,6 +818,69 @@ mod tests {
         let c = make(&["ls", "-l"]);
         assert!(!c.shell);
         assert_eq!(c.arguments, ["ls", "-l"]);
+    }
+
+    #[test]
+    fn containerizer_and_image_flags_become_the_container_info() {
+        use pb::container_info::Type;
+        let offer = pb::Offer {
+            agent_id: Some("a1".into()),
+            ..Default::default()
+        };
+        let task = |cmd: &[&str]| {
+            let s = RunScheduler {
+                shared: Arc::new(Mutex::new(Shared::new())),
+                request: TaskRequest::new(0.1, 32.0),
+                task_id: task_id_for("x"),
+                args: parse(cmd).unwrap(),
+                follower: None,
+            };
+            s.build_task(&offer, &Resources::parse("cpus:0.1").unwrap())
+        };
+        let t = task(&[
+            "--containerizer",
+            "docker",
+            "--image",
+            "busybox:1",
+            "echo hi",
+        ]);
+        let c = t.container.unwrap();
+        assert_eq!(c.r#type, Type::Docker as i32);
+        assert_eq!(c.docker.unwrap().image, "busybox:1");
+        assert_eq!(t.command.unwrap().value, "echo hi");
+
+        // Docker without a command: the image's own.
+        let t = task(&["--containerizer", "docker", "--image", "web:2"]);
+        let cmd = t.command.unwrap_or_default();
+        assert!(cmd.value.is_empty() && cmd.arguments.is_empty() && !cmd.shell);
+
+        let t = task(&["--containerizer", "linux", "--image", "alpine", "true"]);
+        let c = t.container.unwrap();
+        assert_eq!(c.r#type, Type::Linux as i32);
+        assert_eq!(c.image.unwrap().name, "alpine");
+        assert!(task(&["true"]).container.is_none(), "the agent's choice");
+        let t = task(&["--containerizer", "process", "true"]);
+        assert_eq!(t.container.unwrap().r#type, Type::Process as i32);
+
+        for (flags, err) in [
+            (
+                &["--image", "x", "true"][..],
+                "--image needs --containerizer",
+            ),
+            (&["--containerizer", "docker", "true"][..], "needs --image"),
+            (
+                &["--containerizer", "process", "--image", "x", "true"][..],
+                "runs no image",
+            ),
+            (
+                &["--containerizer", "linux", "--image", "x"][..],
+                "a command is required",
+            ),
+        ] {
+            let e = parse(flags).unwrap().container_info().unwrap_err();
+            assert!(e.contains(err), "{flags:?}: {e}");
+        }
+        assert!(parse(&["--containerizer", "podman", "true"]).is_err());
     }
 
     #[test]

@@ -122,7 +122,7 @@ impl Agent {
         let agent_id = read_agent_id(&layout.agent_id_file())?;
         let fence = TermFence::load(layout.term_file())?;
         let metrics = Arc::new(Metrics::new());
-        let containerizers = Arc::new(crate::containerizer::build(&settings, &layout)?);
+        let containerizers = Arc::new(crate::containerizer::build(&settings, &layout).await?);
         let containerizer: Arc<dyn Containerizer> = containerizers.clone();
         let (journal, found) = recovery::load(&layout)?;
         let (events_tx, events_rx) = mpsc::channel(1024);
@@ -136,6 +136,9 @@ impl Agent {
             journal,
         );
         core.recover(found).await?;
+        // After recovery, before any launch: a labelled container whose task recovery did
+        // not claim is an orphan.
+        containerizers.remove_orphans().await;
         tracing::info!(
             api = %api_address,
             http = %http_address,

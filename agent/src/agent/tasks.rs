@@ -123,9 +123,15 @@ impl AgentLoop {
         }
         let n = limit.min(self.launches.len());
         let batch: Vec<LaunchSpec> = self.launches.drain(..n).collect();
-        for spec in batch {
+        // Started side by side: a Docker launch waits on the engine for a while, and the
+        // engine creates and starts containers in parallel.
+        let starts = batch.into_iter().map(|spec| {
             let key = spec.key.clone();
-            match self.containerizer.launch(spec).await {
+            let containerizer = self.containerizer.clone();
+            async move { (key, containerizer.launch(spec).await) }
+        });
+        for (key, result) in futures::future::join_all(starts).await {
+            match result {
                 Ok(()) => {
                     self.metrics.task_launched();
                     self.watch(&key);
@@ -156,11 +162,23 @@ impl AgentLoop {
     /// Why a task cannot run, if it cannot. The master validates too; the agent checks
     /// again because it is the one that would run a bad command.
     fn invalid_task(&self, task: &pb::TaskInfo) -> Option<String> {
-        let Some(command) = &task.command else {
-            return Some("the task has no command".into());
-        };
-        if command.value.trim().is_empty() {
-            return Some("the task's command is empty".into());
+        let docker = task
+            .container
+            .as_ref()
+            .is_some_and(|c| c.r#type == pb::container_info::Type::Docker as i32);
+        if docker {
+            // A Docker task may run its image's own command; the rest is checked when
+            // its container is configured.
+            if let Err(e) = crate::containerizer::docker::spec::image_of(task) {
+                return Some(e);
+            }
+        } else {
+            let Some(command) = &task.command else {
+                return Some("the task has no command".into());
+            };
+            if command.value.trim().is_empty() {
+                return Some("the task's command is empty".into());
+            }
         }
         if let Err(e) = Resources::from_proto(&task.resources) {
             return Some(format!("the task's resources are invalid: {e}"));

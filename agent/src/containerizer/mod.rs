@@ -4,14 +4,15 @@
 //! [`Containerizer`] is the seam between the agent's bookkeeping (which knows tasks,
 //! status updates and the master) and the machinery that runs processes:
 //! - [`process::ProcessContainerizer`]: plain processes in sandboxes (no isolation);
-//! - [`linux::LinuxContainerizer`]: namespaces, cgroups and a PID-1 init per task.
+//! - [`linux::LinuxContainerizer`]: namespaces, cgroups and a PID-1 init per task;
+//! - [`docker::DockerContainerizer`]: `DOCKER` tasks through the Docker Engine API.
 //!
 //! The agent talks to one [`Containerizers`]: the enabled containerizers keyed by name,
 //! which picks one per task from `ContainerInfo.type` (the first enabled one when the
 //! task names none), remembers the choice in the task's meta directory so recovery asks
-//! the same one again, and routes every later call there. A new containerizer (`docker`)
-//! is one more entry in [`build`] and one more arm in [`type_name`].
+//! the same one again, and routes every later call there.
 
+pub mod docker;
 pub mod linux;
 pub mod process;
 
@@ -60,6 +61,13 @@ pub enum Termination {
     Recorded(ExitRecord),
     /// The supervisor disappeared without recording anything (killed, crashed).
     Vanished { detail: String },
+    /// The container was stopped for exceeding a resource limit (e.g. the kernel's OOM
+    /// killer inside its memory limit): TASK_FAILED with `reason`.
+    Limited {
+        reason: Reason,
+        message: String,
+        exit_code: Option<i32>,
+    },
 }
 
 /// A container runtime. Implementations must be idempotent where the agent may repeat
@@ -123,6 +131,8 @@ pub struct Containerizers {
     recovery_only: Vec<Arc<dyn Containerizer>>,
     /// Tasks launched or recovered and not yet waited for. Never held across an await.
     running: Mutex<HashMap<TaskKey, Arc<dyn Containerizer>>>,
+    /// The docker containerizer, when on: it also sweeps orphaned containers.
+    docker: Option<Arc<docker::DockerContainerizer>>,
 }
 
 impl Containerizers {
@@ -134,6 +144,27 @@ impl Containerizers {
             enabled,
             recovery_only: Vec::new(),
             running: Mutex::new(HashMap::new()),
+            docker: None,
+        }
+    }
+
+    /// Remembers the docker containerizer (also in `enabled`) for [`Self::remove_orphans`].
+    pub fn with_docker(mut self, docker: Option<Arc<docker::DockerContainerizer>>) -> Self {
+        self.docker = docker;
+        self
+    }
+
+    /// After recovery, before any launch: removes every Docker container labelled with
+    /// this agent's work dir whose task recovery did not claim (see
+    /// [`docker::DockerContainerizer::remove_orphans`]).
+    pub async fn remove_orphans(&self) {
+        let Some(docker) = &self.docker else {
+            return;
+        };
+        match docker.remove_orphans().await {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!("removed {n} orphaned Docker container(s)"),
+            Err(e) => tracing::warn!("could not look for orphaned Docker containers: {e}"),
         }
     }
 
@@ -281,8 +312,9 @@ impl Containerizer for Containerizers {
 
 /// The containerizers `--containerizers` enables; without the flag, `linux` (default)
 /// and `process` when the agent runs as root with usable cgroups, else `process` alone.
-/// Logs which and why.
-pub fn build(settings: &Settings, layout: &Layout) -> Result<Containerizers, AgentError> {
+/// Docker is added when the engine answers (or, when `--containerizers` names it, must
+/// answer). Logs which and why.
+pub async fn build(settings: &Settings, layout: &Layout) -> Result<Containerizers, AgentError> {
     let exe = PathBuf::from("/proc/self/exe");
     let linux = || {
         linux::LinuxContainerizer::new(
@@ -333,6 +365,8 @@ pub fn build(settings: &Settings, layout: &Layout) -> Result<Containerizers, Age
                     enabled.push(Arc::new(l));
                 }
                 "process" => enabled.push(process()),
+                // Connected below, once: the engine must answer.
+                "docker" => {}
                 other => {
                     return Err(AgentError::Config(format!(
                         "--containerizers: unknown containerizer '{other}'"
@@ -344,6 +378,45 @@ pub fn build(settings: &Settings, layout: &Layout) -> Result<Containerizers, Age
             "containerizers: {} (from --containerizers; the first is the default)",
             settings.containerizers.join(",")
         );
+    }
+    let named = !settings.containerizers.is_empty();
+    let wanted = settings.containerizers.iter().any(|c| c == "docker");
+    let docker = if named && !wanted {
+        tracing::info!("containerizers: docker is off (not in --containerizers)");
+        None
+    } else {
+        match docker::DockerContainerizer::connect(&settings.docker_socket, layout.clone()).await {
+            Ok(d) => {
+                tracing::info!(
+                    socket = %settings.docker_socket.display(),
+                    "containerizers: docker is on (the engine answers)"
+                );
+                Some(Arc::new(d))
+            }
+            Err(why) if wanted => {
+                return Err(AgentError::Config(format!(
+                    "--containerizers names docker, but {why} (see --docker-socket)"
+                )))
+            }
+            Err(why) => {
+                tracing::info!("containerizers: docker is off ({why})");
+                None
+            }
+        }
+    };
+    if let Some(d) = &docker {
+        if enabled.is_empty() {
+            // `--containerizers docker` alone: docker is then also the default.
+            enabled.push(d.clone());
+        } else {
+            let at = settings
+                .containerizers
+                .iter()
+                .position(|c| c == "docker")
+                .unwrap_or(enabled.len())
+                .min(enabled.len());
+            enabled.insert(at, d.clone());
+        }
     }
     // Tasks of a containerizer that is no longer enabled are still recovered and reported.
     let mut recovery_only: Vec<Arc<dyn Containerizer>> = Vec::new();
@@ -357,7 +430,9 @@ pub fn build(settings: &Settings, layout: &Layout) -> Result<Containerizers, Age
             recovery_only.push(Arc::new(l));
         }
     }
-    Ok(Containerizers::new(layout.clone(), enabled).with_recovery_only(recovery_only))
+    Ok(Containerizers::new(layout.clone(), enabled)
+        .with_recovery_only(recovery_only)
+        .with_docker(docker))
 }
 /// The terminal status a [`Termination`] becomes.
 #[derive(Clone, Debug, PartialEq)]
@@ -383,6 +458,19 @@ pub fn terminal_status(t: &Termination) -> TerminalStatus {
                     "the task's supervisor exited without recording how the task ended ({detail})"
                 ),
                 exit_code: None,
+            }
+        }
+        Termination::Limited {
+            reason,
+            message,
+            exit_code,
+        } => {
+            return TerminalStatus {
+                state: TaskState::TaskFailed,
+                reason: *reason,
+                source: Source::Agent,
+                message: message.clone(),
+                exit_code: *exit_code,
             }
         }
         Termination::Recorded(r) => r,
@@ -506,6 +594,21 @@ mod tests {
         assert_eq!(
             (s.state, s.reason),
             (TaskState::TaskFailed, Reason::ContainerLaunchFailed)
+        );
+
+        let s = terminal_status(&Termination::Limited {
+            reason: Reason::ContainerLimitationMemory,
+            message: "oom".into(),
+            exit_code: Some(137),
+        });
+        assert_eq!(
+            (s.state, s.reason, s.source, s.exit_code),
+            (
+                TaskState::TaskFailed,
+                Reason::ContainerLimitationMemory,
+                Source::Agent,
+                Some(137)
+            )
         );
 
         let s = terminal_status(&Termination::Vanished { detail: "x".into() });

@@ -66,7 +66,13 @@ async fn linux_tasks_report_oom_usage_and_unavailable_containerizers() {
     use pb::container_info::Type;
     let dir = tempfile::tempdir().unwrap();
     let mut master = Master::start().await;
-    let agent = start_agent(&master.addr, dir.path(), &[]).await;
+    // Default containerizers; no Docker engine at that socket, so docker stays off.
+    let agent = start_agent(
+        &master.addr,
+        dir.path(),
+        &["--docker-socket", "/nonexistent/docker.sock"],
+    )
+    .await;
     let _sweep = Sweep(agent_cgroups(dir.path()));
     master.register().await;
 
@@ -161,7 +167,15 @@ async fn linux_tasks_report_oom_usage_and_unavailable_containerizers() {
     );
 
     // A type this agent does not enable fails the task with the reason.
-    master.send(2, linux_task("dock", "cpus:0.1", "true", Type::Docker));
+    let mut dock = linux_task("dock", "cpus:0.1", "true", Type::Docker);
+    if let Msg::RunTask(rt) = &mut dock {
+        if let Some(c) = rt.task.as_mut().and_then(|t| t.container.as_mut()) {
+            c.docker = Some(pb::container_info::Docker {
+                image: "busybox:latest".into(),
+            });
+        }
+    }
+    master.send(2, dock);
     assert_eq!(
         state_of(&master.acked_update().await),
         TaskState::TaskStarting

@@ -169,13 +169,23 @@ fn check_task(
     if task.labels.len() > MAX_LIST_ITEMS {
         return Err(format!("task has more than {MAX_LIST_ITEMS} labels"));
     }
-    let cmd = task.command.as_ref().ok_or("task has no command")?;
+    // A Docker task may leave its command out and run its image's own.
+    let docker = task
+        .container
+        .as_ref()
+        .is_some_and(|c| c.r#type == pb::container_info::Type::Docker as i32);
+    let no_command = pb::CommandInfo::default();
+    let cmd = match task.command.as_ref() {
+        Some(cmd) => cmd,
+        None if docker => &no_command,
+        None => return Err("task has no command".into()),
+    };
     let empty = if cmd.shell {
         cmd.value.trim().is_empty()
     } else {
         cmd.value.trim().is_empty() && cmd.arguments.first().is_none_or(|a| a.is_empty())
     };
-    if empty {
+    if empty && (cmd.shell || !docker) {
         return Err("task command is empty".into());
     }
     let size = cmd.value.len() + cmd.arguments.iter().map(String::len).sum::<usize>();
