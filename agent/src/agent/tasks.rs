@@ -140,11 +140,17 @@ impl AgentLoop {
                 }
                 Err(e) => {
                     tracing::warn!(task = %key, "launch failed: {e}");
+                    // A user the task's image does not define is the task's mistake,
+                    // told apart so a framework can see it without parsing messages.
+                    let reason = match e {
+                        AgentError::UnknownUser(_) => Reason::TaskUserUnknown,
+                        _ => Reason::ContainerLaunchFailed,
+                    };
                     self.enqueue_status(
                         &key,
                         TaskState::TaskFailed,
                         Source::Agent,
-                        Reason::ContainerLaunchFailed,
+                        reason,
                         e.to_string(),
                         None,
                     );
@@ -156,11 +162,16 @@ impl AgentLoop {
     /// Why a task cannot run, if it cannot. The master validates too; the agent checks
     /// again because it is the one that would run a bad command.
     fn invalid_task(&self, task: &pb::TaskInfo) -> Option<String> {
-        let Some(command) = &task.command else {
-            return Some("the task has no command".into());
-        };
-        if command.value.trim().is_empty() {
-            return Some("the task's command is empty".into());
+        // A task running an image may leave its command out and run the image's own
+        // (`Entrypoint` + `Cmd`); without one the linux containerizer reports it.
+        let runs_image = crate::containerizer::linux::image_of(task).is_some();
+        match &task.command {
+            None if runs_image => {}
+            None => return Some("the task has no command".into()),
+            Some(c) if c.value.trim().is_empty() && (c.shell || !runs_image) => {
+                return Some("the task's command is empty".into())
+            }
+            Some(_) => {}
         }
         if let Err(e) = Resources::from_proto(&task.resources) {
             return Some(format!("the task's resources are invalid: {e}"));

@@ -16,7 +16,7 @@ pub mod linux;
 pub mod process;
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -27,6 +27,7 @@ use drover_proto::AgentId;
 use crate::config::Settings;
 use crate::error::{AgentError, IoContext};
 use crate::fsutil::replace_unsynced;
+use crate::images::ImageStore;
 use crate::layout::{Layout, TaskKey, TaskMeta};
 use crate::supervisor::records::{ExitOutcome, ExitRecord, Limitation};
 
@@ -282,8 +283,15 @@ impl Containerizer for Containerizers {
 /// The containerizers `--containerizers` enables; without the flag, `linux` (default)
 /// and `process` when the agent runs as root with usable cgroups, else `process` alone.
 /// Logs which and why.
-pub fn build(settings: &Settings, layout: &Layout) -> Result<Containerizers, AgentError> {
+pub fn build(
+    settings: &Settings,
+    layout: &Layout,
+    images: Arc<ImageStore>,
+) -> Result<Containerizers, AgentError> {
     let exe = PathBuf::from("/proc/self/exe");
+    // Linux containers run images from the agent's image store.
+    let provider: linux::RootfsProvider =
+        Arc::new(move |image: &pb::Image, dir: &Path| images.prepare_rootfs(&image.name, dir));
     let linux = || {
         linux::LinuxContainerizer::new(
             layout.clone(),
@@ -294,6 +302,7 @@ pub fn build(settings: &Settings, layout: &Layout) -> Result<Containerizers, Age
                 default_grace: settings.default_grace,
             },
         )
+        .map(|l| l.with_rootfs_provider(provider.clone()))
     };
     let process = || -> Arc<dyn Containerizer> {
         Arc::new(process::ProcessContainerizer::new(

@@ -137,6 +137,16 @@ pub fn check(
     Ok(plan)
 }
 
+/// Whether the task runs an image of the agent's image store in a linux container (type
+/// LINUX, or unspecified: the agent's default, linux on a root agent).
+fn runs_image(task: &pb::TaskInfo) -> bool {
+    use pb::container_info::Type;
+    task.container.as_ref().is_some_and(|c| {
+        (c.r#type == Type::Linux as i32 || c.r#type == Type::Unspecified as i32)
+            && c.image.as_ref().is_some_and(|i| !i.name.trim().is_empty())
+    })
+}
+
 fn check_task(
     framework_id: &FrameworkId,
     agent_id: &AgentId,
@@ -169,13 +179,21 @@ fn check_task(
     if task.labels.len() > MAX_LIST_ITEMS {
         return Err(format!("task has more than {MAX_LIST_ITEMS} labels"));
     }
-    let cmd = task.command.as_ref().ok_or("task has no command")?;
+    // A task that runs an image in a linux container may leave its command out and run
+    // the image's own (`Entrypoint` + `Cmd`, or its `Entrypoint` with the arguments).
+    let image = runs_image(task);
+    let no_command = pb::CommandInfo::default();
+    let cmd = match task.command.as_ref() {
+        Some(cmd) => cmd,
+        None if image => &no_command,
+        None => return Err("task has no command".into()),
+    };
     let empty = if cmd.shell {
         cmd.value.trim().is_empty()
     } else {
         cmd.value.trim().is_empty() && cmd.arguments.first().is_none_or(|a| a.is_empty())
     };
-    if empty {
+    if empty && (cmd.shell || !image) {
         return Err("task command is empty".into());
     }
     let size = cmd.value.len() + cmd.arguments.iter().map(String::len).sum::<usize>();
