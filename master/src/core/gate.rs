@@ -396,4 +396,57 @@ mod tests {
             .iter()
             .all(|(_, why)| why.contains("invalid resources")));
     }
+
+    #[test]
+    fn an_image_task_may_leave_its_command_to_the_image() {
+        use pb::container_info::Type;
+        let (offers, reg) = setup();
+        let f1 = FrameworkId::new("f1");
+        let with = |id: &str, t: Type, image: &str, command: Option<pb::CommandInfo>| {
+            let mut task = task(id, "cpus:0.1", "");
+            task.command = command;
+            task.container = Some(pb::ContainerInfo {
+                r#type: t as i32,
+                image: Some(pb::Image { name: image.into() }),
+                ..Default::default()
+            });
+            task
+        };
+        let args = pb::CommandInfo {
+            arguments: vec!["--port".into(), "8080".into()],
+            ..Default::default()
+        };
+        let shell = pb::CommandInfo {
+            shell: true,
+            ..Default::default()
+        };
+        let ops = launch(vec![
+            with("linux", Type::Linux, "web", None),
+            with("default", Type::Unspecified, "web", None),
+            with("args", Type::Linux, "web", Some(args)),
+            with("no-image", Type::Linux, "", None),
+            with("process", Type::Process, "web", None),
+            with("empty-shell", Type::Linux, "web", Some(shell)),
+        ]);
+        let plan = check(&f1, &ids(&["o1"]), &ops, &offers, &reg).unwrap();
+        let launched: Vec<_> = plan
+            .launch
+            .iter()
+            .map(|t| t.task_id.clone().unwrap().value)
+            .collect();
+        assert_eq!(launched, ["linux", "default", "args"]);
+        let refused: Vec<(&str, &str)> = plan
+            .errors
+            .iter()
+            .map(|(id, why)| (id.as_str(), why.as_str()))
+            .collect();
+        assert_eq!(
+            refused,
+            [
+                ("no-image", "task has no command"),
+                ("process", "task has no command"),
+                ("empty-shell", "task command is empty"),
+            ]
+        );
+    }
 }
