@@ -153,11 +153,11 @@ impl RunArgs {
                 ..Default::default()
             },
         };
-        let docker = info.r#type == Type::Docker as i32;
-        if self.command.is_empty() && !docker {
-            return Err(
-                "a command is required unless --containerizer docker runs the image's own".into(),
-            );
+        // An image (Docker's, or one of the agent's store for linux) brings its own
+        // command; anything else needs one.
+        let runs_image = info.r#type == Type::Docker as i32 || info.image.is_some();
+        if self.command.is_empty() && !runs_image {
+            return Err("a command is required unless --image runs the image's own".into());
         }
         Ok(Some(info))
     }
@@ -872,14 +872,17 @@ mod tests {
                 &["--containerizer", "process", "--image", "x", "true"][..],
                 "runs no image",
             ),
-            (
-                &["--containerizer", "linux", "--image", "x"][..],
-                "a command is required",
-            ),
         ] {
             let e = parse(flags).unwrap().container_info().unwrap_err();
             assert!(e.contains(err), "{flags:?}: {e}");
         }
+        assert!(
+            parse(&["--containerizer", "linux"]).is_err(),
+            "no image, no command"
+        );
+        // A linux task in an image may run the image's own command too.
+        let t = task(&["--containerizer", "linux", "--image", "x"]);
+        assert_eq!(t.container.unwrap().image.unwrap().name, "x");
         assert!(parse(&["--containerizer", "podman", "true"]).is_err());
     }
 

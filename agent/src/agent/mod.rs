@@ -122,7 +122,8 @@ impl Agent {
         let agent_id = read_agent_id(&layout.agent_id_file())?;
         let fence = TermFence::load(layout.term_file())?;
         let metrics = Arc::new(Metrics::new());
-        let containerizers = Arc::new(crate::containerizer::build(&settings, &layout).await?);
+        let containerizers =
+            Arc::new(crate::containerizer::build(&settings, &layout, images.clone()).await?);
         let containerizer: Arc<dyn Containerizer> = containerizers.clone();
         let (journal, found) = recovery::load(&layout)?;
         let (events_tx, events_rx) = mpsc::channel(1024);

@@ -146,11 +146,17 @@ impl AgentLoop {
                 }
                 Err(e) => {
                     tracing::warn!(task = %key, "launch failed: {e}");
+                    // A user the task's image does not define is the task's mistake,
+                    // told apart so a framework can see it without parsing messages.
+                    let reason = match e {
+                        AgentError::UnknownUser(_) => Reason::TaskUserUnknown,
+                        _ => Reason::ContainerLaunchFailed,
+                    };
                     self.enqueue_status(
                         &key,
                         TaskState::TaskFailed,
                         Source::Agent,
-                        Reason::ContainerLaunchFailed,
+                        reason,
                         e.to_string(),
                         None,
                     );
@@ -166,18 +172,22 @@ impl AgentLoop {
             .container
             .as_ref()
             .is_some_and(|c| c.r#type == pb::container_info::Type::Docker as i32);
+        // A task running an image may leave its command out and run the image's own
+        // (`Entrypoint` + `Cmd`); without one the containerizer reports it.
+        let runs_image = crate::containerizer::linux::image_of(task).is_some();
         if docker {
-            // A Docker task may run its image's own command; the rest is checked when
-            // its container is configured.
+            // The rest is checked when its container is configured.
             if let Err(e) = crate::containerizer::docker::spec::image_of(task) {
                 return Some(e);
             }
         } else {
-            let Some(command) = &task.command else {
-                return Some("the task has no command".into());
-            };
-            if command.value.trim().is_empty() {
-                return Some("the task's command is empty".into());
+            match &task.command {
+                None if runs_image => {}
+                None => return Some("the task has no command".into()),
+                Some(c) if c.value.trim().is_empty() && (c.shell || !runs_image) => {
+                    return Some("the task's command is empty".into())
+                }
+                Some(_) => {}
             }
         }
         if let Err(e) = Resources::from_proto(&task.resources) {

@@ -17,7 +17,7 @@ pub mod linux;
 pub mod process;
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -28,6 +28,7 @@ use drover_proto::AgentId;
 use crate::config::Settings;
 use crate::error::{AgentError, IoContext};
 use crate::fsutil::replace_unsynced;
+use crate::images::ImageStore;
 use crate::layout::{Layout, TaskKey, TaskMeta};
 use crate::supervisor::records::{ExitOutcome, ExitRecord, Limitation};
 
@@ -314,8 +315,15 @@ impl Containerizer for Containerizers {
 /// and `process` when the agent runs as root with usable cgroups, else `process` alone.
 /// Docker is added when the engine answers (or, when `--containerizers` names it, must
 /// answer). Logs which and why.
-pub async fn build(settings: &Settings, layout: &Layout) -> Result<Containerizers, AgentError> {
+pub async fn build(
+    settings: &Settings,
+    layout: &Layout,
+    images: Arc<ImageStore>,
+) -> Result<Containerizers, AgentError> {
     let exe = PathBuf::from("/proc/self/exe");
+    // Linux containers run images from the agent's image store.
+    let provider: linux::RootfsProvider =
+        Arc::new(move |image: &pb::Image, dir: &Path| images.prepare_rootfs(&image.name, dir));
     let linux = || {
         linux::LinuxContainerizer::new(
             layout.clone(),
@@ -326,6 +334,7 @@ pub async fn build(settings: &Settings, layout: &Layout) -> Result<Containerizer
                 default_grace: settings.default_grace,
             },
         )
+        .map(|l| l.with_rootfs_provider(provider.clone()))
     };
     let process = || -> Arc<dyn Containerizer> {
         Arc::new(process::ProcessContainerizer::new(

@@ -66,6 +66,11 @@ impl ProcessContainerizer {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// The grace between SIGTERM and SIGKILL when a kill names none.
+    pub(crate) fn default_grace(&self) -> Duration {
+        self.default_grace
+    }
+
     /// What the supervisor of this task runs (the linux containerizer adds its part).
     pub(crate) fn build_spec(&self, spec: &LaunchSpec) -> Result<SupervisorSpec, AgentError> {
         let command = spec
@@ -86,34 +91,7 @@ impl ProcessContainerizer {
             env.push(("LOGNAME".into(), u.name.clone()));
             env.push(("HOME".into(), home.clone()));
         }
-        // Ports were validated with the task; an unparsable list simply yields none.
-        let ports = Resources::from_proto(&spec.task.resources)
-            .map(|r| r.ports())
-            .unwrap_or_default();
-        let sandbox = spec.sandbox.to_string_lossy().into_owned();
-        env.extend([
-            ("DROVER_TASK_ID".into(), spec.key.task_id.to_string()),
-            (
-                "DROVER_FRAMEWORK_ID".into(),
-                spec.key.framework_id.to_string(),
-            ),
-            ("DROVER_AGENT_ID".into(), spec.agent_id.to_string()),
-            ("DROVER_SANDBOX".into(), sandbox),
-            (
-                "DROVER_PORTS".into(),
-                ports
-                    .iter()
-                    .map(u64::to_string)
-                    .collect::<Vec<_>>()
-                    .join(","),
-            ),
-        ]);
-        env.extend(
-            ports
-                .iter()
-                .enumerate()
-                .map(|(i, p)| (format!("PORT{i}"), p.to_string())),
-        );
+        env.extend(drover_env(spec, &spec.sandbox.to_string_lossy()));
 
         Ok(SupervisorSpec {
             framework_id: spec.key.framework_id.to_string(),
@@ -228,6 +206,39 @@ impl ProcessContainerizer {
     }
 }
 
+/// The variables Drover gives every task: its ids, its sandbox (`sandbox`: as the task
+/// sees it), its ports (`DROVER_PORTS`, and `PORT0`, `PORT1`, ...).
+pub(crate) fn drover_env(spec: &LaunchSpec, sandbox: &str) -> Vec<(String, String)> {
+    // Ports were validated with the task; an unparsable list simply yields none.
+    let ports = Resources::from_proto(&spec.task.resources)
+        .map(|r| r.ports())
+        .unwrap_or_default();
+    let mut env: Vec<(String, String)> = vec![
+        ("DROVER_TASK_ID".into(), spec.key.task_id.to_string()),
+        (
+            "DROVER_FRAMEWORK_ID".into(),
+            spec.key.framework_id.to_string(),
+        ),
+        ("DROVER_AGENT_ID".into(), spec.agent_id.to_string()),
+        ("DROVER_SANDBOX".into(), sandbox.to_string()),
+        (
+            "DROVER_PORTS".into(),
+            ports
+                .iter()
+                .map(u64::to_string)
+                .collect::<Vec<_>>()
+                .join(","),
+        ),
+    ];
+    env.extend(
+        ports
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (format!("PORT{i}"), p.to_string())),
+    );
+    env
+}
+
 /// How long after its spec was written a supervisor may still be starting up.
 const CLAIM_GRACE: Duration = Duration::from_secs(3);
 
@@ -290,6 +301,7 @@ fn resolve_task_user(name: &str) -> Result<Option<(UserSpec, String)>, AgentErro
             name: name.to_string(),
             uid,
             gid,
+            groups: None,
         },
         home,
     )))

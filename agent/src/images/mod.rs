@@ -42,7 +42,9 @@ use crate::error::{AgentError, IoContext};
 use crate::fsutil::{self, create_dir_all_durable};
 
 pub use manifest::{ArchiveFormat, Digest, ImageConfig};
-pub use rootfs::{cleanup_rootfs, lookup_user, PreparedRootfs, ResolvedUser, RootfsMode};
+pub use rootfs::{
+    cleanup_rootfs, lookup_user, mount_point_beneath, PreparedRootfs, ResolvedUser, RootfsMode,
+};
 
 /// Size limits of imports (agent flags `--image-max-archive-mb`,
 /// `--image-max-unpacked-mb`).

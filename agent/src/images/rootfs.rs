@@ -45,65 +45,66 @@ impl PreparedRootfs {
     /// image that makes a component a symlink (`/mnt -> /etc`) would otherwise turn a
     /// bind mount of the sandbox into a mount over the host's `/etc`; it is refused.
     pub fn mount_point(&self, inside: &str) -> Result<PathBuf, AgentError> {
-        let rel = inside.trim_start_matches('/');
-        let mut parts = Vec::new();
-        for c in Path::new(rel).components() {
-            match c {
-                std::path::Component::Normal(p) => parts.push(p.to_os_string()),
-                std::path::Component::CurDir => {}
-                _ => {
-                    return Err(AgentError::InvalidPath(format!(
-                        "'{inside}' is not a plain absolute path inside the container"
-                    )))
-                }
+        mount_point_beneath(&self.rootfs, inside)
+    }
+}
+
+/// [`PreparedRootfs::mount_point`] for any root filesystem directory `rootfs` (the
+/// container's init calls it for every mount it makes inside one).
+pub fn mount_point_beneath(rootfs: &Path, inside: &str) -> Result<PathBuf, AgentError> {
+    let rel = inside.trim_start_matches('/');
+    let mut parts = Vec::new();
+    for c in Path::new(rel).components() {
+        match c {
+            std::path::Component::Normal(p) => parts.push(p.to_os_string()),
+            std::path::Component::CurDir => {}
+            _ => {
+                return Err(AgentError::InvalidPath(format!(
+                    "'{inside}' is not a plain absolute path inside the container"
+                )))
             }
         }
-        if parts.is_empty() {
-            return Err(AgentError::InvalidPath(format!(
-                "'{inside}' names the container's root; a mount point must be below it"
-            )));
-        }
-        let c = |s: &[u8]| {
-            CString::new(s).map_err(|_| AgentError::InvalidPath(format!("'{inside}' holds a NUL")))
-        };
-        let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW;
-        let mut fd = openat(
-            libc::AT_FDCWD,
-            &c(self.rootfs.as_os_str().as_bytes())?,
-            flags,
-            0,
-        )
-        .ctx(|| format!("opening {}", self.rootfs.display()))?;
-        let mut so_far = PathBuf::from("/");
-        for part in &parts {
-            so_far.push(part);
-            let name = c(part.as_bytes())?;
-            let next = match openat(fd.as_raw_fd(), &name, flags, 0) {
-                Ok(next) => next,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    // SAFETY: a valid dirfd and a NUL-terminated name.
-                    if unsafe { libc::mkdirat(fd.as_raw_fd(), name.as_ptr(), 0o755) } != 0 {
-                        let e = io::Error::last_os_error();
-                        return Err(AgentError::io(
-                            format!("creating {} in the container", so_far.display()),
-                            e,
-                        ));
-                    }
-                    openat(fd.as_raw_fd(), &name, flags, 0)
-                        .ctx(|| format!("opening {} in the container", so_far.display()))?
-                }
-                Err(_) => {
-                    return Err(AgentError::InvalidImage(format!(
-                        "{} is a symlink or not a directory in the image; it cannot hold the \
-                         mount point {inside}",
-                        so_far.display()
-                    )))
-                }
-            };
-            fd = next;
-        }
-        Ok(parts.iter().fold(self.rootfs.clone(), |p, c| p.join(c)))
     }
+    if parts.is_empty() {
+        return Err(AgentError::InvalidPath(format!(
+            "'{inside}' names the container's root; a mount point must be below it"
+        )));
+    }
+    let c = |s: &[u8]| {
+        CString::new(s).map_err(|_| AgentError::InvalidPath(format!("'{inside}' holds a NUL")))
+    };
+    let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW;
+    let mut fd = openat(libc::AT_FDCWD, &c(rootfs.as_os_str().as_bytes())?, flags, 0)
+        .ctx(|| format!("opening {}", rootfs.display()))?;
+    let mut so_far = PathBuf::from("/");
+    for part in &parts {
+        so_far.push(part);
+        let name = c(part.as_bytes())?;
+        let next = match openat(fd.as_raw_fd(), &name, flags, 0) {
+            Ok(next) => next,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                // SAFETY: a valid dirfd and a NUL-terminated name.
+                if unsafe { libc::mkdirat(fd.as_raw_fd(), name.as_ptr(), 0o755) } != 0 {
+                    let e = io::Error::last_os_error();
+                    return Err(AgentError::io(
+                        format!("creating {} in the container", so_far.display()),
+                        e,
+                    ));
+                }
+                openat(fd.as_raw_fd(), &name, flags, 0)
+                    .ctx(|| format!("opening {} in the container", so_far.display()))?
+            }
+            Err(_) => {
+                return Err(AgentError::InvalidImage(format!(
+                    "{} is a symlink or not a directory in the image; it cannot hold the \
+                         mount point {inside}",
+                    so_far.display()
+                )))
+            }
+        };
+        fd = next;
+    }
+    Ok(parts.iter().fold(rootfs.to_path_buf(), |p, c| p.join(c)))
 }
 
 pub(super) fn prepare(

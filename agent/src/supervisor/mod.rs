@@ -450,7 +450,14 @@ impl Supervisor {
         // Everything the child needs is prepared here: between fork and exec only
         // async-signal-safe calls are allowed.
         let user = match &self.spec.user {
-            Some(u) => Some((u.uid, u.gid, supplementary_groups(&u.name, u.gid)?)),
+            Some(u) => Some((
+                u.uid,
+                u.gid,
+                match &u.groups {
+                    Some(groups) => groups.clone(),
+                    None => supplementary_groups(&u.name, u.gid)?,
+                },
+            )),
             None => None,
         };
         let empty = SignalSet::of(&[]);

@@ -50,6 +50,10 @@ pub struct ContainerLaunch {
     /// The container's cgroups, already created with their limits; the init joins them
     /// before anything of the task runs.
     pub cgroups: ContainerCgroups,
+    /// With a root filesystem: the task's working directory inside it (created when
+    /// missing); absent means the sandbox ([`SANDBOX_IN_ROOTFS`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub working_dir: Option<PathBuf>,
 }
 
 /// Where the sandbox is mounted inside a container's own root filesystem.
@@ -72,6 +76,10 @@ pub struct UserSpec {
     pub name: String,
     pub uid: u32,
     pub gid: u32,
+    /// Supplementary groups, already resolved (a user of an image, looked up in the
+    /// image's own `/etc/group`). Absent: looked up on the host by `name`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub groups: Option<Vec<u32>>,
 }
 
 /// `supervisor.json`: who owns the launch of this task.

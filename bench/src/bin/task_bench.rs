@@ -7,6 +7,9 @@
 //! drover local --agent-resources 'cpus:8;mem:8192' &   # or any cluster
 //! cargo run --release -p drover-bench --bin task-bench -- --tasks 10000
 //! ```
+//!
+//! `--containerizer linux|process` and `--image NAME` choose how the tasks run (an image
+//! must be imported into the agents' stores first).
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -37,6 +40,33 @@ struct Args {
     /// Shell command of every task.
     #[arg(long, default_value = "true")]
     cmd: String,
+    /// The containerizer the tasks ask for: linux, process (default: the agent's).
+    #[arg(long, value_parser = ["linux", "process"])]
+    containerizer: Option<String>,
+    /// Run every task inside this image of the agents' image stores (linux containers;
+    /// import it first with `drover images import`). The image needs `/bin/sh` and the
+    /// command's programs.
+    #[arg(long)]
+    image: Option<String>,
+}
+
+impl Args {
+    /// The tasks' `ContainerInfo`, from `--containerizer` and `--image`.
+    fn container(&self) -> Option<pb::ContainerInfo> {
+        use pb::container_info::Type;
+        if self.containerizer.is_none() && self.image.is_none() {
+            return None;
+        }
+        Some(pb::ContainerInfo {
+            r#type: match self.containerizer.as_deref() {
+                Some("process") => Type::Process,
+                Some(_) => Type::Linux,
+                None => Type::Unspecified,
+            } as i32,
+            image: self.image.clone().map(|name| pb::Image { name }),
+            ..Default::default()
+        })
+    }
 }
 
 struct Bench {
@@ -55,6 +85,7 @@ impl Scheduler for Bench {
     async fn offers(&mut self, driver: &Driver, offers: Vec<pb::Offer>) {
         let request = TaskRequest::new(self.args.cpus, self.args.mem);
         let cmd = self.args.cmd.clone();
+        let container = self.args.container();
         let room = self
             .args
             .in_flight
@@ -64,11 +95,13 @@ impl Scheduler for Bench {
             &mut self.pending,
             |_| request,
             |i, offer, resources| {
-                TaskBuilder::new(format!("bench-{i}"))
+                let mut task = TaskBuilder::new(format!("bench-{i}"))
                     .shell(cmd.clone())
                     .offer(offer)
                     .resources(&resources)
-                    .build()
+                    .build();
+                task.container = container.clone();
+                task
             },
         );
         let filters = pb::Filters {

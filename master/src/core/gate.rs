@@ -137,6 +137,16 @@ pub fn check(
     Ok(plan)
 }
 
+/// Whether the task runs an image of the agent's image store in a linux container (type
+/// LINUX, or unspecified: the agent's default, linux on a root agent).
+fn runs_image(task: &pb::TaskInfo) -> bool {
+    use pb::container_info::Type;
+    task.container.as_ref().is_some_and(|c| {
+        (c.r#type == Type::Linux as i32 || c.r#type == Type::Unspecified as i32)
+            && c.image.as_ref().is_some_and(|i| !i.name.trim().is_empty())
+    })
+}
+
 fn check_task(
     framework_id: &FrameworkId,
     agent_id: &AgentId,
@@ -169,15 +179,18 @@ fn check_task(
     if task.labels.len() > MAX_LIST_ITEMS {
         return Err(format!("task has more than {MAX_LIST_ITEMS} labels"));
     }
-    // A Docker task may leave its command out and run its image's own.
+    // A Docker task, or a task that runs an image in a linux container, may leave its
+    // command out and run the image's own (`Entrypoint` + `Cmd`, or its `Entrypoint` with
+    // the arguments).
     let docker = task
         .container
         .as_ref()
         .is_some_and(|c| c.r#type == pb::container_info::Type::Docker as i32);
+    let image = docker || runs_image(task);
     let no_command = pb::CommandInfo::default();
     let cmd = match task.command.as_ref() {
         Some(cmd) => cmd,
-        None if docker => &no_command,
+        None if image => &no_command,
         None => return Err("task has no command".into()),
     };
     let empty = if cmd.shell {
@@ -185,7 +198,7 @@ fn check_task(
     } else {
         cmd.value.trim().is_empty() && cmd.arguments.first().is_none_or(|a| a.is_empty())
     };
-    if empty && (cmd.shell || !docker) {
+    if empty && (cmd.shell || !image) {
         return Err("task command is empty".into());
     }
     let size = cmd.value.len() + cmd.arguments.iter().map(String::len).sum::<usize>();
@@ -387,5 +400,58 @@ mod tests {
             .errors
             .iter()
             .all(|(_, why)| why.contains("invalid resources")));
+    }
+
+    #[test]
+    fn an_image_task_may_leave_its_command_to_the_image() {
+        use pb::container_info::Type;
+        let (offers, reg) = setup();
+        let f1 = FrameworkId::new("f1");
+        let with = |id: &str, t: Type, image: &str, command: Option<pb::CommandInfo>| {
+            let mut task = task(id, "cpus:0.1", "");
+            task.command = command;
+            task.container = Some(pb::ContainerInfo {
+                r#type: t as i32,
+                image: Some(pb::Image { name: image.into() }),
+                ..Default::default()
+            });
+            task
+        };
+        let args = pb::CommandInfo {
+            arguments: vec!["--port".into(), "8080".into()],
+            ..Default::default()
+        };
+        let shell = pb::CommandInfo {
+            shell: true,
+            ..Default::default()
+        };
+        let ops = launch(vec![
+            with("linux", Type::Linux, "web", None),
+            with("default", Type::Unspecified, "web", None),
+            with("args", Type::Linux, "web", Some(args)),
+            with("no-image", Type::Linux, "", None),
+            with("process", Type::Process, "web", None),
+            with("empty-shell", Type::Linux, "web", Some(shell)),
+        ]);
+        let plan = check(&f1, &ids(&["o1"]), &ops, &offers, &reg).unwrap();
+        let launched: Vec<_> = plan
+            .launch
+            .iter()
+            .map(|t| t.task_id.clone().unwrap().value)
+            .collect();
+        assert_eq!(launched, ["linux", "default", "args"]);
+        let refused: Vec<(&str, &str)> = plan
+            .errors
+            .iter()
+            .map(|(id, why)| (id.as_str(), why.as_str()))
+            .collect();
+        assert_eq!(
+            refused,
+            [
+                ("no-image", "task has no command"),
+                ("process", "task has no command"),
+                ("empty-shell", "task command is empty"),
+            ]
+        );
     }
 }

@@ -128,12 +128,17 @@ fn start(spec: &SupervisorSpec) -> Result<i32, String> {
         .ok_or("the spec describes no container")?;
     let cwd = isolate(spec, container)?;
 
+    // An image's user comes with its groups from the image's /etc/group: after the
+    // pivot the host's group database is out of reach (and must not be consulted).
     let user = match &spec.user {
         Some(u) => Some((
             u.uid,
             u.gid,
-            crate::supervisor::supplementary_groups(&u.name, u.gid)
-                .map_err(|e| format!("groups of user '{}': {e}", u.name))?,
+            match &u.groups {
+                Some(groups) => groups.clone(),
+                None => crate::supervisor::supplementary_groups(&u.name, u.gid)
+                    .map_err(|e| format!("groups of user '{}': {e}", u.name))?,
+            },
         )),
         None => None,
     };
@@ -143,6 +148,11 @@ fn start(spec: &SupervisorSpec) -> Result<i32, String> {
         .cloned()
         .unwrap_or_else(|| spec.program.clone());
     let mut cmd = Command::new(&spec.program);
+    if container.rootfs.is_some() {
+        // Inside an image the host's environment means nothing: the task gets exactly
+        // the environment the agent computed (the image's, the task's, Drover's).
+        cmd.env_clear();
+    }
     cmd.arg0(argv0)
         .args(spec.argv.iter().skip(1))
         .envs(spec.env.iter().map(|(k, v)| (k, v)))
@@ -241,15 +251,13 @@ fn isolate(spec: &SupervisorSpec, c: &ContainerLaunch) -> Result<PathBuf, String
         libc::MS_BIND | libc::MS_REC,
         None,
     )?;
-    let sandbox_in = rootfs.join(SANDBOX_IN_ROOTFS.trim_start_matches('/'));
-    for dir in [
-        "proc",
-        "dev",
-        "mnt",
-        SANDBOX_IN_ROOTFS.trim_start_matches('/'),
-    ] {
-        ensure_dir_in(rootfs, dir)?;
-    }
+    // Every mount target is made beneath the root filesystem without following any of
+    // the image's symlinks (a `/mnt -> /etc` link must not turn into a mount over the
+    // host's /etc), right before it is mounted on.
+    let beneath = |inside: &str| {
+        crate::images::mount_point_beneath(rootfs, inside).map_err(|e| e.to_string())
+    };
+    let sandbox_in = beneath(SANDBOX_IN_ROOTFS)?;
     mount(
         Some(path_str(&spec.sandbox)?),
         &sandbox_in,
@@ -259,12 +267,13 @@ fn isolate(spec: &SupervisorSpec, c: &ContainerLaunch) -> Result<PathBuf, String
     )?;
     mount(
         Some("proc"),
-        &rootfs.join("proc"),
+        &beneath("/proc")?,
         Some("proc"),
         proc_flags,
         None,
     )?;
-    populate_dev(rootfs)?;
+    let dev = beneath("/dev")?;
+    populate_dev(&dev)?;
 
     let root_c = cstring(rootfs.as_os_str().as_bytes())?;
     let dot = cstring(b".")?;
@@ -283,40 +292,23 @@ fn isolate(spec: &SupervisorSpec, c: &ContainerLaunch) -> Result<PathBuf, String
             ));
         }
     }
-    Ok(PathBuf::from(SANDBOX_IN_ROOTFS))
-}
-
-/// `rootfs/rel` as a directory, created when missing. A symlink anywhere on the way is
-/// refused: the image owns its files, and a link could aim our mounts elsewhere.
-fn ensure_dir_in(rootfs: &Path, rel: &str) -> Result<(), String> {
-    let mut path = rootfs.to_path_buf();
-    for part in rel.split('/').filter(|p| !p.is_empty()) {
-        path.push(part);
-        match fs::symlink_metadata(&path) {
-            Ok(m) if m.file_type().is_symlink() => {
-                return Err(format!(
-                    "{} in the root filesystem is a symlink; refusing to mount over it",
-                    path.display()
-                ))
-            }
-            Ok(m) if m.is_dir() => {}
-            Ok(_) => return Err(format!("{} is not a directory", path.display())),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                fs::create_dir(&path).map_err(|e| format!("creating {}: {e}", path.display()))?
-            }
-            Err(e) => return Err(format!("{}: {e}", path.display())),
-        }
-    }
-    Ok(())
+    let cwd = c
+        .working_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(SANDBOX_IN_ROOTFS));
+    // Made inside the container, after the pivot: the image's symlinks resolve within
+    // it. Docker creates a missing WORKDIR the same way.
+    fs::create_dir_all(&cwd)
+        .map_err(|e| format!("creating the working directory {}: {e}", cwd.display()))?;
+    Ok(cwd)
 }
 
 /// A small `/dev` on a tmpfs: the usual character devices bound from the host, the
 /// `/proc/self/fd` links, and a `/dev/shm`.
-fn populate_dev(rootfs: &Path) -> Result<(), String> {
-    let dev = rootfs.join("dev");
+fn populate_dev(dev: &Path) -> Result<(), String> {
     mount(
         Some("tmpfs"),
-        &dev,
+        dev,
         Some("tmpfs"),
         libc::MS_NOSUID | libc::MS_NOEXEC,
         Some("mode=755,size=65536k"),

@@ -17,9 +17,15 @@
 //!   supervisor that was killed): every process left in the cgroups is killed and the
 //!   cgroups are removed.
 //!
-//! A task may run inside a root filesystem: the image it names is turned into a directory
-//! by a [`RootfsProvider`] (the image store plugs in here); the init pivots into it with
-//! the sandbox at `/mnt/sandbox`.
+//! A task whose `ContainerInfo.image` names an image runs inside it: a [`RootfsProvider`]
+//! (the agent's image store) prepares the image's root filesystem in the task's meta
+//! directory (`<meta>/image/`, mode 0700, outside the sandbox); the task's command runs
+//! there (or, without one, the image's `Entrypoint` + `Cmd`), with the image's
+//! environment under the task's, as the task's user or the image's `User` (looked up in
+//! the image's own `/etc/passwd` and `/etc/group`), in the image's `WorkingDir` or else
+//! the sandbox; the init pivots into it with the sandbox at `/mnt/sandbox` and a small
+//! `/dev`. The root filesystem is unmounted and removed once the container's last process
+//! is gone ([`crate::images::cleanup_rootfs`]), after an agent restart too.
 
 pub mod cgroups;
 pub mod init;
@@ -34,19 +40,26 @@ use drover_proto::pb::{self, container_info, task_status::Reason};
 use drover_proto::Resources;
 use serde::{Deserialize, Serialize};
 
-use super::process::ProcessContainerizer;
+use super::process::{command_line, drover_env, ProcessContainerizer};
 use super::{Containerizer, LaunchSpec, Recovered, Termination};
 use crate::error::{AgentError, IoContext};
 use crate::fsutil::{read_json, replace_unsynced};
+use crate::images::{cleanup_rootfs, lookup_user, PreparedRootfs};
 use crate::layout::{Layout, TaskKey};
-use crate::supervisor::records::{ContainerLaunch, SANDBOX_IN_ROOTFS};
+use crate::supervisor::records::{ContainerLaunch, SupervisorSpec, UserSpec, SANDBOX_IN_ROOTFS};
 use cgroups::{ContainerCgroups, Hierarchies, Limits};
 
-/// Turns the image a task names into a root filesystem directory for its container
-/// (prepared for this one task: the container may write into it). The image store
-/// provides it; without one, tasks naming an image fail to launch.
+/// Prepares a root filesystem of the image a task names for one container, in the
+/// directory given (its own, outside the sandbox: `rootfs/` and `overlay/` are made in
+/// it), as [`crate::images::ImageStore::prepare_rootfs`] does; the containerizer undoes
+/// it with [`crate::images::cleanup_rootfs`] once the container's last process is gone.
+/// The agent plugs its image store in here; without one, tasks naming an image fail to
+/// launch.
 pub type RootfsProvider =
-    Arc<dyn Fn(&TaskKey, &pb::Image) -> Result<PathBuf, AgentError> + Send + Sync>;
+    Arc<dyn Fn(&pb::Image, &Path) -> Result<PreparedRootfs, AgentError> + Send + Sync>;
+
+/// `PATH` inside an image whose config sets none (Docker's default).
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// The longest hostname the kernel accepts.
 const MAX_HOSTNAME: usize = 64;
@@ -153,31 +166,166 @@ impl LinuxContainerizer {
         Ok(limits)
     }
 
-    fn rootfs_for(&self, spec: &LaunchSpec) -> Result<Option<PathBuf>, AgentError> {
-        let Some(image) = spec
-            .task
-            .container
-            .as_ref()
-            .and_then(|c| c.image.as_ref())
-            .filter(|i| !i.name.is_empty())
-        else {
+    /// `<meta>/image/`: the task's root filesystem (`rootfs/`, and `overlay/` for its
+    /// writes), beside its other records and outside its sandbox.
+    fn image_dir(&self, key: &TaskKey) -> PathBuf {
+        self.layout.task_meta(key).dir().join("image")
+    }
+
+    /// The root filesystem of the image the task names, if it names one.
+    async fn prepare_image(&self, spec: &LaunchSpec) -> Result<Option<PreparedRootfs>, AgentError> {
+        let Some(image) = image_of(&spec.task) else {
             return Ok(None);
         };
-        let provider = self.rootfs.as_ref().ok_or_else(|| {
+        let provider = self.rootfs.clone().ok_or_else(|| {
             AgentError::Launch(format!(
                 "the task names the image '{}', but this agent has no image store",
                 image.name
             ))
         })?;
-        let path = provider(&spec.key, image)?;
-        if !path.is_absolute() || !path.is_dir() {
+        let dir = self.image_dir(&spec.key);
+        let image = image.clone();
+        let prepared = tokio::task::spawn_blocking(move || {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::create_dir_all(&dir).ctx(|| format!("creating {}", dir.display()))?;
+            // The container's files (set-uid binaries included) are nobody else's business.
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+                .ctx(|| format!("restricting {}", dir.display()))?;
+            provider(&image, &dir).map_err(|e| {
+                AgentError::Launch(format!("cannot prepare the image '{}': {e}", image.name))
+            })
+        })
+        .await
+        .map_err(|e| AgentError::Launch(format!("root filesystem setup panicked: {e}")))??;
+        if !prepared.rootfs.is_absolute() || !prepared.rootfs.is_dir() {
             return Err(AgentError::Launch(format!(
                 "the root filesystem {} prepared for image '{}' is not a directory",
-                path.display(),
-                image.name
+                prepared.rootfs.display(),
+                image_of(&spec.task).map_or("", |i| i.name.as_str())
             )));
         }
-        Ok(Some(path))
+        Ok(Some(prepared))
+    }
+
+    /// What the supervisor runs for a task inside an image: the task's command, or the
+    /// image's `Entrypoint` + `Cmd` (a command with arguments but no value replaces `Cmd`,
+    /// as `docker run IMAGE ARGS...` does); the image's `Env` with the task's variables
+    /// and Drover's on top, `HOME` of the user unless either sets it, a default `PATH`
+    /// unless either sets one; the task's user or else the image's `User`, looked up in
+    /// the image; the image's `WorkingDir`, or else the sandbox.
+    fn image_spec(
+        &self,
+        spec: &LaunchSpec,
+        prepared: &PreparedRootfs,
+    ) -> Result<SupervisorSpec, AgentError> {
+        let name = image_of(&spec.task).map_or("", |i| i.name.as_str());
+        let config = &prepared.image.config;
+        let command = spec.task.command.clone().unwrap_or_default();
+        let (program, argv) = if command.shell || !command.value.is_empty() {
+            command_line(&command)?
+        } else {
+            let argv: Vec<String> = if command.arguments.is_empty() {
+                config.default_argv()
+            } else {
+                config
+                    .entrypoint
+                    .iter()
+                    .chain(&command.arguments)
+                    .cloned()
+                    .collect()
+            };
+            let Some(first) = argv.first() else {
+                return Err(AgentError::Launch(format!(
+                    "the task has no command and the image '{name}' names none (no \
+                     Entrypoint or Cmd in its config)"
+                )));
+            };
+            (first.clone(), argv)
+        };
+
+        let user_name = if command.user.is_empty() {
+            config.user.clone()
+        } else {
+            command.user.clone()
+        };
+        let shown_user = if user_name.is_empty() {
+            "root"
+        } else {
+            &user_name
+        };
+        let user = lookup_user(&prepared.rootfs, &user_name).map_err(|e| match e {
+            AgentError::UnknownUser(why) => AgentError::UnknownUser(format!(
+                "cannot run the task as '{shown_user}' in the image '{name}': {why}"
+            )),
+            other => AgentError::Launch(format!(
+                "cannot look up the user '{shown_user}' in the image '{name}': {other}"
+            )),
+        })?;
+
+        let mut overrides: Vec<(String, String)> = command
+            .environment
+            .iter()
+            .map(|v| (v.name.clone(), v.value.clone()))
+            .collect();
+        overrides.extend(drover_env(spec, SANDBOX_IN_ROOTFS));
+        let mut env = config.env_with(&overrides);
+        if !env.iter().any(|(k, _)| k == "HOME") {
+            env.push(("HOME".into(), user.home.to_string_lossy().into_owned()));
+        }
+        if !env.iter().any(|(k, _)| k == "PATH") {
+            env.push(("PATH".into(), DEFAULT_PATH.into()));
+        }
+        if !config.working_dir.is_empty() && !config.working_dir.starts_with('/') {
+            return Err(AgentError::Launch(format!(
+                "the image '{name}' names the working directory '{}', which is not absolute",
+                config.working_dir
+            )));
+        }
+
+        Ok(SupervisorSpec {
+            framework_id: spec.key.framework_id.to_string(),
+            task_id: spec.key.task_id.to_string(),
+            sandbox: spec.sandbox.clone(),
+            meta_dir: spec.meta.dir().to_path_buf(),
+            program,
+            argv,
+            env,
+            user: Some(UserSpec {
+                name: shown_user.to_string(),
+                uid: user.uid,
+                gid: user.gid,
+                groups: Some(user.groups),
+            }),
+            default_grace_secs: self.supervisors.default_grace().as_secs_f64(),
+            container: None,
+        })
+    }
+
+    /// Unmounts and removes the task's root filesystem, if it has one. Called once the
+    /// container's last process is gone (or never started); idempotent.
+    async fn cleanup_image(&self, key: &TaskKey) {
+        let dir = self.image_dir(key);
+        if !dir.exists() {
+            return;
+        }
+        let shown = dir.display().to_string();
+        let result = tokio::task::spawn_blocking(move || {
+            cleanup_rootfs(&dir)?;
+            match std::fs::remove_dir(&dir) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    Err(AgentError::io(format!("removing {}", dir.display()), e))
+                }
+                _ => Ok(()),
+            }
+        })
+        .await;
+        match result {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(task = %key, "removing the container's root filesystem {shown}: {e}")
+            }
+            Err(e) => tracing::warn!(task = %key, "root filesystem cleanup panicked: {e}"),
+        }
     }
 
     async fn teardown(&self, key: &TaskKey) -> Option<String> {
@@ -194,6 +342,14 @@ impl LinuxContainerizer {
         self.hierarchies.remove_if_empty(&self.agent_root);
         (leftovers > 0).then(|| format!("killed {leftovers} process(es) left in its cgroups"))
     }
+}
+
+/// The image a task names (`ContainerInfo.image` with a name), if any.
+pub fn image_of(task: &pb::TaskInfo) -> Option<&pb::Image> {
+    task.container
+        .as_ref()
+        .and_then(|c| c.image.as_ref())
+        .filter(|i| !i.name.trim().is_empty())
 }
 
 /// The linux containerizer needs root (namespaces, mounts, cgroups).
@@ -252,16 +408,91 @@ impl Containerizer for LinuxContainerizer {
                 "volumes are not supported by the linux containerizer yet".into(),
             ));
         }
-        let rootfs = self.rootfs_for(&spec)?;
-        let mut sup_spec = self.supervisors.build_spec(&spec)?;
-        if rootfs.is_some() {
-            // Inside, the sandbox is where the init mounted it.
-            for (name, value) in &mut sup_spec.env {
-                if name == "DROVER_SANDBOX" {
-                    *value = SANDBOX_IN_ROOTFS.to_string();
-                }
+        let key = spec.key.clone();
+        let prepared = match self.prepare_image(&spec).await {
+            Ok(p) => p,
+            Err(e) => {
+                self.cleanup_image(&key).await;
+                return Err(e);
             }
+        };
+        let launched = self
+            .start_container(&spec, limits, hostname, isolate_network, prepared)
+            .await;
+        if launched.is_err() {
+            self.cleanup_image(&key).await;
         }
+        launched
+    }
+
+    async fn recover(&self, key: &TaskKey) -> Result<Recovered, AgentError> {
+        let path = self.container_file(key);
+        match read_json::<ContainerCheckpoint>(&path) {
+            Ok(Some(cp)) => {
+                self.containers().insert(key.clone(), cp.cgroups);
+            }
+            Ok(None) => {}
+            // Only a power loss tears it, and then no cgroup of it is left either.
+            Err(e) => tracing::warn!(task = %key, "ignoring {}: {e}", path.display()),
+        }
+        let found = self.supervisors.recover(key).await?;
+        if found == Recovered::NeverStarted {
+            // No wait follows: the cgroups and the root filesystem (if the previous agent
+            // got that far) go now.
+            self.teardown(key).await;
+            self.cleanup_image(key).await;
+        }
+        Ok(found)
+    }
+
+    async fn wait(&self, key: &TaskKey) -> Result<Termination, AgentError> {
+        let ended = self.supervisors.wait(key).await;
+        // The supervisor removed the cgroups; after a supervisor that was killed, its
+        // container may still run: nothing of a task we report as ended keeps running.
+        let swept = self.teardown(key).await;
+        // Every process of the container is gone now: its root filesystem can go.
+        self.cleanup_image(key).await;
+        match ended? {
+            Termination::Vanished { detail } => Ok(Termination::Vanished {
+                detail: match swept {
+                    Some(s) => format!("{detail}; {s}"),
+                    None => detail,
+                },
+            }),
+            recorded => Ok(recorded),
+        }
+    }
+
+    async fn kill(&self, key: &TaskKey, grace: Duration, reason: Reason) -> Result<(), AgentError> {
+        self.supervisors.kill(key, grace, reason).await
+    }
+
+    fn usage(&self, key: &TaskKey) -> Option<pb::ResourceStatistics> {
+        let cgroups = self.containers().get(key).cloned()?;
+        cgroups.exists().then(|| cgroups.statistics())
+    }
+}
+
+impl LinuxContainerizer {
+    /// The rest of a launch, once the task's root filesystem (if any) exists.
+    async fn start_container(
+        &self,
+        spec: &LaunchSpec,
+        limits: Limits,
+        hostname: String,
+        isolate_network: bool,
+        prepared: Option<PreparedRootfs>,
+    ) -> Result<(), AgentError> {
+        let mut sup_spec = match &prepared {
+            Some(p) => self.image_spec(spec, p)?,
+            None => self.supervisors.build_spec(spec)?,
+        };
+        let working_dir = prepared
+            .as_ref()
+            .map(|p| &p.image.config.working_dir)
+            .filter(|w| !w.is_empty())
+            .map(PathBuf::from);
+        let rootfs = prepared.map(|p| p.rootfs);
 
         let container_id = uuid::Uuid::new_v4().simple().to_string();
         let cgroups = self
@@ -295,56 +526,13 @@ impl Containerizer for LinuxContainerizer {
             isolate_network,
             rootfs,
             cgroups,
+            working_dir,
         });
-        let key = spec.key.clone();
-        if let Err(e) = self.supervisors.start_supervisor(&spec, &sup_spec).await {
-            self.teardown(&key).await;
+        if let Err(e) = self.supervisors.start_supervisor(spec, &sup_spec).await {
+            self.teardown(&spec.key).await;
             return Err(e);
         }
         Ok(())
-    }
-
-    async fn recover(&self, key: &TaskKey) -> Result<Recovered, AgentError> {
-        let path = self.container_file(key);
-        match read_json::<ContainerCheckpoint>(&path) {
-            Ok(Some(cp)) => {
-                self.containers().insert(key.clone(), cp.cgroups);
-            }
-            Ok(None) => {}
-            // Only a power loss tears it, and then no cgroup of it is left either.
-            Err(e) => tracing::warn!(task = %key, "ignoring {}: {e}", path.display()),
-        }
-        let found = self.supervisors.recover(key).await?;
-        if found == Recovered::NeverStarted {
-            // No wait follows: the cgroups (if the previous agent got that far) go now.
-            self.teardown(key).await;
-        }
-        Ok(found)
-    }
-
-    async fn wait(&self, key: &TaskKey) -> Result<Termination, AgentError> {
-        let ended = self.supervisors.wait(key).await;
-        // The supervisor removed the cgroups; after a supervisor that was killed, its
-        // container may still run: nothing of a task we report as ended keeps running.
-        let swept = self.teardown(key).await;
-        match ended? {
-            Termination::Vanished { detail } => Ok(Termination::Vanished {
-                detail: match swept {
-                    Some(s) => format!("{detail}; {s}"),
-                    None => detail,
-                },
-            }),
-            recorded => Ok(recorded),
-        }
-    }
-
-    async fn kill(&self, key: &TaskKey, grace: Duration, reason: Reason) -> Result<(), AgentError> {
-        self.supervisors.kill(key, grace, reason).await
-    }
-
-    fn usage(&self, key: &TaskKey) -> Option<pb::ResourceStatistics> {
-        let cgroups = self.containers().get(key).cloned()?;
-        cgroups.exists().then(|| cgroups.statistics())
     }
 }
 

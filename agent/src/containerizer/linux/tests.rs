@@ -4,6 +4,7 @@
 use super::*;
 use crate::containerizer::{terminal_status, TerminalStatus};
 use crate::fsutil::create_dir_all_durable;
+use crate::images::ImageStore;
 use crate::supervisor::records::ExitOutcome;
 use drover_proto::pb::TaskState;
 use drover_proto::AgentId;
@@ -385,26 +386,60 @@ async fn bad_limits_and_hostnames_fail_the_launch_with_the_reason() {
     assert!(err.contains("no image store"), "{err}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_task_runs_inside_a_given_root_filesystem() {
+/// A tiny image (static busybox, its applets, an `/etc/passwd` with a user `app`, a marker
+/// file), written as an OCI layout tar and imported into a real image store. Its config
+/// (from the image tests' builder): `Env` PATH=/bin GREETING=hi, `Entrypoint`
+/// /bin/sh -c, `Cmd` "echo hi", `WorkingDir` /opt, `User` app. `None` (skip) without
+/// busybox-static outside CI.
+fn tiny_image(dir: &Path, name: &str, extra: &[crate::images::tests::E]) -> Option<ImageStore> {
+    use crate::images::tests::{layer, oci_files, plain, write_tar, E};
     let busybox = Path::new("/bin/busybox");
     if !busybox.exists() {
         assert!(
             std::env::var("CI").as_deref() != Ok("true"),
-            "CI needs busybox-static for the root filesystem test"
+            "CI needs busybox-static for the image tests"
         );
         eprintln!("skipped: /bin/busybox (Debian's busybox-static) is not installed");
-        return;
+        return None;
     }
-    let mut f = fixture();
-    let rootfs = f.dir.path().join("rootfs");
-    std::fs::create_dir_all(rootfs.join("bin")).unwrap();
-    std::fs::copy(busybox, rootfs.join("bin/busybox")).unwrap();
-    for tool in ["sh", "cat", "ls", "echo", "hostname"] {
-        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(tool)).unwrap();
+    let binary = std::fs::read(busybox).unwrap();
+    let mut entries = vec![
+        E::Dir("bin", 0o755),
+        E::File("bin/busybox", &binary, 0o755),
+        E::Dir("etc", 0o755),
+        E::File(
+            "etc/passwd",
+            b"root:x:0:0:root:/root:/bin/sh\napp:x:1234:1234:app:/home/app:/bin/sh\n",
+            0o644,
+        ),
+        E::File(
+            "etc/group",
+            b"root:x:0:\napp:x:1234:\nextra:x:4321:app\n",
+            0o644,
+        ),
+        E::File("marker", b"inside the image\n", 0o644),
+    ];
+    let applets = [
+        "sh", "cat", "ls", "echo", "id", "head", "wc", "pwd", "sleep", "hostname",
+    ];
+    let links: Vec<String> = applets.iter().map(|a| format!("bin/{a}")).collect();
+    for l in &links {
+        entries.push(E::Symlink(l, "busybox"));
     }
-    std::fs::write(rootfs.join("marker"), "inside the image\n").unwrap();
-    let given = rootfs.clone();
+    let (files, _) = oci_files(
+        &[plain(layer(&entries)), plain(layer(extra))],
+        serde_json::json!({}),
+    );
+    let archive = dir.join(format!("{name}.tar"));
+    write_tar(&files, &archive);
+    let store =
+        ImageStore::open(dir.join("images"), crate::images::ImportLimits::default()).unwrap();
+    store.import(&archive, Some(name), "").unwrap();
+    Some(store)
+}
+
+fn with_store(f: &mut Fixture, store: ImageStore) {
+    let store = Arc::new(store);
     let linux = std::mem::replace(
         &mut f.linux,
         LinuxContainerizer::new(
@@ -418,17 +453,49 @@ async fn a_task_runs_inside_a_given_root_filesystem() {
         )
         .unwrap(),
     );
-    f.linux = linux.with_rootfs_provider(Arc::new(move |_key, image| {
-        assert_eq!(image.name, "handmade");
-        Ok(given.clone())
+    f.linux = linux.with_rootfs_provider(Arc::new(move |image: &pb::Image, dir: &Path| {
+        store.prepare_rootfs(&image.name, dir)
     }));
-    let script = "echo \"$(cat /marker)\"; ls /; echo \"cwd=$(pwd) sandbox=$DROVER_SANDBOX\"; \
-                  echo written > /mnt/sandbox/note; ls /proc/1/stat; \
-                  [ -e /usr/bin/cargo ] && echo host-visible; echo zero=$(head -c 4 /dev/zero | wc -c)";
-    let mut s = spec(&f, "img", "cpus:0.1;mem:32", script);
-    s.task.container.as_mut().unwrap().image = Some(pb::Image {
-        name: "handmade".into(),
-    });
+}
+
+fn in_image(mut s: LaunchSpec, image: &str) -> LaunchSpec {
+    s.task.container.as_mut().unwrap().image = Some(pb::Image { name: image.into() });
+    s
+}
+
+/// Mount points under `dir` on this host.
+fn mounts_under(dir: &Path) -> Vec<String> {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|m| m.starts_with(dir.to_str().unwrap()))
+        .map(str::to_string)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_runs_inside_an_imported_image_and_sees_its_files_not_the_hosts() {
+    let mut f = fixture();
+    let Some(store) = tiny_image(f.dir.path(), "tiny", &[]) else {
+        return;
+    };
+    with_store(&mut f, store);
+    let host_only = f.dir.path().join("host-only");
+    std::fs::write(&host_only, "on the host\n").unwrap();
+
+    let script = format!(
+        "cat /marker; [ -e {} ] && echo host-visible; \
+         echo \"cwd=$(pwd) sandbox=$DROVER_SANDBOX home=$HOME greeting=$GREETING path=$PATH\"; \
+         echo \"uid=$(id -u) groups=$(id -G)\"; echo written > /mnt/sandbox/note; \
+         echo zero=$(head -c 4 /dev/zero | wc -c)",
+        host_only.display()
+    );
+    let mut s = in_image(spec(&f, "img", "cpus:0.1;mem:32", &script), "tiny");
+    s.task.command.as_mut().unwrap().environment = vec![pb::EnvironmentVariable {
+        name: "GREETING".into(),
+        value: "from the task".into(),
+    }];
     let status = run_to_end(&f, s).await;
     let out = output(&f, "img", "stdout");
     assert_eq!(
@@ -438,37 +505,82 @@ async fn a_task_runs_inside_a_given_root_filesystem() {
         output(&f, "img", "stderr")
     );
     assert!(out.starts_with("inside the image\n"), "{out}");
+    assert!(!out.contains("host-visible"), "{out}");
+    // The image's WorkingDir (created: the image has no /opt), HOME of the image's user,
+    // the task's variable over the image's, the image's PATH.
     assert!(
-        out.contains("cwd=/mnt/sandbox sandbox=/mnt/sandbox"),
+        out.contains(
+            "cwd=/opt sandbox=/mnt/sandbox home=/home/app greeting=from the task path=/bin\n"
+        ),
         "{out}"
     );
-    assert!(!out.contains("host-visible"), "{out}");
-    assert!(out.contains("/proc/1/stat"), "{out}");
+    // The image's `User` (app), with its groups from the image's /etc/group.
+    assert!(out.contains("uid=1234 groups=1234 4321\n"), "{out}");
     assert!(out.contains("zero=4"), "{out}");
-    // The sandbox is shared with the host side.
+    // /mnt/sandbox is the sandbox.
     assert_eq!(
         std::fs::read_to_string(f.layout.sandbox(&TaskKey::new("fw", "img")).join("note")).unwrap(),
         "written\n"
     );
-    // Nothing leaked onto the host's mounts.
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    assert!(!mounts.contains(rootfs.to_str().unwrap()), "{mounts}");
 
-    // A symlink where the sandbox would be mounted is refused.
-    std::fs::create_dir_all(rootfs.join("elsewhere")).unwrap();
-    std::fs::remove_dir_all(rootfs.join("mnt")).unwrap();
-    std::os::unix::fs::symlink("/elsewhere", rootfs.join("mnt")).unwrap();
-    let mut s = spec(&f, "evil", "cpus:0.1;mem:32", "true");
-    s.task.container.as_mut().unwrap().image = Some(pb::Image {
-        name: "handmade".into(),
-    });
+    // The task's user wins over the image's; no command runs the image's own.
+    let mut s = in_image(spec(&f, "as-root", "cpus:0.1;mem:32", "id -u"), "tiny");
+    s.task.command.as_mut().unwrap().user = "root".into();
     let status = run_to_end(&f, s).await;
+    assert_eq!(status.state, TaskState::TaskFinished, "{status:?}");
+    assert_eq!(output(&f, "as-root", "stdout"), "0\n");
+    let mut s = in_image(spec(&f, "default", "cpus:0.1;mem:32", ""), "tiny");
+    s.task.command = None;
+    let status = run_to_end(&f, s).await;
+    assert_eq!(status.state, TaskState::TaskFinished, "{status:?}");
+    assert_eq!(output(&f, "default", "stdout"), "hi\n");
+
+    // A user the image does not define, and an image the store does not hold.
+    let mut s = in_image(spec(&f, "nobody", "cpus:0.1;mem:32", "true"), "tiny");
+    s.task.command.as_mut().unwrap().user = "ghost".into();
+    match f.linux.launch(s).await {
+        Err(AgentError::UnknownUser(m)) => {
+            assert!(m.contains("'ghost'") && m.contains("'tiny'"), "{m}")
+        }
+        other => panic!("expected an unknown user, got {other:?}"),
+    }
+    let s = in_image(spec(&f, "missing", "cpus:0.1;mem:32", "true"), "missing");
+    let err = f.linux.launch(s).await.unwrap_err().to_string();
+    assert!(err.contains("no image 'missing'"), "{err}");
+
+    // Nothing of any container stays mounted, and the root filesystems are gone.
+    assert_eq!(mounts_under(f.dir.path()), Vec::<String>::new());
+    for task in ["img", "as-root", "default", "nobody", "missing"] {
+        let dir = f
+            .layout
+            .task_meta(&TaskKey::new("fw", task))
+            .dir()
+            .join("image");
+        assert!(!dir.exists(), "{} is left", dir.display());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_symlink_where_the_sandbox_goes_is_refused() {
+    use crate::images::tests::E;
+    let mut f = fixture();
+    let extra = [E::Dir("elsewhere", 0o755), E::Symlink("mnt", "/elsewhere")];
+    let Some(store) = tiny_image(f.dir.path(), "evil", &extra) else {
+        return;
+    };
+    with_store(&mut f, store);
+    let status = run_to_end(
+        &f,
+        in_image(spec(&f, "evil", "cpus:0.1;mem:32", "true"), "evil"),
+    )
+    .await;
     assert_eq!(
         (status.state, status.reason),
         (TaskState::TaskFailed, Reason::ContainerLaunchFailed),
         "{status:?}"
     );
     assert!(status.message.contains("symlink"), "{}", status.message);
+    assert_eq!(mounts_under(f.dir.path()), Vec::<String>::new());
 }
 
 fn interfaces(proc_net_dev: &str) -> Vec<String> {
