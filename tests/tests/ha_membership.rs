@@ -6,7 +6,9 @@
 //! - a member whose data folder was wiped is refused under its old id, and is replaced by
 //!   a new id (`drover masters replace`) that catches up through a snapshot;
 //! - the whole cluster stopped and started again from disk;
-//! - a rolling restart (SIGTERM, which hands leadership over first) of every master.
+//! - a rolling restart (SIGTERM, which hands leadership over first) of every master;
+//! - an online backup (`drover-master backup`) restored (`drover-master restore`) into a
+//!   new cluster after every master and its data folder was lost.
 //!
 //! Every test asserts outcomes a user checks: every task finished exactly once, the
 //! membership the leader lists, replicas that agree, the error a refused master prints.
@@ -314,5 +316,75 @@ fn a_rolling_restart_of_every_master_loses_nothing() {
     );
     let report = fw.finish(20 * MINUTE);
     assert_every_job_once(&cluster, &report, 900);
+    wait_for_replicas_to_agree(&cluster, &[0, 1, 2]);
+}
+
+#[test]
+fn a_backup_restores_into_a_new_cluster_after_losing_every_master() {
+    let mut cluster = Cluster::start_ha(Timing::default(), 3);
+    cluster.add_agent("cpus:4;mem:4096");
+    cluster.wait_for_active_agents(1);
+    let report = Framework::start(&cluster, "before", &["--cmd", "true", "--tasks", "120"])
+        .finish(10 * MINUTE);
+    assert_eq!(finished_jobs(&report).len(), 120);
+
+    // An online backup from the leader, through any master.
+    let file = cluster.dir.path().join("registry.backup");
+    let masters: Vec<String> = (0..3).map(|i| cluster.master_addr_at(i)).collect();
+    let out = std::process::Command::new(drover_tests::bin_dir().join("drover-master"))
+        .args(["backup", "--master", &masters.join(","), "--out"])
+        .arg(&file)
+        .output()
+        .expect("run drover-master backup");
+    assert!(
+        out.status.success(),
+        "backup failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Every master is lost, data folders included.
+    for i in 0..3 {
+        cluster.kill_master_at(i);
+        std::fs::remove_dir_all(cluster.master_data_dir(i)).expect("wipe");
+    }
+    // A new cluster is seeded from the backup, one folder per member, same --peers.
+    let peers: Vec<String> = (0..3)
+        .map(|i| format!("{}={}", cluster.master_id(i), cluster.master_addr_at(i)))
+        .collect();
+    for i in 0..3 {
+        let out = std::process::Command::new(drover_tests::bin_dir().join("drover-master"))
+            .args(["restore", "--from"])
+            .arg(&file)
+            .arg("--data-dir")
+            .arg(cluster.master_data_dir(i))
+            .args([
+                "--id",
+                &cluster.master_id(i).to_string(),
+                "--peers",
+                &peers.join(","),
+            ])
+            .output()
+            .expect("run drover-master restore");
+        assert!(
+            out.status.success(),
+            "restore failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    for i in 0..3 {
+        cluster.start_master_at(i);
+    }
+    let leader = cluster.wait_for_leader();
+    let s = cluster.raft_status(leader).expect("status");
+    assert_eq!(
+        s.completed_tasks, 120,
+        "the restored registry knows every task"
+    );
+    assert_eq!(s.agents, 1, "and the agent");
+    // The agent finds the new cluster at the same addresses and work goes on.
+    cluster.wait_for_active_agents(1);
+    let report = Framework::start(&cluster, "after", &["--cmd", "true", "--tasks", "30"])
+        .finish(10 * MINUTE);
+    assert_eq!(finished_jobs(&report).len(), 30);
     wait_for_replicas_to_agree(&cluster, &[0, 1, 2]);
 }

@@ -54,12 +54,13 @@ impl Scheduler for Filler {
             },
         );
         for (offer_id, tasks) in packing.launches {
+            let ids: Vec<usize> = tasks.iter().filter_map(task_index).collect();
             let op = pb::Operation {
                 r#type: pb::operation::Type::Launch as i32,
                 launch: Some(pb::operation::Launch { task_infos: tasks }),
                 ..Default::default()
             };
-            let _ = driver
+            let result = driver
                 .accept(
                     vec![offer_id],
                     vec![op],
@@ -68,11 +69,27 @@ impl Scheduler for Filler {
                     },
                 )
                 .await;
+            if result.is_err() {
+                // The offer went away (e.g. rescinded): put the tasks back and ask again.
+                self.pending.extend(ids);
+                let _ = driver.revive().await;
+            }
         }
-        let _ = driver.decline(packing.unused, Some(3600.0)).await;
+        // With work left, declined agents come back soon; without, stay quiet.
+        let refuse = if self.pending.is_empty() { 3600.0 } else { 1.0 };
+        let _ = driver.decline(packing.unused, Some(refuse)).await;
     }
 
     async fn update(&mut self, _: &Driver, _: pb::TaskStatus) {}
+}
+
+fn task_index(t: &pb::TaskInfo) -> Option<usize> {
+    t.task_id
+        .as_ref()?
+        .as_str()
+        .strip_prefix("mem-")?
+        .parse()
+        .ok()
 }
 
 async fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) -> anyhow::Result<()> {
@@ -95,7 +112,11 @@ struct Row {
 }
 
 async fn measure(agents: usize, per_agent: usize) -> anyhow::Result<Row> {
-    let masters = MasterGroup::start(3, &["--agent-timeout-secs", "300"])?;
+    // Offers live long enough for one framework to answer tens of thousands of them.
+    let masters = MasterGroup::start(
+        3,
+        &["--agent-timeout-secs", "300", "--offer-timeout-secs", "900"],
+    )?;
     let leader = masters.wait_for_leader(Duration::from_secs(60)).await?;
     let pid = masters.pid(leader).expect("running");
     tokio::time::sleep(Duration::from_secs(2)).await;
