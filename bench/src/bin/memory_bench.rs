@@ -28,7 +28,7 @@ struct Args {
     /// Fleet sizes, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "10000,50000")]
     agents: Vec<usize>,
-    /// Running tasks per agent in the second step.
+    /// Running tasks per agent in the second step (0 skips it).
     #[arg(long, default_value_t = 1)]
     tasks_per_agent: usize,
 }
@@ -142,6 +142,15 @@ async fn measure(agents: usize, per_agent: usize) -> anyhow::Result<Row> {
     );
 
     let tasks = agents * per_agent;
+    if tasks == 0 {
+        return Ok(Row {
+            agents,
+            tasks,
+            base,
+            with_agents,
+            with_tasks: with_agents,
+        });
+    }
     let config = SchedulerConfig::builder("memory-bench")
         .masters(masters.addrs())
         .build()?;
@@ -177,17 +186,15 @@ async fn measure(agents: usize, per_agent: usize) -> anyhow::Result<Row> {
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let mut rows = Vec::new();
-    for &n in &args.agents {
-        rows.push(measure(n, args.tasks_per_agent).await?);
-    }
     println!(
         "| agents | tasks | leader RSS idle | with agents | with tasks | per agent | per task |"
     );
     println!("|---:|---:|---:|---:|---:|---:|---:|");
-    for r in rows {
+    for &n in &args.agents {
+        // Each row as soon as it is measured: a later, larger size may not finish.
+        let r = measure(n, args.tasks_per_agent).await?;
         let per_agent = r.with_agents.saturating_sub(r.base) as f64 / r.agents as f64;
-        let per_task = r.with_tasks.saturating_sub(r.with_agents) as f64 / r.tasks as f64;
+        let per_task = r.with_tasks.saturating_sub(r.with_agents) as f64 / r.tasks.max(1) as f64;
         println!(
             "| {} | {} | {} MiB | {} MiB | {} MiB | {:.1} KiB | {:.1} KiB |",
             r.agents,
