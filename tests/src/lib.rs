@@ -1000,6 +1000,58 @@ impl Drop for Cluster {
     }
 }
 
+/// Job indexes whose task FINISHED, from a test framework's report (task ids end in
+/// `-<index>-<attempt>`).
+pub fn finished_jobs(report: &Report) -> std::collections::HashSet<String> {
+    report
+        .final_states
+        .iter()
+        .filter(|(_, s)| s.as_str() == "FINISHED")
+        .filter_map(|(id, _)| id.rsplit('-').nth(1).map(str::to_string))
+        .collect()
+}
+
+impl Cluster {
+    /// Asserts that `n` job indexes finished, and that each ran exactly once (from the
+    /// shared run log).
+    pub fn assert_every_job_once(&self, report: &Report, n: usize) {
+        assert_eq!(finished_jobs(report).len(), n, "every job index finished");
+        let runs = self.run_counts();
+        assert_eq!(runs.len(), n, "every job index ran");
+        let twice: Vec<_> = runs.iter().filter(|(_, c)| **c != 1).collect();
+        assert!(twice.is_empty(), "jobs ran more than once: {twice:?}");
+    }
+
+    /// Waits (bounded) until the given masters have applied the same registry as the
+    /// leader: same term and leader, applied index at least the leader's commit index, the
+    /// same completed and active tasks, agents and frameworks.
+    pub fn wait_for_replicas_to_agree(&self, masters: &[usize]) {
+        wait_until(
+            "the masters to apply the same registry",
+            Duration::from_secs(120),
+            Duration::from_millis(200),
+            || {
+                let leader = self.leader()?;
+                let lead = self.raft_status(leader)?;
+                for &i in masters {
+                    let s = self.raft_status(i)?;
+                    let same = s.term == lead.term
+                        && s.leader_id == lead.id
+                        && s.applied_index >= lead.commit_index
+                        && s.completed_task_keys == lead.completed_task_keys
+                        && s.active_tasks == lead.active_tasks
+                        && s.agents == lead.agents
+                        && s.frameworks == lead.frameworks;
+                    if !same {
+                        return None;
+                    }
+                }
+                Some(())
+            },
+        );
+    }
+}
+
 /// A plain HTTP GET (the daemons' metrics endpoints); empty when nothing answers.
 pub fn http_get(addr: &str, path: &str) -> String {
     use std::io::{Read, Write};

@@ -11,53 +11,12 @@
 //!
 //! Outcomes only: every wait is bounded generously and nothing asserts a duration.
 
-use std::collections::HashSet;
 use std::time::Duration;
 
-use drover_tests::{wait_until, Cluster, Framework, Report, Timing};
+use drover_tests::{finished_jobs, wait_until, Cluster, Framework, Timing};
 
 const MINUTE: Duration = Duration::from_secs(60);
 const POLL: Duration = Duration::from_millis(200);
-
-/// Job indexes whose task FINISHED, from the framework's report (task ids end in
-/// `-<index>-<attempt>`).
-fn finished_jobs(report: &Report) -> HashSet<String> {
-    report
-        .final_states
-        .iter()
-        .filter(|(_, s)| s.as_str() == "FINISHED")
-        .map(|(id, _)| id.rsplit('-').nth(1).unwrap().to_string())
-        .collect()
-}
-
-/// Waits until every running master has applied the same registry as the leader: same
-/// term, same leader, applied index at least the leader's commit index when first asked,
-/// and the same completed tasks.
-fn wait_for_replicas_to_agree(cluster: &Cluster, masters: &[usize]) {
-    wait_until(
-        "every master to apply the same registry",
-        Duration::from_secs(120),
-        POLL,
-        || {
-            let leader = cluster.leader()?;
-            let lead = cluster.raft_status(leader)?;
-            for &i in masters {
-                let s = cluster.raft_status(i)?;
-                let same = s.term == lead.term
-                    && s.leader_id == lead.id
-                    && s.applied_index >= lead.commit_index
-                    && s.completed_task_keys == lead.completed_task_keys
-                    && s.active_tasks == lead.active_tasks
-                    && s.agents == lead.agents
-                    && s.frameworks == lead.frameworks;
-                if !same {
-                    return None;
-                }
-            }
-            Some(())
-        },
-    );
-}
 
 #[test]
 fn leader_kill_9_mid_run_fails_over_and_runs_every_task_once() {
@@ -116,17 +75,12 @@ fn leader_kill_9_mid_run_fails_over_and_runs_every_task_once() {
         report.resubscriptions >= 1,
         "the framework resubscribed to the new leader with its id"
     );
-    let finished = finished_jobs(&report);
-    assert_eq!(finished.len(), 2000, "every job index finished");
-    let runs = cluster.run_counts();
-    assert_eq!(runs.len(), 2000, "every job index ran");
-    let twice: Vec<_> = runs.iter().filter(|(_, n)| **n != 1).collect();
-    assert!(twice.is_empty(), "jobs ran more than once: {twice:?}");
+    cluster.assert_every_job_once(&report, 2000);
     let (active, completed) = cluster.tasks();
     assert!(active.is_empty(), "no task left behind: {active:?}");
     assert!(completed.len() >= 2000, "the leader knows every task");
 
-    wait_for_replicas_to_agree(&cluster, &[0, 1, 2]);
+    cluster.wait_for_replicas_to_agree(&[0, 1, 2]);
     let s = cluster.raft_status(old_leader).expect("status");
     assert!(
         s.completed_tasks >= 2000,
@@ -144,7 +98,7 @@ fn follower_kill_9_then_restart_catches_up() {
 
     let report = Framework::start(&cluster, "before", &["--tasks", "50"]).finish(10 * MINUTE);
     assert_eq!(finished_jobs(&report).len(), 50);
-    wait_for_replicas_to_agree(&cluster, &[0, 1, 2]);
+    cluster.wait_for_replicas_to_agree(&[0, 1, 2]);
 
     cluster.kill_master_at(follower);
     // The two others are a majority: work goes on while the follower is away.
@@ -156,7 +110,7 @@ fn follower_kill_9_then_restart_catches_up() {
     assert_eq!(lead.completed_tasks, 200);
 
     cluster.start_master_at(follower);
-    wait_for_replicas_to_agree(&cluster, &[0, 1, 2]);
+    cluster.wait_for_replicas_to_agree(&[0, 1, 2]);
     let caught_up = cluster.raft_status(follower).expect("follower status");
     assert!(!caught_up.is_leader);
     assert!(caught_up.applied_index >= lead.commit_index);
@@ -217,15 +171,7 @@ fn a_partitioned_leader_steps_down_and_rejoins_without_divergence() {
     assert!(rejoined.term > old_term);
 
     let report = fw.finish(20 * MINUTE);
-    assert_eq!(
-        finished_jobs(&report).len(),
-        600,
-        "every job index finished"
-    );
-    let runs = cluster.run_counts();
-    assert_eq!(runs.len(), 600);
-    let twice: Vec<_> = runs.iter().filter(|(_, n)| **n != 1).collect();
-    assert!(twice.is_empty(), "jobs ran more than once: {twice:?}");
+    cluster.assert_every_job_once(&report, 600);
     // Same applied registry everywhere, the old leader included: nothing diverged.
-    wait_for_replicas_to_agree(&cluster, &[0, 1, 2]);
+    cluster.wait_for_replicas_to_agree(&[0, 1, 2]);
 }

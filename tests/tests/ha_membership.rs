@@ -14,32 +14,13 @@
 //! membership the leader lists, replicas that agree, the error a refused master prints.
 //! Waits are bounded generously; nothing asserts a duration.
 
-use std::collections::HashSet;
 use std::time::Duration;
 
 use drover_proto::pb;
-use drover_tests::{metric, wait_until, Cluster, Framework, Report, Timing};
+use drover_tests::{finished_jobs, metric, wait_until, Cluster, Framework, Timing};
 
 const MINUTE: Duration = Duration::from_secs(60);
 const POLL: Duration = Duration::from_millis(200);
-
-fn finished_jobs(report: &Report) -> HashSet<String> {
-    report
-        .final_states
-        .iter()
-        .filter(|(_, s)| s.as_str() == "FINISHED")
-        .map(|(id, _)| id.rsplit('-').nth(1).unwrap().to_string())
-        .collect()
-}
-
-/// Every job ran exactly once (from the shared run log) and finished.
-fn assert_every_job_once(cluster: &Cluster, report: &Report, n: usize) {
-    assert_eq!(finished_jobs(report).len(), n, "every job index finished");
-    let runs = cluster.run_counts();
-    assert_eq!(runs.len(), n, "every job index ran");
-    let twice: Vec<_> = runs.iter().filter(|(_, c)| **c != 1).collect();
-    assert!(twice.is_empty(), "jobs ran more than once: {twice:?}");
-}
 
 /// The members the leader lists, as (id, is voter).
 fn members(cluster: &Cluster) -> Option<Vec<(u64, bool)>> {
@@ -60,32 +41,6 @@ fn wait_for_voters(cluster: &Cluster, ids: &[u64]) {
         3 * MINUTE,
         POLL,
         || (members(cluster)? == want).then_some(()),
-    );
-}
-
-/// Waits until the given masters have applied the same registry as the leader.
-fn wait_for_replicas_to_agree(cluster: &Cluster, masters: &[usize]) {
-    wait_until(
-        "the masters to apply the same registry",
-        2 * MINUTE,
-        POLL,
-        || {
-            let leader = cluster.leader()?;
-            let lead = cluster.raft_status(leader)?;
-            for &i in masters {
-                let s = cluster.raft_status(i)?;
-                let same = s.term == lead.term
-                    && s.leader_id == lead.id
-                    && s.applied_index >= lead.commit_index
-                    && s.completed_task_keys == lead.completed_task_keys
-                    && s.active_tasks == lead.active_tasks
-                    && s.agents == lead.agents;
-                if !same {
-                    return None;
-                }
-            }
-            Some(())
-        },
     );
 }
 
@@ -145,9 +100,9 @@ fn a_master_joins_and_the_leader_is_removed_while_tasks_launch() {
     assert_ne!(new_leader, leader);
 
     let report = fw.finish(20 * MINUTE);
-    assert_every_job_once(&cluster, &report, 800);
+    cluster.assert_every_job_once(&report, 800);
     let others: Vec<usize> = (0..4).filter(|i| *i != leader).collect();
-    wait_for_replicas_to_agree(&cluster, &others);
+    cluster.wait_for_replicas_to_agree(&others);
     let s = cluster
         .raft_status(joined)
         .expect("status of the joined master");
@@ -162,7 +117,7 @@ fn a_master_joins_and_the_leader_is_removed_while_tasks_launch() {
     // its stored configuration, and rejoins with the same view.
     cluster.stop_master_at(joined).expect("running");
     cluster.start_master_at(joined);
-    wait_for_replicas_to_agree(&cluster, &others);
+    cluster.wait_for_replicas_to_agree(&others);
     let again = cluster
         .raft_status(joined)
         .expect("status after the restart");
@@ -223,7 +178,7 @@ fn a_wiped_member_is_refused_and_replaced_by_a_new_id() {
     wait_for_voters(&cluster, &voters);
 
     let report = fw.finish(20 * MINUTE);
-    assert_every_job_once(&cluster, &report, 400);
+    cluster.assert_every_job_once(&report, 400);
     assert!(
         metric(
             &cluster.master_metrics_at(new),
@@ -232,7 +187,7 @@ fn a_wiped_member_is_refused_and_replaced_by_a_new_id() {
         "the replacement caught up through a snapshot"
     );
     let alive: Vec<usize> = (0..4).filter(|i| *i != lost).collect();
-    wait_for_replicas_to_agree(&cluster, &alive);
+    cluster.wait_for_replicas_to_agree(&alive);
     let s = cluster.raft_status(new).expect("status");
     assert_eq!(s.completed_tasks, 500, "the replacement knows every task");
 }
@@ -246,7 +201,7 @@ fn the_whole_cluster_stops_and_starts_again_from_disk() {
         .finish(10 * MINUTE);
     assert_eq!(finished_jobs(&report).len(), 150);
     let term_before = cluster.term();
-    wait_for_replicas_to_agree(&cluster, &[0, 1, 2]);
+    cluster.wait_for_replicas_to_agree(&[0, 1, 2]);
 
     for i in 0..3 {
         cluster.stop_master_at(i).expect("was running");
@@ -268,7 +223,7 @@ fn the_whole_cluster_stops_and_starts_again_from_disk() {
     let report = Framework::start(&cluster, "after", &["--cmd", "true", "--tasks", "50"])
         .finish(10 * MINUTE);
     assert_eq!(finished_jobs(&report).len(), 50);
-    wait_for_replicas_to_agree(&cluster, &[0, 1, 2]);
+    cluster.wait_for_replicas_to_agree(&[0, 1, 2]);
     let s = cluster.raft_status(0).expect("status");
     assert_eq!(s.completed_tasks, 200);
 }
@@ -308,15 +263,15 @@ fn a_rolling_restart_of_every_master_loses_nothing() {
         let leader = cluster.wait_for_leader();
         assert_ne!(leader, i);
         cluster.start_master_at(i);
-        wait_for_replicas_to_agree(&cluster, &[i]);
+        cluster.wait_for_replicas_to_agree(&[i]);
     }
     assert!(
         leaders_stopped >= 1,
         "the rolling restart stopped the leader at least once"
     );
     let report = fw.finish(20 * MINUTE);
-    assert_every_job_once(&cluster, &report, 900);
-    wait_for_replicas_to_agree(&cluster, &[0, 1, 2]);
+    cluster.assert_every_job_once(&report, 900);
+    cluster.wait_for_replicas_to_agree(&[0, 1, 2]);
 }
 
 #[test]
@@ -386,5 +341,5 @@ fn a_backup_restores_into_a_new_cluster_after_losing_every_master() {
     let report = Framework::start(&cluster, "after", &["--cmd", "true", "--tasks", "30"])
         .finish(10 * MINUTE);
     assert_eq!(finished_jobs(&report).len(), 30);
-    wait_for_replicas_to_agree(&cluster, &[0, 1, 2]);
+    cluster.wait_for_replicas_to_agree(&[0, 1, 2]);
 }
