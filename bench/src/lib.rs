@@ -4,6 +4,7 @@
 //! - [`fleet`]: a simulated agent fleet (thousands of agents speaking the real agent
 //!   protocol from one process), used by `sim-agents`, `failover-bench` and
 //!   `memory-bench`.
+//! - [`filler`]: a framework that keeps a number of long-running tasks running.
 //! - [`procs`]: real master processes (three in one Raft group) started from the built
 //!   binaries, killed and restarted by the benchmarks.
 //! - [`stats`]: percentiles (nearest rank).
@@ -13,6 +14,7 @@
 //! (leader kill to first offer), `registry-bench` (replicated writes, Drover beside etcd),
 //! `memory-bench` (master memory per agent and per task).
 
+pub mod filler;
 pub mod fleet;
 pub mod procs;
 pub mod stats;

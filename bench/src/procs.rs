@@ -220,13 +220,173 @@ pub async fn health(addr: &str) -> Option<pb::GetHealthResponse> {
 
 /// Resident memory of a process in bytes (`VmRSS`), or 0.
 pub fn rss_bytes(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
+    proc_kb(pid, "status", "VmRSS:") * 1024
+}
+
+/// Proportional set size of a process in bytes (`Pss` of `smaps_rollup`), or 0.
+pub fn pss_bytes(pid: u32) -> u64 {
+    proc_kb(pid, "smaps_rollup", "Pss:") * 1024
+}
+
+/// A "`key` N kB" line of `/proc/<pid>/<file>`, or 0 (the process is gone).
+fn proc_kb(pid: u32, file: &str, key: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/{file}"))
         .ok()
         .and_then(|s| {
             s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .find_map(|l| l.strip_prefix(key))
                 .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         })
-        .map(|kb| kb * 1024)
         .unwrap_or(0)
+}
+
+/// Polls `f` every half second until it holds; an error naming `what` after `limit`.
+pub async fn wait_for(
+    what: &str,
+    limit: Duration,
+    mut f: impl FnMut() -> bool,
+) -> anyhow::Result<()> {
+    let start = Instant::now();
+    while !f() {
+        if start.elapsed() > limit {
+            anyhow::bail!("timed out waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    Ok(())
+}
+
+/// One real `drover-agent` process with its own work dir, registered with `master`.
+/// Started with `--shutdown-tasks-on-exit`, so stopping it ([`AgentProc::stop`], or drop)
+/// takes its tasks down with it.
+pub struct AgentProc {
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    child: Option<Child>,
+}
+
+impl AgentProc {
+    /// Starts an agent with `extra` flags added to the ones that place it in its folder.
+    pub fn start(master: &str, extra: &[&str]) -> anyhow::Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("drover-bench-agent-")
+            .tempdir()?;
+        let port = free_port();
+        let log = std::fs::File::create(dir.path().join("agent.log"))?;
+        let child = Command::new(bin_dir().join("drover-agent"))
+            .arg("--master")
+            .arg(master)
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--http-listen")
+            .arg(format!("127.0.0.1:{}", free_port()))
+            .arg("--work-dir")
+            .arg(dir.path().join("work"))
+            .arg("--shutdown-tasks-on-exit")
+            .arg("--log-level")
+            .arg("warn")
+            .args(extra)
+            .stdout(Stdio::from(log.try_clone()?))
+            .stderr(Stdio::from(log))
+            .spawn()?;
+        Ok(AgentProc {
+            dir,
+            port,
+            child: Some(child),
+        })
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// `GetState` of the agent's own API.
+    pub async fn state(&self) -> Option<pb::GetAgentStateResponse> {
+        let ch = endpoint(&format!("127.0.0.1:{}", self.port))
+            .connect()
+            .await
+            .ok()?;
+        pb::agent_api_client::AgentApiClient::new(ch)
+            .get_state(pb::GetAgentStateRequest {})
+            .await
+            .ok()
+            .map(|r| r.into_inner())
+    }
+
+    /// Waits until the agent has registered with its master (it knows its agent id).
+    pub async fn wait_registered(&self, limit: Duration) -> anyhow::Result<()> {
+        let start = Instant::now();
+        loop {
+            if let Some(s) = self.state().await {
+                if s.agent_id.is_some_and(|id| !id.as_str().is_empty()) {
+                    return Ok(());
+                }
+            }
+            if start.elapsed() > limit {
+                anyhow::bail!("the agent did not register within {limit:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Total proportional memory (PSS: shared pages divided among the processes sharing
+    /// them, so N copies of one binary count once) of the processes the agent started
+    /// that are still running (task supervisors, container inits; not the tasks' own
+    /// commands, which are the tasks' business): (count, bytes). Found by the agent's
+    /// work dir in their command line.
+    pub fn helpers_pss(&self) -> (usize, u64) {
+        let work = self.dir.path().join("work");
+        let work = work.to_string_lossy();
+        let mut count = 0;
+        let mut total = 0;
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if Some(pid) == self.pid() {
+                continue;
+            }
+            let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+                continue;
+            };
+            let cmdline = String::from_utf8_lossy(&cmdline);
+            let helper =
+                cmdline.contains("\0__supervise\0") || cmdline.contains("\0__container_init\0");
+            if helper && cmdline.contains(&*work) {
+                count += 1;
+                total += pss_bytes(pid);
+            }
+        }
+        (count, total)
+    }
+
+    /// SIGTERM, so the agent kills its tasks (`--shutdown-tasks-on-exit`), then waits for
+    /// it; SIGKILL after `limit`.
+    pub fn stop(&mut self, limit: Duration) {
+        let Some(mut c) = self.child.take() else {
+            return;
+        };
+        unsafe {
+            libc::kill(c.id() as i32, libc::SIGTERM);
+        }
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if let Ok(Some(_)) = c.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
+
+impl Drop for AgentProc {
+    fn drop(&mut self) {
+        self.stop(Duration::from_secs(30));
+    }
 }

@@ -10,17 +10,14 @@
 //! target/release/memory-bench --agents 10000,50000
 //! ```
 
-use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use drover_bench::filler::Filler;
 use drover_bench::fleet::{self, FleetConfig};
-use drover_bench::procs::{rss_bytes, MasterGroup};
-use drover_sdk::proto::pb;
-use drover_sdk::{
-    async_trait, Driver, OfferPacker, Scheduler, SchedulerConfig, TaskBuilder, TaskRequest,
-};
+use drover_bench::procs::{rss_bytes, wait_for, MasterGroup};
+use drover_sdk::SchedulerConfig;
 
 /// Master memory per agent and per task.
 #[derive(Parser, Debug)]
@@ -31,76 +28,6 @@ struct Args {
     /// Running tasks per agent in the second step (0 skips it).
     #[arg(long, default_value_t = 1)]
     tasks_per_agent: usize,
-}
-
-/// Launches `pending` tasks that never end, one small task per offer slot.
-struct Filler {
-    pending: VecDeque<usize>,
-}
-
-#[async_trait]
-impl Scheduler for Filler {
-    async fn offers(&mut self, driver: &Driver, offers: Vec<pb::Offer>) {
-        let packing = OfferPacker::new().pack(
-            offers,
-            &mut self.pending,
-            |_| TaskRequest::new(0.1, 16.0),
-            |i, offer, resources| {
-                TaskBuilder::new(format!("mem-{i}"))
-                    .shell("sleep infinity")
-                    .offer(offer)
-                    .resources(&resources)
-                    .build()
-            },
-        );
-        for (offer_id, tasks) in packing.launches {
-            let ids: Vec<usize> = tasks.iter().filter_map(task_index).collect();
-            let op = pb::Operation {
-                r#type: pb::operation::Type::Launch as i32,
-                launch: Some(pb::operation::Launch { task_infos: tasks }),
-                ..Default::default()
-            };
-            let result = driver
-                .accept(
-                    vec![offer_id],
-                    vec![op],
-                    pb::Filters {
-                        refuse_seconds: Some(3600.0),
-                    },
-                )
-                .await;
-            if result.is_err() {
-                // The offer went away (e.g. rescinded): put the tasks back and ask again.
-                self.pending.extend(ids);
-                let _ = driver.revive().await;
-            }
-        }
-        // With work left, declined agents come back soon; without, stay quiet.
-        let refuse = if self.pending.is_empty() { 3600.0 } else { 1.0 };
-        let _ = driver.decline(packing.unused, Some(refuse)).await;
-    }
-
-    async fn update(&mut self, _: &Driver, _: pb::TaskStatus) {}
-}
-
-fn task_index(t: &pb::TaskInfo) -> Option<usize> {
-    t.task_id
-        .as_ref()?
-        .as_str()
-        .strip_prefix("mem-")?
-        .parse()
-        .ok()
-}
-
-async fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) -> anyhow::Result<()> {
-    let start = Instant::now();
-    while !f() {
-        if start.elapsed() > limit {
-            anyhow::bail!("timed out waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    Ok(())
 }
 
 struct Row {
@@ -156,9 +83,7 @@ async fn measure(agents: usize, per_agent: usize) -> anyhow::Result<Row> {
         .build()?;
     tokio::spawn(drover_sdk::run(
         config,
-        Filler {
-            pending: (0..tasks).collect(),
-        },
+        Filler::new("mem", tasks, 0.1, 16.0),
     ));
     let started = Instant::now();
     wait_for("every task to run", Duration::from_secs(1800), || {
