@@ -252,7 +252,13 @@ impl Supervisor {
             );
             let failed = !matches!(outcome, ExitOutcome::Exited { code: 0 });
             if let Some(ev) = c.cgroups.memory_events() {
-                if ran && failed && ev.oom_killed(sigkilled) {
+                // With the kernel's own `oom_kill` counter, any OOM kill in the container
+                // fails the task, even when its main process ignored a child's death and
+                // exited 0 (as Mesos, which destroys a container on its first OOM): the
+                // task ran short of memory and its result is not to be trusted. Without
+                // the counter, only a failed task is judged by the weaker heuristics.
+                let counted = ev.oom_kills.is_some_and(|n| n > 0);
+                if ran && (failed || counted) && ev.oom_killed(sigkilled) {
                     self.log(&format!("the task hit its memory limit: {ev:?}"));
                     limitation = Some(Limitation::Memory {
                         limit_bytes: ev.limit_bytes,

@@ -47,6 +47,15 @@ fn fixture() -> Fixture {
     Fixture { dir, layout, linux }
 }
 
+/// Whether this kernel's v1 memory controller counts OOM kills (`oom_kill`, 4.13+).
+fn cgroups_counts_oom_kills() -> bool {
+    let hierarchies = Hierarchies::detect().expect("cgroup hierarchies");
+    hierarchies.v1_mount("memory").is_some_and(|m| {
+        std::fs::read_to_string(m.join("memory.oom_control"))
+            .is_ok_and(|s| s.lines().any(|l| l.starts_with("oom_kill ")))
+    })
+}
+
 fn spec(f: &Fixture, task: &str, resources: &str, script: &str) -> LaunchSpec {
     let key = TaskKey::new("fw", task);
     let meta = f.layout.task_meta(&key);
@@ -337,6 +346,32 @@ async fn a_task_past_its_memory_limit_is_oom_killed_and_reported_so() {
     .await;
     assert_eq!(status.state, TaskState::TaskFinished, "{status:?}");
     assert_eq!(output(&f, "fits", "stdout").trim(), "209715200");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_child_oom_killed_fails_the_task_even_if_it_exits_0() {
+    let f = fixture();
+    let status = run_to_end(
+        &f,
+        spec(
+            &f,
+            "child-oom",
+            "cpus:0.5;mem:32",
+            "head -c 200M /dev/zero | tail; echo survived; exit 0",
+        ),
+    )
+    .await;
+    // Only when the kernel counts OOM kills (4.13+), which is every machine we run on;
+    // older kernels keep judging exit-0 tasks by their exit code.
+    let counted = cgroups_counts_oom_kills();
+    if counted {
+        assert_eq!(
+            (status.state, status.reason),
+            (TaskState::TaskFailed, Reason::ContainerLimitationMemory),
+            "{status:?}"
+        );
+    }
+    assert_eq!(output(&f, "child-oom", "stdout").trim(), "survived");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
