@@ -13,6 +13,9 @@
 //! 3. `kill`: writes `kill_request.json` (the grace period and reason), then asks the
 //!    engine to stop the container: its stop signal now, SIGKILL after the grace period.
 //!
+//! Usage (cpu time and throttling, memory, pids) is sampled from the container's cgroups,
+//! found through its init's `/proc/<pid>/cgroup`, like a linux container's.
+//!
 //! The engine, not the agent, owns running containers, so a `kill -9` of the agent leaves
 //! them running and keeps their logs and exit codes. A restarted agent finds each task's
 //! container by its labels (`recover`), fetches its logs again from the engine's first
@@ -37,12 +40,13 @@ use bollard::container::{
 use bollard::errors::Error as EngineError;
 use bollard::models::{ContainerInspectResponse, ContainerStateStatusEnum};
 use bollard::Docker;
-use drover_proto::pb::task_status::Reason;
+use drover_proto::pb::{self, task_status::Reason};
 use drover_proto::unix_seconds;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
 
+use super::linux::cgroups::{ContainerCgroups, Hierarchies};
 use super::{Containerizer, LaunchSpec, Recovered, Termination};
 use crate::error::{AgentError, IoContext};
 use crate::fsutil::{read_json, write_json_atomic};
@@ -115,6 +119,9 @@ struct Tracked {
     /// Found by recovery: the sandbox's output files are rewritten from the engine's
     /// first log line, since the previous agent may have written only part of them.
     reattached: bool,
+    /// The container's cgroups as the engine made them, read from its init process
+    /// once it runs; `None` when they cannot be found (no usage then).
+    cgroups: Option<ContainerCgroups>,
 }
 
 /// One of this agent's containers, as listed by the engine.
@@ -137,6 +144,9 @@ pub struct DockerContainerizer {
     tracked: Mutex<HashMap<TaskKey, Tracked>>,
     /// The engine's list of this agent's containers, read once by the first `recover`.
     listed: tokio::sync::Mutex<Option<HashMap<TaskKey, Listed>>>,
+    /// Where the cgroup controllers are, to measure containers; `None` without cgroups
+    /// (e.g. a non-root agent talking to a rootless engine).
+    hierarchies: Option<Hierarchies>,
 }
 
 /// Connects to the engine at `socket` and checks that it answers (a ping), agreeing on
@@ -192,7 +202,19 @@ impl DockerContainerizer {
             socket: socket.to_path_buf(),
             tracked: Mutex::new(HashMap::new()),
             listed: tokio::sync::Mutex::new(None),
+            hierarchies: Hierarchies::detect().ok(),
         })
+    }
+
+    /// The cgroups of a running container, through its init's `/proc/<pid>/cgroup`
+    /// (whatever the engine's cgroup driver or parent), for usage samples.
+    async fn cgroups_of(&self, name: &str) -> Option<ContainerCgroups> {
+        let hierarchies = self.hierarchies.as_ref()?;
+        let inspect = self.api.inspect_container(name, None).await.ok()?;
+        let pid = inspect.state?.pid.filter(|p| *p > 0)?;
+        hierarchies
+            .of_process(u32::try_from(pid).ok()?)
+            .filter(|c| c.dir("memory").is_some() || c.dir("cpuacct").is_some())
     }
 
     /// The engine's socket.
@@ -465,12 +487,14 @@ impl Containerizer for DockerContainerizer {
                 "the Docker engine could not start the container {name} (image '{image}'): {e}"
             )));
         }
+        let cgroups = self.cgroups_of(&name).await;
         self.tracked().insert(
             spec.key.clone(),
             Tracked {
                 name,
                 sandbox: spec.sandbox.clone(),
                 reattached: false,
+                cgroups,
             },
         );
         Ok(())
@@ -497,6 +521,10 @@ impl Containerizer for DockerContainerizer {
             return Ok(Recovered::NeverStarted);
         };
         let sandbox = self.layout.sandbox(key);
+        let cgroups = match c.state.as_str() {
+            "running" | "paused" | "restarting" => self.cgroups_of(&c.name).await,
+            _ => None,
+        };
         let track = |reattached| {
             self.tracked().insert(
                 key.clone(),
@@ -504,6 +532,7 @@ impl Containerizer for DockerContainerizer {
                     name: c.name.clone(),
                     sandbox: sandbox.clone(),
                     reattached,
+                    cgroups: cgroups.clone(),
                 },
             );
         };
@@ -616,6 +645,11 @@ impl Containerizer for DockerContainerizer {
             self.stop_in_background(name, grace);
         }
         Ok(())
+    }
+
+    fn usage(&self, key: &TaskKey) -> Option<pb::ResourceStatistics> {
+        let cgroups = self.tracked().get(key)?.cgroups.clone()?;
+        cgroups.exists().then(|| cgroups.statistics())
     }
 }
 

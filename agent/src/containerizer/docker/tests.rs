@@ -246,6 +246,11 @@ async fn a_missing_image_fails_the_launch_naming_the_image_and_kill_stops_a_task
     let key = spec.key.clone();
     let sandbox = spec.sandbox.clone();
     docker.launch(spec).await.unwrap();
+    // Usage comes from the cgroups the engine made, with the limits the agent asked for.
+    let usage = docker.usage(&key).expect("usage of a running container");
+    assert_eq!(usage.mem_limit_bytes, 16 << 20, "{usage:?}");
+    assert!((usage.cpus_limit - 0.1).abs() < 1e-9, "{usage:?}");
+    assert!(usage.pids_current >= 1, "{usage:?}");
     // The trap must be set before the stop, or SIGTERM ends the shell at once.
     for _ in 0..400 {
         if std::fs::read_to_string(sandbox.join("stdout"))
@@ -285,6 +290,10 @@ async fn a_missing_image_fails_the_launch_naming_the_image_and_kill_stops_a_task
     );
     let stdout = std::fs::read_to_string(sandbox.join("stdout")).unwrap();
     assert!(stdout.contains("up\n"), "{stdout}");
+    assert!(
+        docker.usage(&key).is_none(),
+        "no usage once the container is gone"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -170,6 +170,35 @@ impl Hierarchies {
         ContainerCgroups { dirs }
     }
 
+    /// The cgroups a running process is in, for every v1 controller this agent knows,
+    /// from `/proc/<pid>/cgroup`: how the agent measures containers it did not create
+    /// (Docker's). `None` when the process is gone.
+    pub fn of_process(&self, pid: u32) -> Option<ContainerCgroups> {
+        let text = fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+        Some(self.from_proc_cgroup(&text))
+    }
+
+    /// Parses `/proc/<pid>/cgroup` text (`ID:CONTROLLERS:PATH` lines); the cgroup2 line
+    /// (empty controller list) is ignored, as the agent drives v1 only.
+    pub fn from_proc_cgroup(&self, text: &str) -> ContainerCgroups {
+        let mut dirs = BTreeMap::new();
+        for line in text.lines() {
+            let mut fields = line.splitn(3, ':');
+            let (Some(_), Some(controllers), Some(path)) =
+                (fields.next(), fields.next(), fields.next())
+            else {
+                continue;
+            };
+            for c in controllers.split(',') {
+                let known = REQUIRED.contains(&c) || OPTIONAL.contains(&c);
+                if let Some(mount) = self.v1.get(c).filter(|_| known) {
+                    dirs.insert(c.to_string(), mount.join(path.trim_start_matches('/')));
+                }
+            }
+        }
+        ContainerCgroups { dirs }
+    }
+
     /// Removes `<hierarchy>/<relative>` in every hierarchy if it is empty (no cgroups,
     /// no processes below it). For tests and operators cleaning up an agent's root.
     pub fn remove_if_empty(&self, relative: &Path) {
@@ -590,6 +619,32 @@ pids\t8\t1\t1
             Some(Path::new("/sys/fs/cgroup/memory/drover/agent-x/c1"))
         );
         assert_eq!(c.procs_files().len(), 5);
+    }
+
+    #[test]
+    fn a_process_cgroups_are_read_from_proc_cgroup() {
+        let h = Hierarchies::parse(HYBRID, PROC_CGROUPS);
+        let proc_cgroup = "\
+12:pids:/docker/abc
+9:memory:/docker/abc
+6:freezer:/docker/abc
+3:cpu:/docker/abc
+2:cpuacct:/docker/abc
+1:name=systemd:/docker/abc
+0::/system.slice/docker.service
+";
+        let c = h.from_proc_cgroup(proc_cgroup);
+        assert_eq!(
+            c.dir("memory"),
+            Some(Path::new("/sys/fs/cgroup/memory/docker/abc"))
+        );
+        assert_eq!(
+            c.dir("cpuacct"),
+            Some(Path::new("/sys/fs/cgroup/cpuacct/docker/abc"))
+        );
+        // The named systemd hierarchy and the cgroup2 line are not controllers we use.
+        assert_eq!(c.procs_files().len(), 5);
+        assert!(h.of_process(u32::MAX).is_none());
     }
 
     #[test]
