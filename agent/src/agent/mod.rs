@@ -222,6 +222,20 @@ impl Agent {
             self.metrics.clone(),
             stopped(stop_rx.clone()),
         ));
+        let disk_watcher = tokio::spawn(crate::disk::watch(
+            self.layout.clone(),
+            self.settings.sandbox.clone(),
+            self.events_tx.clone(),
+            self.containerizers.clone(),
+            self.containerizers.disk_usage(),
+            stop_rx.clone(),
+        ));
+        let collector = tokio::spawn(crate::gc::collect(
+            self.layout.clone(),
+            self.settings.sandbox.gc_delay,
+            self.events_tx.clone(),
+            stop_rx.clone(),
+        ));
         let (link_tx, mut link_rx) = mpsc::channel(1024);
         let containerizers = self.containerizers.clone();
         let link = MasterLink::new(self.settings.masters.clone(), self.fence, link_tx)
@@ -254,6 +268,8 @@ impl Agent {
         // Pending GetState calls must fail now rather than hold the server's shutdown.
         drop(self.events_rx);
         let _ = link_task.await;
+        let _ = disk_watcher.await;
+        let _ = collector.await;
         if let Ok(Err(e)) = api_server.await {
             tracing::warn!("agent API server: {e}");
         }

@@ -1,0 +1,292 @@
+//! `FollowFile`: a sandbox file streamed as it grows.
+//!
+//! Nothing is held open between reads: every read goes through [`super::read_file`],
+//! which opens the sandbox and walks the path component by component again. A task
+//! that swaps a symlink in between two reads therefore meets the same refusal as a
+//! single `ReadFile` would, and a rotated file (see `crate::disk`) is picked up under
+//! its name rather than followed into its renamed copy.
+//!
+//! When a read finds nothing new, the follower asks whether the task is still active.
+//! Once it is not, one more read drains what the task wrote last and the stream ends;
+//! otherwise it waits one poll interval and reads again.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use drover_proto::pb;
+use tokio::sync::mpsc;
+use tonic::Status;
+
+use super::{read_file, MAX_READ_LENGTH};
+use crate::error::AgentError;
+use crate::layout::Layout;
+
+/// How often a follower that has caught up looks for new bytes.
+pub const FOLLOW_POLL: Duration = Duration::from_millis(250);
+
+/// Whether a task may still write to its sandbox.
+#[async_trait]
+pub trait TaskLiveness: Send + Sync + 'static {
+    /// True while the task has not ended. An unknown task has ended.
+    async fn is_active(&self, framework_id: &str, task_id: &str) -> bool;
+}
+
+/// What to follow, and from where.
+#[derive(Clone, Debug)]
+pub struct FollowRequest {
+    pub framework_id: String,
+    pub task_id: String,
+    pub path: String,
+    pub offset: u64,
+    /// Non-zero: start this many bytes before the end instead of at `offset`.
+    pub tail_bytes: u64,
+}
+
+impl FollowRequest {
+    pub fn from_proto(r: pb::FollowFileRequest) -> Self {
+        FollowRequest {
+            framework_id: r.framework_id.map(|f| f.value).unwrap_or_default(),
+            task_id: r.task_id.map(|t| t.value).unwrap_or_default(),
+            path: r.path,
+            offset: r.offset,
+            tail_bytes: r.tail_bytes,
+        }
+    }
+}
+
+async fn read_at(
+    layout: &Layout,
+    req: &FollowRequest,
+    offset: u64,
+    length: u64,
+) -> Result<pb::ReadFileResponse, AgentError> {
+    let (layout, req) = (layout.clone(), req.clone());
+    tokio::task::spawn_blocking(move || {
+        read_file(
+            &layout,
+            &req.framework_id,
+            &req.task_id,
+            &req.path,
+            offset,
+            length,
+        )
+    })
+    .await
+    .map_err(|e| AgentError::io("reading the file", std::io::Error::other(e.to_string())))?
+}
+
+/// Streams `req` into `out` until the task has ended and everything was sent, the
+/// receiver goes away (the client cancelled), or a read fails (sent as the last item).
+/// `poll` is the wait between reads that found nothing new.
+pub async fn follow(
+    layout: Layout,
+    req: FollowRequest,
+    liveness: Arc<dyn TaskLiveness>,
+    out: mpsc::Sender<Result<pb::FollowFileResponse, Status>>,
+    poll: Duration,
+) {
+    let mut offset = req.offset;
+    if req.tail_bytes > 0 {
+        match read_at(&layout, &req, 0, 1).await {
+            Ok(r) => offset = r.size.saturating_sub(req.tail_bytes),
+            Err(e) => {
+                let _ = out.send(Err(e.to_status())).await;
+                return;
+            }
+        }
+    }
+    let mut ended = false;
+    loop {
+        let r = match read_at(&layout, &req, offset, MAX_READ_LENGTH).await {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = out.send(Err(e.to_status())).await;
+                return;
+            }
+        };
+        if r.size < offset {
+            // Copy-truncated by rotation (or by the task): what is in the file now
+            // was written after the truncation, from its start.
+            offset = 0;
+            let note = pb::FollowFileResponse {
+                data: Vec::new(),
+                offset: 0,
+                size: r.size,
+                truncated: true,
+            };
+            if out.send(Ok(note)).await.is_err() {
+                return;
+            }
+            continue;
+        }
+        if !r.data.is_empty() {
+            offset = r.offset + r.data.len() as u64;
+            let chunk = pb::FollowFileResponse {
+                data: r.data,
+                offset: r.offset,
+                size: r.size,
+                truncated: false,
+            };
+            if out.send(Ok(chunk)).await.is_err() {
+                return;
+            }
+            continue;
+        }
+        if ended {
+            return;
+        }
+        if !liveness.is_active(&req.framework_id, &req.task_id).await {
+            // Drain once more: the task may have written between the read and now.
+            ended = true;
+            continue;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(poll) => {}
+            _ = out.closed() => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layout::TaskKey;
+    use std::io::Write;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    struct Flag(AtomicBool);
+
+    #[async_trait]
+    impl TaskLiveness for Flag {
+        async fn is_active(&self, _: &str, _: &str) -> bool {
+            self.0.load(Ordering::SeqCst)
+        }
+    }
+
+    fn request(path: &str, offset: u64, tail_bytes: u64) -> FollowRequest {
+        FollowRequest {
+            framework_id: "fw".into(),
+            task_id: "t".into(),
+            path: path.into(),
+            offset,
+            tail_bytes,
+        }
+    }
+
+    async fn next_data(
+        rx: &mut mpsc::Receiver<Result<pb::FollowFileResponse, Status>>,
+    ) -> pb::FollowFileResponse {
+        tokio::time::timeout(Duration::from_secs(60), rx.recv())
+            .await
+            .expect("no chunk within a minute")
+            .expect("the stream ended")
+            .expect("a chunk, not an error")
+    }
+
+    #[tokio::test]
+    async fn follows_growth_then_ends_after_the_task() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::new(dir.path());
+        let sb = layout.sandbox(&TaskKey::new("fw", "t"));
+        std::fs::create_dir_all(&sb).unwrap();
+        let mut file = std::fs::File::create(sb.join("stdout")).unwrap();
+        file.write_all(b"one\n").unwrap();
+        let alive = Arc::new(Flag(AtomicBool::new(true)));
+        let (tx, mut rx) = mpsc::channel(4);
+        let task = tokio::spawn(follow(
+            layout.clone(),
+            request("stdout", 0, 0),
+            alive.clone(),
+            tx,
+            Duration::from_millis(5),
+        ));
+        let c = next_data(&mut rx).await;
+        assert_eq!((c.data.as_slice(), c.offset), (&b"one\n"[..], 0));
+        file.write_all(b"two\n").unwrap();
+        let c = next_data(&mut rx).await;
+        assert_eq!((c.data.as_slice(), c.offset), (&b"two\n"[..], 4));
+
+        // Truncated (rotation): following restarts at 0 and says so.
+        file.set_len(0).unwrap();
+        // The handle's position stays past the end; append like O_APPEND writers do.
+        drop(file);
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(sb.join("stdout"))
+            .unwrap();
+        let note = next_data(&mut rx).await;
+        assert!(note.truncated && note.data.is_empty(), "{note:?}");
+        file.write_all(b"three\n").unwrap();
+        let c = next_data(&mut rx).await;
+        assert_eq!((c.data.as_slice(), c.offset), (&b"three\n"[..], 0));
+
+        // The task writes its last words and ends: they arrive, then the stream ends.
+        file.write_all(b"last\n").unwrap();
+        alive.0.store(false, Ordering::SeqCst);
+        let c = next_data(&mut rx).await;
+        assert_eq!(c.data, b"last\n");
+        assert!(rx.recv().await.is_none(), "the stream ends with the task");
+        task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn tail_bytes_errors_and_cancellation() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::new(dir.path());
+        let sb = layout.sandbox(&TaskKey::new("fw", "t"));
+        std::fs::create_dir_all(&sb).unwrap();
+        std::fs::write(sb.join("stdout"), b"0123456789").unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", sb.join("link")).unwrap();
+        let done = Arc::new(Flag(AtomicBool::new(false)));
+
+        let (tx, mut rx) = mpsc::channel(4);
+        follow(
+            layout.clone(),
+            request("stdout", 0, 3),
+            done.clone(),
+            tx,
+            Duration::from_millis(5),
+        )
+        .await;
+        let c = next_data(&mut rx).await;
+        assert_eq!((c.data.as_slice(), c.offset), (&b"789"[..], 7));
+        assert!(rx.recv().await.is_none());
+
+        for (path, code) in [
+            ("link", tonic::Code::PermissionDenied),
+            ("../t/stdout", tonic::Code::InvalidArgument),
+            ("missing", tonic::Code::NotFound),
+        ] {
+            let (tx, mut rx) = mpsc::channel(4);
+            follow(
+                layout.clone(),
+                request(path, 0, 0),
+                done.clone(),
+                tx,
+                Duration::from_millis(5),
+            )
+            .await;
+            let err = rx.recv().await.unwrap().unwrap_err();
+            assert_eq!(err.code(), code, "{path}: {err:?}");
+            assert!(rx.recv().await.is_none());
+        }
+
+        // A client that goes away ends a follower of a task that never ends.
+        let alive = Arc::new(Flag(AtomicBool::new(true)));
+        let (tx, mut rx) = mpsc::channel(4);
+        let task = tokio::spawn(follow(
+            layout.clone(),
+            request("stdout", 0, 0),
+            alive,
+            tx,
+            Duration::from_secs(3600),
+        ));
+        next_data(&mut rx).await;
+        drop(rx);
+        tokio::time::timeout(Duration::from_secs(60), task)
+            .await
+            .expect("the follower stops when its client goes away")
+            .unwrap();
+    }
+}
