@@ -77,10 +77,7 @@ mod tests {
         // Images and Docker decide their own users.
         let image = pb::ContainerInfo {
             r#type: pb::container_info::Type::Linux as i32,
-            image: Some(pb::Image {
-                name: "app".into(),
-                ..Default::default()
-            }),
+            image: Some(pb::Image { name: "app".into() }),
             ..Default::default()
         };
         assert_eq!(

@@ -101,27 +101,18 @@ fn core_schedules_checks_by_the_clock_and_kills_once() {
     let mut core = DiskCore::new(&settings(15, true));
     let t0 = Instant::now();
     let (a, b) = (TaskKey::new("fw", "a"), TaskKey::new("fw", "b"));
+    let only_a = vec![a.clone()];
+    let only_b = vec![b.clone()];
+    let both = vec![a.clone(), b.clone()];
     // First seen: measured one interval later.
-    assert!(core.due(t0, &[a.clone()]).is_empty());
+    assert!(core.due(t0, &only_a).is_empty());
     assert_eq!(core.next_wake(), Some(t0 + Duration::from_secs(15)));
-    assert!(core
-        .due(t0 + Duration::from_secs(14), &[a.clone()])
-        .is_empty());
-    assert!(core
-        .due(t0 + Duration::from_secs(10), &[a.clone(), b.clone()])
-        .is_empty());
-    assert_eq!(
-        core.due(t0 + Duration::from_secs(15), &[a.clone(), b.clone()]),
-        [a.clone()]
-    );
-    assert_eq!(
-        core.due(t0 + Duration::from_secs(25), &[a.clone(), b.clone()]),
-        [b.clone()]
-    );
-    assert_eq!(
-        core.due(t0 + Duration::from_secs(30), &[a.clone(), b.clone()]),
-        [a.clone()]
-    );
+    // b is first seen at 10 s: due at 25 s.
+    assert!(core.due(t0 + Duration::from_secs(10), &both).is_empty());
+    assert!(core.due(t0 + Duration::from_secs(14), &both).is_empty());
+    assert_eq!(core.due(t0 + Duration::from_secs(15), &both), only_a);
+    assert_eq!(core.due(t0 + Duration::from_secs(25), &both), only_b);
+    assert_eq!(core.due(t0 + Duration::from_secs(30), &both), only_a);
 
     // Judging: no limit, within, over (once), then forgotten with the task.
     assert_eq!(core.judge(&a, 10 << 20, None), Verdict::Within);
@@ -138,7 +129,7 @@ fn core_schedules_checks_by_the_clock_and_kills_once() {
         Verdict::Within,
         "killed once"
     );
-    core.due(t0 + Duration::from_secs(31), &[b.clone()]);
+    core.due(t0 + Duration::from_secs(31), &only_b);
     assert!(matches!(
         core.judge(&a, 3 << 20, Some(1 << 20)),
         Verdict::Over(_)

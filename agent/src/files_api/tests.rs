@@ -289,7 +289,11 @@ async fn a_task_swapping_symlinks_in_never_leaks_what_is_outside() {
     // never saw a symlink or never saw the real file would prove nothing).
     let (mut read_inside, mut read_refused, mut dir_inside, mut dir_refused) = (0, 0, 0, 0);
     let mut rounds = 0;
-    while rounds < 1000 || read_inside == 0 || read_refused == 0 || dir_inside == 0 || dir_refused == 0
+    while rounds < 1000
+        || read_inside == 0
+        || read_refused == 0
+        || dir_inside == 0
+        || dir_refused == 0
     {
         rounds += 1;
         assert!(rounds < 200_000, "the swaps were never observed both ways");
@@ -338,7 +342,9 @@ async fn a_task_swapping_symlinks_in_never_leaks_what_is_outside() {
             {
                 let r = r.into_inner();
                 assert!(
-                    !r.entries.iter().any(|e| e.path.contains("outside-only-name")),
+                    !r.entries
+                        .iter()
+                        .any(|e| e.path.contains("outside-only-name")),
                     "listing '{path}' shows the outside: {r:?}"
                 );
                 if let Some(secret) = r.entries.iter().find(|e| e.path == "d/secret") {
