@@ -328,4 +328,4 @@ fn read_dir(dir: OwnedFd, prefix: &str) -> Result<Vec<pb::FileEntry>, AgentError
 pub mod follow;
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

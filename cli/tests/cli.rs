@@ -99,7 +99,11 @@ fn logs_without_a_master_says_what_to_do() {
     );
     assert!(out.stdout.is_empty());
     let out = drover().args(["logs"]).output().unwrap();
-    assert_eq!(out.status.code(), Some(2), "a usage error: the task is required");
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "a usage error: the task is required"
+    );
 }
 
 #[test]

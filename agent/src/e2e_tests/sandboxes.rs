@@ -330,3 +330,69 @@ async fn sandboxes_are_collected_after_the_gc_delay() {
     assert_eq!(err.code(), tonic::Code::NotFound, "{err:?}");
     agent.stop().await.unwrap();
 }
+
+/// The schedule lives on disk: a task completed under an agent with a long delay is
+/// collected by the next agent (same work dir, short delay) from the recorded time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gc_schedule_survives_an_agent_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut master = Master::start().await;
+    let agent = start_agent(&master.addr, dir.path(), &["--gc-delay-secs", "3600"]).await;
+    master.register().await;
+    master.send(2, task_msg("kept", "cpus:0.1;mem:32", "echo hi", ""));
+    let ended = terminal_of(&mut master, "kept").await;
+    assert_eq!(state_of(&ended), TaskState::TaskFinished, "{ended:?}");
+    let sandbox = dir.path().join("sandboxes/fw/kept");
+    let marker = dir
+        .path()
+        .join("meta/frameworks/fw/tasks/kept")
+        .join(crate::gc::COMPLETED_MARKER);
+    eventually("the completion marker", || {
+        let marker = marker.clone();
+        async move { marker.exists().then_some(()) }
+    })
+    .await;
+    agent.stop().await.unwrap();
+    assert!(sandbox.join("stdout").exists(), "an hour is not up");
+
+    let agent = start_agent(&master.addr, dir.path(), &["--gc-delay-secs", "1"]).await;
+    master.register().await;
+    eventually("the restarted agent to collect the sandbox", || {
+        let sandbox = sandbox.clone();
+        async move { (!sandbox.exists()).then_some(()) }
+    })
+    .await;
+    agent.stop().await.unwrap();
+}
+
+/// The files API test of a task that swaps symlinks in (see `files_api::tests`), with the
+/// swapping done by a real task of a real agent: nothing outside the sandbox leaks, the
+/// task ends normally when told to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_swapping_symlinks_in_cannot_make_the_agent_leak() {
+    let dir = tempfile::tempdir().unwrap();
+    let outside = dir.path().join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::write(outside.join("secret"), "TOPSECRET outside the sandbox").unwrap();
+    std::fs::write(outside.join("outside-only-name"), "TOPSECRET").unwrap();
+    let work = dir.path().join("work");
+    let mut master = Master::start().await;
+    let agent = start_agent(&master.addr, &work, &[]).await;
+    master.register().await;
+    let script = crate::files_api::tests::swap_script(&outside);
+    master.send(2, task_msg("swapper", "cpus:0.1;mem:32", &script, ""));
+    assert_eq!(
+        state_of(&update_of(&mut master, "swapper").await),
+        TaskState::TaskStarting
+    );
+    assert_eq!(
+        state_of(&update_of(&mut master, "swapper").await),
+        TaskState::TaskRunning
+    );
+    let mut client = agent.api().await;
+    crate::files_api::tests::hammer_swaps(&mut client, "fw", "swapper").await;
+    std::fs::write(work.join("sandboxes/fw/swapper/stop"), b"").unwrap();
+    let ended = terminal_of(&mut master, "swapper").await;
+    assert_eq!(state_of(&ended), TaskState::TaskFinished, "{ended:?}");
+    agent.stop().await.unwrap();
+}

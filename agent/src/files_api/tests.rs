@@ -1,6 +1,7 @@
 use super::*;
 use std::fs;
 use std::os::unix::fs::symlink;
+use std::time::Duration;
 
 use crate::layout::TaskKey;
 
@@ -196,38 +197,12 @@ fn lists_directories_without_following_symlinks() {
     ));
 }
 
-/// Stops the swapping task however the test ends.
-struct Swapper(std::process::Child);
-
-impl Drop for Swapper {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// A real process in the sandbox keeps swapping `f` between a file of its own and a
-/// symlink to a secret outside, and `d` between a directory of its own and a symlink to
-/// a directory outside, while the files API (over gRPC) reads, lists and follows them
-/// thousands of times: no answer ever carries the outside content or names.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_task_swapping_symlinks_in_never_leaks_what_is_outside() {
-    use crate::agent::Event;
-    use crate::api::AgentApiService;
-    use crate::images::{ImageStore, ImportLimits};
-    use drover_proto::pb::agent_api_client::AgentApiClient;
-    use std::sync::Arc;
-
-    let dir = tempfile::tempdir().unwrap();
-    let layout = Layout::new(dir.path().join("work"));
-    let sb = layout.sandbox(&TaskKey::new("fw", "t"));
-    fs::create_dir_all(&sb).unwrap();
-    let outside = dir.path().join("outside");
-    fs::create_dir_all(&outside).unwrap();
-    let secret = format!("TOPSECRET-{}", uuid::Uuid::new_v4());
-    fs::write(outside.join("secret"), &secret).unwrap();
-    fs::write(outside.join("outside-only-name"), &secret).unwrap();
-    let script = format!(
+/// What the task in the swap tests runs (in its sandbox, until a file `stop` appears):
+/// `f` alternates between a file of its own ("inside") and a symlink to `outside/secret`,
+/// `d` between a directory of its own (holding `secret`, "inside") and a symlink to
+/// `outside`.
+pub(crate) fn swap_script(outside: &std::path::Path) -> String {
+    format!(
         "mkdir -p mine && echo inside > mine/secret\n\
          while [ ! -e stop ]; do\n\
            echo inside > f.new && mv -f f.new f\n\
@@ -237,50 +212,22 @@ async fn a_task_swapping_symlinks_in_never_leaks_what_is_outside() {
            rm -f d\n\
          done\n",
         out = outside.display()
-    );
-    let _swapper = Swapper(
-        std::process::Command::new("/bin/sh")
-            .arg("-c")
-            .arg(&script)
-            .current_dir(&sb)
-            .spawn()
-            .unwrap(),
-    );
+    )
+}
 
-    let images = Arc::new(
-        ImageStore::open(
-            dir.path().join("images"),
-            ImportLimits {
-                max_archive_bytes: 1 << 20,
-                max_unpacked_bytes: 1 << 20,
-            },
-        )
-        .unwrap(),
-    );
-    let (events, mut events_rx) = tokio::sync::mpsc::channel(16);
-    // Followers are told the task has ended, so each drains what it can and stops.
-    tokio::spawn(async move {
-        while let Some(ev) = events_rx.recv().await {
-            if let Event::TaskActive { reply, .. } = ev {
-                let _ = reply.send(false);
-            }
-        }
-    });
-    let service = AgentApiService::new(layout.clone(), events, images);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let server = tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(pb::agent_api_server::AgentApiServer::new(service))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-    );
-    let mut client = AgentApiClient::connect(format!("http://{addr}"))
-        .await
-        .unwrap();
+/// Reads `f` and `d/secret`, lists the sandbox and `d`, and follows `f` through the API
+/// of task `fw`/`task` (whose sandbox runs [`swap_script`]) until both sides of each swap
+/// were met, at least 1,000 rounds: no answer may carry `TOPSECRET` (what the outside
+/// files hold) or name `outside-only-name`.
+pub(crate) async fn hammer_swaps(
+    client: &mut drover_proto::pb::agent_api_client::AgentApiClient<tonic::transport::Channel>,
+    fw: &str,
+    task: &str,
+) {
     let ids = || {
         (
-            Some(drover_proto::FrameworkId::new("fw")),
-            Some(drover_proto::TaskId::new("t")),
+            Some(drover_proto::FrameworkId::new(fw)),
+            Some(drover_proto::TaskId::new(task)),
         )
     };
     let leaked = |bytes: &[u8]| String::from_utf8_lossy(bytes).contains("TOPSECRET");
@@ -364,20 +311,93 @@ async fn a_task_swapping_symlinks_in_never_leaks_what_is_outside() {
                 })
                 .await
             {
+                // The first answer, then cancel: a follower of a live task never ends.
                 let mut stream = stream.into_inner();
-                loop {
-                    match stream.message().await {
-                        Ok(Some(c)) => assert!(!leaked(&c.data), "follow leaked: {c:?}"),
-                        Ok(None) => break,
-                        Err(s) => {
-                            assert!(!leaked(s.message().as_bytes()), "{s:?}");
-                            break;
-                        }
-                    }
+                let first = tokio::time::timeout(Duration::from_secs(60), stream.message())
+                    .await
+                    .expect("FollowFile answered nothing within a minute");
+                match first {
+                    Ok(Some(c)) => assert!(!leaked(&c.data), "follow leaked: {c:?}"),
+                    Ok(None) => {}
+                    Err(s) => assert!(!leaked(s.message().as_bytes()), "{s:?}"),
                 }
             }
         }
     }
+}
+
+/// Stops the swapping task however the test ends.
+struct Swapper(std::process::Child);
+
+impl Drop for Swapper {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A real process in the sandbox keeps swapping `f` between a file of its own and a
+/// symlink to a secret outside, and `d` between a directory of its own and a symlink to
+/// a directory outside, while the files API (over gRPC) reads, lists and follows them
+/// thousands of times: no answer ever carries the outside content or names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_swapping_symlinks_in_never_leaks_what_is_outside() {
+    use crate::agent::Event;
+    use crate::api::AgentApiService;
+    use crate::images::{ImageStore, ImportLimits};
+    use drover_proto::pb::agent_api_client::AgentApiClient;
+    use std::sync::Arc;
+
+    let dir = tempfile::tempdir().unwrap();
+    let layout = Layout::new(dir.path().join("work"));
+    let sb = layout.sandbox(&TaskKey::new("fw", "t"));
+    fs::create_dir_all(&sb).unwrap();
+    let outside = dir.path().join("outside");
+    fs::create_dir_all(&outside).unwrap();
+    let secret = format!("TOPSECRET-{}", uuid::Uuid::new_v4());
+    fs::write(outside.join("secret"), &secret).unwrap();
+    fs::write(outside.join("outside-only-name"), &secret).unwrap();
+    let script = swap_script(&outside);
+    let _swapper = Swapper(
+        std::process::Command::new("/bin/sh")
+            .arg("-c")
+            .arg(&script)
+            .current_dir(&sb)
+            .spawn()
+            .unwrap(),
+    );
+
+    let images = Arc::new(
+        ImageStore::open(
+            dir.path().join("images"),
+            ImportLimits {
+                max_archive_bytes: 1 << 20,
+                max_unpacked_bytes: 1 << 20,
+            },
+        )
+        .unwrap(),
+    );
+    let (events, mut events_rx) = tokio::sync::mpsc::channel(16);
+    // Followers are told the task has ended, so each drains what it can and stops.
+    tokio::spawn(async move {
+        while let Some(ev) = events_rx.recv().await {
+            if let Event::TaskActive { reply, .. } = ev {
+                let _ = reply.send(false);
+            }
+        }
+    });
+    let service = AgentApiService::new(layout.clone(), events, images);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(pb::agent_api_server::AgentApiServer::new(service))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let mut client = AgentApiClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    hammer_swaps(&mut client, "fw", "t").await;
     fs::write(sb.join("stop"), b"").unwrap();
     server.abort();
 }
