@@ -18,7 +18,7 @@
 //!
 //! [`GcCore`] is the pure decision (what is due at `now`, when to look next).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -108,10 +108,16 @@ impl GcCore {
 }
 
 /// Every task with a meta directory that the agent does not track, with its completion
-/// time when one is known.
-fn completed_tasks(layout: &Layout, known: &HashSet<TaskKey>) -> Vec<(TaskKey, f64)> {
+/// time when one is known. `times` remembers the times already read, so that a scan of
+/// a week of completed tasks lists directories but rereads no marker.
+fn completed_tasks(
+    layout: &Layout,
+    known: &HashSet<TaskKey>,
+    times: &mut HashMap<TaskKey, f64>,
+) -> Vec<(TaskKey, f64)> {
     let mut out = Vec::new();
     let Ok(frameworks) = std::fs::read_dir(layout.frameworks_meta()) else {
+        times.clear();
         return out;
     };
     for fw in frameworks.flatten() {
@@ -126,11 +132,16 @@ fn completed_tasks(layout: &Layout, known: &HashSet<TaskKey>) -> Vec<(TaskKey, f
             if key.validate().is_err() || known.contains(&key) {
                 continue;
             }
-            if let Some(at) = completed_at(&task.path()) {
+            let at = match times.get(&key) {
+                Some(at) => Some(*at),
+                None => completed_at(&task.path()),
+            };
+            if let Some(at) = at {
                 out.push((key, at));
             }
         }
     }
+    *times = out.iter().cloned().collect();
     out
 }
 
@@ -179,13 +190,29 @@ pub async fn collect(
     mut stop: watch::Receiver<bool>,
 ) {
     let core = GcCore::new(delay);
+    let mut times = HashMap::new();
     loop {
         let Some(known) = known_tasks(&events).await else {
             return;
         };
         let layout2 = layout.clone();
-        let scanned = tokio::task::spawn_blocking(move || completed_tasks(&layout2, &known)).await;
-        let (due, next) = core.due(unix_now(), &scanned.unwrap_or_default());
+        let scanned = tokio::task::spawn_blocking(move || {
+            let found = completed_tasks(&layout2, &known, &mut times);
+            (found, times)
+        })
+        .await;
+        let scanned = match scanned {
+            Ok((found, kept)) => {
+                times = kept;
+                found
+            }
+            Err(e) => {
+                tracing::error!("the sandbox collector's scan panicked: {e}");
+                times = HashMap::new();
+                Vec::new()
+            }
+        };
+        let (due, next) = core.due(unix_now(), &scanned);
         if !due.is_empty() {
             let layout2 = layout.clone();
             let _ = tokio::task::spawn_blocking(move || {
@@ -249,9 +276,16 @@ mod tests {
 
         // Tracked tasks are not candidates; others are, with their times.
         let known: HashSet<TaskKey> = [key.clone()].into_iter().collect();
-        assert!(completed_tasks(&layout, &known).is_empty());
+        let mut times = HashMap::new();
+        assert!(completed_tasks(&layout, &known, &mut times).is_empty());
         assert_eq!(
-            completed_tasks(&layout, &HashSet::new()),
+            completed_tasks(&layout, &HashSet::new(), &mut times),
+            [(key.clone(), 1234.5)]
+        );
+        // Read once: a later change of the marker is not looked at again.
+        std::fs::write(meta.dir().join(COMPLETED_MARKER), b"99").unwrap();
+        assert_eq!(
+            completed_tasks(&layout, &HashSet::new(), &mut times),
             [(key.clone(), 1234.5)]
         );
 
