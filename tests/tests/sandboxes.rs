@@ -1,6 +1,6 @@
 //! Sandboxes seen from outside, against a real master and a real agent: `drover logs`
 //! prints a task's stdout and stderr, follows a running task until it ends, and explains
-//! an unknown task id.
+//! an unknown task id; a task over its `disk` fails with the disk reason.
 
 use std::io::Read;
 use std::process::{Command, Stdio};
@@ -120,4 +120,35 @@ fn drover_logs_prints_follows_and_explains() {
     let expected: String = (0..15).map(|i| format!("line-{i}\n")).collect();
     assert_eq!(followed, expected, "{err}");
     assert!(run.wait().unwrap().success());
+}
+
+/// A task writing 4 MB into a 1 MB `disk` is killed by its agent, and the framework (here
+/// `drover run`) and the master's task view see TASK_FAILED with the disk reason.
+#[test]
+fn a_task_over_its_disk_fails_with_the_reason_through_the_cluster() {
+    let mut cluster = Cluster::start(Timing::default());
+    cluster.add_agent("cpus:2;mem:1024;disk:1000");
+    cluster.wait_for_active_agents(1);
+    let out = cluster.drover(&[
+        "run",
+        "--disk",
+        "1",
+        "--",
+        "dd if=/dev/zero of=big bs=1M count=4 2>/dev/null; exec sleep 600",
+    ]);
+    let stderr = text(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("FAILED"), "{stderr}");
+    assert!(
+        stderr.contains("over its disk resource of 1.0 MB"),
+        "{stderr}"
+    );
+    let (_, completed) = cluster.tasks();
+    let task = completed.first().expect("the task is listed as completed");
+    let status = task.last_status.as_ref().unwrap();
+    assert_eq!(
+        status.reason,
+        pb::task_status::Reason::ContainerLimitationDisk as i32,
+        "{status:?}"
+    );
 }
