@@ -29,6 +29,8 @@ pub struct AgentApiService {
     layout: Layout,
     events: mpsc::Sender<Event>,
     images: Arc<ImageStore>,
+    /// The disk watcher's rotations, so `FollowFile` follows across them.
+    rotations: Arc<crate::disk::Rotations>,
 }
 
 impl AgentApiService {
@@ -37,7 +39,14 @@ impl AgentApiService {
             layout,
             events,
             images,
+            rotations: Arc::default(),
         }
+    }
+
+    /// Shares the disk watcher's record of rotations (see [`crate::disk::Rotations`]).
+    pub fn with_rotations(mut self, rotations: Arc<crate::disk::Rotations>) -> Self {
+        self.rotations = rotations;
+        self
     }
 }
 
@@ -120,6 +129,7 @@ impl AgentApi for AgentApiService {
             self.layout.clone(),
             req,
             Arc::new(LoopLiveness(self.events.clone())),
+            self.rotations.clone(),
             tx,
             FOLLOW_POLL,
         ));

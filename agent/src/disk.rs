@@ -184,11 +184,83 @@ pub fn measure(root: &Path, stop_above: u64) -> io::Result<Measured> {
     Ok(w.out)
 }
 
+/// One rotation of a file, for followers ([`crate::files_api::follow`]): the rotated copy
+/// (`<name>.1`) holds bytes `kept_from..old_size` of the file as it was.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rotation {
+    pub old_size: u64,
+    pub kept_from: u64,
+}
+
+/// Where a file stands in its rotations: `generation` is odd while a rotation runs and
+/// goes up by two with each one (a seqlock, so a follower can tell a read that raced a
+/// rotation); `last` describes the latest (absent when it failed half-way).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RotationState {
+    pub generation: u64,
+    pub last: Option<Rotation>,
+}
+
+/// The rotation states of the files the agent rotated, shared by the disk watcher (which
+/// rotates) and the files API (which follows).
+#[derive(Default)]
+pub struct Rotations(Mutex<HashMap<(TaskKey, String), RotationState>>);
+
+impl Rotations {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<(TaskKey, String), RotationState>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The state of `name` (a sandbox path such as `stdout`) of `key`'s sandbox.
+    pub fn state(&self, key: &TaskKey, name: &str) -> RotationState {
+        self.map()
+            .get(&(key.clone(), name.to_string()))
+            .copied()
+            .unwrap_or_default()
+    }
+
+    fn bump(&self, key: &TaskKey, name: &str, last: Option<Option<Rotation>>) {
+        let mut map = self.map();
+        let state = map.entry((key.clone(), name.to_string())).or_default();
+        state.generation += 1;
+        if let Some(last) = last {
+            state.last = last;
+        }
+    }
+
+    /// Forgets the files of tasks not in `live` (they no longer rotate).
+    fn retain(&self, live: &HashSet<TaskKey>) {
+        self.map().retain(|(k, _), _| live.contains(k));
+    }
+}
+
+/// Ends a rotation however `rotate` returns: a failure half-way leaves no `last`.
+struct RotationGuard<'a> {
+    rotations: Option<(&'a Rotations, &'a TaskKey)>,
+    name: &'a str,
+    done: Option<Rotation>,
+}
+
+impl Drop for RotationGuard<'_> {
+    fn drop(&mut self) {
+        if let Some((r, key)) = self.rotations {
+            r.bump(key, self.name, Some(self.done));
+        }
+    }
+}
+
 /// Rotates `name` (`stdout` or `stderr`) in the sandbox open at `dir` when it is larger
 /// than `max_bytes`, keeping `max_files` rotated copies. Returns whether it rotated.
 /// Refuses (does nothing with) anything but a plain file with a single link: the task
 /// could have made `stdout` a symlink or a hard link to a file that is not its own.
-pub fn rotate(dir: &OwnedFd, name: &str, max_bytes: u64, max_files: u32) -> io::Result<bool> {
+/// `track` records the rotation for followers of the file.
+pub fn rotate(
+    dir: &OwnedFd,
+    name: &str,
+    max_bytes: u64,
+    max_files: u32,
+    track: Option<(&Rotations, &TaskKey)>,
+) -> io::Result<bool> {
     let cname = CString::new(name).map_err(io::Error::other)?;
     let fd = match openat(
         dir.as_raw_fd(),
@@ -204,6 +276,14 @@ pub fn rotate(dir: &OwnedFd, name: &str, max_bytes: u64, max_files: u32) -> io::
         return Ok(false);
     }
     let numbered = |i: u32| CString::new(format!("{name}.{i}")).map_err(io::Error::other);
+    if let Some((r, key)) = track {
+        r.bump(key, name, None);
+    }
+    let mut guard = RotationGuard {
+        rotations: track,
+        name,
+        done: None,
+    };
     for i in (1..max_files).rev() {
         rename_in(dir.as_raw_fd(), &numbered(i)?, &numbered(i + 1)?)?;
     }
@@ -222,14 +302,19 @@ pub fn rotate(dir: &OwnedFd, name: &str, max_bytes: u64, max_files: u32) -> io::
     let mut size = src.metadata()?.len();
     let start = size.saturating_sub(max_bytes);
     let mut at = start;
-    // Copy, then catch up once with what was appended meanwhile, then truncate.
+    // Copy, then catch up once with what was appended meanwhile; the copy takes its
+    // place before the truncation, so a follower that sees the rotation finds it.
     for _ in 0..2 {
         copy_range(&src, &dst, at - start, at, size)?;
         at = size;
         size = src.metadata()?.len();
     }
-    src.set_len(0)?;
     rename_in(dir.as_raw_fd(), &tmp, &numbered(1)?)?;
+    src.set_len(0)?;
+    guard.done = Some(Rotation {
+        old_size: at,
+        kept_from: start,
+    });
     Ok(true)
 }
 
@@ -434,6 +519,7 @@ pub async fn watch(
     events: mpsc::Sender<Event>,
     containerizer: Arc<dyn Containerizer>,
     usage: Arc<DiskUsage>,
+    rotations: Arc<Rotations>,
     mut stop: tokio_watch::Receiver<bool>,
 ) {
     let mut core = DiskCore::new(&settings);
@@ -451,11 +537,16 @@ pub async fn watch(
         };
         let now = Instant::now();
         let keys: Vec<TaskKey> = tasks.iter().map(|t| t.key.clone()).collect();
-        usage.retain(&keys.iter().cloned().collect());
+        let live: HashSet<TaskKey> = keys.iter().cloned().collect();
+        usage.retain(&live);
+        rotations.retain(&live);
         if let (true, Some(max)) = (core.rotation_due(now), settings.log_max_bytes) {
             let (layout, keys, files) = (layout.clone(), keys.clone(), settings.log_max_files);
-            let _ =
-                tokio::task::spawn_blocking(move || rotate_all(&layout, &keys, max, files)).await;
+            let rotations = rotations.clone();
+            let _ = tokio::task::spawn_blocking(move || {
+                rotate_all(&layout, &keys, max, files, &rotations)
+            })
+            .await;
         }
         for key in core.due(now, &keys) {
             let limit = tasks
@@ -497,7 +588,13 @@ pub async fn watch(
     }
 }
 
-fn rotate_all(layout: &Layout, keys: &[TaskKey], max_bytes: u64, max_files: u32) {
+fn rotate_all(
+    layout: &Layout,
+    keys: &[TaskKey],
+    max_bytes: u64,
+    max_files: u32,
+    rotations: &Rotations,
+) {
     for key in keys {
         let Ok(dir) =
             crate::files_api::open_sandbox(layout, key.framework_id.as_str(), key.task_id.as_str())
@@ -505,7 +602,7 @@ fn rotate_all(layout: &Layout, keys: &[TaskKey], max_bytes: u64, max_files: u32)
             continue;
         };
         for name in ["stdout", "stderr"] {
-            match rotate(&dir, name, max_bytes, max_files) {
+            match rotate(&dir, name, max_bytes, max_files, Some((rotations, key))) {
                 Ok(true) => tracing::debug!(task = %key, "rotated {name}"),
                 Ok(false) => {}
                 Err(e) => tracing::warn!(task = %key, "rotating {name}: {e}"),

@@ -203,11 +203,13 @@ impl Agent {
             let _ = rx.wait_for(|s| *s).await;
         };
 
+        let rotations = Arc::new(crate::disk::Rotations::default());
         let api = AgentApiService::new(
             self.layout.clone(),
             self.events_tx.clone(),
             self.images.clone(),
-        );
+        )
+        .with_rotations(rotations.clone());
         let api_server = tokio::spawn(
             tonic::transport::Server::builder()
                 .add_service(pb::agent_api_server::AgentApiServer::new(api))
@@ -228,6 +230,7 @@ impl Agent {
             self.events_tx.clone(),
             self.containerizers.clone(),
             self.containerizers.disk_usage(),
+            rotations,
             stop_rx.clone(),
         ));
         let collector = tokio::spawn(crate::gc::collect(

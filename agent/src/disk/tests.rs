@@ -65,12 +65,15 @@ fn rotation_keeps_the_newest_part_and_a_bounded_number_of_files() {
     use std::io::Write;
     for round in 0..6u8 {
         out.write_all(&[b'a' + round; 150]).unwrap();
-        assert!(rotate(&fd, "stdout", 100, 3).unwrap(), "round {round}");
+        assert!(
+            rotate(&fd, "stdout", 100, 3, None).unwrap(),
+            "round {round}"
+        );
         assert_eq!(fs::metadata(sb.join("stdout")).unwrap().len(), 0);
     }
     // Small enough: nothing happens.
     out.write_all(b"tail\n").unwrap();
-    assert!(!rotate(&fd, "stdout", 100, 3).unwrap());
+    assert!(!rotate(&fd, "stdout", 100, 3, None).unwrap());
     assert_eq!(fs::read(sb.join("stdout")).unwrap(), b"tail\n");
     // The newest 100 bytes of each of the last three rounds; older ones dropped.
     assert_eq!(fs::read(sb.join("stdout.1")).unwrap(), vec![b'f'; 100]);
@@ -85,15 +88,15 @@ fn rotation_keeps_the_newest_part_and_a_bounded_number_of_files() {
     let outside = tempfile::tempdir().unwrap();
     write_real(&outside.path().join("secret"), 1000);
     symlink(outside.path().join("secret"), sb.join("stderr")).unwrap();
-    assert!(!rotate(&fd, "stderr", 100, 3).unwrap());
+    assert!(!rotate(&fd, "stderr", 100, 3, None).unwrap());
     fs::remove_file(sb.join("stderr")).unwrap();
     fs::hard_link(outside.path().join("secret"), sb.join("stderr")).unwrap();
-    assert!(!rotate(&fd, "stderr", 100, 3).unwrap());
+    assert!(!rotate(&fd, "stderr", 100, 3, None).unwrap());
     assert_eq!(
         fs::metadata(outside.path().join("secret")).unwrap().len(),
         1000
     );
-    assert!(!rotate(&fd, "missing", 100, 3).unwrap());
+    assert!(!rotate(&fd, "missing", 100, 3, None).unwrap());
 }
 
 #[test]
