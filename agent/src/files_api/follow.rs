@@ -3,8 +3,9 @@
 //! Nothing is held open between reads: every read goes through [`super::read_file`],
 //! which opens the sandbox and walks the path component by component again. A task
 //! that swaps a symlink in between two reads therefore meets the same refusal as a
-//! single `ReadFile` would, and a rotated file (see `crate::disk`) is picked up under
-//! its name rather than followed into its renamed copy.
+//! single `ReadFile` would. Rotations by the agent (see `crate::disk`) are known from
+//! [`Rotations`]: the rest of the old file is read from its rotated copy, by name and just
+//! as safely, before the fresh file is followed from its start.
 //!
 //! When a read finds nothing new, the follower asks whether the task is still active.
 //! Once it is not, one more read drains what the task wrote last and the stream ends;
