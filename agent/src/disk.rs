@@ -262,6 +262,14 @@ pub fn rotate(
     track: Option<(&Rotations, &TaskKey)>,
 ) -> io::Result<bool> {
     let cname = CString::new(name).map_err(io::Error::other)?;
+    // Looked at before it is opened: opening a device node the task made could act on
+    // the device. (A swap between the two steps is caught by the fstat below.)
+    match lstatat(dir.as_raw_fd(), &cname) {
+        Ok(st) if is_kind(&st, libc::S_IFREG) => {}
+        Ok(_) => return Ok(false),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e),
+    }
     let fd = match openat(
         dir.as_raw_fd(),
         &cname,
