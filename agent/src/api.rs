@@ -1,5 +1,5 @@
-//! The agent's gRPC services on `--listen`: `AgentApi` (files API, state and the image
-//! store) and `Executor` (custom executors, not implemented yet).
+//! The agent's gRPC services on `--listen`: `AgentApi` (files API with `FollowFile`, state
+//! and the image store) and `Executor` (custom executors, not implemented yet).
 
 use std::path::PathBuf;
 use std::pin::Pin;
@@ -15,8 +15,10 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::agent::Event;
 use crate::files_api;
+use crate::files_api::follow::{FollowRequest, TaskLiveness, FOLLOW_POLL};
 use crate::images::{ImageRecord, ImageStore};
 use crate::layout::Layout;
+use crate::layout::TaskKey;
 
 /// Largest `ImportImageChunk.data` accepted.
 pub const MAX_IMAGE_CHUNK: usize = 1 << 20;
@@ -27,6 +29,8 @@ pub struct AgentApiService {
     layout: Layout,
     events: mpsc::Sender<Event>,
     images: Arc<ImageStore>,
+    /// The disk watcher's rotations, so `FollowFile` follows across them.
+    rotations: Arc<crate::disk::Rotations>,
 }
 
 impl AgentApiService {
@@ -35,7 +39,14 @@ impl AgentApiService {
             layout,
             events,
             images,
+            rotations: Arc::default(),
         }
+    }
+
+    /// Shares the disk watcher's record of rotations (see [`crate::disk::Rotations`]).
+    pub fn with_rotations(mut self, rotations: Arc<crate::disk::Rotations>) -> Self {
+        self.rotations = rotations;
+        self
     }
 }
 
@@ -77,8 +88,56 @@ fn ids(fw: Option<pb::FrameworkId>, task: Option<pb::TaskId>) -> (String, String
     )
 }
 
+/// A task is active while the agent loop knows it without a terminal update.
+struct LoopLiveness(mpsc::Sender<Event>);
+
+#[tonic::async_trait]
+impl TaskLiveness for LoopLiveness {
+    async fn is_active(&self, framework_id: &str, task_id: &str) -> bool {
+        let (reply, answer) = oneshot::channel();
+        let key = TaskKey::new(framework_id, task_id);
+        if self.0.send(Event::TaskActive { key, reply }).await.is_err() {
+            // A stopping agent: its tasks outlive it, but nobody can tell; end the stream
+            // and let the client follow again from where it got to.
+            return false;
+        }
+        answer.await.unwrap_or(false)
+    }
+}
+
 #[tonic::async_trait]
 impl AgentApi for AgentApiService {
+    type FollowFileStream =
+        tokio_stream::wrappers::ReceiverStream<Result<pb::FollowFileResponse, Status>>;
+
+    async fn follow_file(
+        &self,
+        request: Request<pb::FollowFileRequest>,
+    ) -> Result<Response<Self::FollowFileStream>, Status> {
+        let req = FollowRequest::from_proto(request.into_inner());
+        // Refused up front, so a bad request fails the call rather than its stream.
+        if files_api::split_path(&req.path)
+            .map_err(|e| e.to_status())?
+            .is_empty()
+        {
+            return Err(Status::invalid_argument(
+                "no file named; give a path such as 'stdout'",
+            ));
+        }
+        let (tx, rx) = mpsc::channel(4);
+        tokio::spawn(files_api::follow::follow(
+            self.layout.clone(),
+            req,
+            Arc::new(LoopLiveness(self.events.clone())),
+            self.rotations.clone(),
+            tx,
+            FOLLOW_POLL,
+        ));
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
+            rx,
+        )))
+    }
+
     async fn read_file(
         &self,
         request: Request<pb::ReadFileRequest>,

@@ -133,6 +133,10 @@ pub struct Config {
     /// to 10 minutes). For tests.
     #[arg(long, default_value_t = 10.0, hide = true)]
     pub status_update_retry_secs: f64,
+
+    /// Disk enforcement, output rotation, task users and sandbox garbage collection.
+    #[command(flatten)]
+    pub sandbox: crate::sandbox_flags::SandboxFlags,
 }
 
 /// Validated settings, derived from [`Config`].
@@ -158,6 +162,7 @@ pub struct Settings {
     pub reserved_mem_mb: Option<f64>,
     pub image_limits: ImportLimits,
     pub docker_socket: PathBuf,
+    pub sandbox: crate::sandbox_flags::SandboxSettings,
 }
 
 impl Config {
@@ -301,6 +306,7 @@ impl Config {
             reserved_mem_mb: self.reserved_mem_mb,
             image_limits,
             docker_socket: self.docker_socket.clone(),
+            sandbox: self.sandbox.validate()?,
         })
     }
 }

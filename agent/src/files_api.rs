@@ -6,7 +6,8 @@
 //! a time with `openat(dirfd, name, O_NOFOLLOW)`: every step is relative to a directory we
 //! already hold open, and a symlink anywhere is refused, never followed.
 //!
-//! These functions block; the gRPC layer runs them with `spawn_blocking`.
+//! These functions block; the gRPC layer runs them with `spawn_blocking`. [`follow`]
+//! streams a file as it grows, with every read resolved this way again.
 
 use std::ffi::{CStr, CString};
 use std::fs::File;
@@ -64,7 +65,7 @@ fn cstring(name: &str) -> Result<CString, AgentError> {
     CString::new(name).map_err(|_| AgentError::InvalidPath("the path contains a NUL byte".into()))
 }
 
-fn openat(dir: RawFd, name: &CStr, flags: i32) -> io::Result<OwnedFd> {
+pub(crate) fn openat(dir: RawFd, name: &CStr, flags: i32) -> io::Result<OwnedFd> {
     // SAFETY: valid dirfd and NUL-terminated name; the returned fd is ours.
     let fd = unsafe { libc::openat(dir, name.as_ptr(), flags | libc::O_CLOEXEC) };
     if fd < 0 {
@@ -74,7 +75,7 @@ fn openat(dir: RawFd, name: &CStr, flags: i32) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-fn lstatat(dir: RawFd, name: &CStr) -> io::Result<libc::stat> {
+pub(crate) fn lstatat(dir: RawFd, name: &CStr) -> io::Result<libc::stat> {
     // SAFETY: zeroed stat is a valid out-parameter.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
     let r = unsafe { libc::fstatat(dir, name.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW) };
@@ -84,7 +85,7 @@ fn lstatat(dir: RawFd, name: &CStr) -> io::Result<libc::stat> {
     Ok(st)
 }
 
-fn fstat(fd: RawFd) -> io::Result<libc::stat> {
+pub(crate) fn fstat(fd: RawFd) -> io::Result<libc::stat> {
     // SAFETY: zeroed stat is a valid out-parameter; fd is open.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
     if unsafe { libc::fstat(fd, &mut st) } != 0 {
@@ -93,7 +94,7 @@ fn fstat(fd: RawFd) -> io::Result<libc::stat> {
     Ok(st)
 }
 
-fn is_kind(st: &libc::stat, kind: libc::mode_t) -> bool {
+pub(crate) fn is_kind(st: &libc::stat, kind: libc::mode_t) -> bool {
     st.st_mode & libc::S_IFMT == kind
 }
 
@@ -119,7 +120,7 @@ fn symlink_error(shown: &str) -> AgentError {
     ))
 }
 
-const DIR_FLAGS: i32 = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW;
+pub(crate) const DIR_FLAGS: i32 = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW;
 
 /// Opens the sandbox of a task. Ids are checked first, so they are safe path components.
 pub fn open_sandbox(
@@ -324,5 +325,7 @@ fn read_dir(dir: OwnedFd, prefix: &str) -> Result<Vec<pb::FileEntry>, AgentError
     Ok(out)
 }
 
+pub mod follow;
+
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

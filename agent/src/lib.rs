@@ -21,6 +21,10 @@
 //! - [`images`]: the local image store (OCI layouts and `docker save` archives imported,
 //!   verified and unpacked into immutable root filesystems under `<work_dir>/images`), the
 //!   per-container overlay root filesystems on top, and user lookup in an image.
+//! - [`disk`]: sandbox disk usage measured (never following symlinks) and held to the
+//!   task's `disk` resource, and `stdout`/`stderr` rotation; [`gc`]: sandboxes and task
+//!   records removed a while after their terminal update was acknowledged; [`users`]:
+//!   which user a task runs as; [`sandbox_flags`]: the flags of all three.
 //! - [`api`]: the gRPC services on `--listen` (`AgentApi`, and `Executor`, unimplemented).
 //! - [`metrics`]: counters and gauges, served as Prometheus text over a tiny HTTP responder.
 //! - [`journal`]: the checkpoint log, group-committed (one sync per batch of events).
@@ -35,9 +39,11 @@ pub mod agent;
 pub mod api;
 pub mod config;
 pub mod containerizer;
+pub mod disk;
 pub mod error;
 pub mod files_api;
 pub mod fsutil;
+pub mod gc;
 pub mod images;
 pub mod journal;
 pub mod layout;
@@ -45,8 +51,10 @@ pub mod master_link;
 pub mod metrics;
 pub mod procfs;
 pub mod resources;
+pub mod sandbox_flags;
 pub mod status_updates;
 pub mod supervisor;
+pub mod users;
 
 pub use agent::{run, Agent};
 pub use config::{Config, Settings};

@@ -213,15 +213,27 @@ pub fn render_tasks(response: &pb::GetTasksResponse) -> String {
         "MEM (MB)",
         "CPU TIME (s)",
         "RSS (MB)",
+        "DISK (MB)",
         "NAME",
     ])
-    .right(&["CPUS", "MEM (MB)", "CPU TIME (s)", "RSS (MB)"]);
+    .right(&["CPUS", "MEM (MB)", "CPU TIME (s)", "RSS (MB)", "DISK (MB)"]);
+    let mb = |b: u64| format!("{:.1}", b as f64 / (1024.0 * 1024.0));
     for t in response.tasks.iter().chain(&response.completed_tasks) {
-        // Usage comes from containers that measure it (linux), while they run.
-        let (cpu_time, rss) = match &t.usage {
+        // Cpu and memory come from containers that measure them (linux), while they run;
+        // the sandbox's disk usage from every running task, once measured.
+        let cpu_time = cpu_time_of(t.usage.as_ref());
+        let (rss, disk) = match &t.usage {
             Some(u) => (
-                format!("{:.2}", u.cpus_user_time_secs + u.cpus_system_time_secs),
-                format!("{:.1}", u.mem_rss_bytes as f64 / (1024.0 * 1024.0)),
+                if cpu_time == "-" {
+                    "-".to_string()
+                } else {
+                    mb(u.mem_rss_bytes)
+                },
+                if u.disk_used_bytes > 0 {
+                    mb(u.disk_used_bytes)
+                } else {
+                    "-".to_string()
+                },
             ),
             None => ("-".to_string(), "-".to_string()),
         };
@@ -234,10 +246,26 @@ pub fn render_tasks(response: &pb::GetTasksResponse) -> String {
             format::scalar(&t.resources, "mem"),
             cpu_time,
             rss,
+            disk,
             t.name.clone(),
         ]);
     }
     table.render()
+}
+
+/// A task's cpu time, or `-` when its usage sample carries no cgroup figures (a process
+/// task reports its sandbox's disk only).
+fn cpu_time_of(usage: Option<&pb::ResourceStatistics>) -> String {
+    match usage {
+        Some(u)
+            if u.mem_rss_bytes > 0
+                || u.mem_max_usage_bytes > 0
+                || u.cpus_user_time_secs + u.cpus_system_time_secs > 0.0 =>
+        {
+            format!("{:.2}", u.cpus_user_time_secs + u.cpus_system_time_secs)
+        }
+        _ => "-".to_string(),
+    }
 }
 
 /// The `drover status` summary. `answered_by` is the master that served the calls, shown
@@ -446,17 +474,25 @@ mod tests {
             cpus_user_time_secs: 1.5,
             cpus_system_time_secs: 0.25,
             mem_rss_bytes: 12 << 20,
+            disk_used_bytes: 3 << 20,
+            ..Default::default()
+        });
+        let mut disk_only = task("t3", pb::TaskState::TaskRunning);
+        disk_only.usage = Some(pb::ResourceStatistics {
+            disk_used_bytes: 1 << 19,
+            disk_limit_bytes: 1 << 20,
             ..Default::default()
         });
         let response = pb::GetTasksResponse {
-            tasks: vec![measured],
+            tasks: vec![measured, disk_only],
             completed_tasks: vec![task("t1", pb::TaskState::TaskFinished)],
         };
         assert_eq!(
             render_tasks(&response),
-            "ID  FRAMEWORK  AGENT  STATE     CPUS  MEM (MB)  CPU TIME (s)  RSS (MB)  NAME\n\
-             t2  fw         a1     RUNNING   0.25        64          1.75      12.0  echo t2\n\
-             t1  fw         a1     FINISHED  0.25        64             -         -  echo t1\n"
+            "ID  FRAMEWORK  AGENT  STATE     CPUS  MEM (MB)  CPU TIME (s)  RSS (MB)  DISK (MB)  NAME\n\
+             t2  fw         a1     RUNNING   0.25        64          1.75      12.0        3.0  echo t2\n\
+             t3  fw         a1     RUNNING   0.25        64             -         -        0.5  echo t3\n\
+             t1  fw         a1     FINISHED  0.25        64             -         -          -  echo t1\n"
         );
     }
 

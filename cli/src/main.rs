@@ -11,6 +11,7 @@
 //!   and stops the processes).
 //! - [`images`]: `drover images import | list | remove`, an agent's image store through
 //!   that agent's API (`--agent`).
+//! - [`logs`]: `drover logs TASK [--follow] [--stderr]`, a task's output from its agent.
 //! - `run`: `drover run -- CMD`, one command run on the cluster as a small framework.
 //! - [`membership`]: `drover masters list | add | remove | replace | transfer`.
 //!
@@ -21,6 +22,7 @@ mod format;
 mod images;
 mod inspect;
 mod local;
+mod logs;
 mod masters;
 mod membership;
 mod run;
@@ -68,6 +70,9 @@ enum Command {
     Frameworks(inspect::OutputArgs),
     /// List the tasks (active ones unless --all).
     Tasks(inspect::TasksArgs),
+    /// Print a task's stdout (or --stderr) from the agent that runs or ran it;
+    /// --follow keeps printing until the task ends.
+    Logs(logs::LogsArgs),
     /// The masters of the cluster: list them, add, remove or replace one, move the
     /// leadership.
     #[command(subcommand)]
@@ -116,6 +121,7 @@ async fn execute(cli: Cli) -> anyhow::Result<i32> {
         Command::Tasks(args) => inspect::tasks(&Masters::new(masters)?, &args)
             .await
             .map(|()| 0),
+        Command::Logs(args) => logs::logs(&Masters::new(masters)?, &args).await,
         Command::Masters(cmd) => membership::run(&Masters::new(masters)?, cmd)
             .await
             .map(|()| 0),

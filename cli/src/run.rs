@@ -403,6 +403,11 @@ async fn copy_new(
 ) -> Result<(), drover_sdk::SdkError> {
     loop {
         let chunk = files.read(fw, task, path, *offset, 0).await?;
+        if chunk.data.is_empty() && chunk.size < *offset {
+            // The agent rotated the file (copy and truncate): go on from its new start.
+            *offset = 0;
+            continue;
+        }
         if chunk.data.is_empty() {
             return Ok(());
         }

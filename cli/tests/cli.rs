@@ -76,11 +76,34 @@ fn every_command_has_help() {
         &["frameworks", "--help"],
         &["tasks", "--help"],
         &["run", "--help"],
+        &["logs", "--help"],
     ] {
         let out = drover().args(cmd).output().unwrap();
         assert!(out.status.success(), "{cmd:?}: {}", text(&out.stderr));
         assert!(text(&out.stdout).contains("Usage:"), "{cmd:?}");
     }
+}
+
+#[test]
+fn logs_without_a_master_says_what_to_do() {
+    let address = free_address();
+    let out = drover()
+        .args(["--master", &address, "logs", "some-task"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains(&format!("no Drover master answered at {address}")),
+        "{stderr}"
+    );
+    assert!(out.stdout.is_empty());
+    let out = drover().args(["logs"]).output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "a usage error: the task is required"
+    );
 }
 
 #[test]

@@ -13,6 +13,9 @@ use crate::error::SdkError;
 /// Largest chunk asked for in one read; the agent caps reads at 1 MiB anyway.
 const CHUNK: u64 = 1024 * 1024;
 
+/// Longest wait for one read.
+const READ_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// A client of one agent's files API.
 #[derive(Clone, Debug)]
 pub struct AgentFiles {
@@ -38,7 +41,6 @@ impl AgentFiles {
         let channel = Endpoint::from_shared(uri)
             .map_err(|e| unreachable(e.to_string()))?
             .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(30))
             .connect()
             .await
             .map_err(|e| unreachable(error_chain(&e)))?;
@@ -63,14 +65,18 @@ impl AgentFiles {
         offset: u64,
         length: u64,
     ) -> Result<pb::ReadFileResponse, SdkError> {
+        // Each read is bounded on its own; a channel-wide timeout would also cut every
+        // `follow` stream short.
+        let mut request = tonic::Request::new(pb::ReadFileRequest {
+            framework_id: Some(framework_id.clone()),
+            task_id: Some(task_id.clone()),
+            path: path.to_string(),
+            offset,
+            length,
+        });
+        request.set_timeout(READ_TIMEOUT);
         self.client
-            .read_file(pb::ReadFileRequest {
-                framework_id: Some(framework_id.clone()),
-                task_id: Some(task_id.clone()),
-                path: path.to_string(),
-                offset,
-                length,
-            })
+            .read_file(request)
             .await
             .map(tonic::Response::into_inner)
             .map_err(|status| SdkError::Agent {
@@ -104,6 +110,38 @@ impl AgentFiles {
         }
     }
 
+    /// Follows a file as it grows (`tail -f`): from `offset`, or from `tail_bytes` before
+    /// its end when that is not 0. The returned [`FileFollower`] yields chunks until the
+    /// task has ended and everything was sent; dropping it cancels the stream.
+    pub async fn follow(
+        &mut self,
+        framework_id: &FrameworkId,
+        task_id: &TaskId,
+        path: &str,
+        offset: u64,
+        tail_bytes: u64,
+    ) -> Result<FileFollower, SdkError> {
+        let stream = self
+            .client
+            .follow_file(pb::FollowFileRequest {
+                framework_id: Some(framework_id.clone()),
+                task_id: Some(task_id.clone()),
+                path: path.to_string(),
+                offset,
+                tail_bytes,
+            })
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|status| SdkError::Agent {
+                address: self.address.clone(),
+                status: Box::new(status),
+            })?;
+        Ok(FileFollower {
+            stream,
+            address: self.address.clone(),
+        })
+    }
+
     /// The last `max_bytes` bytes of a file (all of it when shorter).
     pub async fn tail(
         &mut self,
@@ -124,5 +162,25 @@ impl AgentFiles {
         )
         .await?;
         Ok(out)
+    }
+}
+
+/// A file followed with [`AgentFiles::follow`].
+pub struct FileFollower {
+    stream: tonic::Streaming<pb::FollowFileResponse>,
+    address: String,
+}
+
+impl FileFollower {
+    /// The next chunk (its `data` may be empty when it only reports `truncated`), or
+    /// `None` once the task has ended and the whole file was sent.
+    pub async fn next(&mut self) -> Result<Option<pb::FollowFileResponse>, SdkError> {
+        self.stream
+            .message()
+            .await
+            .map_err(|status| SdkError::Agent {
+                address: self.address.clone(),
+                status: Box::new(status),
+            })
     }
 }

@@ -20,7 +20,8 @@
 //!   messages.
 //! - [`task`]: [`TaskBuilder`] for `TaskInfo`s (shell or argv command, env, resources,
 //!   agent, kill policy, labels).
-//! - [`files`]: [`AgentFiles`], reading sandbox files (`stdout`, `stderr`) from an agent.
+//! - [`files`]: [`AgentFiles`], reading and following ([`FileFollower`]) sandbox files
+//!   (`stdout`, `stderr`) from an agent.
 //! - [`error`]: [`SdkError`], the one error type.
 //! - `connection` and `masters` (private): one subscription attempt and its stream reader;
 //!   the pure rules for which master to try next and the backoff.
@@ -120,7 +121,7 @@ pub use async_trait::async_trait;
 pub use config::{parse_masters, BackoffConfig, SchedulerConfig, SchedulerConfigBuilder};
 pub use driver::Driver;
 pub use error::SdkError;
-pub use files::AgentFiles;
+pub use files::{AgentFiles, FileFollower};
 pub use offers::{OfferPacker, Packing, TaskRequest};
 pub use runner::{run, RunOutcome};
 pub use scheduler::Scheduler;

@@ -203,11 +203,13 @@ impl Agent {
             let _ = rx.wait_for(|s| *s).await;
         };
 
+        let rotations = Arc::new(crate::disk::Rotations::default());
         let api = AgentApiService::new(
             self.layout.clone(),
             self.events_tx.clone(),
             self.images.clone(),
-        );
+        )
+        .with_rotations(rotations.clone());
         let api_server = tokio::spawn(
             tonic::transport::Server::builder()
                 .add_service(pb::agent_api_server::AgentApiServer::new(api))
@@ -221,6 +223,21 @@ impl Agent {
             self.http_listener,
             self.metrics.clone(),
             stopped(stop_rx.clone()),
+        ));
+        let disk_watcher = tokio::spawn(crate::disk::watch(
+            self.layout.clone(),
+            self.settings.sandbox.clone(),
+            self.events_tx.clone(),
+            self.containerizers.clone(),
+            self.containerizers.disk_usage(),
+            rotations,
+            stop_rx.clone(),
+        ));
+        let collector = tokio::spawn(crate::gc::collect(
+            self.layout.clone(),
+            self.settings.sandbox.gc_delay,
+            self.events_tx.clone(),
+            stop_rx.clone(),
         ));
         let (link_tx, mut link_rx) = mpsc::channel(1024);
         let containerizers = self.containerizers.clone();
@@ -254,6 +271,8 @@ impl Agent {
         // Pending GetState calls must fail now rather than hold the server's shutdown.
         drop(self.events_rx);
         let _ = link_task.await;
+        let _ = disk_watcher.await;
+        let _ = collector.await;
         if let Ok(Err(e)) = api_server.await {
             tracing::warn!("agent API server: {e}");
         }

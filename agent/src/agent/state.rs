@@ -54,6 +54,17 @@ pub enum Event {
     },
     /// The agent API asks for the agent's state.
     GetState(oneshot::Sender<pb::GetAgentStateResponse>),
+    /// The files API asks whether a task may still write to its sandbox (it is known and
+    /// has no terminal update yet). Answered at once: nothing in it needs to be durable.
+    TaskActive {
+        key: TaskKey,
+        reply: oneshot::Sender<bool>,
+    },
+    /// The disk watcher asks for the tasks whose containers run, with their `disk`.
+    ActiveTasks(oneshot::Sender<Vec<crate::disk::WatchedTask>>),
+    /// The garbage collector asks for every task the agent still tracks; their sandboxes
+    /// are never collected.
+    KnownTasks(oneshot::Sender<Vec<TaskKey>>),
 }
 
 /// Why the loop stopped.
@@ -163,6 +174,14 @@ impl AgentLoop {
             if states::is_terminal(latest) && core.pending(&key) == 0 {
                 // Terminal update acknowledged, completion not yet recorded.
                 self.updates.complete(&key);
+                let marker = self
+                    .layout
+                    .task_meta(&key)
+                    .dir()
+                    .join(crate::gc::COMPLETED_MARKER);
+                if !marker.exists() {
+                    crate::gc::mark_completed(&self.layout, &key);
+                }
                 continue;
             }
             let terminal = states::is_terminal(latest);
@@ -577,6 +596,7 @@ impl AgentLoop {
                 if completed {
                     tracing::debug!(task = %key, "terminal update acknowledged; forgetting the task");
                     self.tasks.remove(key);
+                    crate::gc::mark_completed(&self.layout, key);
                 }
             }
             Ack::WrongUuid => {
@@ -592,6 +612,15 @@ impl AgentLoop {
         match ev {
             Event::TaskEnded { key, result } => self.on_task_ended(&key, result),
             Event::GetState(reply) => self.replies.push(Reply::State(reply)),
+            Event::TaskActive { key, reply } => {
+                let _ = reply.send(self.tasks.get(&key).is_some_and(|e| !e.terminal));
+            }
+            Event::ActiveTasks(reply) => {
+                let _ = reply.send(self.watched_tasks());
+            }
+            Event::KnownTasks(reply) => {
+                let _ = reply.send(self.tasks.keys().cloned().collect());
+            }
         }
     }
 
@@ -612,6 +641,22 @@ impl AgentLoop {
             sent += 1;
         }
         self.metrics.updates_sent(sent);
+    }
+
+    /// Tasks whose containers run, with their `disk` resource in bytes.
+    fn watched_tasks(&self) -> Vec<crate::disk::WatchedTask> {
+        self.tasks
+            .iter()
+            .filter(|(key, e)| !e.terminal && e.watched && key.validate().is_ok())
+            .map(|(key, e)| crate::disk::WatchedTask {
+                key: key.clone(),
+                disk_limit_bytes: drover_proto::Resources::from_proto(&e.checkpoint.task.resources)
+                    .ok()
+                    .map(|r| r.disk())
+                    .filter(|mb| *mb > 0.0)
+                    .map(|mb| (mb * 1024.0 * 1024.0) as u64),
+            })
+            .collect()
     }
 
     pub(crate) fn refresh_gauges(&self) {

@@ -99,9 +99,19 @@ impl AgentLoop {
             String::new(),
             None,
         );
+        let framework_user = checkpoint
+            .framework_info
+            .as_ref()
+            .map(|f| f.user.as_str())
+            .unwrap_or_default();
+        let task = crate::users::task_for_launch(
+            &checkpoint.task,
+            framework_user,
+            self.settings.sandbox.switch_user,
+        );
         self.launches.push(LaunchSpec {
             key: key.clone(),
-            task: checkpoint.task,
+            task,
             agent_id: self.agent_id.clone().unwrap_or_default(),
             sandbox,
             meta: self.layout.task_meta(&key),
@@ -272,12 +282,18 @@ impl AgentLoop {
                 }
             }
         };
+        let message = match status.reason {
+            Reason::ContainerLimitationDisk => crate::disk::limitation_message(&self.layout, key)
+                .map(|figures| format!("{figures}; {}", status.message))
+                .unwrap_or(status.message),
+            _ => status.message,
+        };
         self.enqueue_status(
             key,
             status.state,
             status.source,
             status.reason,
-            status.message,
+            message,
             status.exit_code,
         );
     }

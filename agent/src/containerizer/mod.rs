@@ -134,6 +134,8 @@ pub struct Containerizers {
     running: Mutex<HashMap<TaskKey, Arc<dyn Containerizer>>>,
     /// The docker containerizer, when on: it also sweeps orphaned containers.
     docker: Option<Arc<docker::DockerContainerizer>>,
+    /// Sandbox disk figures from the disk watcher, added to every usage sample.
+    disk: Arc<crate::disk::DiskUsage>,
 }
 
 impl Containerizers {
@@ -146,7 +148,13 @@ impl Containerizers {
             recovery_only: Vec::new(),
             running: Mutex::new(HashMap::new()),
             docker: None,
+            disk: Arc::default(),
         }
+    }
+
+    /// Where the disk watcher ([`crate::disk::watch`]) leaves its figures.
+    pub fn disk_usage(&self) -> Arc<crate::disk::DiskUsage> {
+        self.disk.clone()
     }
 
     /// Remembers the docker containerizer (also in `enabled`) for [`Self::remove_orphans`].
@@ -196,11 +204,13 @@ impl Containerizers {
         running
             .into_iter()
             .filter_map(|(key, c)| {
-                c.usage(&key).map(|statistics| pb::TaskUsage {
-                    framework_id: Some(key.framework_id.clone()),
-                    task_id: Some(key.task_id.clone()),
-                    statistics: Some(statistics),
-                })
+                self.disk
+                    .fill(&key, c.usage(&key))
+                    .map(|statistics| pb::TaskUsage {
+                        framework_id: Some(key.framework_id.clone()),
+                        task_id: Some(key.task_id.clone()),
+                        statistics: Some(statistics),
+                    })
             })
             .collect()
     }
@@ -303,7 +313,7 @@ impl Containerizer for Containerizers {
 
     fn usage(&self, key: &TaskKey) -> Option<pb::ResourceStatistics> {
         let chosen = self.running().get(key).cloned()?;
-        chosen.usage(key)
+        self.disk.fill(key, chosen.usage(key))
     }
 
     fn containerizer_of(&self, key: &TaskKey) -> Option<&'static str> {
@@ -513,6 +523,17 @@ pub fn terminal_status(t: &Termination) -> TerminalStatus {
                  kernel OOM-killed it; {what}",
                 mb(*max_usage_bytes)
             ),
+            exit_code,
+        };
+    }
+    if record.killed && record.kill_reason == Some(Reason::ContainerLimitationDisk as i32) {
+        // The agent killed it for its disk (see `crate::disk`): a failure of the task,
+        // not a kill someone asked for. The agent replaces the message with the figures.
+        return TerminalStatus {
+            state: TaskState::TaskFailed,
+            reason: Reason::ContainerLimitationDisk,
+            source: Source::Agent,
+            message: format!("the task's sandbox exceeded its disk resource; {what}"),
             exit_code,
         };
     }

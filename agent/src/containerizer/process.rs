@@ -277,24 +277,25 @@ pub fn command_line(command: &pb::CommandInfo) -> Result<(String, Vec<String>), 
 }
 
 /// The user to switch to, with its home directory. `None` when the task runs as the
-/// agent's own user. Switching needs root; asking a non-root agent for another user is
-/// an error rather than a silent run as the wrong user.
+/// agent's own user: the user is the agent's, or the agent is not root and so cannot
+/// switch (see [`crate::users`]). A user this machine does not know fails the launch
+/// with [`AgentError::UnknownUser`].
 fn resolve_task_user(name: &str) -> Result<Option<(UserSpec, String)>, AgentError> {
-    if name.is_empty() {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    if name.is_empty() || euid != 0 {
         return Ok(None);
     }
     let (uid, gid, home) = lookup_user(name)
         .ctx(|| format!("looking up user '{name}'"))?
-        .ok_or_else(|| AgentError::Launch(format!("no such user '{name}'")))?;
-    // SAFETY: geteuid has no preconditions.
-    let euid = unsafe { libc::geteuid() };
+        .ok_or_else(|| {
+            AgentError::UnknownUser(format!(
+                "no such user '{name}' on this agent (the task's user comes from \
+                 CommandInfo.user, else FrameworkInfo.user)"
+            ))
+        })?;
     if uid == euid {
         return Ok(None);
-    }
-    if euid != 0 {
-        return Err(AgentError::Launch(format!(
-            "the task asks to run as '{name}', but the agent is not root and cannot switch users"
-        )));
     }
     Ok(Some((
         UserSpec {
@@ -307,7 +308,7 @@ fn resolve_task_user(name: &str) -> Result<Option<(UserSpec, String)>, AgentErro
     )))
 }
 
-fn lookup_user(name: &str) -> io::Result<Option<(u32, u32, String)>> {
+pub(crate) fn lookup_user(name: &str) -> io::Result<Option<(u32, u32, String)>> {
     let cname = std::ffi::CString::new(name).map_err(|_| io::Error::other("NUL in user name"))?;
     let mut buf = vec![0 as libc::c_char; 16 * 1024];
     loop {

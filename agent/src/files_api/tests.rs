@@ -1,6 +1,7 @@
 use super::*;
 use std::fs;
 use std::os::unix::fs::symlink;
+use std::time::Duration;
 
 use crate::layout::TaskKey;
 
@@ -194,4 +195,209 @@ fn lists_directories_without_following_symlinks() {
         list_files(&f.layout, "fw", "t", ".."),
         Err(AgentError::InvalidPath(_))
     ));
+}
+
+/// What the task in the swap tests runs (in its sandbox, until a file `stop` appears):
+/// `f` alternates between a file of its own ("inside") and a symlink to `outside/secret`,
+/// `d` between a directory of its own (holding `secret`, "inside") and a symlink to
+/// `outside`.
+pub(crate) fn swap_script(outside: &std::path::Path) -> String {
+    format!(
+        "mkdir -p mine && echo inside > mine/secret\n\
+         while [ ! -e stop ]; do\n\
+           echo inside > f.new && mv -f f.new f\n\
+           ln -sfn '{out}/secret' f.tmp && mv -Tf f.tmp f\n\
+           mv -T mine d\n\
+           mv -T d mine && ln -sfn '{out}' d.tmp && mv -Tf d.tmp d\n\
+           rm -f d\n\
+         done\n",
+        out = outside.display()
+    )
+}
+
+/// Reads `f` and `d/secret`, lists the sandbox and `d`, and follows `f` through the API
+/// of task `fw`/`task` (whose sandbox runs [`swap_script`]) until both sides of each swap
+/// were met, at least 1,000 rounds: no answer may carry `TOPSECRET` (what the outside
+/// files hold) or name `outside-only-name`.
+pub(crate) async fn hammer_swaps(
+    client: &mut drover_proto::pb::agent_api_client::AgentApiClient<tonic::transport::Channel>,
+    fw: &str,
+    task: &str,
+) {
+    let ids = || {
+        (
+            Some(drover_proto::FrameworkId::new(fw)),
+            Some(drover_proto::TaskId::new(task)),
+        )
+    };
+    let leaked = |bytes: &[u8]| String::from_utf8_lossy(bytes).contains("TOPSECRET");
+
+    // Counted, not timed: go on until both sides of each swap were met (a test that
+    // never saw a symlink or never saw the real file would prove nothing).
+    let (mut read_inside, mut read_refused, mut dir_inside, mut dir_refused) = (0, 0, 0, 0);
+    let mut rounds = 0;
+    while rounds < 1000
+        || read_inside == 0
+        || read_refused == 0
+        || dir_inside == 0
+        || dir_refused == 0
+    {
+        rounds += 1;
+        assert!(rounds < 200_000, "the swaps were never observed both ways");
+        for path in ["f", "d/secret"] {
+            let (framework_id, task_id) = ids();
+            match client
+                .read_file(pb::ReadFileRequest {
+                    framework_id,
+                    task_id,
+                    path: path.into(),
+                    offset: 0,
+                    length: 0,
+                })
+                .await
+            {
+                Ok(r) => {
+                    let r = r.into_inner();
+                    assert!(!leaked(&r.data), "{path} leaked: {r:?}");
+                    if r.data.starts_with(b"inside") {
+                        match path {
+                            "f" => read_inside += 1,
+                            _ => dir_inside += 1,
+                        }
+                    }
+                }
+                Err(s) => {
+                    assert!(!leaked(s.message().as_bytes()), "{s:?}");
+                    if s.code() == tonic::Code::PermissionDenied {
+                        match path {
+                            "f" => read_refused += 1,
+                            _ => dir_refused += 1,
+                        }
+                    }
+                }
+            }
+        }
+        for path in ["", "d"] {
+            let (framework_id, task_id) = ids();
+            if let Ok(r) = client
+                .list_files(pb::ListFilesRequest {
+                    framework_id,
+                    task_id,
+                    path: path.into(),
+                })
+                .await
+            {
+                let r = r.into_inner();
+                assert!(
+                    !r.entries
+                        .iter()
+                        .any(|e| e.path.contains("outside-only-name")),
+                    "listing '{path}' shows the outside: {r:?}"
+                );
+                if let Some(secret) = r.entries.iter().find(|e| e.path == "d/secret") {
+                    assert_eq!(secret.size, 7, "only the task's own 'inside\\n'");
+                }
+            }
+        }
+        if rounds % 10 == 0 {
+            let (framework_id, task_id) = ids();
+            if let Ok(stream) = client
+                .follow_file(pb::FollowFileRequest {
+                    framework_id,
+                    task_id,
+                    path: "f".into(),
+                    offset: 0,
+                    tail_bytes: 0,
+                })
+                .await
+            {
+                // The first answer, then cancel: a follower of a live task never ends.
+                let mut stream = stream.into_inner();
+                let first = tokio::time::timeout(Duration::from_secs(60), stream.message())
+                    .await
+                    .expect("FollowFile answered nothing within a minute");
+                match first {
+                    Ok(Some(c)) => assert!(!leaked(&c.data), "follow leaked: {c:?}"),
+                    Ok(None) => {}
+                    Err(s) => assert!(!leaked(s.message().as_bytes()), "{s:?}"),
+                }
+            }
+        }
+    }
+}
+
+/// Stops the swapping task however the test ends.
+struct Swapper(std::process::Child);
+
+impl Drop for Swapper {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A real process in the sandbox keeps swapping `f` between a file of its own and a
+/// symlink to a secret outside, and `d` between a directory of its own and a symlink to
+/// a directory outside, while the files API (over gRPC) reads, lists and follows them
+/// thousands of times: no answer ever carries the outside content or names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_swapping_symlinks_in_never_leaks_what_is_outside() {
+    use crate::agent::Event;
+    use crate::api::AgentApiService;
+    use crate::images::{ImageStore, ImportLimits};
+    use drover_proto::pb::agent_api_client::AgentApiClient;
+    use std::sync::Arc;
+
+    let dir = tempfile::tempdir().unwrap();
+    let layout = Layout::new(dir.path().join("work"));
+    let sb = layout.sandbox(&TaskKey::new("fw", "t"));
+    fs::create_dir_all(&sb).unwrap();
+    let outside = dir.path().join("outside");
+    fs::create_dir_all(&outside).unwrap();
+    let secret = format!("TOPSECRET-{}", uuid::Uuid::new_v4());
+    fs::write(outside.join("secret"), &secret).unwrap();
+    fs::write(outside.join("outside-only-name"), &secret).unwrap();
+    let script = swap_script(&outside);
+    let _swapper = Swapper(
+        std::process::Command::new("/bin/sh")
+            .arg("-c")
+            .arg(&script)
+            .current_dir(&sb)
+            .spawn()
+            .unwrap(),
+    );
+
+    let images = Arc::new(
+        ImageStore::open(
+            dir.path().join("images"),
+            ImportLimits {
+                max_archive_bytes: 1 << 20,
+                max_unpacked_bytes: 1 << 20,
+            },
+        )
+        .unwrap(),
+    );
+    let (events, mut events_rx) = tokio::sync::mpsc::channel(16);
+    // Followers are told the task has ended, so each drains what it can and stops.
+    tokio::spawn(async move {
+        while let Some(ev) = events_rx.recv().await {
+            if let Event::TaskActive { reply, .. } = ev {
+                let _ = reply.send(false);
+            }
+        }
+    });
+    let service = AgentApiService::new(layout.clone(), events, images);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(pb::agent_api_server::AgentApiServer::new(service))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let mut client = AgentApiClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    hammer_swaps(&mut client, "fw", "t").await;
+    fs::write(sb.join("stop"), b"").unwrap();
+    server.abort();
 }
