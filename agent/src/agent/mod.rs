@@ -3,14 +3,18 @@
 //!
 //! - `state.rs`: the agent loop that owns all state and handles events in order;
 //! - `tasks.rs`: launch, kill and container-end handlers;
-//! - `recovery.rs`: reading checkpointed tasks after a restart.
+//! - `recovery.rs`: reading checkpointed tasks after a restart;
+//! - `executors.rs`: custom executors (their containers, subscriptions and updates).
 //!
 //! Checkpoints go to one append-only log per agent, group-committed per batch of events
 //! (see [`crate::journal`] and `state.rs`).
 
+pub mod executors;
 mod recovery;
 mod state;
 mod tasks;
+#[cfg(test)]
+mod executor_tests;
 #[cfg(test)]
 mod tests;
 
@@ -211,7 +215,9 @@ impl Agent {
         let api_server = tokio::spawn(
             tonic::transport::Server::builder()
                 .add_service(pb::agent_api_server::AgentApiServer::new(api))
-                .add_service(pb::executor_server::ExecutorServer::new(ExecutorService))
+                .add_service(pb::executor_server::ExecutorServer::new(
+                    ExecutorService::new(self.events_tx.clone()),
+                ))
                 .serve_with_incoming_shutdown(
                     TcpListenerStream::new(self.api_listener),
                     stopped(stop_rx.clone()),

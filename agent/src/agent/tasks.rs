@@ -39,7 +39,12 @@ impl AgentLoop {
             tracing::debug!(task = %key, "launch of a task already known; ignoring it");
             return Ok(());
         }
-        let ids = key.validate();
+        // A task id shaped like an executor's container key never comes from the master
+        // (its gate refuses `+`); one that does must not take an executor's place.
+        let ids = match key.executor_id() {
+            Some(_) => Err(format!("task id '{}' contains '+'", key.task_id)),
+            None => key.validate(),
+        };
         // Only valid ids name a directory; a task with bad ids is refused from memory.
         let durable = ids.is_ok();
         if durable && self.layout.task_meta(&key).dir().exists() {
@@ -77,6 +82,9 @@ impl AgentLoop {
                 None,
             );
             return Ok(());
+        }
+        if super::executors::custom_executor(&checkpoint.task).is_some() {
+            return self.run_on_executor(&key, &checkpoint);
         }
 
         let sandbox = self.layout.sandbox(&key);
@@ -131,6 +139,10 @@ impl AgentLoop {
             async move { (key, containerizer.launch(spec).await) }
         });
         for (key, result) in futures::future::join_all(starts).await {
+            if key.executor_id().is_some() {
+                self.on_executor_launched(&key, result);
+                continue;
+            }
             match result {
                 Ok(()) => {
                     self.metrics.task_launched();
@@ -175,7 +187,12 @@ impl AgentLoop {
         // A task running an image may leave its command out and run the image's own
         // (`Entrypoint` + `Cmd`); without one the containerizer reports it.
         let runs_image = crate::containerizer::linux::image_of(task).is_some();
-        if docker {
+        if task.executor.is_some() {
+            // The executor interprets the task: its command is optional.
+            if let Some(problem) = super::executors::invalid_executor(task) {
+                return Some(problem);
+            }
+        } else if docker {
             // The rest is checked when its container is configured.
             if let Err(e) = crate::containerizer::docker::spec::image_of(task) {
                 return Some(e);
@@ -218,6 +235,9 @@ impl AgentLoop {
             self.commit_and_send()?;
             self.launch_pending(usize::MAX).await;
         }
+        if self.kill_on_executor(key, policy.as_ref(), reason) {
+            return Ok(());
+        }
         let Some(entry) = self.tasks.get(key) else {
             tracing::info!(task = %key, "kill for a task this agent does not know; ignoring it");
             return Ok(());
@@ -252,6 +272,10 @@ impl AgentLoop {
 
     /// A container ended: its terminal update is enqueued (checkpointed by the commit).
     pub(crate) fn on_task_ended(&mut self, key: &TaskKey, result: Result<Termination, AgentError>) {
+        if key.executor_id().is_some() {
+            self.on_executor_ended(key, result);
+            return;
+        }
         let Some(entry) = self.tasks.get_mut(key) else {
             return;
         };
@@ -285,7 +309,7 @@ impl AgentLoop {
 
 /// The sandbox directory with empty `stdout` and `stderr`, so the files API can serve
 /// them from the moment the task is RUNNING. The directory is durable with the batch.
-fn create_sandbox(journal: &mut Journal, dir: &std::path::Path) -> std::io::Result<()> {
+pub(super) fn create_sandbox(journal: &mut Journal, dir: &std::path::Path) -> std::io::Result<()> {
     journal.create_dir_all(dir)?;
     for name in ["stdout", "stderr"] {
         OpenOptions::new()

@@ -1,0 +1,1020 @@
+//! Custom executors: programs of a framework's, written with the SDK's `Executor` trait,
+//! that the agent starts for the framework's tasks and that subscribe back to the agent's
+//! `Executor` service.
+//!
+//! An executor runs in a container of its own, started through the containerizers like a
+//! task (supervisor, cgroups, recovery), under the key [`TaskKey::executor`]: its
+//! `TaskInfo` (built from the `ExecutorInfo`) is checkpointed in the checkpoint log next to
+//! the tasks, its sandbox is `sandboxes/<fw>/executor+<id>`. One executor per (framework,
+//! executor id) runs at a time; the tasks that name it while it runs join it.
+//!
+//! Life of an executor:
+//! - `Launching`: the first task naming it arrived; the container starts once the batch
+//!   is durable. Its tasks wait.
+//! - `Registering`: the container runs; it has `--executor-registration-timeout-secs` to
+//!   subscribe, else it is killed and its tasks fail with
+//!   REASON_EXECUTOR_REGISTRATION_TIMEOUT.
+//! - `Subscribed`: it received SUBSCRIBED and a LAUNCH for every task it does not already
+//!   run; its updates go through the status update manager like any other.
+//! - `ShuttingDown`: it has no live task left (or its framework is shut down). It gets
+//!   SHUTDOWN, and its container is killed if it has not exited [`SHUTDOWN_GRACE`] later.
+//!
+//! When its container ends, each of its tasks that has not ended is reported: TASK_KILLED
+//! if a kill was asked for, else TASK_FAILED with REASON_EXECUTOR_TERMINATED (or the
+//! registration timeout's reason). A kill of one of its tasks becomes a KILL event; if the
+//! task is still running the task's grace period plus [`SHUTDOWN_GRACE`] later, the agent
+//! kills the executor's container.
+//!
+//! Everything an executor is told (events) and every answer to its calls waits for the
+//! batch's durability point, like everything else that leaves the agent.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use drover_proto::ids::validate_id;
+use drover_proto::pb::{
+    self, executor_event, task_status::Reason, task_status::Source, ExecutorEvent, TaskState,
+};
+use drover_proto::{states, ExecutorId, FrameworkId, TaskId};
+use tokio::sync::{mpsc, oneshot};
+use tonic::Status;
+
+use super::recovery::{RecoveredTask, TaskCheckpoint};
+use super::state::{AgentLoop, Event};
+use crate::containerizer::{terminal_status, LaunchSpec, Recovered, Termination};
+use crate::error::{AgentError, IoContext};
+use crate::fsutil::create_dir_all_durable;
+use crate::journal::Record;
+use crate::layout::TaskKey;
+use crate::status_updates::StatusUpdate;
+
+/// Between SHUTDOWN and the kill of an executor's container; also the slack an executor
+/// gets beyond a task's grace period to report a killed task.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Longest `TaskStatus.message` kept from an executor.
+const MAX_MESSAGE_BYTES: usize = 4096;
+/// Largest `TaskStatus.data` accepted from an executor.
+const MAX_DATA_BYTES: usize = 64 * 1024;
+
+/// The stream of events to one subscribed executor.
+pub type EventSender = mpsc::UnboundedSender<Result<ExecutorEvent, Status>>;
+type Answer = oneshot::Sender<Result<(), Status>>;
+
+/// A call of an executor, from the `Executor` service to the agent loop.
+#[derive(Debug)]
+pub enum ExecutorRequest {
+    Subscribe {
+        request: pb::ExecutorSubscribeRequest,
+        events: EventSender,
+        reply: Answer,
+    },
+    Update {
+        call: pb::ExecutorUpdateCall,
+        reply: Answer,
+    },
+}
+
+/// A timer of an executor (see the module docs), delivered as an [`Event`].
+#[derive(Debug, Clone)]
+pub struct Timer {
+    key: TaskKey,
+    generation: u64,
+    kind: TimerKind,
+}
+
+#[derive(Debug, Clone)]
+enum TimerKind {
+    Registration,
+    Shutdown,
+    KillTask(TaskId),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Launching,
+    Registering,
+    Subscribed,
+    ShuttingDown,
+}
+
+struct Subscriber {
+    events: EventSender,
+}
+
+struct ExecutorEntry {
+    checkpoint: TaskCheckpoint,
+    info: pb::ExecutorInfo,
+    phase: Phase,
+    /// Its tasks that have not ended.
+    tasks: BTreeSet<TaskId>,
+    /// Tasks the current subscriber has (launched to it, or named on subscription).
+    sent: BTreeSet<TaskId>,
+    /// Tasks a kill was asked for, with its reason.
+    killing: BTreeMap<TaskId, Reason>,
+    subscriber: Option<Subscriber>,
+    /// Its container exists and is watched.
+    watched: bool,
+    /// Changes whenever a pending timer must no longer act.
+    generation: u64,
+    timed_out: bool,
+}
+
+/// The agent loop's executor table, its events to send and its answers to give once the
+/// batch is durable.
+#[derive(Default)]
+pub(crate) struct Executors {
+    entries: BTreeMap<TaskKey, ExecutorEntry>,
+    outbox: Vec<(TaskKey, ExecutorEvent)>,
+    replies: Vec<(Answer, Result<(), Status>)>,
+    counter: u64,
+    /// Uuids of the acknowledged updates of executors' live tasks (the latest few per
+    /// task, in memory only): a resend of one after a reconnection is answered with its
+    /// acknowledgement instead of being delivered again.
+    acknowledged: BTreeMap<TaskKey, Vec<Vec<u8>>>,
+}
+
+impl Executors {
+    fn next(&mut self) -> u64 {
+        self.counter += 1;
+        self.counter
+    }
+
+    /// Number of executors the agent runs or is starting.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.entries.len()
+    }
+}
+
+/// The task's executor, when it names a CUSTOM one.
+pub(crate) fn custom_executor(task: &pb::TaskInfo) -> Option<&pb::ExecutorInfo> {
+    task.executor
+        .as_ref()
+        .filter(|e| e.r#type == pb::executor_info::Type::Custom as i32)
+}
+
+/// Why a task's executor cannot run, if it cannot (the agent's own check of what the
+/// master's gate checks).
+pub(crate) fn invalid_executor(task: &pb::TaskInfo) -> Option<String> {
+    let info = task.executor.as_ref()?;
+    if info.r#type != pb::executor_info::Type::Custom as i32 {
+        return Some("a single task runs on the command executor or on a CUSTOM executor; DEFAULT executors run task groups".into());
+    }
+    let id = info.executor_id.clone().unwrap_or_default();
+    if let Err(e) = validate_id("executor", id.as_str()) {
+        return Some(e);
+    }
+    let command = info.command.as_ref();
+    let empty = command.is_none_or(|c| {
+        c.value.trim().is_empty() && c.arguments.first().is_none_or(|a| a.trim().is_empty())
+    });
+    if empty {
+        return Some(format!("executor {id} has no command"));
+    }
+    if info
+        .container
+        .as_ref()
+        .is_some_and(|c| c.r#type == pb::container_info::Type::Docker as i32)
+    {
+        return Some(format!(
+            "executor {id} asks for a DOCKER container; custom executors run in linux or process containers"
+        ));
+    }
+    None
+}
+
+/// Two launches name the same executor only with the same description (the framework
+/// id is the master's to fill in).
+fn same_executor(a: &pb::ExecutorInfo, b: &pb::ExecutorInfo) -> bool {
+    let strip = |e: &pb::ExecutorInfo| pb::ExecutorInfo {
+        framework_id: None,
+        ..e.clone()
+    };
+    strip(a) == strip(b)
+}
+
+fn executor_id_of(task: &pb::TaskInfo) -> Option<ExecutorId> {
+    custom_executor(task).map(|e| e.executor_id.clone().unwrap_or_default())
+}
+
+fn event(e: executor_event::Event) -> ExecutorEvent {
+    ExecutorEvent { event: Some(e) }
+}
+
+fn request_ids(
+    framework_id: Option<FrameworkId>,
+    executor_id: Option<ExecutorId>,
+) -> Result<TaskKey, Status> {
+    let fw = framework_id.unwrap_or_default();
+    let id = executor_id.unwrap_or_default();
+    validate_id("framework", fw.as_str()).map_err(Status::invalid_argument)?;
+    validate_id("executor", id.as_str()).map_err(Status::invalid_argument)?;
+    Ok(TaskKey::executor(&fw, &id))
+}
+
+/// Task states an executor may report.
+fn reportable(state: TaskState) -> bool {
+    use TaskState::*;
+    matches!(
+        state,
+        TaskStarting | TaskRunning | TaskKilling | TaskFinished | TaskFailed | TaskKilled | TaskError
+    )
+}
+
+impl AgentLoop {
+    /// `run_task` of a task that names a CUSTOM executor (already validated and
+    /// checkpointed, in the task table): it joins its running executor, or starts one.
+    pub(crate) fn run_on_executor(
+        &mut self,
+        key: &TaskKey,
+        checkpoint: &TaskCheckpoint,
+    ) -> Result<(), AgentError> {
+        let Some(info) = custom_executor(&checkpoint.task).cloned() else {
+            return Ok(());
+        };
+        let id = info.executor_id.clone().unwrap_or_default();
+        let ekey = TaskKey::executor(&key.framework_id, &id);
+        if let Some(entry) = self.executors.entries.get_mut(&ekey) {
+            if !same_executor(&entry.info, &info) {
+                self.enqueue_status(
+                    key,
+                    TaskState::TaskError,
+                    Source::Agent,
+                    Reason::TaskInvalid,
+                    format!(
+                        "executor {id} already runs here with a different ExecutorInfo; every task naming it must carry the same one"
+                    ),
+                    None,
+                );
+                return Ok(());
+            }
+            if entry.phase == Phase::ShuttingDown {
+                self.enqueue_status(
+                    key,
+                    TaskState::TaskFailed,
+                    Source::Agent,
+                    Reason::ExecutorTerminated,
+                    format!("executor {id} is shutting down; launch the task again to start a new one"),
+                    None,
+                );
+                return Ok(());
+            }
+            entry.tasks.insert(key.task_id.clone());
+            if entry.phase == Phase::Subscribed {
+                self.send_launch(&ekey, key);
+            }
+            return Ok(());
+        }
+
+        // A new executor. An earlier one of this id left its container's records in the
+        // meta directory: they must not be read as the new container's.
+        let meta = self.layout.task_meta(&ekey);
+        match std::fs::remove_dir_all(meta.dir()) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(AgentError::io(format!("removing {}", meta.dir().display()), e)),
+        }
+        let mut command = info.command.clone().unwrap_or_default();
+        for (name, value) in [
+            (
+                "DROVER_AGENT_ENDPOINT",
+                format!("http://{}", self.info.address),
+            ),
+            ("DROVER_EXECUTOR_ID", id.to_string()),
+        ] {
+            command.environment.retain(|e| e.name != name);
+            command.environment.push(pb::EnvironmentVariable {
+                name: name.into(),
+                value,
+            });
+        }
+        let task = pb::TaskInfo {
+            name: format!("executor {id}"),
+            task_id: Some(ekey.task_id.clone()),
+            agent_id: self.agent_id.clone(),
+            resources: info.resources.clone(),
+            command: Some(command),
+            container: info.container.clone(),
+            executor: Some(info.clone()),
+            ..Default::default()
+        };
+        let cp = TaskCheckpoint {
+            framework_id: key.framework_id.clone(),
+            framework_info: checkpoint.framework_info.clone(),
+            task: task.clone(),
+        };
+        self.checkpoint_task(&ekey, &cp)?;
+        let sandbox = self.layout.sandbox(&ekey);
+        if let Err(e) = super::tasks::create_sandbox(&mut self.journal, &sandbox) {
+            self.enqueue_status(
+                key,
+                TaskState::TaskFailed,
+                Source::Agent,
+                Reason::ContainerLaunchFailed,
+                format!(
+                    "cannot create the sandbox of executor {id} ({}): {e}",
+                    sandbox.display()
+                ),
+                None,
+            );
+            self.journal.stage(&Record::Completed { key: ekey });
+            return Ok(());
+        }
+        tracing::info!(executor = %ekey, task = %key, "starting a custom executor");
+        self.launches.push(LaunchSpec {
+            key: ekey.clone(),
+            task,
+            agent_id: self.agent_id.clone().unwrap_or_default(),
+            sandbox,
+            meta,
+        });
+        let generation = self.executors.next();
+        self.executors.entries.insert(
+            ekey,
+            ExecutorEntry {
+                checkpoint: cp,
+                info,
+                phase: Phase::Launching,
+                tasks: BTreeSet::from([key.task_id.clone()]),
+                sent: BTreeSet::new(),
+                killing: BTreeMap::new(),
+                subscriber: None,
+                watched: false,
+                generation,
+                timed_out: false,
+            },
+        );
+        Ok(())
+    }
+
+    fn send_launch(&mut self, ekey: &TaskKey, key: &TaskKey) {
+        let Some(task) = self.tasks.get(key).map(|e| e.checkpoint.task.clone()) else {
+            return;
+        };
+        let Some(entry) = self.executors.entries.get_mut(ekey) else {
+            return;
+        };
+        entry.sent.insert(key.task_id.clone());
+        self.executors.outbox.push((
+            ekey.clone(),
+            event(executor_event::Event::Launch(executor_event::Launch {
+                task: Some(task),
+            })),
+        ));
+    }
+
+    /// The container of an executor started (or could not).
+    pub(crate) fn on_executor_launched(&mut self, ekey: &TaskKey, result: Result<(), AgentError>) {
+        match result {
+            Ok(()) => {
+                self.metrics.task_launched();
+                self.watch(ekey);
+                let generation = self.executors.next();
+                let timeout = self.settings.executor_registration_timeout;
+                let Some(entry) = self.executors.entries.get_mut(ekey) else {
+                    return;
+                };
+                entry.watched = true;
+                if entry.phase == Phase::ShuttingDown {
+                    // Its tasks were all killed while it was starting.
+                    self.kill_executor_container(ekey);
+                    return;
+                }
+                entry.phase = Phase::Registering;
+                entry.generation = generation;
+                self.schedule(ekey, generation, TimerKind::Registration, timeout);
+            }
+            Err(e) => {
+                tracing::warn!(executor = %ekey, "the executor could not start: {e}");
+                let Some(entry) = self.executors.entries.remove(ekey) else {
+                    return;
+                };
+                for task_id in entry.tasks {
+                    let key = TaskKey {
+                        framework_id: ekey.framework_id.clone(),
+                        task_id,
+                    };
+                    self.enqueue_status(
+                        &key,
+                        TaskState::TaskFailed,
+                        Source::Agent,
+                        Reason::ContainerLaunchFailed,
+                        format!("the task's executor could not start: {e}"),
+                        None,
+                    );
+                }
+                self.journal.stage(&Record::Completed { key: ekey.clone() });
+            }
+        }
+    }
+
+    /// An executor's container ended: its tasks that have not ended are reported.
+    pub(crate) fn on_executor_ended(
+        &mut self,
+        ekey: &TaskKey,
+        result: Result<Termination, AgentError>,
+    ) {
+        let Some(entry) = self.executors.entries.remove(ekey) else {
+            return;
+        };
+        let how = match &result {
+            Ok(t) => terminal_status(t).message,
+            Err(e) => format!("the agent lost track of its container: {e}"),
+        };
+        let how = if how.is_empty() {
+            "it exited".to_string()
+        } else {
+            how
+        };
+        tracing::info!(executor = %ekey, live_tasks = entry.tasks.len(), "the executor ended: {how}");
+        if let Some(s) = &entry.subscriber {
+            let _ = s.events.send(Err(Status::aborted("the executor's container ended")));
+        }
+        for task_id in &entry.tasks {
+            let key = TaskKey {
+                framework_id: ekey.framework_id.clone(),
+                task_id: task_id.clone(),
+            };
+            if self.tasks.get(&key).is_none_or(|t| t.terminal) {
+                continue;
+            }
+            let (state, reason, message) = if let Some(reason) = entry.killing.get(task_id) {
+                (
+                    TaskState::TaskKilled,
+                    *reason,
+                    format!("killed with its executor ({how})"),
+                )
+            } else if entry.timed_out {
+                (
+                    TaskState::TaskFailed,
+                    Reason::ExecutorRegistrationTimeout,
+                    format!(
+                        "the executor did not subscribe within {:?} and was killed",
+                        self.settings.executor_registration_timeout
+                    ),
+                )
+            } else {
+                (
+                    TaskState::TaskFailed,
+                    Reason::ExecutorTerminated,
+                    format!("the task's executor ended before the task did: {how}"),
+                )
+            };
+            self.enqueue_status(&key, state, Source::Agent, reason, message, None);
+        }
+        self.journal.stage(&Record::Completed { key: ekey.clone() });
+    }
+
+    /// A call from an executor. Answers wait for the batch's durability point.
+    pub(crate) fn on_executor_request(&mut self, request: ExecutorRequest) {
+        let (reply, result) = match request {
+            ExecutorRequest::Subscribe {
+                request,
+                events,
+                reply,
+            } => (reply, self.on_executor_subscribe(request, events)),
+            ExecutorRequest::Update { call, reply } => (reply, self.on_executor_update(call)),
+        };
+        self.executors.replies.push((reply, result));
+    }
+
+    fn on_executor_subscribe(
+        &mut self,
+        request: pb::ExecutorSubscribeRequest,
+        events: EventSender,
+    ) -> Result<(), Status> {
+        let ekey = request_ids(request.framework_id, request.executor_id)?;
+        let generation = self.executors.next();
+        let agent_id = self.agent_id.clone();
+        let Some(entry) = self.executors.entries.get_mut(&ekey) else {
+            return Err(Status::not_found(format!(
+                "executor {} of framework {} is not running on this agent",
+                ekey.executor_id().unwrap_or_default(),
+                ekey.framework_id
+            )));
+        };
+        if entry.phase == Phase::Launching {
+            return Err(Status::unavailable(
+                "the executor's container is still starting; subscribe again",
+            ));
+        }
+        if let Some(old) = entry.subscriber.take() {
+            let _ = old.events.send(Err(Status::aborted(
+                "a newer subscription of the same executor replaced this one",
+            )));
+        }
+        tracing::info!(executor = %ekey, "executor subscribed");
+        entry.subscriber = Some(Subscriber { events });
+        entry.generation = generation;
+        let launched: BTreeSet<TaskId> = request.launched_tasks.into_iter().collect();
+        entry.sent = entry.tasks.intersection(&launched).cloned().collect();
+        let subscribed = event(executor_event::Event::Subscribed(
+            executor_event::Subscribed {
+                agent_id,
+                executor_info: Some(entry.info.clone()),
+                framework_info: entry.checkpoint.framework_info.clone(),
+            },
+        ));
+        // Events queued for an earlier subscription must not reach this one before its
+        // SUBSCRIBED; what they said is said again (launches, kills) or answered again
+        // (acknowledgements of resent updates).
+        self.executors.outbox.retain(|(k, _)| k != &ekey);
+        self.executors.outbox.push((ekey.clone(), subscribed));
+        let entry = self.executors.entries.get_mut(&ekey).expect("found above");
+        if entry.phase == Phase::ShuttingDown {
+            self.executors.outbox.push((
+                ekey.clone(),
+                event(executor_event::Event::Shutdown(executor_event::Shutdown {})),
+            ));
+            self.schedule(&ekey, generation, TimerKind::Shutdown, SHUTDOWN_GRACE);
+            return Ok(());
+        }
+        entry.phase = Phase::Subscribed;
+        let unsent: Vec<TaskId> = entry.tasks.difference(&entry.sent).cloned().collect();
+        let kills: Vec<(TaskId, Reason)> = entry
+            .killing
+            .iter()
+            .filter(|(t, _)| entry.sent.contains(*t))
+            .map(|(t, r)| (t.clone(), *r))
+            .collect();
+        for task_id in unsent {
+            let key = TaskKey {
+                framework_id: ekey.framework_id.clone(),
+                task_id,
+            };
+            self.send_launch(&ekey, &key);
+        }
+        // A kill asked for while it was away is asked again.
+        for (task_id, _) in kills {
+            let key = TaskKey {
+                framework_id: ekey.framework_id.clone(),
+                task_id,
+            };
+            self.send_kill(&ekey, &key, None);
+        }
+        Ok(())
+    }
+
+    fn on_executor_update(&mut self, call: pb::ExecutorUpdateCall) -> Result<(), Status> {
+        let ekey = request_ids(call.framework_id, call.executor_id)?;
+        let executor_id = ekey.executor_id().unwrap_or_default();
+        let Some(entry) = self.executors.entries.get(&ekey) else {
+            return Err(Status::not_found(format!(
+                "executor {executor_id} of framework {} is not running on this agent",
+                ekey.framework_id
+            )));
+        };
+        if entry.subscriber.is_none() {
+            return Err(Status::unavailable(
+                "the executor is not subscribed; subscribe (again) before sending updates",
+            ));
+        }
+        let Some(status) = call.status else {
+            return Err(Status::invalid_argument("the update carries no status"));
+        };
+        let task_id = status.task_id.clone().unwrap_or_default();
+        validate_id("task", task_id.as_str()).map_err(Status::invalid_argument)?;
+        let key = TaskKey {
+            framework_id: ekey.framework_id.clone(),
+            task_id: task_id.clone(),
+        };
+        let Some(task) = self.tasks.get(&key) else {
+            return Err(Status::not_found(format!(
+                "task {task_id} is not known to this agent"
+            )));
+        };
+        if executor_id_of(&task.checkpoint.task).as_ref() != Some(&executor_id) {
+            return Err(Status::permission_denied(format!(
+                "task {task_id} is not run by executor {executor_id}"
+            )));
+        }
+        let state = TaskState::try_from(status.state).unwrap_or(TaskState::Unspecified);
+        if !reportable(state) {
+            return Err(Status::invalid_argument(format!(
+                "an executor may report STARTING, RUNNING, KILLING, FINISHED, FAILED, KILLED or ERROR, not {}",
+                states::name(state)
+            )));
+        }
+        if status.uuid.len() != 16 {
+            return Err(Status::invalid_argument(
+                "the update needs a 16-byte uuid (the SDK's driver sets one)",
+            ));
+        }
+        if status.data.len() > MAX_DATA_BYTES {
+            return Err(Status::invalid_argument(format!(
+                "the update's data is larger than {MAX_DATA_BYTES} bytes"
+            )));
+        }
+        let core = self.updates.core();
+        if core.has_pending_uuid(&key, &status.uuid) {
+            // A resend (after a broken stream or an agent restart): already on its way.
+            return Ok(());
+        }
+        if self
+            .executors
+            .acknowledged
+            .get(&key)
+            .is_some_and(|acked| acked.contains(&status.uuid))
+        {
+            // A resend of an update whose acknowledgement the executor missed.
+            let ack = event(executor_event::Event::Acknowledged(
+                executor_event::Acknowledged {
+                    task_id: Some(task_id),
+                    uuid: status.uuid,
+                },
+            ));
+            self.executors.outbox.push((ekey, ack));
+            return Ok(());
+        }
+        if task.terminal {
+            if core.latest_state(&key) == Some(state) {
+                // A resend of the terminal update, already acknowledged.
+                return Ok(());
+            }
+            return Err(Status::failed_precondition(format!(
+                "task {task_id} has already ended ({})",
+                states::name(self.latest_state(&key))
+            )));
+        }
+        let mut message = status.message;
+        if message.len() > MAX_MESSAGE_BYTES {
+            let mut end = MAX_MESSAGE_BYTES;
+            while !message.is_char_boundary(end) {
+                end -= 1;
+            }
+            message.truncate(end);
+        }
+        let reason = Reason::try_from(status.reason).unwrap_or(Reason::Unspecified);
+        let status = pb::TaskStatus {
+            task_id: Some(task_id.clone()),
+            state: state as i32,
+            message,
+            source: Source::Executor as i32,
+            reason: reason as i32,
+            agent_id: self.agent_id.clone(),
+            executor_id: Some(executor_id.clone()),
+            timestamp: drover_proto::unix_seconds(),
+            uuid: status.uuid,
+            healthy: status.healthy,
+            check_status: None,
+            exit_code: status.exit_code,
+            data: status.data,
+        };
+        tracing::info!(task = %key, state = states::name(state), executor = %executor_id, "status update from the executor");
+        self.updates.enqueue(
+            &key,
+            StatusUpdate {
+                framework_id: key.framework_id.clone(),
+                status,
+            },
+        );
+        if states::is_terminal(state) {
+            if let Some(t) = self.tasks.get_mut(&key) {
+                t.terminal = true;
+            }
+            self.metrics.task_terminal(state);
+            let entry = self.executors.entries.get_mut(&ekey).expect("found above");
+            entry.tasks.remove(&task_id);
+            entry.killing.remove(&task_id);
+            if entry.tasks.is_empty() {
+                self.shut_down_executor(&ekey);
+            }
+        }
+        Ok(())
+    }
+
+    /// A kill of a task an executor runs (or was to run). Returns false for other tasks.
+    pub(crate) fn kill_on_executor(
+        &mut self,
+        key: &TaskKey,
+        policy: Option<&pb::KillPolicy>,
+        reason: Reason,
+    ) -> bool {
+        let Some(task) = self.tasks.get(key) else {
+            return false;
+        };
+        let Some(executor_id) = executor_id_of(&task.checkpoint.task) else {
+            return false;
+        };
+        if task.terminal {
+            return true;
+        }
+        let ekey = TaskKey::executor(&key.framework_id, &executor_id);
+        let grace = self.grace_for(key, policy);
+        let Some(entry) = self.executors.entries.get_mut(&ekey) else {
+            return true;
+        };
+        if entry.sent.contains(&key.task_id) {
+            tracing::info!(task = %key, executor = %executor_id, "asking the executor to kill the task");
+            entry.killing.insert(key.task_id.clone(), reason);
+            let generation = entry.generation;
+            if entry.subscriber.is_some() {
+                self.send_kill(&ekey, key, policy.cloned());
+            }
+            self.schedule(
+                &ekey,
+                generation,
+                TimerKind::KillTask(key.task_id.clone()),
+                grace + SHUTDOWN_GRACE,
+            );
+            return true;
+        }
+        // The executor never got the task: it ends here.
+        entry.tasks.remove(&key.task_id);
+        let empty = entry.tasks.is_empty();
+        self.enqueue_status(
+            key,
+            TaskState::TaskKilled,
+            Source::Agent,
+            reason,
+            "killed before its executor started it".into(),
+            None,
+        );
+        if empty {
+            self.shut_down_executor(&ekey);
+        }
+        true
+    }
+
+    fn send_kill(&mut self, ekey: &TaskKey, key: &TaskKey, policy: Option<pb::KillPolicy>) {
+        let policy = policy.or_else(|| {
+            self.tasks
+                .get(key)
+                .and_then(|t| t.checkpoint.task.kill_policy.clone())
+        });
+        self.executors.outbox.push((
+            ekey.clone(),
+            event(executor_event::Event::Kill(executor_event::Kill {
+                task_id: Some(key.task_id.clone()),
+                kill_policy: policy,
+            })),
+        ));
+    }
+
+    /// Asks an executor to exit (SHUTDOWN, then a kill after [`SHUTDOWN_GRACE`]); one
+    /// that is not subscribed is killed at once.
+    fn shut_down_executor(&mut self, ekey: &TaskKey) {
+        let generation = self.executors.next();
+        let Some(entry) = self.executors.entries.get_mut(ekey) else {
+            return;
+        };
+        if entry.phase == Phase::ShuttingDown {
+            return;
+        }
+        tracing::info!(executor = %ekey, "shutting the executor down");
+        entry.phase = Phase::ShuttingDown;
+        entry.generation = generation;
+        if entry.subscriber.is_some() {
+            self.executors.outbox.push((
+                ekey.clone(),
+                event(executor_event::Event::Shutdown(executor_event::Shutdown {})),
+            ));
+            self.schedule(ekey, generation, TimerKind::Shutdown, SHUTDOWN_GRACE);
+        } else if entry.watched {
+            self.kill_executor_container(ekey);
+        }
+        // Still launching: killed once its container exists.
+    }
+
+    /// `ShutdownFramework`: its executors are shut down (after its tasks were killed).
+    pub(crate) fn shut_down_framework_executors(&mut self, framework_id: &FrameworkId) {
+        let keys: Vec<TaskKey> = self
+            .executors
+            .entries
+            .keys()
+            .filter(|k| &k.framework_id == framework_id)
+            .cloned()
+            .collect();
+        for ekey in keys {
+            self.shut_down_executor(&ekey);
+        }
+    }
+
+    /// Kills every executor's container (the agent is stopping and kills its tasks).
+    pub(crate) fn kill_all_executors(&mut self) {
+        let keys: Vec<TaskKey> = self
+            .executors
+            .entries
+            .iter()
+            .filter(|(_, e)| e.watched)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for ekey in keys {
+            self.kill_executor_container(&ekey);
+        }
+    }
+
+    fn kill_executor_container(&self, ekey: &TaskKey) {
+        let containerizer = self.containerizer.clone();
+        let grace = self.settings.default_grace;
+        let ekey = ekey.clone();
+        tracing::info!(executor = %ekey, "killing the executor's container");
+        // The outcome arrives through the container's waiter.
+        tokio::spawn(async move {
+            if let Err(e) = containerizer
+                .kill(&ekey, grace, Reason::ExecutorTerminated)
+                .await
+            {
+                tracing::error!(executor = %ekey, "kill failed: {e}");
+            }
+        });
+    }
+
+    fn schedule(&self, ekey: &TaskKey, generation: u64, kind: TimerKind, after: Duration) {
+        let events = self.events_tx.clone();
+        let timer = Timer {
+            key: ekey.clone(),
+            generation,
+            kind,
+        };
+        tokio::spawn(async move {
+            tokio::time::sleep(after).await;
+            let _ = events.send(Event::ExecutorTimer(timer)).await;
+        });
+    }
+
+    pub(crate) fn on_executor_timer(&mut self, timer: Timer) {
+        let Some(entry) = self.executors.entries.get_mut(&timer.key) else {
+            return;
+        };
+        match timer.kind {
+            TimerKind::Registration => {
+                if entry.generation != timer.generation || entry.phase != Phase::Registering {
+                    return;
+                }
+                tracing::warn!(executor = %timer.key, "the executor did not subscribe in time; killing it");
+                entry.timed_out = true;
+                self.kill_executor_container(&timer.key);
+            }
+            TimerKind::Shutdown => {
+                if entry.generation != timer.generation || entry.phase != Phase::ShuttingDown {
+                    return;
+                }
+                tracing::warn!(executor = %timer.key, "the executor did not exit after SHUTDOWN");
+                self.kill_executor_container(&timer.key);
+            }
+            TimerKind::KillTask(task_id) => {
+                if !entry.killing.contains_key(&task_id) {
+                    return;
+                }
+                tracing::warn!(executor = %timer.key, task = %task_id, "the executor did not end the killed task in time; killing the executor");
+                self.kill_executor_container(&timer.key);
+            }
+        }
+    }
+
+    /// The acknowledgement of an update of an executor's task, relayed to it.
+    /// `completed`: it was the terminal one, and the agent forgets the task.
+    pub(crate) fn relay_ack(
+        &mut self,
+        key: &TaskKey,
+        executor_id: &ExecutorId,
+        uuid: &[u8],
+        completed: bool,
+    ) {
+        if completed {
+            self.executors.acknowledged.remove(key);
+        } else {
+            let acked = self.executors.acknowledged.entry(key.clone()).or_default();
+            if acked.len() >= 16 {
+                acked.remove(0);
+            }
+            acked.push(uuid.to_vec());
+        }
+        let ekey = TaskKey::executor(&key.framework_id, executor_id);
+        if !self.executors.entries.contains_key(&ekey) {
+            return;
+        }
+        self.executors.outbox.push((
+            ekey,
+            event(executor_event::Event::Acknowledged(
+                executor_event::Acknowledged {
+                    task_id: Some(key.task_id.clone()),
+                    uuid: uuid.to_vec(),
+                },
+            )),
+        ));
+    }
+
+    /// The executor a task runs on, if a custom one.
+    pub(crate) fn executor_of(&self, key: &TaskKey) -> Option<ExecutorId> {
+        self.tasks
+            .get(key)
+            .and_then(|t| executor_id_of(&t.checkpoint.task))
+    }
+
+    /// After the durability point: events to executors and answers to their calls.
+    pub(crate) fn flush_executors(&mut self) {
+        for (ekey, ev) in std::mem::take(&mut self.executors.outbox) {
+            let Some(entry) = self.executors.entries.get_mut(&ekey) else {
+                continue;
+            };
+            let Some(s) = &entry.subscriber else {
+                continue;
+            };
+            if s.events.send(Ok(ev)).is_err() {
+                tracing::info!(executor = %ekey, "the executor's stream closed");
+                entry.subscriber = None;
+            }
+        }
+        for (reply, result) in std::mem::take(&mut self.executors.replies) {
+            let _ = reply.send(result);
+        }
+    }
+
+    /// The checkpoint records of running executors, for the log's compaction.
+    pub(crate) fn executor_records(&self) -> Vec<Record> {
+        self.executors
+            .entries
+            .iter()
+            .map(|(k, e)| Record::Task {
+                key: k.clone(),
+                task: Box::new(e.checkpoint.clone()),
+            })
+            .collect()
+    }
+
+    /// Recovery, first step: reattaches to the executors' containers and returns the
+    /// other recovered entries (tasks).
+    pub(crate) async fn recover_executors(
+        &mut self,
+        found: Vec<RecoveredTask>,
+    ) -> Result<Vec<RecoveredTask>, AgentError> {
+        let (executors, tasks): (Vec<_>, Vec<_>) =
+            found.into_iter().partition(|f| f.key.executor_id().is_some());
+        for f in executors {
+            let ekey = f.key;
+            let meta = self.layout.task_meta(&ekey);
+            create_dir_all_durable(meta.dir())
+                .ctx(|| format!("creating {}", meta.dir().display()))?;
+            let recovered = self.containerizer.recover(&ekey).await?;
+            if recovered == Recovered::NeverStarted {
+                tracing::info!(executor = %ekey, "the executor never started");
+                self.journal.stage(&Record::Completed { key: ekey });
+                continue;
+            }
+            let info = f.checkpoint.task.executor.clone().unwrap_or_default();
+            let generation = self.executors.next();
+            self.executors.entries.insert(
+                ekey.clone(),
+                ExecutorEntry {
+                    checkpoint: f.checkpoint,
+                    info,
+                    phase: Phase::Registering,
+                    tasks: BTreeSet::new(),
+                    sent: BTreeSet::new(),
+                    killing: BTreeMap::new(),
+                    subscriber: None,
+                    watched: true,
+                    generation,
+                    timed_out: false,
+                },
+            );
+            tracing::info!(executor = %ekey, ?recovered, "recovered an executor; waiting for it to subscribe again");
+            self.watch(&ekey);
+            if recovered == Recovered::Running {
+                let timeout = self.settings.executor_registration_timeout;
+                self.schedule(&ekey, generation, TimerKind::Registration, timeout);
+            }
+        }
+        Ok(tasks)
+    }
+
+    /// Recovery of a task that is not terminal: true when it runs on a custom executor
+    /// (it joins its executor, or fails when the executor is gone).
+    pub(crate) fn recover_executor_task(&mut self, key: &TaskKey) -> bool {
+        let Some(executor_id) = self.executor_of(key) else {
+            return false;
+        };
+        let ekey = TaskKey::executor(&key.framework_id, &executor_id);
+        match self.executors.entries.get_mut(&ekey) {
+            Some(entry) => {
+                entry.tasks.insert(key.task_id.clone());
+            }
+            None => self.enqueue_status(
+                key,
+                TaskState::TaskFailed,
+                Source::Agent,
+                Reason::ExecutorTerminated,
+                "the task's executor was gone when the agent restarted".into(),
+                None,
+            ),
+        }
+        true
+    }
+
+    /// Recovery, last step: an executor left without tasks is shut down.
+    pub(crate) fn recover_executors_done(&mut self) {
+        let idle: Vec<TaskKey> = self
+            .executors
+            .entries
+            .iter()
+            .filter(|(_, e)| e.tasks.is_empty())
+            .map(|(k, _)| k.clone())
+            .collect();
+        for ekey in idle {
+            self.shut_down_executor(&ekey);
+        }
+    }
+}
