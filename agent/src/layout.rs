@@ -232,8 +232,10 @@ mod tests {
         // A real task can never be mistaken for an executor's container.
         assert!(TaskKey::new("fw-1", "executor+ex-1").validate().is_ok());
         assert!(validate_id("task", "executor+ex-1").is_err());
-        assert!(TaskKey::executor(&FrameworkId::new("fw"), &ExecutorId::new("../x"))
-            .validate()
-            .is_err());
+        assert!(
+            TaskKey::executor(&FrameworkId::new("fw"), &ExecutorId::new("../x"))
+                .validate()
+                .is_err()
+        );
     }
 }

@@ -71,8 +71,7 @@ pub trait Executor: Send + 'static {
     );
 
     /// The framework acknowledged this update (the driver forgets it before calling).
-    async fn acknowledged(&mut self, _driver: &ExecutorDriver, _task_id: TaskId, _uuid: Vec<u8>) {
-    }
+    async fn acknowledged(&mut self, _driver: &ExecutorDriver, _task_id: TaskId, _uuid: Vec<u8>) {}
 
     /// The agent asks the executor to exit: stop every task and report them. The driver
     /// returns from [`run_executor`] when this returns.
@@ -298,7 +297,8 @@ pub async fn run_executor_with(
                 })
                 .await
                 .map_err(|s| {
-                    if s.code() == tonic::Code::NotFound || s.code() == tonic::Code::InvalidArgument {
+                    if s.code() == tonic::Code::NotFound || s.code() == tonic::Code::InvalidArgument
+                    {
                         Err(SdkError::Subscribe {
                             master: config.agent_endpoint.clone(),
                             status: Box::new(s),

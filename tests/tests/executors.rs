@@ -45,7 +45,7 @@ struct Fw {
 impl Scheduler for Fw {
     async fn offers(&mut self, driver: &Driver, offers: Vec<pb::Offer>) {
         self.seen.lock().unwrap().driver = Some(driver.clone());
-        let mut ids: Vec<_> = offers.iter().filter_map(|o| o.offer_id.clone()).collect();
+        let mut ids: Vec<_> = offers.iter().filter_map(|o| o.id.clone()).collect();
         if !self.tasks.is_empty() && !ids.is_empty() {
             let agent = offers[0].agent_id.clone();
             let tasks = std::mem::take(&mut self.tasks)
@@ -55,7 +55,10 @@ impl Scheduler for Fw {
                     ..t
                 })
                 .collect();
-            driver.launch(vec![ids.remove(0)], tasks).await.expect("launch");
+            driver
+                .launch(vec![ids.remove(0)], tasks)
+                .await
+                .expect("launch");
         }
         let _ = driver.decline(ids, Some(3600.0)).await;
     }
@@ -195,7 +198,11 @@ fn a_custom_executor_written_with_the_sdk_runs_tasks() {
         };
         assert_eq!(states[0], expected, "task {id}: {:?}", updates[0]);
         let u = &updates[0];
-        assert_eq!(u.source(), Source::Executor, "task {id} reported by its executor");
+        assert_eq!(
+            u.source(),
+            Source::Executor,
+            "task {id} reported by its executor"
+        );
         assert_eq!(
             u.executor_id.as_ref().map(|e| e.as_str()),
             Some("ex-1"),
@@ -211,16 +218,18 @@ fn a_custom_executor_written_with_the_sdk_runs_tasks() {
         let seen = seen.lock().unwrap();
         for id in ["done-0", "done-1", "done-2", "fails", "long"] {
             assert!(
-                seen.updates.iter().any(|u| u.state() == TaskState::TaskRunning
-                    && u.task_id.as_ref().map(|t| t.as_str()) == Some(id)),
+                seen.updates
+                    .iter()
+                    .any(|u| u.state() == TaskState::TaskRunning
+                        && u.task_id.as_ref().map(|t| t.as_str()) == Some(id)),
                 "task {id} was reported RUNNING"
             );
         }
     }
 
     // One executor ran them all, in its own sandbox, each task once.
-    let sandbox = find_dir(&work_dir.join("sandboxes"), "executor+ex-1")
-        .expect("the executor's sandbox");
+    let sandbox =
+        find_dir(&work_dir.join("sandboxes"), "executor+ex-1").expect("the executor's sandbox");
     for i in 0..3 {
         let out = std::fs::read_to_string(
             sandbox
@@ -229,13 +238,20 @@ fn a_custom_executor_written_with_the_sdk_runs_tasks() {
                 .join("stdout"),
         )
         .expect("task output");
-        assert_eq!(out, format!("hello from done-{i}\n"), "task done-{i} ran once");
+        assert_eq!(
+            out,
+            format!("hello from done-{i}\n"),
+            "task done-{i} ran once"
+        );
     }
 
     // With its last task ended, the executor was shut down and exited; nothing it started
     // is left running.
-    let meta = find_dir(&work_dir.join("meta").join("frameworks"), "tasks/executor+ex-1")
-        .expect("the executor's meta directory");
+    let meta = find_dir(
+        &work_dir.join("meta").join("frameworks"),
+        "tasks/executor+ex-1",
+    )
+    .expect("the executor's meta directory");
     wait_until(
         "the executor's container to end",
         Duration::from_secs(60),
@@ -250,7 +266,10 @@ fn a_custom_executor_written_with_the_sdk_runs_tasks() {
     );
     let exit: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(meta.join("exit.json")).unwrap()).unwrap();
-    assert_eq!(exit["killed"], false, "the executor exited by itself: {exit}");
+    assert_eq!(
+        exit["killed"], false,
+        "the executor exited by itself: {exit}"
+    );
     // Every update was acknowledged and the agent forgot the tasks.
     wait_until(
         "the agent to forget the ended tasks",
@@ -282,10 +301,7 @@ fn an_executor_that_never_subscribes_is_killed_and_its_tasks_fail() {
         &cluster,
         "silent-executor",
         Fw {
-            tasks: vec![
-                task("a", "true", &executor),
-                task("b", "true", &executor),
-            ],
+            tasks: vec![task("a", "true", &executor), task("b", "true", &executor)],
             kill_when_running: None,
             seen: seen.clone(),
         },
@@ -317,10 +333,108 @@ fn an_executor_that_never_subscribes_is_killed_and_its_tasks_fail() {
             .any(|u| u.state() == TaskState::TaskRunning),
         "nothing ran"
     );
-    let sandbox = find_dir(&work_dir.join("sandboxes"), "executor+silent")
-        .expect("the executor's sandbox");
+    let sandbox =
+        find_dir(&work_dir.join("sandboxes"), "executor+silent").expect("the executor's sandbox");
     wait_until(
         "the executor to be killed",
+        Duration::from_secs(60),
+        Duration::from_millis(200),
+        || processes_mentioning(&sandbox).is_empty().then_some(()),
+    );
+    teardown(&seen, thread);
+}
+
+#[test]
+fn executors_survive_an_agent_restart_and_report_each_state_once() {
+    let mut cluster = Cluster::start(Timing::default());
+    cluster.add_agent("cpus:2;mem:2048");
+    cluster.wait_for_active_agents(1);
+    let work_dir = cluster.agent_work_dir(0);
+    let go = cluster.dir.path().join("go");
+
+    let bin = cluster.bin("drover-example-executor");
+    let executor = custom_executor("ex-r", bin.display().to_string());
+    // Both tasks run until the test creates the file `go`.
+    let wait = format!(
+        "while [ ! -e {} ]; do sleep 0.1; done; echo \"$GREETING\"",
+        go.display()
+    );
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let thread = start_framework(
+        &cluster,
+        "executor-restart",
+        Fw {
+            tasks: vec![task("r-0", &wait, &executor), task("r-1", &wait, &executor)],
+            kill_when_running: None,
+            seen: seen.clone(),
+        },
+    );
+    let running = |seen: &Seen| {
+        seen.updates
+            .iter()
+            .filter(|u| u.state() == TaskState::TaskRunning)
+            .map(|u| u.task_id.clone().unwrap_or_default())
+            .collect::<std::collections::HashSet<_>>()
+            .len()
+    };
+    wait_until(
+        "both tasks to run",
+        Duration::from_secs(120),
+        Duration::from_millis(100),
+        || (running(&seen.lock().unwrap()) == 2).then_some(()),
+    );
+    let sandbox =
+        find_dir(&work_dir.join("sandboxes"), "executor+ex-r").expect("the executor's sandbox");
+    let before = processes_mentioning(&sandbox);
+    assert!(!before.is_empty(), "the executor runs");
+
+    // kill -9 of the agent: the executor and its tasks keep running; the new agent finds
+    // the executor again and the executor resubscribes by itself.
+    cluster.kill_agent(0);
+    std::fs::write(&go, b"").unwrap();
+    cluster.start_agent(0);
+
+    let terminal = wait_until(
+        "both tasks to finish",
+        Duration::from_secs(180),
+        Duration::from_millis(200),
+        || {
+            let t = seen.lock().unwrap().terminal();
+            (t.len() == 2).then_some(t)
+        },
+    );
+    for (id, updates) in &terminal {
+        assert!(
+            updates.iter().all(|u| u.state() == TaskState::TaskFinished),
+            "task {id}: {updates:?}"
+        );
+    }
+    // At least once, but never two different reports of one state: every copy of a
+    // task's RUNNING or FINISHED carries the same uuid.
+    let mut uuids: HashMap<(String, i32), std::collections::HashSet<Vec<u8>>> = HashMap::new();
+    for u in &seen.lock().unwrap().updates {
+        let id = u.task_id.clone().unwrap_or_default().to_string();
+        uuids
+            .entry((id, u.state))
+            .or_default()
+            .insert(u.uuid.clone());
+    }
+    for ((id, state), set) in &uuids {
+        assert_eq!(
+            set.len(),
+            1,
+            "task {id} reported state {state} {} times",
+            set.len()
+        );
+    }
+    for i in 0..2 {
+        let out =
+            std::fs::read_to_string(sandbox.join("tasks").join(format!("r-{i}")).join("stdout"))
+                .expect("task output");
+        assert_eq!(out, "hello\n", "task r-{i} ran once");
+    }
+    wait_until(
+        "the executor to exit after its last task",
         Duration::from_secs(60),
         Duration::from_millis(200),
         || processes_mentioning(&sandbox).is_empty().then_some(()),

@@ -334,10 +334,18 @@ async fn an_executor_runs_its_tasks_and_its_calls_are_checked() {
         let spec = h.wait_launched(&ekey("ex-1")).await;
         let env = spec.task.command.unwrap().environment;
         let var = |n: &str| env.iter().find(|e| e.name == n).map(|e| e.value.clone());
-        assert_eq!(var("DROVER_AGENT_ENDPOINT").as_deref(), Some("http://127.0.0.1:7"));
+        assert_eq!(
+            var("DROVER_AGENT_ENDPOINT").as_deref(),
+            Some("http://127.0.0.1:7")
+        );
         assert_eq!(var("DROVER_EXECUTOR_ID").as_deref(), Some("ex-1"));
         assert!(spec.sandbox.ends_with("sandboxes/fw/executor+ex-1"));
-        assert!(!h.fake.launched.lock().unwrap().contains_key(&TaskKey::new("fw", "t1")));
+        assert!(!h
+            .fake
+            .launched
+            .lock()
+            .unwrap()
+            .contains_key(&TaskKey::new("fw", "t1")));
 
         // Unknown executors, and bad ids, cannot subscribe.
         let e = h.subscribe("ex-404", &[]).await.unwrap_err();
@@ -345,7 +353,10 @@ async fn an_executor_runs_its_tasks_and_its_calls_are_checked() {
         let e = h.subscribe("../x", &[]).await.unwrap_err();
         assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
         // Updates before subscribing are refused as retryable.
-        let e = h.update("ex-1", status("t1", TaskState::TaskRunning)).await.unwrap_err();
+        let e = h
+            .update("ex-1", status("t1", TaskState::TaskRunning))
+            .await
+            .unwrap_err();
         assert_eq!(e.code(), Code::Unavailable, "{e:?}");
 
         let mut first = h.subscribe("ex-1", &[]).await.unwrap();
@@ -368,11 +379,31 @@ async fn an_executor_runs_its_tasks_and_its_calls_are_checked() {
 
         // Refusals, each leaving the task alone.
         let refusals = [
-            ("ex-404", status("t1", TaskState::TaskRunning), Code::NotFound),
-            ("ex-1", status("nope", TaskState::TaskRunning), Code::NotFound),
-            ("ex-1", status("plain", TaskState::TaskRunning), Code::PermissionDenied),
-            ("ex-1", status("t1", TaskState::TaskStaging), Code::InvalidArgument),
-            ("ex-1", status("t1", TaskState::TaskLost), Code::InvalidArgument),
+            (
+                "ex-404",
+                status("t1", TaskState::TaskRunning),
+                Code::NotFound,
+            ),
+            (
+                "ex-1",
+                status("nope", TaskState::TaskRunning),
+                Code::NotFound,
+            ),
+            (
+                "ex-1",
+                status("plain", TaskState::TaskRunning),
+                Code::PermissionDenied,
+            ),
+            (
+                "ex-1",
+                status("t1", TaskState::TaskStaging),
+                Code::InvalidArgument,
+            ),
+            (
+                "ex-1",
+                status("t1", TaskState::TaskLost),
+                Code::InvalidArgument,
+            ),
             (
                 "ex-1",
                 pb::TaskStatus {
@@ -407,8 +438,11 @@ async fn an_executor_runs_its_tasks_and_its_calls_are_checked() {
         };
         h.update("ex-1", finished.clone()).await.unwrap();
         h.update("ex-1", finished.clone()).await.unwrap(); // a resend
-        // Another state after the terminal one is refused.
-        let e = h.update("ex-1", status("t1", TaskState::TaskFailed)).await.unwrap_err();
+                                                           // Another state after the terminal one is refused.
+        let e = h
+            .update("ex-1", status("t1", TaskState::TaskFailed))
+            .await
+            .unwrap_err();
         assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
         let sent = h.sent("t1", TaskState::TaskFinished).await;
         assert_eq!(sent.exit_code, Some(0));
@@ -438,7 +472,9 @@ async fn an_executor_runs_its_tasks_and_its_calls_are_checked() {
             }
         }
         // The executor reports it; with no task left it is shut down.
-        h.update("ex-1", status("t2", TaskState::TaskKilled)).await.unwrap();
+        h.update("ex-1", status("t2", TaskState::TaskKilled))
+            .await
+            .unwrap();
         loop {
             match next_event(&mut stream).await {
                 Ev::Shutdown(_) => break,
@@ -558,7 +594,10 @@ async fn a_running_executor_is_recovered_after_a_restart() {
             .filter(|s| s.state() == TaskState::TaskRunning)
             .map(|s| s.uuid.clone())
             .collect();
-        assert!(again.iter().all(|u| *u == running.uuid), "RUNNING was not reported anew");
+        assert!(
+            again.iter().all(|u| *u == running.uuid),
+            "RUNNING was not reported anew"
+        );
         assert!(h.fake.killed.lock().unwrap().is_empty());
     })
     .await;

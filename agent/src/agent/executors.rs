@@ -28,6 +28,10 @@
 //! Everything an executor is told (events) and every answer to its calls waits for the
 //! batch's durability point, like everything else that leaves the agent.
 
+// The handlers answer executors' calls with a `tonic::Status`, built once per call and
+// moved straight into the answer; boxing it would only add an allocation.
+#![allow(clippy::result_large_err)]
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
@@ -218,7 +222,13 @@ fn reportable(state: TaskState) -> bool {
     use TaskState::*;
     matches!(
         state,
-        TaskStarting | TaskRunning | TaskKilling | TaskFinished | TaskFailed | TaskKilled | TaskError
+        TaskStarting
+            | TaskRunning
+            | TaskKilling
+            | TaskFinished
+            | TaskFailed
+            | TaskKilled
+            | TaskError
     )
 }
 
@@ -255,7 +265,9 @@ impl AgentLoop {
                     TaskState::TaskFailed,
                     Source::Agent,
                     Reason::ExecutorTerminated,
-                    format!("executor {id} is shutting down; launch the task again to start a new one"),
+                    format!(
+                        "executor {id} is shutting down; launch the task again to start a new one"
+                    ),
                     None,
                 );
                 return Ok(());
@@ -273,7 +285,12 @@ impl AgentLoop {
         match std::fs::remove_dir_all(meta.dir()) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(AgentError::io(format!("removing {}", meta.dir().display()), e)),
+            Err(e) => {
+                return Err(AgentError::io(
+                    format!("removing {}", meta.dir().display()),
+                    e,
+                ))
+            }
         }
         let mut command = info.command.clone().unwrap_or_default();
         for (name, value) in [
@@ -429,7 +446,9 @@ impl AgentLoop {
         };
         tracing::info!(executor = %ekey, live_tasks = entry.tasks.len(), "the executor ended: {how}");
         if let Some(s) = &entry.subscriber {
-            let _ = s.events.send(Err(Status::aborted("the executor's container ended")));
+            let _ = s
+                .events
+                .send(Err(Status::aborted("the executor's container ended")));
         }
         for task_id in &entry.tasks {
             let key = TaskKey {
@@ -710,7 +729,7 @@ impl AgentLoop {
             entry.killing.insert(key.task_id.clone(), reason);
             let generation = entry.generation;
             if entry.subscriber.is_some() {
-                self.send_kill(&ekey, key, policy.cloned());
+                self.send_kill(&ekey, key, policy.copied());
             }
             self.schedule(
                 &ekey,
@@ -741,7 +760,7 @@ impl AgentLoop {
         let policy = policy.or_else(|| {
             self.tasks
                 .get(key)
-                .and_then(|t| t.checkpoint.task.kill_policy.clone())
+                .and_then(|t| t.checkpoint.task.kill_policy)
         });
         self.executors.outbox.push((
             ekey.clone(),
@@ -941,8 +960,9 @@ impl AgentLoop {
         &mut self,
         found: Vec<RecoveredTask>,
     ) -> Result<Vec<RecoveredTask>, AgentError> {
-        let (executors, tasks): (Vec<_>, Vec<_>) =
-            found.into_iter().partition(|f| f.key.executor_id().is_some());
+        let (executors, tasks): (Vec<_>, Vec<_>) = found
+            .into_iter()
+            .partition(|f| f.key.executor_id().is_some());
         for f in executors {
             let ekey = f.key;
             let meta = self.layout.task_meta(&ekey);

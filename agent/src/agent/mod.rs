@@ -9,12 +9,12 @@
 //! Checkpoints go to one append-only log per agent, group-committed per batch of events
 //! (see [`crate::journal`] and `state.rs`).
 
+#[cfg(test)]
+mod executor_tests;
 pub mod executors;
 mod recovery;
 mod state;
 mod tasks;
-#[cfg(test)]
-mod executor_tests;
 #[cfg(test)]
 mod tests;
 

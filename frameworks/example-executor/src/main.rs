@@ -17,10 +17,10 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use drover_sdk::async_trait;
 use drover_sdk::executor::{run_executor, Executor, ExecutorDriver};
 use drover_sdk::proto::pb::{self, TaskState};
 use drover_sdk::proto::TaskId;
-use drover_sdk::async_trait;
 
 const DEFAULT_GRACE: Duration = Duration::from_secs(3);
 
@@ -68,7 +68,10 @@ impl Runner {
     }
 }
 
-fn build_command(task: &pb::TaskInfo, dir: &std::path::Path) -> Result<tokio::process::Command, String> {
+fn build_command(
+    task: &pb::TaskInfo,
+    dir: &std::path::Path,
+) -> Result<tokio::process::Command, String> {
     let cmd = task.command.clone().unwrap_or_default();
     let mut command = if cmd.shell {
         if cmd.value.trim().is_empty() {
@@ -114,7 +117,10 @@ impl Executor for Runner {
         let spawned = std::fs::create_dir_all(&dir)
             .map_err(|e| format!("cannot create {}: {e}", dir.display()))
             .and_then(|()| build_command(&task, &dir))
-            .and_then(|mut c| c.spawn().map_err(|e| format!("cannot start the command: {e}")));
+            .and_then(|mut c| {
+                c.spawn()
+                    .map_err(|e| format!("cannot start the command: {e}"))
+            });
         let mut child = match spawned {
             Ok(child) => child,
             Err(why) => {
@@ -130,8 +136,13 @@ impl Executor for Runner {
             }
         };
         let pgid = child.id().map(|p| p as i32).unwrap_or(0);
-        self.children()
-            .insert(task_id.clone(), Child { pgid, killed: false });
+        self.children().insert(
+            task_id.clone(),
+            Child {
+                pgid,
+                killed: false,
+            },
+        );
         if let Err(e) = driver.update(&task_id, TaskState::TaskRunning).await {
             eprintln!("example executor: RUNNING of {task_id} refused: {e}");
         }
@@ -159,7 +170,11 @@ impl Executor for Runner {
                         format!("the command was killed by a signal ({s})"),
                     ),
                 },
-                Err(e) => (TaskState::TaskFailed, None, format!("lost the command: {e}")),
+                Err(e) => (
+                    TaskState::TaskFailed,
+                    None,
+                    format!("lost the command: {e}"),
+                ),
             };
             if let Err(e) = driver
                 .send_update(pb::TaskStatus {
