@@ -171,4 +171,17 @@ mod tests {
         assert_eq!(t.labels[0].value, "v");
         assert!(t.kill_policy.is_none());
     }
+
+    #[test]
+    fn a_task_on_a_custom_executor_may_leave_its_command_out() {
+        let executor = crate::executor::custom_executor("ex-1", "./my-executor");
+        let t = TaskBuilder::new("t-3").executor(executor.clone()).build();
+        assert!(t.command.is_none());
+        assert_eq!(t.executor.as_ref(), Some(&executor));
+        let t = TaskBuilder::new("t-4")
+            .shell("work")
+            .executor(executor)
+            .build();
+        assert_eq!(t.command.unwrap().value, "work");
+    }
 }
