@@ -218,7 +218,7 @@ impl AgentApi for AgentApiService {
 }
 
 /// `Executor`: the calls of custom executors, handled by the agent loop (see
-/// `agent/executors.rs`); each answer comes once what the call changed is durable.
+/// `agent/executors/`); each answer comes once what the call changed is durable.
 pub struct ExecutorService {
     events: mpsc::Sender<Event>,
 }

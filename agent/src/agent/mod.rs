@@ -4,7 +4,7 @@
 //! - `state.rs`: the agent loop that owns all state and handles events in order;
 //! - `tasks.rs`: launch, kill and container-end handlers;
 //! - `recovery.rs`: reading checkpointed tasks after a restart;
-//! - `executors.rs`: custom executors (their containers, subscriptions and updates).
+//! - `executors/`: custom executors (their containers, subscriptions and updates).
 //!
 //! Checkpoints go to one append-only log per agent, group-committed per batch of events
 //! (see [`crate::journal`] and `state.rs`).

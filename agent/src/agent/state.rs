@@ -54,7 +54,7 @@ pub enum Event {
     },
     /// The agent API asks for the agent's state.
     GetState(oneshot::Sender<pb::GetAgentStateResponse>),
-    /// A call of a custom executor (see `executors.rs`).
+    /// A call of a custom executor (see `executors/`).
     Executor(super::executors::ExecutorRequest),
     /// A custom executor's timer fired.
     ExecutorTimer(super::executors::Timer),
@@ -113,7 +113,7 @@ pub(crate) struct AgentLoop {
     replies: Vec<Reply>,
     pub(crate) events_tx: mpsc::Sender<Event>,
     session: Option<Session>,
-    /// Custom executors; see `executors.rs`.
+    /// Custom executors; see `executors/`.
     pub(crate) executors: super::executors::Executors,
 }
 
