@@ -1,5 +1,5 @@
 //! The agent's gRPC services on `--listen`: `AgentApi` (files API with `FollowFile`, state
-//! and the image store) and `Executor` (custom executors, not implemented yet).
+//! and the image store) and `Executor` (custom executors: subscriptions and status updates).
 
 use std::path::PathBuf;
 use std::pin::Pin;
@@ -13,6 +13,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, oneshot};
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::agent::executors::ExecutorRequest;
 use crate::agent::Event;
 use crate::files_api;
 use crate::files_api::follow::{FollowRequest, TaskLiveness, FOLLOW_POLL};
@@ -275,10 +276,30 @@ impl AgentApi for AgentApiService {
     }
 }
 
-const NO_EXECUTORS: &str = "custom executors arrive with the containers issue";
+/// `Executor`: the calls of custom executors, handled by the agent loop (see
+/// `agent/executors/`); each answer comes once what the call changed is durable.
+pub struct ExecutorService {
+    events: mpsc::Sender<Event>,
+}
 
-/// `Executor`: every call answers UNIMPLEMENTED until custom executors exist.
-pub struct ExecutorService;
+impl ExecutorService {
+    pub fn new(events: mpsc::Sender<Event>) -> Self {
+        ExecutorService { events }
+    }
+
+    async fn ask(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<(), Status>>) -> ExecutorRequest,
+    ) -> Result<(), Status> {
+        let (tx, rx) = oneshot::channel();
+        self.events
+            .send(Event::Executor(make(tx)))
+            .await
+            .map_err(|_| Status::unavailable("the agent is stopping"))?;
+        rx.await
+            .map_err(|_| Status::unavailable("the agent is stopping"))?
+    }
+}
 
 #[tonic::async_trait]
 impl Executor for ExecutorService {
@@ -286,23 +307,45 @@ impl Executor for ExecutorService {
 
     async fn subscribe(
         &self,
-        _request: Request<pb::ExecutorSubscribeRequest>,
+        request: Request<pb::ExecutorSubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
-        Err(Status::unimplemented(NO_EXECUTORS))
+        let request = request.into_inner();
+        if request.launched_tasks.len() > 100_000 {
+            return Err(Status::invalid_argument(
+                "launched_tasks names more than 100000 tasks",
+            ));
+        }
+        let (events, rx) = mpsc::unbounded_channel();
+        self.ask(|reply| ExecutorRequest::Subscribe {
+            request,
+            events,
+            reply,
+        })
+        .await?;
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::UnboundedReceiverStream::new(rx),
+        )))
     }
 
     async fn update(
         &self,
-        _request: Request<pb::ExecutorUpdateCall>,
+        request: Request<pb::ExecutorUpdateCall>,
     ) -> Result<Response<pb::ExecutorCallResponse>, Status> {
-        Err(Status::unimplemented(NO_EXECUTORS))
+        let call = request.into_inner();
+        self.ask(|reply| ExecutorRequest::Update { call, reply })
+            .await?;
+        Ok(Response::new(pb::ExecutorCallResponse {}))
     }
 
     async fn message(
         &self,
         _request: Request<pb::ExecutorMessageCall>,
     ) -> Result<Response<pb::ExecutorCallResponse>, Status> {
-        Err(Status::unimplemented(NO_EXECUTORS))
+        // There is no path yet from an agent to a framework for anything but status
+        // updates; refusing says so rather than dropping the message.
+        Err(Status::unimplemented(
+            "messages from executors to their framework are not relayed yet; put small results in TaskStatus.data",
+        ))
     }
 }
 

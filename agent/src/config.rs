@@ -137,6 +137,10 @@ pub struct Config {
     /// Disk enforcement, output rotation, task users and sandbox garbage collection.
     #[command(flatten)]
     pub sandbox: crate::sandbox_flags::SandboxFlags,
+    /// Seconds a custom executor has, from its start, to subscribe to the agent; after
+    /// that it is killed and its tasks fail with REASON_EXECUTOR_REGISTRATION_TIMEOUT.
+    #[arg(long, default_value_t = 60.0, value_name = "SECS")]
+    pub executor_registration_timeout_secs: f64,
 }
 
 /// Validated settings, derived from [`Config`].
@@ -153,6 +157,8 @@ pub struct Settings {
     pub default_grace: Duration,
     pub shutdown_tasks_on_exit: bool,
     pub status_update_retry: Duration,
+    /// See [`Config::executor_registration_timeout_secs`].
+    pub executor_registration_timeout: Duration,
     /// Empty: choose automatically (see `containerizer::build`).
     pub containerizers: Vec<String>,
     pub pids_limit: u64,
@@ -261,6 +267,12 @@ impl Config {
                 "--default-grace-period-secs must be between 0 and 86400, not {grace}"
             )));
         }
+        let registration = self.executor_registration_timeout_secs;
+        if !registration.is_finite() || !(0.001..=86_400.0).contains(&registration) {
+            return Err(AgentError::Config(format!(
+                "--executor-registration-timeout-secs must be between 0.001 and 86400, not {registration}"
+            )));
+        }
         let retry = self.status_update_retry_secs;
         if !retry.is_finite() || !(0.001..=600.0).contains(&retry) {
             return Err(AgentError::Config(format!(
@@ -299,6 +311,7 @@ impl Config {
             default_grace: Duration::from_secs_f64(grace),
             shutdown_tasks_on_exit: self.shutdown_tasks_on_exit,
             status_update_retry: Duration::from_secs_f64(retry),
+            executor_registration_timeout: Duration::from_secs_f64(registration),
             containerizers,
             pids_limit: self.pids_limit,
             cgroups_root: self.cgroups_root.clone(),

@@ -18,6 +18,11 @@
 //!     task.json, updates.json,     checkpoints of agents before the checkpoint log: read
 //!     completed                    once by recovery, moved into the log, then removed
 //!   sandboxes/<fw>/<task>/         the task's cwd: stdout, stderr, whatever it writes
+//!   meta/frameworks/<fw>/tasks/executor+<id>/, sandboxes/<fw>/executor+<id>/
+//!                                  a custom executor's container: its key is a task key
+//!                                  whose task id is `executor+<executor id>` (see
+//!                                  [`TaskKey::executor`]); `+` is not allowed in ids, so
+//!                                  it never meets a real task's directory
 //!   images/                        the image store (see `crate::images`)
 //! ```
 //!
@@ -28,7 +33,10 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use drover_proto::ids::validate_id;
-use drover_proto::{FrameworkId, TaskId};
+use drover_proto::{ExecutorId, FrameworkId, TaskId};
+
+/// See [`TaskKey::executor`]. `+` is outside the id alphabet.
+const EXECUTOR_KEY_PREFIX: &str = "executor+";
 use serde::{Deserialize, Serialize};
 
 /// A task is unique per framework: `(framework id, task id)`.
@@ -46,11 +54,31 @@ impl TaskKey {
         }
     }
 
+    /// The key of a custom executor's container: the containerizers, the checkpoint log
+    /// and the layout treat it like a task's, under a task id no real task can have.
+    pub fn executor(framework_id: &FrameworkId, executor_id: &ExecutorId) -> Self {
+        TaskKey {
+            framework_id: framework_id.clone(),
+            task_id: TaskId::new(format!("{EXECUTOR_KEY_PREFIX}{executor_id}")),
+        }
+    }
+
+    /// The executor id, when this is the key of a custom executor's container.
+    pub fn executor_id(&self) -> Option<ExecutorId> {
+        self.task_id
+            .as_str()
+            .strip_prefix(EXECUTOR_KEY_PREFIX)
+            .map(ExecutorId::new)
+    }
+
     /// Both ids are usable as single path components (see `validate_id`). Only valid keys
     /// ever get a directory on disk.
     pub fn validate(&self) -> Result<(), String> {
         validate_id("framework", self.framework_id.as_str())?;
-        validate_id("task", self.task_id.as_str())
+        match self.executor_id() {
+            Some(id) => validate_id("executor", id.as_str()),
+            None => validate_id("task", self.task_id.as_str()),
+        }
     }
 }
 
@@ -195,5 +223,19 @@ mod tests {
         assert!(TaskKey::new("fw", "../x").validate().is_err());
         assert!(TaskKey::new("", "x").validate().is_err());
         assert_eq!(k.to_string(), "fw-1/task-1");
+
+        let e = TaskKey::executor(&FrameworkId::new("fw-1"), &ExecutorId::new("ex-1"));
+        assert!(e.validate().is_ok());
+        assert_eq!(e.executor_id(), Some(ExecutorId::new("ex-1")));
+        assert_eq!(k.executor_id(), None);
+        assert_eq!(l.sandbox(&e), Path::new("/w/sandboxes/fw-1/executor+ex-1"));
+        // A real task can never be mistaken for an executor's container.
+        assert!(TaskKey::new("fw-1", "executor+ex-1").validate().is_ok());
+        assert!(validate_id("task", "executor+ex-1").is_err());
+        assert!(
+            TaskKey::executor(&FrameworkId::new("fw"), &ExecutorId::new("../x"))
+                .validate()
+                .is_err()
+        );
     }
 }

@@ -20,6 +20,8 @@
 //!   messages.
 //! - [`task`]: [`TaskBuilder`] for `TaskInfo`s (shell or argv command, env, resources,
 //!   agent, kill policy, labels).
+//! - [`executor`]: custom executors: the [`Executor`] trait, [`run_executor`] and the
+//!   [`ExecutorDriver`] handle; [`executor::custom_executor`] for schedulers.
 //! - [`files`]: [`AgentFiles`], reading and following ([`FileFollower`]) sandbox files
 //!   (`stdout`, `stderr`) from an agent.
 //! - [`error`]: [`SdkError`], the one error type.
@@ -103,6 +105,7 @@ pub mod config;
 mod connection;
 pub mod driver;
 pub mod error;
+pub mod executor;
 pub mod files;
 mod masters;
 pub mod offers;
@@ -121,6 +124,7 @@ pub use async_trait::async_trait;
 pub use config::{parse_masters, BackoffConfig, SchedulerConfig, SchedulerConfigBuilder};
 pub use driver::Driver;
 pub use error::SdkError;
+pub use executor::{run_executor, Executor, ExecutorDriver};
 pub use files::{AgentFiles, FileFollower};
 pub use offers::{OfferPacker, Packing, TaskRequest};
 pub use runner::{run, RunOutcome};

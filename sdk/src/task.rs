@@ -112,6 +112,14 @@ impl TaskBuilder {
         self
     }
 
+    /// Runs the task on a custom executor (see [`crate::executor::custom_executor`])
+    /// instead of as a command: the executor receives the whole `TaskInfo`, so the
+    /// command becomes optional and means what the executor makes of it.
+    pub fn executor(mut self, executor: pb::ExecutorInfo) -> TaskBuilder {
+        self.task.executor = Some(executor);
+        self
+    }
+
     /// Attaches a label.
     pub fn label(mut self, key: impl Into<String>, value: impl Into<String>) -> TaskBuilder {
         self.task.labels.push(pb::Label {
@@ -121,10 +129,16 @@ impl TaskBuilder {
         self
     }
 
-    /// The finished `TaskInfo`.
+    /// The finished `TaskInfo`. A task on a custom executor that was given no command
+    /// carries none.
     pub fn build(self) -> pb::TaskInfo {
+        let unset = self.command == pb::CommandInfo::default();
         pb::TaskInfo {
-            command: Some(self.command),
+            command: if unset && self.task.executor.is_some() {
+                None
+            } else {
+                Some(self.command)
+            },
             ..self.task
         }
     }
@@ -156,5 +170,18 @@ mod tests {
         assert_eq!(c.environment[0].name, "A");
         assert_eq!(t.labels[0].value, "v");
         assert!(t.kill_policy.is_none());
+    }
+
+    #[test]
+    fn a_task_on_a_custom_executor_may_leave_its_command_out() {
+        let executor = crate::executor::custom_executor("ex-1", "./my-executor");
+        let t = TaskBuilder::new("t-3").executor(executor.clone()).build();
+        assert!(t.command.is_none());
+        assert_eq!(t.executor.as_ref(), Some(&executor));
+        let t = TaskBuilder::new("t-4")
+            .shell("work")
+            .executor(executor)
+            .build();
+        assert_eq!(t.command.unwrap().value, "work");
     }
 }

@@ -100,6 +100,8 @@ struct Agent {
     http_port: u16,
     work_dir: PathBuf,
     resources: String,
+    /// More `drover-agent` flags, given on every start.
+    extra_flags: Vec<String>,
 }
 
 /// One master process of the cluster.
@@ -694,6 +696,11 @@ impl Cluster {
 
     /// Adds an agent with the given `--resources` and starts it.
     pub fn add_agent(&mut self, resources: &str) -> usize {
+        self.add_agent_with(resources, &[])
+    }
+
+    /// [`Self::add_agent`] with more `drover-agent` flags (kept across restarts).
+    pub fn add_agent_with(&mut self, resources: &str, extra_flags: &[&str]) -> usize {
         let i = self.agents.len();
         let work_dir = self.dir.path().join(format!("agent-{i}"));
         self.agents.push(Agent {
@@ -702,6 +709,7 @@ impl Cluster {
             http_port: free_port(),
             work_dir,
             resources: resources.to_string(),
+            extra_flags: extra_flags.iter().map(|f| f.to_string()).collect(),
         });
         self.start_agent(i);
         i
@@ -733,10 +741,21 @@ impl Cluster {
             .arg(resources)
             .arg("--status-update-retry-secs")
             .arg("1")
+            .args(&a.extra_flags)
             .env("DROVER_LOG", "info")
             .stdout(log)
             .stderr(log2);
         a.child = Some(cmd.spawn().expect("spawn drover-agent"));
+    }
+
+    /// Agent `i`'s `--work-dir`.
+    pub fn agent_work_dir(&self, i: usize) -> PathBuf {
+        self.agents[i].work_dir.clone()
+    }
+
+    /// A binary of the workspace (e.g. `drover-example-executor`).
+    pub fn bin(&self, name: &str) -> PathBuf {
+        self.bins.join(name)
     }
 
     /// `kill -9` of agent `i` (its tasks keep running under their supervisors).

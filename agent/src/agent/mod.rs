@@ -3,11 +3,15 @@
 //!
 //! - `state.rs`: the agent loop that owns all state and handles events in order;
 //! - `tasks.rs`: launch, kill and container-end handlers;
-//! - `recovery.rs`: reading checkpointed tasks after a restart.
+//! - `recovery.rs`: reading checkpointed tasks after a restart;
+//! - `executors/`: custom executors (their containers, subscriptions and updates).
 //!
 //! Checkpoints go to one append-only log per agent, group-committed per batch of events
 //! (see [`crate::journal`] and `state.rs`).
 
+#[cfg(test)]
+mod executor_tests;
+pub mod executors;
 mod recovery;
 mod state;
 mod tasks;
@@ -213,7 +217,9 @@ impl Agent {
         let api_server = tokio::spawn(
             tonic::transport::Server::builder()
                 .add_service(pb::agent_api_server::AgentApiServer::new(api))
-                .add_service(pb::executor_server::ExecutorServer::new(ExecutorService))
+                .add_service(pb::executor_server::ExecutorServer::new(
+                    ExecutorService::new(self.events_tx.clone()),
+                ))
                 .serve_with_incoming_shutdown(
                     TcpListenerStream::new(self.api_listener),
                     stopped(stop_rx.clone()),

@@ -65,6 +65,10 @@ pub enum Event {
     /// The garbage collector asks for every task the agent still tracks; their sandboxes
     /// are never collected.
     KnownTasks(oneshot::Sender<Vec<TaskKey>>),
+    /// A call of a custom executor (see `executors/`).
+    Executor(super::executors::ExecutorRequest),
+    /// A custom executor's timer fired.
+    ExecutorTimer(super::executors::Timer),
 }
 
 /// Why the loop stopped.
@@ -118,8 +122,10 @@ pub(crate) struct AgentLoop {
     /// Tasks checkpointed in the current batch, launched once it is durable.
     pub(crate) launches: Vec<LaunchSpec>,
     replies: Vec<Reply>,
-    events_tx: mpsc::Sender<Event>,
+    pub(crate) events_tx: mpsc::Sender<Event>,
     session: Option<Session>,
+    /// Custom executors; see `executors/`.
+    pub(crate) executors: super::executors::Executors,
 }
 
 impl AgentLoop {
@@ -152,6 +158,7 @@ impl AgentLoop {
             replies: Vec::new(),
             events_tx,
             session: None,
+            executors: Default::default(),
         }
     }
 
@@ -161,6 +168,7 @@ impl AgentLoop {
     /// Ends with the log rewritten to exactly the recovered state.
     pub(crate) async fn recover(&mut self, found: Vec<RecoveredTask>) -> Result<(), AgentError> {
         let mut legacy = Vec::new();
+        let found = self.recover_executors(found).await?;
         for found in found {
             let key = found.key;
             if found.legacy {
@@ -196,6 +204,9 @@ impl AgentLoop {
             );
             if terminal {
                 tracing::info!(task = %key, "recovered with unacknowledged updates");
+                continue;
+            }
+            if self.recover_executor_task(&key) {
                 continue;
             }
             // A crash between the log's sync and its directories' (see `Journal::commit`)
@@ -237,6 +248,7 @@ impl AgentLoop {
                 }
             }
         }
+        self.recover_executors_done();
         // The log becomes exactly the recovered state: what recovery enqueued is made
         // durable, completed tasks and any cut-off tail disappear, and tasks read from an
         // older agent's files are now in the log, so those files can go.
@@ -393,6 +405,7 @@ impl AgentLoop {
     /// Rewrites the checkpoint log with the live tasks only. Called right after a commit,
     /// when the in-memory state is exactly what is durable.
     fn compact(&mut self) -> Result<(), AgentError> {
+        let executors = self.executor_records();
         let updates = self.updates.core();
         let live = self
             .tasks
@@ -408,7 +421,8 @@ impl AgentLoop {
                     stream,
                 });
                 std::iter::once(task).chain(stream)
-            });
+            })
+            .chain(executors);
         self.journal
             .compact(live)
             .ctx(|| format!("compacting {}", self.journal.path().display()))?;
@@ -439,6 +453,7 @@ impl AgentLoop {
                 }
             }
         }
+        self.flush_executors();
     }
 
     /// Kills every task that still runs and waits (bounded) for their terminal updates
@@ -450,6 +465,7 @@ impl AgentLoop {
         reason: Reason,
     ) -> Result<(), AgentError> {
         self.stopping = true;
+        self.kill_all_executors();
         let running: Vec<TaskKey> = self
             .tasks
             .iter()
@@ -578,6 +594,7 @@ impl AgentLoop {
                     self.on_kill_task(&key, None, Reason::FrameworkRemoved)
                         .await?;
                 }
+                self.shut_down_framework_executors(&fw);
             }
             Some(Msg::Shutdown(s)) => {
                 tracing::error!("the master shut this agent down: {}", s.reason);
@@ -590,9 +607,13 @@ impl AgentLoop {
 
     fn on_status_ack(&mut self, key: &TaskKey, uuid: &[u8]) {
         use crate::status_updates::Ack;
+        let executor = self.executor_of(key);
         match self.updates.acknowledge(key, uuid) {
             Ack::Accepted { completed } => {
                 self.metrics.update_acknowledged();
+                if let Some(executor_id) = executor {
+                    self.relay_ack(key, &executor_id, uuid, completed);
+                }
                 if completed {
                     tracing::debug!(task = %key, "terminal update acknowledged; forgetting the task");
                     self.tasks.remove(key);
@@ -621,6 +642,8 @@ impl AgentLoop {
             Event::KnownTasks(reply) => {
                 let _ = reply.send(self.tasks.keys().cloned().collect());
             }
+            Event::Executor(request) => self.on_executor_request(request),
+            Event::ExecutorTimer(timer) => self.on_executor_timer(timer),
         }
     }
 

@@ -39,7 +39,12 @@ impl AgentLoop {
             tracing::debug!(task = %key, "launch of a task already known; ignoring it");
             return Ok(());
         }
-        let ids = key.validate();
+        // A task id shaped like an executor's container key never comes from the master
+        // (its gate refuses `+`); one that does must not take an executor's place.
+        let ids = match key.executor_id() {
+            Some(_) => Err(format!("task id '{}' contains '+'", key.task_id)),
+            None => key.validate(),
+        };
         // Only valid ids name a directory; a task with bad ids is refused from memory.
         let durable = ids.is_ok();
         if durable && self.layout.task_meta(&key).dir().exists() {
@@ -78,6 +83,9 @@ impl AgentLoop {
             );
             return Ok(());
         }
+        if super::executors::custom_executor(&checkpoint.task).is_some() {
+            return self.run_on_executor(&key, &checkpoint);
+        }
 
         let sandbox = self.layout.sandbox(&key);
         if let Err(e) = create_sandbox(&mut self.journal, &sandbox) {
@@ -99,16 +107,7 @@ impl AgentLoop {
             String::new(),
             None,
         );
-        let framework_user = checkpoint
-            .framework_info
-            .as_ref()
-            .map(|f| f.user.as_str())
-            .unwrap_or_default();
-        let task = crate::users::task_for_launch(
-            &checkpoint.task,
-            framework_user,
-            self.settings.sandbox.switch_user,
-        );
+        let task = self.as_launched(&checkpoint);
         self.launches.push(LaunchSpec {
             key: key.clone(),
             task,
@@ -117,6 +116,21 @@ impl AgentLoop {
             meta: self.layout.task_meta(&key),
         });
         Ok(())
+    }
+
+    /// The checkpointed task (or custom executor) as its container runs it: under its
+    /// framework's user unless it names its own or `--switch-user` is off.
+    pub(crate) fn as_launched(&self, checkpoint: &TaskCheckpoint) -> pb::TaskInfo {
+        let framework_user = checkpoint
+            .framework_info
+            .as_ref()
+            .map(|f| f.user.as_str())
+            .unwrap_or_default();
+        crate::users::task_for_launch(
+            &checkpoint.task,
+            framework_user,
+            self.settings.sandbox.switch_user,
+        )
     }
 
     /// Starts the containers of (at most `limit` of) the tasks queued by
@@ -141,6 +155,10 @@ impl AgentLoop {
             async move { (key, containerizer.launch(spec).await) }
         });
         for (key, result) in futures::future::join_all(starts).await {
+            if key.executor_id().is_some() {
+                self.on_executor_launched(&key, result);
+                continue;
+            }
             match result {
                 Ok(()) => {
                     self.metrics.task_launched();
@@ -185,7 +203,12 @@ impl AgentLoop {
         // A task running an image may leave its command out and run the image's own
         // (`Entrypoint` + `Cmd`); without one the containerizer reports it.
         let runs_image = crate::containerizer::linux::image_of(task).is_some();
-        if docker {
+        if task.executor.is_some() {
+            // The executor interprets the task: its command is optional.
+            if let Some(problem) = super::executors::invalid_executor(task) {
+                return Some(problem);
+            }
+        } else if docker {
             // The rest is checked when its container is configured.
             if let Err(e) = crate::containerizer::docker::spec::image_of(task) {
                 return Some(e);
@@ -228,6 +251,9 @@ impl AgentLoop {
             self.commit_and_send()?;
             self.launch_pending(usize::MAX).await;
         }
+        if self.kill_on_executor(key, policy.as_ref(), reason) {
+            return Ok(());
+        }
         let Some(entry) = self.tasks.get(key) else {
             tracing::info!(task = %key, "kill for a task this agent does not know; ignoring it");
             return Ok(());
@@ -262,6 +288,10 @@ impl AgentLoop {
 
     /// A container ended: its terminal update is enqueued (checkpointed by the commit).
     pub(crate) fn on_task_ended(&mut self, key: &TaskKey, result: Result<Termination, AgentError>) {
+        if key.executor_id().is_some() {
+            self.on_executor_ended(key, result);
+            return;
+        }
         let Some(entry) = self.tasks.get_mut(key) else {
             return;
         };
@@ -301,7 +331,7 @@ impl AgentLoop {
 
 /// The sandbox directory with empty `stdout` and `stderr`, so the files API can serve
 /// them from the moment the task is RUNNING. The directory is durable with the batch.
-fn create_sandbox(journal: &mut Journal, dir: &std::path::Path) -> std::io::Result<()> {
+pub(super) fn create_sandbox(journal: &mut Journal, dir: &std::path::Path) -> std::io::Result<()> {
     journal.create_dir_all(dir)?;
     for name in ["stdout", "stderr"] {
         OpenOptions::new()

@@ -252,6 +252,13 @@ impl StatusUpdateManager {
 
     /// When the next retry falls due (heads not yet sent are due at once: see
     /// [`Self::has_unsent`]).
+    /// True when an update with this uuid waits for its acknowledgement.
+    pub fn has_pending_uuid(&self, key: &TaskKey, uuid: &[u8]) -> bool {
+        self.streams
+            .get(key)
+            .is_some_and(|s| s.pending.iter().any(|u| u.status.uuid == uuid))
+    }
+
     pub fn next_retry(&self) -> Option<Instant> {
         self.schedule.first().map(|(due, _)| *due)
     }

@@ -13,7 +13,7 @@ use tonic::Status;
 
 use drover_proto::ids::validate_id;
 use drover_proto::pb::{self, operation::Type as OpType};
-use drover_proto::{AgentId, FrameworkId, OfferId, Resources, TaskId};
+use drover_proto::{AgentId, ExecutorId, FrameworkId, OfferId, Resources, TaskId};
 
 use super::OfferRec;
 use crate::registry::{Registry, TaskKey};
@@ -111,19 +111,30 @@ pub fn check(
 
     let mut remaining = offered;
     let mut ids_in_call = HashSet::new();
+    // Executors named by the tasks accepted so far in this call.
+    let mut executors_in_call: HashMap<ExecutorId, pb::ExecutorInfo> = HashMap::new();
     for op in operations {
         let Some(launch) = &op.launch else { continue };
         for task in &launch.task_infos {
             let task_id = task.task_id.clone().unwrap_or_default();
-            match check_task(
+            let checked = check_task(
                 framework_id,
                 &agent_id,
                 task,
                 &remaining,
                 &mut ids_in_call,
                 registry,
-            ) {
+            )
+            .and_then(|res| {
+                check_executor(framework_id, &agent_id, task, &executors_in_call, registry)?;
+                Ok(res)
+            });
+            match checked {
                 Ok(res) => {
+                    if let Some(e) = &task.executor {
+                        executors_in_call
+                            .insert(e.executor_id.clone().unwrap_or_default(), e.clone());
+                    }
                     remaining.sub_saturating(&res);
                     plan.used.add(&res);
                     let mut t = task.clone();
@@ -187,10 +198,12 @@ fn check_task(
         .as_ref()
         .is_some_and(|c| c.r#type == pb::container_info::Type::Docker as i32);
     let image = docker || runs_image(task);
+    // A custom executor interprets its tasks: their command is optional.
+    let executor = task.executor.is_some();
     let no_command = pb::CommandInfo::default();
     let cmd = match task.command.as_ref() {
         Some(cmd) => cmd,
-        None if image => &no_command,
+        None if image || executor => &no_command,
         None => return Err("task has no command".into()),
     };
     let empty = if cmd.shell {
@@ -198,7 +211,7 @@ fn check_task(
     } else {
         cmd.value.trim().is_empty() && cmd.arguments.first().is_none_or(|a| a.is_empty())
     };
-    if empty && (cmd.shell || !image) {
+    if empty && !executor && (cmd.shell || !image) {
         return Err("task command is empty".into());
     }
     let size = cmd.value.len() + cmd.arguments.iter().map(String::len).sum::<usize>();
@@ -238,6 +251,96 @@ fn check_task(
         ));
     }
     Ok(res)
+}
+
+/// Two tasks name the same executor only with the same description (the framework id
+/// is the master's to fill in).
+fn same_executor(a: &pb::ExecutorInfo, b: &pb::ExecutorInfo) -> bool {
+    let strip = |e: &pb::ExecutorInfo| pb::ExecutorInfo {
+        framework_id: None,
+        ..e.clone()
+    };
+    strip(a) == strip(b)
+}
+
+/// A task's executor: only CUSTOM executors run single tasks (DEFAULT executors run task
+/// groups); every live task of the framework that names the same executor id on the same
+/// agent carries the same `ExecutorInfo`. An executor has no resources of its own yet: it
+/// runs within the resources of its tasks.
+fn check_executor(
+    framework_id: &FrameworkId,
+    agent_id: &AgentId,
+    task: &pb::TaskInfo,
+    in_call: &HashMap<ExecutorId, pb::ExecutorInfo>,
+    registry: &Registry,
+) -> Result<(), String> {
+    use pb::executor_info::Type;
+    let Some(info) = &task.executor else {
+        return Ok(());
+    };
+    if info.r#type != Type::Custom as i32 {
+        return Err(
+            "LAUNCH runs a task on the command executor (no ExecutorInfo) or on a CUSTOM executor; DEFAULT executors run task groups (LAUNCH_GROUP)"
+                .into(),
+        );
+    }
+    let id = info.executor_id.clone().unwrap_or_default();
+    validate_id("executor", id.as_str())?;
+    if info.name.len() > 1024 {
+        return Err("executor name is longer than 1024 bytes".into());
+    }
+    let cmd = info.command.clone().unwrap_or_default();
+    if cmd.value.trim().is_empty() && cmd.arguments.first().is_none_or(|a| a.trim().is_empty()) {
+        return Err(format!("executor {id} has no command"));
+    }
+    let size = cmd.value.len() + cmd.arguments.iter().map(String::len).sum::<usize>();
+    if size > MAX_COMMAND_BYTES
+        || cmd.arguments.len() > MAX_LIST_ITEMS
+        || cmd.environment.len() > MAX_LIST_ITEMS
+    {
+        return Err(format!(
+            "executor {id}'s command is longer than {MAX_COMMAND_BYTES} bytes or has more than {MAX_LIST_ITEMS} arguments or environment variables"
+        ));
+    }
+    if cmd
+        .environment
+        .iter()
+        .any(|e| e.name.is_empty() || e.name.contains('='))
+    {
+        return Err(format!(
+            "executor {id}'s environment has an empty name or a name containing '='"
+        ));
+    }
+    if !info.resources.is_empty() {
+        return Err(format!(
+            "executor {id} names resources of its own, which Drover does not support yet: an executor runs within its tasks' resources"
+        ));
+    }
+    if info
+        .container
+        .as_ref()
+        .is_some_and(|c| c.r#type == pb::container_info::Type::Docker as i32)
+    {
+        return Err(format!(
+            "executor {id} asks for a DOCKER container; custom executors run in linux or process containers"
+        ));
+    }
+    let earlier = in_call.get(&id).or_else(|| {
+        registry
+            .tasks_on_agent(agent_id)
+            .filter(|t| &t.framework_id == framework_id)
+            .filter(|t| !drover_proto::states::is_terminal(t.state()))
+            .filter_map(|t| t.info.executor.as_ref())
+            .find(|e| e.executor_id.as_ref() == Some(&id))
+    });
+    if let Some(earlier) = earlier {
+        if !same_executor(earlier, info) {
+            return Err(format!(
+                "executor {id} on agent {agent_id} is already described differently by another task of this framework; every task naming it must carry the same ExecutorInfo"
+            ));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -453,5 +556,85 @@ mod tests {
                 ("empty-shell", "task command is empty"),
             ]
         );
+    }
+
+    fn on_executor(id: &str, exec: &str, cmd: &str) -> pb::TaskInfo {
+        pb::TaskInfo {
+            command: None,
+            executor: Some(pb::ExecutorInfo {
+                executor_id: Some(ExecutorId::new(exec)),
+                r#type: pb::executor_info::Type::Custom as i32,
+                command: Some(pb::CommandInfo {
+                    value: cmd.into(),
+                    shell: true,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..task(id, "cpus:0.1;mem:16", "")
+        }
+    }
+
+    #[test]
+    fn executors_are_validated_and_consistent_per_agent() {
+        let (offers, mut reg) = setup();
+        let f1 = FrameworkId::new("f1");
+        reg.apply(&Command::LaunchTasks {
+            framework_id: f1.clone(),
+            agent_id: AgentId::new("a1"),
+            tasks: vec![on_executor("live", "ex-live", "./my-executor")],
+            term: 1,
+            now_ms: 0,
+        });
+        let mut default = on_executor("default", "ex-d", "x");
+        default.executor.as_mut().unwrap().r#type = pb::executor_info::Type::Default as i32;
+        let mut docker = on_executor("docker", "ex-docker", "x");
+        docker.executor.as_mut().unwrap().container = Some(pb::ContainerInfo {
+            r#type: pb::container_info::Type::Docker as i32,
+            ..Default::default()
+        });
+        let mut with_resources = on_executor("res", "ex-res", "x");
+        with_resources.executor.as_mut().unwrap().resources =
+            Resources::parse("cpus:0.1").unwrap().to_proto();
+        let ops = launch(vec![
+            // Two tasks on one new executor (no command of their own), in one call.
+            on_executor("a", "ex-1", "./my-executor"),
+            on_executor("b", "ex-1", "./my-executor"),
+            // The same id described differently in the same call.
+            on_executor("c", "ex-1", "./other-executor"),
+            // Joins a running executor with the same description; differs from it.
+            on_executor("d", "ex-live", "./my-executor"),
+            on_executor("e", "ex-live", "./changed"),
+            on_executor("no-command", "ex-2", " "),
+            on_executor("bad-id", "ex/3", "x"),
+            default,
+            docker,
+            with_resources,
+        ]);
+        let plan = check(&f1, &ids(&["o1"]), &ops, &offers, &reg).unwrap();
+        let launched: Vec<_> = plan
+            .launch
+            .iter()
+            .map(|t| t.task_id.clone().unwrap().to_string())
+            .collect();
+        assert_eq!(launched, ["a", "b", "d"]);
+        let errors: HashMap<String, String> = plan
+            .errors
+            .into_iter()
+            .map(|(id, why)| (id.to_string(), why))
+            .collect();
+        assert!(errors["c"].contains("described differently"), "{errors:?}");
+        assert!(errors["e"].contains("described differently"), "{errors:?}");
+        assert!(errors["no-command"].contains("no command"), "{errors:?}");
+        assert!(errors["bad-id"].contains("executor id"), "{errors:?}");
+        assert!(errors["default"].contains("LAUNCH_GROUP"), "{errors:?}");
+        assert!(errors["docker"].contains("DOCKER"), "{errors:?}");
+        assert!(errors["res"].contains("resources of its own"), "{errors:?}");
+
+        // Another framework may use the same executor id with its own description.
+        let f2 = FrameworkId::new("f2");
+        let ops = launch(vec![on_executor("x", "ex-live", "./theirs")]);
+        let plan = check(&f2, &ids(&["o2"]), &ops, &offers, &reg).unwrap();
+        assert_eq!(plan.launch.len(), 1, "{:?}", plan.errors);
     }
 }
