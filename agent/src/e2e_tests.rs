@@ -547,4 +547,5 @@ async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
     out
 }
 
+mod groups;
 mod linux;

@@ -20,6 +20,8 @@
 //!   messages.
 //! - [`task`]: [`TaskBuilder`] for `TaskInfo`s (shell or argv command, env, resources,
 //!   agent, kill policy, labels).
+//! - [`task_group`]: [`DefaultExecutor`], the executor of a task group launched with
+//!   [`Driver::launch_group`].
 //! - [`files`]: [`AgentFiles`], reading sandbox files (`stdout`, `stderr`) from an agent.
 //! - [`error`]: [`SdkError`], the one error type.
 //! - `connection` and `masters` (private): one subscription attempt and its stream reader;
@@ -108,6 +110,7 @@ pub mod offers;
 pub mod runner;
 pub mod scheduler;
 pub mod task;
+pub mod task_group;
 
 /// The protocol crate: typed ids, [`proto::Resources`], [`proto::states`], the generated
 /// messages in [`proto::pb`] and the NotLeader helpers in [`proto::leader`].
@@ -125,3 +128,4 @@ pub use offers::{OfferPacker, Packing, TaskRequest};
 pub use runner::{run, RunOutcome};
 pub use scheduler::Scheduler;
 pub use task::TaskBuilder;
+pub use task_group::DefaultExecutor;

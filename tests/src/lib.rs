@@ -958,6 +958,27 @@ impl Cluster {
         }
     }
 
+    /// Unmounts the namespace holders of task groups an agent left behind (a killed
+    /// agent tears nothing down), so the cluster's folder can be removed.
+    fn remove_group_holders(&self) {
+        use drover_agent::containerizer::linux::holder;
+        for a in &self.agents {
+            let Ok(frameworks) = std::fs::read_dir(a.work_dir.join("executors")) else {
+                continue;
+            };
+            for fw in frameworks.flatten() {
+                for ex in std::fs::read_dir(fw.path()).into_iter().flatten().flatten() {
+                    let _ = holder::destroy(&ex.path().join("ns"));
+                }
+            }
+        }
+    }
+
+    /// Agent `i`'s work folder (sandboxes under `sandboxes/<framework>/<task>`).
+    pub fn agent_work_dir(&self, i: usize) -> PathBuf {
+        self.agents[i].work_dir.clone()
+    }
+
     fn kill_strays(&self) {
         let needle = self.dir.path().to_string_lossy().to_string();
         let me = std::process::id();
@@ -997,6 +1018,7 @@ impl Drop for Cluster {
         }
         self.kill_strays();
         self.remove_agent_cgroups();
+        self.remove_group_holders();
     }
 }
 
@@ -1336,6 +1358,33 @@ pub mod raw {
                     operations: vec![pb::Operation {
                         r#type: pb::operation::Type::Launch as i32,
                         launch: Some(pb::operation::Launch { task_infos: tasks }),
+                        ..Default::default()
+                    }],
+                    filters: Some(pb::Filters {
+                        refuse_seconds: Some(0.0),
+                    }),
+                })
+                .await
+                .map(|_| ())
+        }
+
+        /// One LAUNCH_GROUP of `tasks` under `executor` (the agent's default executor).
+        pub async fn launch_group(
+            &mut self,
+            offers: Vec<OfferId>,
+            executor: pb::ExecutorInfo,
+            tasks: Vec<pb::TaskInfo>,
+        ) -> Result<(), tonic::Status> {
+            self.client
+                .accept(pb::AcceptCall {
+                    header: Some(self.header.clone()),
+                    offer_ids: offers,
+                    operations: vec![pb::Operation {
+                        r#type: pb::operation::Type::LaunchGroup as i32,
+                        launch_group: Some(pb::operation::LaunchGroup {
+                            executor: Some(executor),
+                            task_group: Some(pb::TaskGroupInfo { tasks }),
+                        }),
                         ..Default::default()
                     }],
                     filters: Some(pb::Filters {

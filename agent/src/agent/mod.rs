@@ -3,11 +3,14 @@
 //!
 //! - `state.rs`: the agent loop that owns all state and handles events in order;
 //! - `tasks.rs`: launch, kill and container-end handlers;
+//! - `groups.rs`: task groups under the built-in default executor (shared namespaces and
+//!   volume, all-or-nothing launch, one task's failure ending the group);
 //! - `recovery.rs`: reading checkpointed tasks after a restart.
 //!
 //! Checkpoints go to one append-only log per agent, group-committed per batch of events
 //! (see [`crate::journal`] and `state.rs`).
 
+mod groups;
 mod recovery;
 mod state;
 mod tasks;

@@ -105,6 +105,7 @@ impl AgentLoop {
             agent_id: self.agent_id.clone().unwrap_or_default(),
             sandbox,
             meta: self.layout.task_meta(&key),
+            group: None,
         });
         Ok(())
     }
@@ -121,8 +122,9 @@ impl AgentLoop {
             tracing::error!("not launching tasks whose checkpoints are not durable yet");
             return;
         }
-        let n = limit.min(self.launches.len());
-        let batch: Vec<LaunchSpec> = self.launches.drain(..n).collect();
+        let n = self.launch_round(limit);
+        let mut batch: Vec<LaunchSpec> = self.launches.drain(..n).collect();
+        self.prepare_group_launches(&mut batch);
         // Started side by side: a Docker launch waits on the engine for a while, and the
         // engine creates and starts containers in parallel.
         let starts = batch.into_iter().map(|spec| {
@@ -130,7 +132,8 @@ impl AgentLoop {
             let containerizer = self.containerizer.clone();
             async move { (key, containerizer.launch(spec).await) }
         });
-        for (key, result) in futures::future::join_all(starts).await {
+        let results = futures::future::join_all(starts).await;
+        for (key, result) in self.settle_group_launches(results).await {
             match result {
                 Ok(()) => {
                     self.metrics.task_launched();
@@ -167,7 +170,7 @@ impl AgentLoop {
 
     /// Why a task cannot run, if it cannot. The master validates too; the agent checks
     /// again because it is the one that would run a bad command.
-    fn invalid_task(&self, task: &pb::TaskInfo) -> Option<String> {
+    pub(super) fn invalid_task(&self, task: &pb::TaskInfo) -> Option<String> {
         let docker = task
             .container
             .as_ref()
@@ -257,6 +260,9 @@ impl AgentLoop {
         };
         entry.watched = false;
         if entry.terminal {
+            if let Some(gk) = self.group_key(key) {
+                self.teardown_group_if_done(&gk);
+            }
             return;
         }
         let status = match result {
@@ -272,6 +278,8 @@ impl AgentLoop {
                 }
             }
         };
+        let status = self.adjust_group_status(key, status);
+        let state = status.state;
         self.enqueue_status(
             key,
             status.state,
@@ -280,12 +288,13 @@ impl AgentLoop {
             status.message,
             status.exit_code,
         );
+        self.on_group_task_ended(key, state);
     }
 }
 
 /// The sandbox directory with empty `stdout` and `stderr`, so the files API can serve
 /// them from the moment the task is RUNNING. The directory is durable with the batch.
-fn create_sandbox(journal: &mut Journal, dir: &std::path::Path) -> std::io::Result<()> {
+pub(super) fn create_sandbox(journal: &mut Journal, dir: &std::path::Path) -> std::io::Result<()> {
     journal.create_dir_all(dir)?;
     for name in ["stdout", "stderr"] {
         OpenOptions::new()

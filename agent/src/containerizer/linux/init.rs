@@ -6,7 +6,8 @@
 //! 1. unshares the mount, UTS and IPC namespaces (and the network namespace when asked),
 //!    makes every mount private, sets the hostname, and mounts a fresh `/proc` for its
 //!    PID namespace; with a root filesystem it also mounts the sandbox at `/mnt/sandbox`,
-//!    a minimal `/dev`, and pivots into it;
+//!    a minimal `/dev`, and pivots into it; a task of a task group first joins the group's
+//!    IPC (and network) namespace and gets the group's volume at `<sandbox>/shared`;
 //! 2. starts the task's command in its own process group and tells the supervisor
 //!    through `<fd>` (`started`, or `failed <why>`: a setup error is a launch failure,
 //!    not an exit status);
@@ -32,7 +33,9 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use crate::fsutil::read_json;
-use crate::supervisor::records::{ContainerLaunch, SupervisorSpec, SANDBOX_IN_ROOTFS};
+use crate::supervisor::records::{
+    ContainerLaunch, SupervisorSpec, SANDBOX_IN_ROOTFS, SHARED_VOLUME_IN_SANDBOX,
+};
 use crate::supervisor::SignalSet;
 
 /// The hidden first argument that turns `drover-agent` into a container init.
@@ -194,8 +197,24 @@ fn start(spec: &SupervisorSpec) -> Result<i32, String> {
 /// New namespaces, private mounts, hostname, `/proc` (and the root filesystem). Returns
 /// the task's working directory as seen from inside.
 fn isolate(spec: &SupervisorSpec, c: &ContainerLaunch) -> Result<PathBuf, String> {
-    let mut flags = libc::CLONE_NEWNS | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC;
-    if c.isolate_network {
+    let mut flags = libc::CLONE_NEWNS | libc::CLONE_NEWUTS;
+    // A task of a group joins the group's IPC namespace (and network namespace, when the
+    // group has one; otherwise it keeps the host's network) instead of making its own.
+    let own_network = c.task_group.is_none() && c.isolate_network;
+    match &c.task_group {
+        Some(group) => {
+            let ipc = group
+                .ipc_namespace
+                .as_ref()
+                .ok_or("the task group has no IPC namespace to join")?;
+            join_namespace(ipc, libc::CLONE_NEWIPC)?;
+            if let Some(net) = &group.net_namespace {
+                join_namespace(net, libc::CLONE_NEWNET)?;
+            }
+        }
+        None => flags |= libc::CLONE_NEWIPC,
+    }
+    if own_network {
         flags |= libc::CLONE_NEWNET;
     }
     // SAFETY: unshare with valid flags; the init is single-threaded.
@@ -222,8 +241,21 @@ fn isolate(spec: &SupervisorSpec, c: &ContainerLaunch) -> Result<PathBuf, String
             io::Error::last_os_error()
         ));
     }
-    if c.isolate_network {
+    if own_network {
         loopback_up()?;
+    }
+    if let Some(group) = &c.task_group {
+        // Mounted in the container's own mount namespace, before the sandbox is bound
+        // into an image's root filesystem (recursively), so it shows there too and
+        // leaves nothing behind on the host.
+        let at = spec.sandbox.join(SHARED_VOLUME_IN_SANDBOX);
+        mount(
+            Some(path_str(&group.shared)?),
+            &at,
+            None,
+            libc::MS_BIND,
+            None,
+        )?;
     }
     let proc_flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
     let Some(rootfs) = &c.rootfs else {
@@ -342,8 +374,22 @@ fn populate_dev(dev: &Path) -> Result<(), String> {
     )
 }
 
+/// Enters the namespace a task group's namespace file holds.
+fn join_namespace(file: &Path, kind: libc::c_int) -> Result<(), String> {
+    let f = File::open(file).map_err(|e| format!("opening {}: {e}", file.display()))?;
+    // SAFETY: setns on a file descriptor we own; the init is single-threaded.
+    if unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&f), kind) } != 0 {
+        return Err(format!(
+            "joining the task group's namespace {}: {}",
+            file.display(),
+            io::Error::last_os_error()
+        ));
+    }
+    Ok(())
+}
+
 /// Brings up `lo` in a fresh network namespace (it starts down).
-fn loopback_up() -> Result<(), String> {
+pub(crate) fn loopback_up() -> Result<(), String> {
     // SAFETY: socket/ioctl with a zeroed, NUL-terminated ifreq.
     unsafe {
         let sock = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);

@@ -73,6 +73,7 @@ fn spec(f: &Fixture, task: &str, resources: &str, script: &str) -> LaunchSpec {
         agent_id: AgentId::new("agent-1"),
         sandbox,
         meta,
+        group: None,
     }
 }
 

@@ -1,0 +1,165 @@
+//! Task groups at the agent (RunTaskGroup from the fake master): refused whole when one
+//! task is invalid, launched all or nothing, sharing their volume under the process
+//! containerizer too.
+
+use std::collections::HashMap;
+
+use super::*;
+
+fn group_task(id: &str, script: &str, hostname: &str) -> pb::TaskInfo {
+    pb::TaskInfo {
+        name: id.into(),
+        task_id: Some(TaskId::new(id)),
+        resources: drover_proto::Resources::parse("cpus:0.1;mem:32")
+            .unwrap()
+            .to_proto(),
+        command: Some(pb::CommandInfo {
+            value: script.into(),
+            shell: true,
+            ..Default::default()
+        }),
+        container: (!hostname.is_empty()).then(|| pb::ContainerInfo {
+            r#type: pb::container_info::Type::Linux as i32,
+            hostname: hostname.into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn run_group(executor: &str, tasks: Vec<pb::TaskInfo>) -> Msg {
+    Msg::RunTaskGroup(pb::master_message::RunTaskGroup {
+        framework_id: Some(FrameworkId::new("fw")),
+        framework_info: None,
+        executor: Some(pb::ExecutorInfo {
+            executor_id: Some(drover_proto::ExecutorId::new(executor)),
+            r#type: pb::executor_info::Type::Default as i32,
+            ..Default::default()
+        }),
+        task_group: Some(pb::TaskGroupInfo { tasks }),
+    })
+}
+
+/// Acknowledged updates until each named task has a terminal one.
+async fn terminal(master: &mut Master, tasks: &[&str]) -> HashMap<String, pb::TaskStatus> {
+    let mut ended = HashMap::new();
+    while ended.len() < tasks.len() {
+        let st = master.acked_update().await;
+        if drover_proto::states::is_terminal(state_of(&st)) {
+            ended.insert(task_of(&st), st);
+        }
+    }
+    ended
+}
+
+fn root() -> bool {
+    // SAFETY: no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_task_refuses_the_group_and_nothing_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut master = Master::start().await;
+    let agent = start_agent(&master.addr, dir.path(), &["--containerizers", "process"]).await;
+    master.register().await;
+    master.send(
+        2,
+        run_group(
+            "g",
+            vec![
+                group_task("ok", "echo ran > ran", ""),
+                group_task("no-command", "  ", ""),
+            ],
+        ),
+    );
+    let ended = terminal(&mut master, &["ok", "no-command"]).await;
+    for st in ended.values() {
+        assert_eq!(state_of(st), TaskState::TaskError, "{st:?}");
+        assert_eq!(st.reason, Reason::TaskGroupInvalid as i32);
+        assert_eq!(st.executor_id.as_ref().unwrap().as_str(), "g");
+    }
+    assert!(ended["ok"].message.contains("task no-command"), "{:?}", ended["ok"]);
+    assert!(!dir.path().join("sandboxes/fw/ok").exists());
+    assert!(!dir.path().join("executors/fw/g").exists());
+    agent.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn process_tasks_of_a_group_share_the_volume_through_a_link() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut master = Master::start().await;
+    let agent = start_agent(&master.addr, dir.path(), &["--containerizers", "process"]).await;
+    master.register().await;
+    master.send(
+        2,
+        run_group(
+            "g",
+            vec![
+                group_task("w", "echo shared-data > shared/f.tmp && mv shared/f.tmp shared/f", ""),
+                group_task(
+                    "r",
+                    "for i in $(seq 1 1200); do [ -f shared/f ] && break; sleep 0.1; done; cat shared/f",
+                    "",
+                ),
+            ],
+        ),
+    );
+    let ended = terminal(&mut master, &["w", "r"]).await;
+    for st in ended.values() {
+        assert_eq!(state_of(st), TaskState::TaskFinished, "{st:?}");
+    }
+    let out = std::fs::read_to_string(dir.path().join("sandboxes/fw/r/stdout")).unwrap();
+    assert_eq!(out, "shared-data\n");
+    assert!(dir.path().join("sandboxes/fw/w/shared").is_symlink());
+    agent.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_launch_failure_fails_the_whole_group() {
+    if !root() {
+        eprintln!("skipping: linux containers need root");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut master = Master::start().await;
+    let agent = start_agent(
+        &master.addr,
+        dir.path(),
+        &["--containerizers", "linux", "--docker-socket", "/nonexistent/docker.sock"],
+    )
+    .await;
+    master.register().await;
+    // The second task's hostname is refused when its container is set up, after the
+    // group was accepted: the first task's container is started, then killed.
+    master.send(
+        2,
+        run_group(
+            "g",
+            vec![
+                group_task("good", "exec sleep 600", "good"),
+                group_task("bad", "true", "not_a_hostname!"),
+            ],
+        ),
+    );
+    let ended = terminal(&mut master, &["good", "bad"]).await;
+    assert_eq!(state_of(&ended["bad"]), TaskState::TaskFailed);
+    assert_eq!(ended["bad"].reason, Reason::ContainerLaunchFailed as i32);
+    assert!(ended["bad"].message.contains("hostname"), "{:?}", ended["bad"]);
+    assert_eq!(state_of(&ended["good"]), TaskState::TaskFailed, "{:?}", ended["good"]);
+    assert_eq!(ended["good"].reason, Reason::ContainerLaunchFailed as i32);
+    assert!(
+        ended["good"].message.contains("task bad of its task group failed to launch"),
+        "{:?}",
+        ended["good"]
+    );
+    // Nothing of the group is left: no holder, no cgroup.
+    for _ in 0..500 {
+        if !dir.path().join("executors/fw/g/ns").exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!dir.path().join("executors/fw/g/ns").exists());
+    agent.stop().await.unwrap();
+}
