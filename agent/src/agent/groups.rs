@@ -530,5 +530,12 @@ fn group_task_problem(task: &pb::TaskInfo, executor: &pb::ExecutorInfo) -> Optio
     {
         return Some("Docker tasks cannot join a task group".into());
     }
+    if task
+        .container
+        .as_ref()
+        .is_some_and(|c| c.network == pb::container_info::Network::Isolated as i32)
+    {
+        return Some("a task of a group shares the group's network: set ISOLATED on the executor's container, not on the task".into());
+    }
     None
 }

@@ -302,6 +302,13 @@ fn check_group_task(task: &pb::TaskInfo, executor: &pb::ExecutorInfo) -> Result<
     {
         return Err("Docker tasks cannot join a task group (its tasks run under the linux or process containerizer)".into());
     }
+    if task
+        .container
+        .as_ref()
+        .is_some_and(|c| c.network == pb::container_info::Network::Isolated as i32)
+    {
+        return Err("a task of a group shares the group's network: set ISOLATED on the executor's container, not on the task".into());
+    }
     Ok(())
 }
 
@@ -753,6 +760,12 @@ mod tests {
             ..Default::default()
         });
         assert!(refusal(Some(executor("e", Type::Default)), vec![docker]).contains("Docker"));
+        let mut own_network = task("g1", "cpus:0.1", "true");
+        own_network.container = Some(pb::ContainerInfo {
+            network: pb::container_info::Network::Isolated as i32,
+            ..Default::default()
+        });
+        assert!(refusal(Some(executor("e", Type::Default)), vec![own_network]).contains("group's network"));
         let dup = vec![task("g1", "cpus:0.1", "true"), task("g1", "cpus:0.1", "true")];
         assert!(refusal(Some(executor("e", Type::Default)), dup).contains("twice"));
     }
