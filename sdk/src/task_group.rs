@@ -52,6 +52,7 @@ impl DefaultExecutor {
         self
     }
 
+    /// The `ExecutorInfo` to pass to [`crate::Driver::launch_group`].
     pub fn build(self) -> pb::ExecutorInfo {
         self.executor
     }

@@ -178,7 +178,10 @@ fn a_task_group_launches_all_or_nothing_and_shares_its_volume() {
     assert!(ended
         .values()
         .all(|st| st.state == TaskState::TaskFinished as i32));
-    let (h1, h2) = (stdout_of(&cluster, &fw, "h1"), stdout_of(&cluster, &fw, "h2"));
+    let (h1, h2) = (
+        stdout_of(&cluster, &fw, "h1"),
+        stdout_of(&cluster, &fw, "h2"),
+    );
     assert_eq!(line_after(&h1, "ipc="), line_after(&h2, "ipc="));
     assert_ne!(line_after(&h1, "ipc="), host_ns("ipc"));
     assert_eq!(line_after(&h1, "net="), host_ns("net"));
@@ -202,8 +205,16 @@ fn a_task_group_launches_all_or_nothing_and_shares_its_volume() {
         assert_eq!(st.state, TaskState::TaskError as i32, "{st:?}");
         assert_eq!(st.reason, Reason::TaskGroupInvalid as i32, "{st:?}");
     }
-    assert!(ended["fine"].message.contains("task broken"), "{:?}", ended["fine"]);
-    assert!(ended["broken"].message.contains("empty"), "{:?}", ended["broken"]);
+    assert!(
+        ended["fine"].message.contains("task broken"),
+        "{:?}",
+        ended["fine"]
+    );
+    assert!(
+        ended["broken"].message.contains("empty"),
+        "{:?}",
+        ended["broken"]
+    );
     assert!(!sandbox(&cluster, &fw, "fine").exists());
     assert!(!sandbox(&cluster, &fw, "broken").exists());
 
@@ -223,9 +234,16 @@ fn a_task_group_launches_all_or_nothing_and_shares_its_volume() {
         terminal_updates(&mut fw, &["steady", "crash"]).await
     });
     assert_eq!(ended["crash"].state, TaskState::TaskFailed as i32);
-    assert_eq!(ended["steady"].state, TaskState::TaskKilled as i32, "{:?}", ended["steady"]);
+    assert_eq!(
+        ended["steady"].state,
+        TaskState::TaskKilled as i32,
+        "{:?}",
+        ended["steady"]
+    );
     assert!(
-        ended["steady"].message.contains("task crash of its task group ended"),
+        ended["steady"]
+            .message
+            .contains("task crash of its task group ended"),
         "{:?}",
         ended["steady"]
     );
@@ -254,7 +272,11 @@ fn an_agent_restart_recovers_a_running_task_group() {
             default_executor("pod", true),
             vec![
                 task("a", res("cpus:0.1;mem:32"), "exec sleep 600"),
-                task("b", res("cpus:0.1;mem:32"), "while [ ! -f stop ]; do sleep 0.1; done; exit 4"),
+                task(
+                    "b",
+                    res("cpus:0.1;mem:32"),
+                    "while [ ! -f stop ]; do sleep 0.1; done; exit 4",
+                ),
             ],
         )
         .await
@@ -289,9 +311,23 @@ fn an_agent_restart_recovers_a_running_task_group() {
     // b fails now: the recovered group takes a down and releases its namespaces.
     std::fs::write(sandbox(&cluster, &fw, "b").join("stop"), b"").unwrap();
     let ended = rt.block_on(terminal_updates(&mut fw, &["a", "b"]));
-    assert_eq!(ended["b"].state, TaskState::TaskFailed as i32, "{:?}", ended["b"]);
-    assert_eq!(ended["a"].state, TaskState::TaskKilled as i32, "{:?}", ended["a"]);
-    assert!(ended["a"].message.contains("task b of its task group"), "{:?}", ended["a"]);
+    assert_eq!(
+        ended["b"].state,
+        TaskState::TaskFailed as i32,
+        "{:?}",
+        ended["b"]
+    );
+    assert_eq!(
+        ended["a"].state,
+        TaskState::TaskKilled as i32,
+        "{:?}",
+        ended["a"]
+    );
+    assert!(
+        ended["a"].message.contains("task b of its task group"),
+        "{:?}",
+        ended["a"]
+    );
     wait_until(
         "the recovered group's namespace holder to be torn down",
         Duration::from_secs(30),

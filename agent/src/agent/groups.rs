@@ -36,6 +36,9 @@ use crate::error::AgentError;
 use crate::layout::TaskKey;
 use crate::supervisor::records::TaskGroupLaunch;
 
+/// How the start of one task's container went.
+pub(crate) type LaunchResult = (TaskKey, Result<(), AgentError>);
+
 /// A task group is named by its framework and its executor's id.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) struct GroupKey {
@@ -126,7 +129,10 @@ impl AgentLoop {
             let problem = key
                 .validate()
                 .err()
-                .or_else(|| (!seen.insert(key.clone())).then(|| "the task id appears twice in the group".into()))
+                .or_else(|| {
+                    (!seen.insert(key.clone()))
+                        .then(|| "the task id appears twice in the group".into())
+                })
                 .or_else(|| self.invalid_task(task))
                 .or_else(|| group_task_problem(task, &executor));
             if let (None, Some(why)) = (&culprit, problem) {
@@ -162,7 +168,9 @@ impl AgentLoop {
         }
         let keys: Vec<TaskKey> = {
             let mut unique = HashSet::new();
-            keys.into_iter().filter(|k| unique.insert(k.clone())).collect()
+            keys.into_iter()
+                .filter(|k| unique.insert(k.clone()))
+                .collect()
         };
 
         if let Some((bad, why)) = culprit {
@@ -195,11 +203,12 @@ impl AgentLoop {
             .layout
             .executor_dir(framework_id.as_str(), gk.executor_id.as_str());
         let shared = dir.join("shared");
-        let mut failure = self
-            .journal
-            .create_dir_all(&shared)
-            .err()
-            .map(|e| format!("cannot create the group's shared volume {}: {e}", shared.display()));
+        let mut failure = self.journal.create_dir_all(&shared).err().map(|e| {
+            format!(
+                "cannot create the group's shared volume {}: {e}",
+                shared.display()
+            )
+        });
         if failure.is_none() {
             for key in &keys {
                 let sandbox = self.layout.sandbox(key);
@@ -267,7 +276,11 @@ impl AgentLoop {
     /// How many queued launches to start so that no task group is split across rounds.
     pub(crate) fn launch_round(&self, limit: usize) -> usize {
         let mut n = limit.min(self.launches.len());
-        let gk = |s: &LaunchSpec| s.group.as_ref().and_then(|_| group_of(&s.key.framework_id, &s.task));
+        let gk = |s: &LaunchSpec| {
+            s.group
+                .as_ref()
+                .and_then(|_| group_of(&s.key.framework_id, &s.task))
+        };
         while n > 0 && n < self.launches.len() {
             match (gk(&self.launches[n - 1]), gk(&self.launches[n])) {
                 (Some(a), Some(b)) if a == b => n += 1,
@@ -313,11 +326,10 @@ impl AgentLoop {
     /// lone tasks' results are handed back.
     pub(crate) async fn settle_group_launches(
         &mut self,
-        results: Vec<(TaskKey, Result<(), AgentError>)>,
-    ) -> Vec<(TaskKey, Result<(), AgentError>)> {
+        results: Vec<LaunchResult>,
+    ) -> Vec<LaunchResult> {
         let mut lone = Vec::new();
-        let mut by_group: BTreeMap<GroupKey, Vec<(TaskKey, Result<(), AgentError>)>> =
-            BTreeMap::new();
+        let mut by_group: BTreeMap<GroupKey, Vec<LaunchResult>> = BTreeMap::new();
         for (key, result) in results {
             match self.group_key(&key) {
                 Some(gk) => by_group.entry(gk).or_default().push((key, result)),
@@ -325,7 +337,9 @@ impl AgentLoop {
             }
         }
         for (gk, members) in by_group {
-            let failed = members.iter().find_map(|(k, r)| r.as_ref().err().map(|e| (k, e)));
+            let failed = members
+                .iter()
+                .find_map(|(k, r)| r.as_ref().err().map(|e| (k, e)));
             let Some((bad, err)) = failed else {
                 for (key, _) in &members {
                     self.metrics.task_launched();
@@ -356,7 +370,11 @@ impl AgentLoop {
                         self.watch(&key);
                         if let Err(e) = self
                             .containerizer
-                            .kill(&key, std::time::Duration::ZERO, Reason::ContainerLaunchFailed)
+                            .kill(
+                                &key,
+                                std::time::Duration::ZERO,
+                                Reason::ContainerLaunchFailed,
+                            )
                             .await
                         {
                             tracing::error!(task = %key, "kill failed: {e}");
@@ -386,7 +404,11 @@ impl AgentLoop {
     /// The terminal status of a group task, told in the group's terms: after a failed
     /// launch every task fails; after the agent killed the rest of a group, the killed
     /// ones say why.
-    pub(crate) fn adjust_group_status(&self, key: &TaskKey, mut status: TerminalStatus) -> TerminalStatus {
+    pub(crate) fn adjust_group_status(
+        &self,
+        key: &TaskKey,
+        mut status: TerminalStatus,
+    ) -> TerminalStatus {
         let Some(group) = self.group_key(key).and_then(|gk| self.groups.get(&gk)) else {
             return status;
         };

@@ -493,7 +493,10 @@ mod tests;
 /// A process task of a task group reaches the group's shared volume through a symlink
 /// `shared` in its sandbox: without a mount namespace of its own it sees the host's
 /// paths anyway, and a symlink needs no root and leaves nothing mounted behind.
-fn link_shared_volume(sandbox: &std::path::Path, shared: &std::path::Path) -> Result<(), AgentError> {
+fn link_shared_volume(
+    sandbox: &std::path::Path,
+    shared: &std::path::Path,
+) -> Result<(), AgentError> {
     let link = sandbox.join(crate::supervisor::records::SHARED_VOLUME_IN_SANDBOX);
     if std::fs::read_link(&link).is_ok_and(|target| target == shared) {
         return Ok(());

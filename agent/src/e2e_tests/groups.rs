@@ -79,7 +79,11 @@ async fn an_invalid_task_refuses_the_group_and_nothing_runs() {
         assert_eq!(st.reason, Reason::TaskGroupInvalid as i32);
         assert_eq!(st.executor_id.as_ref().unwrap().as_str(), "g");
     }
-    assert!(ended["ok"].message.contains("task no-command"), "{:?}", ended["ok"]);
+    assert!(
+        ended["ok"].message.contains("task no-command"),
+        "{:?}",
+        ended["ok"]
+    );
     assert!(!dir.path().join("sandboxes/fw/ok").exists());
     assert!(!dir.path().join("executors/fw/g").exists());
     agent.stop().await.unwrap();
@@ -126,7 +130,12 @@ async fn a_launch_failure_fails_the_whole_group() {
     let agent = start_agent(
         &master.addr,
         dir.path(),
-        &["--containerizers", "linux", "--docker-socket", "/nonexistent/docker.sock"],
+        &[
+            "--containerizers",
+            "linux",
+            "--docker-socket",
+            "/nonexistent/docker.sock",
+        ],
     )
     .await;
     master.register().await;
@@ -145,11 +154,22 @@ async fn a_launch_failure_fails_the_whole_group() {
     let ended = terminal(&mut master, &["good", "bad"]).await;
     assert_eq!(state_of(&ended["bad"]), TaskState::TaskFailed);
     assert_eq!(ended["bad"].reason, Reason::ContainerLaunchFailed as i32);
-    assert!(ended["bad"].message.contains("hostname"), "{:?}", ended["bad"]);
-    assert_eq!(state_of(&ended["good"]), TaskState::TaskFailed, "{:?}", ended["good"]);
+    assert!(
+        ended["bad"].message.contains("hostname"),
+        "{:?}",
+        ended["bad"]
+    );
+    assert_eq!(
+        state_of(&ended["good"]),
+        TaskState::TaskFailed,
+        "{:?}",
+        ended["good"]
+    );
     assert_eq!(ended["good"].reason, Reason::ContainerLaunchFailed as i32);
     assert!(
-        ended["good"].message.contains("task bad of its task group failed to launch"),
+        ended["good"]
+            .message
+            .contains("task bad of its task group failed to launch"),
         "{:?}",
         ended["good"]
     );

@@ -171,8 +171,7 @@ impl Master {
             if let ApplyOutcome::Reregistered(out) = outcome {
                 let reg = self.registry();
                 // Per framework, so a task group is sent again as one RunTaskGroup.
-                let mut by_framework: HashMap<pb::FrameworkId, Vec<pb::TaskInfo>> =
-                    HashMap::new();
+                let mut by_framework: HashMap<pb::FrameworkId, Vec<pb::TaskInfo>> = HashMap::new();
                 for t in out.resend {
                     by_framework
                         .entry(t.framework_id.clone())

@@ -227,11 +227,11 @@ impl Master {
                     c.filters.insert(plan.agent_id.clone(), until);
                 }
             }
-            let refused = plan
-                .errors
-                .iter()
-                .map(|e| (e, Reason::TaskInvalid))
-                .chain(plan.group_errors.iter().map(|e| (e, Reason::TaskGroupInvalid)));
+            let refused = plan.errors.iter().map(|e| (e, Reason::TaskInvalid)).chain(
+                plan.group_errors
+                    .iter()
+                    .map(|e| (e, Reason::TaskGroupInvalid)),
+            );
             for ((task_id, why), reason) in refused {
                 Metrics::inc(&self.metrics.tasks_error);
                 let st = master_status(

@@ -279,7 +279,10 @@ fn check_default_executor(
     if let Some(c) = &executor.container {
         use pb::container_info::Type as C;
         if c.r#type != C::Unspecified as i32 && c.r#type != C::Linux as i32 {
-            return Err("the DEFAULT executor's container may only set the network (type LINUX or unset)".into());
+            return Err(
+                "the DEFAULT executor's container may only set the network (type LINUX or unset)"
+                    .into(),
+            );
         }
     }
     let mut completed = executor.clone();
@@ -664,7 +667,10 @@ mod tests {
         let ops = vec![
             group(
                 executor("e1", Type::Default),
-                vec![task("g1", "cpus:0.5;mem:128", "true"), task("g2", "cpus:0.5", "true")],
+                vec![
+                    task("g1", "cpus:0.5;mem:128", "true"),
+                    task("g2", "cpus:0.5", "true"),
+                ],
             ),
             // Type unspecified means DEFAULT.
             group(
@@ -727,8 +733,14 @@ mod tests {
         assert!(plan.launch.is_empty());
         assert_eq!(plan.used.cpus(), 0.0);
         assert_eq!(plan.group_errors.len(), 2);
-        assert!(plan.group_errors.iter().any(|(id, why)| id.as_str() == "g2" && why.contains("only have")));
-        assert!(plan.group_errors.iter().any(|(id, why)| id.as_str() == "g1" && why.contains("task g2")));
+        assert!(plan
+            .group_errors
+            .iter()
+            .any(|(id, why)| id.as_str() == "g2" && why.contains("only have")));
+        assert!(plan
+            .group_errors
+            .iter()
+            .any(|(id, why)| id.as_str() == "g1" && why.contains("task g2")));
     }
 
     #[test]
@@ -753,7 +765,9 @@ mod tests {
         assert!(refusal(Some(greedy), one()).contains("no resources of its own"));
         let mut other = task("g1", "cpus:0.1", "true");
         other.executor = Some(executor("someone-else", Type::Default));
-        assert!(refusal(Some(executor("e", Type::Default)), vec![other]).contains("group's executor"));
+        assert!(
+            refusal(Some(executor("e", Type::Default)), vec![other]).contains("group's executor")
+        );
         let mut docker = task("g1", "cpus:0.1", "true");
         docker.container = Some(pb::ContainerInfo {
             r#type: pb::container_info::Type::Docker as i32,
@@ -765,8 +779,14 @@ mod tests {
             network: pb::container_info::Network::Isolated as i32,
             ..Default::default()
         });
-        assert!(refusal(Some(executor("e", Type::Default)), vec![own_network]).contains("group's network"));
-        let dup = vec![task("g1", "cpus:0.1", "true"), task("g1", "cpus:0.1", "true")];
+        assert!(
+            refusal(Some(executor("e", Type::Default)), vec![own_network])
+                .contains("group's network")
+        );
+        let dup = vec![
+            task("g1", "cpus:0.1", "true"),
+            task("g1", "cpus:0.1", "true"),
+        ];
         assert!(refusal(Some(executor("e", Type::Default)), dup).contains("twice"));
     }
 }

@@ -32,7 +32,9 @@ pub fn messages(
         let executor = task.executor.clone();
         let id = executor.as_ref().and_then(|e| e.executor_id.clone());
         let existing = out.iter_mut().find_map(|m| match m {
-            Msg::RunTaskGroup(g) if g.executor.as_ref().and_then(|e| e.executor_id.clone()) == id => {
+            Msg::RunTaskGroup(g)
+                if g.executor.as_ref().and_then(|e| e.executor_id.clone()) == id =>
+            {
                 g.task_group.as_mut()
             }
             _ => None,
@@ -83,7 +85,9 @@ mod tests {
         let shape: Vec<Vec<&str>> = msgs
             .iter()
             .map(|m| match m {
-                Msg::RunTask(r) => vec![r.task.as_ref().unwrap().task_id.as_ref().unwrap().as_str()],
+                Msg::RunTask(r) => {
+                    vec![r.task.as_ref().unwrap().task_id.as_ref().unwrap().as_str()]
+                }
                 Msg::RunTaskGroup(g) => g
                     .task_group
                     .as_ref()
