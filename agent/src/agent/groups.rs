@@ -363,6 +363,7 @@ impl AgentLoop {
             if let Some(g) = self.groups.get_mut(&gk) {
                 g.launch_failed = Some(note);
             }
+            let round: HashSet<TaskKey> = members.iter().map(|(k, _)| k.clone()).collect();
             for (key, result) in members {
                 match result {
                     Ok(()) => {
@@ -393,6 +394,29 @@ impl AgentLoop {
                             e.to_string(),
                             None,
                         );
+                    }
+                }
+            }
+            // Tasks that joined the group in an earlier round go too: the group as a
+            // whole failed, and every task's end says so.
+            let earlier: Vec<TaskKey> = self
+                .groups
+                .get(&gk)
+                .map(|g| g.tasks.iter().cloned().collect())
+                .unwrap_or_default();
+            for key in earlier {
+                let running = self
+                    .tasks
+                    .get(&key)
+                    .is_some_and(|e| !e.terminal && e.watched);
+                if running && !round.contains(&key) {
+                    let grace = self.grace_for(&key, None);
+                    if let Err(e) = self
+                        .containerizer
+                        .kill(&key, grace, Reason::ContainerLaunchFailed)
+                        .await
+                    {
+                        tracing::error!(task = %key, "kill failed: {e}");
                     }
                 }
             }

@@ -183,3 +183,93 @@ async fn a_launch_failure_fails_the_whole_group() {
     assert!(!dir.path().join("executors/fw/g/ns").exists());
     agent.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_sent_later_join_a_running_group_and_a_failed_launch_ends_it_whole() {
+    if !root() {
+        eprintln!("skipping: linux containers need root");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut master = Master::start().await;
+    let agent = start_agent(
+        &master.addr,
+        dir.path(),
+        &[
+            "--containerizers",
+            "linux",
+            "--docker-socket",
+            "/nonexistent/docker.sock",
+        ],
+    )
+    .await;
+    master.register().await;
+    master.send(
+        2,
+        run_group(
+            "g",
+            vec![group_task(
+                "first",
+                "readlink /proc/self/ns/ipc > shared/first-ipc; exec sleep 600",
+                "first",
+            )],
+        ),
+    );
+    // STARTING, RUNNING.
+    for _ in 0..2 {
+        let st = master.acked_update().await;
+        assert!(!drover_proto::states::is_terminal(state_of(&st)), "{st:?}");
+    }
+    // A second RunTaskGroup for the same executor joins the running group.
+    master.send(
+        2,
+        run_group(
+            "g",
+            vec![group_task(
+                "joiner",
+                "for i in $(seq 1 1200); do [ -s shared/first-ipc ] && break; sleep 0.1; done; \
+                 [ \"$(readlink /proc/self/ns/ipc)\" = \"$(cat shared/first-ipc)\" ] && echo same",
+                "joiner",
+            )],
+        ),
+    );
+    let ended = terminal(&mut master, &["joiner"]).await;
+    assert_eq!(
+        state_of(&ended["joiner"]),
+        TaskState::TaskFinished,
+        "{:?}",
+        ended["joiner"]
+    );
+    let out = std::fs::read_to_string(dir.path().join("sandboxes/fw/joiner/stdout")).unwrap();
+    assert_eq!(out, "same\n");
+
+    // A later task that cannot launch ends the group: the running task fails too.
+    master.send(
+        2,
+        run_group("g", vec![group_task("late", "true", "bad_hostname!")]),
+    );
+    let ended = terminal(&mut master, &["late", "first"]).await;
+    assert_eq!(state_of(&ended["late"]), TaskState::TaskFailed);
+    assert_eq!(
+        state_of(&ended["first"]),
+        TaskState::TaskFailed,
+        "{:?}",
+        ended["first"]
+    );
+    assert_eq!(ended["first"].reason, Reason::ContainerLaunchFailed as i32);
+    assert!(
+        ended["first"]
+            .message
+            .contains("task late of its task group"),
+        "{:?}",
+        ended["first"]
+    );
+    for _ in 0..500 {
+        if !dir.path().join("executors/fw/g/ns").exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!dir.path().join("executors/fw/g/ns").exists());
+    agent.stop().await.unwrap();
+}
