@@ -232,6 +232,10 @@ fn isolate(spec: &SupervisorSpec, c: &ContainerLaunch) -> Result<PathBuf, String
         libc::MS_REC | libc::MS_PRIVATE,
         None,
     )?;
+    // This mount namespace began as a copy of the host's, namespace holders of task groups
+    // included: dropping the copies lets a group's namespaces go when its holder is torn
+    // down, rather than when the last container started meanwhile ends.
+    detach_namespace_mounts();
     let name = c.hostname.as_bytes();
     // SAFETY: valid pointer and length.
     if unsafe { libc::sethostname(name.as_ptr().cast(), name.len()) } != 0 {
@@ -374,6 +378,55 @@ fn populate_dev(dev: &Path) -> Result<(), String> {
     )
 }
 
+/// Lazily unmounts every `nsfs` mount (a namespace pinned to a file) in this mount
+/// namespace. Best effort: a mount that will not go only keeps a namespace alive longer.
+fn detach_namespace_mounts() {
+    let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else {
+        return;
+    };
+    for line in info.lines() {
+        let Some((fields, rest)) = line.split_once(" - ") else {
+            continue;
+        };
+        if rest.split(' ').next() != Some("nsfs") {
+            continue;
+        }
+        let Some(point) = fields.split(' ').nth(4) else {
+            continue;
+        };
+        let Ok(path) = cstring(&unescape_mount_path(point)) else {
+            continue;
+        };
+        // SAFETY: a NUL-terminated path.
+        unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) };
+    }
+}
+
+/// Undoes mountinfo's octal escapes (`\040` for a space, and so on).
+fn unescape_mount_path(s: &str) -> Vec<u8> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let code = (b[i] == b'\\' && i + 3 < b.len())
+            .then(|| &b[i + 1..i + 4])
+            .filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)))
+            .map(|d| d.iter().fold(0u16, |n, c| n * 8 + u16::from(c - b'0')))
+            .and_then(|n| u8::try_from(n).ok());
+        match code {
+            Some(c) => {
+                out.push(c);
+                i += 4;
+            }
+            None => {
+                out.push(b[i]);
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
 /// Enters the namespace a task group's namespace file holds.
 fn join_namespace(file: &Path, kind: libc::c_int) -> Result<(), String> {
     let f = File::open(file).map_err(|e| format!("opening {}: {e}", file.display()))?;
@@ -446,4 +499,17 @@ fn mount(
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::unescape_mount_path;
+
+    #[test]
+    fn mountinfo_escapes_are_undone() {
+        assert_eq!(unescape_mount_path("/a\\040b/c\\134d"), b"/a b/c\\d");
+        assert_eq!(unescape_mount_path("/plain"), b"/plain");
+        // Not an escape: left as it is.
+        assert_eq!(unescape_mount_path("/x\\9y\\04"), b"/x\\9y\\04");
+    }
 }

@@ -684,11 +684,13 @@ async fn tasks_of_a_group_share_its_namespaces_and_volume_inside_an_image_too() 
         "{status:?} {}",
         output(&f, "in-image", "stderr")
     );
+    // The holder's mounts are not copied into the container (they would pin the group's
+    // namespaces past its teardown).
     let mut b = spec(
         &f,
         "plain",
         "cpus:0.1;mem:32",
-        &format!("{ns}; cat shared/msg"),
+        &format!("{ns}; cat shared/msg; echo nsfs=$(grep -c ' - nsfs ' /proc/self/mountinfo)"),
     );
     b.group = Some(group);
     let status = run_to_end(&f, b).await;
@@ -711,6 +713,10 @@ async fn tasks_of_a_group_share_its_namespaces_and_volume_inside_an_image_too() 
     assert_eq!(a_out.lines().next(), Some(expected.as_str()), "{a_out}");
     assert_eq!(b_out.lines().next(), Some(expected.as_str()), "{b_out}");
     assert_eq!(b_out.lines().nth(1), Some("from-image"), "{b_out}");
+    assert_eq!(b_out.lines().nth(2), Some("nsfs=0"), "{b_out}");
+    assert!(std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .contains(" - nsfs "));
     assert_eq!(
         std::fs::read_to_string(shared.join("msg")).unwrap(),
         "from-image\n"
