@@ -107,15 +107,19 @@ fn a_task_group_launches_all_or_nothing_and_shares_its_volume() {
     // (a) + (b): one task writes into the shared volume and listens on the group's
     // loopback; the other reads the file and connects. Both print their namespaces.
     let ns = "echo ipc=$(readlink /proc/self/ns/ipc); echo net=$(readlink /proc/self/ns/net)";
+    // A connection may carry nothing (busybox nc can close before it writes): the writer
+    // listens until one brings data and then says so in the volume, and the reader sends
+    // until it sees that.
     let writer = format!(
         "{ns}; echo hello-from-writer > shared/msg.tmp && mv shared/msg.tmp shared/msg; \
-         /bin/busybox nc -l -p 7000 > got && echo received=$(cat got)"
+         for i in $(seq 1 1200); do /bin/busybox nc -l -p 7000 > got; [ -s got ] && break; done; \
+         cp got shared/got.tmp && mv shared/got.tmp shared/got; echo received=$(cat got)"
     );
     let reader = format!(
         "{ns}; for i in $(seq 1 1200); do [ -f shared/msg ] && break; sleep 0.1; done; \
          echo read=$(cat shared/msg); \
-         for i in $(seq 1 1200); do echo ping | /bin/busybox nc 127.0.0.1 7000 && exit 0; \
-         sleep 0.1; done; exit 1"
+         for i in $(seq 1 1200); do [ -s shared/got ] && exit 0; \
+         echo ping | /bin/busybox nc 127.0.0.1 7000; sleep 0.1; done; exit 1"
     );
     let ended = rt.block_on(async {
         let offer = fw.offer().await;
