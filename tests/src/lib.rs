@@ -1351,21 +1351,15 @@ pub mod raw {
             offers: Vec<OfferId>,
             tasks: Vec<pb::TaskInfo>,
         ) -> Result<(), tonic::Status> {
-            self.client
-                .accept(pb::AcceptCall {
-                    header: Some(self.header.clone()),
-                    offer_ids: offers,
-                    operations: vec![pb::Operation {
-                        r#type: pb::operation::Type::Launch as i32,
-                        launch: Some(pb::operation::Launch { task_infos: tasks }),
-                        ..Default::default()
-                    }],
-                    filters: Some(pb::Filters {
-                        refuse_seconds: Some(0.0),
-                    }),
-                })
-                .await
-                .map(|_| ())
+            self.accept_one(
+                offers,
+                pb::Operation {
+                    r#type: pb::operation::Type::Launch as i32,
+                    launch: Some(pb::operation::Launch { task_infos: tasks }),
+                    ..Default::default()
+                },
+            )
+            .await
         }
 
         /// One LAUNCH_GROUP of `tasks` under `executor` (the agent's default executor).
@@ -1375,18 +1369,31 @@ pub mod raw {
             executor: pb::ExecutorInfo,
             tasks: Vec<pb::TaskInfo>,
         ) -> Result<(), tonic::Status> {
+            self.accept_one(
+                offers,
+                pb::Operation {
+                    r#type: pb::operation::Type::LaunchGroup as i32,
+                    launch_group: Some(pb::operation::LaunchGroup {
+                        executor: Some(executor),
+                        task_group: Some(pb::TaskGroupInfo { tasks }),
+                    }),
+                    ..Default::default()
+                },
+            )
+            .await
+        }
+
+        /// ACCEPT with one operation; what it leaves is declined without a filter.
+        async fn accept_one(
+            &mut self,
+            offers: Vec<OfferId>,
+            operation: pb::Operation,
+        ) -> Result<(), tonic::Status> {
             self.client
                 .accept(pb::AcceptCall {
                     header: Some(self.header.clone()),
                     offer_ids: offers,
-                    operations: vec![pb::Operation {
-                        r#type: pb::operation::Type::LaunchGroup as i32,
-                        launch_group: Some(pb::operation::LaunchGroup {
-                            executor: Some(executor),
-                            task_group: Some(pb::TaskGroupInfo { tasks }),
-                        }),
-                        ..Default::default()
-                    }],
+                    operations: vec![operation],
                     filters: Some(pb::Filters {
                         refuse_seconds: Some(0.0),
                     }),

@@ -44,6 +44,20 @@ async fn terminal_updates(fw: &mut Fw, tasks: &[&str]) -> HashMap<String, pb::Ta
     ended
 }
 
+/// Launches a group on the next offer and waits for every task named to end.
+async fn group_to_end(
+    fw: &mut Fw,
+    executor: pb::ExecutorInfo,
+    tasks: Vec<pb::TaskInfo>,
+    ending: &[&str],
+) -> HashMap<String, pb::TaskStatus> {
+    let offer = fw.offer().await;
+    fw.launch_group(vec![offer.id.clone().unwrap()], executor, tasks)
+        .await
+        .unwrap();
+    terminal_updates(fw, ending).await
+}
+
 /// Acknowledges updates until every task named is RUNNING; panics if one ends first.
 async fn running(fw: &mut Fw, tasks: &[&str]) {
     let mut up = std::collections::HashSet::new();
@@ -121,20 +135,15 @@ fn a_task_group_launches_all_or_nothing_and_shares_its_volume() {
          for i in $(seq 1 1200); do [ -s shared/got ] && exit 0; \
          echo ping | /bin/busybox nc 127.0.0.1 7000; sleep 0.1; done; exit 1"
     );
-    let ended = rt.block_on(async {
-        let offer = fw.offer().await;
-        fw.launch_group(
-            vec![offer.id.clone().unwrap()],
-            default_executor("pod-1", true),
-            vec![
-                task("writer", res("cpus:0.5;mem:64"), &writer),
-                task("reader", res("cpus:0.5;mem:64"), &reader),
-            ],
-        )
-        .await
-        .unwrap();
-        terminal_updates(&mut fw, &["writer", "reader"]).await
-    });
+    let ended = rt.block_on(group_to_end(
+        &mut fw,
+        default_executor("pod-1", true),
+        vec![
+            task("writer", res("cpus:0.5;mem:64"), &writer),
+            task("reader", res("cpus:0.5;mem:64"), &reader),
+        ],
+        &["writer", "reader"],
+    ));
     for (id, st) in &ended {
         assert_eq!(st.state, TaskState::TaskFinished as i32, "{id}: {st:?}");
         assert_eq!(st.executor_id.as_ref().map(|e| e.as_str()), Some("pod-1"));
@@ -165,20 +174,15 @@ fn a_task_group_launches_all_or_nothing_and_shares_its_volume() {
     );
 
     // A group on the host's network shares a fresh IPC namespace but not a network one.
-    let ended = rt.block_on(async {
-        let offer = fw.offer().await;
-        fw.launch_group(
-            vec![offer.id.clone().unwrap()],
-            default_executor("pod-2", false),
-            vec![
-                task("h1", res("cpus:0.1;mem:32"), ns),
-                task("h2", res("cpus:0.1;mem:32"), ns),
-            ],
-        )
-        .await
-        .unwrap();
-        terminal_updates(&mut fw, &["h1", "h2"]).await
-    });
+    let ended = rt.block_on(group_to_end(
+        &mut fw,
+        default_executor("pod-2", false),
+        vec![
+            task("h1", res("cpus:0.1;mem:32"), ns),
+            task("h2", res("cpus:0.1;mem:32"), ns),
+        ],
+        &["h1", "h2"],
+    ));
     assert!(ended
         .values()
         .all(|st| st.state == TaskState::TaskFinished as i32));
@@ -191,20 +195,15 @@ fn a_task_group_launches_all_or_nothing_and_shares_its_volume() {
     assert_eq!(line_after(&h1, "net="), host_ns("net"));
 
     // (c) One invalid task refuses the whole group; nothing of it runs.
-    let ended = rt.block_on(async {
-        let offer = fw.offer().await;
-        fw.launch_group(
-            vec![offer.id.clone().unwrap()],
-            default_executor("pod-3", false),
-            vec![
-                task("fine", res("cpus:0.1;mem:32"), "echo ran > ran"),
-                task("broken", res("cpus:0.1;mem:32"), "   "),
-            ],
-        )
-        .await
-        .unwrap();
-        terminal_updates(&mut fw, &["fine", "broken"]).await
-    });
+    let ended = rt.block_on(group_to_end(
+        &mut fw,
+        default_executor("pod-3", false),
+        vec![
+            task("fine", res("cpus:0.1;mem:32"), "echo ran > ran"),
+            task("broken", res("cpus:0.1;mem:32"), "   "),
+        ],
+        &["fine", "broken"],
+    ));
     for st in ended.values() {
         assert_eq!(st.state, TaskState::TaskError as i32, "{st:?}");
         assert_eq!(st.reason, Reason::TaskGroupInvalid as i32, "{st:?}");
@@ -223,20 +222,15 @@ fn a_task_group_launches_all_or_nothing_and_shares_its_volume() {
     assert!(!sandbox(&cluster, &fw, "broken").exists());
 
     // (d) A task that fails takes the rest of its group down.
-    let ended = rt.block_on(async {
-        let offer = fw.offer().await;
-        fw.launch_group(
-            vec![offer.id.clone().unwrap()],
-            default_executor("pod-4", false),
-            vec![
-                task("steady", res("cpus:0.1;mem:32"), "exec sleep 600"),
-                task("crash", res("cpus:0.1;mem:32"), "exit 3"),
-            ],
-        )
-        .await
-        .unwrap();
-        terminal_updates(&mut fw, &["steady", "crash"]).await
-    });
+    let ended = rt.block_on(group_to_end(
+        &mut fw,
+        default_executor("pod-4", false),
+        vec![
+            task("steady", res("cpus:0.1;mem:32"), "exec sleep 600"),
+            task("crash", res("cpus:0.1;mem:32"), "exit 3"),
+        ],
+        &["steady", "crash"],
+    ));
     assert_eq!(ended["crash"].state, TaskState::TaskFailed as i32);
     assert_eq!(
         ended["steady"].state,

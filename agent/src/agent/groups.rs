@@ -381,20 +381,7 @@ impl AgentLoop {
                             tracing::error!(task = %key, "kill failed: {e}");
                         }
                     }
-                    Err(e) => {
-                        let reason = match e {
-                            AgentError::UnknownUser(_) => Reason::TaskUserUnknown,
-                            _ => Reason::ContainerLaunchFailed,
-                        };
-                        self.enqueue_status(
-                            &key,
-                            TaskState::TaskFailed,
-                            Source::Agent,
-                            reason,
-                            e.to_string(),
-                            None,
-                        );
-                    }
+                    Err(e) => self.launch_failed(&key, &e),
                 }
             }
             // Tasks that joined the group in an earlier round go too: the group as a

@@ -149,23 +149,28 @@ impl AgentLoop {
                 }
                 Err(e) => {
                     tracing::warn!(task = %key, "launch failed: {e}");
-                    // A user the task's image does not define is the task's mistake,
-                    // told apart so a framework can see it without parsing messages.
-                    let reason = match e {
-                        AgentError::UnknownUser(_) => Reason::TaskUserUnknown,
-                        _ => Reason::ContainerLaunchFailed,
-                    };
-                    self.enqueue_status(
-                        &key,
-                        TaskState::TaskFailed,
-                        Source::Agent,
-                        reason,
-                        e.to_string(),
-                        None,
-                    );
+                    self.launch_failed(&key, &e);
                 }
             }
         }
+    }
+
+    /// A task's container could not start: TASK_FAILED, with the reason the error tells.
+    pub(super) fn launch_failed(&mut self, key: &TaskKey, e: &AgentError) {
+        // A user the task's image does not define is the task's mistake, told apart so a
+        // framework can see it without parsing messages.
+        let reason = match e {
+            AgentError::UnknownUser(_) => Reason::TaskUserUnknown,
+            _ => Reason::ContainerLaunchFailed,
+        };
+        self.enqueue_status(
+            key,
+            TaskState::TaskFailed,
+            Source::Agent,
+            reason,
+            e.to_string(),
+            None,
+        );
     }
 
     /// Why a task cannot run, if it cannot. The master validates too; the agent checks

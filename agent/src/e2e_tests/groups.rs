@@ -57,6 +57,36 @@ fn root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
+/// An agent with the linux containerizer only, registered with a fresh fake master.
+async fn linux_agent(dir: &std::path::Path) -> (Master, Running) {
+    let mut master = Master::start().await;
+    let agent = start_agent(
+        &master.addr,
+        dir,
+        &[
+            "--containerizers",
+            "linux",
+            "--docker-socket",
+            "/nonexistent/docker.sock",
+        ],
+    )
+    .await;
+    master.register().await;
+    (master, agent)
+}
+
+/// Polls (bounded) until the group's namespace holder is gone; true if it went.
+async fn holder_gone(dir: &std::path::Path, executor: &str) -> bool {
+    let ns = dir.join("executors/fw").join(executor).join("ns");
+    for _ in 0..500 {
+        if !ns.exists() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_invalid_task_refuses_the_group_and_nothing_runs() {
     let dir = tempfile::tempdir().unwrap();
@@ -126,19 +156,7 @@ async fn a_launch_failure_fails_the_whole_group() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let mut master = Master::start().await;
-    let agent = start_agent(
-        &master.addr,
-        dir.path(),
-        &[
-            "--containerizers",
-            "linux",
-            "--docker-socket",
-            "/nonexistent/docker.sock",
-        ],
-    )
-    .await;
-    master.register().await;
+    let (mut master, agent) = linux_agent(dir.path()).await;
     // The second task's hostname is refused when its container is set up, after the
     // group was accepted: the first task's container is started, then killed.
     master.send(
@@ -174,13 +192,7 @@ async fn a_launch_failure_fails_the_whole_group() {
         ended["good"]
     );
     // Nothing of the group is left: no holder, no cgroup.
-    for _ in 0..500 {
-        if !dir.path().join("executors/fw/g/ns").exists() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(!dir.path().join("executors/fw/g/ns").exists());
+    assert!(holder_gone(dir.path(), "g").await);
     agent.stop().await.unwrap();
 }
 
@@ -191,19 +203,7 @@ async fn tasks_sent_later_join_a_running_group_and_a_failed_launch_ends_it_whole
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let mut master = Master::start().await;
-    let agent = start_agent(
-        &master.addr,
-        dir.path(),
-        &[
-            "--containerizers",
-            "linux",
-            "--docker-socket",
-            "/nonexistent/docker.sock",
-        ],
-    )
-    .await;
-    master.register().await;
+    let (mut master, agent) = linux_agent(dir.path()).await;
     master.send(
         2,
         run_group(
@@ -264,12 +264,6 @@ async fn tasks_sent_later_join_a_running_group_and_a_failed_launch_ends_it_whole
         "{:?}",
         ended["first"]
     );
-    for _ in 0..500 {
-        if !dir.path().join("executors/fw/g/ns").exists() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(!dir.path().join("executors/fw/g/ns").exists());
+    assert!(holder_gone(dir.path(), "g").await);
     agent.stop().await.unwrap();
 }
