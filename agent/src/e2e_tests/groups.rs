@@ -75,6 +75,14 @@ async fn linux_agent(dir: &std::path::Path) -> (Master, Running) {
     (master, agent)
 }
 
+/// The update of a task failed because `culprit`, of its group, could not launch.
+fn assert_failed_because_of(st: &pb::TaskStatus, culprit: &str) {
+    assert_eq!(state_of(st), TaskState::TaskFailed, "{st:?}");
+    assert_eq!(st.reason, Reason::ContainerLaunchFailed as i32, "{st:?}");
+    let why = format!("task {culprit} of its task group failed to launch");
+    assert!(st.message.contains(&why), "{st:?}");
+}
+
 /// Polls (bounded) until the group's namespace holder is gone; true if it went.
 async fn holder_gone(dir: &std::path::Path, executor: &str) -> bool {
     let ns = dir.join("executors/fw").join(executor).join("ns");
@@ -177,20 +185,7 @@ async fn a_launch_failure_fails_the_whole_group() {
         "{:?}",
         ended["bad"]
     );
-    assert_eq!(
-        state_of(&ended["good"]),
-        TaskState::TaskFailed,
-        "{:?}",
-        ended["good"]
-    );
-    assert_eq!(ended["good"].reason, Reason::ContainerLaunchFailed as i32);
-    assert!(
-        ended["good"]
-            .message
-            .contains("task bad of its task group failed to launch"),
-        "{:?}",
-        ended["good"]
-    );
+    assert_failed_because_of(&ended["good"], "bad");
     // Nothing of the group is left: no holder, no cgroup.
     assert!(holder_gone(dir.path(), "g").await);
     agent.stop().await.unwrap();
@@ -250,20 +245,7 @@ async fn tasks_sent_later_join_a_running_group_and_a_failed_launch_ends_it_whole
     );
     let ended = terminal(&mut master, &["late", "first"]).await;
     assert_eq!(state_of(&ended["late"]), TaskState::TaskFailed);
-    assert_eq!(
-        state_of(&ended["first"]),
-        TaskState::TaskFailed,
-        "{:?}",
-        ended["first"]
-    );
-    assert_eq!(ended["first"].reason, Reason::ContainerLaunchFailed as i32);
-    assert!(
-        ended["first"]
-            .message
-            .contains("task late of its task group"),
-        "{:?}",
-        ended["first"]
-    );
+    assert_failed_because_of(&ended["first"], "late");
     assert!(holder_gone(dir.path(), "g").await);
     agent.stop().await.unwrap();
 }
