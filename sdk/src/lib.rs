@@ -11,8 +11,8 @@
 //!   default from `DROVER_MASTER`); failover timeout (never zero), capabilities, policies.
 //! - [`scheduler`]: the [`Scheduler`] trait, one async callback per event.
 //! - [`driver`]: [`Driver`], the cloneable handle whose methods are the scheduler calls
-//!   (accept, launch, launch_group, decline, revive, suppress, kill, acknowledge, reconcile, teardown,
-//!   stop).
+//!   (accept, launch, launch_group, decline, revive, suppress, kill, acknowledge,
+//!   reconcile, teardown, stop).
 //! - [`runner`]: [`run`], the event loop: leader following, subscription, heartbeats,
 //!   acknowledgements, reconnection with backoff, implicit reconciliation.
 //! - [`offers`]: [`TaskRequest`] (what one task needs) and [`OfferPacker`] (many tasks per
