@@ -118,8 +118,18 @@ impl AgentLoop {
         }
 
         let mut seen = HashSet::new();
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
         let mut culprit: Option<(Option<TaskKey>, String)> =
-            executor_problem(&framework_id, &executor).map(|why| (None, why));
+            executor_problem(&framework_id, &executor)
+                .or_else(|| {
+                    (isolated(&executor) && !root).then(|| {
+                        "the group asks for an ISOLATED network, which needs linux containers \
+                         (this agent does not run as root)"
+                            .to_string()
+                    })
+                })
+                .map(|why| (None, why));
         let mut keys = Vec::with_capacity(fresh.len());
         for task in &fresh {
             let key = TaskKey {

@@ -365,6 +365,13 @@ impl Containerizer for ProcessContainerizer {
             }
         }
         if let Some(group) = &spec.group {
+            if group.net_namespace.is_some() {
+                return Err(AgentError::Launch(
+                    "the task group has a network of its own, which the process \
+                     containerizer cannot join; use the linux containerizer"
+                        .into(),
+                ));
+            }
             link_shared_volume(&spec.sandbox, &group.shared)?;
         }
         let sup_spec = self.build_spec(&spec)?;

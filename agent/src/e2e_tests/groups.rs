@@ -249,3 +249,40 @@ async fn tasks_sent_later_join_a_running_group_and_a_failed_launch_ends_it_whole
     assert!(holder_gone(dir.path(), "g").await);
     agent.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn process_tasks_cannot_join_a_group_network() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut master = Master::start().await;
+    let agent = start_agent(&master.addr, dir.path(), &["--containerizers", "process"]).await;
+    master.register().await;
+    let Msg::RunTaskGroup(mut group) = run_group(
+        "g",
+        vec![group_task("a", "true", ""), group_task("b", "true", "")],
+    ) else {
+        unreachable!()
+    };
+    group.executor.as_mut().unwrap().container = Some(pb::ContainerInfo {
+        network: pb::container_info::Network::Isolated as i32,
+        ..Default::default()
+    });
+    master.send(2, Msg::RunTaskGroup(group));
+    let ended = terminal(&mut master, &["a", "b"]).await;
+    // As root the holder exists and each launch says why; otherwise the agent refuses
+    // the group before anything is made.
+    for st in ended.values() {
+        if root() {
+            assert_eq!(state_of(st), TaskState::TaskFailed, "{st:?}");
+            assert!(
+                st.message.contains("process containerizer cannot join"),
+                "{st:?}"
+            );
+        } else {
+            assert_eq!(state_of(st), TaskState::TaskError, "{st:?}");
+            assert_eq!(st.reason, Reason::TaskGroupInvalid as i32);
+        }
+    }
+    assert!(root() || !dir.path().join("sandboxes/fw/a").exists());
+    assert!(holder_gone(dir.path(), "g").await);
+    agent.stop().await.unwrap();
+}
