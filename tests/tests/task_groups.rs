@@ -51,11 +51,32 @@ async fn group_to_end(
     tasks: Vec<pb::TaskInfo>,
     ending: &[&str],
 ) -> HashMap<String, pb::TaskStatus> {
-    let offer = fw.offer().await;
+    let offer = offer_for(fw, &tasks).await;
     fw.launch_group(vec![offer.id.clone().unwrap()], executor, tasks)
         .await
         .unwrap();
     terminal_updates(fw, ending).await
+}
+
+/// The next offer that holds every task's resources; smaller ones (the rest of an agent
+/// while a launch is in flight) are declined.
+async fn offer_for(fw: &mut Fw, tasks: &[pb::TaskInfo]) -> pb::Offer {
+    let mut need = Resources::new();
+    for t in tasks {
+        need.add(&Resources::from_proto(&t.resources).unwrap());
+    }
+    loop {
+        let offer = fw.offer().await;
+        if Resources::from_proto(&offer.resources)
+            .unwrap()
+            .contains(&need)
+        {
+            return offer;
+        }
+        fw.decline(vec![offer.id.clone().unwrap()], 0.0)
+            .await
+            .unwrap();
+    }
 }
 
 /// Acknowledges updates until every task named is RUNNING; panics if one ends first.
@@ -183,9 +204,12 @@ fn a_task_group_launches_all_or_nothing_and_shares_its_volume() {
         ],
         &["h1", "h2"],
     ));
-    assert!(ended
-        .values()
-        .all(|st| st.state == TaskState::TaskFinished as i32));
+    assert!(
+        ended
+            .values()
+            .all(|st| st.state == TaskState::TaskFinished as i32),
+        "{ended:?}"
+    );
     let (h1, h2) = (
         stdout_of(&cluster, &fw, "h1"),
         stdout_of(&cluster, &fw, "h2"),
