@@ -99,11 +99,16 @@ pub fn check(
                 total_tasks += op.launch.as_ref().map_or(0, |l| l.task_infos.len());
             }
             OpType::LaunchGroup => {
-                total_tasks += op
+                let n = op
                     .launch_group
                     .as_ref()
                     .and_then(|g| g.task_group.as_ref())
                     .map_or(0, |g| g.tasks.len());
+                if n == 0 {
+                    // No task to carry a TASK_ERROR: the call itself is wrong.
+                    return Err(Status::invalid_argument("LAUNCH_GROUP with no task"));
+                }
+                total_tasks += n;
             }
             OpType::Unspecified => {
                 return Err(Status::invalid_argument("operation without a type"));
@@ -195,10 +200,6 @@ fn check_group(
             plan.group_errors.push((id.clone(), msg));
         }
     };
-    if tasks.is_empty() {
-        // Nothing to report a TASK_ERROR on; the call goes ahead without it.
-        return;
-    }
     let executor = match check_default_executor(framework_id, group.executor.as_ref()) {
         Ok(e) => e,
         Err(why) => {
@@ -502,6 +503,16 @@ mod tests {
             r#type: OpType::Reserve as i32,
             ..Default::default()
         }];
+        let empty_group = vec![pb::Operation {
+            r#type: OpType::LaunchGroup as i32,
+            ..Default::default()
+        }];
+        assert_eq!(
+            check(&f1, &ids(&["o1"]), &empty_group, &offers, &reg)
+                .unwrap_err()
+                .code(),
+            tonic::Code::InvalidArgument
+        );
         assert_eq!(
             check(&f1, &ids(&["o1"]), &reserve, &offers, &reg)
                 .unwrap_err()
