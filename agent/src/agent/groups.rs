@@ -58,12 +58,17 @@ pub(crate) struct Group {
     pub killed_because: Option<String>,
 }
 
-/// The group a task belongs to, if it carries a DEFAULT executor.
+/// The group a task belongs to, if it carries a DEFAULT executor with ids that can name
+/// a directory (a group refused for bad ids never gets one).
 pub(crate) fn group_of(framework_id: &FrameworkId, task: &pb::TaskInfo) -> Option<GroupKey> {
     let e = task.executor.as_ref()?;
-    (e.r#type == executor_info::Type::Default as i32).then(|| GroupKey {
+    let executor_id = e.executor_id.clone().unwrap_or_default();
+    let usable = e.r#type == executor_info::Type::Default as i32
+        && validate_id("executor", executor_id.as_str()).is_ok()
+        && validate_id("framework", framework_id.as_str()).is_ok();
+    usable.then(|| GroupKey {
         framework_id: framework_id.clone(),
-        executor_id: e.executor_id.clone().unwrap_or_default(),
+        executor_id,
     })
 }
 

@@ -124,6 +124,22 @@ async fn an_invalid_task_refuses_the_group_and_nothing_runs() {
     );
     assert!(!dir.path().join("sandboxes/fw/ok").exists());
     assert!(!dir.path().join("executors/fw/g").exists());
+
+    // An executor id that is no valid id (it would name a directory) refuses the group.
+    master.send(
+        2,
+        run_group("../escape", vec![group_task("lone", "true", "")]),
+    );
+    let ended = terminal(&mut master, &["lone"]).await;
+    assert_eq!(state_of(&ended["lone"]), TaskState::TaskError);
+    assert_eq!(ended["lone"].reason, Reason::TaskGroupInvalid as i32);
+    assert!(
+        ended["lone"].message.contains("executor id"),
+        "{:?}",
+        ended["lone"]
+    );
+    assert!(!dir.path().join("executors").exists());
+    assert!(!dir.path().join("escape").exists());
     agent.stop().await.unwrap();
 }
 
