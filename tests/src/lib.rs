@@ -963,14 +963,7 @@ impl Cluster {
     fn remove_group_holders(&self) {
         use drover_agent::containerizer::linux::holder;
         for a in &self.agents {
-            let Ok(frameworks) = std::fs::read_dir(a.work_dir.join("executors")) else {
-                continue;
-            };
-            for fw in frameworks.flatten() {
-                for ex in std::fs::read_dir(fw.path()).into_iter().flatten().flatten() {
-                    let _ = holder::destroy(&ex.path().join("ns"));
-                }
-            }
+            holder::destroy_all_below(&a.work_dir.join("executors"));
         }
     }
 

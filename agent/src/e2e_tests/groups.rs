@@ -52,6 +52,15 @@ async fn terminal(master: &mut Master, tasks: &[&str]) -> HashMap<String, pb::Ta
     ended
 }
 
+/// Unmounts whatever namespace holder a test (a failing one too) leaves in its work dir.
+struct HolderSweep(std::path::PathBuf);
+
+impl Drop for HolderSweep {
+    fn drop(&mut self) {
+        crate::containerizer::linux::holder::destroy_all_below(&self.0.join("executors"));
+    }
+}
+
 fn root() -> bool {
     // SAFETY: no preconditions.
     unsafe { libc::geteuid() == 0 }
@@ -98,6 +107,7 @@ async fn holder_gone(dir: &std::path::Path, executor: &str) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_invalid_task_refuses_the_group_and_nothing_runs() {
     let dir = tempfile::tempdir().unwrap();
+    let _sweep = HolderSweep(dir.path().to_path_buf());
     let mut master = Master::start().await;
     let agent = start_agent(&master.addr, dir.path(), &["--containerizers", "process"]).await;
     master.register().await;
@@ -146,6 +156,7 @@ async fn an_invalid_task_refuses_the_group_and_nothing_runs() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn process_tasks_of_a_group_share_the_volume_through_a_link() {
     let dir = tempfile::tempdir().unwrap();
+    let _sweep = HolderSweep(dir.path().to_path_buf());
     let mut master = Master::start().await;
     let agent = start_agent(&master.addr, dir.path(), &["--containerizers", "process"]).await;
     master.register().await;
@@ -180,6 +191,7 @@ async fn a_launch_failure_fails_the_whole_group() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
+    let _sweep = HolderSweep(dir.path().to_path_buf());
     let (mut master, agent) = linux_agent(dir.path()).await;
     // The second task's hostname is refused when its container is set up, after the
     // group was accepted: the first task's container is started, then killed.
@@ -214,6 +226,7 @@ async fn tasks_sent_later_join_a_running_group_and_a_failed_launch_ends_it_whole
         return;
     }
     let dir = tempfile::tempdir().unwrap();
+    let _sweep = HolderSweep(dir.path().to_path_buf());
     let (mut master, agent) = linux_agent(dir.path()).await;
     master.send(
         2,
@@ -269,6 +282,7 @@ async fn tasks_sent_later_join_a_running_group_and_a_failed_launch_ends_it_whole
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn process_tasks_cannot_join_a_group_network() {
     let dir = tempfile::tempdir().unwrap();
+    let _sweep = HolderSweep(dir.path().to_path_buf());
     let mut master = Master::start().await;
     let agent = start_agent(&master.addr, dir.path(), &["--containerizers", "process"]).await;
     master.register().await;

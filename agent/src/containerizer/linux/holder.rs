@@ -109,6 +109,19 @@ pub fn destroy(dir: &Path) -> Result<(), String> {
     }
 }
 
+/// Destroys every holder under an agent's `executors/` folder; for cleaning up after a
+/// test (a failing one included) or a killed agent. Best effort.
+pub fn destroy_all_below(executors_root: &Path) {
+    let Ok(frameworks) = std::fs::read_dir(executors_root) else {
+        return;
+    };
+    for fw in frameworks.flatten() {
+        for ex in std::fs::read_dir(fw.path()).into_iter().flatten().flatten() {
+            let _ = destroy(&ex.path().join("ns"));
+        }
+    }
+}
+
 fn bind(source: &Path, target: &Path) -> Result<(), String> {
     let src = std::ffi::CString::new(source.as_os_str().as_bytes())
         .map_err(|_| "path contains NUL".to_string())?;

@@ -658,6 +658,14 @@ async fn tasks_of_a_group_share_its_namespaces_and_volume_inside_an_image_too() 
     let shared = group_dir.join("shared");
     std::fs::create_dir_all(&shared).unwrap();
     let (ipc, net) = holder::create(&group_dir.join("ns"), true).unwrap();
+    // Unmounted even if an assertion below fails.
+    struct Sweep(PathBuf);
+    impl Drop for Sweep {
+        fn drop(&mut self) {
+            let _ = holder::destroy(&self.0);
+        }
+    }
+    let _sweep = Sweep(group_dir.join("ns"));
     let group = TaskGroupLaunch {
         shared: shared.clone(),
         ipc_namespace: Some(ipc.clone()),
