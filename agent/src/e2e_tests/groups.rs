@@ -66,12 +66,19 @@ fn root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-/// An agent with the linux containerizer only, registered with a fresh fake master.
-async fn linux_agent(dir: &std::path::Path) -> (Master, Running) {
+/// An agent with the linux containerizer only, in a fresh folder, registered with a fresh
+/// fake master; `None` (the test is skipped) when not running as root.
+async fn linux_agent() -> Option<(tempfile::TempDir, HolderSweep, Master, Running)> {
+    if !root() {
+        eprintln!("skipping: linux containers need root");
+        return None;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let sweep = HolderSweep(dir.path().to_path_buf());
     let mut master = Master::start().await;
     let agent = start_agent(
         &master.addr,
-        dir,
+        dir.path(),
         &[
             "--containerizers",
             "linux",
@@ -81,7 +88,7 @@ async fn linux_agent(dir: &std::path::Path) -> (Master, Running) {
     )
     .await;
     master.register().await;
-    (master, agent)
+    Some((dir, sweep, master, agent))
 }
 
 /// The update of a task failed because `culprit`, of its group, could not launch.
@@ -186,13 +193,9 @@ async fn process_tasks_of_a_group_share_the_volume_through_a_link() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_launch_failure_fails_the_whole_group() {
-    if !root() {
-        eprintln!("skipping: linux containers need root");
+    let Some((dir, _sweep, mut master, agent)) = linux_agent().await else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let _sweep = HolderSweep(dir.path().to_path_buf());
-    let (mut master, agent) = linux_agent(dir.path()).await;
+    };
     // The second task's hostname is refused when its container is set up, after the
     // group was accepted: the first task's container is started, then killed.
     master.send(
@@ -214,20 +217,16 @@ async fn a_launch_failure_fails_the_whole_group() {
         ended["bad"]
     );
     assert_failed_because_of(&ended["good"], "bad");
-    // Nothing of the group is left: no holder, no cgroup.
+    // Nothing of the group is left.
     assert!(holder_gone(dir.path(), "g").await);
     agent.stop().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tasks_sent_later_join_a_running_group_and_a_failed_launch_ends_it_whole() {
-    if !root() {
-        eprintln!("skipping: linux containers need root");
+    let Some((dir, _sweep, mut master, agent)) = linux_agent().await else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let _sweep = HolderSweep(dir.path().to_path_buf());
-    let (mut master, agent) = linux_agent(dir.path()).await;
+    };
     master.send(
         2,
         run_group(
