@@ -547,5 +547,6 @@ async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
     out
 }
 
+mod groups;
 mod linux;
 mod sandboxes;

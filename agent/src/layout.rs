@@ -146,6 +146,18 @@ impl Layout {
         )
     }
 
+    /// `executors/`: one directory per task group's executor (see [`Self::executor_dir`]).
+    pub fn executors_root(&self) -> PathBuf {
+        self.root.join("executors")
+    }
+
+    /// The sandbox of a task group's (built-in default) executor:
+    /// `executors/<framework>/<executor>/`, holding the group's shared volume `shared/`
+    /// and its namespace files `ns/`. Both ids must be valid.
+    pub fn executor_dir(&self, framework_id: &str, executor_id: &str) -> PathBuf {
+        self.executors_root().join(framework_id).join(executor_id)
+    }
+
     /// The task's sandbox. The key must be valid (see [`TaskKey::validate`]).
     pub fn sandbox(&self, key: &TaskKey) -> PathBuf {
         self.sandboxes_root()

@@ -222,6 +222,28 @@ impl Driver {
             .await
     }
 
+    /// Launches `tasks` as one task group (a LAUNCH_GROUP operation) under `executor`,
+    /// the agent's built-in default executor (see [`crate::DefaultExecutor`]): all of
+    /// them or none. A group with an invalid task is refused whole (every task
+    /// TASK_ERROR, REASON_TASK_GROUP_INVALID).
+    pub async fn launch_group(
+        &self,
+        offer_ids: Vec<OfferId>,
+        executor: pb::ExecutorInfo,
+        tasks: Vec<pb::TaskInfo>,
+    ) -> Result<(), SdkError> {
+        let operations = vec![pb::Operation {
+            r#type: pb::operation::Type::LaunchGroup as i32,
+            launch_group: Some(pb::operation::LaunchGroup {
+                executor: Some(executor),
+                task_group: Some(pb::TaskGroupInfo { tasks }),
+            }),
+            ..Default::default()
+        }];
+        self.accept(offer_ids, operations, pb::Filters::default())
+            .await
+    }
+
     /// Declines offers; the master does not offer those resources to this framework again
     /// for `refuse_seconds` (the master's default, 5 s, when `None`). Declining nothing is
     /// a no-op that makes no call.

@@ -11,8 +11,8 @@
 //!   default from `DROVER_MASTER`); failover timeout (never zero), capabilities, policies.
 //! - [`scheduler`]: the [`Scheduler`] trait, one async callback per event.
 //! - [`driver`]: [`Driver`], the cloneable handle whose methods are the scheduler calls
-//!   (accept, launch, decline, revive, suppress, kill, acknowledge, reconcile, teardown,
-//!   stop).
+//!   (accept, launch, launch_group, decline, revive, suppress, kill, acknowledge,
+//!   reconcile, teardown, stop).
 //! - [`runner`]: [`run`], the event loop: leader following, subscription, heartbeats,
 //!   acknowledgements, reconnection with backoff, implicit reconciliation.
 //! - [`offers`]: [`TaskRequest`] (what one task needs) and [`OfferPacker`] (many tasks per
@@ -22,6 +22,8 @@
 //!   agent, kill policy, labels).
 //! - [`executor`]: custom executors: the [`Executor`] trait, [`run_executor`] and the
 //!   [`ExecutorDriver`] handle; [`executor::custom_executor`] for schedulers.
+//! - [`task_group`]: [`DefaultExecutor`], the executor of a task group launched with
+//!   [`Driver::launch_group`].
 //! - [`files`]: [`AgentFiles`], reading and following ([`FileFollower`]) sandbox files
 //!   (`stdout`, `stderr`) from an agent.
 //! - [`error`]: [`SdkError`], the one error type.
@@ -112,6 +114,7 @@ pub mod offers;
 pub mod runner;
 pub mod scheduler;
 pub mod task;
+pub mod task_group;
 
 /// The protocol crate: typed ids, [`proto::Resources`], [`proto::states`], the generated
 /// messages in [`proto::pb`] and the NotLeader helpers in [`proto::leader`].
@@ -130,3 +133,4 @@ pub use offers::{OfferPacker, Packing, TaskRequest};
 pub use runner::{run, RunOutcome};
 pub use scheduler::Scheduler;
 pub use task::TaskBuilder;
+pub use task_group::DefaultExecutor;

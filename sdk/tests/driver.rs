@@ -455,6 +455,39 @@ async fn launches_on_offers_acknowledges_updates_and_stops() {
     m.wait_call("kill", |c| matches!(c, Call::Other("kill")))
         .await;
 
+    // A task group: one LAUNCH_GROUP under the default executor.
+    let executor = drover_sdk::DefaultExecutor::new("pod")
+        .isolated_network()
+        .build();
+    let tasks = vec![
+        TaskBuilder::new("pod-a").shell("true").build(),
+        TaskBuilder::new("pod-b").shell("true").build(),
+    ];
+    driver
+        .launch_group(vec![OfferId::new("o-3")], executor, tasks)
+        .await
+        .unwrap();
+    let Call::Accept(group) = m
+        .wait_call(
+            "launch group",
+            |c| matches!(c, Call::Accept(a) if a.offer_ids == [OfferId::new("o-3")]),
+        )
+        .await
+    else {
+        unreachable!()
+    };
+    let op = &group.operations[0];
+    assert_eq!(op.r#type, pb::operation::Type::LaunchGroup as i32);
+    let g = op.launch_group.as_ref().unwrap();
+    let e = g.executor.as_ref().unwrap();
+    assert_eq!(e.executor_id.as_ref().unwrap().as_str(), "pod");
+    assert_eq!(e.r#type, pb::executor_info::Type::Default as i32);
+    assert_eq!(
+        e.container.as_ref().unwrap().network,
+        pb::container_info::Network::Isolated as i32
+    );
+    assert_eq!(g.task_group.as_ref().unwrap().tasks.len(), 2);
+
     driver.stop();
     assert!(matches!(h.outcome().await, Ok(RunOutcome::Stopped)));
     assert!(matches!(driver.revive().await, Err(SdkError::Stopped)));

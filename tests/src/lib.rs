@@ -748,7 +748,7 @@ impl Cluster {
         a.child = Some(cmd.spawn().expect("spawn drover-agent"));
     }
 
-    /// Agent `i`'s `--work-dir`.
+    /// Agent `i`'s `--work-dir` (sandboxes under `sandboxes/<framework>/<task>`).
     pub fn agent_work_dir(&self, i: usize) -> PathBuf {
         self.agents[i].work_dir.clone()
     }
@@ -977,6 +977,15 @@ impl Cluster {
         }
     }
 
+    /// Unmounts the namespace holders of task groups an agent left behind (a killed
+    /// agent tears nothing down), so the cluster's folder can be removed.
+    fn remove_group_holders(&self) {
+        use drover_agent::containerizer::linux::holder;
+        for a in &self.agents {
+            holder::destroy_all_below(&a.work_dir.join("executors"));
+        }
+    }
+
     fn kill_strays(&self) {
         let needle = self.dir.path().to_string_lossy().to_string();
         let me = std::process::id();
@@ -1016,6 +1025,7 @@ impl Drop for Cluster {
         }
         self.kill_strays();
         self.remove_agent_cgroups();
+        self.remove_group_holders();
     }
 }
 
@@ -1348,15 +1358,49 @@ pub mod raw {
             offers: Vec<OfferId>,
             tasks: Vec<pb::TaskInfo>,
         ) -> Result<(), tonic::Status> {
+            self.accept_one(
+                offers,
+                pb::Operation {
+                    r#type: pb::operation::Type::Launch as i32,
+                    launch: Some(pb::operation::Launch { task_infos: tasks }),
+                    ..Default::default()
+                },
+            )
+            .await
+        }
+
+        /// One LAUNCH_GROUP of `tasks` under `executor` (the agent's default executor).
+        pub async fn launch_group(
+            &mut self,
+            offers: Vec<OfferId>,
+            executor: pb::ExecutorInfo,
+            tasks: Vec<pb::TaskInfo>,
+        ) -> Result<(), tonic::Status> {
+            self.accept_one(
+                offers,
+                pb::Operation {
+                    r#type: pb::operation::Type::LaunchGroup as i32,
+                    launch_group: Some(pb::operation::LaunchGroup {
+                        executor: Some(executor),
+                        task_group: Some(pb::TaskGroupInfo { tasks }),
+                    }),
+                    ..Default::default()
+                },
+            )
+            .await
+        }
+
+        /// ACCEPT with one operation; what it leaves is declined without a filter.
+        async fn accept_one(
+            &mut self,
+            offers: Vec<OfferId>,
+            operation: pb::Operation,
+        ) -> Result<(), tonic::Status> {
             self.client
                 .accept(pb::AcceptCall {
                     header: Some(self.header.clone()),
                     offer_ids: offers,
-                    operations: vec![pb::Operation {
-                        r#type: pb::operation::Type::Launch as i32,
-                        launch: Some(pb::operation::Launch { task_infos: tasks }),
-                        ..Default::default()
-                    }],
+                    operations: vec![operation],
                     filters: Some(pb::Filters {
                         refuse_seconds: Some(0.0),
                     }),

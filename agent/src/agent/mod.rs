@@ -3,6 +3,8 @@
 //!
 //! - `state.rs`: the agent loop that owns all state and handles events in order;
 //! - `tasks.rs`: launch, kill and container-end handlers;
+//! - `groups.rs`: task groups under the built-in default executor (shared namespaces and
+//!   volume, all-or-nothing launch, one task's failure ending the group);
 //! - `recovery.rs`: reading checkpointed tasks after a restart;
 //! - `executors/`: custom executors (their containers, subscriptions and updates).
 //!
@@ -12,6 +14,7 @@
 #[cfg(test)]
 mod executor_tests;
 pub mod executors;
+mod groups;
 mod recovery;
 mod state;
 mod tasks;

@@ -19,6 +19,7 @@ use drover_proto::pb::{self, master_message::Msg, task_status::Reason, TaskState
 use drover_proto::{states, AgentId};
 use tokio::sync::{mpsc, oneshot};
 
+use super::groups::{Group, GroupKey};
 use super::recovery::{RecoveredTask, TaskCheckpoint};
 use crate::config::Settings;
 use crate::containerizer::{Containerizer, LaunchSpec, Recovered, Termination};
@@ -121,6 +122,8 @@ pub(crate) struct AgentLoop {
     pub(crate) journal: Journal,
     /// Tasks checkpointed in the current batch, launched once it is durable.
     pub(crate) launches: Vec<LaunchSpec>,
+    /// Task groups with a task that has not ended (see `groups.rs`).
+    pub(crate) groups: BTreeMap<GroupKey, Group>,
     replies: Vec<Reply>,
     pub(crate) events_tx: mpsc::Sender<Event>,
     session: Option<Session>,
@@ -155,6 +158,7 @@ impl AgentLoop {
             stopping: false,
             journal,
             launches: Vec::new(),
+            groups: BTreeMap::new(),
             replies: Vec::new(),
             events_tx,
             session: None,
@@ -249,6 +253,7 @@ impl AgentLoop {
             }
         }
         self.recover_executors_done();
+        self.recover_groups();
         // The log becomes exactly the recovered state: what recovery enqueued is made
         // durable, completed tasks and any cut-off tail disappear, and tasks read from an
         // older agent's files are now in the log, so those files can go.
@@ -566,6 +571,7 @@ impl AgentLoop {
     ) -> Result<Option<Exit>, AgentError> {
         match msg.msg {
             Some(Msg::RunTask(rt)) => self.on_run_task(rt)?,
+            Some(Msg::RunTaskGroup(g)) => self.on_run_task_group(g)?,
             Some(Msg::KillTask(k)) => {
                 let key = TaskKey {
                     framework_id: k.framework_id.unwrap_or_default(),
@@ -707,7 +713,12 @@ impl AgentLoop {
             source: source as i32,
             reason: reason as i32,
             agent_id: self.agent_id.clone(),
-            executor_id: None,
+            // A task of a group reports its group's executor.
+            executor_id: self
+                .tasks
+                .get(key)
+                .and_then(|e| e.checkpoint.task.executor.as_ref())
+                .and_then(|e| e.executor_id.clone()),
             timestamp: drover_proto::unix_seconds(),
             uuid: uuid::Uuid::new_v4().as_bytes().to_vec(),
             healthy: None,

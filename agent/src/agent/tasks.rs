@@ -58,7 +58,18 @@ impl AgentLoop {
             framework_info: rt.framework_info,
             task,
         };
-        let problem = ids.err().or_else(|| self.invalid_task(&checkpoint.task));
+        // A lone task may name a CUSTOM executor only: DEFAULT ones run task groups
+        // (whose members `groups.rs` checks against their group's executor instead).
+        let problem = ids
+            .err()
+            .or_else(|| self.invalid_task(&checkpoint.task))
+            .or_else(|| {
+                checkpoint
+                    .task
+                    .executor
+                    .as_ref()
+                    .and_then(|_| super::executors::invalid_executor(&checkpoint.task))
+            });
         if durable {
             self.checkpoint_task(&key, &checkpoint)?;
         }
@@ -114,6 +125,7 @@ impl AgentLoop {
             agent_id: self.agent_id.clone().unwrap_or_default(),
             sandbox,
             meta: self.layout.task_meta(&key),
+            group: None,
         });
         Ok(())
     }
@@ -145,8 +157,9 @@ impl AgentLoop {
             tracing::error!("not launching tasks whose checkpoints are not durable yet");
             return;
         }
-        let n = limit.min(self.launches.len());
-        let batch: Vec<LaunchSpec> = self.launches.drain(..n).collect();
+        let n = self.launch_round(limit);
+        let mut batch: Vec<LaunchSpec> = self.launches.drain(..n).collect();
+        self.prepare_group_launches(&mut batch);
         // Started side by side: a Docker launch waits on the engine for a while, and the
         // engine creates and starts containers in parallel.
         let starts = batch.into_iter().map(|spec| {
@@ -154,7 +167,8 @@ impl AgentLoop {
             let containerizer = self.containerizer.clone();
             async move { (key, containerizer.launch(spec).await) }
         });
-        for (key, result) in futures::future::join_all(starts).await {
+        let results = futures::future::join_all(starts).await;
+        for (key, result) in self.settle_group_launches(results).await {
             if key.executor_id().is_some() {
                 self.on_executor_launched(&key, result);
                 continue;
@@ -174,28 +188,33 @@ impl AgentLoop {
                 }
                 Err(e) => {
                     tracing::warn!(task = %key, "launch failed: {e}");
-                    // A user the task's image does not define is the task's mistake,
-                    // told apart so a framework can see it without parsing messages.
-                    let reason = match e {
-                        AgentError::UnknownUser(_) => Reason::TaskUserUnknown,
-                        _ => Reason::ContainerLaunchFailed,
-                    };
-                    self.enqueue_status(
-                        &key,
-                        TaskState::TaskFailed,
-                        Source::Agent,
-                        reason,
-                        e.to_string(),
-                        None,
-                    );
+                    self.launch_failed(&key, &e);
                 }
             }
         }
     }
 
+    /// A task's container could not start: TASK_FAILED, with the reason the error tells.
+    pub(super) fn launch_failed(&mut self, key: &TaskKey, e: &AgentError) {
+        // A user the task's image does not define is the task's mistake, told apart so a
+        // framework can see it without parsing messages.
+        let reason = match e {
+            AgentError::UnknownUser(_) => Reason::TaskUserUnknown,
+            _ => Reason::ContainerLaunchFailed,
+        };
+        self.enqueue_status(
+            key,
+            TaskState::TaskFailed,
+            Source::Agent,
+            reason,
+            e.to_string(),
+            None,
+        );
+    }
+
     /// Why a task cannot run, if it cannot. The master validates too; the agent checks
     /// again because it is the one that would run a bad command.
-    fn invalid_task(&self, task: &pb::TaskInfo) -> Option<String> {
+    pub(super) fn invalid_task(&self, task: &pb::TaskInfo) -> Option<String> {
         let docker = task
             .container
             .as_ref()
@@ -203,7 +222,7 @@ impl AgentLoop {
         // A task running an image may leave its command out and run the image's own
         // (`Entrypoint` + `Cmd`); without one the containerizer reports it.
         let runs_image = crate::containerizer::linux::image_of(task).is_some();
-        if task.executor.is_some() {
+        if super::executors::custom_executor(task).is_some() {
             // The executor interprets the task: its command is optional.
             if let Some(problem) = super::executors::invalid_executor(task) {
                 return Some(problem);
@@ -297,6 +316,9 @@ impl AgentLoop {
         };
         entry.watched = false;
         if entry.terminal {
+            if let Some(gk) = self.group_key(key) {
+                self.teardown_group_if_done(&gk);
+            }
             return;
         }
         let status = match result {
@@ -312,6 +334,8 @@ impl AgentLoop {
                 }
             }
         };
+        let status = self.adjust_group_status(key, status);
+        let state = status.state;
         let message = match status.reason {
             Reason::ContainerLimitationDisk => crate::disk::limitation_message(&self.layout, key)
                 .map(|figures| format!("{figures}; {}", status.message))
@@ -326,6 +350,7 @@ impl AgentLoop {
             message,
             status.exit_code,
         );
+        self.on_group_task_ended(key, state);
     }
 }
 

@@ -30,7 +30,7 @@ use crate::error::{AgentError, IoContext};
 use crate::fsutil::replace_unsynced;
 use crate::images::ImageStore;
 use crate::layout::{Layout, TaskKey, TaskMeta};
-use crate::supervisor::records::{ExitOutcome, ExitRecord, Limitation};
+use crate::supervisor::records::{ExitOutcome, ExitRecord, Limitation, TaskGroupLaunch};
 
 /// Everything a containerizer needs to start one task.
 #[derive(Clone, Debug)]
@@ -42,6 +42,8 @@ pub struct LaunchSpec {
     pub sandbox: PathBuf,
     /// Already created; `task.json` is checkpointed in it.
     pub meta: TaskMeta,
+    /// Set for a task of a task group: what it shares with the rest of the group.
+    pub group: Option<TaskGroupLaunch>,
 }
 
 /// What recovery found for a task that was not known to have ended.

@@ -365,6 +365,16 @@ impl Containerizer for ProcessContainerizer {
                 ));
             }
         }
+        if let Some(group) = &spec.group {
+            if group.net_namespace.is_some() {
+                return Err(AgentError::Launch(
+                    "the task group has a network of its own, which the process \
+                     containerizer cannot join; use the linux containerizer"
+                        .into(),
+                ));
+            }
+            link_shared_volume(&spec.sandbox, &group.shared)?;
+        }
         let sup_spec = self.build_spec(&spec)?;
         self.start_supervisor(&spec, &sup_spec).await
     }
@@ -487,3 +497,24 @@ impl Containerizer for ProcessContainerizer {
 
 #[cfg(test)]
 mod tests;
+
+/// A process task of a task group reaches the group's shared volume through a symlink
+/// `shared` in its sandbox: without a mount namespace of its own it sees the host's
+/// paths anyway, and a symlink needs no root and leaves nothing mounted behind.
+fn link_shared_volume(
+    sandbox: &std::path::Path,
+    shared: &std::path::Path,
+) -> Result<(), AgentError> {
+    let link = sandbox.join(crate::supervisor::records::SHARED_VOLUME_IN_SANDBOX);
+    if std::fs::read_link(&link).is_ok_and(|target| target == shared) {
+        return Ok(());
+    }
+    if link.symlink_metadata().is_ok() {
+        return Err(AgentError::Launch(format!(
+            "{} exists in the sandbox already; the task group's shared volume goes there",
+            link.display()
+        )));
+    }
+    std::os::unix::fs::symlink(shared, &link)
+        .ctx(|| format!("linking {} to the group's shared volume", link.display()))
+}

@@ -54,7 +54,31 @@ pub struct ContainerLaunch {
     /// missing); absent means the sandbox ([`SANDBOX_IN_ROOTFS`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub working_dir: Option<PathBuf>,
+    /// Set for a task of a task group: the namespaces it joins and the volume it shares.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_group: Option<TaskGroupLaunch>,
 }
+
+/// What a task of a task group shares with the rest of its group (see
+/// `agent::groups`). The namespace files are bind mounts that hold the group's
+/// namespaces for as long as the group lives.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TaskGroupLaunch {
+    /// The group's shared volume, mounted (or, under the process containerizer, linked)
+    /// at `shared` in the task's sandbox.
+    pub shared: PathBuf,
+    /// The group's IPC namespace, joined before the container's own namespaces are made.
+    /// Absent when the agent could not make namespaces (not root).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipc_namespace: Option<PathBuf>,
+    /// The group's network namespace (its ExecutorInfo asked for an ISOLATED network).
+    /// Absent: the group uses the host's network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub net_namespace: Option<PathBuf>,
+}
+
+/// Where a task of a group finds the group's shared volume in its sandbox.
+pub const SHARED_VOLUME_IN_SANDBOX: &str = "shared";
 
 /// Where the sandbox is mounted inside a container's own root filesystem.
 pub const SANDBOX_IN_ROOTFS: &str = "/mnt/sandbox";

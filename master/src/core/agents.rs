@@ -1,5 +1,6 @@
 //! Agents: their sessions with the leader, liveness, and the status-update batcher.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,7 +11,7 @@ use drover_proto::ids::validate_id;
 use drover_proto::pb::{self, agent_message::Msg as AgentMsg, master_message::Msg};
 use drover_proto::{AgentId, Resources};
 
-use super::{AgentConn, Master, STREAM_QUEUE};
+use super::{launches, AgentConn, Master, STREAM_QUEUE};
 use crate::metrics::Metrics;
 use crate::registry::{
     AgentState, ApplyOutcome, Command, ReportedTask, StatusUpdate, TaskKey, UpdateOutcome,
@@ -169,17 +170,19 @@ impl Master {
             );
             if let ApplyOutcome::Reregistered(out) = outcome {
                 let reg = self.registry();
+                // Per framework, so a task group is sent again as one RunTaskGroup.
+                let mut by_framework: HashMap<pb::FrameworkId, Vec<pb::TaskInfo>> = HashMap::new();
                 for t in out.resend {
-                    let info = reg.frameworks.get(&t.framework_id).map(|f| f.info.clone());
-                    Self::send_agent(
-                        &mut soft,
-                        &agent_id,
-                        Msg::RunTask(pb::master_message::RunTask {
-                            framework_id: Some(t.framework_id.clone()),
-                            framework_info: info,
-                            task: Some(t.info.clone()),
-                        }),
-                    );
+                    by_framework
+                        .entry(t.framework_id.clone())
+                        .or_default()
+                        .push(t.info.clone());
+                }
+                for (fw, tasks) in by_framework {
+                    let info = reg.frameworks.get(&fw).map(|f| f.info.clone());
+                    for msg in launches::messages(&fw, info, tasks) {
+                        Self::send_agent(&mut soft, &agent_id, msg);
+                    }
                 }
                 drop(reg);
                 for (fw, task_id) in out.kill {
@@ -386,16 +389,20 @@ impl Master {
             })
             .collect();
         drop(reg);
+        // Per agent and framework, so a task group is sent again as one RunTaskGroup.
+        type Batch = (Option<pb::FrameworkInfo>, Vec<pb::TaskInfo>);
+        let mut batches: HashMap<(AgentId, pb::FrameworkId), Batch> = HashMap::new();
         for (agent, fw, info, task) in stale {
-            Self::send_agent(
-                &mut soft,
-                &agent,
-                Msg::RunTask(pb::master_message::RunTask {
-                    framework_id: Some(fw),
-                    framework_info: info,
-                    task: Some(task),
-                }),
-            );
+            batches
+                .entry((agent, fw))
+                .or_insert_with(|| (info, Vec::new()))
+                .1
+                .push(task);
+        }
+        for ((agent, fw), (info, tasks)) in batches {
+            for msg in launches::messages(&fw, info, tasks) {
+                Self::send_agent(&mut soft, &agent, msg);
+            }
         }
     }
 

@@ -10,7 +10,7 @@ use drover_proto::ids::validate_id;
 use drover_proto::pb::{self, task_status::Reason, TaskState};
 use drover_proto::{AgentId, FrameworkId, OfferId, TaskId};
 
-use super::{gate, offers::refuse_until, FwConn, Master, STREAM_QUEUE};
+use super::{gate, launches, offers::refuse_until, FwConn, Master, STREAM_QUEUE};
 use crate::metrics::Metrics;
 use crate::registry::{master_status, ApplyOutcome, Command, TaskKey};
 
@@ -227,13 +227,18 @@ impl Master {
                     c.filters.insert(plan.agent_id.clone(), until);
                 }
             }
-            for (task_id, why) in &plan.errors {
+            let refused = plan.errors.iter().map(|e| (e, Reason::TaskInvalid)).chain(
+                plan.group_errors
+                    .iter()
+                    .map(|e| (e, Reason::TaskGroupInvalid)),
+            );
+            for ((task_id, why), reason) in refused {
                 Metrics::inc(&self.metrics.tasks_error);
                 let st = master_status(
                     task_id,
                     &plan.agent_id,
                     TaskState::TaskError,
-                    Reason::TaskInvalid,
+                    reason,
                     why.clone(),
                     now,
                 );
@@ -270,6 +275,7 @@ impl Master {
             _ => HashSet::new(),
         };
         let info = self.registry().frameworks.get(&fw).map(|f| f.info.clone());
+        let mut committed = Vec::with_capacity(plan.launch.len());
         for task in plan.launch {
             let id = task.task_id.clone().unwrap_or_default();
             if !new.contains(&id) {
@@ -288,15 +294,13 @@ impl Master {
                 continue;
             }
             Metrics::inc(&self.metrics.tasks_launched);
-            Self::send_agent(
-                &mut soft,
-                &plan.agent_id,
-                pb::master_message::Msg::RunTask(pb::master_message::RunTask {
-                    framework_id: Some(fw.clone()),
-                    framework_info: info.clone(),
-                    task: Some(task),
-                }),
-            );
+            committed.push(task);
+        }
+        // A task group goes out as one RunTaskGroup. (Had the registry refused some of a
+        // group's tasks at apply time, the rest still go together; the gate already
+        // ruled out every refusal it can see.)
+        for msg in launches::messages(&fw, info, committed) {
+            Self::send_agent(&mut soft, &plan.agent_id, msg);
         }
         drop(soft);
         self.allocate_now.notify_one();

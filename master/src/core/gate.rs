@@ -6,6 +6,10 @@
 //! nothing. Task-level problems (bad or duplicate ids, empty commands, invalid resources,
 //! resources beyond what the offers hold, a task aimed at another agent) turn that task into
 //! TASK_ERROR with a reason; the call's other tasks go ahead.
+//!
+//! A LAUNCH_GROUP goes all or nothing: a problem with its executor or any of its tasks
+//! turns every task of the group into TASK_ERROR (REASON_TASK_GROUP_INVALID), the bad
+//! one saying why and the others naming it, and nothing of the group is launched.
 
 use std::collections::{HashMap, HashSet};
 
@@ -33,6 +37,8 @@ pub struct Plan {
     pub launch: Vec<pb::TaskInfo>,
     /// Tasks refused, with the reason (sent as TASK_ERROR).
     pub errors: Vec<(TaskId, String)>,
+    /// Tasks of refused task groups (sent as TASK_ERROR, REASON_TASK_GROUP_INVALID).
+    pub group_errors: Vec<(TaskId, String)>,
     /// Resources the launched tasks use.
     pub used: Resources,
     /// Everything the accepted offers held.
@@ -92,12 +98,24 @@ pub fn check(
             OpType::Launch => {
                 total_tasks += op.launch.as_ref().map_or(0, |l| l.task_infos.len());
             }
+            OpType::LaunchGroup => {
+                let n = op
+                    .launch_group
+                    .as_ref()
+                    .and_then(|g| g.task_group.as_ref())
+                    .map_or(0, |g| g.tasks.len());
+                if n == 0 {
+                    // No task to carry a TASK_ERROR: the call itself is wrong.
+                    return Err(Status::invalid_argument("LAUNCH_GROUP with no task"));
+                }
+                total_tasks += n;
+            }
             OpType::Unspecified => {
                 return Err(Status::invalid_argument("operation without a type"));
             }
             other => {
                 return Err(Status::unimplemented(format!(
-                    "operation {} is not supported yet (LAUNCH_GROUP arrives with task groups, RESERVE/UNRESERVE/CREATE/DESTROY with reservations and volumes)",
+                    "operation {} is not supported yet (RESERVE/UNRESERVE/CREATE/DESTROY arrive with reservations and volumes)",
                     other.as_str_name()
                 )));
             }
@@ -114,6 +132,19 @@ pub fn check(
     // Executors named by the tasks accepted so far in this call.
     let mut executors_in_call: HashMap<ExecutorId, pb::ExecutorInfo> = HashMap::new();
     for op in operations {
+        if op.r#type == OpType::LaunchGroup as i32 {
+            let group = op.launch_group.clone().unwrap_or_default();
+            check_group(
+                framework_id,
+                &agent_id,
+                &group,
+                &mut remaining,
+                &mut ids_in_call,
+                registry,
+                &mut plan,
+            );
+            continue;
+        }
         let Some(launch) = &op.launch else { continue };
         for task in &launch.task_infos {
             let task_id = task.task_id.clone().unwrap_or_default();
@@ -146,6 +177,154 @@ pub fn check(
         }
     }
     Ok(plan)
+}
+
+/// Checks one LAUNCH_GROUP: its tasks join `plan.launch` (each carrying the group's
+/// executor) only if the executor and every task pass; otherwise every task of the group
+/// lands in `plan.group_errors` and nothing of it uses resources.
+fn check_group(
+    framework_id: &FrameworkId,
+    agent_id: &AgentId,
+    group: &pb::operation::LaunchGroup,
+    remaining: &mut Resources,
+    ids_in_call: &mut HashSet<TaskId>,
+    registry: &Registry,
+    plan: &mut Plan,
+) {
+    let tasks = group
+        .task_group
+        .as_ref()
+        .map(|g| g.tasks.as_slice())
+        .unwrap_or_default();
+    let task_ids: Vec<TaskId> = tasks
+        .iter()
+        .map(|t| t.task_id.clone().unwrap_or_default())
+        .collect();
+    let refuse_all = |plan: &mut Plan, culprit: Option<&TaskId>, why: String| {
+        for id in &task_ids {
+            let msg = match culprit {
+                Some(bad) if bad != id => {
+                    format!("task {bad} of the task group is invalid ({why}); the group is refused as a whole")
+                }
+                _ => format!("the task group is invalid: {why}"),
+            };
+            plan.group_errors.push((id.clone(), msg));
+        }
+    };
+    let executor = match check_default_executor(framework_id, group.executor.as_ref()) {
+        Ok(e) => e,
+        Err(why) => {
+            // Reserve the ids all the same: a later operation of this call must not reuse them.
+            ids_in_call.extend(task_ids.iter().cloned());
+            return refuse_all(plan, None, why);
+        }
+    };
+    let mut budget = remaining.clone();
+    let mut used = Resources::new();
+    let mut accepted = Vec::with_capacity(tasks.len());
+    let mut failure: Option<(TaskId, String)> = None;
+    for (task, id) in tasks.iter().zip(&task_ids) {
+        let checked = check_group_task(task, &executor).and_then(|()| {
+            check_task(framework_id, agent_id, task, &budget, ids_in_call, registry)
+        });
+        match checked {
+            Ok(res) => {
+                budget.sub_saturating(&res);
+                used.add(&res);
+                let mut t = task.clone();
+                t.agent_id = Some(agent_id.clone());
+                t.executor = Some(executor.clone());
+                accepted.push(t);
+            }
+            Err(why) => {
+                if failure.is_none() {
+                    failure = Some((id.clone(), why));
+                }
+                // Keep the remaining ids reserved for the rest of the call.
+                ids_in_call.insert(id.clone());
+            }
+        }
+    }
+    if let Some((bad, why)) = failure {
+        return refuse_all(plan, Some(&bad), why);
+    }
+    *remaining = budget;
+    plan.used.add(&used);
+    plan.launch.extend(accepted);
+}
+
+/// The executor of a task group, completed (type DEFAULT, the framework's id), or why
+/// it cannot run one.
+fn check_default_executor(
+    framework_id: &FrameworkId,
+    executor: Option<&pb::ExecutorInfo>,
+) -> Result<pb::ExecutorInfo, String> {
+    use pb::executor_info::Type;
+    let Some(executor) = executor else {
+        return Err("LAUNCH_GROUP names no executor".into());
+    };
+    match Type::try_from(executor.r#type) {
+        Ok(Type::Default) | Ok(Type::Unspecified) => {}
+        Ok(Type::Custom) => {
+            return Err("task groups run under the agent's DEFAULT executor; a CUSTOM executor takes single tasks through LAUNCH (TaskInfo.executor)".into())
+        }
+        Err(_) => return Err(format!("unknown executor type {}", executor.r#type)),
+    }
+    let id = executor.executor_id.clone().unwrap_or_default();
+    validate_id("executor", id.as_str())?;
+    if let Some(fw) = &executor.framework_id {
+        if !fw.is_empty() && fw != framework_id {
+            return Err(format!(
+                "the executor names framework {fw}, not the caller's {framework_id}"
+            ));
+        }
+    }
+    if executor.command.is_some() {
+        return Err("the DEFAULT executor is built into the agent and takes no command".into());
+    }
+    if !executor.resources.is_empty() {
+        return Err("the DEFAULT executor is built into the agent and uses no resources of its own; leave ExecutorInfo.resources empty".into());
+    }
+    if executor.name.len() > 1024 {
+        return Err("executor name is longer than 1024 bytes".into());
+    }
+    if let Some(c) = &executor.container {
+        use pb::container_info::Type as C;
+        if c.r#type != C::Unspecified as i32 && c.r#type != C::Linux as i32 {
+            return Err(
+                "the DEFAULT executor's container may only set the network (type LINUX or unset)"
+                    .into(),
+            );
+        }
+    }
+    let mut completed = executor.clone();
+    completed.r#type = Type::Default as i32;
+    completed.framework_id = Some(framework_id.clone());
+    Ok(completed)
+}
+
+/// What a task of a group may not do that a lone task may.
+fn check_group_task(task: &pb::TaskInfo, executor: &pb::ExecutorInfo) -> Result<(), String> {
+    if let Some(own) = &task.executor {
+        if own.executor_id != executor.executor_id {
+            return Err("a task of a group may only name the group's executor".into());
+        }
+    }
+    if task
+        .container
+        .as_ref()
+        .is_some_and(|c| c.r#type == pb::container_info::Type::Docker as i32)
+    {
+        return Err("Docker tasks cannot join a task group (its tasks run under the linux or process containerizer)".into());
+    }
+    if task
+        .container
+        .as_ref()
+        .is_some_and(|c| c.network == pb::container_info::Network::Isolated as i32)
+    {
+        return Err("a task of a group shares the group's network: set ISOLATED on the executor's container, not on the task".into());
+    }
+    Ok(())
 }
 
 /// Whether the task runs an image of the agent's image store in a linux container (type
@@ -423,12 +602,22 @@ mod tests {
         assert_eq!(code(ids(&["o2"])), tonic::Code::PermissionDenied);
         assert_eq!(code(ids(&["o1", "o1"])), tonic::Code::InvalidArgument);
         assert_eq!(code(ids(&["o1", "o3"])), tonic::Code::InvalidArgument);
-        let group = vec![pb::Operation {
+        let reserve = vec![pb::Operation {
+            r#type: OpType::Reserve as i32,
+            ..Default::default()
+        }];
+        let empty_group = vec![pb::Operation {
             r#type: OpType::LaunchGroup as i32,
             ..Default::default()
         }];
         assert_eq!(
-            check(&f1, &ids(&["o1"]), &group, &offers, &reg)
+            check(&f1, &ids(&["o1"]), &empty_group, &offers, &reg)
+                .unwrap_err()
+                .code(),
+            tonic::Code::InvalidArgument
+        );
+        assert_eq!(
+            check(&f1, &ids(&["o1"]), &reserve, &offers, &reg)
                 .unwrap_err()
                 .code(),
             tonic::Code::Unimplemented
@@ -575,6 +764,63 @@ mod tests {
         }
     }
 
+    fn executor(id: &str, t: pb::executor_info::Type) -> pb::ExecutorInfo {
+        pb::ExecutorInfo {
+            executor_id: Some(drover_proto::ExecutorId::new(id)),
+            r#type: t as i32,
+            ..Default::default()
+        }
+    }
+
+    fn group(executor: pb::ExecutorInfo, tasks: Vec<pb::TaskInfo>) -> pb::Operation {
+        pb::Operation {
+            r#type: OpType::LaunchGroup as i32,
+            launch_group: Some(pb::operation::LaunchGroup {
+                executor: Some(executor),
+                task_group: Some(pb::TaskGroupInfo { tasks }),
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn launched(plan: &Plan) -> Vec<&str> {
+        plan.launch
+            .iter()
+            .map(|t| t.task_id.as_ref().unwrap().as_str())
+            .collect()
+    }
+
+    #[test]
+    fn a_valid_group_launches_every_task_under_the_default_executor() {
+        use pb::executor_info::Type;
+        let (offers, reg) = setup();
+        let f1 = FrameworkId::new("f1");
+        let ops = vec![
+            group(
+                executor("e1", Type::Default),
+                vec![
+                    task("g1", "cpus:0.5;mem:128", "true"),
+                    task("g2", "cpus:0.5", "true"),
+                ],
+            ),
+            // Type unspecified means DEFAULT.
+            group(
+                executor("e2", Type::Unspecified),
+                vec![task("g3", "cpus:0.5", "true")],
+            ),
+        ];
+        let plan = check(&f1, &ids(&["o1"]), &ops, &offers, &reg).unwrap();
+        assert_eq!(launched(&plan), ["g1", "g2", "g3"]);
+        assert!(plan.errors.is_empty() && plan.group_errors.is_empty());
+        assert_eq!(plan.used.cpus(), 1.5);
+        for t in &plan.launch {
+            let e = t.executor.as_ref().unwrap();
+            assert_eq!(e.r#type, Type::Default as i32);
+            assert_eq!(e.framework_id.as_ref().unwrap().as_str(), "f1");
+            assert_eq!(t.agent_id.as_ref().unwrap().as_str(), "a1");
+        }
+    }
+
     #[test]
     fn executors_are_validated_and_consistent_per_agent() {
         let (offers, mut reg) = setup();
@@ -636,5 +882,105 @@ mod tests {
         let ops = launch(vec![on_executor("x", "ex-live", "./theirs")]);
         let plan = check(&f2, &ids(&["o2"]), &ops, &offers, &reg).unwrap();
         assert_eq!(plan.launch.len(), 1, "{:?}", plan.errors);
+    }
+
+    #[test]
+    fn one_bad_task_refuses_the_whole_group_and_uses_nothing() {
+        use pb::executor_info::Type;
+        let (offers, reg) = setup();
+        let f1 = FrameworkId::new("f1");
+        let ops = vec![
+            group(
+                executor("e1", Type::Default),
+                vec![
+                    task("g1", "cpus:0.5", "true"),
+                    task("g2", "cpus:0.5", "   "),
+                    task("g3", "cpus:0.5", "true"),
+                ],
+            ),
+            launch(vec![task("lone", "cpus:2", "true")]).remove(0),
+        ];
+        let plan = check(&f1, &ids(&["o1"]), &ops, &offers, &reg).unwrap();
+        // The refused group held nothing back: the lone task gets every cpu.
+        assert_eq!(launched(&plan), ["lone"]);
+        let errors: HashMap<&str, &str> = plan
+            .group_errors
+            .iter()
+            .map(|(id, why)| (id.as_str(), why.as_str()))
+            .collect();
+        assert_eq!(errors.len(), 3);
+        assert!(errors["g2"].contains("task command is empty"), "{errors:?}");
+        assert!(errors["g1"].contains("task g2"), "{errors:?}");
+        assert!(errors["g3"].contains("task g2"), "{errors:?}");
+    }
+
+    #[test]
+    fn a_group_beyond_the_offer_is_refused_as_a_whole() {
+        use pb::executor_info::Type;
+        let (offers, reg) = setup();
+        let f1 = FrameworkId::new("f1");
+        let ops = vec![group(
+            executor("e1", Type::Default),
+            vec![task("g1", "cpus:1.5", "true"), task("g2", "cpus:1", "true")],
+        )];
+        let plan = check(&f1, &ids(&["o1"]), &ops, &offers, &reg).unwrap();
+        assert!(plan.launch.is_empty());
+        assert_eq!(plan.used.cpus(), 0.0);
+        assert_eq!(plan.group_errors.len(), 2);
+        assert!(plan
+            .group_errors
+            .iter()
+            .any(|(id, why)| id.as_str() == "g2" && why.contains("only have")));
+        assert!(plan
+            .group_errors
+            .iter()
+            .any(|(id, why)| id.as_str() == "g1" && why.contains("task g2")));
+    }
+
+    #[test]
+    fn bad_group_executors_are_refused() {
+        use pb::executor_info::Type;
+        let (offers, reg) = setup();
+        let f1 = FrameworkId::new("f1");
+        let refusal = |e: Option<pb::ExecutorInfo>, tasks: Vec<pb::TaskInfo>| {
+            let mut op = group(executor("x", Type::Default), tasks);
+            op.launch_group.as_mut().unwrap().executor = e;
+            let plan = check(&f1, &ids(&["o1"]), &[op], &offers, &reg).unwrap();
+            assert!(plan.launch.is_empty());
+            plan.group_errors[0].1.clone()
+        };
+        let one = || vec![task("g1", "cpus:0.1", "true")];
+        assert!(refusal(Some(executor("e", Type::Custom)), one()).contains("CUSTOM"));
+        assert!(refusal(None, one()).contains("names no executor"));
+        assert!(refusal(Some(executor("", Type::Default)), one()).contains("executor"));
+        assert!(refusal(Some(executor("bad/id", Type::Default)), one()).contains("executor"));
+        let mut greedy = executor("e", Type::Default);
+        greedy.resources = Resources::parse("cpus:0.1").unwrap().to_proto();
+        assert!(refusal(Some(greedy), one()).contains("no resources of its own"));
+        let mut other = task("g1", "cpus:0.1", "true");
+        other.executor = Some(executor("someone-else", Type::Default));
+        assert!(
+            refusal(Some(executor("e", Type::Default)), vec![other]).contains("group's executor")
+        );
+        let mut docker = task("g1", "cpus:0.1", "true");
+        docker.container = Some(pb::ContainerInfo {
+            r#type: pb::container_info::Type::Docker as i32,
+            ..Default::default()
+        });
+        assert!(refusal(Some(executor("e", Type::Default)), vec![docker]).contains("Docker"));
+        let mut own_network = task("g1", "cpus:0.1", "true");
+        own_network.container = Some(pb::ContainerInfo {
+            network: pb::container_info::Network::Isolated as i32,
+            ..Default::default()
+        });
+        assert!(
+            refusal(Some(executor("e", Type::Default)), vec![own_network])
+                .contains("group's network")
+        );
+        let dup = vec![
+            task("g1", "cpus:0.1", "true"),
+            task("g1", "cpus:0.1", "true"),
+        ];
+        assert!(refusal(Some(executor("e", Type::Default)), dup).contains("twice"));
     }
 }

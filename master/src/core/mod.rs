@@ -13,6 +13,7 @@
 pub mod agents;
 pub mod frameworks;
 pub mod gate;
+pub mod launches;
 pub mod offers;
 
 use std::collections::HashMap;

@@ -318,6 +318,7 @@ impl AgentLoop {
             agent_id: self.agent_id.clone().unwrap_or_default(),
             sandbox,
             meta,
+            group: None,
         });
         let generation = self.executors.next();
         self.executors.entries.insert(

@@ -437,6 +437,13 @@ impl Containerizer for DockerContainerizer {
     }
 
     async fn launch(&self, spec: LaunchSpec) -> Result<(), AgentError> {
+        if spec.group.is_some() {
+            return Err(AgentError::Launch(
+                "Docker tasks cannot join a task group; run the group's tasks under the \
+                 linux or process containerizer"
+                    .into(),
+            ));
+        }
         let image = spec::image_of(&spec.task).map_err(AgentError::Launch)?;
         let name = spec::container_name(spec.agent_id.as_str(), &spec.key);
         let cx = spec::Context {

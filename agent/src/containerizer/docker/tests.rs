@@ -73,6 +73,7 @@ fn launch_spec(layout: &Layout, task: pb::TaskInfo) -> LaunchSpec {
         agent_id: AgentId::new("agent-test"),
         sandbox,
         meta,
+        group: None,
     }
 }
 

@@ -6,7 +6,8 @@
 //! 1. unshares the mount, UTS and IPC namespaces (and the network namespace when asked),
 //!    makes every mount private, sets the hostname, and mounts a fresh `/proc` for its
 //!    PID namespace; with a root filesystem it also mounts the sandbox at `/mnt/sandbox`,
-//!    a minimal `/dev`, and pivots into it;
+//!    a minimal `/dev`, and pivots into it; a task of a task group first joins the group's
+//!    IPC (and network) namespace and gets the group's volume at `<sandbox>/shared`;
 //! 2. starts the task's command in its own process group and tells the supervisor
 //!    through `<fd>` (`started`, or `failed <why>`: a setup error is a launch failure,
 //!    not an exit status);
@@ -32,7 +33,9 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use crate::fsutil::read_json;
-use crate::supervisor::records::{ContainerLaunch, SupervisorSpec, SANDBOX_IN_ROOTFS};
+use crate::supervisor::records::{
+    ContainerLaunch, SupervisorSpec, SANDBOX_IN_ROOTFS, SHARED_VOLUME_IN_SANDBOX,
+};
 use crate::supervisor::SignalSet;
 
 /// The hidden first argument that turns `drover-agent` into a container init.
@@ -194,8 +197,24 @@ fn start(spec: &SupervisorSpec) -> Result<i32, String> {
 /// New namespaces, private mounts, hostname, `/proc` (and the root filesystem). Returns
 /// the task's working directory as seen from inside.
 fn isolate(spec: &SupervisorSpec, c: &ContainerLaunch) -> Result<PathBuf, String> {
-    let mut flags = libc::CLONE_NEWNS | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC;
-    if c.isolate_network {
+    let mut flags = libc::CLONE_NEWNS | libc::CLONE_NEWUTS;
+    // A task of a group joins the group's IPC namespace (and network namespace, when the
+    // group has one; otherwise it keeps the host's network) instead of making its own.
+    let own_network = c.task_group.is_none() && c.isolate_network;
+    match &c.task_group {
+        Some(group) => {
+            let ipc = group
+                .ipc_namespace
+                .as_ref()
+                .ok_or("the task group has no IPC namespace to join")?;
+            join_namespace(ipc, libc::CLONE_NEWIPC)?;
+            if let Some(net) = &group.net_namespace {
+                join_namespace(net, libc::CLONE_NEWNET)?;
+            }
+        }
+        None => flags |= libc::CLONE_NEWIPC,
+    }
+    if own_network {
         flags |= libc::CLONE_NEWNET;
     }
     // SAFETY: unshare with valid flags; the init is single-threaded.
@@ -213,6 +232,10 @@ fn isolate(spec: &SupervisorSpec, c: &ContainerLaunch) -> Result<PathBuf, String
         libc::MS_REC | libc::MS_PRIVATE,
         None,
     )?;
+    // This mount namespace began as a copy of the host's, namespace holders of task groups
+    // included: dropping the copies lets a group's namespaces go when its holder is torn
+    // down, rather than when the last container started meanwhile ends.
+    detach_namespace_mounts();
     let name = c.hostname.as_bytes();
     // SAFETY: valid pointer and length.
     if unsafe { libc::sethostname(name.as_ptr().cast(), name.len()) } != 0 {
@@ -222,8 +245,21 @@ fn isolate(spec: &SupervisorSpec, c: &ContainerLaunch) -> Result<PathBuf, String
             io::Error::last_os_error()
         ));
     }
-    if c.isolate_network {
+    if own_network {
         loopback_up()?;
+    }
+    if let Some(group) = &c.task_group {
+        // Mounted in the container's own mount namespace, before the sandbox is bound
+        // into an image's root filesystem (recursively), so it shows there too and
+        // leaves nothing behind on the host.
+        let at = spec.sandbox.join(SHARED_VOLUME_IN_SANDBOX);
+        mount(
+            Some(path_str(&group.shared)?),
+            &at,
+            None,
+            libc::MS_BIND,
+            None,
+        )?;
     }
     let proc_flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
     let Some(rootfs) = &c.rootfs else {
@@ -342,8 +378,71 @@ fn populate_dev(dev: &Path) -> Result<(), String> {
     )
 }
 
+/// Lazily unmounts every `nsfs` mount (a namespace pinned to a file) in this mount
+/// namespace. Best effort: a mount that will not go only keeps a namespace alive longer.
+fn detach_namespace_mounts() {
+    let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else {
+        return;
+    };
+    for line in info.lines() {
+        let Some((fields, rest)) = line.split_once(" - ") else {
+            continue;
+        };
+        if rest.split(' ').next() != Some("nsfs") {
+            continue;
+        }
+        let Some(point) = fields.split(' ').nth(4) else {
+            continue;
+        };
+        let Ok(path) = cstring(&unescape_mount_path(point)) else {
+            continue;
+        };
+        // SAFETY: a NUL-terminated path.
+        unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) };
+    }
+}
+
+/// Undoes mountinfo's octal escapes (`\040` for a space, and so on).
+fn unescape_mount_path(s: &str) -> Vec<u8> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let code = (b[i] == b'\\' && i + 3 < b.len())
+            .then(|| &b[i + 1..i + 4])
+            .filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)))
+            .map(|d| d.iter().fold(0u16, |n, c| n * 8 + u16::from(c - b'0')))
+            .and_then(|n| u8::try_from(n).ok());
+        match code {
+            Some(c) => {
+                out.push(c);
+                i += 4;
+            }
+            None => {
+                out.push(b[i]);
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
+/// Enters the namespace a task group's namespace file holds.
+fn join_namespace(file: &Path, kind: libc::c_int) -> Result<(), String> {
+    let f = File::open(file).map_err(|e| format!("opening {}: {e}", file.display()))?;
+    // SAFETY: setns on a file descriptor we own; the init is single-threaded.
+    if unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&f), kind) } != 0 {
+        return Err(format!(
+            "joining the task group's namespace {}: {}",
+            file.display(),
+            io::Error::last_os_error()
+        ));
+    }
+    Ok(())
+}
+
 /// Brings up `lo` in a fresh network namespace (it starts down).
-fn loopback_up() -> Result<(), String> {
+pub(crate) fn loopback_up() -> Result<(), String> {
     // SAFETY: socket/ioctl with a zeroed, NUL-terminated ifreq.
     unsafe {
         let sock = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
@@ -400,4 +499,17 @@ fn mount(
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::unescape_mount_path;
+
+    #[test]
+    fn mountinfo_escapes_are_undone() {
+        assert_eq!(unescape_mount_path("/a\\040b/c\\134d"), b"/a b/c\\d");
+        assert_eq!(unescape_mount_path("/plain"), b"/plain");
+        // Not an escape: left as it is.
+        assert_eq!(unescape_mount_path("/x\\9y\\04"), b"/x\\9y\\04");
+    }
 }

@@ -28,6 +28,7 @@
 //! is gone ([`crate::images::cleanup_rootfs`]), after an agent restart too.
 
 pub mod cgroups;
+pub mod holder;
 pub mod init;
 
 use std::collections::HashMap;
@@ -46,7 +47,9 @@ use crate::error::{AgentError, IoContext};
 use crate::fsutil::{read_json, replace_unsynced};
 use crate::images::{cleanup_rootfs, lookup_user, PreparedRootfs};
 use crate::layout::{Layout, TaskKey};
-use crate::supervisor::records::{ContainerLaunch, SupervisorSpec, UserSpec, SANDBOX_IN_ROOTFS};
+use crate::supervisor::records::{
+    ContainerLaunch, SupervisorSpec, UserSpec, SANDBOX_IN_ROOTFS, SHARED_VOLUME_IN_SANDBOX,
+};
 use cgroups::{ContainerCgroups, Hierarchies, Limits};
 
 /// Prepares a root filesystem of the image a task names for one container, in the
@@ -408,6 +411,22 @@ impl Containerizer for LinuxContainerizer {
                 "volumes are not supported by the linux containerizer yet".into(),
             ));
         }
+        if let Some(group) = &spec.group {
+            if group.ipc_namespace.is_none() {
+                return Err(AgentError::Launch(
+                    "the task group has no namespaces to share (the agent could not make them)"
+                        .into(),
+                ));
+            }
+            // The mount point of the group's shared volume, mounted by the init.
+            let at = spec.sandbox.join(SHARED_VOLUME_IN_SANDBOX);
+            match std::fs::create_dir(&at) {
+                Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+                    return Err(AgentError::io(format!("creating {}", at.display()), e))
+                }
+                _ => {}
+            }
+        }
         let key = spec.key.clone();
         let prepared = match self.prepare_image(&spec).await {
             Ok(p) => p,
@@ -527,6 +546,7 @@ impl LinuxContainerizer {
             rootfs,
             cgroups,
             working_dir,
+            task_group: spec.group.clone(),
         });
         if let Err(e) = self.supervisors.start_supervisor(spec, &sup_spec).await {
             self.teardown(&spec.key).await;

@@ -5,7 +5,7 @@ use super::*;
 use crate::containerizer::{terminal_status, TerminalStatus};
 use crate::fsutil::create_dir_all_durable;
 use crate::images::ImageStore;
-use crate::supervisor::records::ExitOutcome;
+use crate::supervisor::records::{ExitOutcome, TaskGroupLaunch};
 use drover_proto::pb::TaskState;
 use drover_proto::AgentId;
 
@@ -82,6 +82,7 @@ fn spec(f: &Fixture, task: &str, resources: &str, script: &str) -> LaunchSpec {
         agent_id: AgentId::new("agent-1"),
         sandbox,
         meta,
+        group: None,
     }
 }
 
@@ -678,4 +679,94 @@ async fn the_smallest_memory_limit_still_runs_a_shell() {
     .await;
     assert_eq!(status.state, TaskState::TaskFinished, "{status:?}");
     assert_eq!(output(&f, "small", "stdout"), "ok\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_of_a_group_share_its_namespaces_and_volume_inside_an_image_too() {
+    use std::os::unix::fs::MetadataExt;
+    let mut f = fixture();
+    let Some(store) = tiny_image(f.dir.path(), "tiny", &[]) else {
+        return;
+    };
+    with_store(&mut f, store);
+    let group_dir = f.dir.path().join("executors/fw/g");
+    let shared = group_dir.join("shared");
+    std::fs::create_dir_all(&shared).unwrap();
+    let (ipc, net) = holder::create(&group_dir.join("ns"), true).unwrap();
+    // Unmounted even if an assertion below fails.
+    struct Sweep(PathBuf);
+    impl Drop for Sweep {
+        fn drop(&mut self) {
+            let _ = holder::destroy(&self.0);
+        }
+    }
+    let _sweep = Sweep(group_dir.join("ns"));
+    let group = TaskGroupLaunch {
+        shared: shared.clone(),
+        ipc_namespace: Some(ipc.clone()),
+        net_namespace: net.clone(),
+    };
+    let ns = "echo ipc=$(/bin/busybox readlink /proc/self/ns/ipc) \
+              net=$(/bin/busybox readlink /proc/self/ns/net)";
+
+    let mut a = in_image(
+        spec(
+            &f,
+            "in-image",
+            "cpus:0.1;mem:32",
+            &format!("{ns}; echo from-image > /mnt/sandbox/shared/msg"),
+        ),
+        "tiny",
+    );
+    a.task.command.as_mut().unwrap().user = "root".into();
+    a.group = Some(group.clone());
+    let status = run_to_end(&f, a).await;
+    assert_eq!(
+        status.state,
+        TaskState::TaskFinished,
+        "{status:?} {}",
+        output(&f, "in-image", "stderr")
+    );
+    // The holder's mounts are not copied into the container (they would pin the group's
+    // namespaces past its teardown).
+    let mut b = spec(
+        &f,
+        "plain",
+        "cpus:0.1;mem:32",
+        &format!("{ns}; cat shared/msg; echo nsfs=$(grep -c ' - nsfs ' /proc/self/mountinfo)"),
+    );
+    b.group = Some(group);
+    let status = run_to_end(&f, b).await;
+    assert_eq!(
+        status.state,
+        TaskState::TaskFinished,
+        "{status:?} {}",
+        output(&f, "plain", "stderr")
+    );
+
+    let (a_out, b_out) = (
+        output(&f, "in-image", "stdout"),
+        output(&f, "plain", "stdout"),
+    );
+    let expected = format!(
+        "ipc=ipc:[{}] net=net:[{}]",
+        std::fs::metadata(&ipc).unwrap().ino(),
+        std::fs::metadata(net.as_ref().unwrap()).unwrap().ino()
+    );
+    assert_eq!(a_out.lines().next(), Some(expected.as_str()), "{a_out}");
+    assert_eq!(b_out.lines().next(), Some(expected.as_str()), "{b_out}");
+    assert_eq!(b_out.lines().nth(1), Some("from-image"), "{b_out}");
+    assert_eq!(b_out.lines().nth(2), Some("nsfs=0"), "{b_out}");
+    assert!(std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .contains(" - nsfs "));
+    assert_eq!(
+        std::fs::read_to_string(shared.join("msg")).unwrap(),
+        "from-image\n"
+    );
+
+    // The volume was mounted in the containers only; with the holder gone nothing of the
+    // group stays mounted on the host.
+    holder::destroy(&group_dir.join("ns")).unwrap();
+    assert_eq!(mounts_under(f.dir.path()), Vec::<String>::new());
 }

@@ -50,6 +50,7 @@ fn spec(f: &Fixture, task: &str, script: &str) -> LaunchSpec {
         agent_id: AgentId::new("agent-1"),
         sandbox,
         meta,
+        group: None,
     }
 }
 

@@ -1,0 +1,589 @@
+//! Task groups under the agent's built-in default executor.
+//!
+//! The default executor is not a process: the agent itself plays it. A RunTaskGroup's
+//! tasks are validated together (any invalid task refuses the group: every task
+//! TASK_ERROR, REASON_TASK_GROUP_INVALID), checkpointed like lone tasks (each carrying
+//! the group's ExecutorInfo, which is how recovery finds the group again), and launched
+//! in one round, all or nothing. What the tasks share lives in the executor's sandbox,
+//! `executors/<framework>/<executor>/`:
+//! - `shared/`: the group's volume, at `shared` in every task's sandbox (a bind mount in
+//!   a linux container, so also at `/mnt/sandbox/shared` inside an image; a symlink for
+//!   a process task);
+//! - `ns/`: the namespace holder ([`holder`]) whose IPC namespace (and network namespace,
+//!   for a group whose executor asks for an ISOLATED network) every linux container of
+//!   the group joins. Each task keeps its own PID, mount and UTS namespaces and cgroups.
+//!
+//! While the group runs, a task ending FAILED or KILLED (or lost) makes the agent kill
+//! the rest of the group; FINISHED tasks do not. Once every task has ended, the holder
+//! is torn down. A launch that fails for one task kills the started ones and fails
+//! every task of the group.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+
+use drover_proto::ids::validate_id;
+use drover_proto::pb::{
+    self, executor_info, master_message::RunTaskGroup, task_status::Reason, task_status::Source,
+    TaskState,
+};
+use drover_proto::{states, ExecutorId, FrameworkId};
+
+use super::recovery::TaskCheckpoint;
+use super::state::{AgentLoop, TaskEntry};
+use super::tasks::create_sandbox;
+use crate::containerizer::linux::holder;
+use crate::containerizer::{LaunchSpec, TerminalStatus};
+use crate::error::AgentError;
+use crate::layout::TaskKey;
+use crate::supervisor::records::TaskGroupLaunch;
+
+/// How the start of one task's container went.
+pub(crate) type LaunchResult = (TaskKey, Result<(), AgentError>);
+
+/// A task group is named by its framework and its executor's id.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct GroupKey {
+    pub framework_id: FrameworkId,
+    pub executor_id: ExecutorId,
+}
+
+/// What the agent knows about one task group.
+#[derive(Debug, Default)]
+pub(crate) struct Group {
+    pub tasks: BTreeSet<TaskKey>,
+    /// The group's executor asked for an ISOLATED network.
+    pub isolated_network: bool,
+    /// Set when a task of the group failed to launch: why every other task fails.
+    pub launch_failed: Option<String>,
+    /// Set when a task's end made the agent kill the rest: why they were killed.
+    pub killed_because: Option<String>,
+}
+
+/// The group a task belongs to, if it carries a DEFAULT executor with ids that can name
+/// a directory (a group refused for bad ids never gets one).
+pub(crate) fn group_of(framework_id: &FrameworkId, task: &pb::TaskInfo) -> Option<GroupKey> {
+    let e = task.executor.as_ref()?;
+    let executor_id = e.executor_id.clone().unwrap_or_default();
+    let usable = e.r#type == executor_info::Type::Default as i32
+        && validate_id("executor", executor_id.as_str()).is_ok()
+        && validate_id("framework", framework_id.as_str()).is_ok();
+    usable.then(|| GroupKey {
+        framework_id: framework_id.clone(),
+        executor_id,
+    })
+}
+
+fn isolated(executor: &pb::ExecutorInfo) -> bool {
+    executor
+        .container
+        .as_ref()
+        .is_some_and(|c| c.network == pb::container_info::Network::Isolated as i32)
+}
+
+/// Why the executor of a RunTaskGroup cannot run a group, if it cannot.
+fn executor_problem(framework_id: &FrameworkId, executor: &pb::ExecutorInfo) -> Option<String> {
+    match executor_info::Type::try_from(executor.r#type) {
+        Ok(executor_info::Type::Default) | Ok(executor_info::Type::Unspecified) => {}
+        _ => return Some("a task group runs under the DEFAULT executor only".into()),
+    }
+    let id = executor.executor_id.clone().unwrap_or_default();
+    if let Err(e) = validate_id("executor", id.as_str()) {
+        return Some(e);
+    }
+    // The ids name the executor's directory.
+    validate_id("framework", framework_id.as_str()).err()
+}
+
+impl AgentLoop {
+    /// `run_task_group`: idempotent by task id like `run_task` (tasks the agent already
+    /// has, or that already ran here, are skipped). See the module docs.
+    pub(crate) fn on_run_task_group(&mut self, rtg: RunTaskGroup) -> Result<(), AgentError> {
+        let framework_id = rtg.framework_id.unwrap_or_default();
+        let mut executor = rtg.executor.unwrap_or_default();
+        executor.r#type = executor_info::Type::Default as i32;
+        executor.framework_id = Some(framework_id.clone());
+        let tasks = rtg.task_group.map(|g| g.tasks).unwrap_or_default();
+        if self.stopping {
+            tracing::warn!(framework = %framework_id, "ignoring a task group while the agent shuts down");
+            return Ok(());
+        }
+        let fresh: Vec<pb::TaskInfo> = tasks
+            .into_iter()
+            .filter(|t| {
+                let key = TaskKey {
+                    framework_id: framework_id.clone(),
+                    task_id: t.task_id.clone().unwrap_or_default(),
+                };
+                let ran = key.validate().is_ok() && self.layout.task_meta(&key).dir().exists();
+                !self.tasks.contains_key(&key) && !ran
+            })
+            .collect();
+        if fresh.is_empty() {
+            tracing::debug!(framework = %framework_id, "launch of a task group already known; ignoring it");
+            return Ok(());
+        }
+
+        let mut seen = HashSet::new();
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
+        let mut culprit: Option<(Option<TaskKey>, String)> =
+            executor_problem(&framework_id, &executor)
+                .or_else(|| {
+                    (isolated(&executor) && !root).then(|| {
+                        "the group asks for an ISOLATED network, which needs linux containers \
+                         (this agent does not run as root)"
+                            .to_string()
+                    })
+                })
+                .map(|why| (None, why));
+        let mut keys = Vec::with_capacity(fresh.len());
+        for task in &fresh {
+            let key = TaskKey {
+                framework_id: framework_id.clone(),
+                task_id: task.task_id.clone().unwrap_or_default(),
+            };
+            let problem = key
+                .validate()
+                .err()
+                .or_else(|| {
+                    (!seen.insert(key.clone()))
+                        .then(|| "the task id appears twice in the group".into())
+                })
+                .or_else(|| self.invalid_task(task))
+                .or_else(|| group_task_problem(task, &executor));
+            if let (None, Some(why)) = (&culprit, problem) {
+                culprit = Some((Some(key.clone()), why));
+            }
+            keys.push(key);
+        }
+
+        // Checkpointed before anything is reported or launched, as for a lone task.
+        for (task, key) in fresh.into_iter().zip(&keys) {
+            if self.tasks.contains_key(key) {
+                continue; // a duplicate id within the group: the first one stands
+            }
+            let mut task = task;
+            task.executor = Some(executor.clone());
+            let checkpoint = TaskCheckpoint {
+                framework_id: framework_id.clone(),
+                framework_info: rtg.framework_info.clone(),
+                task,
+            };
+            if key.validate().is_ok() {
+                self.checkpoint_task(key, &checkpoint)?;
+            }
+            self.tasks.insert(
+                key.clone(),
+                TaskEntry {
+                    checkpoint,
+                    terminal: false,
+                    watched: false,
+                    containerizer: None,
+                },
+            );
+        }
+        let keys: Vec<TaskKey> = {
+            let mut unique = HashSet::new();
+            keys.into_iter()
+                .filter(|k| unique.insert(k.clone()))
+                .collect()
+        };
+
+        if let Some((bad, why)) = culprit {
+            tracing::warn!(framework = %framework_id, "refusing an invalid task group: {why}");
+            for key in &keys {
+                let message = match &bad {
+                    Some(b) if b != key => format!(
+                        "task {} of the task group is invalid ({why}); the group is refused as a whole",
+                        b.task_id
+                    ),
+                    _ => format!("the task group is invalid: {why}"),
+                };
+                self.enqueue_status(
+                    key,
+                    TaskState::TaskError,
+                    Source::Agent,
+                    Reason::TaskGroupInvalid,
+                    message,
+                    None,
+                );
+            }
+            return Ok(());
+        }
+
+        let gk = GroupKey {
+            framework_id: framework_id.clone(),
+            executor_id: executor.executor_id.clone().unwrap_or_default(),
+        };
+        let dir = self
+            .layout
+            .executor_dir(framework_id.as_str(), gk.executor_id.as_str());
+        let shared = dir.join("shared");
+        let mut failure = self.journal.create_dir_all(&shared).err().map(|e| {
+            format!(
+                "cannot create the group's shared volume {}: {e}",
+                shared.display()
+            )
+        });
+        if failure.is_none() {
+            for key in &keys {
+                let sandbox = self.layout.sandbox(key);
+                if let Err(e) = create_sandbox(&mut self.journal, &sandbox) {
+                    failure = Some(format!(
+                        "cannot create the sandbox of task {} ({}): {e}",
+                        key.task_id,
+                        sandbox.display()
+                    ));
+                    break;
+                }
+            }
+        }
+        if let Some(why) = failure {
+            for key in &keys {
+                self.enqueue_status(
+                    key,
+                    TaskState::TaskFailed,
+                    Source::Agent,
+                    Reason::ContainerLaunchFailed,
+                    why.clone(),
+                    None,
+                );
+            }
+            return Ok(());
+        }
+
+        let group = self.groups.entry(gk).or_default();
+        if group.tasks.is_empty() {
+            group.isolated_network = isolated(&executor);
+        }
+        group.tasks.extend(keys.iter().cloned());
+        for key in &keys {
+            self.enqueue_status(
+                key,
+                TaskState::TaskStarting,
+                Source::Executor,
+                Reason::Unspecified,
+                String::new(),
+                None,
+            );
+            let task = self.tasks[key].checkpoint.task.clone();
+            self.launches.push(LaunchSpec {
+                key: key.clone(),
+                task,
+                agent_id: self.agent_id.clone().unwrap_or_default(),
+                sandbox: self.layout.sandbox(key),
+                meta: self.layout.task_meta(key),
+                group: Some(TaskGroupLaunch {
+                    shared: shared.clone(),
+                    ipc_namespace: None,
+                    net_namespace: None,
+                }),
+            });
+        }
+        Ok(())
+    }
+
+    /// The group of a task the agent knows.
+    pub(crate) fn group_key(&self, key: &TaskKey) -> Option<GroupKey> {
+        let entry = self.tasks.get(key)?;
+        group_of(&key.framework_id, &entry.checkpoint.task)
+    }
+
+    /// How many queued launches to start so that no task group is split across rounds.
+    pub(crate) fn launch_round(&self, limit: usize) -> usize {
+        let mut n = limit.min(self.launches.len());
+        let gk = |s: &LaunchSpec| {
+            s.group
+                .as_ref()
+                .and_then(|_| group_of(&s.key.framework_id, &s.task))
+        };
+        while n > 0 && n < self.launches.len() {
+            match (gk(&self.launches[n - 1]), gk(&self.launches[n])) {
+                (Some(a), Some(b)) if a == b => n += 1,
+                _ => break,
+            }
+        }
+        n
+    }
+
+    /// Before a round starts: the namespace holder of every group in it, made (or found)
+    /// when the agent runs as root, and its files handed to the group's launches.
+    pub(crate) fn prepare_group_launches(&mut self, batch: &mut [LaunchSpec]) {
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
+        if !root {
+            return; // process tasks only: they share the volume, no namespaces
+        }
+        for spec in batch.iter_mut() {
+            let Some(launch) = spec.group.as_mut() else {
+                continue;
+            };
+            let Some(gk) = group_of(&spec.key.framework_id, &spec.task) else {
+                continue;
+            };
+            let network = self.groups.get(&gk).is_some_and(|g| g.isolated_network);
+            let ns = self
+                .layout
+                .executor_dir(gk.framework_id.as_str(), gk.executor_id.as_str())
+                .join("ns");
+            match holder::create(&ns, network) {
+                Ok((ipc, net)) => {
+                    launch.ipc_namespace = Some(ipc);
+                    launch.net_namespace = net;
+                }
+                Err(e) => {
+                    tracing::warn!(task = %spec.key, "cannot make the task group's namespaces: {e}")
+                }
+            }
+        }
+    }
+
+    /// After a round: the launches of group tasks are settled here, all or nothing; the
+    /// lone tasks' results are handed back.
+    pub(crate) async fn settle_group_launches(
+        &mut self,
+        results: Vec<LaunchResult>,
+    ) -> Vec<LaunchResult> {
+        let mut lone = Vec::new();
+        let mut by_group: BTreeMap<GroupKey, Vec<LaunchResult>> = BTreeMap::new();
+        for (key, result) in results {
+            match self.group_key(&key) {
+                Some(gk) => by_group.entry(gk).or_default().push((key, result)),
+                None => lone.push((key, result)),
+            }
+        }
+        for (gk, members) in by_group {
+            let failed = members
+                .iter()
+                .find_map(|(k, r)| r.as_ref().err().map(|e| (k, e)));
+            let Some((bad, err)) = failed else {
+                for (key, _) in &members {
+                    self.metrics.task_launched();
+                    self.watch(key);
+                    self.enqueue_status(
+                        key,
+                        TaskState::TaskRunning,
+                        Source::Executor,
+                        Reason::Unspecified,
+                        String::new(),
+                        None,
+                    );
+                }
+                continue;
+            };
+            let note = format!(
+                "task {} of its task group failed to launch ({err}); the group launches all or nothing",
+                bad.task_id
+            );
+            tracing::warn!(group = ?gk, "{note}");
+            if let Some(g) = self.groups.get_mut(&gk) {
+                g.launch_failed = Some(note);
+            }
+            let round: HashSet<TaskKey> = members.iter().map(|(k, _)| k.clone()).collect();
+            for (key, result) in members {
+                match result {
+                    Ok(()) => {
+                        // Reported when its container is gone (see `adjust_group_status`).
+                        self.watch(&key);
+                        if let Err(e) = self
+                            .containerizer
+                            .kill(
+                                &key,
+                                std::time::Duration::ZERO,
+                                Reason::ContainerLaunchFailed,
+                            )
+                            .await
+                        {
+                            tracing::error!(task = %key, "kill failed: {e}");
+                        }
+                    }
+                    Err(e) => self.launch_failed(&key, &e),
+                }
+            }
+            // Tasks that joined the group in an earlier round go too: the group as a
+            // whole failed, and every task's end says so.
+            let earlier: Vec<TaskKey> = self
+                .groups
+                .get(&gk)
+                .map(|g| g.tasks.iter().cloned().collect())
+                .unwrap_or_default();
+            for key in earlier {
+                let running = self
+                    .tasks
+                    .get(&key)
+                    .is_some_and(|e| !e.terminal && e.watched);
+                if running && !round.contains(&key) {
+                    let grace = self.grace_for(&key, None);
+                    if let Err(e) = self
+                        .containerizer
+                        .kill(&key, grace, Reason::ContainerLaunchFailed)
+                        .await
+                    {
+                        tracing::error!(task = %key, "kill failed: {e}");
+                    }
+                }
+            }
+            self.teardown_group_if_done(&gk);
+        }
+        lone
+    }
+
+    /// The terminal status of a group task, told in the group's terms: after a failed
+    /// launch every task fails; after the agent killed the rest of a group, the killed
+    /// ones say why.
+    pub(crate) fn adjust_group_status(
+        &self,
+        key: &TaskKey,
+        mut status: TerminalStatus,
+    ) -> TerminalStatus {
+        let Some(group) = self.group_key(key).and_then(|gk| self.groups.get(&gk)) else {
+            return status;
+        };
+        if let Some(note) = &group.launch_failed {
+            status.state = TaskState::TaskFailed;
+            status.reason = Reason::ContainerLaunchFailed;
+            status.source = Source::Agent;
+            status.message = format!("{note}; {}", status.message);
+        } else if let (Some(note), TaskState::TaskKilled) = (&group.killed_because, status.state) {
+            if status.reason == Reason::KilledByFramework {
+                status.reason = Reason::Unspecified;
+            }
+            status.message = format!("{note}; {}", status.message);
+        }
+        status
+    }
+
+    /// After a group task's terminal update: a task that did not finish takes the rest
+    /// of its group down; the last one to end tears the holder down.
+    pub(crate) fn on_group_task_ended(&mut self, key: &TaskKey, state: TaskState) {
+        let Some(gk) = self.group_key(key) else {
+            return;
+        };
+        let Some(group) = self.groups.get_mut(&gk) else {
+            return;
+        };
+        let takes_group_down = state != TaskState::TaskFinished
+            && group.launch_failed.is_none()
+            && group.killed_because.is_none();
+        if takes_group_down {
+            group.killed_because = Some(format!(
+                "killed because task {} of its task group ended {}",
+                key.task_id,
+                states::name(state)
+            ));
+            let others: Vec<TaskKey> = group.tasks.iter().filter(|k| *k != key).cloned().collect();
+            for other in others {
+                let Some(e) = self.tasks.get(&other) else {
+                    continue;
+                };
+                if e.terminal || !e.watched {
+                    continue;
+                }
+                let grace = self.grace_for(&other, None);
+                tracing::info!(task = %other, "killing the task: {} of its group ended {}", key.task_id, states::name(state));
+                let containerizer = self.containerizer.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = containerizer.kill(&other, grace, Reason::Unspecified).await {
+                        tracing::error!(task = %other, "kill failed: {e}");
+                    }
+                });
+            }
+        }
+        self.teardown_group_if_done(&gk);
+    }
+
+    /// Tears the group's namespace holder down once none of its tasks has a container
+    /// (or a launch) left.
+    pub(crate) fn teardown_group_if_done(&mut self, gk: &GroupKey) {
+        let Some(group) = self.groups.get(gk) else {
+            return;
+        };
+        let live = group.tasks.iter().any(|k| {
+            self.tasks.get(k).is_some_and(|e| !e.terminal || e.watched)
+                || self.launches.iter().any(|s| &s.key == k)
+        });
+        if live {
+            return;
+        }
+        self.groups.remove(gk);
+        self.destroy_holder(gk);
+    }
+
+    fn destroy_holder(&self, gk: &GroupKey) {
+        let ns = self
+            .layout
+            .executor_dir(gk.framework_id.as_str(), gk.executor_id.as_str())
+            .join("ns");
+        if !ns.exists() {
+            return;
+        }
+        match holder::destroy(&ns) {
+            Ok(()) => tracing::info!(group = ?gk, "task group ended; its namespaces are released"),
+            Err(e) => tracing::warn!(group = ?gk, "tearing down the task group's namespaces: {e}"),
+        }
+    }
+
+    /// After recovery: the groups of the recovered tasks are known again; holders of
+    /// groups with no task left running (and any holder no recovered task claims) go.
+    pub(crate) fn recover_groups(&mut self) {
+        for (key, entry) in &self.tasks {
+            if let Some(gk) = group_of(&key.framework_id, &entry.checkpoint.task) {
+                let isolated_network = entry
+                    .checkpoint
+                    .task
+                    .executor
+                    .as_ref()
+                    .is_some_and(isolated);
+                let g = self.groups.entry(gk).or_default();
+                g.isolated_network = isolated_network;
+                g.tasks.insert(key.clone());
+            }
+        }
+        let known: Vec<GroupKey> = self.groups.keys().cloned().collect();
+        for gk in &known {
+            self.teardown_group_if_done(gk);
+        }
+        // Holders whose every task was already forgotten (acknowledged) before the restart.
+        let root = self.layout.executors_root();
+        let Ok(frameworks) = std::fs::read_dir(&root) else {
+            return;
+        };
+        for fw in frameworks.flatten() {
+            let Ok(executors) = std::fs::read_dir(fw.path()) else {
+                continue;
+            };
+            for ex in executors.flatten() {
+                let gk = GroupKey {
+                    framework_id: FrameworkId::new(fw.file_name().to_string_lossy()),
+                    executor_id: ExecutorId::new(ex.file_name().to_string_lossy()),
+                };
+                if !self.groups.contains_key(&gk) {
+                    self.destroy_holder(&gk);
+                }
+            }
+        }
+    }
+}
+
+/// What a task of a group may not do that a lone task may.
+fn group_task_problem(task: &pb::TaskInfo, executor: &pb::ExecutorInfo) -> Option<String> {
+    if let Some(own) = &task.executor {
+        if own.executor_id != executor.executor_id {
+            return Some("a task of a group may only name the group's executor".into());
+        }
+    }
+    if task
+        .container
+        .as_ref()
+        .is_some_and(|c| c.r#type == pb::container_info::Type::Docker as i32)
+    {
+        return Some("Docker tasks cannot join a task group".into());
+    }
+    if task
+        .container
+        .as_ref()
+        .is_some_and(|c| c.network == pb::container_info::Network::Isolated as i32)
+    {
+        return Some("a task of a group shares the group's network: set ISOLATED on the executor's container, not on the task".into());
+    }
+    None
+}
