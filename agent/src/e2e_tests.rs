@@ -548,3 +548,4 @@ async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
 }
 
 mod linux;
+mod checks;

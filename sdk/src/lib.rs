@@ -19,7 +19,7 @@
 //!   offer, never overcommitted), plus [`offers::closest_offer`] for "nothing fits"
 //!   messages.
 //! - [`task`]: [`TaskBuilder`] for `TaskInfo`s (shell or argv command, env, resources,
-//!   agent, kill policy, labels).
+//!   agent, kill policy, labels, checks and health checks) and [`CheckBuilder`].
 //! - [`files`]: [`AgentFiles`], reading sandbox files (`stdout`, `stderr`) from an agent.
 //! - [`error`]: [`SdkError`], the one error type.
 //! - `connection` and `masters` (private): one subscription attempt and its stream reader;
@@ -124,4 +124,4 @@ pub use files::AgentFiles;
 pub use offers::{OfferPacker, Packing, TaskRequest};
 pub use runner::{run, RunOutcome};
 pub use scheduler::Scheduler;
-pub use task::TaskBuilder;
+pub use task::{CheckBuilder, TaskBuilder};

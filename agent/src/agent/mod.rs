@@ -3,11 +3,13 @@
 //!
 //! - `state.rs`: the agent loop that owns all state and handles events in order;
 //! - `tasks.rs`: launch, kill and container-end handlers;
-//! - `recovery.rs`: reading checkpointed tasks after a restart.
+//! - `recovery.rs`: reading checkpointed tasks after a restart;
+//! - `health.rs`: checks of running tasks (status updates, unhealthy kills).
 //!
 //! Checkpoints go to one append-only log per agent, group-committed per batch of events
 //! (see [`crate::journal`] and `state.rs`).
 
+mod health;
 mod recovery;
 mod state;
 mod tasks;

@@ -19,6 +19,7 @@ use drover_proto::pb::{self, master_message::Msg, task_status::Reason, TaskState
 use drover_proto::{states, AgentId};
 use tokio::sync::{mpsc, oneshot};
 
+use super::health::Health;
 use super::recovery::{RecoveredTask, TaskCheckpoint};
 use crate::config::Settings;
 use crate::containerizer::{Containerizer, LaunchSpec, Recovered, Termination};
@@ -54,6 +55,8 @@ pub enum Event {
     },
     /// The agent API asks for the agent's state.
     GetState(oneshot::Sender<pb::GetAgentStateResponse>),
+    /// A check of a running task reports (see [`crate::checks`]).
+    Check(crate::checks::Report),
 }
 
 /// Why the loop stopped.
@@ -107,7 +110,9 @@ pub(crate) struct AgentLoop {
     /// Tasks checkpointed in the current batch, launched once it is durable.
     pub(crate) launches: Vec<LaunchSpec>,
     replies: Vec<Reply>,
-    events_tx: mpsc::Sender<Event>,
+    pub(crate) events_tx: mpsc::Sender<Event>,
+    /// Checks of running tasks and their latest results.
+    pub(crate) health: Health,
     session: Option<Session>,
 }
 
@@ -126,7 +131,12 @@ impl AgentLoop {
             ..RetryPolicy::default()
         };
         let layout = Layout::new(&settings.work_dir);
+        let checks = crate::checks::Checks::new(
+            std::path::PathBuf::from("/proc/self/exe"),
+            settings.docker_socket.clone(),
+        );
         AgentLoop {
+            health: Health::new(checks),
             updates: StatusUpdates::new(policy),
             settings,
             layout,
@@ -199,6 +209,7 @@ impl AgentLoop {
                         );
                     }
                     self.watch(&key);
+                    self.start_checks(&key);
                 }
                 Recovered::Ended => {
                     tracing::info!(task = %key, "the task ended while the agent was away");
@@ -334,7 +345,7 @@ impl AgentLoop {
     pub(crate) async fn settle(&mut self) -> Result<(), AgentError> {
         self.commit_and_send()?;
         self.launch_pending(MAX_LAUNCHES).await;
-        Ok(())
+        self.kill_unhealthy().await
     }
 
     /// True when something waits for a durability point or for [`Self::settle`].
@@ -577,6 +588,7 @@ impl AgentLoop {
                 if completed {
                     tracing::debug!(task = %key, "terminal update acknowledged; forgetting the task");
                     self.tasks.remove(key);
+                    self.forget_checks(key);
                 }
             }
             Ack::WrongUuid => {
@@ -592,6 +604,7 @@ impl AgentLoop {
         match ev {
             Event::TaskEnded { key, result } => self.on_task_ended(&key, result),
             Event::GetState(reply) => self.replies.push(Reply::State(reply)),
+            Event::Check(report) => self.on_check_report(report),
         }
     }
 
@@ -632,6 +645,7 @@ impl AgentLoop {
         message: String,
         exit_code: Option<i32>,
     ) {
+        let (healthy, check_status) = self.health.annotations(key);
         let status = pb::TaskStatus {
             task_id: Some(key.task_id.clone()),
             state: state as i32,
@@ -642,8 +656,8 @@ impl AgentLoop {
             executor_id: None,
             timestamp: drover_proto::unix_seconds(),
             uuid: uuid::Uuid::new_v4().as_bytes().to_vec(),
-            healthy: None,
-            check_status: None,
+            healthy,
+            check_status,
             exit_code,
             data: Vec::new(),
         };

@@ -14,6 +14,7 @@ pub mod agents;
 pub mod frameworks;
 pub mod gate;
 pub mod offers;
+pub mod task_checks;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard};
