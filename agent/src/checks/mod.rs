@@ -19,6 +19,9 @@ pub mod command;
 pub mod runner;
 pub mod schedule;
 
+#[cfg(test)]
+mod docker_tests;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;

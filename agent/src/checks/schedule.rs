@@ -241,10 +241,10 @@ mod tests {
         }
     }
 
-    fn health(grace: u64, failures: u32, t0: Instant) -> Checker {
+    fn health(grace: u32, failures: u32, t0: Instant) -> Checker {
         Checker::new(
             Kind::Health(HealthRules {
-                grace: grace * S,
+                grace: S * grace,
                 consecutive_failures: failures,
             }),
             timing(),

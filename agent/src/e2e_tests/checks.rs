@@ -76,7 +76,10 @@ fn kill(id: &str, grace: f64) -> Msg {
 async fn until_terminal(master: &mut Master) -> Vec<pb::TaskStatus> {
     let mut seen = Vec::new();
     for _ in 0..50 {
-        let u = master.acked_update().await;
+        // Pings keep `acked_update` from timing out: bounded here.
+        let u = tokio::time::timeout(Duration::from_secs(120), master.acked_update())
+            .await
+            .expect("no terminal update came");
         let done = drover_proto::states::is_terminal(state_of(&u));
         seen.push(u);
         if done {
@@ -88,8 +91,8 @@ async fn until_terminal(master: &mut Master) -> Vec<pb::TaskStatus> {
 
 fn linux_available() -> bool {
     // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-        && crate::containerizer::linux::cgroups::Hierarchies::detect()
+    let root = unsafe { libc::geteuid() == 0 };
+    root && crate::containerizer::linux::cgroups::Hierarchies::detect()
             .is_ok_and(|h| h.usable().is_ok())
 }
 
@@ -218,7 +221,7 @@ async fn a_command_check_runs_inside_the_linux_tasks_namespaces_and_cgroups() {
                   && touch ready; exec sleep 1000";
     let check = "test -f private/flag && test -f ready \
                  && [ \"$(readlink /proc/self/ns/pid)\" = \"$(cat pidns)\" ] \
-                 && cmp -s /proc/self/cgroup cgroups";
+                 && cat /proc/self/cgroup | cmp -s - cgroups";
     let mut t = task("inside", script, Type::Linux);
     t.health_check = Some(pb::HealthCheck {
         check: Some(command_check(check)),
@@ -234,7 +237,10 @@ async fn a_command_check_runs_inside_the_linux_tasks_namespaces_and_cgroups() {
     let mut healthy = None;
     let mut exit_codes = Vec::new();
     for _ in 0..20 {
-        let u = master.acked_update().await;
+        // Pings keep `acked_update` from timing out: bounded here.
+        let u = tokio::time::timeout(Duration::from_secs(120), master.acked_update())
+            .await
+            .expect("no health verdict came");
         assert_eq!(state_of(&u), TaskState::TaskRunning, "{u:?}");
         if u.reason == Reason::TaskCheckStatusUpdated as i32 {
             let cs = u.check_status.clone().unwrap();
@@ -261,5 +267,41 @@ async fn a_command_check_runs_inside_the_linux_tasks_namespaces_and_cgroups() {
     assert_eq!(state_of(last), TaskState::TaskKilled);
     // The latest health rides on later updates too.
     assert_eq!(last.healthy, Some(true));
+    assert!(agent.stop().await.is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checks_start_again_for_tasks_recovered_after_an_agent_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut master = Master::start().await;
+    let args = ["--docker-socket", "/nonexistent/docker.sock"];
+    let agent = start_agent(&master.addr, dir.path(), &args).await;
+    master.register().await;
+    let mut t = task("steady", "exec sleep 1000", Type::Process);
+    t.health_check = Some(health(command_check("true"), 1));
+    master.send(2, run(t, vec![]));
+    assert_eq!(state_of(&master.acked_update().await), TaskState::TaskStarting);
+    assert_eq!(state_of(&master.acked_update().await), TaskState::TaskRunning);
+    let first = master.acked_update().await;
+    assert_eq!(
+        (first.healthy, first.reason),
+        (Some(true), Reason::TaskHealthCheckStatusUpdated as i32)
+    );
+
+    // The task outlives the agent; the next agent checks it again from scratch, so its
+    // first success is news again.
+    agent.stop().await.unwrap();
+    let agent = start_agent(&master.addr, dir.path(), &args).await;
+    master.register().await;
+    let again = master.acked_update().await;
+    assert_eq!(state_of(&again), TaskState::TaskRunning);
+    assert_eq!(
+        (again.healthy, again.reason),
+        (Some(true), Reason::TaskHealthCheckStatusUpdated as i32)
+    );
+    assert_ne!(again.uuid, first.uuid);
+    master.send(2, kill("steady", 1.0));
+    let seen = until_terminal(&mut master).await;
+    assert_eq!(state_of(seen.last().unwrap()), TaskState::TaskKilled);
     assert!(agent.stop().await.is_ok());
 }
