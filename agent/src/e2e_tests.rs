@@ -547,5 +547,5 @@ async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
     out
 }
 
-mod linux;
 mod checks;
+mod linux;

@@ -123,11 +123,17 @@ fn a_failing_health_check_kills_its_task_and_a_passing_one_marks_it_healthy() {
     });
 
     let killed = sick_updates.last().unwrap();
-    assert_eq!(killed.state, TaskState::TaskKilled as i32, "{sick_updates:?}");
+    assert_eq!(
+        killed.state,
+        TaskState::TaskKilled as i32,
+        "{sick_updates:?}"
+    );
     assert_eq!(killed.reason, Reason::TaskUnhealthy as i32);
     assert_eq!(killed.healthy, Some(false));
     assert!(
-        killed.message.contains(&format!("HTTP GET 127.0.0.1:{closed}/"))
+        killed
+            .message
+            .contains(&format!("HTTP GET 127.0.0.1:{closed}/"))
             && killed.message.contains("failed 2 time(s) in a row"),
         "{}",
         killed.message
@@ -140,14 +146,16 @@ fn a_failing_health_check_kills_its_task_and_a_passing_one_marks_it_healthy() {
         &states[n - 2..],
         [TaskState::TaskKilling as i32, TaskState::TaskKilled as i32]
     );
-    assert!(sick_updates
-        .iter()
-        .any(|s| s.reason == Reason::TaskHealthCheckStatusUpdated as i32
-            && s.healthy == Some(false)));
+    assert!(sick_updates.iter().any(
+        |s| s.reason == Reason::TaskHealthCheckStatusUpdated as i32 && s.healthy == Some(false)
+    ));
 
     // The web task is healthy, its TCP check succeeded, and it keeps running.
     assert!(web_updates.iter().all(|s| !terminal(s)), "{web_updates:?}");
-    let healthy = web_updates.iter().find(|s| s.healthy == Some(true)).unwrap();
+    let healthy = web_updates
+        .iter()
+        .find(|s| s.healthy == Some(true))
+        .unwrap();
     assert_eq!(healthy.reason, Reason::TaskHealthCheckStatusUpdated as i32);
     let web_updates = if web_updates
         .iter()

@@ -142,7 +142,11 @@ async fn checks_reach_a_docker_task_inside_its_network_and_container() {
     assert_eq!(bad.status.exit_code, Some(3));
 
     docker
-        .kill(&key, Duration::from_secs(1), pb::task_status::Reason::KilledByFramework)
+        .kill(
+            &key,
+            Duration::from_secs(1),
+            pb::task_status::Reason::KilledByFramework,
+        )
         .await
         .unwrap();
     let _ = tokio::time::timeout(Duration::from_secs(60), docker.wait(&key)).await;

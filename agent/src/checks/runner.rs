@@ -361,7 +361,10 @@ fn http_get(mut s: TcpStream, port: u16, path: &str, timeout: Duration) -> Resul
     let line = String::from_utf8_lossy(&head);
     let line = line.lines().next().unwrap_or_default();
     let mut words = line.split_whitespace();
-    match (words.next(), words.next().and_then(|c| c.parse::<u32>().ok())) {
+    match (
+        words.next(),
+        words.next().and_then(|c| c.parse::<u32>().ok()),
+    ) {
         (Some(v), Some(code)) if v.starts_with("HTTP/") && (100..600).contains(&code) => Ok(code),
         _ => Err(format!("HTTP GET {path}: not an HTTP answer: {line:?}")),
     }
@@ -422,7 +425,11 @@ pub fn describe(check: &pb::CheckInfo) -> String {
     match Type::try_from(check.r#type).unwrap_or(Type::Unspecified) {
         Type::Http => {
             let h = check.http.clone().unwrap_or_default();
-            let path = if h.path.is_empty() { "/" } else { h.path.as_str() };
+            let path = if h.path.is_empty() {
+                "/"
+            } else {
+                h.path.as_str()
+            };
             format!("HTTP GET 127.0.0.1:{}{path}", h.port)
         }
         Type::Tcp => format!(

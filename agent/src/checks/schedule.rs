@@ -318,7 +318,10 @@ mod tests {
         assert!(c.record(t0 + 15 * S, http(500)).is_empty());
         assert_eq!(c.failures(), 0);
         // Past the grace: counted.
-        assert_eq!(c.record(t0 + 25 * S, http(500)), vec![Effect::Healthy(false)]);
+        assert_eq!(
+            c.record(t0 + 25 * S, http(500)),
+            vec![Effect::Healthy(false)]
+        );
         let e = c.record(t0 + 35 * S, http(500));
         assert!(matches!(&e[..], [Effect::Unhealthy { message }]
             if message.contains("failed 2 time(s) in a row") && message.contains("HTTP 500")
@@ -343,13 +346,22 @@ mod tests {
     fn a_success_resets_the_failures_in_a_row() {
         let t0 = Instant::now();
         let mut c = health(0, 3, t0);
-        assert_eq!(c.record(t0 + 5 * S, http(500)), vec![Effect::Healthy(false)]);
+        assert_eq!(
+            c.record(t0 + 5 * S, http(500)),
+            vec![Effect::Healthy(false)]
+        );
         assert!(c.record(t0 + 15 * S, http(500)).is_empty());
         assert_eq!(c.failures(), 2);
-        assert_eq!(c.record(t0 + 25 * S, http(302)), vec![Effect::Healthy(true)]);
+        assert_eq!(
+            c.record(t0 + 25 * S, http(302)),
+            vec![Effect::Healthy(true)]
+        );
         assert_eq!(c.failures(), 0);
         assert!(c.record(t0 + 35 * S, http(200)).is_empty());
-        assert_eq!(c.record(t0 + 45 * S, http(500)), vec![Effect::Healthy(false)]);
+        assert_eq!(
+            c.record(t0 + 45 * S, http(500)),
+            vec![Effect::Healthy(false)]
+        );
         assert!(c.record(t0 + 55 * S, http(500)).is_empty());
         assert!(c.next_attempt().is_some());
         let e = c.record(t0 + 65 * S, http(500));
@@ -365,8 +377,10 @@ mod tests {
         assert_eq!(out.status.tcp_succeeded, Some(false));
         // The attempt began at the delay and was abandoned at its timeout.
         let e = c.record(t0 + 7 * S, out);
-        assert!(matches!(&e[..], [Effect::Healthy(false), Effect::Unhealthy { message }]
-            if message.contains("timed out after 2s")));
+        assert!(
+            matches!(&e[..], [Effect::Healthy(false), Effect::Unhealthy { message }]
+            if message.contains("timed out after 2s"))
+        );
     }
 
     #[test]

@@ -93,7 +93,7 @@ fn linux_available() -> bool {
     // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() == 0 };
     root && crate::containerizer::linux::cgroups::Hierarchies::detect()
-            .is_ok_and(|h| h.usable().is_ok())
+        .is_ok_and(|h| h.usable().is_ok())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -133,7 +133,9 @@ async fn a_failing_health_check_kills_its_task_with_the_right_reason() {
     assert_eq!(killed.reason, Reason::TaskUnhealthy as i32);
     assert_eq!(killed.healthy, Some(false));
     assert!(
-        killed.message.contains("health check (command 'exit 7') failed 2 time(s) in a row")
+        killed
+            .message
+            .contains("health check (command 'exit 7') failed 2 time(s) in a row")
             && killed.message.contains("exit status 7"),
         "{}",
         killed.message
@@ -162,8 +164,14 @@ async fn a_kill_with_the_killing_capability_reports_killing_and_honours_the_grac
         // The handler runs only if the task gets SIGTERM and time to act on it.
         let script = "trap 'echo got TERM; exit 0' TERM; echo up; while true; do sleep 0.05; done";
         master.send(2, run(task(&id, script, kind), vec![killing]));
-        assert_eq!(state_of(&master.acked_update().await), TaskState::TaskStarting);
-        assert_eq!(state_of(&master.acked_update().await), TaskState::TaskRunning);
+        assert_eq!(
+            state_of(&master.acked_update().await),
+            TaskState::TaskStarting
+        );
+        assert_eq!(
+            state_of(&master.acked_update().await),
+            TaskState::TaskRunning
+        );
         let stdout = agent
             .state()
             .await
@@ -174,7 +182,10 @@ async fn a_kill_with_the_killing_capability_reports_killing_and_honours_the_grac
             .unwrap();
         // The trap must be in place before the kill.
         for _ in 0..600 {
-            if std::fs::read_to_string(&stdout).unwrap_or_default().contains("up") {
+            if std::fs::read_to_string(&stdout)
+                .unwrap_or_default()
+                .contains("up")
+            {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -182,16 +193,29 @@ async fn a_kill_with_the_killing_capability_reports_killing_and_honours_the_grac
         master.send(2, kill(&id, 30.0));
         let seen = until_terminal(&mut master).await;
         let states: Vec<TaskState> = seen.iter().map(state_of).collect();
-        assert_eq!(states, [TaskState::TaskKilling, TaskState::TaskKilled], "{kind:?}");
+        assert_eq!(
+            states,
+            [TaskState::TaskKilling, TaskState::TaskKilled],
+            "{kind:?}"
+        );
         assert_eq!(seen[1].reason, Reason::KilledByFramework as i32);
         let out = std::fs::read_to_string(&stdout).unwrap();
         assert!(out.contains("got TERM"), "{kind:?}: {out:?}");
     }
 
     // Without the capability, no KILLING.
-    master.send(2, run(task("plain", "exec sleep 1000", Type::Process), vec![]));
-    assert_eq!(state_of(&master.acked_update().await), TaskState::TaskStarting);
-    assert_eq!(state_of(&master.acked_update().await), TaskState::TaskRunning);
+    master.send(
+        2,
+        run(task("plain", "exec sleep 1000", Type::Process), vec![]),
+    );
+    assert_eq!(
+        state_of(&master.acked_update().await),
+        TaskState::TaskStarting
+    );
+    assert_eq!(
+        state_of(&master.acked_update().await),
+        TaskState::TaskRunning
+    );
     master.send(2, kill("plain", 1.0));
     let seen = until_terminal(&mut master).await;
     assert_eq!(seen.len(), 1, "{seen:?}");
@@ -232,8 +256,14 @@ async fn a_command_check_runs_inside_the_linux_tasks_namespaces_and_cgroups() {
     // The general check is the same command: its result rides on `check_status`.
     t.check = Some(command_check(check));
     master.send(2, run(t, vec![]));
-    assert_eq!(state_of(&master.acked_update().await), TaskState::TaskStarting);
-    assert_eq!(state_of(&master.acked_update().await), TaskState::TaskRunning);
+    assert_eq!(
+        state_of(&master.acked_update().await),
+        TaskState::TaskStarting
+    );
+    assert_eq!(
+        state_of(&master.acked_update().await),
+        TaskState::TaskRunning
+    );
     let mut healthy = None;
     let mut exit_codes = Vec::new();
     for _ in 0..20 {
@@ -280,8 +310,14 @@ async fn checks_start_again_for_tasks_recovered_after_an_agent_restart() {
     let mut t = task("steady", "exec sleep 1000", Type::Process);
     t.health_check = Some(health(command_check("true"), 1));
     master.send(2, run(t, vec![]));
-    assert_eq!(state_of(&master.acked_update().await), TaskState::TaskStarting);
-    assert_eq!(state_of(&master.acked_update().await), TaskState::TaskRunning);
+    assert_eq!(
+        state_of(&master.acked_update().await),
+        TaskState::TaskStarting
+    );
+    assert_eq!(
+        state_of(&master.acked_update().await),
+        TaskState::TaskRunning
+    );
     let first = master.acked_update().await;
     assert_eq!(
         (first.healthy, first.reason),

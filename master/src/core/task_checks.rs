@@ -64,7 +64,10 @@ fn validate_check(c: &pb::CheckInfo) -> Result<(), String> {
     match t {
         Type::Unspecified => Err("the type must be COMMAND, HTTP or TCP".into()),
         Type::Command => {
-            let cmd = c.command.as_ref().ok_or("a COMMAND check needs 'command'")?;
+            let cmd = c
+                .command
+                .as_ref()
+                .ok_or("a COMMAND check needs 'command'")?;
             // `value` is the shell command, or the program (argv[0] may differ).
             if cmd.value.trim().is_empty() {
                 return Err("the command is empty".into());
@@ -95,7 +98,9 @@ fn validate_check(c: &pb::CheckInfo) -> Result<(), String> {
             if !h.path.is_empty()
                 && (!h.path.starts_with('/')
                     || h.path.len() > 2048
-                    || h.path.chars().any(|ch| ch.is_whitespace() || ch.is_control()))
+                    || h.path
+                        .chars()
+                        .any(|ch| ch.is_whitespace() || ch.is_control()))
             {
                 return Err(format!(
                     "path {:?} must start with '/' and contain no spaces or control characters",
