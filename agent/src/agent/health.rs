@@ -51,7 +51,7 @@ impl Health {
     /// What the task's next status update carries: (healthy, check_status).
     pub(crate) fn annotations(&self, key: &TaskKey) -> (Option<bool>, Option<pb::CheckStatusInfo>) {
         match self.latest.get(key) {
-            Some(l) => (l.healthy, l.check_status.clone()),
+            Some(l) => (l.healthy, l.check_status),
             None => (None, None),
         }
     }

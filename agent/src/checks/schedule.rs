@@ -158,7 +158,7 @@ impl Checker {
                 if self.last_status.as_ref() == Some(&outcome.status) {
                     return Vec::new();
                 }
-                self.last_status = Some(outcome.status.clone());
+                self.last_status = Some(outcome.status);
                 vec![Effect::CheckStatus(outcome.status)]
             }
             Kind::Health(rules) => self.judge(now, rules, outcome),

@@ -273,7 +273,7 @@ async fn a_command_check_runs_inside_the_linux_tasks_namespaces_and_cgroups() {
             .expect("no health verdict came");
         assert_eq!(state_of(&u), TaskState::TaskRunning, "{u:?}");
         if u.reason == Reason::TaskCheckStatusUpdated as i32 {
-            let cs = u.check_status.clone().unwrap();
+            let cs = u.check_status.unwrap();
             assert_eq!(cs.r#type, CheckType::Command as i32);
             exit_codes.push(cs.exit_code.unwrap());
         }
