@@ -341,3 +341,68 @@ async fn checks_start_again_for_tasks_recovered_after_an_agent_restart() {
     assert_eq!(state_of(seen.last().unwrap()), TaskState::TaskKilled);
     assert!(agent.stop().await.is_ok());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tcp_check_of_a_linux_task_with_its_own_network_runs_inside_it() {
+    if !linux_available() || !std::path::Path::new("/bin/busybox").exists() {
+        eprintln!("skipped: needs root, cgroups and /bin/busybox");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut master = Master::start().await;
+    let agent = start_agent(
+        &master.addr,
+        dir.path(),
+        &["--docker-socket", "/nonexistent/docker.sock"],
+    )
+    .await;
+    master.register().await;
+    // Free on the host; the task listens on it only in its own network namespace.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut t = task(
+        "listener",
+        &format!("exec /bin/busybox httpd -f -p 127.0.0.1:{port} -h ."),
+        Type::Linux,
+    );
+    t.container.as_mut().unwrap().network = pb::container_info::Network::Isolated as i32;
+    t.health_check = Some(pb::HealthCheck {
+        check: Some(pb::CheckInfo {
+            r#type: CheckType::Tcp as i32,
+            tcp: Some(pb::check_info::Tcp { port: port.into() }),
+            delay_seconds: 0.1,
+            interval_seconds: 0.1,
+            timeout_seconds: 20.0,
+            ..Default::default()
+        }),
+        // Until the server listens.
+        grace_period_seconds: 600.0,
+        consecutive_failures: 1,
+    });
+    master.send(2, run(t, vec![]));
+    assert_eq!(
+        state_of(&master.acked_update().await),
+        TaskState::TaskStarting
+    );
+    assert_eq!(
+        state_of(&master.acked_update().await),
+        TaskState::TaskRunning
+    );
+    let verdict = tokio::time::timeout(Duration::from_secs(120), master.acked_update())
+        .await
+        .expect("no health verdict came");
+    assert_eq!(
+        (verdict.healthy, verdict.reason),
+        (Some(true), Reason::TaskHealthCheckStatusUpdated as i32),
+        "{verdict:?}"
+    );
+    // Nobody listens on the host's loopback: the check connected inside the task's.
+    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
+    master.send(2, kill("listener", 1.0));
+    let seen = until_terminal(&mut master).await;
+    assert_eq!(state_of(seen.last().unwrap()), TaskState::TaskKilled);
+    assert!(agent.stop().await.is_ok());
+}
