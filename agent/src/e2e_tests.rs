@@ -547,6 +547,7 @@ async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
     out
 }
 
+mod checks;
 mod groups;
 mod linux;
 mod sandboxes;

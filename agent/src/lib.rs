@@ -16,6 +16,8 @@
 //! - [`supervisor`]: the per-task supervisor process (this binary re-executed with a hidden
 //!   argument) that runs the command (for linux containers: starts the container's init,
 //!   this binary again), outlives the agent and records the exit status.
+//! - [`checks`]: command, HTTP and TCP checks of running tasks (a pure scheduler, the
+//!   runners, and a helper process that enters a container's namespaces).
 //! - [`files_api`]: sandbox reads and listings that never leave the sandbox (`openat` with
 //!   `O_NOFOLLOW`, component by component).
 //! - [`images`]: the local image store (OCI layouts and `docker save` archives imported,
@@ -37,6 +39,7 @@
 
 pub mod agent;
 pub mod api;
+pub mod checks;
 pub mod config;
 pub mod containerizer;
 pub mod disk;

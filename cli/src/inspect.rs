@@ -209,6 +209,7 @@ pub fn render_tasks(response: &pb::GetTasksResponse) -> String {
         "FRAMEWORK",
         "AGENT",
         "STATE",
+        "HEALTH",
         "CPUS",
         "MEM (MB)",
         "CPU TIME (s)",
@@ -237,11 +238,18 @@ pub fn render_tasks(response: &pb::GetTasksResponse) -> String {
             ),
             None => ("-".to_string(), "-".to_string()),
         };
+        // The latest verdict of the task's health check, carried on its updates.
+        let health = match t.last_status.as_ref().and_then(|s| s.healthy) {
+            Some(true) => "healthy",
+            Some(false) => "unhealthy",
+            None => "-",
+        };
         table.row(vec![
             format::id_or_dash(t.task_id.as_ref()),
             format::id_or_dash(t.framework_id.as_ref()),
             format::id_or_dash(t.agent_id.as_ref()),
             format::task_state(t.state).to_string(),
+            health.to_string(),
             format::scalar(&t.resources, "cpus"),
             format::scalar(&t.resources, "mem"),
             cpu_time,
@@ -483,16 +491,20 @@ mod tests {
             disk_limit_bytes: 1 << 20,
             ..Default::default()
         });
+        measured.last_status = Some(pb::TaskStatus {
+            healthy: Some(true),
+            ..Default::default()
+        });
         let response = pb::GetTasksResponse {
             tasks: vec![measured, disk_only],
             completed_tasks: vec![task("t1", pb::TaskState::TaskFinished)],
         };
         assert_eq!(
             render_tasks(&response),
-            "ID  FRAMEWORK  AGENT  STATE     CPUS  MEM (MB)  CPU TIME (s)  RSS (MB)  DISK (MB)  NAME\n\
-             t2  fw         a1     RUNNING   0.25        64          1.75      12.0        3.0  echo t2\n\
-             t3  fw         a1     RUNNING   0.25        64             -         -        0.5  echo t3\n\
-             t1  fw         a1     FINISHED  0.25        64             -         -          -  echo t1\n"
+            "ID  FRAMEWORK  AGENT  STATE     HEALTH   CPUS  MEM (MB)  CPU TIME (s)  RSS (MB)  DISK (MB)  NAME\n\
+             t2  fw         a1     RUNNING   healthy  0.25        64          1.75      12.0        3.0  echo t2\n\
+             t3  fw         a1     RUNNING   -        0.25        64             -         -        0.5  echo t3\n\
+             t1  fw         a1     FINISHED  -        0.25        64             -         -          -  echo t1\n"
         );
     }
 

@@ -19,7 +19,7 @@ use drover_sdk::offers::closest_offer;
 use drover_sdk::proto::pb::{self, TaskState};
 use drover_sdk::proto::{states, AgentId, FrameworkId, Resources, TaskId};
 use drover_sdk::{async_trait, AgentFiles, Driver, OfferPacker, RunOutcome, Scheduler};
-use drover_sdk::{SchedulerConfig, TaskBuilder, TaskRequest};
+use drover_sdk::{CheckBuilder, SchedulerConfig, TaskBuilder, TaskRequest};
 use tokio::io::AsyncWriteExt as _;
 use tokio::sync::{oneshot, watch};
 
@@ -85,6 +85,12 @@ pub struct RunArgs {
     /// the command may be left out to run the image's own.
     #[arg(long, value_name = "NAME")]
     pub image: Option<String>,
+
+    /// A health check: this shell command runs inside the task's container (15 s after
+    /// it started, then every 10 s); after 3 failures in a row (past a 10 s grace period)
+    /// the task is killed as unhealthy.
+    #[arg(long, value_name = "CMD")]
+    pub health_cmd: Option<String>,
 
     /// The command. A single argument runs under /bin/sh -c ('echo $HOME | wc -c');
     /// several run directly as an argument vector, without a shell. Optional with
@@ -328,6 +334,10 @@ impl RunScheduler {
         for (k, v) in &self.args.env {
             task = task.env(k.clone(), v.clone());
         }
+        if let Some(cmd) = &self.args.health_cmd {
+            // Zeros: the agent's defaults for timing, grace and failures.
+            task = task.health_check(CheckBuilder::shell(cmd.clone()), Duration::ZERO, 0);
+        }
         let mut task = task.offer(offer).resources(resources).build();
         // Checked by `run` before anything was sent.
         task.container = self.args.container_info().unwrap_or_default();
@@ -527,7 +537,17 @@ impl Scheduler for RunScheduler {
             return;
         }
         match state {
-            TaskState::TaskRunning => self.start_follower(),
+            TaskState::TaskRunning => {
+                if status.reason == pb::task_status::Reason::TaskHealthCheckStatusUpdated as i32 {
+                    let verdict = if status.healthy == Some(true) {
+                        "healthy"
+                    } else {
+                        "unhealthy"
+                    };
+                    eprintln!("drover: the task is {verdict}");
+                }
+                self.start_follower()
+            }
             TaskState::TaskUnreachable => {
                 eprintln!("drover: the task's agent is unreachable; waiting for it to come back")
             }
@@ -823,6 +843,33 @@ mod tests {
         let c = make(&["ls", "-l"]);
         assert!(!c.shell);
         assert_eq!(c.arguments, ["ls", "-l"]);
+    }
+
+    #[test]
+    fn health_cmd_becomes_a_command_health_check() {
+        let offer = pb::Offer {
+            agent_id: Some("a1".into()),
+            ..Default::default()
+        };
+        let make = |args: &[&str]| {
+            let s = RunScheduler {
+                shared: Arc::new(Mutex::new(Shared::new())),
+                request: TaskRequest::new(0.1, 32.0),
+                task_id: task_id_for("x"),
+                args: parse(args).unwrap(),
+                follower: None,
+            };
+            s.build_task(&offer, &Resources::parse("cpus:0.1").unwrap())
+        };
+        assert!(make(&["sleep 9"]).health_check.is_none());
+        let t = make(&["--health-cmd", "test -f ready", "sleep 9"]);
+        let h = t.health_check.unwrap();
+        let c = h.check.unwrap();
+        assert_eq!(c.r#type, pb::check_info::Type::Command as i32);
+        assert_eq!(c.command.unwrap().value, "test -f ready");
+        // Zero: the agent's defaults.
+        assert_eq!((h.consecutive_failures, c.interval_seconds), (0, 0.0));
+        assert_eq!(t.command.unwrap().value, "sleep 9");
     }
 
     #[test]

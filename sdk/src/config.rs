@@ -288,6 +288,19 @@ impl SchedulerConfigBuilder {
         self
     }
 
+    /// Opts in to (or out of) TASK_KILLING: a killed task first reports KILLING (not
+    /// terminal) when its kill starts, then KILLED once it ended after its grace period.
+    /// Off by default, so a framework written before it never meets a new state; a task
+    /// killed by its health check reports KILLING either way.
+    pub fn task_killing_state(mut self, on: bool) -> Self {
+        self.capabilities
+            .retain(|c| *c != Capability::TaskKillingState);
+        if on {
+            self.capabilities.push(Capability::TaskKillingState);
+        }
+        self
+    }
+
     /// Subscribes as an existing framework (a restarted scheduler taking its tasks back).
     pub fn framework_id(mut self, id: FrameworkId) -> Self {
         self.framework_id = (!id.is_empty()).then_some(id);

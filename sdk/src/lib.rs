@@ -19,7 +19,7 @@
 //!   offer, never overcommitted), plus [`offers::closest_offer`] for "nothing fits"
 //!   messages.
 //! - [`task`]: [`TaskBuilder`] for `TaskInfo`s (shell or argv command, env, resources,
-//!   agent, kill policy, labels).
+//!   agent, kill policy, labels, checks and health checks) and [`CheckBuilder`].
 //! - [`executor`]: custom executors: the [`Executor`] trait, [`run_executor`] and the
 //!   [`ExecutorDriver`] handle; [`executor::custom_executor`] for schedulers.
 //! - [`task_group`]: [`DefaultExecutor`], the executor of a task group launched with
@@ -132,5 +132,5 @@ pub use files::{AgentFiles, FileFollower};
 pub use offers::{OfferPacker, Packing, TaskRequest};
 pub use runner::{run, RunOutcome};
 pub use scheduler::Scheduler;
-pub use task::TaskBuilder;
+pub use task::{CheckBuilder, TaskBuilder};
 pub use task_group::DefaultExecutor;

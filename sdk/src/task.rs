@@ -129,6 +129,32 @@ impl TaskBuilder {
         self
     }
 
+    /// Attaches a general check: its results ride on RUNNING updates (`check_status`,
+    /// reason `REASON_TASK_CHECK_STATUS_UPDATED`) and never kill the task. Build one with
+    /// [`CheckBuilder`].
+    pub fn check(mut self, check: CheckBuilder) -> TaskBuilder {
+        self.task.check = Some(check.build());
+        self
+    }
+
+    /// Attaches a health check: its verdict rides on RUNNING updates (`healthy`), and a
+    /// task failing it `consecutive_failures` times in a row after `grace_period` is
+    /// killed (TASK_KILLED, reason `REASON_TASK_UNHEALTHY`). Zero for either means the
+    /// agent's default (10 s, 3).
+    pub fn health_check(
+        mut self,
+        check: CheckBuilder,
+        grace_period: Duration,
+        consecutive_failures: u32,
+    ) -> TaskBuilder {
+        self.task.health_check = Some(pb::HealthCheck {
+            check: Some(check.build()),
+            grace_period_seconds: grace_period.as_secs_f64(),
+            consecutive_failures,
+        });
+        self
+    }
+
     /// The finished `TaskInfo`. A task on a custom executor that was given no command
     /// carries none.
     pub fn build(self) -> pb::TaskInfo {
@@ -141,6 +167,95 @@ impl TaskBuilder {
             },
             ..self.task
         }
+    }
+}
+
+/// Builds a [`pb::CheckInfo`] for [`TaskBuilder::check`] and
+/// [`TaskBuilder::health_check`]. Timing left at zero takes the agent's defaults (delay
+/// 15 s, interval 10 s, timeout 20 s).
+///
+/// ```
+/// use std::time::Duration;
+/// use drover_sdk::{CheckBuilder, TaskBuilder};
+///
+/// let task = TaskBuilder::new("web-0")
+///     .shell("exec httpd -f -p 8080")
+///     .health_check(
+///         CheckBuilder::http(8080, "/health").interval(Duration::from_secs(5)),
+///         Duration::from_secs(30),
+///         3,
+///     )
+///     .build();
+/// assert_eq!(task.health_check.unwrap().consecutive_failures, 3);
+/// ```
+#[derive(Clone, Debug)]
+pub struct CheckBuilder {
+    check: pb::CheckInfo,
+}
+
+impl CheckBuilder {
+    /// `GET http://127.0.0.1:<port><path>` in the task's network; 2xx or 3xx is success.
+    pub fn http(port: u16, path: impl Into<String>) -> CheckBuilder {
+        CheckBuilder {
+            check: pb::CheckInfo {
+                r#type: pb::check_info::Type::Http as i32,
+                http: Some(pb::check_info::Http {
+                    port: port.into(),
+                    path: path.into(),
+                }),
+                ..Default::default()
+            },
+        }
+    }
+
+    /// A connection to `127.0.0.1:<port>` in the task's network is success.
+    pub fn tcp(port: u16) -> CheckBuilder {
+        CheckBuilder {
+            check: pb::CheckInfo {
+                r#type: pb::check_info::Type::Tcp as i32,
+                tcp: Some(pb::check_info::Tcp { port: port.into() }),
+                ..Default::default()
+            },
+        }
+    }
+
+    /// `command` under `/bin/sh -c`, inside the task's container (its namespaces,
+    /// cgroups and user; `docker exec` for Docker tasks); exit status 0 is success.
+    pub fn shell(command: impl Into<String>) -> CheckBuilder {
+        CheckBuilder {
+            check: pb::CheckInfo {
+                r#type: pb::check_info::Type::Command as i32,
+                command: Some(pb::CommandInfo {
+                    value: command.into(),
+                    shell: true,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        }
+    }
+
+    /// Time from the task's start to the first attempt.
+    pub fn delay(mut self, d: Duration) -> CheckBuilder {
+        self.check.delay_seconds = d.as_secs_f64();
+        self
+    }
+
+    /// Time from the end of one attempt to the start of the next.
+    pub fn interval(mut self, d: Duration) -> CheckBuilder {
+        self.check.interval_seconds = d.as_secs_f64();
+        self
+    }
+
+    /// An attempt running longer than this is abandoned and counts as a failure.
+    pub fn timeout(mut self, d: Duration) -> CheckBuilder {
+        self.check.timeout_seconds = d.as_secs_f64();
+        self
+    }
+
+    /// The finished `CheckInfo`.
+    pub fn build(self) -> pb::CheckInfo {
+        self.check
     }
 }
 
@@ -183,5 +298,28 @@ mod tests {
             .executor(executor)
             .build();
         assert_eq!(t.command.unwrap().value, "work");
+    }
+
+    #[test]
+    fn checks_and_health_checks() {
+        let t = TaskBuilder::new("t-3")
+            .shell("sleep 100")
+            .check(CheckBuilder::tcp(9000).delay(Duration::from_millis(200)))
+            .health_check(
+                CheckBuilder::shell("test -f ready").timeout(Duration::from_secs(2)),
+                Duration::from_secs(1),
+                2,
+            )
+            .build();
+        let c = t.check.unwrap();
+        assert_eq!(c.r#type, pb::check_info::Type::Tcp as i32);
+        assert_eq!(c.tcp.unwrap().port, 9000);
+        assert_eq!(c.delay_seconds, 0.2);
+        let h = t.health_check.unwrap();
+        assert_eq!(h.grace_period_seconds, 1.0);
+        assert_eq!(h.consecutive_failures, 2);
+        let hc = h.check.unwrap();
+        assert_eq!(hc.command.unwrap().value, "test -f ready");
+        assert_eq!(hc.timeout_seconds, 2.0);
     }
 }

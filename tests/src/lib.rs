@@ -1211,6 +1211,11 @@ pub mod raw {
     }
 
     pub async fn subscribe(addr: &str, name: &str) -> Fw {
+        subscribe_with(addr, name, Vec::new()).await
+    }
+
+    /// [`subscribe`] declaring these `FrameworkInfo.Capability`s.
+    pub async fn subscribe_with(addr: &str, name: &str, capabilities: Vec<i32>) -> Fw {
         let mut client = SchedulerClient::connect(format!("http://{addr}"))
             .await
             .unwrap();
@@ -1220,6 +1225,7 @@ pub mod raw {
                     name: name.into(),
                     user: "root".into(),
                     failover_timeout: 60.0,
+                    capabilities,
                     ..Default::default()
                 }),
                 suppressed_roles: vec![],

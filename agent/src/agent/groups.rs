@@ -367,6 +367,7 @@ impl AgentLoop {
                         String::new(),
                         None,
                     );
+                    self.start_checks(key);
                 }
                 continue;
             };

@@ -7,6 +7,7 @@
 //!   volume, all-or-nothing launch, one task's failure ending the group);
 //! - `recovery.rs`: reading checkpointed tasks after a restart;
 //! - `executors/`: custom executors (their containers, subscriptions and updates).
+//! - `health.rs`: checks of running tasks (status updates, unhealthy kills).
 //!
 //! Checkpoints go to one append-only log per agent, group-committed per batch of events
 //! (see [`crate::journal`] and `state.rs`).
@@ -15,6 +16,7 @@
 mod executor_tests;
 pub mod executors;
 mod groups;
+mod health;
 mod recovery;
 mod state;
 mod tasks;

@@ -20,6 +20,7 @@ use drover_proto::{states, AgentId};
 use tokio::sync::{mpsc, oneshot};
 
 use super::groups::{Group, GroupKey};
+use super::health::Health;
 use super::recovery::{RecoveredTask, TaskCheckpoint};
 use crate::config::Settings;
 use crate::containerizer::{Containerizer, LaunchSpec, Recovered, Termination};
@@ -70,6 +71,8 @@ pub enum Event {
     Executor(super::executors::ExecutorRequest),
     /// A custom executor's timer fired.
     ExecutorTimer(super::executors::Timer),
+    /// A check of a running task reports (see [`crate::checks`]).
+    Check(crate::checks::Report),
 }
 
 /// Why the loop stopped.
@@ -126,6 +129,8 @@ pub(crate) struct AgentLoop {
     pub(crate) groups: BTreeMap<GroupKey, Group>,
     replies: Vec<Reply>,
     pub(crate) events_tx: mpsc::Sender<Event>,
+    /// Checks of running tasks and their latest results.
+    pub(crate) health: Health,
     session: Option<Session>,
     /// Custom executors; see `executors/`.
     pub(crate) executors: super::executors::Executors,
@@ -146,7 +151,12 @@ impl AgentLoop {
             ..RetryPolicy::default()
         };
         let layout = Layout::new(&settings.work_dir);
+        let checks = crate::checks::Checks::new(
+            std::path::PathBuf::from("/proc/self/exe"),
+            settings.docker_socket.clone(),
+        );
         AgentLoop {
+            health: Health::new(checks),
             updates: StatusUpdates::new(policy),
             settings,
             layout,
@@ -233,6 +243,7 @@ impl AgentLoop {
                         );
                     }
                     self.watch(&key);
+                    self.start_checks(&key);
                 }
                 Recovered::Ended => {
                     tracing::info!(task = %key, "the task ended while the agent was away");
@@ -370,7 +381,7 @@ impl AgentLoop {
     pub(crate) async fn settle(&mut self) -> Result<(), AgentError> {
         self.commit_and_send()?;
         self.launch_pending(MAX_LAUNCHES).await;
-        Ok(())
+        self.kill_unhealthy().await
     }
 
     /// True when something waits for a durability point or for [`Self::settle`].
@@ -624,6 +635,7 @@ impl AgentLoop {
                     tracing::debug!(task = %key, "terminal update acknowledged; forgetting the task");
                     self.tasks.remove(key);
                     crate::gc::mark_completed(&self.layout, key);
+                    self.forget_checks(key);
                 }
             }
             Ack::WrongUuid => {
@@ -650,6 +662,7 @@ impl AgentLoop {
             }
             Event::Executor(request) => self.on_executor_request(request),
             Event::ExecutorTimer(timer) => self.on_executor_timer(timer),
+            Event::Check(report) => self.on_check_report(report),
         }
     }
 
@@ -706,6 +719,7 @@ impl AgentLoop {
         message: String,
         exit_code: Option<i32>,
     ) {
+        let (healthy, check_status) = self.health.annotations(key);
         let status = pb::TaskStatus {
             task_id: Some(key.task_id.clone()),
             state: state as i32,
@@ -721,8 +735,8 @@ impl AgentLoop {
                 .and_then(|e| e.executor_id.clone()),
             timestamp: drover_proto::unix_seconds(),
             uuid: uuid::Uuid::new_v4().as_bytes().to_vec(),
-            healthy: None,
-            check_status: None,
+            healthy,
+            check_status,
             exit_code,
             data: Vec::new(),
         };

@@ -177,6 +177,7 @@ impl AgentLoop {
                 Ok(()) => {
                     self.metrics.task_launched();
                     self.watch(&key);
+                    self.start_checks(&key);
                     self.enqueue_status(
                         &key,
                         TaskState::TaskRunning,
@@ -281,6 +282,22 @@ impl AgentLoop {
             tracing::debug!(task = %key, "kill for a task that already ended; ignoring it");
             return Ok(());
         }
+        let killing = reason == Reason::TaskUnhealthy
+            || super::health::wants_killing_state(entry.checkpoint.framework_info.as_ref());
+        self.stop_checks(key);
+        if killing && self.latest_state(key) != TaskState::TaskKilling {
+            // Durable and on its way before the first signal: the framework hears
+            // KILLING before the task's own reaction to SIGTERM can end it.
+            self.enqueue_status(
+                key,
+                TaskState::TaskKilling,
+                Source::Executor,
+                reason,
+                String::new(),
+                None,
+            );
+            self.commit_and_send()?;
+        }
         let grace = self.grace_for(key, policy.as_ref());
         tracing::info!(task = %key, ?grace, "killing the task");
         if let Err(e) = self.containerizer.kill(key, grace, reason).await {
@@ -321,7 +338,8 @@ impl AgentLoop {
             }
             return;
         }
-        let status = match result {
+        self.stop_checks(key);
+        let mut status = match result {
             Ok(t) => terminal_status(&t),
             Err(e) => {
                 tracing::error!(task = %key, "lost track of the task's container: {e}");
@@ -334,6 +352,7 @@ impl AgentLoop {
                 }
             }
         };
+        self.explain_unhealthy(key, &mut status);
         let status = self.adjust_group_status(key, status);
         let state = status.state;
         let message = match status.reason {

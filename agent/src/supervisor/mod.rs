@@ -52,6 +52,9 @@ pub const SUPERVISE_ARG: &str = "__supervise";
 /// If `args` (a full argv) asks for a supervisor, runs it and returns its exit code.
 /// `main` calls this before parsing flags, so the hidden mode never shows in `--help`.
 pub fn dispatch(args: &[OsString]) -> Option<i32> {
+    if let Some(code) = crate::checks::command::dispatch(args) {
+        return Some(code);
+    }
     if args.get(1).is_some_and(|a| a == INIT_ARG) {
         let fd = args
             .get(3)

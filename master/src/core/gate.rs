@@ -419,6 +419,7 @@ fn check_task(
             ));
         }
     }
+    super::task_checks::validate(task)?;
     let res =
         Resources::from_proto(&task.resources).map_err(|e| format!("invalid resources: {e}"))?;
     if res.cpus() <= 0.0 && res.mem() <= 0.0 {

@@ -15,6 +15,7 @@ pub mod frameworks;
 pub mod gate;
 pub mod launches;
 pub mod offers;
+pub mod task_checks;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard};

@@ -260,3 +260,34 @@ fn snapshot_round_trip_and_replay_are_deterministic() {
     assert_eq!(restored, a);
     assert!(decode(br#"{"type":"SomethingNew"}"#).is_err());
 }
+
+#[test]
+fn killing_is_not_terminal_and_the_latest_health_is_kept() {
+    let mut r = setup(false);
+    let key = TaskKey::new(&"f".into(), &"t1".into());
+    let mut unhealthy = status("t1", TaskState::TaskRunning, 1);
+    unhealthy.healthy = Some(false);
+    r.apply(&Command::StatusUpdates {
+        updates: vec![StatusUpdate {
+            agent_id: "a".into(),
+            framework_id: "f".into(),
+            status: unhealthy,
+        }],
+        now_ms: 3,
+    });
+    assert_eq!(
+        r.tasks[&key].last_status.as_ref().unwrap().healthy,
+        Some(false)
+    );
+    assert_eq!(
+        r.apply(&update("t1", TaskState::TaskKilling, 2)),
+        ApplyOutcome::Updates(vec![UpdateOutcome::Applied])
+    );
+    // Still active, still holding its resources.
+    assert_eq!(r.task_state(&key), Some(TaskState::TaskKilling));
+    assert!(r.tasks.contains_key(&key));
+    assert_eq!(r.agents[&AgentId::new("a")].used.cpus(), 2.0);
+    r.apply(&update("t1", TaskState::TaskKilled, 3));
+    assert!(!r.tasks.contains_key(&key));
+    assert_eq!(r.agents[&AgentId::new("a")].used.cpus(), 1.0);
+}
