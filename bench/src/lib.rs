@@ -12,7 +12,9 @@
 //! The binaries: `alloc-bench` (allocator cycle), `task-bench` (end-to-end tasks through
 //! a running cluster), `sim-agents` (a standalone simulated fleet), `failover-bench`
 //! (leader kill to first offer), `registry-bench` (replicated writes, Drover beside etcd),
-//! `memory-bench` (master memory per agent and per task).
+//! `memory-bench` (master memory per agent and per task), `agent-memory-bench` (an
+//! agent's memory idle and with running tasks), `docker-bench` (Docker containers through
+//! Drover beside `docker run`).
 
 pub mod filler;
 pub mod fleet;
