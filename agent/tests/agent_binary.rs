@@ -308,24 +308,28 @@ fn linux_task(id: &str, resources: &str, script: &str) -> Msg {
     Msg::RunTask(pb::master_message::RunTask {
         framework_id: Some(FrameworkId::new("fw")),
         framework_info: None,
-        task: Some(pb::TaskInfo {
-            name: id.into(),
-            task_id: Some(TaskId::new(id)),
-            resources: drover_proto::Resources::parse(resources)
-                .unwrap()
-                .to_proto(),
-            command: Some(pb::CommandInfo {
-                value: script.into(),
-                shell: true,
-                ..Default::default()
-            }),
-            container: Some(pb::ContainerInfo {
-                r#type: pb::container_info::Type::Linux as i32,
-                ..Default::default()
-            }),
+        task: Some(linux_task_info(id, resources, script)),
+    })
+}
+
+fn linux_task_info(id: &str, resources: &str, script: &str) -> pb::TaskInfo {
+    pb::TaskInfo {
+        name: id.into(),
+        task_id: Some(TaskId::new(id)),
+        resources: drover_proto::Resources::parse(resources)
+            .unwrap()
+            .to_proto(),
+        command: Some(pb::CommandInfo {
+            value: script.into(),
+            shell: true,
             ..Default::default()
         }),
-    })
+        container: Some(pb::ContainerInfo {
+            r#type: pb::container_info::Type::Linux as i32,
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
 }
 
 fn task_id(s: &pb::TaskStatus) -> String {
@@ -567,9 +571,9 @@ fn docker_state(name: &str) -> Option<String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn docker_and_process_tasks_survive_kill_9_and_nothing_is_orphaned() {
+async fn docker_linux_and_process_tasks_survive_kill_9_and_nothing_is_orphaned() {
     use drover_agent::containerizer::docker::testing::{engine_missing, TestImage};
-    if engine_missing("docker_and_process_tasks_survive_kill_9_and_nothing_is_orphaned")
+    if engine_missing("docker_linux_and_process_tasks_survive_kill_9_and_nothing_is_orphaned")
         .await
         .is_some()
     {
@@ -583,8 +587,9 @@ async fn docker_and_process_tasks_survive_kill_9_and_nothing_is_orphaned() {
         work_dir: work_dir.clone(),
         names: vec![orphan.clone()],
     };
+    let _sweep = Sweep(std::path::Path::new("drover").join(work_dir_tag(&work_dir)));
     let mut master = Master::start().await;
-    let flags = ["--containerizers", "process,docker"];
+    let flags = ["--containerizers", "process,docker,linux"];
     let mut agent = start_agent_with(&master.addr, &work_dir, &flags);
     master.register().await;
 
@@ -622,12 +627,20 @@ async fn docker_and_process_tasks_survive_kill_9_and_nothing_is_orphaned() {
             ..Default::default()
         },
     );
+    run_task(
+        &master,
+        linux_task_info(
+            "lin",
+            "cpus:0.1;mem:32",
+            &format!("echo l; {}; exit 7", wait_for("go")),
+        ),
+    );
     let mut before: std::collections::BTreeMap<String, Vec<TaskState>> = Default::default();
-    for _ in 0..6 {
+    for _ in 0..8 {
         let s = master.acked_update().await;
         before.entry(task_of(&s)).or_default().push(state(&s));
     }
-    for task in ["ended", "runs", "proc"] {
+    for task in ["ended", "runs", "proc", "lin"] {
         assert_eq!(
             before[task],
             [TaskState::TaskStarting, TaskState::TaskRunning],
@@ -670,7 +683,7 @@ async fn docker_and_process_tasks_survive_kill_9_and_nothing_is_orphaned() {
 
     let agent = start_agent_with(&master.addr, &work_dir, &flags);
     let reg = master.register().await;
-    assert_eq!(reg.tasks.len(), 3);
+    assert_eq!(reg.tasks.len(), 4);
     assert_eq!(docker_state(&orphan), None, "the orphan is removed");
 
     let ended = master.acked_update().await;
@@ -680,8 +693,9 @@ async fn docker_and_process_tasks_survive_kill_9_and_nothing_is_orphaned() {
 
     std::fs::write(sandbox("runs").join("go"), b"").unwrap();
     std::fs::write(sandbox("proc").join("go"), b"").unwrap();
+    std::fs::write(sandbox("lin").join("go"), b"").unwrap();
     let mut after: std::collections::BTreeMap<String, Vec<pb::TaskStatus>> = Default::default();
-    for _ in 0..2 {
+    for _ in 0..3 {
         let s = master.acked_update().await;
         after.entry(task_of(&s)).or_default().push(s);
     }
@@ -693,6 +707,14 @@ async fn docker_and_process_tasks_survive_kill_9_and_nothing_is_orphaned() {
     assert_eq!(proc_.len(), 1, "{proc_:?}");
     assert_eq!(state(&proc_[0]), TaskState::TaskFailed);
     assert_eq!(proc_[0].exit_code, Some(5));
+    let lin = &after["lin"];
+    assert_eq!(lin.len(), 1, "{lin:?}");
+    assert_eq!(state(&lin[0]), TaskState::TaskFailed);
+    assert_eq!(lin[0].exit_code, Some(7));
+    assert!(
+        !container_of(&work_dir, "lin").cgroups.exists(),
+        "the linux container's cgroups outlived it"
+    );
 
     let read = |task: &str, f: &str| std::fs::read_to_string(sandbox(task).join(f)).unwrap();
     assert_eq!(
@@ -703,6 +725,7 @@ async fn docker_and_process_tasks_survive_kill_9_and_nothing_is_orphaned() {
     assert_eq!(read("ended", "stderr"), "a-err\n");
     assert_eq!(read("runs", "stdout"), "b\nb-done\n");
     assert_eq!(read("proc", "stdout"), "p\n");
+    assert_eq!(read("lin", "stdout"), "l\n");
     // Every container is gone once its task is reported.
     for task in ["ended", "runs"] {
         assert_eq!(docker_state(&container(task)), None, "{task}");
