@@ -218,12 +218,23 @@ impl AgentLoop {
             .layout
             .executor_dir(framework_id.as_str(), gk.executor_id.as_str());
         let shared = dir.join("shared");
-        let mut failure = self.journal.create_dir_all(&shared).err().map(|e| {
-            format!(
-                "cannot create the group's shared volume {}: {e}",
-                shared.display()
-            )
-        });
+        let mut failure = self
+            .journal
+            .create_dir_all(&shared)
+            .and_then(|()| {
+                // The group's tasks may run as different users (each its own, or an
+                // image's): like /tmp, everyone in the group may write, and only a file's
+                // owner may remove it.
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777))
+            })
+            .err()
+            .map(|e| {
+                format!(
+                    "cannot create the group's shared volume {}: {e}",
+                    shared.display()
+                )
+            });
         if failure.is_none() {
             for key in &keys {
                 let sandbox = self.layout.sandbox(key);
@@ -265,7 +276,8 @@ impl AgentLoop {
                 String::new(),
                 None,
             );
-            let task = self.tasks[key].checkpoint.task.clone();
+            // Under its framework's user, like a lone task.
+            let task = self.as_launched(&self.tasks[key].checkpoint);
             self.launches.push(LaunchSpec {
                 key: key.clone(),
                 task,
@@ -509,17 +521,31 @@ impl AgentLoop {
         self.destroy_holder(gk);
     }
 
+    /// Releases an ended group's namespaces, then removes its executor folder with the
+    /// shared volume (which lives as long as the group: a later group under the same
+    /// executor id starts empty, and nothing of it piles up on the agent). The folder
+    /// stays while a namespace mount in it could not be undone.
     fn destroy_holder(&self, gk: &GroupKey) {
-        let ns = self
+        let dir = self
             .layout
-            .executor_dir(gk.framework_id.as_str(), gk.executor_id.as_str())
-            .join("ns");
-        if !ns.exists() {
-            return;
+            .executor_dir(gk.framework_id.as_str(), gk.executor_id.as_str());
+        let ns = dir.join("ns");
+        if ns.exists() {
+            match holder::destroy(&ns) {
+                Ok(()) => {
+                    tracing::info!(group = ?gk, "task group ended; its namespaces are released")
+                }
+                Err(e) => {
+                    tracing::warn!(group = ?gk, "tearing down the task group's namespaces: {e}");
+                    return;
+                }
+            }
         }
-        match holder::destroy(&ns) {
-            Ok(()) => tracing::info!(group = ?gk, "task group ended; its namespaces are released"),
-            Err(e) => tracing::warn!(group = ?gk, "tearing down the task group's namespaces: {e}"),
+        // `remove_dir_all` removes symlinks the tasks left, never what they point to.
+        if let Err(e) = std::fs::remove_dir_all(&dir) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(group = ?gk, "removing {}: {e}", dir.display());
+            }
         }
     }
 

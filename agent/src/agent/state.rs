@@ -232,7 +232,11 @@ impl AgentLoop {
             match self.containerizer.recover(&key).await? {
                 Recovered::Running => {
                     tracing::info!(task = %key, "reattached to the running task");
-                    if latest != TaskState::TaskRunning {
+                    // A task whose kill had begun (KILLING) stays killing: its supervisor
+                    // carries the kill out, and checks of a dying task would only kill it
+                    // again under another reason.
+                    let killing = latest == TaskState::TaskKilling;
+                    if latest != TaskState::TaskRunning && !killing {
                         self.enqueue_status(
                             &key,
                             TaskState::TaskRunning,
@@ -243,7 +247,9 @@ impl AgentLoop {
                         );
                     }
                     self.watch(&key);
-                    self.start_checks(&key);
+                    if !killing {
+                        self.start_checks(&key);
+                    }
                 }
                 Recovered::Ended => {
                     tracing::info!(task = %key, "the task ended while the agent was away");
@@ -658,7 +664,7 @@ impl AgentLoop {
                 let _ = reply.send(self.watched_tasks());
             }
             Event::KnownTasks(reply) => {
-                let _ = reply.send(self.tasks.keys().cloned().collect());
+                let _ = reply.send(self.known_keys());
             }
             Event::Executor(request) => self.on_executor_request(request),
             Event::ExecutorTimer(timer) => self.on_executor_timer(timer),

@@ -172,7 +172,18 @@ async fn process_tasks_of_a_group_share_the_volume_through_a_link() {
         run_group(
             "g",
             vec![
-                group_task("w", "echo shared-data > shared/f.tmp && mv shared/f.tmp shared/f", ""),
+                // The writer runs as another user than the reader (root): the volume is
+                // writable by every task of the group.
+                pb::TaskInfo {
+                    command: Some(pb::CommandInfo {
+                        value: "echo shared-data > shared/f.tmp && mv shared/f.tmp shared/f"
+                            .into(),
+                        shell: true,
+                        user: "nobody".into(),
+                        ..Default::default()
+                    }),
+                    ..group_task("w", "", "")
+                },
                 group_task(
                     "r",
                     "for i in $(seq 1 1200); do [ -f shared/f ] && break; sleep 0.1; done; cat shared/f",
@@ -188,6 +199,17 @@ async fn process_tasks_of_a_group_share_the_volume_through_a_link() {
     let out = std::fs::read_to_string(dir.path().join("sandboxes/fw/r/stdout")).unwrap();
     assert_eq!(out, "shared-data\n");
     assert!(dir.path().join("sandboxes/fw/w/shared").is_symlink());
+    // The volume lives as long as its group: once both ended, the executor's folder goes.
+    let executor_dir = dir.path().join("executors/fw/g");
+    let mut gone = false;
+    for _ in 0..500 {
+        if !executor_dir.exists() {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(gone, "{} outlived its group", executor_dir.display());
     agent.stop().await.unwrap();
 }
 

@@ -206,6 +206,20 @@ fn event(e: executor_event::Event) -> ExecutorEvent {
 }
 
 impl AgentLoop {
+    /// Every key whose folders must stay: the tasks the agent tracks, the custom
+    /// executors it runs, and the executor of every tracked task (its sandbox holds the
+    /// task's output until the task is acknowledged and forgotten).
+    pub(crate) fn known_keys(&self) -> Vec<TaskKey> {
+        let mut keys: BTreeSet<TaskKey> = self.tasks.keys().cloned().collect();
+        keys.extend(self.executors.entries.keys().cloned());
+        for (key, entry) in &self.tasks {
+            if let Some(id) = executor_id_of(&entry.checkpoint.task) {
+                keys.insert(TaskKey::executor(&key.framework_id, &id));
+            }
+        }
+        keys.into_iter().collect()
+    }
+
     /// `run_task` of a task that names a CUSTOM executor (already validated and
     /// checkpointed, in the task table): it joins its running executor, or starts one.
     pub(crate) fn run_on_executor(
@@ -255,15 +269,32 @@ impl AgentLoop {
         // A new executor. An earlier one of this id left its container's records in the
         // meta directory: they must not be read as the new container's.
         let meta = self.layout.task_meta(&ekey);
-        match std::fs::remove_dir_all(meta.dir()) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => {
-                return Err(AgentError::io(
-                    format!("removing {}", meta.dir().display()),
-                    e,
-                ))
+        // An earlier container's root filesystem still mounted there must not be removed
+        // through its mount; that, or any failure to clear the records, fails this task
+        // only (never the agent).
+        let cleared = if meta.dir().join("image").exists() {
+            Err(format!(
+                "the previous executor {id}'s root filesystem is still mounted in {}",
+                meta.dir().display()
+            ))
+        } else {
+            match std::fs::remove_dir_all(meta.dir()) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(format!("cannot clear {}: {e}", meta.dir().display())),
             }
+        };
+        if let Err(why) = cleared {
+            tracing::warn!(executor = %ekey, task = %key, "cannot start the executor: {why}");
+            self.enqueue_status(
+                key,
+                TaskState::TaskFailed,
+                Source::Agent,
+                Reason::ContainerLaunchFailed,
+                format!("cannot start executor {id}: {why}"),
+                None,
+            );
+            return Ok(());
         }
         let mut command = info.command.clone().unwrap_or_default();
         for (name, value) in [
