@@ -491,6 +491,26 @@ impl AgentLoop {
                 if e.terminal || !e.watched {
                     continue;
                 }
+                // As any kill: checks stop (a dying task must not be killed again as
+                // unhealthy), and a framework that asked for it hears KILLING first (the
+                // update is queued ahead of the task's terminal one).
+                let killing =
+                    super::health::wants_killing_state(e.checkpoint.framework_info.as_ref());
+                self.stop_checks(&other);
+                if killing && self.latest_state(&other) != TaskState::TaskKilling {
+                    self.enqueue_status(
+                        &other,
+                        TaskState::TaskKilling,
+                        Source::Executor,
+                        Reason::Unspecified,
+                        format!(
+                            "task {} of its task group ended {}",
+                            key.task_id,
+                            states::name(state)
+                        ),
+                        None,
+                    );
+                }
                 let grace = self.grace_for(&other, None);
                 tracing::info!(task = %other, "killing the task: {} of its group ended {}", key.task_id, states::name(state));
                 let containerizer = self.containerizer.clone();
