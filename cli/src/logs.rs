@@ -119,6 +119,19 @@ pub async fn logs(masters: &Masters, args: &LogsArgs) -> Result<i32> {
         .await
         .with_context(|| format!("reaching agent {agent_id}"))?;
     let path = if args.stderr { "stderr" } else { "stdout" };
+    // A task of a custom executor has no sandbox of its own: the executor runs it, and
+    // its output is wherever the executor puts it, in the executor's sandbox.
+    let executor = task
+        .last_status
+        .as_ref()
+        .and_then(|s| s.executor_id.clone())
+        .map(|e| {
+            format!(
+                ", or it runs on executor '{e}' and that is a custom executor, whose tasks' \
+                 output is in the executor's own sandbox (not served by the files API yet)"
+            )
+        })
+        .unwrap_or_default();
     let shown = |e: drover_sdk::SdkError| {
         let gone = e
             .status()
@@ -126,7 +139,7 @@ pub async fn logs(masters: &Masters, args: &LogsArgs) -> Result<i32> {
         if gone {
             anyhow::anyhow!(
                 "the {path} of task '{task_id}' is not on agent {agent_id} any more (its \
-                 sandbox was garbage-collected, or the task never started): {e}"
+                 sandbox was garbage-collected, or the task never started{executor}): {e}"
             )
         } else {
             anyhow::Error::new(e).context(format!("reading the {path} of task '{task_id}'"))
