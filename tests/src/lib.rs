@@ -42,13 +42,29 @@ pub fn bin_dir() -> PathBuf {
     dir
 }
 
-/// A free loopback port (the OS picks it; the tiny race is acceptable in tests).
+/// A loopback port that is free now, for a daemon to bind a moment later (and again when the
+/// test restarts it).
+///
+/// Not `bind(":0")`: that hands out ports from the kernel's ephemeral range (32768 and up),
+/// the range every outgoing connection on this machine draws its local port from, so on a
+/// busy machine a connection of another test could take the port before the daemon binds it
+/// (or between a kill and a restart). These ports come from 10000..30000 instead, which
+/// nothing allocates on its own; each test process starts at its own offset, walks forward
+/// and skips ports that something already holds.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 10_000;
+    const SPAN: u32 = 20_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let offset = (std::process::id() % 400) * 50;
+    for _ in 0..SPAN {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = (LOW + (offset + n) % SPAN) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port in {LOW}..{}", LOW + SPAN);
 }
 
 /// Polls `f` every `every` until it returns `Some`, or panics with `what` after `limit`.
@@ -67,6 +83,18 @@ pub fn wait_until<T>(
             panic!("timed out waiting for {what}");
         }
         std::thread::sleep(every);
+    }
+}
+
+/// Whether process `pid`, a child of this test, has exited: it is gone, or a zombie that
+/// nobody has reaped yet (the harness reaps its children only when it kills them).
+fn process_exited(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the command name, which is in parentheses and may hold spaces.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with(['Z', 'X'])),
+        Err(_) => true,
     }
 }
 
@@ -813,21 +841,44 @@ impl Cluster {
         .unwrap_or_default()
     }
 
-    /// Waits until `n` agents are ACTIVE (connected to the leader).
+    /// Waits until `n` agents are ACTIVE (connected to the leader). Fails at once, naming the
+    /// agent, if one of the harness's agent processes has exited; on timeout the message
+    /// lists what the master last reported for each agent.
     pub fn wait_for_active_agents(&self, n: usize) {
-        wait_until(
-            &format!("{n} active agents"),
-            Duration::from_secs(90),
-            Duration::from_millis(100),
-            || {
-                let active = self
-                    .agents()
+        let limit = Duration::from_secs(90);
+        let start = Instant::now();
+        let mut last = String::from("no answer from the master");
+        loop {
+            for (i, a) in self.agents.iter().enumerate() {
+                if a.child.as_ref().is_some_and(|c| process_exited(c.id())) {
+                    panic!("agent {i} exited before {n} agents were active (see its log)");
+                }
+            }
+            let agents = self.agents();
+            let active = agents
+                .iter()
+                .filter(|a| a.state == pb::agent_summary::State::Active as i32)
+                .count();
+            if active >= n {
+                return;
+            }
+            if !agents.is_empty() {
+                last = agents
                     .iter()
-                    .filter(|a| a.state == pb::agent_summary::State::Active as i32)
-                    .count();
-                (active >= n).then_some(())
-            },
-        );
+                    .map(|a| {
+                        let state = pb::agent_summary::State::try_from(a.state)
+                            .map(|s| s.as_str_name())
+                            .unwrap_or("?");
+                        format!("{} {state}", a.address)
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ");
+            }
+            if start.elapsed() > limit {
+                panic!("timed out waiting for {n} active agents; the master last reported: {last}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// Tasks in TASK_RUNNING as the master reports them.
