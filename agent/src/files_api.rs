@@ -190,14 +190,16 @@ pub fn read_file(
     let dir = walk_parents(sandbox, &comps)?;
     let name = cstring(comps[comps.len() - 1])?;
     let shown = comps.join("/");
-    // O_NONBLOCK: opening a FIFO the task planted must not hang the agent.
-    let fd = openat(
-        dir.as_raw_fd(),
-        &name,
-        libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY,
-    )
-    .map_err(|e| open_error(e, dir.as_raw_fd(), &name, &shown))?;
-    let st = fstat(fd.as_raw_fd()).map_err(|e| AgentError::io(format!("stat of '{shown}'"), e))?;
+    // Look before opening for reading: opening a FIFO the task planted would wake a writer
+    // it holds blocked (or hang us without O_NONBLOCK), and opening a device node can act on
+    // the device. An O_PATH descriptor opens nothing; only a regular file is then reopened
+    // for reading, through that descriptor, so a name swapped in between cannot be read.
+    let at = openat(dir.as_raw_fd(), &name, libc::O_PATH | libc::O_NOFOLLOW)
+        .map_err(|e| open_error(e, dir.as_raw_fd(), &name, &shown))?;
+    let st = fstat(at.as_raw_fd()).map_err(|e| AgentError::io(format!("stat of '{shown}'"), e))?;
+    if is_kind(&st, libc::S_IFLNK) {
+        return Err(symlink_error(&shown));
+    }
     if is_kind(&st, libc::S_IFDIR) {
         return Err(AgentError::WrongFileType(format!(
             "'{shown}' is a directory; use ListFiles"
@@ -208,6 +210,13 @@ pub fn read_file(
             "'{shown}' is not a regular file"
         )));
     }
+    let proc_path = cstring(&format!("/proc/self/fd/{}", at.as_raw_fd()))?;
+    let fd = openat(
+        libc::AT_FDCWD,
+        &proc_path,
+        libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOCTTY,
+    )
+    .map_err(|e| AgentError::io(format!("opening '{shown}' in the sandbox"), e))?;
     let size = st.st_size as u64;
     let want = if length == 0 {
         MAX_READ_LENGTH

@@ -149,7 +149,7 @@ fn unknown_tasks_and_files() {
 }
 
 #[test]
-fn refuses_directories_and_fifos_without_blocking() {
+fn refuses_directories_fifos_and_devices_without_opening_them() {
     let f = fixture();
     let sb = f.layout.sandbox(&TaskKey::new("fw", "t"));
     let e = read(&f, "sub").unwrap_err();
@@ -158,6 +158,16 @@ fn refuses_directories_and_fifos_without_blocking() {
     // SAFETY: valid path.
     assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
     let e = read(&f, "fifo").unwrap_err();
+    assert!(matches!(e, AgentError::WrongFileType(_)), "{e:?}");
+    // A device node is refused without being opened: major 240 is reserved for local use
+    // and has no driver here, so opening it would fail with ENXIO instead.
+    let dev = CString::new(sb.join("dev").as_os_str().as_bytes()).unwrap();
+    // SAFETY: valid path.
+    if unsafe { libc::mknod(dev.as_ptr(), libc::S_IFCHR | 0o644, libc::makedev(240, 0)) } != 0 {
+        eprintln!("skipping the device-node case: mknod needs CAP_MKNOD (run as root)");
+        return;
+    }
+    let e = read(&f, "dev").unwrap_err();
     assert!(matches!(e, AgentError::WrongFileType(_)), "{e:?}");
 }
 
