@@ -82,21 +82,14 @@ impl Drop for UploadFile {
     }
 }
 
-fn ids(fw: Option<pb::FrameworkId>, task: Option<pb::TaskId>) -> (String, String) {
-    (
-        fw.map(|f| f.value).unwrap_or_default(),
-        task.map(|t| t.value).unwrap_or_default(),
-    )
-}
-
 /// A task is active while the agent loop knows it without a terminal update.
 struct LoopLiveness(mpsc::Sender<Event>);
 
 #[tonic::async_trait]
 impl TaskLiveness for LoopLiveness {
-    async fn is_active(&self, framework_id: &str, task_id: &str) -> bool {
+    async fn is_active(&self, key: &TaskKey) -> bool {
         let (reply, answer) = oneshot::channel();
-        let key = TaskKey::new(framework_id, task_id);
+        let key = key.clone();
         if self.0.send(Event::TaskActive { key, reply }).await.is_err() {
             // A stopping agent: its tasks outlive it, but nobody can tell; end the stream
             // and let the client follow again from where it got to.
@@ -115,7 +108,7 @@ impl AgentApi for AgentApiService {
         &self,
         request: Request<pb::FollowFileRequest>,
     ) -> Result<Response<Self::FollowFileStream>, Status> {
-        let req = FollowRequest::from_proto(request.into_inner());
+        let req = FollowRequest::from_proto(request.into_inner()).map_err(|e| e.to_status())?;
         // Refused up front, so a bad request fails the call rather than its stream.
         if files_api::split_path(&req.path)
             .map_err(|e| e.to_status())?
@@ -144,10 +137,11 @@ impl AgentApi for AgentApiService {
         request: Request<pb::ReadFileRequest>,
     ) -> Result<Response<pb::ReadFileResponse>, Status> {
         let r = request.into_inner();
-        let (fw, task) = ids(r.framework_id, r.task_id);
+        let key = files_api::sandbox_key(r.framework_id, r.task_id, r.executor_id)
+            .map_err(|e| e.to_status())?;
         let layout = self.layout.clone();
         tokio::task::spawn_blocking(move || {
-            files_api::read_file(&layout, &fw, &task, &r.path, r.offset, r.length)
+            files_api::read_file(&layout, &key, &r.path, r.offset, r.length)
         })
         .await
         .map_err(|e| Status::internal(format!("file read panicked: {e}")))?
@@ -160,9 +154,10 @@ impl AgentApi for AgentApiService {
         request: Request<pb::ListFilesRequest>,
     ) -> Result<Response<pb::ListFilesResponse>, Status> {
         let r = request.into_inner();
-        let (fw, task) = ids(r.framework_id, r.task_id);
+        let key = files_api::sandbox_key(r.framework_id, r.task_id, r.executor_id)
+            .map_err(|e| e.to_status())?;
         let layout = self.layout.clone();
-        tokio::task::spawn_blocking(move || files_api::list_files(&layout, &fw, &task, &r.path))
+        tokio::task::spawn_blocking(move || files_api::list_files(&layout, &key, &r.path))
             .await
             .map_err(|e| Status::internal(format!("file listing panicked: {e}")))?
             .map(Response::new)

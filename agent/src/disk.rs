@@ -604,9 +604,7 @@ fn rotate_all(
     rotations: &Rotations,
 ) {
     for key in keys {
-        let Ok(dir) =
-            crate::files_api::open_sandbox(layout, key.framework_id.as_str(), key.task_id.as_str())
-        else {
+        let Ok(dir) = crate::files_api::open_sandbox(layout, key) else {
             continue;
         };
         for name in ["stdout", "stderr"] {

@@ -331,6 +331,7 @@ async fn launches_reports_retries_and_serves_files() {
         .api()
         .await
         .read_file(pb::ReadFileRequest {
+            executor_id: None,
             framework_id: Some(FrameworkId::new("fw")),
             task_id: Some(TaskId::new("t1")),
             path: "stdout".into(),
@@ -345,6 +346,7 @@ async fn launches_reports_retries_and_serves_files() {
         .api()
         .await
         .read_file(pb::ReadFileRequest {
+            executor_id: None,
             framework_id: Some(FrameworkId::new("fw")),
             task_id: Some(TaskId::new("nope")),
             path: "stdout".into(),

@@ -20,7 +20,7 @@ use drover_proto::ids::validate_id;
 use drover_proto::pb;
 
 use crate::error::AgentError;
-use crate::layout::Layout;
+use crate::layout::{Layout, TaskKey};
 
 /// Most bytes one ReadFile returns.
 pub const MAX_READ_LENGTH: u64 = 1 << 20;
@@ -122,17 +122,50 @@ fn symlink_error(shown: &str) -> AgentError {
 
 pub(crate) const DIR_FLAGS: i32 = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW;
 
-/// Opens the sandbox of a task. Ids are checked first, so they are safe path components.
-pub fn open_sandbox(
-    layout: &Layout,
-    framework_id: &str,
-    task_id: &str,
-) -> Result<OwnedFd, AgentError> {
-    validate_id("framework", framework_id).map_err(AgentError::InvalidPath)?;
-    validate_id("task", task_id).map_err(AgentError::InvalidPath)?;
+/// The sandbox a files API request names: the task's, or, when `executor_id` is set instead
+/// of `task_id`, the custom executor's (its tasks write inside it).
+pub fn sandbox_key(
+    framework_id: Option<pb::FrameworkId>,
+    task_id: Option<pb::TaskId>,
+    executor_id: Option<pb::ExecutorId>,
+) -> Result<TaskKey, AgentError> {
+    let framework_id = framework_id.unwrap_or_default();
+    let task_id = task_id.filter(|t| !t.value.is_empty());
+    let key = match (task_id, executor_id.filter(|e| !e.value.is_empty())) {
+        (Some(_), Some(_)) => {
+            return Err(AgentError::InvalidPath(
+                "name a task_id or an executor_id, not both".into(),
+            ))
+        }
+        (None, Some(executor_id)) => TaskKey::executor(&framework_id, &executor_id),
+        (task_id, None) => {
+            let task_id = task_id.unwrap_or_default();
+            // Checked here as a task id: the executor form of a key must not be reachable
+            // by spelling it out.
+            validate_id("task", task_id.as_str()).map_err(AgentError::InvalidPath)?;
+            TaskKey {
+                framework_id,
+                task_id,
+            }
+        }
+    };
+    key.validate().map_err(AgentError::InvalidPath)?;
+    Ok(key)
+}
+
+/// Opens the sandbox of a task, or of a custom executor (see [`TaskKey::executor`]). The
+/// key is checked first, so its ids are safe path components.
+pub fn open_sandbox(layout: &Layout, key: &TaskKey) -> Result<OwnedFd, AgentError> {
+    key.validate().map_err(AgentError::InvalidPath)?;
+    let framework_id = key.framework_id.as_str();
+    let task_id = key.task_id.as_str();
     let not_found = || {
+        let whose = match key.executor_id() {
+            Some(e) => format!("executor '{e}'"),
+            None => format!("task '{task_id}'"),
+        };
         AgentError::TaskNotFound(format!(
-            "task '{task_id}' of framework '{framework_id}' has no sandbox on this agent"
+            "{whose} of framework '{framework_id}' has no sandbox on this agent"
         ))
     };
     let root = layout.sandboxes_root();
@@ -174,8 +207,7 @@ fn walk_parents(sandbox: OwnedFd, comps: &[&str]) -> Result<OwnedFd, AgentError>
 /// Reads up to `length` bytes (0 or more than 1 MiB means 1 MiB) at `offset`.
 pub fn read_file(
     layout: &Layout,
-    framework_id: &str,
-    task_id: &str,
+    key: &TaskKey,
     path: &str,
     offset: u64,
     length: u64,
@@ -186,7 +218,7 @@ pub fn read_file(
             "no file named; give a path such as 'stdout'".into(),
         ));
     }
-    let sandbox = open_sandbox(layout, framework_id, task_id)?;
+    let sandbox = open_sandbox(layout, key)?;
     let dir = walk_parents(sandbox, &comps)?;
     let name = cstring(comps[comps.len() - 1])?;
     let shown = comps.join("/");
@@ -244,12 +276,11 @@ pub fn read_file(
 /// regular file lists that one file.
 pub fn list_files(
     layout: &Layout,
-    framework_id: &str,
-    task_id: &str,
+    key: &TaskKey,
     path: &str,
 ) -> Result<pb::ListFilesResponse, AgentError> {
     let comps = split_path(path)?;
-    let sandbox = open_sandbox(layout, framework_id, task_id)?;
+    let sandbox = open_sandbox(layout, key)?;
     let prefix = comps.join("/");
     let dir = if comps.is_empty() {
         sandbox

@@ -2,15 +2,16 @@
 //!
 //! The master knows which agent runs (or ran) the task and that agent's address; the
 //! bytes come from the agent directly. `--follow` keeps the stream open until the task
-//! has ended and everything it wrote was printed.
+//! has ended and everything it wrote was printed. A task of a custom executor has no
+//! sandbox of its own; its output is looked for in the executor's (see [`locate`]).
 
 use std::io::Write;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use drover_proto::pb;
-use drover_proto::{FrameworkId, TaskId};
-use drover_sdk::AgentFiles;
+use drover_proto::{ExecutorId, FrameworkId, TaskId};
+use drover_sdk::{AgentFiles, Sandbox};
 
 use crate::masters::Masters;
 
@@ -118,63 +119,96 @@ pub async fn logs(masters: &Masters, args: &LogsArgs) -> Result<i32> {
     let mut files = AgentFiles::connect(&agent.address)
         .await
         .with_context(|| format!("reaching agent {agent_id}"))?;
-    let path = if args.stderr { "stderr" } else { "stdout" };
-    // A task of a custom executor has no sandbox of its own: the executor runs it, and
-    // its output is wherever the executor puts it, in the executor's sandbox.
-    let executor = task
+    let name = if args.stderr { "stderr" } else { "stdout" };
+    let executor_id = task
         .last_status
         .as_ref()
         .and_then(|s| s.executor_id.clone())
-        .map(|e| {
-            format!(
-                ", or it runs on executor '{e}' and that is a custom executor, whose tasks' \
-                 output is in the executor's own sandbox (not served by the files API yet)"
-            )
-        })
-        .unwrap_or_default();
+        .filter(|e| !e.as_str().is_empty());
     let shown = |e: drover_sdk::SdkError| {
-        let gone = e
-            .status()
-            .is_some_and(|s| s.code() == tonic::Code::NotFound);
-        if gone {
+        if not_found(&e) {
             anyhow::anyhow!(
-                "the {path} of task '{task_id}' is not on agent {agent_id} any more (its \
-                 sandbox was garbage-collected, or the task never started{executor}): {e}"
+                "the {name} of task '{task_id}' is not on agent {agent_id} any more (its \
+                 sandbox was garbage-collected, or the task never started): {e}"
             )
         } else {
-            anyhow::Error::new(e).context(format!("reading the {path} of task '{task_id}'"))
+            anyhow::Error::new(e).context(format!("reading the {name} of task '{task_id}'"))
         }
     };
+    let (sandbox, path) = locate(&mut files, &framework_id, &task_id, executor_id, name)
+        .await
+        .map_err(shown)?;
     if args.follow {
-        print_followed(&mut files, &framework_id, &task_id, path, args.tail)
+        print_followed(&mut files, &framework_id, &sandbox, &path, args.tail)
             .await
             .map_err(shown)?;
     } else {
-        print_once(&mut files, &framework_id, &task_id, path, args.tail)
+        print_once(&mut files, &framework_id, &sandbox, &path, args.tail)
             .await
             .map_err(shown)?;
     }
     Ok(0)
 }
 
-async fn print_once(
+/// Where a task's `name` (`stdout` or `stderr`) is. Usually in the task's own sandbox. A
+/// task of a custom executor has none: its output is wherever its executor puts it, so
+/// this looks for `tasks/<task id>/<name>` in the executor's sandbox (the layout
+/// `drover-example-executor` uses, and the one the docs recommend), then falls back to the
+/// executor's own `name`, saying so on stderr.
+async fn locate(
     files: &mut AgentFiles,
     framework_id: &FrameworkId,
     task_id: &TaskId,
+    executor_id: Option<ExecutorId>,
+    name: &str,
+) -> Result<(Sandbox, String), drover_sdk::SdkError> {
+    let own = files.read(framework_id, task_id, name, 0, 1).await;
+    let executor_id = match (own, executor_id) {
+        (Ok(_), _) => return Ok((Sandbox::Task(task_id.clone()), name.to_string())),
+        (Err(e), Some(executor_id)) if not_found(&e) => executor_id,
+        (Err(e), _) => return Err(e),
+    };
+    let in_executor = format!("tasks/{task_id}/{name}");
+    match files
+        .read(framework_id, &executor_id, &in_executor, 0, 1)
+        .await
+    {
+        Ok(_) => return Ok((Sandbox::Executor(executor_id), in_executor)),
+        Err(e) if not_found(&e) => {}
+        Err(e) => return Err(e),
+    }
+    files.read(framework_id, &executor_id, name, 0, 1).await?;
+    eprintln!(
+        "drover: task '{task_id}' runs on custom executor '{executor_id}' and has no {name} of \
+         its own (no tasks/{task_id}/{name} in the executor's sandbox); showing the \
+         executor's {name}"
+    );
+    Ok((Sandbox::Executor(executor_id), name.to_string()))
+}
+
+fn not_found(e: &drover_sdk::SdkError) -> bool {
+    e.status()
+        .is_some_and(|s| s.code() == tonic::Code::NotFound)
+}
+
+async fn print_once(
+    files: &mut AgentFiles,
+    framework_id: &FrameworkId,
+    sandbox: &Sandbox,
     path: &str,
     tail: Option<u64>,
 ) -> Result<(), drover_sdk::SdkError> {
     let mut out = std::io::stdout().lock();
     let start = match tail {
         Some(n) => {
-            let size = files.read(framework_id, task_id, path, 0, 1).await?.size;
+            let size = files.read(framework_id, sandbox, path, 0, 1).await?.size;
             size.saturating_sub(n)
         }
         None => 0,
     };
     // A closed pipe (`drover logs | head`) only means nobody reads the rest.
     files
-        .read_from(framework_id, task_id, path, start, |chunk| {
+        .read_from(framework_id, sandbox, path, start, |chunk| {
             let _ = out.write_all(chunk);
         })
         .await?;
@@ -185,12 +219,12 @@ async fn print_once(
 async fn print_followed(
     files: &mut AgentFiles,
     framework_id: &FrameworkId,
-    task_id: &TaskId,
+    sandbox: &Sandbox,
     path: &str,
     tail: Option<u64>,
 ) -> Result<(), drover_sdk::SdkError> {
     let mut follower = files
-        .follow(framework_id, task_id, path, 0, tail.unwrap_or(0))
+        .follow(framework_id, sandbox, path, 0, tail.unwrap_or(0))
         .await?;
     while let Some(chunk) = follower.next().await? {
         if chunk.truncated {

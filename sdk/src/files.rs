@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use drover_proto::pb::{self, agent_api_client::AgentApiClient};
-use drover_proto::{FrameworkId, TaskId};
+use drover_proto::{ExecutorId, FrameworkId, TaskId};
 use tonic::transport::{Channel, Endpoint};
 
 use crate::connection::error_chain;
@@ -15,6 +15,45 @@ const CHUNK: u64 = 1024 * 1024;
 
 /// Longest wait for one read.
 const READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Whose sandbox a read names. A `&TaskId` or `&ExecutorId` converts into it, so
+/// `files.read(&fw, &task_id, ...)` reads the task's sandbox.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Sandbox {
+    /// A task's own sandbox: command tasks, and each task of a task group.
+    Task(TaskId),
+    /// A custom executor's sandbox. Its tasks have none of their own: they write wherever
+    /// the executor puts them inside it (`drover-example-executor` uses
+    /// `tasks/<task id>/stdout`).
+    Executor(ExecutorId),
+}
+
+impl Sandbox {
+    fn ids(&self) -> (Option<TaskId>, Option<ExecutorId>) {
+        match self {
+            Sandbox::Task(t) => (Some(t.clone()), None),
+            Sandbox::Executor(e) => (None, Some(e.clone())),
+        }
+    }
+}
+
+impl From<&TaskId> for Sandbox {
+    fn from(t: &TaskId) -> Self {
+        Sandbox::Task(t.clone())
+    }
+}
+
+impl From<&ExecutorId> for Sandbox {
+    fn from(e: &ExecutorId) -> Self {
+        Sandbox::Executor(e.clone())
+    }
+}
+
+impl From<&Sandbox> for Sandbox {
+    fn from(s: &Sandbox) -> Self {
+        s.clone()
+    }
+}
 
 /// A client of one agent's files API.
 #[derive(Clone, Debug)]
@@ -56,23 +95,26 @@ impl AgentFiles {
     }
 
     /// Reads up to `length` bytes (0: as much as the agent sends at once) of `path`, a path
-    /// relative to the task's sandbox, starting at `offset`.
+    /// relative to the sandbox (a task's, or a custom executor's: see [`Sandbox`]),
+    /// starting at `offset`.
     pub async fn read(
         &mut self,
         framework_id: &FrameworkId,
-        task_id: &TaskId,
+        sandbox: impl Into<Sandbox>,
         path: &str,
         offset: u64,
         length: u64,
     ) -> Result<pb::ReadFileResponse, SdkError> {
+        let (task_id, executor_id) = sandbox.into().ids();
         // Each read is bounded on its own; a channel-wide timeout would also cut every
         // `follow` stream short.
         let mut request = tonic::Request::new(pb::ReadFileRequest {
             framework_id: Some(framework_id.clone()),
-            task_id: Some(task_id.clone()),
+            task_id,
             path: path.to_string(),
             offset,
             length,
+            executor_id,
         });
         request.set_timeout(READ_TIMEOUT);
         self.client
@@ -90,14 +132,15 @@ impl AgentFiles {
     pub async fn read_from(
         &mut self,
         framework_id: &FrameworkId,
-        task_id: &TaskId,
+        sandbox: impl Into<Sandbox>,
         path: &str,
         mut offset: u64,
         mut sink: impl FnMut(&[u8]),
     ) -> Result<u64, SdkError> {
+        let sandbox = sandbox.into();
         loop {
             let r = self
-                .read(framework_id, task_id, path, offset, CHUNK)
+                .read(framework_id, &sandbox, path, offset, CHUNK)
                 .await?;
             if r.data.is_empty() {
                 return Ok(offset.max(r.offset));
@@ -116,19 +159,21 @@ impl AgentFiles {
     pub async fn follow(
         &mut self,
         framework_id: &FrameworkId,
-        task_id: &TaskId,
+        sandbox: impl Into<Sandbox>,
         path: &str,
         offset: u64,
         tail_bytes: u64,
     ) -> Result<FileFollower, SdkError> {
+        let (task_id, executor_id) = sandbox.into().ids();
         let stream = self
             .client
             .follow_file(pb::FollowFileRequest {
                 framework_id: Some(framework_id.clone()),
-                task_id: Some(task_id.clone()),
+                task_id,
                 path: path.to_string(),
                 offset,
                 tail_bytes,
+                executor_id,
             })
             .await
             .map(tonic::Response::into_inner)
@@ -146,16 +191,17 @@ impl AgentFiles {
     pub async fn tail(
         &mut self,
         framework_id: &FrameworkId,
-        task_id: &TaskId,
+        sandbox: impl Into<Sandbox>,
         path: &str,
         max_bytes: u64,
     ) -> Result<Vec<u8>, SdkError> {
+        let sandbox = sandbox.into();
         // A zero-length read asks for the cap, so read one byte just to learn the size.
-        let size = self.read(framework_id, task_id, path, 0, 1).await?.size;
+        let size = self.read(framework_id, &sandbox, path, 0, 1).await?.size;
         let mut out = Vec::new();
         self.read_from(
             framework_id,
-            task_id,
+            &sandbox,
             path,
             size.saturating_sub(max_bytes),
             |chunk| out.extend_from_slice(chunk),

@@ -24,8 +24,9 @@
 //!   [`ExecutorDriver`] handle; [`executor::custom_executor`] for schedulers.
 //! - [`task_group`]: [`DefaultExecutor`], the executor of a task group launched with
 //!   [`Driver::launch_group`].
-//! - [`files`]: [`AgentFiles`], reading and following ([`FileFollower`]) sandbox files
-//!   (`stdout`, `stderr`) from an agent.
+//! - [`files`]: [`AgentFiles`], reading and following ([`FileFollower`]) the files
+//!   (`stdout`, `stderr`) of a task's or a custom executor's sandbox ([`Sandbox`]) on an
+//!   agent.
 //! - [`error`]: [`SdkError`], the one error type.
 //! - `connection` and `masters` (private): one subscription attempt and its stream reader;
 //!   the pure rules for which master to try next and the backoff.
@@ -128,7 +129,7 @@ pub use config::{parse_masters, BackoffConfig, SchedulerConfig, SchedulerConfigB
 pub use driver::Driver;
 pub use error::SdkError;
 pub use executor::{run_executor, Executor, ExecutorDriver};
-pub use files::{AgentFiles, FileFollower};
+pub use files::{AgentFiles, FileFollower, Sandbox};
 pub use offers::{OfferPacker, Packing, TaskRequest};
 pub use runner::{run, RunOutcome};
 pub use scheduler::Scheduler;

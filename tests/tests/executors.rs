@@ -245,6 +245,30 @@ fn a_custom_executor_written_with_the_sdk_runs_tasks() {
         );
     }
 
+    // `drover logs` finds a custom executor's task's output in the executor's sandbox
+    // (`tasks/<task id>/stdout`, where the example executor keeps it) ...
+    let out = cluster.drover(&["logs", "done-1"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello from done-1\n");
+    let out = cluster.drover(&["logs", "--follow", "done-2"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "hello from done-2\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // ... and, where the executor kept none for the task, shows the executor's own and
+    // says so.
+    std::fs::remove_file(sandbox.join("tasks").join("fails").join("stderr")).unwrap();
+    let out = cluster.drover(&["logs", "--stderr", "fails"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("runs on custom executor 'ex-1'") && stderr.contains("executor's stderr"),
+        "{stderr}"
+    );
+
     // With its last task ended, the executor was shut down and exited; nothing it started
     // is left running.
     let meta = find_dir(

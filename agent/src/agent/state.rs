@@ -658,7 +658,11 @@ impl AgentLoop {
             Event::TaskEnded { key, result } => self.on_task_ended(&key, result),
             Event::GetState(reply) => self.replies.push(Reply::State(reply)),
             Event::TaskActive { key, reply } => {
-                let _ = reply.send(self.tasks.get(&key).is_some_and(|e| !e.terminal));
+                let active = match key.executor_id() {
+                    Some(_) => self.executors.runs(&key),
+                    None => self.tasks.get(&key).is_some_and(|e| !e.terminal),
+                };
+                let _ = reply.send(active);
             }
             Event::ActiveTasks(reply) => {
                 let _ = reply.send(self.watched_tasks());

@@ -63,6 +63,7 @@ async fn list(agent: &Running, task: &str) -> Result<pb::ListFilesResponse, Stat
         .api()
         .await
         .list_files(pb::ListFilesRequest {
+            executor_id: None,
             framework_id: Some(FrameworkId::new("fw")),
             task_id: Some(TaskId::new(task)),
             path: String::new(),
@@ -217,6 +218,7 @@ async fn stdout_rotates_and_the_files_api_shows_the_rotated_files() {
         .api()
         .await
         .read_file(pb::ReadFileRequest {
+            executor_id: None,
             framework_id: Some(FrameworkId::new("fw")),
             task_id: Some(TaskId::new("chatty")),
             path: "stdout.1".into(),

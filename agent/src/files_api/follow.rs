@@ -31,14 +31,15 @@ pub const FOLLOW_POLL: Duration = Duration::from_millis(250);
 #[async_trait]
 pub trait TaskLiveness: Send + Sync + 'static {
     /// True while the task has not ended. An unknown task has ended.
-    async fn is_active(&self, framework_id: &str, task_id: &str) -> bool;
+    /// `key` may be a custom executor's ([`TaskKey::executor`]): true while it runs.
+    async fn is_active(&self, key: &TaskKey) -> bool;
 }
 
 /// What to follow, and from where.
 #[derive(Clone, Debug)]
 pub struct FollowRequest {
-    pub framework_id: String,
-    pub task_id: String,
+    /// Whose sandbox: a task's or a custom executor's.
+    pub key: TaskKey,
     pub path: String,
     pub offset: u64,
     /// Non-zero: start this many bytes before the end instead of at `offset`.
@@ -46,14 +47,13 @@ pub struct FollowRequest {
 }
 
 impl FollowRequest {
-    pub fn from_proto(r: pb::FollowFileRequest) -> Self {
-        FollowRequest {
-            framework_id: r.framework_id.map(|f| f.value).unwrap_or_default(),
-            task_id: r.task_id.map(|t| t.value).unwrap_or_default(),
+    pub fn from_proto(r: pb::FollowFileRequest) -> Result<Self, AgentError> {
+        Ok(FollowRequest {
+            key: super::sandbox_key(r.framework_id, r.task_id, r.executor_id)?,
             path: r.path,
             offset: r.offset,
             tail_bytes: r.tail_bytes,
-        }
+        })
     }
 }
 
@@ -65,18 +65,9 @@ async fn read_at(
     length: u64,
 ) -> Result<pb::ReadFileResponse, AgentError> {
     let (layout, req, path) = (layout.clone(), req.clone(), path.to_string());
-    tokio::task::spawn_blocking(move || {
-        read_file(
-            &layout,
-            &req.framework_id,
-            &req.task_id,
-            &path,
-            offset,
-            length,
-        )
-    })
-    .await
-    .map_err(|e| AgentError::io("reading the file", std::io::Error::other(e.to_string())))?
+    tokio::task::spawn_blocking(move || read_file(&layout, &req.key, &path, offset, length))
+        .await
+        .map_err(|e| AgentError::io("reading the file", std::io::Error::other(e.to_string())))?
 }
 
 /// Sends `r` as a chunk; false when the client has gone away.
@@ -145,7 +136,7 @@ pub async fn follow(
     out: mpsc::Sender<Result<pb::FollowFileResponse, Status>>,
     poll: Duration,
 ) {
-    let key = TaskKey::new(req.framework_id.as_str(), req.task_id.as_str());
+    let key = req.key.clone();
     // Rotations are recorded under the plain name ("stdout"), whatever way it was written.
     let name = super::split_path(&req.path)
         .map(|c| c.join("/"))
@@ -221,7 +212,7 @@ pub async fn follow(
         if ended {
             return;
         }
-        if !liveness.is_active(&req.framework_id, &req.task_id).await {
+        if !liveness.is_active(&req.key).await {
             // Drain once more: the task may have written between the read and now.
             ended = true;
             continue;
@@ -244,15 +235,14 @@ mod tests {
 
     #[async_trait]
     impl TaskLiveness for Flag {
-        async fn is_active(&self, _: &str, _: &str) -> bool {
+        async fn is_active(&self, _: &TaskKey) -> bool {
             self.0.load(Ordering::SeqCst)
         }
     }
 
     fn request(path: &str, offset: u64, tail_bytes: u64) -> FollowRequest {
         FollowRequest {
-            framework_id: "fw".into(),
-            task_id: "t".into(),
+            key: TaskKey::new("fw", "t"),
             path: path.into(),
             offset,
             tail_bytes,
@@ -391,7 +381,7 @@ mod tests {
 
     #[async_trait]
     impl TaskLiveness for RotateOnFirstIdle {
-        async fn is_active(&self, _: &str, _: &str) -> bool {
+        async fn is_active(&self, _: &TaskKey) -> bool {
             if !self.done.swap(true, Ordering::SeqCst) {
                 let mut f = std::fs::OpenOptions::new()
                     .append(true)

@@ -4,6 +4,7 @@ use std::os::unix::fs::symlink;
 use std::time::Duration;
 
 use crate::layout::TaskKey;
+use drover_proto::{ExecutorId, FrameworkId, TaskId};
 
 struct Fixture {
     _dir: tempfile::TempDir,
@@ -26,7 +27,7 @@ fn fixture() -> Fixture {
 }
 
 fn read(f: &Fixture, path: &str) -> Result<pb::ReadFileResponse, AgentError> {
-    read_file(&f.layout, "fw", "t", path, 0, 0)
+    read_file(&f.layout, &TaskKey::new("fw", "t"), path, 0, 0)
 }
 
 #[test]
@@ -35,12 +36,12 @@ fn reads_a_file_with_offset_and_length() {
     let r = read(&f, "stdout").unwrap();
     assert_eq!(r.data, b"hello world\n");
     assert_eq!(r.size, 12);
-    let r = read_file(&f.layout, "fw", "t", "stdout", 6, 5).unwrap();
+    let r = read_file(&f.layout, &TaskKey::new("fw", "t"), "stdout", 6, 5).unwrap();
     assert_eq!(
         (r.data.as_slice(), r.offset, r.size),
         (&b"world"[..], 6, 12)
     );
-    let r = read_file(&f.layout, "fw", "t", "stdout", 100, 5).unwrap();
+    let r = read_file(&f.layout, &TaskKey::new("fw", "t"), "stdout", 100, 5).unwrap();
     assert!(r.data.is_empty());
     let r = read(&f, "sub/deeper/file.txt").unwrap();
     assert_eq!(r.data, b"deep");
@@ -53,7 +54,7 @@ fn length_is_capped_at_one_mebibyte() {
     let f = fixture();
     let sb = f.layout.sandbox(&TaskKey::new("fw", "t"));
     fs::write(sb.join("big"), vec![7u8; 3 << 20]).unwrap();
-    let r = read_file(&f.layout, "fw", "t", "big", 0, 10 << 20).unwrap();
+    let r = read_file(&f.layout, &TaskKey::new("fw", "t"), "big", 0, 10 << 20).unwrap();
     assert_eq!(r.data.len() as u64, MAX_READ_LENGTH);
     assert_eq!(r.size, 3 << 20);
 }
@@ -109,7 +110,7 @@ fn refuses_a_symlink_to_etc_as_a_directory() {
         let e = read(&f, p).unwrap_err();
         assert!(matches!(e, AgentError::Symlink(_)), "{p}: {e:?}");
     }
-    let e = list_files(&f.layout, "fw", "t", "etc_link").unwrap_err();
+    let e = list_files(&f.layout, &TaskKey::new("fw", "t"), "etc_link").unwrap_err();
     assert!(matches!(e, AgentError::Symlink(_)), "{e:?}");
 }
 
@@ -119,7 +120,7 @@ fn refuses_a_symlink_in_an_intermediate_component() {
     let e = read(&f, "sub/inner_link/passwd").unwrap_err();
     assert!(matches!(e, AgentError::Symlink(_)), "{e:?}");
     assert!(e.to_string().contains("sub/inner_link"), "{e}");
-    let e = list_files(&f.layout, "fw", "t", "sub/inner_link").unwrap_err();
+    let e = list_files(&f.layout, &TaskKey::new("fw", "t"), "sub/inner_link").unwrap_err();
     assert!(matches!(e, AgentError::Symlink(_)), "{e:?}");
 }
 
@@ -129,18 +130,63 @@ fn a_swapped_in_sandbox_directory_symlink_is_refused_too() {
     let f = fixture();
     let fw_dir = f.layout.sandboxes_root().join("fw");
     symlink("/etc", fw_dir.join("evil")).unwrap();
-    let e = read_file(&f.layout, "fw", "evil", "passwd", 0, 0).unwrap_err();
+    let e = read_file(&f.layout, &TaskKey::new("fw", "evil"), "passwd", 0, 0).unwrap_err();
     assert!(matches!(e, AgentError::Symlink(_)), "{e:?}");
+}
+
+#[test]
+fn a_request_names_a_task_or_a_custom_executor_and_reads_only_that_sandbox() {
+    let f = fixture();
+    let fw = || Some(FrameworkId::new("fw"));
+    let ekey = TaskKey::executor(&FrameworkId::new("fw"), &ExecutorId::new("ex-1"));
+    let esb = f.layout.sandbox(&ekey);
+    fs::create_dir_all(esb.join("tasks/t1")).unwrap();
+    fs::write(esb.join("tasks/t1/stdout"), b"from t1\n").unwrap();
+
+    let key = sandbox_key(fw(), None, Some(ExecutorId::new("ex-1"))).unwrap();
+    assert_eq!(key, ekey);
+    let r = read_file(&f.layout, &key, "tasks/t1/stdout", 0, 0).unwrap();
+    assert_eq!(r.data, b"from t1\n");
+    let key = sandbox_key(fw(), Some(TaskId::new("t")), None).unwrap();
+    assert_eq!(
+        read_file(&f.layout, &key, "stdout", 0, 0).unwrap().data,
+        b"hello world\n"
+    );
+    // An empty executor id is no executor id.
+    let key = sandbox_key(fw(), Some(TaskId::new("t")), Some(ExecutorId::new(""))).unwrap();
+    assert_eq!(key, TaskKey::new("fw", "t"));
+
+    let refused = |r: Result<TaskKey, AgentError>| {
+        let e = r.unwrap_err();
+        assert_eq!(e.to_status().code(), tonic::Code::InvalidArgument, "{e}");
+        e.to_string()
+    };
+    let e = refused(sandbox_key(
+        fw(),
+        Some(TaskId::new("t")),
+        Some(ExecutorId::new("ex-1")),
+    ));
+    assert!(e.contains("not both"), "{e}");
+    // The executor form of a key cannot be reached by spelling it as a task id.
+    refused(sandbox_key(fw(), Some(TaskId::new("executor+ex-1")), None));
+    refused(sandbox_key(fw(), None, Some(ExecutorId::new("../t"))));
+    refused(sandbox_key(fw(), None, None));
+    refused(sandbox_key(None, Some(TaskId::new("t")), None));
+
+    let key = sandbox_key(fw(), None, Some(ExecutorId::new("ex-2"))).unwrap();
+    let e = read_file(&f.layout, &key, "stdout", 0, 0).unwrap_err();
+    assert_eq!(e.to_status().code(), tonic::Code::NotFound);
+    assert!(e.to_string().contains("executor 'ex-2'"), "{e}");
 }
 
 #[test]
 fn unknown_tasks_and_files() {
     let f = fixture();
-    let e = read_file(&f.layout, "fw", "nope", "stdout", 0, 0).unwrap_err();
+    let e = read_file(&f.layout, &TaskKey::new("fw", "nope"), "stdout", 0, 0).unwrap_err();
     assert_eq!(e.to_status().code(), tonic::Code::NotFound);
-    let e = read_file(&f.layout, "nope", "t", "stdout", 0, 0).unwrap_err();
+    let e = read_file(&f.layout, &TaskKey::new("nope", "t"), "stdout", 0, 0).unwrap_err();
     assert_eq!(e.to_status().code(), tonic::Code::NotFound);
-    let e = read_file(&f.layout, "fw", "../fw", "stdout", 0, 0).unwrap_err();
+    let e = read_file(&f.layout, &TaskKey::new("fw", "../fw"), "stdout", 0, 0).unwrap_err();
     assert_eq!(e.to_status().code(), tonic::Code::InvalidArgument);
     let e = read(&f, "missing").unwrap_err();
     assert_eq!(e.to_status().code(), tonic::Code::NotFound);
@@ -174,7 +220,7 @@ fn refuses_directories_fifos_and_devices_without_opening_them() {
 #[test]
 fn lists_directories_without_following_symlinks() {
     let f = fixture();
-    let r = list_files(&f.layout, "fw", "t", "").unwrap();
+    let r = list_files(&f.layout, &TaskKey::new("fw", "t"), "").unwrap();
     let names: Vec<_> = r.entries.iter().map(|e| e.path.as_str()).collect();
     assert_eq!(
         names,
@@ -188,21 +234,21 @@ fn lists_directories_without_following_symlinks() {
         "a symlink to a directory is not listed as one"
     );
 
-    let r = list_files(&f.layout, "fw", "t", "sub").unwrap();
+    let r = list_files(&f.layout, &TaskKey::new("fw", "t"), "sub").unwrap();
     let names: Vec<_> = r.entries.iter().map(|e| e.path.as_str()).collect();
     assert_eq!(names, ["sub/deeper", "sub/inner_link"]);
     assert!(r.entries[0].is_dir);
 
-    let r = list_files(&f.layout, "fw", "t", "stdout").unwrap();
+    let r = list_files(&f.layout, &TaskKey::new("fw", "t"), "stdout").unwrap();
     assert_eq!(r.entries.len(), 1);
     assert_eq!(r.entries[0].path, "stdout");
 
     assert!(matches!(
-        list_files(&f.layout, "fw", "t", "/"),
+        list_files(&f.layout, &TaskKey::new("fw", "t"), "/"),
         Err(AgentError::InvalidPath(_))
     ));
     assert!(matches!(
-        list_files(&f.layout, "fw", "t", ".."),
+        list_files(&f.layout, &TaskKey::new("fw", "t"), ".."),
         Err(AgentError::InvalidPath(_))
     ));
 }
@@ -258,6 +304,7 @@ pub(crate) async fn hammer_swaps(
             let (framework_id, task_id) = ids();
             match client
                 .read_file(pb::ReadFileRequest {
+                    executor_id: None,
                     framework_id,
                     task_id,
                     path: path.into(),
@@ -291,6 +338,7 @@ pub(crate) async fn hammer_swaps(
             let (framework_id, task_id) = ids();
             if let Ok(r) = client
                 .list_files(pb::ListFilesRequest {
+                    executor_id: None,
                     framework_id,
                     task_id,
                     path: path.into(),
@@ -313,6 +361,7 @@ pub(crate) async fn hammer_swaps(
             let (framework_id, task_id) = ids();
             if let Ok(stream) = client
                 .follow_file(pb::FollowFileRequest {
+                    executor_id: None,
                     framework_id,
                     task_id,
                     path: "f".into(),

@@ -143,6 +143,11 @@ impl Executors {
         self.counter
     }
 
+    /// Whether the custom executor of `ekey` ([`TaskKey::executor`]) is starting or runs.
+    pub(crate) fn runs(&self, ekey: &TaskKey) -> bool {
+        self.entries.contains_key(ekey)
+    }
+
     /// Number of executors the agent runs or is starting.
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
