@@ -8,7 +8,8 @@
 //!    PID namespace; with a root filesystem it also mounts the sandbox at `/mnt/sandbox`,
 //!    a minimal `/dev`, and pivots into it; a task of a task group first joins the group's
 //!    IPC (and network) namespace and gets the group's volume at `<sandbox>/shared`;
-//! 2. starts the task's command in its own process group and tells the supervisor
+//! 2. starts the task's command in its own process group, as the OOM killer's first
+//!    choice (`oom_score_adj` 1000, so the init is never taken), and tells the supervisor
 //!    through `<fd>` (`started`, or `failed <why>`: a setup error is a launch failure,
 //!    not an exit status);
 //! 3. reaps every zombie (orphans in the namespace are re-parented to PID 1), forwards
@@ -40,6 +41,12 @@ use crate::supervisor::SignalSet;
 
 /// The hidden first argument that turns `drover-agent` into a container init.
 pub const INIT_ARG: &str = "__container_init";
+
+/// The task's `oom_score_adj`: the most the OOM killer can prefer a process. Within the
+/// container's memory cgroup the choice among the task's own processes stays by size;
+/// the init (at the agent's score) is never the victim. On a host out of memory, tasks
+/// go before the agent, its supervisors and system daemons.
+const TASK_OOM_SCORE_ADJ: &str = "1000";
 
 /// Signals the init forwards to the task.
 const FORWARDED: [i32; 6] = [
@@ -162,12 +169,29 @@ fn start(spec: &SupervisorSpec) -> Result<i32, String> {
         .current_dir(&cwd)
         .stdin(Stdio::null());
     let empty = SignalSet::of(&[]);
-    // SAFETY: only async-signal-safe calls (setpgid, sigprocmask, setgroups, setgid,
-    // setuid) on data prepared before the fork.
+    let oom_score_adj = c"/proc/self/oom_score_adj";
+    // SAFETY: only async-signal-safe calls (setpgid, open, write, close, sigprocmask,
+    // setgroups, setgid, setuid) on data prepared before the fork.
     unsafe {
         cmd.pre_exec(move || {
             if libc::setpgid(0, 0) != 0 {
                 return Err(io::Error::last_os_error());
+            }
+            // The OOM killer must take the task's processes, never the init: the init's
+            // score counts its binary's pages, so a task that hits its limit while its own
+            // memory is still small could lose the init, and with it every process of the
+            // container and the exit status (seen: a 32 MiB container whose `head | tail`
+            // killed the init). Lowering the init's score needs CAP_SYS_RESOURCE, which
+            // not every root has; raising one's own never does. It must happen as root:
+            // after setuid the file is no longer ours to write.
+            let fd = libc::open(oom_score_adj.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+            if fd >= 0 {
+                libc::write(
+                    fd,
+                    TASK_OOM_SCORE_ADJ.as_ptr().cast(),
+                    TASK_OOM_SCORE_ADJ.len(),
+                );
+                libc::close(fd);
             }
             if libc::sigprocmask(libc::SIG_SETMASK, empty.as_ptr(), std::ptr::null_mut()) != 0 {
                 return Err(io::Error::last_os_error());

@@ -358,7 +358,8 @@ async fn a_child_oom_killed_fails_the_task_even_if_it_exits_0() {
             &f,
             "child-oom",
             "cpus:0.5;mem:32",
-            "head -c 200M /dev/zero | tail; echo survived; exit 0",
+            "echo \"init=$(cat /proc/1/oom_score_adj) task=$(cat /proc/self/oom_score_adj)\"; \
+             head -c 200M /dev/zero | tail; echo survived; exit 0",
         ),
     )
     .await;
@@ -372,7 +373,16 @@ async fn a_child_oom_killed_fails_the_task_even_if_it_exits_0() {
             "{status:?}"
         );
     }
-    assert_eq!(output(&f, "child-oom", "stdout").trim(), "survived");
+    // The OOM killer takes the task's process, never the init (which would take the
+    // whole container with it): the shell goes on. The init keeps the agent's score (here
+    // the test's).
+    let ours = std::fs::read_to_string("/proc/self/oom_score_adj").unwrap();
+    assert_eq!(
+        output(&f, "child-oom", "stdout"),
+        format!("init={} task=1000\nsurvived\n", ours.trim()),
+        "{}",
+        output(&f, "child-oom", "stderr")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
