@@ -26,6 +26,8 @@
 //! catch-up copy), and only the newest `--log-max-size-mb` of an oversized file is kept.
 //! The alternative, a pipe through a rotating logger, would tie the task's output to a
 //! process that must outlive the agent; files keep the design's "files, never pipes".
+//! A running custom executor's own `stdout`/`stderr` rotate the same way, and its sandbox
+//! is measured, but with no disk resource of its own it is never killed for its disk.
 //!
 //! [`DiskCore`] is the pure timing core (which task is due, which is over); [`watch`] is
 //! the shell that asks the agent loop for its tasks, measures, rotates and kills.

@@ -465,3 +465,80 @@ fn executors_survive_an_agent_restart_and_report_each_state_once() {
     );
     teardown(&seen, thread);
 }
+
+#[test]
+fn a_custom_executors_own_output_rotates() {
+    let mut cluster = Cluster::start(Timing::default());
+    cluster.add_agent_with(
+        "cpus:2;mem:2048",
+        &["--log-max-size-mb", "1", "--log-max-files", "2"],
+    );
+    cluster.wait_for_active_agents(1);
+    let work_dir = cluster.agent_work_dir(0);
+    let stop = tempfile::NamedTempFile::new().unwrap().into_temp_path();
+    let stop_path = stop.to_path_buf();
+    drop(stop);
+
+    // The executor writes 3 MB to its own stdout before it starts serving, and its one
+    // task runs (bounded) until the test has seen the rotation.
+    let bin = cluster.bin("drover-example-executor");
+    let executor = custom_executor(
+        "ex-rot",
+        format!(
+            "head -c 3000000 /dev/zero | tr '\\0' x; echo; exec {}",
+            bin.display()
+        ),
+    );
+    let wait = format!(
+        "i=0; while [ ! -e {} ] && [ $i -lt 1200 ]; do sleep 0.1; i=$((i+1)); done",
+        stop_path.display()
+    );
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let thread = start_framework(
+        &cluster,
+        "rotating-executor",
+        Fw {
+            tasks: vec![task("waits", &wait, &executor)],
+            kill_when_running: None,
+            seen: seen.clone(),
+        },
+    );
+    let sandbox = wait_until(
+        "the executor's sandbox",
+        Duration::from_secs(60),
+        Duration::from_millis(200),
+        || find_dir(&work_dir.join("sandboxes"), "executor+ex-rot"),
+    );
+    let rotated = wait_until(
+        "the executor's stdout to rotate",
+        Duration::from_secs(60),
+        Duration::from_millis(200),
+        || {
+            let len = std::fs::metadata(sandbox.join("stdout.1")).ok()?.len();
+            (len > 0).then_some(len)
+        },
+    );
+    std::fs::write(&stop_path, b"").unwrap();
+    // The newest MiB moved to stdout.1; stdout went on from its start.
+    assert!(rotated <= 1 << 20, "stdout.1 holds {rotated} bytes");
+    let now = std::fs::metadata(sandbox.join("stdout")).unwrap().len();
+    assert!(now < 1 << 20, "stdout holds {now} bytes after the rotation");
+
+    let terminal = wait_until(
+        "the task to end",
+        Duration::from_secs(120),
+        Duration::from_millis(200),
+        || {
+            let t = seen.lock().unwrap().terminal();
+            (!t.is_empty()).then_some(t)
+        },
+    );
+    assert_eq!(
+        terminal["waits"][0].state(),
+        TaskState::TaskFinished,
+        "{:?}",
+        terminal["waits"][0]
+    );
+    let _ = std::fs::remove_file(&stop_path);
+    teardown(&seen, thread);
+}

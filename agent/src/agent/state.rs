@@ -696,8 +696,12 @@ impl AgentLoop {
     }
 
     /// Tasks whose containers run, with their `disk` resource in bytes.
+    /// What the disk watcher measures and rotates: every running task, and every running
+    /// custom executor (its own `stdout`/`stderr` rotate like a task's; it has no disk
+    /// resource of its own, so it is measured but never held to a limit).
     fn watched_tasks(&self) -> Vec<crate::disk::WatchedTask> {
-        self.tasks
+        let tasks = self
+            .tasks
             .iter()
             .filter(|(key, e)| !e.terminal && e.watched && key.validate().is_ok())
             .map(|(key, e)| crate::disk::WatchedTask {
@@ -707,8 +711,16 @@ impl AgentLoop {
                     .map(|r| r.disk())
                     .filter(|mb| *mb > 0.0)
                     .map(|mb| (mb * 1024.0 * 1024.0) as u64),
-            })
-            .collect()
+            });
+        let executors = self
+            .executors
+            .watched_keys()
+            .filter(|key| key.validate().is_ok())
+            .map(|key| crate::disk::WatchedTask {
+                key: key.clone(),
+                disk_limit_bytes: None,
+            });
+        tasks.chain(executors).collect()
     }
 
     pub(crate) fn refresh_gauges(&self) {

@@ -148,6 +148,14 @@ impl Executors {
         self.entries.contains_key(ekey)
     }
 
+    /// The keys of the executors whose containers run and are watched.
+    pub(crate) fn watched_keys(&self) -> impl Iterator<Item = &TaskKey> {
+        self.entries
+            .iter()
+            .filter(|(_, e)| e.watched)
+            .map(|(key, _)| key)
+    }
+
     /// Number of executors the agent runs or is starting.
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
