@@ -375,7 +375,10 @@ impl Driver {
         .await
     }
 
-    /// Shuts down a custom executor and its tasks.
+    /// Shuts one of the framework's executors down on `agent_id` (SHUTDOWN): a custom
+    /// executor receives `shutdown` and must exit, and its tasks still running end
+    /// TASK_KILLED; a task group's tasks are killed. NOT_FOUND when no active task of this
+    /// framework runs on that executor there, UNAVAILABLE while the agent is disconnected.
     pub async fn shutdown_executor(
         &self,
         executor_id: ExecutorId,

@@ -10,7 +10,7 @@ use std::time::Duration;
 use drover_sdk::executor::custom_executor;
 use drover_sdk::proto::pb::{self, task_status::Reason, task_status::Source, TaskState};
 use drover_sdk::proto::states::is_terminal;
-use drover_sdk::proto::{Resources, TaskId};
+use drover_sdk::proto::{AgentId, ExecutorId, Resources, TaskId};
 use drover_sdk::{async_trait, Driver, Scheduler, SchedulerConfig, TaskBuilder};
 use drover_tests::{wait_until, Cluster, Timing};
 
@@ -540,5 +540,126 @@ fn a_custom_executors_own_output_rotates() {
         terminal["waits"][0]
     );
     let _ = std::fs::remove_file(&stop_path);
+    teardown(&seen, thread);
+}
+
+/// Runs `f` with the framework's driver on a throwaway runtime.
+fn with_driver<T>(seen: &Arc<Mutex<Seen>>, f: impl AsyncFnOnce(Driver) -> T) -> T {
+    let driver = seen.lock().unwrap().driver.clone().expect("the driver");
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f(driver))
+}
+
+#[test]
+fn a_framework_shuts_its_executor_down_and_its_tasks_end_killed() {
+    let mut cluster = Cluster::start(Timing::default());
+    cluster.add_agent("cpus:2;mem:2048");
+    cluster.wait_for_active_agents(1);
+    let work_dir = cluster.agent_work_dir(0);
+    let bin = cluster.bin("drover-example-executor");
+    let executor = custom_executor("ex-sd", bin.display().to_string());
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let thread = start_framework(
+        &cluster,
+        "shutdown",
+        Fw {
+            tasks: vec![
+                task("long-1", "sleep 600", &executor),
+                task("long-2", "sleep 600", &executor),
+            ],
+            kill_when_running: None,
+            seen: seen.clone(),
+        },
+    );
+    let agent_id = wait_until(
+        "both tasks to run",
+        Duration::from_secs(120),
+        Duration::from_millis(200),
+        || {
+            let seen = seen.lock().unwrap();
+            let running: Vec<&pb::TaskStatus> = seen
+                .updates
+                .iter()
+                .filter(|u| u.state() == TaskState::TaskRunning)
+                .collect();
+            let both = ["long-1", "long-2"].iter().all(|id| {
+                running
+                    .iter()
+                    .any(|u| u.task_id.as_ref().map(|t| t.as_str()) == Some(*id))
+            });
+            both.then(|| running[0].agent_id.clone().unwrap_or_default())
+        },
+    );
+
+    // Bad calls are refused precisely and disturb nothing.
+    let code = |r: Result<(), drover_sdk::SdkError>| r.unwrap_err().status().map(|s| s.code());
+    let other = ExecutorId::new("no-such-executor");
+    let r = with_driver(&seen, async |d| {
+        d.shutdown_executor(other, agent_id.clone()).await
+    });
+    assert_eq!(code(r), Some(tonic::Code::NotFound));
+    let r = with_driver(&seen, async |d| {
+        d.shutdown_executor(ExecutorId::new("ex-sd"), AgentId::new("no-such-agent"))
+            .await
+    });
+    assert_eq!(code(r), Some(tonic::Code::NotFound));
+    let r = with_driver(&seen, async |d| {
+        d.shutdown_executor(ExecutorId::new("../ex"), agent_id.clone())
+            .await
+    });
+    assert_eq!(code(r), Some(tonic::Code::InvalidArgument));
+    assert!(seen.lock().unwrap().terminal().is_empty(), "nothing ended");
+
+    with_driver(&seen, async |d| {
+        d.shutdown_executor(ExecutorId::new("ex-sd"), agent_id.clone())
+            .await
+    })
+    .expect("shutdown");
+    let terminal = wait_until(
+        "both tasks to end",
+        Duration::from_secs(120),
+        Duration::from_millis(200),
+        || {
+            let t = seen.lock().unwrap().terminal();
+            (t.len() == 2).then_some(t)
+        },
+    );
+    for (id, updates) in &terminal {
+        assert_eq!(
+            updates[0].state(),
+            TaskState::TaskKilled,
+            "task {id}: {:?}",
+            updates[0]
+        );
+    }
+    // The executor exited; nothing it started is left.
+    let meta = find_dir(
+        &work_dir.join("meta").join("frameworks"),
+        "tasks/executor+ex-sd",
+    )
+    .expect("the executor's meta directory");
+    wait_until(
+        "the executor's container to end",
+        Duration::from_secs(60),
+        Duration::from_millis(200),
+        || meta.join("exit.json").exists().then_some(()),
+    );
+    let sandbox =
+        find_dir(&work_dir.join("sandboxes"), "executor+ex-sd").expect("the executor's sandbox");
+    wait_until(
+        "no process of the executor to be left",
+        Duration::from_secs(60),
+        Duration::from_millis(200),
+        || processes_mentioning(&sandbox).is_empty().then_some(()),
+    );
+    // Its tasks are gone from the master's view: a second shutdown finds nothing.
+    let r = with_driver(&seen, async |d| {
+        d.shutdown_executor(ExecutorId::new("ex-sd"), agent_id.clone())
+            .await
+    });
+    assert_eq!(code(r), Some(tonic::Code::NotFound));
     teardown(&seen, thread);
 }

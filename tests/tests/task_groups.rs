@@ -353,3 +353,52 @@ fn an_agent_restart_recovers_a_running_task_group() {
         || (!ns_dir.exists()).then_some(()),
     );
 }
+
+#[test]
+fn a_framework_shuts_a_task_groups_executor_down() {
+    let mut cluster = Cluster::start(Timing::default());
+    cluster.add_agent("cpus:2;mem:1024");
+    cluster.wait_for_active_agents(1);
+    let addr = cluster.master_addr();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut fw = rt.block_on(subscribe(&addr, "groups-shutdown"));
+    let ended = rt.block_on(async {
+        let offer = fw.offer().await;
+        let agent_id = offer.agent_id.clone();
+        fw.launch_group(
+            vec![offer.id.clone().unwrap()],
+            default_executor("pod-sd", false),
+            vec![
+                task("a", res("cpus:0.1;mem:32"), "exec sleep 600"),
+                task("b", res("cpus:0.1;mem:32"), "exec sleep 600"),
+            ],
+        )
+        .await
+        .unwrap();
+        running(&mut fw, &["a", "b"]).await;
+        fw.client
+            .shutdown(pb::ShutdownCall {
+                header: Some(fw.header.clone()),
+                executor_id: Some(ExecutorId::new("pod-sd")),
+                agent_id,
+            })
+            .await
+            .expect("shutdown");
+        terminal_updates(&mut fw, &["a", "b"]).await
+    });
+    for id in ["a", "b"] {
+        assert_eq!(
+            ended[id].state,
+            TaskState::TaskKilled as i32,
+            "{:?}",
+            ended[id]
+        );
+    }
+    let holder = holder_dir(&cluster, &fw, "pod-sd");
+    wait_until(
+        "the group's namespace holder to be torn down",
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        || (!holder.exists()).then_some(()),
+    );
+}

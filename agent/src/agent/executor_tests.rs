@@ -602,3 +602,59 @@ async fn a_running_executor_is_recovered_after_a_restart() {
     })
     .await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_framework_shuts_an_executor_down_and_its_live_tasks_end_killed() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = Arc::new(Fake::default());
+    let (mut core, mut events) = agent(dir.path(), fake.clone()).await;
+    drive(&mut core, &mut events, fake, |mut h| async move {
+        let shutdown = |exec: &str| {
+            master(Msg::ShutdownExecutor(
+                pb::master_message::ShutdownExecutor {
+                    framework_id: Some(FrameworkId::new("fw")),
+                    executor_id: Some(ExecutorId::new(exec)),
+                },
+            ))
+        };
+        h.link.send(run_task("t1", Some("ex-1"))).await.unwrap();
+        h.wait_launched(&ekey("ex-1")).await;
+        let mut stream = h.subscribe("ex-1", &[]).await.unwrap();
+        assert!(matches!(next_event(&mut stream).await, Ev::Subscribed(_)));
+        assert!(matches!(next_event(&mut stream).await, Ev::Launch(_)));
+        h.update("ex-1", status("t1", TaskState::TaskRunning))
+            .await
+            .unwrap();
+        h.sent("t1", TaskState::TaskRunning).await;
+        h.ack_all().await;
+
+        // Executors it does not run, and bad ids, change nothing.
+        h.link.send(shutdown("ex-404")).await.unwrap();
+        h.link.send(shutdown("../x")).await.unwrap();
+
+        // SHUTDOWN reaches the executor, which ignores it; after the grace period (on the
+        // paused clock) the agent kills its container, and the task it still ran ends
+        // KILLED, as the framework asked, not FAILED.
+        h.link.send(shutdown("ex-1")).await.unwrap();
+        loop {
+            match next_event(&mut stream).await {
+                Ev::Shutdown(_) => break,
+                Ev::Acknowledged(_) => {}
+                other => panic!("expected a shutdown, got {other:?}"),
+            }
+        }
+        assert!(h.fake.killed.lock().unwrap().is_empty());
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert_eq!(*h.fake.killed.lock().unwrap(), [ekey("ex-1")]);
+        h.events
+            .send(Event::TaskEnded {
+                key: ekey("ex-1"),
+                result: exited(),
+            })
+            .await
+            .unwrap();
+        let killed = h.sent("t1", TaskState::TaskKilled).await;
+        assert_eq!(killed.reason(), Reason::KilledByFramework);
+    })
+    .await;
+}

@@ -619,6 +619,11 @@ impl AgentLoop {
                 }
                 self.shut_down_framework_executors(&fw);
             }
+            Some(Msg::ShutdownExecutor(s)) => {
+                let fw = s.framework_id.unwrap_or_default();
+                let executor_id = s.executor_id.unwrap_or_default();
+                self.on_shutdown_executor(&fw, &executor_id).await?;
+            }
             Some(Msg::Shutdown(s)) => {
                 tracing::error!("the master shut this agent down: {}", s.reason);
                 return Ok(Some(Exit::ShutdownByMaster(s.reason)));

@@ -512,6 +512,56 @@ impl Master {
         }
     }
 
+    /// SHUTDOWN: relayed to the agent, which asks the custom executor to exit (its tasks
+    /// still running end TASK_KILLED) or kills the tasks of a task group. The executor must
+    /// run a task of the caller's on that agent; an agent that is not connected cannot be
+    /// told, which the caller hears (UNAVAILABLE) rather than a silent drop.
+    pub fn shutdown_executor(&self, call: pb::ShutdownCall) -> Result<(), Status> {
+        let fw = self.check_caller(call.header.as_ref())?;
+        let executor_id = call
+            .executor_id
+            .filter(|e| !e.is_empty())
+            .ok_or_else(|| Status::invalid_argument("SHUTDOWN without executor_id"))?;
+        drover_proto::ids::validate_id("executor", executor_id.as_str())
+            .map_err(Status::invalid_argument)?;
+        let agent_id = call
+            .agent_id
+            .filter(|a| !a.is_empty())
+            .ok_or_else(|| Status::invalid_argument("SHUTDOWN without agent_id"))?;
+        let runs_there = self.registry().tasks.values().any(|t| {
+            t.framework_id == fw
+                && t.agent_id == agent_id
+                && t.info
+                    .executor
+                    .as_ref()
+                    .and_then(|e| e.executor_id.as_ref())
+                    == Some(&executor_id)
+        });
+        if !runs_there {
+            return Err(Status::not_found(format!(
+                "no active task of framework {fw} on agent {agent_id} runs on executor \
+                 {executor_id}"
+            )));
+        }
+        let mut soft = self.soft();
+        let sent = Self::send_agent(
+            &mut soft,
+            &agent_id,
+            pb::master_message::Msg::ShutdownExecutor(pb::master_message::ShutdownExecutor {
+                framework_id: Some(fw.clone()),
+                executor_id: Some(executor_id.clone()),
+            }),
+        );
+        if !sent {
+            return Err(Status::unavailable(format!(
+                "agent {agent_id} is not connected; shut executor {executor_id} down once it \
+                 is back"
+            )));
+        }
+        tracing::info!(framework = %fw, agent = %agent_id, executor = %executor_id, "executor shutdown relayed");
+        Ok(())
+    }
+
     /// ACKNOWLEDGE: relayed to the agent that sent the update.
     pub fn acknowledge(&self, call: pb::AcknowledgeCall) -> Result<(), Status> {
         let fw = self.check_caller(call.header.as_ref())?;

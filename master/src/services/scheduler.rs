@@ -80,10 +80,8 @@ impl Scheduler for SchedulerService {
         &self,
         req: Request<pb::ShutdownCall>,
     ) -> Result<Response<pb::CallResponse>, Status> {
-        self.master.check_caller(req.get_ref().header.as_ref())?;
-        Err(Status::unimplemented(
-            "SHUTDOWN of custom executors arrives with executors (containers issue)",
-        ))
+        self.master.shutdown_executor(req.into_inner())?;
+        ok()
     }
 
     async fn acknowledge(

@@ -596,6 +596,55 @@ impl AgentLoop {
         // Still launching: killed once its container exists.
     }
 
+    /// The framework's SHUTDOWN of one of its executors. A custom executor is asked to
+    /// exit; its tasks still running when its container ends count as killed (the
+    /// framework asked for it), not as failed. The tasks of a task group (the built-in
+    /// default executor) are killed. An executor the agent does not run is ignored: the
+    /// master checked what it knew, and the executor may have ended since.
+    pub(crate) async fn on_shutdown_executor(
+        &mut self,
+        framework_id: &FrameworkId,
+        executor_id: &ExecutorId,
+    ) -> Result<(), AgentError> {
+        if let Err(e) = validate_id("executor", executor_id.as_str()) {
+            tracing::warn!(framework = %framework_id, "ignoring a shutdown of a bad executor id: {e}");
+            return Ok(());
+        }
+        let ekey = TaskKey::executor(framework_id, executor_id);
+        if let Some(entry) = self.executors.entries.get_mut(&ekey) {
+            tracing::info!(executor = %ekey, "the framework shuts its executor down");
+            for task_id in entry.tasks.clone() {
+                entry
+                    .killing
+                    .entry(task_id)
+                    .or_insert(Reason::KilledByFramework);
+            }
+            self.shut_down_executor(&ekey);
+            return Ok(());
+        }
+        let group: Vec<TaskKey> = self
+            .tasks
+            .iter()
+            .filter(|(key, e)| {
+                !e.terminal
+                    && super::groups::group_of(&key.framework_id, &e.checkpoint.task).is_some_and(
+                        |g| &g.framework_id == framework_id && &g.executor_id == executor_id,
+                    )
+            })
+            .map(|(key, _)| key.clone())
+            .collect();
+        if group.is_empty() {
+            tracing::info!(executor = %ekey, "shutdown of an executor this agent does not run; ignored");
+            return Ok(());
+        }
+        tracing::info!(executor = %ekey, tasks = group.len(), "the framework shuts its task group down");
+        for key in group {
+            self.on_kill_task(&key, None, Reason::KilledByFramework)
+                .await?;
+        }
+        Ok(())
+    }
+
     /// `ShutdownFramework`: its executors are shut down (after its tasks were killed).
     pub(crate) fn shut_down_framework_executors(&mut self, framework_id: &FrameworkId) {
         let keys: Vec<TaskKey> = self
