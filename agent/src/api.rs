@@ -334,13 +334,12 @@ impl Executor for ExecutorService {
 
     async fn message(
         &self,
-        _request: Request<pb::ExecutorMessageCall>,
+        request: Request<pb::ExecutorMessageCall>,
     ) -> Result<Response<pb::ExecutorCallResponse>, Status> {
-        // There is no path yet from an agent to a framework for anything but status
-        // updates; refusing says so rather than dropping the message.
-        Err(Status::unimplemented(
-            "messages from executors to their framework are not relayed yet; put small results in TaskStatus.data",
-        ))
+        let call = request.into_inner();
+        self.ask(|reply| ExecutorRequest::Message { call, reply })
+            .await?;
+        Ok(Response::new(pb::ExecutorCallResponse {}))
     }
 }
 

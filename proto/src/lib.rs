@@ -24,6 +24,9 @@ pub mod pb {
 pub use ids::{AgentId, ExecutorId, FrameworkId, OfferId, TaskId};
 pub use resources::{ResourceError, Resources};
 
+/// Largest `data` of a message between a framework and one of its executors (either way).
+pub const MAX_EXECUTOR_MESSAGE_BYTES: usize = 64 * 1024;
+
 /// Seconds since the Unix epoch, as carried in `TaskStatus.timestamp`.
 pub fn unix_seconds() -> f64 {
     std::time::SystemTime::now()

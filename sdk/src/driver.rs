@@ -356,7 +356,12 @@ impl Driver {
         .await
     }
 
-    /// Sends `data` to a custom executor.
+    /// Sends `data` (at most 64 KiB) to one of the framework's custom executors on
+    /// `agent_id`; its [`crate::executor::Executor::message`] receives it. Best effort,
+    /// as in Mesos: delivered at most once, dropped if the executor is not subscribed.
+    /// NOT_FOUND when no active task of this framework runs on that executor there,
+    /// UNAVAILABLE while the agent is disconnected. Executors answer through
+    /// [`crate::Scheduler::message`].
     pub async fn send_message(
         &self,
         agent_id: AgentId,

@@ -79,6 +79,11 @@ pub trait Executor: Send + 'static {
 
     /// The agent reported an error.
     async fn error(&mut self, _driver: &ExecutorDriver, _message: String) {}
+
+    /// The framework sent this executor a message (`Driver::message` on the scheduler
+    /// side). Delivery is best effort: at most once, and not at all while the executor
+    /// is not subscribed.
+    async fn message(&mut self, _driver: &ExecutorDriver, _data: Vec<u8>) {}
 }
 
 /// What the SUBSCRIBED event carries.
@@ -236,6 +241,33 @@ impl ExecutorDriver {
                 })
             }
         }
+    }
+
+    /// Sends the framework a message (at most 64 KiB), relayed once through the agent
+    /// and the master, best effort: it is lost if the framework is not connected. Fails
+    /// with UNAVAILABLE while the agent cannot be reached or has no master: send again
+    /// later if it matters (or put results that must arrive in a status update's `data`).
+    pub async fn send_message(&self, data: Vec<u8>) -> Result<(), SdkError> {
+        let client = self.shared().client.clone();
+        let unavailable = || SdkError::Call {
+            call: "executor message",
+            status: Box::new(tonic::Status::unavailable(
+                "the executor is not subscribed to its agent right now",
+            )),
+        };
+        let mut client = client.ok_or_else(unavailable)?;
+        client
+            .message(pb::ExecutorMessageCall {
+                framework_id: Some(self.framework_id.clone()),
+                executor_id: Some(self.executor_id.clone()),
+                data,
+            })
+            .await
+            .map(|_| ())
+            .map_err(|s| SdkError::Call {
+                call: "executor message",
+                status: Box::new(s),
+            })
     }
 
     async fn call_update(
@@ -407,10 +439,11 @@ pub async fn run_executor_with(
                 Some(executor_event::Event::Error(e)) => {
                     executor.error(&driver, e.message).await;
                 }
-                // Task groups go to the default executor; messages are not relayed yet.
-                Some(executor_event::Event::LaunchGroup(_))
-                | Some(executor_event::Event::Message(_))
-                | None => {}
+                Some(executor_event::Event::Message(m)) => {
+                    executor.message(&driver, m.data).await;
+                }
+                // Task groups go to the default executor.
+                Some(executor_event::Event::LaunchGroup(_)) | None => {}
             }
         }
         tracing::info!("the agent's event stream ended; subscribing again");

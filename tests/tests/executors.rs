@@ -17,6 +17,8 @@ use drover_tests::{wait_until, Cluster, Timing};
 #[derive(Default)]
 struct Seen {
     updates: Vec<pb::TaskStatus>,
+    /// Messages from executors: (agent, executor, data).
+    messages: Vec<(AgentId, ExecutorId, Vec<u8>)>,
     driver: Option<Driver>,
 }
 
@@ -70,6 +72,20 @@ impl Scheduler for Fw {
             }
         }
         self.seen.lock().unwrap().updates.push(status);
+    }
+
+    async fn message(
+        &mut self,
+        _driver: &Driver,
+        agent_id: AgentId,
+        executor_id: ExecutorId,
+        data: Vec<u8>,
+    ) {
+        self.seen
+            .lock()
+            .unwrap()
+            .messages
+            .push((agent_id, executor_id, data));
     }
 }
 
@@ -661,5 +677,85 @@ fn a_framework_shuts_its_executor_down_and_its_tasks_end_killed() {
             .await
     });
     assert_eq!(code(r), Some(tonic::Code::NotFound));
+    teardown(&seen, thread);
+}
+
+#[test]
+fn a_framework_and_its_executor_exchange_messages() {
+    let mut cluster = Cluster::start(Timing::default());
+    cluster.add_agent("cpus:2;mem:2048");
+    cluster.wait_for_active_agents(1);
+    let bin = cluster.bin("drover-example-executor");
+    let executor = custom_executor("ex-msg", bin.display().to_string());
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let thread = start_framework(
+        &cluster,
+        "messages",
+        Fw {
+            tasks: vec![task("long", "sleep 600", &executor)],
+            kill_when_running: None,
+            seen: seen.clone(),
+        },
+    );
+    let agent_id = wait_until(
+        "the task to run",
+        Duration::from_secs(120),
+        Duration::from_millis(200),
+        || {
+            let seen = seen.lock().unwrap();
+            seen.updates
+                .iter()
+                .find(|u| u.state() == TaskState::TaskRunning)
+                .map(|u| u.agent_id.clone().unwrap_or_default())
+        },
+    );
+    let ex = || ExecutorId::new("ex-msg");
+
+    // Refused precisely: too large, an executor that does not run there, no agent.
+    let code = |r: Result<(), drover_sdk::SdkError>| r.unwrap_err().status().map(|s| s.code());
+    let r = with_driver(&seen, async |d| {
+        d.send_message(agent_id.clone(), ex(), vec![b'x'; 64 * 1024 + 1])
+            .await
+    });
+    assert_eq!(code(r), Some(tonic::Code::InvalidArgument));
+    let r = with_driver(&seen, async |d| {
+        d.send_message(agent_id.clone(), ExecutorId::new("ex-404"), b"hi".to_vec())
+            .await
+    });
+    assert_eq!(code(r), Some(tonic::Code::NotFound));
+    let r = with_driver(&seen, async |d| {
+        d.send_message(AgentId::new(""), ex(), b"hi".to_vec()).await
+    });
+    assert_eq!(code(r), Some(tonic::Code::InvalidArgument));
+
+    // The example executor answers each message; delivery is best effort, so a message
+    // sent while the executor was (re)subscribing may be lost: send again, bounded.
+    let reply = wait_until(
+        "the executor's answer",
+        Duration::from_secs(60),
+        Duration::from_secs(2),
+        || {
+            if let Some(m) = seen.lock().unwrap().messages.first().cloned() {
+                return Some(m);
+            }
+            with_driver(&seen, async |d| {
+                d.send_message(agent_id.clone(), ex(), b"hello".to_vec())
+                    .await
+            })
+            .expect("message");
+            None
+        },
+    );
+    assert_eq!(reply.0, agent_id);
+    assert_eq!(reply.1, ex());
+    assert_eq!(String::from_utf8_lossy(&reply.2), "echo: hello (1 running)");
+
+    with_driver(&seen, async |d| d.kill(TaskId::new("long"), None).await).expect("kill");
+    wait_until(
+        "the task to end",
+        Duration::from_secs(60),
+        Duration::from_millis(200),
+        || (!seen.lock().unwrap().terminal().is_empty()).then_some(()),
+    );
     teardown(&seen, thread);
 }

@@ -127,6 +127,8 @@ struct Harness {
     seen: Arc<Mutex<Vec<pb::TaskStatus>>>,
     auto_ack: Arc<AtomicBool>,
     fake: Arc<Fake>,
+    /// Executors' messages the agent relayed to its master.
+    executor_messages: mpsc::UnboundedReceiver<pb::agent_message::ExecutorMessage>,
 }
 
 type Stream = mpsc::UnboundedReceiver<Result<pb::ExecutorEvent, Status>>;
@@ -169,6 +171,22 @@ impl Harness {
             .await
             .unwrap();
         answer.await.unwrap().map(|()| rx)
+    }
+
+    async fn message(&self, exec: &str, data: Vec<u8>) -> Result<(), Status> {
+        let (reply, answer) = oneshot::channel();
+        self.events
+            .send(Event::Executor(ExecutorRequest::Message {
+                call: pb::ExecutorMessageCall {
+                    framework_id: Some(FrameworkId::new("fw")),
+                    executor_id: Some(ExecutorId::new(exec)),
+                    data,
+                },
+                reply,
+            }))
+            .await
+            .unwrap();
+        answer.await.unwrap()
     }
 
     async fn update(&self, exec: &str, status: pb::TaskStatus) -> Result<(), Status> {
@@ -284,19 +302,26 @@ async fn drive<F, Fut>(
         .await
         .unwrap();
     let (updates_tx, updates) = mpsc::unbounded_channel();
+    let (messages_tx, executor_messages) = mpsc::unbounded_channel();
     let acks = link_tx.clone();
     let auto_ack = Arc::new(AtomicBool::new(false));
     let seen = Arc::new(Mutex::new(Vec::new()));
     let (auto, all) = (auto_ack.clone(), seen.clone());
     let master = tokio::spawn(async move {
         while let Some(msg) = outbound.recv().await {
-            if let Some(pb::agent_message::Msg::StatusUpdate(u)) = msg.msg {
-                let status = u.status.unwrap();
-                if auto.load(Ordering::SeqCst) {
-                    let _ = acks.send(ack(&status)).await;
+            match msg.msg {
+                Some(pb::agent_message::Msg::StatusUpdate(u)) => {
+                    let status = u.status.unwrap();
+                    if auto.load(Ordering::SeqCst) {
+                        let _ = acks.send(ack(&status)).await;
+                    }
+                    all.lock().unwrap().push(status.clone());
+                    let _ = updates_tx.send(status);
                 }
-                all.lock().unwrap().push(status.clone());
-                let _ = updates_tx.send(status);
+                Some(pb::agent_message::Msg::ExecutorMessage(m)) => {
+                    let _ = messages_tx.send(m);
+                }
+                _ => {}
             }
         }
     });
@@ -307,6 +332,7 @@ async fn drive<F, Fut>(
         seen,
         auto_ack,
         fake,
+        executor_messages,
     };
     let (stop_tx, stop) = oneshot::channel::<()>();
     let run = core.run(&mut link, events, async {
@@ -655,6 +681,65 @@ async fn a_framework_shuts_an_executor_down_and_its_live_tasks_end_killed() {
             .unwrap();
         let killed = h.sent("t1", TaskState::TaskKilled).await;
         assert_eq!(killed.reason(), Reason::KilledByFramework);
+    })
+    .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn messages_travel_between_a_framework_and_its_executor() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = Arc::new(Fake::default());
+    let (mut core, mut events) = agent(dir.path(), fake.clone()).await;
+    drive(&mut core, &mut events, fake, |mut h| async move {
+        let to_executor = |exec: &str, data: &[u8]| {
+            master(Msg::FrameworkMessage(
+                pb::master_message::FrameworkMessage {
+                    framework_id: Some(FrameworkId::new("fw")),
+                    executor_id: Some(ExecutorId::new(exec)),
+                    data: data.to_vec(),
+                },
+            ))
+        };
+        h.link.send(run_task("t1", Some("ex-1"))).await.unwrap();
+        h.wait_launched(&ekey("ex-1")).await;
+        // Not subscribed yet: the executor cannot send, and what the framework sends
+        // is dropped (best effort), never queued for later.
+        let e = h.message("ex-1", b"early".to_vec()).await.unwrap_err();
+        assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+        h.link.send(to_executor("ex-1", b"dropped")).await.unwrap();
+
+        let mut stream = h.subscribe("ex-1", &[]).await.unwrap();
+        assert!(matches!(next_event(&mut stream).await, Ev::Subscribed(_)));
+        assert!(matches!(next_event(&mut stream).await, Ev::Launch(_)));
+        h.link.send(to_executor("ex-404", b"nobody")).await.unwrap();
+        h.link.send(to_executor("ex-1", b"hello")).await.unwrap();
+        match next_event(&mut stream).await {
+            Ev::Message(m) => assert_eq!(m.data, b"hello"),
+            other => panic!("expected the framework's message, got {other:?}"),
+        }
+
+        // The executor's messages go to the master, as sent; bad ones are refused.
+        h.message("ex-1", b"done 3 of 5".to_vec()).await.unwrap();
+        let m = h.executor_messages.recv().await.unwrap();
+        assert_eq!(m.framework_id.unwrap().as_str(), "fw");
+        assert_eq!(m.executor_id.unwrap().as_str(), "ex-1");
+        assert_eq!(m.data, b"done 3 of 5");
+        let e = h
+            .message(
+                "ex-1",
+                vec![0; drover_proto::MAX_EXECUTOR_MESSAGE_BYTES + 1],
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+        let e = h.message("ex-404", b"hi".to_vec()).await.unwrap_err();
+        assert_eq!(e.code(), Code::NotFound, "{e:?}");
+        let e = h.message("../x", b"hi".to_vec()).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+        assert!(
+            h.executor_messages.try_recv().is_err(),
+            "nothing else was relayed"
+        );
     })
     .await;
 }

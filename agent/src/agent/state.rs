@@ -567,6 +567,13 @@ impl AgentLoop {
         Ok(None)
     }
 
+    /// Sends a message to the connected master now; false without one.
+    pub(crate) fn send_to_master(&self, msg: pb::AgentMessage) -> bool {
+        self.session
+            .as_ref()
+            .is_some_and(|s| s.outbound.send(msg).is_ok())
+    }
+
     /// Persists the agent id (fsync'd) before anything else happens under it.
     fn on_registered(&mut self, agent_id: AgentId) -> Result<(), AgentError> {
         if self.agent_id.as_ref() == Some(&agent_id) {
@@ -619,6 +626,7 @@ impl AgentLoop {
                 }
                 self.shut_down_framework_executors(&fw);
             }
+            Some(Msg::FrameworkMessage(m)) => self.on_framework_message(m),
             Some(Msg::ShutdownExecutor(s)) => {
                 let fw = s.framework_id.unwrap_or_default();
                 let executor_id = s.executor_id.unwrap_or_default();

@@ -7,7 +7,8 @@
 //! there, and reports RUNNING, then FINISHED (exit 0), FAILED (with the exit code) or
 //! KILLED. A kill sends SIGTERM to the task's process group and SIGKILL after the kill
 //! policy's grace period (3 s by default). On SHUTDOWN (the agent sends it once no task is
-//! left) it kills what still runs, reports it, and exits.
+//! left) it kills what still runs, reports it, and exits. A message from the framework is
+//! answered with `echo: <message> (<n> running)`.
 //!
 //! A scheduler launches tasks on it with
 //! `TaskBuilder::new(id).shell("...").executor(custom_executor("ex-1", "/path/to/drover-example-executor"))`.
@@ -213,6 +214,17 @@ impl Executor for Runner {
         // Every task's final update is sent before the process exits.
         for waiter in self.waiters.drain(..) {
             let _ = waiter.await;
+        }
+    }
+
+    /// Answers every message from the framework with `echo: ` and the message, and says
+    /// how many of its tasks run: a round trip a scheduler can use to check on it.
+    async fn message(&mut self, driver: &ExecutorDriver, data: Vec<u8>) {
+        let mut reply = b"echo: ".to_vec();
+        reply.extend_from_slice(&data);
+        reply.extend_from_slice(format!(" ({} running)", self.children().len()).as_bytes());
+        if let Err(e) = driver.send_message(reply).await {
+            eprintln!("example executor: the reply to a message was not sent: {e}");
         }
     }
 }

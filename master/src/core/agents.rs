@@ -9,7 +9,7 @@ use tonic::Status;
 
 use drover_proto::ids::validate_id;
 use drover_proto::pb::{self, agent_message::Msg as AgentMsg, master_message::Msg};
-use drover_proto::{AgentId, Resources};
+use drover_proto::{AgentId, ExecutorId, FrameworkId, Resources};
 
 use super::{launches, AgentConn, Master, STREAM_QUEUE};
 use crate::metrics::Metrics;
@@ -272,6 +272,9 @@ impl Master {
                         status,
                     });
                 }
+                Some(AgentMsg::ExecutorMessage(m)) => {
+                    self.relay_executor_message(&agent_id, m);
+                }
                 Some(AgentMsg::Register(_)) => {
                     tracing::warn!(agent = %agent_id, "ignoring a second Register on one stream");
                 }
@@ -359,6 +362,60 @@ impl Master {
         drop(soft);
         if freed {
             self.allocate_now.notify_one();
+        }
+    }
+
+    /// An executor's message to its framework, relayed once (best effort, as in Mesos:
+    /// dropped when the framework is not connected). The agent speaks only for executors
+    /// that run an active task of that framework on it; anything else is refused here.
+    fn relay_executor_message(&self, agent_id: &AgentId, m: pb::agent_message::ExecutorMessage) {
+        let checked = (|| -> Result<(FrameworkId, ExecutorId), String> {
+            let fw = m.framework_id.clone().unwrap_or_default();
+            validate_id("framework", fw.as_str())?;
+            let executor_id = m.executor_id.clone().unwrap_or_default();
+            validate_id("executor", executor_id.as_str())?;
+            if m.data.len() > drover_proto::MAX_EXECUTOR_MESSAGE_BYTES {
+                return Err(format!(
+                    "message data of {} bytes is too large",
+                    m.data.len()
+                ));
+            }
+            let runs_there = self.registry().tasks.values().any(|t| {
+                t.framework_id == fw
+                    && &t.agent_id == agent_id
+                    && t.info
+                        .executor
+                        .as_ref()
+                        .and_then(|e| e.executor_id.as_ref())
+                        == Some(&executor_id)
+            });
+            if !runs_there {
+                return Err(format!(
+                    "no active task of framework {fw} runs on executor {executor_id} there"
+                ));
+            }
+            Ok((fw, executor_id))
+        })();
+        let (fw, executor_id) = match checked {
+            Ok(ids) => ids,
+            Err(why) => {
+                Metrics::inc(&self.metrics.calls_refused);
+                tracing::warn!(agent = %agent_id, why, "refusing an executor message");
+                return;
+            }
+        };
+        let mut soft = self.soft();
+        let sent = Self::send_event(
+            &mut soft,
+            &fw,
+            pb::event::Event::Message(pb::event::Message {
+                agent_id: Some(agent_id.clone()),
+                executor_id: Some(executor_id.clone()),
+                data: m.data,
+            }),
+        );
+        if !sent {
+            tracing::debug!(framework = %fw, executor = %executor_id, "dropping an executor message: the framework is not connected");
         }
     }
 

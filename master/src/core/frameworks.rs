@@ -8,7 +8,7 @@ use tonic::Status;
 
 use drover_proto::ids::validate_id;
 use drover_proto::pb::{self, task_status::Reason, TaskState};
-use drover_proto::{AgentId, FrameworkId, OfferId, TaskId};
+use drover_proto::{AgentId, ExecutorId, FrameworkId, OfferId, TaskId};
 
 use super::{gate, launches, offers::refuse_until, FwConn, Master, STREAM_QUEUE};
 use crate::metrics::Metrics;
@@ -512,24 +512,26 @@ impl Master {
         }
     }
 
-    /// SHUTDOWN: relayed to the agent, which asks the custom executor to exit (its tasks
-    /// still running end TASK_KILLED) or kills the tasks of a task group. The executor must
-    /// run a task of the caller's on that agent; an agent that is not connected cannot be
-    /// told, which the caller hears (UNAVAILABLE) rather than a silent drop.
-    pub fn shutdown_executor(&self, call: pb::ShutdownCall) -> Result<(), Status> {
-        let fw = self.check_caller(call.header.as_ref())?;
-        let executor_id = call
-            .executor_id
+    /// The executor a SHUTDOWN or MESSAGE names, checked: a valid id, on an agent where an
+    /// active task of the caller's names it (so a framework reaches only its own
+    /// executors, and only where they run).
+    fn executor_call_target(
+        &self,
+        fw: &FrameworkId,
+        call: &str,
+        executor_id: Option<ExecutorId>,
+        agent_id: Option<AgentId>,
+    ) -> Result<(ExecutorId, AgentId), Status> {
+        let executor_id = executor_id
             .filter(|e| !e.is_empty())
-            .ok_or_else(|| Status::invalid_argument("SHUTDOWN without executor_id"))?;
+            .ok_or_else(|| Status::invalid_argument(format!("{call} without executor_id")))?;
         drover_proto::ids::validate_id("executor", executor_id.as_str())
             .map_err(Status::invalid_argument)?;
-        let agent_id = call
-            .agent_id
+        let agent_id = agent_id
             .filter(|a| !a.is_empty())
-            .ok_or_else(|| Status::invalid_argument("SHUTDOWN without agent_id"))?;
+            .ok_or_else(|| Status::invalid_argument(format!("{call} without agent_id")))?;
         let runs_there = self.registry().tasks.values().any(|t| {
-            t.framework_id == fw
+            &t.framework_id == fw
                 && t.agent_id == agent_id
                 && t.info
                     .executor
@@ -543,23 +545,70 @@ impl Master {
                  {executor_id}"
             )));
         }
+        Ok((executor_id, agent_id))
+    }
+
+    /// Sends `msg` to the agent, or tells the caller it could not (UNAVAILABLE) rather
+    /// than dropping it silently.
+    fn relay_to_agent(
+        &self,
+        agent_id: &AgentId,
+        executor_id: &ExecutorId,
+        what: &str,
+        msg: pb::master_message::Msg,
+    ) -> Result<(), Status> {
         let mut soft = self.soft();
-        let sent = Self::send_agent(
-            &mut soft,
+        if Self::send_agent(&mut soft, agent_id, msg) {
+            return Ok(());
+        }
+        Err(Status::unavailable(format!(
+            "agent {agent_id} is not connected; {what} for executor {executor_id} once it is \
+             back"
+        )))
+    }
+
+    /// SHUTDOWN: relayed to the agent, which asks the custom executor to exit (its tasks
+    /// still running end TASK_KILLED) or kills the tasks of a task group.
+    pub fn shutdown_executor(&self, call: pb::ShutdownCall) -> Result<(), Status> {
+        let fw = self.check_caller(call.header.as_ref())?;
+        let (executor_id, agent_id) =
+            self.executor_call_target(&fw, "SHUTDOWN", call.executor_id, call.agent_id)?;
+        self.relay_to_agent(
             &agent_id,
+            &executor_id,
+            "ask again",
             pb::master_message::Msg::ShutdownExecutor(pb::master_message::ShutdownExecutor {
                 framework_id: Some(fw.clone()),
                 executor_id: Some(executor_id.clone()),
             }),
-        );
-        if !sent {
-            return Err(Status::unavailable(format!(
-                "agent {agent_id} is not connected; shut executor {executor_id} down once it \
-                 is back"
-            )));
-        }
+        )?;
         tracing::info!(framework = %fw, agent = %agent_id, executor = %executor_id, "executor shutdown relayed");
         Ok(())
+    }
+
+    /// MESSAGE: relayed once to the agent, which hands it to the subscribed executor
+    /// (best effort, as in Mesos: dropped if the executor is not subscribed).
+    pub fn message_executor(&self, call: pb::MessageCall) -> Result<(), Status> {
+        let fw = self.check_caller(call.header.as_ref())?;
+        if call.data.len() > drover_proto::MAX_EXECUTOR_MESSAGE_BYTES {
+            return Err(Status::invalid_argument(format!(
+                "MESSAGE data of {} bytes is over the limit of {} bytes",
+                call.data.len(),
+                drover_proto::MAX_EXECUTOR_MESSAGE_BYTES
+            )));
+        }
+        let (executor_id, agent_id) =
+            self.executor_call_target(&fw, "MESSAGE", call.executor_id, call.agent_id)?;
+        self.relay_to_agent(
+            &agent_id,
+            &executor_id,
+            "send the message again",
+            pb::master_message::Msg::FrameworkMessage(pb::master_message::FrameworkMessage {
+                framework_id: Some(fw),
+                executor_id: Some(executor_id.clone()),
+                data: call.data,
+            }),
+        )
     }
 
     /// ACKNOWLEDGE: relayed to the agent that sent the update.

@@ -104,10 +104,8 @@ impl Scheduler for SchedulerService {
         &self,
         req: Request<pb::MessageCall>,
     ) -> Result<Response<pb::CallResponse>, Status> {
-        self.master.check_caller(req.get_ref().header.as_ref())?;
-        Err(Status::unimplemented(
-            "MESSAGE to custom executors arrives with executors (containers issue)",
-        ))
+        self.master.message_executor(req.into_inner())?;
+        ok()
     }
 
     async fn teardown(

@@ -1,5 +1,5 @@
-//! The calls of a custom executor (`Subscribe`, `Update`) and what goes back to it (events,
-//! answers, relayed acknowledgements).
+//! The calls of a custom executor (`Subscribe`, `Update`, `Message`) and what goes back to
+//! it (events, answers, relayed acknowledgements).
 
 use std::collections::BTreeSet;
 
@@ -54,6 +54,7 @@ impl AgentLoop {
                 reply,
             } => (reply, self.on_executor_subscribe(request, events)),
             ExecutorRequest::Update { call, reply } => (reply, self.on_executor_update(call)),
+            ExecutorRequest::Message { call, reply } => (reply, self.on_executor_message(call)),
         };
         self.executors.replies.push((reply, result));
     }
@@ -131,6 +132,46 @@ impl AgentLoop {
                 task_id,
             };
             self.send_kill(&ekey, &key, None);
+        }
+        Ok(())
+    }
+
+    /// An executor's message to its framework: relayed once through the master, best
+    /// effort. Only a subscribed executor may send; without a master it cannot go.
+    fn on_executor_message(&mut self, call: pb::ExecutorMessageCall) -> Result<(), Status> {
+        let ekey = request_ids(call.framework_id, call.executor_id)?;
+        let executor_id = ekey.executor_id().unwrap_or_default();
+        if call.data.len() > drover_proto::MAX_EXECUTOR_MESSAGE_BYTES {
+            return Err(Status::invalid_argument(format!(
+                "the message's data of {} bytes is over the limit of {} bytes",
+                call.data.len(),
+                drover_proto::MAX_EXECUTOR_MESSAGE_BYTES
+            )));
+        }
+        let Some(entry) = self.executors.entries.get(&ekey) else {
+            return Err(Status::not_found(format!(
+                "executor {executor_id} of framework {} is not running on this agent",
+                ekey.framework_id
+            )));
+        };
+        if entry.subscriber.is_none() {
+            return Err(Status::unavailable(
+                "the executor is not subscribed; subscribe (again) before sending messages",
+            ));
+        }
+        let message = pb::AgentMessage {
+            msg: Some(pb::agent_message::Msg::ExecutorMessage(
+                pb::agent_message::ExecutorMessage {
+                    framework_id: Some(ekey.framework_id.clone()),
+                    executor_id: Some(executor_id),
+                    data: call.data,
+                },
+            )),
+        };
+        if !self.send_to_master(message) {
+            return Err(Status::unavailable(
+                "the agent has no master right now; send the message again later",
+            ));
         }
         Ok(())
     }

@@ -76,6 +76,10 @@ pub enum ExecutorRequest {
         call: pb::ExecutorUpdateCall,
         reply: Answer,
     },
+    Message {
+        call: pb::ExecutorMessageCall,
+        reply: Answer,
+    },
 }
 
 /// A timer of an executor (see the module docs), delivered as an [`Event`].
@@ -594,6 +598,33 @@ impl AgentLoop {
             self.kill_executor_container(ekey);
         }
         // Still launching: killed once its container exists.
+    }
+
+    /// A framework's message to one of its custom executors: handed to the subscribed
+    /// executor once; dropped (best effort, as in Mesos) when it is not subscribed.
+    pub(crate) fn on_framework_message(&mut self, m: pb::master_message::FrameworkMessage) {
+        let fw = m.framework_id.unwrap_or_default();
+        let executor_id = m.executor_id.unwrap_or_default();
+        if validate_id("framework", fw.as_str()).is_err()
+            || validate_id("executor", executor_id.as_str()).is_err()
+        {
+            tracing::warn!("ignoring a framework message with bad ids");
+            return;
+        }
+        let ekey = TaskKey::executor(&fw, &executor_id);
+        match self.executors.entries.get(&ekey) {
+            Some(entry) if entry.subscriber.is_some() && entry.phase != Phase::ShuttingDown => {
+                self.executors.outbox.push((
+                    ekey,
+                    event(executor_event::Event::Message(executor_event::Message {
+                        data: m.data,
+                    })),
+                ));
+            }
+            _ => {
+                tracing::debug!(executor = %ekey, "dropping a framework message: the executor is not subscribed here")
+            }
+        }
     }
 
     /// The framework's SHUTDOWN of one of its executors. A custom executor is asked to
