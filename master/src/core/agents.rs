@@ -405,7 +405,7 @@ impl Master {
             }
         };
         let mut soft = self.soft();
-        let sent = Self::send_event(
+        let sent = Self::send_event_or_drop(
             &mut soft,
             &fw,
             pb::event::Event::Message(pb::event::Message {
@@ -415,7 +415,7 @@ impl Master {
             }),
         );
         if !sent {
-            tracing::debug!(framework = %fw, executor = %executor_id, "dropping an executor message: the framework is not connected");
+            tracing::debug!(framework = %fw, executor = %executor_id, "dropping an executor message: the framework is not connected or its stream is full");
         }
     }
 

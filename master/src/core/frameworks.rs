@@ -549,22 +549,34 @@ impl Master {
     }
 
     /// Sends `msg` to the agent, or tells the caller it could not (UNAVAILABLE) rather
-    /// than dropping it silently.
+    /// than dropping it silently. `lossy`: a full queue refuses this message instead of
+    /// disconnecting the agent (see [`Master::send_agent_or_drop`]).
     fn relay_to_agent(
         &self,
         agent_id: &AgentId,
         executor_id: &ExecutorId,
         what: &str,
+        lossy: bool,
         msg: pb::master_message::Msg,
     ) -> Result<(), Status> {
         let mut soft = self.soft();
-        if Self::send_agent(&mut soft, agent_id, msg) {
-            return Ok(());
+        let outcome = if lossy {
+            Self::send_agent_or_drop(&mut soft, agent_id, msg)
+        } else if Self::send_agent(&mut soft, agent_id, msg) {
+            Ok(())
+        } else {
+            Err(false)
+        };
+        match outcome {
+            Ok(()) => Ok(()),
+            Err(true) => Err(Status::unavailable(format!(
+                "agent {agent_id} has too much queued; {what} for executor {executor_id} later"
+            ))),
+            Err(false) => Err(Status::unavailable(format!(
+                "agent {agent_id} is not connected; {what} for executor {executor_id} once it \
+                 is back"
+            ))),
         }
-        Err(Status::unavailable(format!(
-            "agent {agent_id} is not connected; {what} for executor {executor_id} once it is \
-             back"
-        )))
     }
 
     /// SHUTDOWN: relayed to the agent, which asks the custom executor to exit (its tasks
@@ -577,6 +589,7 @@ impl Master {
             &agent_id,
             &executor_id,
             "ask again",
+            false,
             pb::master_message::Msg::ShutdownExecutor(pb::master_message::ShutdownExecutor {
                 framework_id: Some(fw.clone()),
                 executor_id: Some(executor_id.clone()),
@@ -603,6 +616,7 @@ impl Master {
             &agent_id,
             &executor_id,
             "send the message again",
+            true,
             pb::master_message::Msg::FrameworkMessage(pb::master_message::FrameworkMessage {
                 framework_id: Some(fw),
                 executor_id: Some(executor_id.clone()),

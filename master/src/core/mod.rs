@@ -222,6 +222,23 @@ impl Master {
         })
     }
 
+    /// Sends a best-effort event (an executor's message) to a connected framework: when
+    /// its queue is full the event is dropped, not the framework, so a chatty executor
+    /// cannot cut its framework off. A closed stream is dropped as in [`Self::send_event`].
+    pub fn send_event_or_drop(soft: &mut Soft, fw: &FrameworkId, event: pb::event::Event) -> bool {
+        let Some(conn) = soft.frameworks.get(fw) else {
+            return false;
+        };
+        match conn.tx.try_send(Ok(pb::Event { event: Some(event) })) {
+            Ok(()) => true,
+            Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => false,
+            Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => {
+                soft.frameworks.remove(fw);
+                false
+            }
+        }
+    }
+
     /// Sends an event to a connected framework; a framework whose queue is full is
     /// disconnected (it will resubscribe).
     pub fn send_event(soft: &mut Soft, fw: &FrameworkId, event: pb::event::Event) -> bool {
@@ -271,6 +288,32 @@ impl Master {
         }
     }
 
+    /// Sends a best-effort message (a framework's message to an executor) to a connected
+    /// agent. `Err(true)` when its queue is full: the message is not sent, and the agent
+    /// stays connected, so a framework sending many messages cannot cut an agent (and
+    /// everyone's tasks on it) off. `Err(false)`: not connected.
+    pub fn send_agent_or_drop(
+        soft: &mut Soft,
+        agent: &AgentId,
+        msg: pb::master_message::Msg,
+    ) -> Result<(), bool> {
+        let term = soft.term;
+        let Some(conn) = soft.agents.get(agent) else {
+            return Err(false);
+        };
+        match conn.tx.try_send(Ok(pb::MasterMessage {
+            term,
+            msg: Some(msg),
+        })) {
+            Ok(()) => Ok(()),
+            Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => Err(true),
+            Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => {
+                soft.agents.remove(agent);
+                Err(false)
+            }
+        }
+    }
+
     /// Drops every connection and offer: this node no longer leads (or is starting to).
     pub fn reset_soft(&self, serving: bool, term: u64) {
         let not_leader = self.not_leader();
@@ -290,5 +333,74 @@ impl Master {
         soft.serving = serving;
         soft.term = term;
         soft.elected_ms = self.now_ms();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(data: &[u8]) -> pb::master_message::Msg {
+        pb::master_message::Msg::FrameworkMessage(pb::master_message::FrameworkMessage {
+            framework_id: Some(FrameworkId::new("fw")),
+            executor_id: Some(pb::ExecutorId::new("ex")),
+            data: data.to_vec(),
+        })
+    }
+
+    #[test]
+    fn best_effort_sends_drop_the_message_not_the_peer() {
+        let mut soft = Soft::default();
+        let agent = AgentId::new("a1");
+        let (tx, mut rx) = mpsc::channel(2);
+        soft.agents
+            .insert(agent.clone(), AgentConn { conn_id: 1, tx });
+        assert_eq!(
+            Master::send_agent_or_drop(&mut soft, &agent, message(b"1")),
+            Ok(())
+        );
+        assert_eq!(
+            Master::send_agent_or_drop(&mut soft, &agent, message(b"2")),
+            Ok(())
+        );
+        // Full: refused, and the agent stays connected.
+        assert_eq!(
+            Master::send_agent_or_drop(&mut soft, &agent, message(b"3")),
+            Err(true)
+        );
+        assert!(soft.agents.contains_key(&agent));
+        // A command that must arrive still disconnects a stuck agent, as before.
+        assert!(!Master::send_agent(&mut soft, &agent, message(b"4")));
+        assert!(!soft.agents.contains_key(&agent));
+        assert_eq!(
+            Master::send_agent_or_drop(&mut soft, &agent, message(b"5")),
+            Err(false)
+        );
+        assert!(rx.try_recv().is_ok() && rx.try_recv().is_ok() && rx.try_recv().is_err());
+
+        let fw = FrameworkId::new("fw");
+        let (tx, rx) = mpsc::channel(1);
+        soft.frameworks.insert(
+            fw.clone(),
+            FwConn {
+                stream_id: "s".into(),
+                tx,
+                suppressed: false,
+                filters: HashMap::new(),
+            },
+        );
+        let event = || pb::event::Event::Heartbeat(pb::event::Heartbeat {});
+        assert!(Master::send_event_or_drop(&mut soft, &fw, event()));
+        assert!(!Master::send_event_or_drop(&mut soft, &fw, event()));
+        assert!(
+            soft.frameworks.contains_key(&fw),
+            "a full stream keeps its framework"
+        );
+        drop(rx);
+        assert!(!Master::send_event_or_drop(&mut soft, &fw, event()));
+        assert!(
+            !soft.frameworks.contains_key(&fw),
+            "a closed stream is dropped"
+        );
     }
 }
