@@ -1,12 +1,14 @@
 //! The agent's gRPC services on `--listen`: `AgentApi` (files API with `FollowFile`, state
-//! and the image store) and `Executor` (custom executors: subscriptions and status updates).
+//! and the image store) and `Executor` (custom executors: subscriptions, status updates and
+//! messages to their framework).
 
 use std::path::PathBuf;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use drover_proto::pb::{
-    self, agent_api_server::AgentApi, executor_server::Executor, ExecutorEvent,
+    self, agent_api_server::AgentApi, executor_event, executor_server::Executor, ExecutorEvent,
 };
 use futures::Stream;
 use tokio::io::AsyncWriteExt;
@@ -311,15 +313,27 @@ impl Executor for ExecutorService {
             ));
         }
         let (events, rx) = mpsc::unbounded_channel();
+        let pending_messages = Arc::new(AtomicUsize::new(0));
+        let taken = pending_messages.clone();
         self.ask(|reply| ExecutorRequest::Subscribe {
             request,
             events,
+            pending_messages,
             reply,
         })
         .await?;
-        Ok(Response::new(Box::pin(
-            tokio_stream::wrappers::UnboundedReceiverStream::new(rx),
-        )))
+        use futures::StreamExt as _;
+        // A framework message leaves the agent's queue when the stream yields it (gRPC's
+        // flow control stops pulling from an executor that does not read).
+        let stream = tokio_stream::wrappers::UnboundedReceiverStream::new(rx).inspect(move |ev| {
+            if let Ok(ExecutorEvent {
+                event: Some(executor_event::Event::Message(_)),
+            }) = ev
+            {
+                taken.fetch_sub(1, Ordering::Relaxed);
+            }
+        });
+        Ok(Response::new(Box::pin(stream)))
     }
 
     async fn update(

@@ -750,6 +750,25 @@ fn a_framework_and_its_executor_exchange_messages() {
     assert_eq!(reply.1, ex());
     assert_eq!(String::from_utf8_lossy(&reply.2), "echo: hello (1 running)");
 
+    // Many more than the agent queues for an executor at once (64): each is taken off as
+    // the executor reads it, so every one is answered.
+    for i in 0..80 {
+        let before = seen.lock().unwrap().messages.len();
+        with_driver(&seen, async |d| {
+            d.send_message(agent_id.clone(), ex(), format!("n{i}").into_bytes())
+                .await
+        })
+        .expect("message");
+        wait_until(
+            &format!("the answer to message {i}"),
+            Duration::from_secs(30),
+            Duration::from_millis(10),
+            || (seen.lock().unwrap().messages.len() > before).then_some(()),
+        );
+    }
+    let last = seen.lock().unwrap().messages.last().cloned().unwrap();
+    assert_eq!(String::from_utf8_lossy(&last.2), "echo: n79 (1 running)");
+
     with_driver(&seen, async |d| d.kill(TaskId::new("long"), None).await).expect("kill");
     wait_until(
         "the task to end",

@@ -16,7 +16,7 @@ use drover_proto::{AgentId, ExecutorId, FrameworkId, TaskId};
 use tokio::sync::{mpsc, oneshot};
 use tonic::{Code, Status};
 
-use super::executors::ExecutorRequest;
+use super::executors::{ExecutorRequest, MAX_PENDING_MESSAGES};
 use super::recovery;
 use super::state::{AgentLoop, Event, Exit};
 use crate::config::Config;
@@ -166,6 +166,9 @@ impl Harness {
                     launched_tasks: launched.iter().map(|t| TaskId::new(*t)).collect(),
                 },
                 events: tx,
+                // Never taken off: this raw stream is not the gRPC one (which counts them
+                // down as it yields them), so the cap shows after enough messages.
+                pending_messages: Default::default(),
                 reply,
             }))
             .await
@@ -740,6 +743,33 @@ async fn messages_travel_between_a_framework_and_its_executor() {
             h.executor_messages.try_recv().is_err(),
             "nothing else was relayed"
         );
+
+        // An executor that does not read: beyond the cap, messages are dropped rather than
+        // piling up in the agent (one of the cap is already used by "hello").
+        for i in 0..MAX_PENDING_MESSAGES + 10 {
+            h.link
+                .send(to_executor("ex-1", format!("m{i}").as_bytes()))
+                .await
+                .unwrap();
+        }
+        // A marker behind them (a kill's event) shows when the loop has handled them all.
+        h.link
+            .send(master(Msg::KillTask(pb::master_message::KillTask {
+                framework_id: Some(FrameworkId::new("fw")),
+                task_id: Some(TaskId::new("t1")),
+                kill_policy: None,
+            })))
+            .await
+            .unwrap();
+        let mut messages = 0;
+        loop {
+            match next_event(&mut stream).await {
+                Ev::Message(_) => messages += 1,
+                Ev::Kill(_) => break,
+                _ => {}
+            }
+        }
+        assert_eq!(messages, MAX_PENDING_MESSAGES - 1);
     })
     .await;
 }

@@ -51,8 +51,12 @@ impl AgentLoop {
             ExecutorRequest::Subscribe {
                 request,
                 events,
+                pending_messages,
                 reply,
-            } => (reply, self.on_executor_subscribe(request, events)),
+            } => (
+                reply,
+                self.on_executor_subscribe(request, events, pending_messages),
+            ),
             ExecutorRequest::Update { call, reply } => (reply, self.on_executor_update(call)),
             ExecutorRequest::Message { call, reply } => (reply, self.on_executor_message(call)),
         };
@@ -63,6 +67,7 @@ impl AgentLoop {
         &mut self,
         request: pb::ExecutorSubscribeRequest,
         events: EventSender,
+        pending_messages: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     ) -> Result<(), Status> {
         let ekey = request_ids(request.framework_id, request.executor_id)?;
         let generation = self.executors.next();
@@ -85,7 +90,10 @@ impl AgentLoop {
             )));
         }
         tracing::info!(executor = %ekey, "executor subscribed");
-        entry.subscriber = Some(Subscriber { events });
+        entry.subscriber = Some(Subscriber {
+            events,
+            pending_messages,
+        });
         entry.generation = generation;
         let launched: BTreeSet<TaskId> = request.launched_tasks.into_iter().collect();
         entry.sent = entry.tasks.intersection(&launched).cloned().collect();

@@ -36,6 +36,8 @@
 #![allow(clippy::result_large_err)]
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use drover_proto::ids::validate_id;
@@ -62,6 +64,11 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// The stream of events to one subscribed executor.
 pub type EventSender = mpsc::UnboundedSender<Result<ExecutorEvent, Status>>;
+
+/// Most framework messages queued to one executor and not yet taken by its stream: an
+/// executor that does not read while its framework keeps sending must not grow the
+/// agent's memory. Beyond it messages are dropped (they are best effort anyway).
+pub const MAX_PENDING_MESSAGES: usize = 64;
 type Answer = oneshot::Sender<Result<(), Status>>;
 
 /// A call of an executor, from the `Executor` service to the agent loop.
@@ -70,6 +77,9 @@ pub enum ExecutorRequest {
     Subscribe {
         request: pb::ExecutorSubscribeRequest,
         events: EventSender,
+        /// Framework messages on `events` not taken by the stream yet: the agent adds one
+        /// per message it queues, the stream takes one off per message it yields.
+        pending_messages: Arc<AtomicUsize>,
         reply: Answer,
     },
     Update {
@@ -107,6 +117,7 @@ enum Phase {
 
 struct Subscriber {
     events: EventSender,
+    pending_messages: Arc<AtomicUsize>,
 }
 
 struct ExecutorEntry {
@@ -612,8 +623,18 @@ impl AgentLoop {
             return;
         }
         let ekey = TaskKey::executor(&fw, &executor_id);
-        match self.executors.entries.get(&ekey) {
-            Some(entry) if entry.subscriber.is_some() && entry.phase != Phase::ShuttingDown => {
+        let subscriber = self
+            .executors
+            .entries
+            .get(&ekey)
+            .filter(|e| e.phase != Phase::ShuttingDown)
+            .and_then(|e| e.subscriber.as_ref());
+        match subscriber {
+            Some(s) if s.pending_messages.load(Ordering::Relaxed) >= MAX_PENDING_MESSAGES => {
+                tracing::warn!(executor = %ekey, "dropping a framework message: {MAX_PENDING_MESSAGES} are already waiting for the executor to read them");
+            }
+            Some(s) => {
+                s.pending_messages.fetch_add(1, Ordering::Relaxed);
                 self.executors.outbox.push((
                     ekey,
                     event(executor_event::Event::Message(executor_event::Message {
