@@ -330,7 +330,10 @@ impl Executor for ExecutorService {
                 event: Some(executor_event::Event::Message(_)),
             }) = ev
             {
-                taken.fetch_sub(1, Ordering::Relaxed);
+                // Saturating: a miscount must never wrap into "always full".
+                let _ = taken.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                    Some(n.saturating_sub(1))
+                });
             }
         });
         Ok(Response::new(Box::pin(stream)))

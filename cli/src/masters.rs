@@ -169,6 +169,14 @@ impl Masters {
             // Whatever went wrong, this master is not a leader we can use right now.
             self.forget_leader(&address);
             match leader_hint(&status) {
+                // A master naming itself was just elected and is still taking office
+                // (applying what its term committed before it serves): like an election
+                // under way, worth another pass after the backoff, not a redirect to
+                // follow at once (five of those take a few milliseconds).
+                Some(leader) if display_address(&leader) == address => attempts.push(Attempt {
+                    address,
+                    outcome: Outcome::NoLeaderKnown,
+                }),
                 Some(leader) if !leader.is_empty() => {
                     redirects += 1;
                     if redirects > MAX_REDIRECTS {
@@ -310,6 +318,8 @@ mod tests {
         /// `None`: leader. `Some(hint)`: follower naming `hint` ("" for no leader known).
         follower_of: Option<String>,
         address: String,
+        /// A leader taking office: this many calls answer "not the leader" naming itself.
+        taking_office: std::sync::atomic::AtomicUsize,
     }
 
     /// Every call other than `GetHealth` answers like the rest of a follower or leader
@@ -320,6 +330,14 @@ mod tests {
             &self,
             _: Request<GetHealthRequest>,
         ) -> Result<Response<GetHealthResponse>, Status> {
+            use std::sync::atomic::Ordering;
+            let taking_office = self
+                .taking_office
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok();
+            if taking_office {
+                return Err(not_leader_status(Some(&self.address)));
+            }
             match &self.follower_of {
                 Some(hint) => Err(not_leader_status(Some(hint))),
                 None => Ok(Response::new(GetHealthResponse {
@@ -468,9 +486,19 @@ mod tests {
     }
 
     fn serve(listener: TcpListener, address: String, follower_of: Option<String>) {
+        serve_taking_office(listener, address, follower_of, 0);
+    }
+
+    fn serve_taking_office(
+        listener: TcpListener,
+        address: String,
+        follower_of: Option<String>,
+        calls: usize,
+    ) {
         let service = OperatorServer::new(FakeMaster {
             follower_of,
             address,
+            taking_office: calls.into(),
         });
         tokio::spawn(
             tonic::transport::Server::builder()
@@ -504,6 +532,19 @@ mod tests {
         let answer = health(&masters).await.unwrap();
         assert_eq!(answer.leader_address, leader);
         assert_eq!(masters.last_leader(), Some(leader));
+    }
+
+    #[tokio::test]
+    async fn a_leader_taking_office_is_waited_for_not_given_up_on() {
+        // More calls than redirects are followed in one pass: following them at once
+        // would give up; waiting between passes reaches the leader once it serves.
+        let (listener, a) = bind().await;
+        serve_taking_office(listener, a.clone(), None, MAX_REDIRECTS + 1);
+        let masters = Masters::new(vec![a.clone()])
+            .unwrap()
+            .with_election_retries(MAX_REDIRECTS + 2);
+        let answer = health(&masters).await.unwrap();
+        assert_eq!(answer.leader_address, a);
     }
 
     #[tokio::test]

@@ -360,7 +360,8 @@ impl Driver {
     /// `agent_id`; its [`crate::executor::Executor::message`] receives it. Best effort,
     /// as in Mesos: delivered at most once, dropped if the executor is not subscribed.
     /// NOT_FOUND when no active task of this framework runs on that executor there,
-    /// UNAVAILABLE while the agent is disconnected. Executors answer through
+    /// UNAVAILABLE while the agent is disconnected or has 256 messages queued already.
+    /// Executors answer through
     /// [`crate::Scheduler::message`].
     pub async fn send_message(
         &self,

@@ -245,8 +245,9 @@ impl ExecutorDriver {
 
     /// Sends the framework a message (at most 64 KiB), relayed once through the agent
     /// and the master, best effort: it is lost if the framework is not connected. Fails
-    /// with UNAVAILABLE while the agent cannot be reached or has no master: send again
-    /// later if it matters (or put results that must arrive in a status update's `data`).
+    /// with UNAVAILABLE while the agent cannot be reached or has no master, and with
+    /// RESOURCE_EXHAUSTED beyond 100 messages a second: send again later if it matters
+    /// (or put results that must arrive in a status update's `data`).
     pub async fn send_message(&self, data: Vec<u8>) -> Result<(), SdkError> {
         let client = self.shared().client.clone();
         let unavailable = || SdkError::Call {

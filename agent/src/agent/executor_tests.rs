@@ -16,7 +16,7 @@ use drover_proto::{AgentId, ExecutorId, FrameworkId, TaskId};
 use tokio::sync::{mpsc, oneshot};
 use tonic::{Code, Status};
 
-use super::executors::{ExecutorRequest, MAX_PENDING_MESSAGES};
+use super::executors::{ExecutorRequest, MAX_MESSAGES_PER_SECOND, MAX_PENDING_MESSAGES};
 use super::recovery;
 use super::state::{AgentLoop, Event, Exit};
 use crate::config::Config;
@@ -770,6 +770,22 @@ async fn messages_travel_between_a_framework_and_its_executor() {
             }
         }
         assert_eq!(messages, MAX_PENDING_MESSAGES - 1);
+
+        // An executor sending too fast is told to slow down; a second later (on the
+        // paused clock) it may send again.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        for i in 0..MAX_MESSAGES_PER_SECOND {
+            h.message("ex-1", format!("{i}").into_bytes())
+                .await
+                .unwrap_or_else(|e| panic!("message {i}: {e:?}"));
+        }
+        let e = h
+            .message("ex-1", b"one too many".to_vec())
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        h.message("ex-1", b"later".to_vec()).await.unwrap();
     })
     .await;
 }

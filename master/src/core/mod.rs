@@ -103,6 +103,18 @@ pub struct Master {
     pub updates_tx: mpsc::UnboundedSender<crate::registry::StatusUpdate>,
 }
 
+/// Most messages queued on one stream for a best-effort send to join them (64 KiB each at
+/// most, so 16 MiB per connection).
+pub const BEST_EFFORT_QUEUED: usize = 256;
+
+/// Whether a best-effort message may join a stream with `free` of `max` slots free: only
+/// while fewer than [`BEST_EFFORT_QUEUED`] (and less than half the stream) are queued,
+/// whatever they are, so the rest always stays free for what must arrive.
+pub fn best_effort_room(free: usize, max: usize) -> bool {
+    let queued = max.saturating_sub(free);
+    queued < BEST_EFFORT_QUEUED.min(max / 2)
+}
+
 /// Checks a role name: `*` or a non-empty name of letters, digits, `-`, `_`, `.`.
 pub fn validate_role(role: &str) -> Result<(), String> {
     if role == "*" {
@@ -222,13 +234,19 @@ impl Master {
         })
     }
 
-    /// Sends a best-effort event (an executor's message) to a connected framework: when
-    /// its queue is full the event is dropped, not the framework, so a chatty executor
-    /// cannot cut its framework off. A closed stream is dropped as in [`Self::send_event`].
+    /// Sends a best-effort event (an executor's message) to a connected framework. It is
+    /// dropped, and the framework stays connected, once the stream holds
+    /// [`best_effort_room`]'s worth: a chatty executor can neither fill the queue that
+    /// updates and offers need (a full one disconnects the framework) nor hold more than
+    /// a bounded amount of the master's memory. A closed stream is dropped as in
+    /// [`Self::send_event`].
     pub fn send_event_or_drop(soft: &mut Soft, fw: &FrameworkId, event: pb::event::Event) -> bool {
         let Some(conn) = soft.frameworks.get(fw) else {
             return false;
         };
+        if !best_effort_room(conn.tx.capacity(), conn.tx.max_capacity()) {
+            return false;
+        }
         match conn.tx.try_send(Ok(pb::Event { event: Some(event) })) {
             Ok(()) => true,
             Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => false,
@@ -289,9 +307,10 @@ impl Master {
     }
 
     /// Sends a best-effort message (a framework's message to an executor) to a connected
-    /// agent. `Err(true)` when its queue is full: the message is not sent, and the agent
-    /// stays connected, so a framework sending many messages cannot cut an agent (and
-    /// everyone's tasks on it) off. `Err(false)`: not connected.
+    /// agent. `Err(true)` when the agent's stream already holds [`best_effort_room`]'s
+    /// worth: the message is not sent, and the agent stays connected with room left for
+    /// the commands that must arrive (a full queue disconnects the agent, cutting off
+    /// everyone's tasks on it). `Err(false)`: not connected.
     pub fn send_agent_or_drop(
         soft: &mut Soft,
         agent: &AgentId,
@@ -301,6 +320,9 @@ impl Master {
         let Some(conn) = soft.agents.get(agent) else {
             return Err(false);
         };
+        if !best_effort_room(conn.tx.capacity(), conn.tx.max_capacity()) {
+            return Err(true);
+        }
         match conn.tx.try_send(Ok(pb::MasterMessage {
             term,
             msg: Some(msg),
@@ -352,34 +374,45 @@ mod tests {
     fn best_effort_sends_drop_the_message_not_the_peer() {
         let mut soft = Soft::default();
         let agent = AgentId::new("a1");
-        let (tx, mut rx) = mpsc::channel(2);
+        let (tx, mut rx) = mpsc::channel(8);
         soft.agents
             .insert(agent.clone(), AgentConn { conn_id: 1, tx });
+        // Up to half the queue for messages; beyond, they are refused and the agent
+        // stays connected.
+        for i in 0..4 {
+            let sent = Master::send_agent_or_drop(&mut soft, &agent, message(&[i]));
+            assert_eq!(sent, Ok(()), "message {i}");
+        }
         assert_eq!(
-            Master::send_agent_or_drop(&mut soft, &agent, message(b"1")),
-            Ok(())
-        );
-        assert_eq!(
-            Master::send_agent_or_drop(&mut soft, &agent, message(b"2")),
-            Ok(())
-        );
-        // Full: refused, and the agent stays connected.
-        assert_eq!(
-            Master::send_agent_or_drop(&mut soft, &agent, message(b"3")),
+            Master::send_agent_or_drop(&mut soft, &agent, message(b"x")),
             Err(true)
         );
         assert!(soft.agents.contains_key(&agent));
-        // A command that must arrive still disconnects a stuck agent, as before.
-        assert!(!Master::send_agent(&mut soft, &agent, message(b"4")));
-        assert!(!soft.agents.contains_key(&agent));
+        // Commands that must arrive still find room behind the refused messages.
+        for _ in 0..4 {
+            assert!(Master::send_agent(&mut soft, &agent, message(b"must")));
+        }
+        assert!(soft.agents.contains_key(&agent));
+        // As the agent reads, messages flow again.
+        for _ in 0..5 {
+            assert!(rx.try_recv().is_ok());
+        }
         assert_eq!(
-            Master::send_agent_or_drop(&mut soft, &agent, message(b"5")),
+            Master::send_agent_or_drop(&mut soft, &agent, message(b"y")),
+            Ok(())
+        );
+        drop(rx);
+        assert_eq!(
+            Master::send_agent_or_drop(&mut soft, &agent, message(b"z")),
             Err(false)
         );
-        assert!(rx.try_recv().is_ok() && rx.try_recv().is_ok() && rx.try_recv().is_err());
+        assert!(
+            !soft.agents.contains_key(&agent),
+            "a closed stream is dropped"
+        );
 
         let fw = FrameworkId::new("fw");
-        let (tx, rx) = mpsc::channel(1);
+        let (tx, rx) = mpsc::channel(4);
         soft.frameworks.insert(
             fw.clone(),
             FwConn {
@@ -391,10 +424,15 @@ mod tests {
         );
         let event = || pb::event::Event::Heartbeat(pb::event::Heartbeat {});
         assert!(Master::send_event_or_drop(&mut soft, &fw, event()));
+        assert!(Master::send_event_or_drop(&mut soft, &fw, event()));
         assert!(!Master::send_event_or_drop(&mut soft, &fw, event()));
         assert!(
             soft.frameworks.contains_key(&fw),
-            "a full stream keeps its framework"
+            "the framework stays connected"
+        );
+        assert!(
+            Master::send_event(&mut soft, &fw, event()),
+            "room for what must arrive"
         );
         drop(rx);
         assert!(!Master::send_event_or_drop(&mut soft, &fw, event()));
@@ -402,5 +440,14 @@ mod tests {
             !soft.frameworks.contains_key(&fw),
             "a closed stream is dropped"
         );
+    }
+
+    #[test]
+    fn best_effort_room_is_bounded_and_leaves_half() {
+        assert!(best_effort_room(65_536, 65_536));
+        assert!(best_effort_room(65_536 - 255, 65_536));
+        assert!(!best_effort_room(65_536 - 256, 65_536));
+        assert!(best_effort_room(9, 10) && !best_effort_room(5, 10));
+        assert!(!best_effort_room(0, 1));
     }
 }

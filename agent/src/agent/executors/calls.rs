@@ -156,7 +156,7 @@ impl AgentLoop {
                 drover_proto::MAX_EXECUTOR_MESSAGE_BYTES
             )));
         }
-        let Some(entry) = self.executors.entries.get(&ekey) else {
+        let Some(entry) = self.executors.entries.get_mut(&ekey) else {
             return Err(Status::not_found(format!(
                 "executor {executor_id} of framework {} is not running on this agent",
                 ekey.framework_id
@@ -167,6 +167,20 @@ impl AgentLoop {
                 "the executor is not subscribed; subscribe (again) before sending messages",
             ));
         }
+        let now = tokio::time::Instant::now();
+        let (start, count) = match entry.message_window {
+            Some((start, count)) if now.duration_since(start) < Duration::from_secs(1) => {
+                (start, count)
+            }
+            _ => (now, 0),
+        };
+        if count >= MAX_MESSAGES_PER_SECOND {
+            return Err(Status::resource_exhausted(format!(
+                "an executor may send its framework at most {MAX_MESSAGES_PER_SECOND} messages \
+                 per second; send again shortly"
+            )));
+        }
+        entry.message_window = Some((start, count + 1));
         let message = pb::AgentMessage {
             msg: Some(pb::agent_message::Msg::ExecutorMessage(
                 pb::agent_message::ExecutorMessage {

@@ -69,6 +69,11 @@ pub type EventSender = mpsc::UnboundedSender<Result<ExecutorEvent, Status>>;
 /// executor that does not read while its framework keeps sending must not grow the
 /// agent's memory. Beyond it messages are dropped (they are best effort anyway).
 pub const MAX_PENDING_MESSAGES: usize = 64;
+
+/// Most messages one executor may send its framework per second. They share the agent's
+/// one stream to the master with every task's status updates, so an executor (user
+/// code) must not be able to flood it; beyond, `Message` answers RESOURCE_EXHAUSTED.
+pub const MAX_MESSAGES_PER_SECOND: u32 = 100;
 type Answer = oneshot::Sender<Result<(), Status>>;
 
 /// A call of an executor, from the `Executor` service to the agent loop.
@@ -136,6 +141,9 @@ struct ExecutorEntry {
     /// Changes whenever a pending timer must no longer act.
     generation: u64,
     timed_out: bool,
+    /// The executor's messages to its framework in the current one-second window: when
+    /// it began and how many (see [`MAX_MESSAGES_PER_SECOND`]).
+    message_window: Option<(tokio::time::Instant, u32)>,
 }
 
 /// The agent loop's executor table, its events to send and its answers to give once the
@@ -393,6 +401,7 @@ impl AgentLoop {
                 watched: false,
                 generation,
                 timed_out: false,
+                message_window: None,
             },
         );
         Ok(())

@@ -60,6 +60,7 @@ impl AgentLoop {
                     watched: true,
                     generation,
                     timed_out: false,
+                    message_window: None,
                 },
             );
             tracing::info!(executor = %ekey, ?recovered, "recovered an executor; waiting for it to subscribe again");
