@@ -122,6 +122,77 @@ fn teardown(seen: &Arc<Mutex<Seen>>, thread: std::thread::JoinHandle<()>) {
     );
 }
 
+/// Waits until `n` tasks have a terminal update; returns them (see [`Seen::terminal`]).
+fn wait_for_terminal(
+    seen: &Arc<Mutex<Seen>>,
+    n: usize,
+    limit: Duration,
+) -> HashMap<String, Vec<pb::TaskStatus>> {
+    wait_until(
+        &format!("{n} task(s) to end"),
+        limit,
+        Duration::from_millis(200),
+        || {
+            let t = seen.lock().unwrap().terminal();
+            (t.len() >= n).then_some(t)
+        },
+    )
+}
+
+/// Waits until every task named was reported RUNNING; returns the agent they run on.
+fn wait_for_running(seen: &Arc<Mutex<Seen>>, tasks: &[&str]) -> AgentId {
+    wait_until(
+        &format!("{tasks:?} to run"),
+        Duration::from_secs(120),
+        Duration::from_millis(200),
+        || {
+            let seen = seen.lock().unwrap();
+            let running: Vec<&pb::TaskStatus> = seen
+                .updates
+                .iter()
+                .filter(|u| u.state() == TaskState::TaskRunning)
+                .filter(|u| tasks.contains(&u.task_id.as_ref().map_or("", |t| t.as_str())))
+                .collect();
+            let all = tasks.iter().all(|id| {
+                running
+                    .iter()
+                    .any(|u| u.task_id.as_ref().map(|t| t.as_str()) == Some(*id))
+            });
+            all.then(|| running[0].agent_id.clone().unwrap_or_default())
+        },
+    )
+}
+
+/// The code a refused call answered with.
+fn refused_with(r: Result<(), drover_sdk::SdkError>) -> Option<tonic::Code> {
+    r.unwrap_err().status().map(|s| s.code())
+}
+
+/// Waits until executor `id`'s container has ended and nothing it started runs; returns
+/// its meta directory and its sandbox.
+fn wait_for_executor_gone(work_dir: &Path, id: &str) -> (PathBuf, PathBuf) {
+    let name = format!("executor+{id}");
+    let meta = find_dir(
+        &work_dir.join("meta").join("frameworks"),
+        &format!("tasks/{name}"),
+    )
+    .expect("the executor's meta directory");
+    let sandbox = find_dir(&work_dir.join("sandboxes"), &name).expect("the executor's sandbox");
+    wait_until(
+        "the executor's container to end",
+        Duration::from_secs(60),
+        Duration::from_millis(200),
+        || meta.join("exit.json").exists().then_some(()),
+    );
+    wait_until(
+        "no process of the executor to be left",
+        Duration::from_secs(60),
+        Duration::from_millis(200),
+        || processes_mentioning(&sandbox).is_empty().then_some(()),
+    );
+    (meta, sandbox)
+}
+
 /// The one directory matching `<root>/*/<name>`.
 fn find_dir(root: &Path, name: &str) -> Option<PathBuf> {
     std::fs::read_dir(root)
@@ -192,15 +263,7 @@ fn a_custom_executor_written_with_the_sdk_runs_tasks() {
         },
     );
 
-    let terminal = wait_until(
-        "every task to end",
-        Duration::from_secs(180),
-        Duration::from_millis(200),
-        || {
-            let t = seen.lock().unwrap().terminal();
-            (t.len() == 5).then_some(t)
-        },
-    );
+    let terminal = wait_for_terminal(&seen, 5, Duration::from_secs(180));
     for (id, updates) in &terminal {
         let states: Vec<TaskState> = updates.iter().map(|u| u.state()).collect();
         assert!(
@@ -287,23 +350,7 @@ fn a_custom_executor_written_with_the_sdk_runs_tasks() {
 
     // With its last task ended, the executor was shut down and exited; nothing it started
     // is left running.
-    let meta = find_dir(
-        &work_dir.join("meta").join("frameworks"),
-        "tasks/executor+ex-1",
-    )
-    .expect("the executor's meta directory");
-    wait_until(
-        "the executor's container to end",
-        Duration::from_secs(60),
-        Duration::from_millis(200),
-        || meta.join("exit.json").exists().then_some(()),
-    );
-    wait_until(
-        "no process of the executor to be left",
-        Duration::from_secs(60),
-        Duration::from_millis(200),
-        || processes_mentioning(&sandbox).is_empty().then_some(()),
-    );
+    let (meta, _) = wait_for_executor_gone(&work_dir, "ex-1");
     let exit: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(meta.join("exit.json")).unwrap()).unwrap();
     assert_eq!(
@@ -346,15 +393,7 @@ fn an_executor_that_never_subscribes_is_killed_and_its_tasks_fail() {
             seen: seen.clone(),
         },
     );
-    let terminal = wait_until(
-        "both tasks to end",
-        Duration::from_secs(120),
-        Duration::from_millis(200),
-        || {
-            let t = seen.lock().unwrap().terminal();
-            (t.len() == 2).then_some(t)
-        },
-    );
+    let terminal = wait_for_terminal(&seen, 2, Duration::from_secs(120));
     for (id, updates) in &terminal {
         let u = &updates[0];
         assert_eq!(u.state(), TaskState::TaskFailed, "task {id}: {u:?}");
@@ -434,15 +473,7 @@ fn executors_survive_an_agent_restart_and_report_each_state_once() {
     std::fs::write(&go, b"").unwrap();
     cluster.start_agent(0);
 
-    let terminal = wait_until(
-        "both tasks to finish",
-        Duration::from_secs(180),
-        Duration::from_millis(200),
-        || {
-            let t = seen.lock().unwrap().terminal();
-            (t.len() == 2).then_some(t)
-        },
-    );
+    let terminal = wait_for_terminal(&seen, 2, Duration::from_secs(180));
     for (id, updates) in &terminal {
         assert!(
             updates.iter().all(|u| u.state() == TaskState::TaskFinished),
@@ -540,15 +571,7 @@ fn a_custom_executors_own_output_rotates() {
     let now = std::fs::metadata(sandbox.join("stdout")).unwrap().len();
     assert!(now < 1 << 20, "stdout holds {now} bytes after the rotation");
 
-    let terminal = wait_until(
-        "the task to end",
-        Duration::from_secs(120),
-        Duration::from_millis(200),
-        || {
-            let t = seen.lock().unwrap().terminal();
-            (!t.is_empty()).then_some(t)
-        },
-    );
+    let terminal = wait_for_terminal(&seen, 1, Duration::from_secs(120));
     assert_eq!(
         terminal["waits"][0].state(),
         TaskState::TaskFinished,
@@ -590,43 +613,24 @@ fn a_framework_shuts_its_executor_down_and_its_tasks_end_killed() {
             seen: seen.clone(),
         },
     );
-    let agent_id = wait_until(
-        "both tasks to run",
-        Duration::from_secs(120),
-        Duration::from_millis(200),
-        || {
-            let seen = seen.lock().unwrap();
-            let running: Vec<&pb::TaskStatus> = seen
-                .updates
-                .iter()
-                .filter(|u| u.state() == TaskState::TaskRunning)
-                .collect();
-            let both = ["long-1", "long-2"].iter().all(|id| {
-                running
-                    .iter()
-                    .any(|u| u.task_id.as_ref().map(|t| t.as_str()) == Some(*id))
-            });
-            both.then(|| running[0].agent_id.clone().unwrap_or_default())
-        },
-    );
+    let agent_id = wait_for_running(&seen, &["long-1", "long-2"]);
 
     // Bad calls are refused precisely and disturb nothing.
-    let code = |r: Result<(), drover_sdk::SdkError>| r.unwrap_err().status().map(|s| s.code());
     let other = ExecutorId::new("no-such-executor");
     let r = with_driver(&seen, async |d| {
         d.shutdown_executor(other, agent_id.clone()).await
     });
-    assert_eq!(code(r), Some(tonic::Code::NotFound));
+    assert_eq!(refused_with(r), Some(tonic::Code::NotFound));
     let r = with_driver(&seen, async |d| {
         d.shutdown_executor(ExecutorId::new("ex-sd"), AgentId::new("no-such-agent"))
             .await
     });
-    assert_eq!(code(r), Some(tonic::Code::NotFound));
+    assert_eq!(refused_with(r), Some(tonic::Code::NotFound));
     let r = with_driver(&seen, async |d| {
         d.shutdown_executor(ExecutorId::new("../ex"), agent_id.clone())
             .await
     });
-    assert_eq!(code(r), Some(tonic::Code::InvalidArgument));
+    assert_eq!(refused_with(r), Some(tonic::Code::InvalidArgument));
     assert!(seen.lock().unwrap().terminal().is_empty(), "nothing ended");
 
     with_driver(&seen, async |d| {
@@ -634,15 +638,7 @@ fn a_framework_shuts_its_executor_down_and_its_tasks_end_killed() {
             .await
     })
     .expect("shutdown");
-    let terminal = wait_until(
-        "both tasks to end",
-        Duration::from_secs(120),
-        Duration::from_millis(200),
-        || {
-            let t = seen.lock().unwrap().terminal();
-            (t.len() == 2).then_some(t)
-        },
-    );
+    let terminal = wait_for_terminal(&seen, 2, Duration::from_secs(120));
     for (id, updates) in &terminal {
         assert_eq!(
             updates[0].state(),
@@ -652,31 +648,13 @@ fn a_framework_shuts_its_executor_down_and_its_tasks_end_killed() {
         );
     }
     // The executor exited; nothing it started is left.
-    let meta = find_dir(
-        &work_dir.join("meta").join("frameworks"),
-        "tasks/executor+ex-sd",
-    )
-    .expect("the executor's meta directory");
-    wait_until(
-        "the executor's container to end",
-        Duration::from_secs(60),
-        Duration::from_millis(200),
-        || meta.join("exit.json").exists().then_some(()),
-    );
-    let sandbox =
-        find_dir(&work_dir.join("sandboxes"), "executor+ex-sd").expect("the executor's sandbox");
-    wait_until(
-        "no process of the executor to be left",
-        Duration::from_secs(60),
-        Duration::from_millis(200),
-        || processes_mentioning(&sandbox).is_empty().then_some(()),
-    );
+    wait_for_executor_gone(&work_dir, "ex-sd");
     // Its tasks are gone from the master's view: a second shutdown finds nothing.
     let r = with_driver(&seen, async |d| {
         d.shutdown_executor(ExecutorId::new("ex-sd"), agent_id.clone())
             .await
     });
-    assert_eq!(code(r), Some(tonic::Code::NotFound));
+    assert_eq!(refused_with(r), Some(tonic::Code::NotFound));
     teardown(&seen, thread);
 }
 
@@ -697,36 +675,24 @@ fn a_framework_and_its_executor_exchange_messages() {
             seen: seen.clone(),
         },
     );
-    let agent_id = wait_until(
-        "the task to run",
-        Duration::from_secs(120),
-        Duration::from_millis(200),
-        || {
-            let seen = seen.lock().unwrap();
-            seen.updates
-                .iter()
-                .find(|u| u.state() == TaskState::TaskRunning)
-                .map(|u| u.agent_id.clone().unwrap_or_default())
-        },
-    );
+    let agent_id = wait_for_running(&seen, &["long"]);
     let ex = || ExecutorId::new("ex-msg");
 
     // Refused precisely: too large, an executor that does not run there, no agent.
-    let code = |r: Result<(), drover_sdk::SdkError>| r.unwrap_err().status().map(|s| s.code());
     let r = with_driver(&seen, async |d| {
         d.send_message(agent_id.clone(), ex(), vec![b'x'; 64 * 1024 + 1])
             .await
     });
-    assert_eq!(code(r), Some(tonic::Code::InvalidArgument));
+    assert_eq!(refused_with(r), Some(tonic::Code::InvalidArgument));
     let r = with_driver(&seen, async |d| {
         d.send_message(agent_id.clone(), ExecutorId::new("ex-404"), b"hi".to_vec())
             .await
     });
-    assert_eq!(code(r), Some(tonic::Code::NotFound));
+    assert_eq!(refused_with(r), Some(tonic::Code::NotFound));
     let r = with_driver(&seen, async |d| {
         d.send_message(AgentId::new(""), ex(), b"hi".to_vec()).await
     });
-    assert_eq!(code(r), Some(tonic::Code::InvalidArgument));
+    assert_eq!(refused_with(r), Some(tonic::Code::InvalidArgument));
 
     // The example executor answers each message; delivery is best effort, so a message
     // sent while the executor was (re)subscribing may be lost: send again, bounded.
@@ -776,11 +742,6 @@ fn a_framework_and_its_executor_exchange_messages() {
     }
 
     with_driver(&seen, async |d| d.kill(TaskId::new("long"), None).await).expect("kill");
-    wait_until(
-        "the task to end",
-        Duration::from_secs(60),
-        Duration::from_millis(200),
-        || (!seen.lock().unwrap().terminal().is_empty()).then_some(()),
-    );
+    wait_for_terminal(&seen, 1, Duration::from_secs(60));
     teardown(&seen, thread);
 }

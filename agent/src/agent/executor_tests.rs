@@ -145,6 +145,17 @@ impl Harness {
         }
     }
 
+    /// The executor's container ended (it exited by itself, or after a kill).
+    async fn executor_exited(&self, exec: &str) {
+        self.events
+            .send(Event::TaskEnded {
+                key: ekey(exec),
+                result: exited(),
+            })
+            .await
+            .unwrap();
+    }
+
     async fn wait_launched(&self, key: &TaskKey) -> LaunchSpec {
         for _ in 0..1000 {
             if let Some(spec) = self.fake.launched.lock().unwrap().get(key) {
@@ -513,13 +524,7 @@ async fn an_executor_runs_its_tasks_and_its_calls_are_checked() {
         }
         h.sent("t2", TaskState::TaskKilled).await;
         // It exits by itself: nothing is killed, and nothing more is reported.
-        h.events
-            .send(Event::TaskEnded {
-                key: ekey("ex-1"),
-                result: exited(),
-            })
-            .await
-            .unwrap();
+        h.executor_exited("ex-1").await;
         let e = h.subscribe("ex-1", &[]).await.unwrap_err();
         assert_eq!(e.code(), Code::NotFound, "an ended executor is forgotten");
         assert!(h.fake.killed.lock().unwrap().is_empty());
@@ -530,13 +535,7 @@ async fn an_executor_runs_its_tasks_and_its_calls_are_checked() {
         h.wait_launched(&ekey("ex-2")).await;
         tokio::time::sleep(Duration::from_secs(61)).await;
         assert_eq!(*h.fake.killed.lock().unwrap(), [ekey("ex-2")]);
-        h.events
-            .send(Event::TaskEnded {
-                key: ekey("ex-2"),
-                result: exited(),
-            })
-            .await
-            .unwrap();
+        h.executor_exited("ex-2").await;
         let failed = h.sent("t3", TaskState::TaskFailed).await;
         assert_eq!(failed.reason(), Reason::ExecutorRegistrationTimeout);
 
@@ -546,13 +545,7 @@ async fn an_executor_runs_its_tasks_and_its_calls_are_checked() {
         let mut s3 = h.subscribe("ex-3", &[]).await.unwrap();
         assert!(matches!(next_event(&mut s3).await, Ev::Subscribed(_)));
         assert!(matches!(next_event(&mut s3).await, Ev::Launch(_)));
-        h.events
-            .send(Event::TaskEnded {
-                key: ekey("ex-3"),
-                result: exited(),
-            })
-            .await
-            .unwrap();
+        h.executor_exited("ex-3").await;
         let failed = h.sent("t4", TaskState::TaskFailed).await;
         assert_eq!(failed.reason(), Reason::ExecutorTerminated);
     })
@@ -675,13 +668,7 @@ async fn a_framework_shuts_an_executor_down_and_its_live_tasks_end_killed() {
         assert!(h.fake.killed.lock().unwrap().is_empty());
         tokio::time::sleep(Duration::from_secs(10)).await;
         assert_eq!(*h.fake.killed.lock().unwrap(), [ekey("ex-1")]);
-        h.events
-            .send(Event::TaskEnded {
-                key: ekey("ex-1"),
-                result: exited(),
-            })
-            .await
-            .unwrap();
+        h.executor_exited("ex-1").await;
         let killed = h.sent("t1", TaskState::TaskKilled).await;
         assert_eq!(killed.reason(), Reason::KilledByFramework);
     })

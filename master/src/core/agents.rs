@@ -9,7 +9,7 @@ use tonic::Status;
 
 use drover_proto::ids::validate_id;
 use drover_proto::pb::{self, agent_message::Msg as AgentMsg, master_message::Msg};
-use drover_proto::{AgentId, ExecutorId, FrameworkId, Resources};
+use drover_proto::{AgentId, Resources};
 
 use super::{launches, AgentConn, Master, STREAM_QUEUE};
 use crate::metrics::Metrics;
@@ -369,41 +369,29 @@ impl Master {
     /// dropped when the framework is not connected). The agent speaks only for executors
     /// that run an active task of that framework on it; anything else is refused here.
     fn relay_executor_message(&self, agent_id: &AgentId, m: pb::agent_message::ExecutorMessage) {
-        let checked = (|| -> Result<(FrameworkId, ExecutorId), String> {
-            let fw = m.framework_id.clone().unwrap_or_default();
-            validate_id("framework", fw.as_str())?;
-            let executor_id = m.executor_id.clone().unwrap_or_default();
-            validate_id("executor", executor_id.as_str())?;
-            if m.data.len() > drover_proto::MAX_EXECUTOR_MESSAGE_BYTES {
-                return Err(format!(
-                    "message data of {} bytes is too large",
-                    m.data.len()
-                ));
-            }
-            let runs_there = self.registry().tasks.values().any(|t| {
-                t.framework_id == fw
-                    && &t.agent_id == agent_id
-                    && t.info
-                        .executor
-                        .as_ref()
-                        .and_then(|e| e.executor_id.as_ref())
-                        == Some(&executor_id)
-            });
-            if !runs_there {
-                return Err(format!(
-                    "no active task of framework {fw} runs on executor {executor_id} there"
-                ));
-            }
-            Ok((fw, executor_id))
-        })();
-        let (fw, executor_id) = match checked {
-            Ok(ids) => ids,
-            Err(why) => {
-                Metrics::inc(&self.metrics.calls_refused);
-                tracing::warn!(agent = %agent_id, why, "refusing an executor message");
-                return;
-            }
+        let fw = m.framework_id.unwrap_or_default();
+        let executor_id = m.executor_id.unwrap_or_default();
+        let refused = if let Err(why) = validate_id("framework", fw.as_str())
+            .and_then(|()| validate_id("executor", executor_id.as_str()))
+        {
+            Some(why)
+        } else if m.data.len() > drover_proto::MAX_EXECUTOR_MESSAGE_BYTES {
+            Some(format!(
+                "message data of {} bytes is too large",
+                m.data.len()
+            ))
+        } else if !self.executor_runs_on(&fw, agent_id, &executor_id) {
+            Some(format!(
+                "no active task of framework {fw} runs on executor {executor_id} there"
+            ))
+        } else {
+            None
         };
+        if let Some(why) = refused {
+            Metrics::inc(&self.metrics.calls_refused);
+            tracing::warn!(agent = %agent_id, why, "refusing an executor message");
+            return;
+        }
         let mut soft = self.soft();
         let sent = Self::send_event_or_drop(
             &mut soft,

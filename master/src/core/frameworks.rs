@@ -525,20 +525,11 @@ impl Master {
         let executor_id = executor_id
             .filter(|e| !e.is_empty())
             .ok_or_else(|| Status::invalid_argument(format!("{call} without executor_id")))?;
-        drover_proto::ids::validate_id("executor", executor_id.as_str())
-            .map_err(Status::invalid_argument)?;
+        validate_id("executor", executor_id.as_str()).map_err(Status::invalid_argument)?;
         let agent_id = agent_id
             .filter(|a| !a.is_empty())
             .ok_or_else(|| Status::invalid_argument(format!("{call} without agent_id")))?;
-        let runs_there = self.registry().tasks.values().any(|t| {
-            &t.framework_id == fw
-                && t.agent_id == agent_id
-                && t.info
-                    .executor
-                    .as_ref()
-                    .and_then(|e| e.executor_id.as_ref())
-                    == Some(&executor_id)
-        });
+        let runs_there = self.executor_runs_on(fw, &agent_id, &executor_id);
         if !runs_there {
             return Err(Status::not_found(format!(
                 "no active task of framework {fw} on agent {agent_id} runs on executor \

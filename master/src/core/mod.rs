@@ -24,7 +24,7 @@ use tokio::sync::{mpsc, Notify};
 use tonic::Status;
 
 use drover_proto::pb;
-use drover_proto::{AgentId, FrameworkId, OfferId, Resources};
+use drover_proto::{AgentId, ExecutorId, FrameworkId, OfferId, Resources};
 
 use crate::clock::Clock;
 use crate::config::Config;
@@ -224,6 +224,26 @@ impl Master {
     /// The NotLeader answer, naming the leader when known.
     pub fn not_leader(&self) -> Status {
         drover_proto::leader::not_leader_status(self.leader_address().as_deref())
+    }
+
+    /// Whether an active task of `fw` on `agent` names `executor`: what lets a framework
+    /// shut down or message that executor, and an agent speak for it. A scan of the active
+    /// tasks, fine for these rare calls (an index would be needed if they became frequent).
+    pub fn executor_runs_on(
+        &self,
+        fw: &FrameworkId,
+        agent: &AgentId,
+        executor: &ExecutorId,
+    ) -> bool {
+        self.registry().tasks.values().any(|t| {
+            &t.framework_id == fw
+                && &t.agent_id == agent
+                && t.info
+                    .executor
+                    .as_ref()
+                    .and_then(|e| e.executor_id.as_ref())
+                    == Some(executor)
+        })
     }
 
     /// Proposes a command through Raft and waits for it to be applied.

@@ -144,6 +144,28 @@ impl AgentLoop {
         Ok(())
     }
 
+    /// The entry of an executor that may send `what` (updates, messages): it runs here and
+    /// is subscribed.
+    fn subscribed_entry(
+        &mut self,
+        ekey: &TaskKey,
+        what: &str,
+    ) -> Result<&mut ExecutorEntry, Status> {
+        let Some(entry) = self.executors.entries.get_mut(ekey) else {
+            return Err(Status::not_found(format!(
+                "executor {} of framework {} is not running on this agent",
+                ekey.executor_id().unwrap_or_default(),
+                ekey.framework_id
+            )));
+        };
+        if entry.subscriber.is_none() {
+            return Err(Status::unavailable(format!(
+                "the executor is not subscribed; subscribe (again) before sending {what}"
+            )));
+        }
+        Ok(entry)
+    }
+
     /// An executor's message to its framework: relayed once through the master, best
     /// effort. Only a subscribed executor may send; without a master it cannot go.
     fn on_executor_message(&mut self, call: pb::ExecutorMessageCall) -> Result<(), Status> {
@@ -156,17 +178,7 @@ impl AgentLoop {
                 drover_proto::MAX_EXECUTOR_MESSAGE_BYTES
             )));
         }
-        let Some(entry) = self.executors.entries.get_mut(&ekey) else {
-            return Err(Status::not_found(format!(
-                "executor {executor_id} of framework {} is not running on this agent",
-                ekey.framework_id
-            )));
-        };
-        if entry.subscriber.is_none() {
-            return Err(Status::unavailable(
-                "the executor is not subscribed; subscribe (again) before sending messages",
-            ));
-        }
+        let entry = self.subscribed_entry(&ekey, "messages")?;
         let now = tokio::time::Instant::now();
         let (start, count) = match entry.message_window {
             Some((start, count)) if now.duration_since(start) < Duration::from_secs(1) => {
@@ -201,17 +213,7 @@ impl AgentLoop {
     fn on_executor_update(&mut self, call: pb::ExecutorUpdateCall) -> Result<(), Status> {
         let ekey = request_ids(call.framework_id, call.executor_id)?;
         let executor_id = ekey.executor_id().unwrap_or_default();
-        let Some(entry) = self.executors.entries.get(&ekey) else {
-            return Err(Status::not_found(format!(
-                "executor {executor_id} of framework {} is not running on this agent",
-                ekey.framework_id
-            )));
-        };
-        if entry.subscriber.is_none() {
-            return Err(Status::unavailable(
-                "the executor is not subscribed; subscribe (again) before sending updates",
-            ));
-        }
+        self.subscribed_entry(&ekey, "updates")?;
         let Some(status) = call.status else {
             return Err(Status::invalid_argument("the update carries no status"));
         };
