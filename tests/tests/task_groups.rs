@@ -376,6 +376,10 @@ fn a_framework_shuts_a_task_groups_executor_down() {
         .await
         .unwrap();
         running(&mut fw, &["a", "b"]).await;
+        assert!(
+            holder_dir(&cluster, &fw, "pod-sd").join("ipc").exists(),
+            "the group's namespace holder is up"
+        );
         fw.client
             .shutdown(pb::ShutdownCall {
                 header: Some(fw.header.clone()),
