@@ -194,7 +194,7 @@ pub fn parse_weights(text: &str) -> anyhow::Result<Vec<(String, f64)>> {
         if !(w.is_finite() && w > 0.0 && w <= 1e6) {
             anyhow::bail!("weight of role '{role}' must be positive, got {w}");
         }
-        crate::core::validate_role(role.trim()).map_err(anyhow::Error::msg)?;
+        crate::leader::validate_role(role.trim()).map_err(anyhow::Error::msg)?;
         out.push((role.trim().to_string(), w));
     }
     Ok(out)

@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::core::Master;
+use crate::leader::Master;
 
 /// Largest request head read; anything longer is refused.
 const MAX_REQUEST: usize = 8192;

@@ -7,7 +7,7 @@
 //! - [`raft`]: raft-rs with RocksDB storage on a dedicated thread; proposals tracked by
 //!   (index, term); Raft messages to the other masters over gRPC.
 //! - [`allocator`]: hierarchical weighted DRF as a pure function of a snapshot.
-//! - [`core`]: the leader's soft state (connections, offers, filters), the ACCEPT gate,
+//! - [`leader`]: the leader's soft state (connections, offers, filters), the ACCEPT gate,
 //!   agent sessions and liveness, framework calls and failover.
 //! - [`services`]: tonic glue for the scheduler, agent, operator and Raft peer services.
 //! - [`http`]: `/metrics`, `/health`, `/state` over HTTP.
@@ -26,8 +26,8 @@ pub mod allocator;
 pub mod backup;
 pub mod clock;
 pub mod config;
-pub mod core;
 pub mod http;
+pub mod leader;
 pub mod membership;
 pub mod metrics;
 pub mod raft;
@@ -44,7 +44,7 @@ use drover_proto::pb;
 
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
-use crate::core::{Master, Soft};
+use crate::leader::{Master, Soft};
 use crate::metrics::Metrics;
 use crate::raft::transport::AddressBook;
 use crate::raft::{GrpcTransport, NodeConfig, RaftHandle, RocksStorage, Transport};

@@ -8,7 +8,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use drover_proto::pb::{self, agent_master_server::AgentMaster};
 
-use crate::core::Master;
+use crate::leader::Master;
 
 pub struct AgentService {
     pub master: Arc<Master>,

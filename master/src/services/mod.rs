@@ -1,5 +1,5 @@
 //! gRPC glue: each service validates nothing itself beyond shape and delegates to
-//! [`crate::core`], so the rules live in one place.
+//! [`crate::leader`], so the rules live in one place.
 //!
 //! - [`scheduler`]: the scheduler API (frameworks).
 //! - [`agent`]: the agent↔master stream.

@@ -10,7 +10,7 @@ use tonic::{Request, Response, Status};
 use drover_proto::pb::{self, operator_server::Operator};
 use drover_proto::{FrameworkId, Resources};
 
-use crate::core::{propose_status, Master};
+use crate::leader::{propose_status, Master};
 use crate::raft::node::MembershipChange;
 use crate::raft::ProposeError;
 use crate::registry::{AgentState, Command, TaskRec};
@@ -406,7 +406,7 @@ impl Operator for OperatorService {
         self.master.ensure_leader()?;
         let mut weights = Vec::new();
         for w in req.into_inner().weights {
-            crate::core::validate_role(&w.role).map_err(Status::invalid_argument)?;
+            crate::leader::validate_role(&w.role).map_err(Status::invalid_argument)?;
             if !(w.weight.is_finite() && w.weight > 0.0 && w.weight <= 1e6) {
                 return Err(Status::invalid_argument(format!(
                     "weight of role '{}' must be positive, got {}",

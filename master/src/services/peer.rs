@@ -10,7 +10,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use drover_proto::pb::{self, raft_peer_server::RaftPeer};
 
-use crate::core::Master;
+use crate::leader::Master;
 
 pub struct PeerService {
     pub master: Arc<Master>,

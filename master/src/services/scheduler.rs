@@ -9,7 +9,7 @@ use tonic::{Request, Response, Status};
 use drover_proto::pb::{self, scheduler_server::Scheduler};
 
 use super::GuardedStream;
-use crate::core::Master;
+use crate::leader::Master;
 
 pub struct SchedulerService {
     pub master: Arc<Master>,
