@@ -10,6 +10,9 @@
 //! - [`states`]: task-state helpers (terminal or not, names for people).
 //! - [`leader`]: the `NotLeader` error that followers answer with, encoded into a gRPC status.
 
+// Every public item documents itself: this crate is the vocabulary framework authors read.
+#![warn(missing_docs)]
+
 pub mod ids;
 pub mod leader;
 pub mod resources;

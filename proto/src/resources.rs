@@ -29,31 +29,51 @@ pub const MAX_ITEMS: usize = 65_536;
 /// Why a resource description was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ResourceError {
+    /// A resource without a name cannot be accounted for.
     #[error("resource has no name")]
     Unnamed,
+    /// Neither `scalar`, `ranges` nor `set` was given (the resource's name).
     #[error("resource '{0}' has no kind (scalar, ranges or set)")]
     NoKind(String),
+    /// A scalar that is NaN, infinite, negative or absurdly large.
     #[error("resource '{name}' has invalid value {value}: {why}")]
     BadScalar {
+        /// The resource's name.
         name: String,
+        /// The value as given.
         value: String,
+        /// Why it was refused.
         why: &'static str,
     },
+    /// A range whose begin is after its end.
     #[error("resource '{name}' has an invalid range {begin}-{end}: {why}")]
     BadRange {
+        /// The resource's name.
         name: String,
+        /// The range's first value.
         begin: u64,
+        /// The range's last value (inclusive).
         end: u64,
+        /// Why it was refused.
         why: &'static str,
     },
+    /// A set item that is the empty string (the resource's name).
     #[error("resource '{0}' has an empty set item")]
     BadSetItem(String),
+    /// More than [`MAX_ITEMS`] ranges or set items (the resource's name).
     #[error("resource '{0}' has too many ranges or items")]
     TooLarge(String),
+    /// The same name given once as one kind and once as another (the resource's name).
     #[error("resource '{0}' appears with two different kinds")]
     MixedKinds(String),
+    /// A reserved resource, which this version does not accept.
     #[error("resource '{name}' is reserved for role '{role}'; reservations are not supported yet")]
-    Reserved { name: String, role: String },
+    Reserved {
+        /// The resource's name.
+        name: String,
+        /// The role it is reserved for.
+        role: String,
+    },
 }
 
 /// Inclusive, sorted, disjoint, coalesced ranges.
@@ -79,6 +99,7 @@ impl RangeSet {
         &self.0
     }
 
+    /// True when the set holds no integer.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
@@ -88,6 +109,7 @@ impl RangeSet {
         self.0.iter().map(|(b, e)| e - b + 1).sum()
     }
 
+    /// Every integer in either set.
     pub fn union(&self, other: &RangeSet) -> RangeSet {
         let mut v = self.0.clone();
         v.extend_from_slice(&other.0);
@@ -399,18 +421,22 @@ impl Resources {
         self.ranges.get(name).cloned().unwrap_or_default()
     }
 
+    /// The `cpus` scalar (0 when absent).
     pub fn cpus(&self) -> f64 {
         self.get_scalar("cpus")
     }
 
+    /// The `mem` scalar in MB (0 when absent).
     pub fn mem(&self) -> f64 {
         self.get_scalar("mem")
     }
 
+    /// The `disk` scalar in MB (0 when absent).
     pub fn disk(&self) -> f64 {
         self.get_scalar("disk")
     }
 
+    /// True when no resource of any kind is held.
     pub fn is_empty(&self) -> bool {
         self.scalars.is_empty() && self.ranges.is_empty() && self.sets.is_empty()
     }
