@@ -3,6 +3,7 @@
 //!   hidden `--max-registry-version`, standing in for an older release) stays up and
 //!   serves, refuses a command of the newer version (FAILED_PRECONDITION naming that
 //!   master), and accepts it once that master is restarted without the cap ("upgraded");
+//!   after which a master claiming the older version is refused when it tries to join;
 //! - the cluster id: the same on every master (a joining one included), kept across a
 //!   restart and by a backup restored into a new cluster;
 //! - a data folder written by the release before registry versions
@@ -13,6 +14,10 @@
 //! `Cluster` harness does not offer; this file starts them itself with [`Masters`], a small
 //! self-contained launcher, and uses the harness only for `bin_dir`, `free_port`,
 //! `wait_until` and `health`. Waits are bounded generously; nothing asserts a duration.
+
+// The helpers return the gRPC status the masters answered, which the tests inspect;
+// boxing it would only add noise.
+#![allow(clippy::result_large_err)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -181,12 +186,9 @@ impl Masters {
         unsafe {
             libc::kill(c.id() as i32, libc::SIGTERM);
         }
-        let status = wait_until(
-            &format!("master {} to stop", i + 1),
-            MINUTE,
-            POLL,
-            || c.try_wait().ok().flatten(),
-        );
+        let status = wait_until(&format!("master {} to stop", i + 1), MINUTE, POLL, || {
+            c.try_wait().ok().flatten()
+        });
         assert!(status.success(), "master {} stopped with {status}", i + 1);
     }
 
@@ -205,6 +207,32 @@ impl Masters {
         });
         self.start(i);
         i
+    }
+
+    /// Adds a master with the next id that tries to join with `flags`, expecting it to be
+    /// refused: waits (bounded) for it to exit and returns its exit status and log.
+    fn join_refused(&mut self, flags: &[&str]) -> (std::process::ExitStatus, String) {
+        let others = self.addrs().join(",");
+        let i = self.nodes.len();
+        self.nodes.push(Node {
+            id: i as u64 + 1,
+            port: free_port(),
+            http_port: free_port(),
+            flags: flags.iter().map(|f| f.to_string()).collect(),
+            membership: vec!["--join".into(), others],
+            data: self.dir.path().join(format!("master-{}", i + 1)),
+            child: None,
+        });
+        self.spawn(i);
+        let mut child = self.nodes[i].child.take().expect("spawned");
+        let status = wait_until(
+            &format!("master {} to exit", i + 1),
+            2 * MINUTE,
+            POLL,
+            || child.try_wait().ok().flatten(),
+        );
+        let log = self.dir.path().join(format!("master-{}.log", i + 1));
+        (status, std::fs::read_to_string(log).unwrap_or_default())
     }
 
     /// The serving leader, if any.
@@ -262,10 +290,7 @@ impl Masters {
                 .ok_or_else(|| tonic::Status::unavailable(format!("{addr} does not answer")))?;
             pb::operator_client::OperatorClient::new(ch)
                 .update_weights(pb::UpdateWeightsRequest {
-                    weights: vec![pb::WeightInfo {
-                        role,
-                        weight,
-                    }],
+                    weights: vec![pb::WeightInfo { role, weight }],
                 })
                 .await
                 .map(|_| ())
@@ -276,7 +301,13 @@ impl Masters {
         let addr = self.addr(i);
         runtime().block_on(async move {
             let mut c = pb::operator_client::OperatorClient::new(channel(&addr).await?);
-            Some(c.get_roles(pb::GetRolesRequest {}).await.ok()?.into_inner().roles)
+            Some(
+                c.get_roles(pb::GetRolesRequest {})
+                    .await
+                    .ok()?
+                    .into_inner()
+                    .roles,
+            )
         })
     }
 }
@@ -335,24 +366,33 @@ fn a_capped_master_holds_back_new_commands_until_it_is_upgraded() {
 
     // The newer command is refused before it is proposed, naming the capped master (once
     // the leader has heard it; before that it names it as not reported).
-    let refusal = wait_until("the refusal to name master 3's version", MINUTE, POLL, || {
-        match at_leader(&m, |i| m.record_marker(i, "too early")) {
-            Ok(v) => panic!("a version-2 command was accepted (registry version {v})"),
-            Err(s) => {
-                assert_eq!(s.code(), tonic::Code::FailedPrecondition, "{s:?}");
-                assert!(s.message().contains("master 3"), "{}", s.message());
-                // Settled once the leader has heard every master.
-                (s.message().contains("master 3 supports only up to version 1")
-                    && !s.message().contains("has not reported"))
-                .then(|| s.message().to_string())
+    let refusal = wait_until(
+        "the refusal to name master 3's version",
+        MINUTE,
+        POLL,
+        || {
+            match at_leader(&m, |i| m.record_marker(i, "too early")) {
+                Ok(v) => panic!("a version-2 command was accepted (registry version {v})"),
+                Err(s) => {
+                    assert_eq!(s.code(), tonic::Code::FailedPrecondition, "{s:?}");
+                    assert!(s.message().contains("master 3"), "{}", s.message());
+                    // Settled once the leader has heard every master.
+                    (s.message()
+                        .contains("master 3 supports only up to version 1")
+                        && !s.message().contains("has not reported"))
+                    .then(|| s.message().to_string())
+                }
             }
-        }
-    });
+        },
+    );
     assert!(
         refusal.contains("RecordTestMarker needs registry version 2"),
         "{refusal}"
     );
-    assert!(!refusal.contains("master 1") && !refusal.contains("master 2"), "{refusal}");
+    assert!(
+        !refusal.contains("master 1") && !refusal.contains("master 2"),
+        "{refusal}"
+    );
     for i in 0..3 {
         let s = m.status(i).unwrap();
         assert_eq!(s.test_marker, "", "nothing was proposed");
@@ -370,9 +410,26 @@ fn a_capped_master_holds_back_new_commands_until_it_is_upgraded() {
     });
     let version = at_leader(&m, |i| m.record_marker(i, "upgraded")).expect("accepted now");
     assert_eq!(version, 2);
-    m.wait_for_all("the marker on every master", |s| s.test_marker == "upgraded");
+    m.wait_for_all("the marker on every master", |s| {
+        s.test_marker == "upgraded"
+    });
     let ids: Vec<String> = (0..3).map(|i| m.status(i).unwrap().cluster_id).collect();
     assert!(ids.iter().all(|id| id == &ids[0]), "{ids:?}");
+
+    // Now that the registry is at version 2, an older master may not join.
+    let (status, log) = m.join_refused(&["--max-registry-version", "1"]);
+    assert!(!status.success(), "an older master joined: {log}");
+    assert!(
+        log.contains(
+            "master 4 supports registry versions up to 1, but the registry is at version 2"
+        ),
+        "{log}"
+    );
+    let members = m.status(0).unwrap();
+    assert!(
+        !members.voters.contains(&4) && !members.learners.contains(&4),
+        "{members:?}"
+    );
 }
 
 #[test]
@@ -390,9 +447,12 @@ fn the_cluster_id_is_shared_kept_and_restored() {
 
     // A joining master receives it with the registry.
     let j = m.join_one();
-    wait_until("the joining master to hold the id", 2 * MINUTE, POLL, || {
-        (m.status(j)?.cluster_id == id).then_some(())
-    });
+    wait_until(
+        "the joining master to hold the id",
+        2 * MINUTE,
+        POLL,
+        || (m.status(j)?.cluster_id == id).then_some(()),
+    );
 
     // Kept across a restart (of the leader, even).
     let leader = m.wait_for_leader();
@@ -463,7 +523,10 @@ fn a_data_folder_of_the_previous_release_opens_and_is_upgraded() {
         String::from_utf8_lossy(&out.stderr)
     );
     let data = dir.path().join("master");
-    assert!(data.join("registry").is_dir(), "the fixture holds master/registry");
+    assert!(
+        data.join("registry").is_dir(),
+        "the fixture holds master/registry"
+    );
     let mut m = Masters::on_folder(&data, None);
     m.start(0);
     m.wait_for_leader();

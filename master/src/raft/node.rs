@@ -219,7 +219,11 @@ impl RaftHandle {
     pub fn record_member_version(&self, id: u64, version: u32) {
         let mut versions = self.progress.member_versions.lock().expect("versions lock");
         if versions.insert(id, version) != Some(version) {
-            tracing::info!(id, version, "master reports the registry versions it supports");
+            tracing::info!(
+                id,
+                version,
+                "master reports the registry versions it supports"
+            );
         }
     }
 
@@ -769,12 +773,16 @@ impl<T: Transport> Node<T> {
         // A learner is promoted only if its binary can read the registry as it is: one
         // that could not would halt, and as a voter it would weigh on the quorum.
         let recorded = self.registry.read().expect("registry lock").version;
-        let versions = self.progress.member_versions.lock().expect("versions lock").clone();
+        let versions = self
+            .progress
+            .member_versions
+            .lock()
+            .expect("versions lock")
+            .clone();
         let ready = caught_up.into_iter().find(|l| {
             let reported = versions.get(l).copied();
-            let ok = reported.is_some_and(|v| {
-                registry::version::check_member(*l, v, recorded).is_ok()
-            });
+            let ok =
+                reported.is_some_and(|v| registry::version::check_member(*l, v, recorded).is_ok());
             if ok {
                 self.promotion_refused.remove(l);
             } else if self.promotion_refused.get(l) != Some(&reported) {

@@ -295,7 +295,11 @@ fn killing_is_not_terminal_and_the_latest_health_is_kept() {
 #[test]
 fn snapshots_carry_the_version_cluster_id_and_marker() {
     let mut r = setup(false);
-    assert_eq!(r.version, version::BASE_VERSION, "a new registry starts at 1");
+    assert_eq!(
+        r.version,
+        version::BASE_VERSION,
+        "a new registry starts at 1"
+    );
     r.apply(&Command::SetRegistryVersion { version: 2 });
     let id = ClusterId::random();
     r.apply(&Command::AssignClusterId {

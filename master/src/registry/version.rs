@@ -112,7 +112,11 @@ pub enum VersionError {
          version {recorded}: run a release that supports version {recorded} on it \
          (a registry version never goes down)"
     )]
-    MemberTooOld { id: u64, supports: u32, recorded: u32 },
+    MemberTooOld {
+        id: u64,
+        supports: u32,
+        recorded: u32,
+    },
 }
 
 fn describe(lacking: &[MemberSupport]) -> String {
@@ -209,8 +213,14 @@ mod tests {
             }
         );
         let text = err.to_string();
-        assert!(text.contains("RecordTestMarker needs registry version 2"), "{text}");
-        assert!(text.contains("master 2 supports only up to version 1"), "{text}");
+        assert!(
+            text.contains("RecordTestMarker needs registry version 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("master 2 supports only up to version 1"),
+            "{text}"
+        );
         assert!(text.contains("master 3 has not reported"), "{text}");
         assert!(!text.contains("master 1"), "{text}");
     }
@@ -232,8 +242,9 @@ mod tests {
         assert_eq!(check_member(4, 3, 2), Ok(()));
         let err = check_member(4, 1, 2).unwrap_err();
         assert!(
-            err.to_string()
-                .contains("master 4 supports registry versions up to 1, but the registry is at version 2"),
+            err.to_string().contains(
+                "master 4 supports registry versions up to 1, but the registry is at version 2"
+            ),
             "{err}"
         );
     }
@@ -249,15 +260,16 @@ mod tests {
             Command::AssignClusterId {
                 cluster_id: super::super::ClusterId::random(),
             },
-            Command::RecordTestMarker {
-                marker: "m".into(),
-            },
+            Command::RecordTestMarker { marker: "m".into() },
         ];
         for c in &cmds {
             assert!(c.required_version() <= REGISTRY_VERSION, "{}", c.name());
             assert!(c.required_version() >= BASE_VERSION, "{}", c.name());
         }
-        assert_eq!(Command::SetRegistryVersion { version: 7 }.required_version(), 7);
+        assert_eq!(
+            Command::SetRegistryVersion { version: 7 }.required_version(),
+            7
+        );
         assert_eq!(Command::Noop.name(), "Noop");
         // The name is the tag in the log.
         let json = String::from_utf8(super::super::encode(&cmds[4])).unwrap();
