@@ -426,7 +426,7 @@ impl<T: Transport> Node<T> {
     fn run(&mut self, rx: Receiver<Input>, tick: Duration) {
         let mut last_tick = Instant::now();
         if let Err(e) = self.on_ready() {
-            tracing::error!(error = %e, "raft storage failed at start");
+            tracing::error!(error = %e, "cannot start raft (storage failed, or the log holds an entry this master cannot apply)");
             std::process::exit(70);
         }
         loop {
@@ -457,7 +457,8 @@ impl<T: Transport> Node<T> {
             }
             if let Err(e) = self.on_ready() {
                 // Storage failure: continuing could acknowledge writes that are not durable.
-                tracing::error!(error = %e, "raft storage failed; stopping the raft thread");
+                // An entry (or snapshot) this master cannot apply: continuing would diverge.
+                tracing::error!(error = %e, "raft failed (storage, or an entry this master cannot apply); stopping");
                 self.fail_all(ProposeError::Stopped);
                 std::process::exit(70);
             }
