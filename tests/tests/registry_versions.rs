@@ -8,7 +8,7 @@
 //!   restart and by a backup restored into a new cluster;
 //! - a data folder written by the release before registry versions
 //!   (`tests/fixtures/registry-v1.tar.gz`) opens with this binary, keeps its state, and
-//!   is upgraded in place.
+//!   is upgraded in place; a master claiming the old version then refuses the folder.
 //!
 //! The masters here need per-master flags (one capped, then not), which the shared
 //! `Cluster` harness does not offer; this file starts them itself with [`Masters`], a small
@@ -223,6 +223,12 @@ impl Masters {
             data: self.dir.path().join(format!("master-{}", i + 1)),
             child: None,
         });
+        self.start_refused(i)
+    }
+
+    /// Starts master `i` expecting it to refuse to run: waits (bounded) for it to exit and
+    /// returns its exit status and log.
+    fn start_refused(&mut self, i: usize) -> (std::process::ExitStatus, String) {
         self.spawn(i);
         let mut child = self.nodes[i].child.take().expect("spawned");
         let status = wait_until(
@@ -231,7 +237,10 @@ impl Masters {
             POLL,
             || child.try_wait().ok().flatten(),
         );
-        let log = self.dir.path().join(format!("master-{}.log", i + 1));
+        let log = self
+            .dir
+            .path()
+            .join(format!("master-{}.log", self.nodes[i].id));
         (status, std::fs::read_to_string(log).unwrap_or_default())
     }
 
@@ -557,4 +566,16 @@ fn a_data_folder_of_the_previous_release_opens_and_is_upgraded() {
     let s = m.status(0).unwrap();
     assert_eq!((s.registry_version, s.cluster_id), (2, id));
     assert_eq!(s.test_marker, "after upgrade");
+
+    // No way back: a master claiming version 1 (as the previous release) stops on the
+    // upgraded folder instead of misreading it.
+    m.stop(0);
+    m.nodes[0].flags = vec!["--max-registry-version".into(), "1".into()];
+    let (status, log) = m.start_refused(0);
+    assert!(!status.success(), "{log}");
+    assert!(
+        log.contains("needs registry version 2, but this master supports only up to 1")
+            || log.contains("the registry snapshot is at version 2"),
+        "{log}"
+    );
 }
