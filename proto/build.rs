@@ -8,6 +8,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/drover/v1/agent.proto",
         "proto/drover/v1/operator.proto",
         "proto/drover/v1/raft.proto",
+        "proto/drover/v1/testing.proto",
     ];
     for f in &files {
         println!("cargo:rerun-if-changed={f}");

@@ -515,6 +515,7 @@ mod tests {
             leader: true,
             master_info: None,
             leader_address: String::new(),
+            ..Default::default()
         };
         let state = pb::GetStateResponse {
             master_info: Some(pb::MasterInfo {

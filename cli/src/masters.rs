@@ -345,6 +345,7 @@ mod tests {
                     leader: true,
                     master_info: None,
                     leader_address: self.address.clone(),
+                    ..Default::default()
                 })),
             }
         }

@@ -130,7 +130,16 @@ async fn add(masters: &Masters, id: u64, address: &str) -> Result<pb::AddMasterR
     masters
         .operator(|mut c| {
             let address = address.to_string();
-            async move { c.add_master(pb::AddMasterRequest { id, address }).await }
+            // The new master's registry version is unknown here (0): the leader checks
+            // it before promoting the learner.
+            async move {
+                c.add_master(pb::AddMasterRequest {
+                    id,
+                    address,
+                    max_registry_version: 0,
+                })
+                .await
+            }
         })
         .await
         .with_context(|| format!("adding master {id}"))

@@ -428,6 +428,7 @@ mod fake {
                 leader: true,
                 master_info: Some(self.info.clone()),
                 leader_address: self.info.address.clone(),
+                ..Default::default()
             }))
         }
         async fn get_state(&self, _: Request<GetStateRequest>) -> Answer<GetStateResponse> {

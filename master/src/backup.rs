@@ -7,6 +7,10 @@
 //! plus the committed log after it). Restoring seeds the data folders of a NEW cluster:
 //! every member is restored from the same file with the same `--peers`, and then started
 //! normally. This is also the way out of a lost majority (see docs/operations.md).
+//!
+//! The registry bytes carry the registry's version and the cluster id: a restored cluster
+//! keeps both (it is the same cluster, recovered), and a binary that does not support
+//! the backup's version refuses it.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -23,7 +27,7 @@ use sha2::{Digest, Sha256};
 use drover_proto::pb::{self, operator_client::OperatorClient};
 
 use crate::raft::RocksStorage;
-use crate::registry::{self, Registry};
+use crate::registry::{self, ClusterId, Registry};
 
 const MAGIC: &str = "DROVER-REGISTRY-BACKUP 1";
 
@@ -250,13 +254,14 @@ fn membership_effect(reg: &mut Registry, id: u64, ty: ConfChangeType, context: &
 }
 
 /// Seeds `data_dir` (which must be empty) as master `id` of a new cluster made of
-/// `peers`, holding the registry of `backup`.
+/// `peers`, holding the registry of `backup` (its version and cluster id included).
+/// Returns the restored registry's cluster id, if it has one.
 pub fn restore(
     backup: &Backup,
     data_dir: &Path,
     id: u64,
     peers: &BTreeMap<u64, String>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Option<ClusterId>> {
     if !peers.contains_key(&id) {
         bail!("--peers must name this master (--id {id}) too");
     }
@@ -280,7 +285,7 @@ pub fn restore(
         backup.header.term.max(1),
         &reg.to_snapshot(),
     )?;
-    Ok(())
+    Ok(reg.cluster_id)
 }
 
 #[cfg(test)]
@@ -317,8 +322,11 @@ mod tests {
     #[test]
     fn restore_seeds_a_new_cluster_and_refuses_a_used_folder() {
         let dir = tempfile::tempdir().unwrap();
+        let cluster_id = ClusterId::random();
         let reg = Registry {
             weights: [("web".to_string(), 3.0)].into_iter().collect(),
+            version: 2,
+            cluster_id: Some(cluster_id.clone()),
             ..Default::default()
         };
         let b = Backup::new(1234, 7, reg.to_snapshot(), "offline");
@@ -328,7 +336,10 @@ mod tests {
         ]
         .into_iter()
         .collect();
-        restore(&b, &dir.path().join("m1"), 1, &peers).unwrap();
+        assert_eq!(
+            restore(&b, &dir.path().join("m1"), 1, &peers).unwrap(),
+            Some(cluster_id.clone())
+        );
         // The restored folder reads back as the backup's registry, new members, same
         // position in the log.
         let again = offline(&dir.path().join("m1")).unwrap();
@@ -336,6 +347,9 @@ mod tests {
         let r = Registry::from_snapshot(&again.registry).unwrap();
         assert_eq!(r.weights, reg.weights);
         assert_eq!(r.masters, peers);
+        // The same cluster, recovered: its id and version are kept.
+        assert_eq!(r.cluster_id, Some(cluster_id));
+        assert_eq!(r.version, 2);
         let err = restore(&b, &dir.path().join("m1"), 1, &peers).unwrap_err();
         assert!(err.to_string().contains("already holds"), "{err}");
         assert!(restore(&b, &dir.path().join("m3"), 3, &peers).is_err());

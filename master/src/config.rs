@@ -98,6 +98,17 @@ pub struct Flags {
     #[arg(long, default_value_t = 2)]
     pub raft_heartbeat_ticks: usize,
 
+    /// Testing only: the highest registry version this master claims to support, below
+    /// what its binary knows, so that a test can stand it in for an older release during
+    /// a rolling upgrade (no old build needed).
+    #[arg(long, hide = true, value_name = "N")]
+    pub max_registry_version: Option<u32>,
+
+    /// Testing only: serve the `RegistryTesting` gRPC service (test-only registry
+    /// commands). Never needed in production.
+    #[arg(long, hide = true)]
+    pub enable_test_commands: bool,
+
     /// Log filter (tracing's env-filter syntax), e.g. `info` or `drover_master=debug`.
     #[arg(long, default_value = "info", env = "DROVER_LOG", global = true)]
     pub log_level: String,
@@ -171,6 +182,11 @@ pub struct Config {
     pub raft_tick: Duration,
     pub raft_election_ticks: usize,
     pub raft_heartbeat_ticks: usize,
+    /// The highest registry version this master supports (the binary's, unless capped by
+    /// the hidden `--max-registry-version`).
+    pub max_registry_version: u32,
+    /// Serve the test-only `RegistryTesting` service (hidden `--enable-test-commands`).
+    pub enable_test_commands: bool,
 }
 
 fn positive_secs(name: &str, v: f64) -> anyhow::Result<Duration> {
@@ -272,6 +288,11 @@ impl Config {
         if timeout <= ping {
             anyhow::bail!("--agent-timeout-secs must be longer than --agent-ping-interval-secs");
         }
+        let known = crate::registry::version::REGISTRY_VERSION;
+        let max_registry_version = f.max_registry_version.unwrap_or(known);
+        if !(1..=known).contains(&max_registry_version) {
+            anyhow::bail!("--max-registry-version must be between 1 and {known}");
+        }
         Ok(Config {
             listen: f.listen,
             http_listen: f.http_listen,
@@ -293,6 +314,8 @@ impl Config {
             raft_tick: Duration::from_millis(f.raft_tick_ms.max(1)),
             raft_election_ticks: f.raft_election_ticks,
             raft_heartbeat_ticks: f.raft_heartbeat_ticks,
+            max_registry_version,
+            enable_test_commands: f.enable_test_commands,
         })
     }
 }

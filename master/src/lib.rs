@@ -66,7 +66,10 @@ pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 /// folder either joins an existing cluster (`--join`: the members' addresses learned there
 /// are added to `config.peers`) or seeds a brand-new one, whose voters are the ids of
 /// `--peers` (or this master alone) and whose address book is `--peers`; seeding is
-/// refused when a named peer already runs a cluster (see [`membership`]).
+/// refused when a named peer already runs a cluster (see [`membership`]). A new cluster's
+/// first snapshot is at registry version 1 and has no cluster id, so that every seeding
+/// member writes the same bytes; its first leader raises the version and assigns the id
+/// through the log (see [`leader::upgrade`]).
 async fn open_storage(config: &mut Config) -> anyhow::Result<RocksStorage> {
     std::fs::create_dir_all(&config.data_dir)?;
     let mut storage = RocksStorage::open(&config.data_dir.join("registry"))?;
@@ -93,7 +96,13 @@ async fn open_storage(config: &mut Config) -> anyhow::Result<RocksStorage> {
         } else {
             config.join.clone()
         };
-        let book = membership::join(config.id, &config.advertise, &seeds).await?;
+        let book = membership::join(
+            config.id,
+            &config.advertise,
+            config.max_registry_version,
+            &seeds,
+        )
+        .await?;
         storage.record_joining(config.id)?;
         for (id, addr) in book {
             config.peers.entry(id).or_insert(addr);
@@ -148,10 +157,17 @@ pub async fn serve_with_clock(
     let metrics = Arc::new(Metrics::default());
     let seed = config.peers.clone();
     let id = config.id;
+    let max_version = config.max_registry_version;
     let transport_metrics = metrics.clone();
     let make_transport = move |handle: RaftHandle| -> Box<dyn Transport> {
         let book = AddressBook::new(handle.clone(), seed);
-        Box::new(GrpcTransport::start(id, book, handle, transport_metrics))
+        Box::new(GrpcTransport::start(
+            id,
+            max_version,
+            book,
+            handle,
+            transport_metrics,
+        ))
     };
     let (raft, raft_thread) = raft::node::start(
         NodeConfig {
@@ -159,6 +175,7 @@ pub async fn serve_with_clock(
             tick: config.raft_tick,
             election_ticks: config.raft_election_ticks,
             heartbeat_ticks: config.raft_heartbeat_ticks,
+            max_registry_version: config.max_registry_version,
         },
         storage,
         registry.clone(),
@@ -175,6 +192,7 @@ pub async fn serve_with_clock(
         metrics,
         allocate_now: Default::default(),
         updates_tx,
+        version_lock: Default::default(),
     });
 
     tokio::spawn(master.clone().run_status_batcher(updates_rx));
@@ -182,6 +200,7 @@ pub async fn serve_with_clock(
     tokio::spawn(allocation_loop(master.clone()));
     tokio::spawn(housekeeping_loop(master.clone()));
     tokio::spawn(heartbeat_loop(master.clone()));
+    tokio::spawn(upgrade_loop(master.clone()));
     tokio::spawn(http::serve(http_listener, master.clone()));
 
     tracing::info!(listen = %config.listen, http = %config.http_listen, "drover-master serving");
@@ -216,6 +235,14 @@ pub async fn serve_with_clock(
             })
             .max_decoding_message_size(raft::transport::MAX_RAFT_MESSAGE_BYTES),
         )
+        // Test-only calls exist only on a master started with --enable-test-commands.
+        .add_optional_service(config.enable_test_commands.then(|| {
+            pb::registry_testing_server::RegistryTestingServer::new(
+                services::testing::TestingService {
+                    master: master.clone(),
+                },
+            )
+        }))
         .serve_with_incoming_shutdown(incoming, {
             // On shutdown, end every framework and agent stream first: a graceful stop
             // waits for open calls, and these streams would otherwise never end.
@@ -334,9 +361,22 @@ async fn housekeeping_loop(master: Arc<Master>) {
         if ticks.is_multiple_of(20) {
             master.resend_staging(STAGING_RESEND_MS);
         }
+
         master.expire_offers();
         master.check_agents().await;
         master.expire_frameworks().await;
+    }
+}
+
+/// The leader's upkeep of the registry version and cluster id (see [`leader::upgrade`]).
+/// A loop of its own: a proposal may wait for a quorum, which must not hold up agent
+/// liveness or offer expiry.
+async fn upgrade_loop(master: Arc<Master>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        master.upgrade_registry().await;
     }
 }
 

@@ -51,8 +51,13 @@ async fn run_subcommand(cmd: Subcommand) -> anyhow::Result<()> {
                 None => backup::online(&master).await?,
             };
             b.write_to(&out)?;
+            let cluster = drover_master::registry::Registry::from_snapshot(&b.registry)
+                .ok()
+                .and_then(|r| r.cluster_id)
+                .map(|c| format!(", cluster {c}"))
+                .unwrap_or_default();
             println!(
-                "backup written to {}: registry at log index {} (term {}), {} bytes, sha256 {}",
+                "backup written to {}: registry at log index {} (term {}), {} bytes, sha256 {}{cluster}",
                 out.display(),
                 b.header.index,
                 b.header.term,
@@ -68,9 +73,11 @@ async fn run_subcommand(cmd: Subcommand) -> anyhow::Result<()> {
         } => {
             let b = backup::Backup::read_from(&from)?;
             let peers = parse_peers(&peers)?;
-            backup::restore(&b, &data_dir, id, &peers)?;
+            let cluster = backup::restore(&b, &data_dir, id, &peers)?
+                .map(|c| format!(" (cluster id {c}, kept)"))
+                .unwrap_or_default();
             println!(
-                "{} seeded as master {id} of a new cluster {:?} from the backup at log index {}",
+                "{} seeded as master {id} of a new cluster {:?} from the backup at log index {}{cluster}",
                 data_dir.display(),
                 peers.keys().collect::<Vec<_>>(),
                 b.header.index

@@ -69,17 +69,19 @@ pub async fn refuse_if_cluster_exists(
 
 /// Joins the cluster reachable through `seeds` as master `my_id` at `advertise`: checks
 /// that the id is new (or already added as a learner), asks the leader to add it as a
-/// learner when needed, and returns the members' addresses (so that this master can
-/// answer the leader before its snapshot arrives).
+/// learner when needed (saying which registry versions it supports, `max_version`: the
+/// leader refuses a master older than its registry), and returns the members' addresses
+/// (so that this master can answer the leader before its snapshot arrives).
 pub async fn join(
     my_id: u64,
     advertise: &str,
+    max_version: u32,
     seeds: &[String],
 ) -> anyhow::Result<BTreeMap<u64, String>> {
     let deadline = tokio::time::Instant::now() + JOIN_PATIENCE;
     let mut last_err = anyhow!("no master of {seeds:?} answered");
     loop {
-        match try_join(my_id, advertise, seeds).await {
+        match try_join(my_id, advertise, max_version, seeds).await {
             Ok(Some(book)) => return Ok(book),
             Ok(None) => {}
             Err(JoinError::Fatal(e)) => return Err(e),
@@ -102,6 +104,7 @@ enum JoinError {
 async fn try_join(
     my_id: u64,
     advertise: &str,
+    max_version: u32,
     seeds: &[String],
 ) -> Result<Option<BTreeMap<u64, String>>, JoinError> {
     // Any member's view will do to find the leader; the leader then decides.
@@ -161,6 +164,7 @@ async fn try_join(
         .add_master(pb::AddMasterRequest {
             id: my_id,
             address: advertise.to_string(),
+            max_registry_version: max_version,
         })
         .await;
     match added {

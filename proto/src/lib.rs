@@ -2,7 +2,8 @@
 //!
 //! Module map:
 //! - [`pb`]: the generated prost messages and tonic services of `proto/drover/v1/*.proto`
-//!   (scheduler, agent↔master, agent API, executor and operator services).
+//!   (scheduler, agent↔master, agent API, executor, operator and Raft peer services, and
+//!   the test-only `RegistryTesting`).
 //! - [`ids`]: typed ids (`FrameworkId`, `AgentId`, `OfferId`, `TaskId`, `ExecutorId`) with
 //!   constructors and `Display`, so that handlers never pass bare strings around.
 //! - [`resources`]: the resource vocabulary (scalars, ranges, sets) with exact fixed-point

@@ -6,6 +6,8 @@
 //! - [`offers`]: allocation cycles, offer bookkeeping, rescinds.
 //! - [`gate`]: the ACCEPT gate, a pure check of a request against current state.
 //! - [`agents`]: agent sessions, liveness, the status-update batcher.
+//! - [`upgrade`]: rolling upgrades: the registry-version gate in front of every proposal,
+//!   raising the recorded version, assigning the cluster id.
 //!
 //! Locking: `soft` is a std mutex that is never held across an `.await`; the registry is
 //! written only by the Raft thread when it applies entries.
@@ -16,6 +18,7 @@ pub mod gate;
 pub mod launches;
 pub mod offers;
 pub mod task_checks;
+pub mod upgrade;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard};
@@ -101,6 +104,8 @@ pub struct Master {
     /// Wakes the allocation loop early.
     pub allocate_now: Notify,
     pub updates_tx: mpsc::UnboundedSender<crate::registry::StatusUpdate>,
+    /// Serializes raising the registry version with adding masters (see [`upgrade`]).
+    pub version_lock: tokio::sync::Mutex<()>,
 }
 
 /// Most messages queued on one stream for a best-effort send to join them (64 KiB each at
@@ -246,12 +251,15 @@ impl Master {
         })
     }
 
-    /// Proposes a command through Raft and waits for it to be applied.
+    /// Proposes a command through Raft and waits for it to be applied. A command of a
+    /// registry version some master does not support is refused first (see
+    /// [`Master::require_registry_version`]).
     pub async fn propose(&self, cmd: Command) -> Result<ApplyOutcome, Status> {
-        self.raft.propose(&cmd).await.map_err(|e| match e {
-            ProposeError::NotLeader => self.not_leader(),
-            e => propose_status(e),
-        })
+        self.require_registry_version(&cmd).await?;
+        self.raft
+            .propose(&cmd)
+            .await
+            .map_err(|e| self.propose_error(e))
     }
 
     /// Sends a best-effort event (an executor's message) to a connected framework. It is

@@ -73,6 +73,11 @@ pub struct Progress {
     /// The address book (Raft id -> gRPC address), as applied: a copy of the registry's,
     /// behind its own small lock so that readers never wait on the registry.
     pub masters: Mutex<BTreeMap<u64, String>>,
+    /// The highest registry version each other master reported with its Raft messages
+    /// since this one started (see `registry::version`): what the leader gates new
+    /// commands, version raises and promotions on. Soft state: every master records what
+    /// it hears, so a new leader knows every member as soon as they answer it.
+    pub member_versions: Mutex<BTreeMap<u64, u32>>,
 }
 
 /// One member's replication progress, as the leader sees it.
@@ -210,6 +215,27 @@ impl RaftHandle {
         self.progress.masters.lock().expect("masters lock").clone()
     }
 
+    /// Records the registry version master `id` reported (its Raft messages carry it).
+    pub fn record_member_version(&self, id: u64, version: u32) {
+        let mut versions = self.progress.member_versions.lock().expect("versions lock");
+        if versions.insert(id, version) != Some(version) {
+            tracing::info!(
+                id,
+                version,
+                "master reports the registry versions it supports"
+            );
+        }
+    }
+
+    /// The registry version each other master last reported.
+    pub fn member_versions(&self) -> BTreeMap<u64, u32> {
+        self.progress
+            .member_versions
+            .lock()
+            .expect("versions lock")
+            .clone()
+    }
+
     /// One master's address from the applied address book.
     pub fn master_address(&self, id: u64) -> Option<String> {
         self.progress
@@ -283,6 +309,9 @@ pub struct NodeConfig {
     pub tick: Duration,
     pub election_ticks: usize,
     pub heartbeat_ticks: usize,
+    /// The highest registry version this master supports: a snapshot or entry that needs
+    /// more stops the Raft thread (halting beats diverging).
+    pub max_registry_version: u32,
 }
 
 struct Pending {
@@ -310,6 +339,10 @@ struct Node<T: Transport> {
     last_heard: std::collections::HashMap<u64, Instant>,
     metrics: Arc<Metrics>,
     progress: Arc<Progress>,
+    max_registry_version: u32,
+    /// Learners whose promotion was refused (and the version they reported), so that the
+    /// refusal is logged once rather than at every check.
+    promotion_refused: BTreeMap<u64, Option<u32>>,
 }
 
 /// Starts the Raft thread over `storage`. The registry is loaded from the stored snapshot
@@ -324,7 +357,9 @@ pub fn start<T: Transport>(
 ) -> anyhow::Result<(RaftHandle, std::thread::JoinHandle<()>)> {
     let (meta, data) = storage.stored_snapshot()?;
     *registry.write().expect("registry lock") =
-        Registry::from_snapshot(&data).map_err(anyhow::Error::msg)?;
+        Registry::from_snapshot_up_to(&data, cfg.max_registry_version).map_err(|e| {
+            anyhow::anyhow!("the data folder's registry cannot be read by this master: {e}")
+        })?;
     let single_voter = storage.conf_state().voters == vec![cfg.id];
     let conf_index = storage.conf_index();
     let progress = Arc::new(Progress {
@@ -335,6 +370,7 @@ pub fn start<T: Transport>(
         members: Mutex::new(Vec::new()),
         leader_silent: Default::default(),
         masters: Mutex::new(registry.read().expect("registry lock").masters.clone()),
+        member_versions: Mutex::new(BTreeMap::new()),
     });
     let config = raft::Config {
         id: cfg.id,
@@ -377,6 +413,8 @@ pub fn start<T: Transport>(
         last_heard: Default::default(),
         metrics,
         progress,
+        max_registry_version: cfg.max_registry_version,
+        promotion_refused: BTreeMap::new(),
     };
     let join = std::thread::Builder::new()
         .name("raft".into())
@@ -388,7 +426,7 @@ impl<T: Transport> Node<T> {
     fn run(&mut self, rx: Receiver<Input>, tick: Duration) {
         let mut last_tick = Instant::now();
         if let Err(e) = self.on_ready() {
-            tracing::error!(error = %e, "raft storage failed at start");
+            tracing::error!(error = %e, "cannot start raft (storage failed, or the log holds an entry this master cannot apply)");
             std::process::exit(70);
         }
         loop {
@@ -419,7 +457,8 @@ impl<T: Transport> Node<T> {
             }
             if let Err(e) = self.on_ready() {
                 // Storage failure: continuing could acknowledge writes that are not durable.
-                tracing::error!(error = %e, "raft storage failed; stopping the raft thread");
+                // An entry (or snapshot) this master cannot apply: continuing would diverge.
+                tracing::error!(error = %e, "raft failed (storage, or an entry this master cannot apply); stopping");
                 self.fail_all(ProposeError::Stopped);
                 std::process::exit(70);
             }
@@ -562,7 +601,8 @@ impl<T: Transport> Node<T> {
         if !ready.snapshot().is_empty() {
             let snap = ready.snapshot().clone();
             self.raw.mut_store().apply_snapshot(&snap)?;
-            let reg = Registry::from_snapshot(snap.get_data()).map_err(anyhow::Error::msg)?;
+            let reg = Registry::from_snapshot_up_to(snap.get_data(), self.max_registry_version)
+                .map_err(|e| anyhow::anyhow!("the leader's snapshot cannot be installed: {e}"))?;
             *self.progress.masters.lock().expect("masters lock") = reg.masters.clone();
             *self.registry.write().expect("registry lock") = reg;
             self.applied = snap.get_metadata().index;
@@ -617,6 +657,19 @@ impl<T: Transport> Node<T> {
                         // Halting beats diverging: a newer master wrote what we cannot read.
                         anyhow::anyhow!("entry {} cannot be applied: {why}", e.index)
                     })?;
+                    if cmd.required_version() > self.max_registry_version {
+                        // What a release that does not know the command would meet (it
+                        // halts on the unknown tag): a master capped with
+                        // --max-registry-version stands in for one faithfully.
+                        anyhow::bail!(
+                            "entry {} ({}) needs registry version {}, but this master supports \
+                             only up to {}: run a newer release",
+                            e.index,
+                            cmd.name(),
+                            cmd.required_version(),
+                            self.max_registry_version
+                        );
+                    }
                     self.registry.write().expect("registry lock").apply(&cmd)
                 }
                 EntryType::EntryConfChange => {
@@ -710,10 +763,49 @@ impl<T: Transport> Node<T> {
             .iter()
             .copied()
             .collect();
-        let ready = learners.into_iter().find(|l| {
-            self.raw.raft.prs().get(*l).is_some_and(|p| {
-                p.recent_active && p.matched + PROMOTE_LAG >= committed && p.matched > 0
+        let caught_up: Vec<u64> = learners
+            .into_iter()
+            .filter(|l| {
+                self.raw.raft.prs().get(*l).is_some_and(|p| {
+                    p.recent_active && p.matched + PROMOTE_LAG >= committed && p.matched > 0
+                })
             })
+            .collect();
+        // A learner is promoted only if its binary can read the registry as it is: one
+        // that could not would halt, and as a voter it would weigh on the quorum.
+        let recorded = self.registry.read().expect("registry lock").version;
+        let versions = self
+            .progress
+            .member_versions
+            .lock()
+            .expect("versions lock")
+            .clone();
+        let ready = caught_up.into_iter().find(|l| {
+            let reported = versions.get(l).copied();
+            let ok =
+                reported.is_some_and(|v| registry::version::check_member(*l, v, recorded).is_ok());
+            if ok {
+                self.promotion_refused.remove(l);
+            } else if self.promotion_refused.get(l) != Some(&reported) {
+                self.promotion_refused.insert(*l, reported);
+                match reported {
+                    Some(v) => tracing::warn!(
+                        id = l,
+                        "not promoting a caught-up learner: {}",
+                        registry::version::VersionError::MemberTooOld {
+                            id: *l,
+                            supports: v,
+                            recorded
+                        }
+                    ),
+                    None => tracing::warn!(
+                        id = l,
+                        "not promoting a caught-up learner: it has not reported the \
+                         registry versions it supports"
+                    ),
+                }
+            }
+            ok
         });
         if let Some(id) = ready {
             let address = self

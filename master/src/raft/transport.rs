@@ -70,6 +70,8 @@ struct PeerQueue {
 /// Sends Raft messages to the other masters over gRPC.
 pub struct GrpcTransport {
     my_id: u64,
+    /// The highest registry version this master supports, sent with every batch.
+    my_version: u32,
     book: AddressBook,
     raft: RaftHandle,
     runtime: tokio::runtime::Handle,
@@ -78,10 +80,19 @@ pub struct GrpcTransport {
 }
 
 impl GrpcTransport {
-    /// A transport whose sender tasks run on the current tokio runtime.
-    pub fn start(my_id: u64, book: AddressBook, raft: RaftHandle, metrics: Arc<Metrics>) -> Self {
+    /// A transport whose sender tasks run on the current tokio runtime. `my_version`, the
+    /// highest registry version this master supports, goes with every batch (see
+    /// `registry::version`).
+    pub fn start(
+        my_id: u64,
+        my_version: u32,
+        book: AddressBook,
+        raft: RaftHandle,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Self {
             my_id,
+            my_version,
             book,
             raft,
             runtime: tokio::runtime::Handle::current(),
@@ -98,7 +109,7 @@ impl GrpcTransport {
             let (tx, rx) = mpsc::channel(PEER_QUEUE);
             let _guard = self.runtime.enter();
             tokio::spawn(peer_sender(
-                self.my_id,
+                (self.my_id, self.my_version),
                 peer,
                 addr.clone(),
                 rx,
@@ -148,7 +159,7 @@ fn endpoint(addr: &str) -> Option<Endpoint> {
 
 /// Drains one peer's queue until the transport is dropped.
 async fn peer_sender(
-    my_id: u64,
+    (my_id, my_version): (u64, u32),
     peer: u64,
     addr: String,
     mut rx: mpsc::Receiver<Message>,
@@ -209,6 +220,7 @@ async fn peer_sender(
             let mut req = tonic::Request::new(pb::RaftBatch {
                 from: my_id,
                 messages,
+                max_registry_version: my_version,
             });
             req.set_timeout(CALL_TIMEOUT);
             if let Err(status) = c.send(req).await {

@@ -161,6 +161,20 @@ impl Registry {
                 }
                 ApplyOutcome::None
             }
+            Command::SetRegistryVersion { version } => {
+                self.version = self.version.max(*version);
+                ApplyOutcome::None
+            }
+            Command::AssignClusterId { cluster_id } => {
+                if self.cluster_id.is_none() {
+                    self.cluster_id = Some(cluster_id.clone());
+                }
+                ApplyOutcome::None
+            }
+            Command::RecordTestMarker { marker } => {
+                self.test_marker = Some(marker.clone());
+                ApplyOutcome::None
+            }
         }
     }
 

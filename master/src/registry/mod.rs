@@ -9,9 +9,15 @@
 //! Commands are serialized with stable, named tags (serde's internally tagged enums). A
 //! replica that meets a tag it does not know refuses to apply it and halts rather than
 //! diverge (see `decode`).
+//!
+//! - `apply`: one apply function per command.
+//! - `types`: the records, the registry and its snapshot form.
+//! - [`version`]: registry versions, the version each command needs, and the pure rules
+//!   that gate commands and members during a rolling upgrade.
 
 mod apply;
 mod types;
+pub mod version;
 
 pub use apply::{master_status, ApplyOutcome, ReregisterOutcome, UpdateOutcome};
 pub use types::*;
@@ -21,7 +27,9 @@ use serde::{Deserialize, Serialize};
 use drover_proto::pb;
 use drover_proto::{AgentId, FrameworkId, TaskId};
 
-/// One change to the registry. Tags are part of the on-disk format: never rename one.
+/// One change to the registry. Tags are part of the on-disk format: never rename one. A
+/// new command type needs a new registry version (see [`version`] and
+/// [`Command::required_version`]).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "type")]
 pub enum Command {
@@ -74,6 +82,16 @@ pub enum Command {
     },
     /// Operator-set role weights.
     SetWeights { weights: Vec<(String, f64)> },
+    /// Raises the registry's recorded version (never lowers it): proposed by the leader
+    /// once every member supports `version`. Version 2.
+    SetRegistryVersion { version: u32 },
+    /// Gives a registry without a cluster id one (a brand-new cluster's first leader, or
+    /// the first leader after an upgrade from a release without ids). Only the first
+    /// assignment counts. Version 2.
+    AssignClusterId { cluster_id: ClusterId },
+    /// Test only (served with the hidden `--enable-test-commands`): records a marker,
+    /// nothing else. Tests use it as a command of the newest version. Version 2.
+    RecordTestMarker { marker: String },
 }
 
 /// A task as a re-registering agent reports it.

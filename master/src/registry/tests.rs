@@ -291,3 +291,61 @@ fn killing_is_not_terminal_and_the_latest_health_is_kept() {
     assert!(!r.tasks.contains_key(&key));
     assert_eq!(r.agents[&AgentId::new("a")].used.cpus(), 1.0);
 }
+
+#[test]
+fn snapshots_carry_the_version_cluster_id_and_marker() {
+    let mut r = setup(false);
+    assert_eq!(
+        r.version,
+        version::BASE_VERSION,
+        "a new registry starts at 1"
+    );
+    r.apply(&Command::SetRegistryVersion { version: 2 });
+    let id = ClusterId::random();
+    r.apply(&Command::AssignClusterId {
+        cluster_id: id.clone(),
+    });
+    // Only the first assignment counts; a version never goes down.
+    r.apply(&Command::AssignClusterId {
+        cluster_id: ClusterId::random(),
+    });
+    r.apply(&Command::SetRegistryVersion { version: 1 });
+    r.apply(&Command::RecordTestMarker {
+        marker: "m1".into(),
+    });
+    assert_eq!(r.version, 2);
+    assert_eq!(r.cluster_id, Some(id.clone()));
+
+    let back = Registry::from_snapshot(&r.to_snapshot()).unwrap();
+    assert_eq!(back, r);
+    assert_eq!(back.version, 2);
+    assert_eq!(back.cluster_id, Some(id));
+    assert_eq!(back.test_marker.as_deref(), Some("m1"));
+
+    // A master capped below the snapshot's version refuses it (as an older binary would).
+    let err = Registry::from_snapshot_up_to(&r.to_snapshot(), 1).unwrap_err();
+    assert!(err.contains("at version 2"), "{err}");
+    assert!(err.contains("versions 1 to 1"), "{err}");
+}
+
+#[test]
+fn a_snapshot_of_a_newer_version_is_refused() {
+    let mut r = setup(false);
+    r.version = version::REGISTRY_VERSION + 1;
+    let err = Registry::from_snapshot(&r.to_snapshot()).unwrap_err();
+    assert!(err.contains("newer release"), "{err}");
+    r.version = 0;
+    assert!(Registry::from_snapshot(&r.to_snapshot()).is_err());
+}
+
+#[test]
+fn version_one_snapshots_read_and_write_as_the_first_release_did() {
+    // What the first release (before versions) wrote for a registry with a weight.
+    let old = br#"{"version":1,"agents":[],"frameworks":[],"tasks":[],"completed":[],"weights":{"analytics":3.0},"masters":{"1":"127.0.0.1:5050"}}"#;
+    let r = Registry::from_snapshot(old).unwrap();
+    assert_eq!(r.version, 1);
+    assert_eq!(r.cluster_id, None);
+    assert_eq!(r.weight("analytics"), 3.0);
+    // Written back at version 1, it holds nothing that release does not know.
+    assert_eq!(r.to_snapshot(), old.to_vec());
+}

@@ -7,6 +7,8 @@ use serde::{Deserialize, Serialize};
 use drover_proto::pb::{self, TaskState};
 use drover_proto::{AgentId, FrameworkId, Resources, TaskId};
 
+use super::version::{BASE_VERSION, REGISTRY_VERSION};
+
 /// Most completed tasks kept for the operator view; older ones are forgotten.
 pub const COMPLETED_TASKS_KEPT: usize = 20_000;
 
@@ -112,9 +114,41 @@ impl TaskRec {
     }
 }
 
+/// A cluster's identity: a random UUID its first leader assigns, kept by every member
+/// (it is in the registry) and by backups. Typed so that it is never mixed up with other
+/// strings.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ClusterId(String);
+
+impl ClusterId {
+    /// A new random id (UUID v4).
+    pub fn random() -> Self {
+        Self(uuid::Uuid::new_v4().to_string())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for ClusterId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// The registry: everything a new leader needs to serve.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Registry {
+    /// The registry's format version (see [`super::version`]): only ever raised, by a
+    /// replicated command, once every member supports the new one.
+    pub version: u32,
+    /// The cluster's identity; `None` until the first leader of a release that knows
+    /// cluster ids assigns one.
+    pub cluster_id: Option<ClusterId>,
+    /// The last marker recorded by the test-only `RecordTestMarker` command.
+    pub test_marker: Option<String>,
     pub agents: BTreeMap<AgentId, AgentRec>,
     pub frameworks: BTreeMap<FrameworkId, FrameworkRec>,
     /// Non-terminal tasks.
@@ -132,10 +166,36 @@ pub struct Registry {
     pub masters: BTreeMap<u64, String>,
 }
 
+impl Default for Registry {
+    /// An empty registry at [`BASE_VERSION`], as every brand-new cluster starts.
+    fn default() -> Self {
+        Self {
+            version: BASE_VERSION,
+            cluster_id: None,
+            test_marker: None,
+            agents: Default::default(),
+            frameworks: Default::default(),
+            tasks: Default::default(),
+            completed: Default::default(),
+            completed_tasks: Default::default(),
+            weights: Default::default(),
+            masters: Default::default(),
+        }
+    }
+}
+
 /// The registry's serialized form (maps with structured keys become lists).
 #[derive(Serialize, Deserialize)]
 struct RegistrySnapshot {
+    /// The registry's version: a binary that does not support it refuses the snapshot
+    /// (a release before versions refuses anything but 1).
     version: u32,
+    /// Absent before version 2 (and until assigned): fields a version-1 reader does not
+    /// know are left out, so a version-1 registry is written exactly as that release did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    cluster_id: Option<ClusterId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    test_marker: Option<String>,
     agents: Vec<AgentRec>,
     frameworks: Vec<FrameworkRec>,
     tasks: Vec<TaskRec>,
@@ -152,7 +212,9 @@ impl Registry {
         let mut tasks: Vec<TaskRec> = self.tasks.values().cloned().collect();
         tasks.sort_by_key(|t| t.key());
         let snap = RegistrySnapshot {
-            version: 1,
+            version: self.version,
+            cluster_id: self.cluster_id.clone(),
+            test_marker: self.test_marker.clone(),
             agents: self.agents.values().cloned().collect(),
             frameworks: self.frameworks.values().cloned().collect(),
             tasks,
@@ -167,20 +229,32 @@ impl Registry {
         serde_json::to_vec(&snap).expect("registry always serializes")
     }
 
-    /// Rebuilds a registry from [`Registry::to_snapshot`] output.
+    /// Rebuilds a registry from [`Registry::to_snapshot`] output, refusing a version this
+    /// binary does not know.
     pub fn from_snapshot(data: &[u8]) -> Result<Registry, String> {
+        Self::from_snapshot_up_to(data, REGISTRY_VERSION)
+    }
+
+    /// [`Registry::from_snapshot`] for a master that supports versions up to `supported`
+    /// (less than the binary knows when capped with `--max-registry-version`).
+    pub fn from_snapshot_up_to(data: &[u8], supported: u32) -> Result<Registry, String> {
         if data.is_empty() {
             return Ok(Registry::default());
         }
         let snap: RegistrySnapshot =
             serde_json::from_slice(data).map_err(|e| format!("bad registry snapshot: {e}"))?;
-        if snap.version != 1 {
+        if snap.version < BASE_VERSION || snap.version > supported {
             return Err(format!(
-                "unknown registry snapshot version {}",
+                "the registry snapshot is at version {}, but this master supports registry \
+                 versions {BASE_VERSION} to {supported}: it was written by a newer release \
+                 (a registry version never goes down; run a release that supports it)",
                 snap.version
             ));
         }
         let mut r = Registry {
+            version: snap.version,
+            cluster_id: snap.cluster_id,
+            test_marker: snap.test_marker,
             agents: snap.agents.into_iter().map(|a| (a.id.clone(), a)).collect(),
             frameworks: snap
                 .frameworks

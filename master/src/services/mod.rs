@@ -5,11 +5,13 @@
 //! - [`agent`]: the agent↔master stream.
 //! - [`operator`]: inspection and operations.
 //! - [`peer`]: Raft messages between masters, and a read-only view of Raft progress.
+//! - [`testing`]: test-only calls, served only with the hidden `--enable-test-commands`.
 
 pub mod agent;
 pub mod operator;
 pub mod peer;
 pub mod scheduler;
+pub mod testing;
 
 use std::pin::Pin;
 use std::task::{Context, Poll};

@@ -320,11 +320,24 @@ impl Operator for OperatorService {
         _: Request<pb::GetHealthRequest>,
     ) -> Result<Response<pb::GetHealthResponse>, Status> {
         let serving = self.master.soft().serving;
+        let (cluster_id, registry_version) = {
+            let reg = self.master.registry();
+            (
+                reg.cluster_id
+                    .as_ref()
+                    .map(|c| c.to_string())
+                    .unwrap_or_default(),
+                reg.version,
+            )
+        };
         Ok(Response::new(pb::GetHealthResponse {
             healthy: true,
             leader: serving,
             master_info: Some(self.master.master_info()),
             leader_address: self.master.leader_address().unwrap_or_default(),
+            cluster_id,
+            registry_version,
+            max_registry_version: self.master.config.max_registry_version,
         }))
     }
 
@@ -550,6 +563,13 @@ impl Operator for OperatorService {
                 "address {} belongs to master {other}",
                 r.address
             )));
+        }
+        // Held until the change is applied: no version raise may slip in between.
+        let _serialized = self.master.version_lock.lock().await;
+        if r.max_registry_version != 0 {
+            let recorded = self.master.registry().version;
+            crate::registry::version::check_member(r.id, r.max_registry_version, recorded)
+                .map_err(|e| Status::failed_precondition(e.to_string()))?;
         }
         self.master
             .raft

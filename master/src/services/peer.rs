@@ -38,6 +38,10 @@ impl RaftPeer for PeerService {
     ) -> Result<Response<pb::RaftBatchAck>, Status> {
         let batch = req.into_inner();
         self.check_peer(batch.from)?;
+        self.master.raft.record_member_version(
+            batch.from,
+            crate::registry::version::reported(batch.max_registry_version),
+        );
         for bytes in batch.messages {
             let msg = Message::parse_from_bytes(&bytes)
                 .map_err(|e| Status::invalid_argument(format!("undecodable raft message: {e}")))?;
@@ -136,6 +140,14 @@ impl RaftPeer for PeerService {
             completed_task_keys,
             learners,
             addresses,
+            registry_version: reg.version,
+            max_registry_version: self.master.config.max_registry_version,
+            cluster_id: reg
+                .cluster_id
+                .as_ref()
+                .map(|c| c.to_string())
+                .unwrap_or_default(),
+            test_marker: reg.test_marker.clone().unwrap_or_default(),
         }))
     }
 }
