@@ -14,15 +14,7 @@ fn main() -> ExitCode {
 
     let loaded = match Config::load(args, |name| std::env::var_os(name)) {
         Ok(loaded) => loaded,
-        Err(drover_config::Error::CommandLine(e)) => e.exit(),
-        Err(drover_config::Error::Invalid(problems)) => {
-            // One line per refused key, each naming its file or variable.
-            for p in &problems {
-                eprintln!("drover-agent: {p}");
-            }
-            return ExitCode::from(2);
-        }
-        Err(e) => return refuse(&e),
+        Err(e) => e.exit("drover-agent"),
     };
     // Bad settings stop here, whichever layer they came from, before anything is bound or
     // touched; --print-config shows only settings the agent would accept.
@@ -35,7 +27,7 @@ fn main() -> ExitCode {
                 print!("{text}");
                 ExitCode::SUCCESS
             }
-            Err(e) => refuse(&e),
+            Err(e) => e.exit("drover-agent"),
         };
     }
     let config = loaded.settings;

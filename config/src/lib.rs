@@ -97,6 +97,25 @@ pub enum Error {
     Print(String),
 }
 
+impl Error {
+    /// Reports the refusal on stderr and exits, as both daemons do: clap's own output and
+    /// status for the command line (2, or 0 for `--help`); otherwise one line per problem,
+    /// led by the binary's name, and status 2, so that a service manager can tell refused
+    /// settings from a crash.
+    pub fn exit(self, binary: &str) -> ! {
+        match self {
+            Error::CommandLine(e) => e.exit(),
+            Error::Invalid(problems) => {
+                for p in &problems {
+                    eprintln!("{binary}: {p}");
+                }
+            }
+            other => eprintln!("{binary}: {other}"),
+        }
+        std::process::exit(2)
+    }
+}
+
 /// One refused key or value.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Problem {

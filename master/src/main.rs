@@ -9,15 +9,7 @@ use drover_master::config::{parse_peers, Config, Flags, Subcommand};
 fn main() -> ExitCode {
     let loaded = match Flags::load(std::env::args_os(), |name| std::env::var_os(name)) {
         Ok(loaded) => loaded,
-        Err(drover_config::Error::CommandLine(e)) => e.exit(),
-        Err(drover_config::Error::Invalid(problems)) => {
-            // One line per refused key, each naming its file or variable.
-            for p in &problems {
-                eprintln!("drover-master: {p}");
-            }
-            return ExitCode::from(2);
-        }
-        Err(e) => return refuse(&e),
+        Err(e) => e.exit("drover-master"),
     };
     let flags = loaded.settings.clone();
     tracing_subscriber::fmt()
@@ -40,7 +32,7 @@ fn main() -> ExitCode {
                         print!("{text}");
                         ExitCode::SUCCESS
                     }
-                    Err(e) => refuse(&e),
+                    Err(e) => e.exit("drover-master"),
                 };
             }
             run(serve(config))
