@@ -1,4 +1,9 @@
-//! Command-line flags ([`Config`]) and their validation into [`Settings`].
+//! The agent's settings ([`Config`]) and their validation into [`Settings`].
+//!
+//! [`Config`] declares each setting once: flag, default and help, and through
+//! `drover_config` its file key (the long flag name: `--work-dir` is `work-dir`) and its
+//! environment name (`DROVER_AGENT_WORK_DIR`). See `drover_config` for the precedence and
+//! docs/operations.md for an example file.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -6,6 +11,7 @@ use std::time::Duration;
 use clap::Parser;
 use drover_proto::pb;
 use drover_proto::Resources;
+use serde::Serialize;
 
 use crate::error::AgentError;
 use crate::images::ImportLimits;
@@ -16,11 +22,25 @@ use crate::images::ImportLimits;
 /// tasks it is sent, and reports every state change until it is acknowledged. Tasks run
 /// under small supervisor processes that outlive the agent, so the agent can be restarted
 /// (or upgraded) without disturbing them.
-#[derive(Parser, Debug, Clone)]
+///
+/// Every setting may also come from a TOML file (`--config FILE`, keys are the long flag
+/// names) or from the environment (`DROVER_AGENT_<KEY>`); flags override the environment,
+/// which overrides the file.
+//
+// A new setting is a field here (or in a flattened struct that also derives Serialize):
+// it is then a flag, a file key and an environment variable at once. Hidden flags stay
+// command-line only.
+#[derive(Parser, Serialize, Debug, Clone)]
 #[command(name = "drover-agent", version)]
+#[serde(rename_all = "kebab-case")]
 pub struct Config {
+    #[command(flatten)]
+    #[serde(skip)]
+    pub file: drover_config::FileArgs,
+
     /// Masters to dial, as HOST:PORT[,HOST:PORT...]. The agent tries each in turn and
-    /// follows a follower's hint to the current leader.
+    /// follows a follower's hint to the current leader. `DROVER_MASTER`, its older
+    /// environment name, still works below `DROVER_AGENT_MASTER`.
     #[arg(
         long,
         env = "DROVER_MASTER",
@@ -130,18 +150,26 @@ pub struct Config {
     pub log_level: String,
 
     /// First retry interval of an unacknowledged status update, in seconds (doubles up
-    /// to 10 minutes). For tests.
+    /// to 10 minutes). For tests: hidden, so a command-line flag only (no file key, no
+    /// environment variable).
     #[arg(long, default_value_t = 10.0, hide = true)]
     pub status_update_retry_secs: f64,
 
     /// Disk enforcement, output rotation, task users and sandbox garbage collection.
     #[command(flatten)]
+    #[serde(flatten)]
     pub sandbox: crate::sandbox_flags::SandboxFlags,
     /// Seconds a custom executor has, from its start, to subscribe to the agent; after
     /// that it is killed and its tasks fail with REASON_EXECUTOR_REGISTRATION_TIMEOUT.
     #[arg(long, default_value_t = 60.0, value_name = "SECS")]
     pub executor_registration_timeout_secs: f64,
 }
+
+/// How the agent's settings are named in files and the environment.
+pub const DAEMON: drover_config::Daemon = drover_config::Daemon {
+    name: "drover-agent",
+    env_prefix: "DROVER_AGENT_",
+};
 
 /// Validated settings, derived from [`Config`].
 #[derive(Clone, Debug)]
@@ -172,6 +200,20 @@ pub struct Settings {
 }
 
 impl Config {
+    /// Parses `args` (the binary's name first) over the config file and the environment
+    /// (`env` reads a variable), as `drover_config::load` describes: what `drover-agent`
+    /// runs with.
+    pub fn load<I, A>(
+        args: I,
+        env: impl Fn(&str) -> Option<std::ffi::OsString>,
+    ) -> Result<drover_config::Loaded<Config>, drover_config::Error>
+    where
+        I: IntoIterator<Item = A>,
+        A: Into<std::ffi::OsString>,
+    {
+        drover_config::load(&DAEMON, args, env)
+    }
+
     /// Parses a command line, e.g. in tests: `Config::from_args(["--work-dir", "/tmp/x"])`.
     pub fn from_args<I, T>(args: I) -> Result<Config, clap::Error>
     where
@@ -428,5 +470,214 @@ mod tests {
             }
             assert!(arg.get_help().is_some(), "--{} has no help", arg.get_id());
         }
+    }
+}
+
+/// The configuration layer as the agent uses it: precedence, refusals, `--print-config`.
+#[cfg(test)]
+mod layer_tests {
+    use std::collections::HashMap;
+
+    use drover_config::{Loaded, Origin};
+
+    use super::*;
+
+    struct Env(HashMap<String, String>);
+
+    impl Env {
+        fn new(vars: &[(&str, &str)]) -> Env {
+            Env(vars
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect())
+        }
+
+        fn load(&self, args: &[&str]) -> Result<Loaded<Config>, drover_config::Error> {
+            Config::load(
+                std::iter::once("drover-agent").chain(args.iter().copied()),
+                |name| self.0.get(name).map(Into::into),
+            )
+        }
+    }
+
+    fn file(dir: &tempfile::TempDir, text: &str) -> String {
+        let path = dir.path().join("agent.toml");
+        std::fs::write(&path, text).unwrap();
+        path.to_str().unwrap().to_string()
+    }
+
+    #[test]
+    fn defaults_then_file_then_environment_then_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = file(
+            &dir,
+            "pids-limit = 100\nmaster = [\"m1:5050\", \"m2:5050\"]\n\
+             enforce-disk-limits = false\nwork-dir = \"/srv/agent\"\n",
+        );
+        let none = Env::new(&[]);
+        let c = none.load(&[]).unwrap().settings;
+        assert_eq!((c.pids_limit, c.sandbox.enforce_disk_limits), (4096, true));
+        assert_eq!(c.master, ["127.0.0.1:5050"]);
+
+        let l = none.load(&["--config", &path]).unwrap();
+        let c = &l.settings;
+        assert_eq!((c.pids_limit, c.sandbox.enforce_disk_limits), (100, false));
+        assert_eq!(c.master, ["m1:5050", "m2:5050"]);
+        assert_eq!(
+            l.origin("pids-limit"),
+            Some(&Origin::File(path.clone().into()))
+        );
+
+        let env = Env::new(&[
+            ("DROVER_AGENT_PIDS_LIMIT", "200"),
+            ("DROVER_AGENT_ENFORCE_DISK_LIMITS", "true"),
+            ("DROVER_MASTER", "old:1,old:2"),
+        ]);
+        let c = env.load(&["--config", &path]).unwrap().settings;
+        assert_eq!((c.pids_limit, c.sandbox.enforce_disk_limits), (200, true));
+        assert_eq!(
+            c.master,
+            ["old:1", "old:2"],
+            "the older DROVER_MASTER beats the file"
+        );
+        assert_eq!(c.work_dir, PathBuf::from("/srv/agent"));
+
+        let env = Env::new(&[
+            ("DROVER_AGENT_PIDS_LIMIT", "200"),
+            ("DROVER_MASTER", "old:1"),
+            ("DROVER_AGENT_MASTER", "new:1"),
+        ]);
+        let l = env
+            .load(&["--config", &path, "--pids-limit", "300"])
+            .unwrap();
+        assert_eq!(l.settings.pids_limit, 300);
+        assert_eq!(l.origin("pids-limit"), Some(&Origin::CommandLine));
+        assert_eq!(l.settings.master, ["new:1"]);
+        assert_eq!(
+            l.origin("master"),
+            Some(&Origin::Env("DROVER_AGENT_MASTER".into()))
+        );
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_refused_naming_file_and_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let env = Env::new(&[]);
+        let path = file(&dir, "work_dir = \"/srv\"\n");
+        let err = env.load(&["--config", &path]).err().unwrap().to_string();
+        assert_eq!(
+            err,
+            format!("{path}: key \"work_dir\": unknown key (did you mean \"work-dir\"?)")
+        );
+        let path = file(&dir, "gc-delay-secs = \"a week\"\n");
+        let err = env.load(&["--config", &path]).err().unwrap().to_string();
+        assert!(
+            err.starts_with(&format!(
+                "{path}: key \"gc-delay-secs\": invalid value \"a week\""
+            )),
+            "{err}"
+        );
+        let path = file(&dir, "status-update-retry-secs = 1\n");
+        let err = env.load(&["--config", &path]).err().unwrap().to_string();
+        assert!(err.contains("only a command-line flag"), "{err}");
+        // The agent's own checks hold whatever layer a value came from.
+        for text in [
+            "containerizers = [\"process\", \"podman\"]",
+            "cgroups-root = \"/abs\"",
+            "log-max-files = 0",
+            "resources = \"cpus:x\"",
+            "master = []",
+        ] {
+            let path = file(&dir, text);
+            let config = env.load(&["--config", &path]).unwrap().settings;
+            assert!(config.validate().is_err(), "{text:?} accepted");
+        }
+    }
+
+    #[test]
+    fn print_config_reads_back_to_the_same_settings() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = file(
+            &dir,
+            "containerizers = \"process\"\nattributes = \"rack:r1;zone:a\"\nswitch-user = false\n",
+        );
+        let env = Env::new(&[("DROVER_AGENT_RESERVED_CPUS", "1.25")]);
+        let first = env
+            .load(&[
+                "--config",
+                &path,
+                "--shutdown-tasks-on-exit",
+                "--hostname",
+                "h1",
+            ])
+            .unwrap();
+        let printed = first.to_toml().unwrap();
+        let again = file(&dir, &printed);
+        let second = Env::new(&[]).load(&["--config", &again]).unwrap();
+        assert_eq!(
+            toml::Table::try_from(&first.settings).unwrap(),
+            toml::Table::try_from(&second.settings).unwrap(),
+            "{printed}"
+        );
+        let c = second.settings;
+        assert!(c.shutdown_tasks_on_exit && !c.sandbox.switch_user);
+        assert_eq!(
+            (c.reserved_cpus, c.containerizers),
+            (1.25, vec!["process".to_string()])
+        );
+        assert!(printed.contains("\n# resources = (not set)\n"), "{printed}");
+        assert!(
+            !printed.contains("status-update-retry"),
+            "hidden flags stay out"
+        );
+    }
+
+    #[test]
+    fn every_setting_is_a_file_key() {
+        let keys = drover_config::keys::<Config>(&DAEMON);
+        let printed = toml::Table::try_from(Env::new(&[]).load(&[]).unwrap().settings).unwrap();
+        let unprinted: Vec<&String> = keys.iter().filter(|k| !printed.contains_key(*k)).collect();
+        assert_eq!(
+            unprinted,
+            [
+                "advertise-address",
+                "resources",
+                "attributes",
+                "hostname",
+                "reserved-mem-mb"
+            ],
+            "only unset options are missing"
+        );
+        for key in [
+            "gc-delay-secs",
+            "log-level",
+            "executor-registration-timeout-secs",
+        ] {
+            assert!(keys.iter().any(|k| k == key), "{key}");
+        }
+    }
+
+    /// `packaging/agent.toml` is accepted, names every setting (set or commented out,
+    /// so a new flag needs its line), and docs/operations.md shows it as it is.
+    #[test]
+    fn the_packaged_example_is_valid_and_complete() {
+        let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+        let path = format!("{root}/packaging/agent.toml");
+        let loaded = Env::new(&[]).load(&["--config", &path]).unwrap();
+        loaded.settings.validate().unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        for key in drover_config::keys::<Config>(&DAEMON) {
+            let line = format!("{key} = ");
+            assert!(
+                text.lines()
+                    .any(|l| l.starts_with(&line) || l.starts_with(&format!("# {line}"))),
+                "{path} does not name {key}"
+            );
+        }
+        let docs = std::fs::read_to_string(format!("{root}/docs/operations.md")).unwrap();
+        assert!(
+            docs.contains(&format!("```toml\n{text}```")),
+            "docs/operations.md must show {path} as it is"
+        );
     }
 }

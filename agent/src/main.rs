@@ -2,7 +2,6 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
 use drover_agent::{Agent, Config};
 use tracing_subscriber::EnvFilter;
 
@@ -13,7 +12,25 @@ fn main() -> ExitCode {
         return ExitCode::from(code.clamp(0, 255) as u8);
     }
 
-    let config = Config::parse();
+    let loaded = match Config::load(args, |name| std::env::var_os(name)) {
+        Ok(loaded) => loaded,
+        Err(e) => e.exit("drover-agent"),
+    };
+    // Bad settings stop here, whichever layer they came from, before anything is bound or
+    // touched; --print-config shows only settings the agent would accept.
+    if let Err(e) = loaded.settings.validate() {
+        return refuse(&e);
+    }
+    if loaded.settings.file.print_config {
+        return match loaded.to_toml() {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => e.exit("drover-agent"),
+        };
+    }
+    let config = loaded.settings;
     let filter = match EnvFilter::try_new(&config.log_level) {
         Ok(f) => f,
         Err(e) => {
@@ -51,6 +68,12 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Settings refused: exit status 2, as for a bad command line.
+fn refuse(e: &dyn std::fmt::Display) -> ExitCode {
+    eprintln!("drover-agent: {e}");
+    ExitCode::from(2)
 }
 
 /// Resolves on SIGINT or SIGTERM.

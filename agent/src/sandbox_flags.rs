@@ -5,11 +5,14 @@
 use std::time::Duration;
 
 use clap::{ArgAction, Args};
+use serde::Serialize;
 
 use crate::error::AgentError;
 
-/// Sandbox flags (see the module docs).
-#[derive(Args, Debug, Clone)]
+/// Sandbox flags (see the module docs). Flattened into the agent's flat settings, so their
+/// file keys and environment names are as unprefixed as the others'.
+#[derive(Args, Serialize, Debug, Clone)]
+#[serde(rename_all = "kebab-case")]
 pub struct SandboxFlags {
     /// Seconds between two measurements of a task's sandbox against its `disk` resource.
     #[arg(long, default_value_t = 15.0, value_name = "SECS")]

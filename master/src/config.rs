@@ -1,4 +1,8 @@
-//! The master's configuration and command-line flags.
+//! The master's settings: [`Flags`] declares each one once (flag, default, help, file key
+//! and environment name, through `drover_config`), [`Config`] is what they validate into.
+//! A file key is the long flag name (`--data-dir` is `data-dir`), an environment name is
+//! `DROVER_MASTER_` and the key in upper case (`DROVER_MASTER_DATA_DIR`); see
+//! `drover_config` for the precedence and docs/operations.md for an example file.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -6,15 +10,34 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
+use serde::Serialize;
+
+/// How the master's settings are named in files and the environment.
+pub const DAEMON: drover_config::Daemon = drover_config::Daemon {
+    name: "drover-master",
+    env_prefix: "DROVER_MASTER_",
+};
 
 /// `drover-master`: the Drover master daemon.
 ///
 /// Holds the Raft-replicated registry of agents, frameworks and tasks, runs the DRF
 /// allocator, and serves the scheduler, agent and operator gRPC APIs. Listens on loopback
 /// unless told otherwise.
-#[derive(Debug, Clone, Parser)]
+///
+/// Every setting may also come from a TOML file (`--config FILE`, keys are the long flag
+/// names) or from the environment (`DROVER_MASTER_<KEY>`); flags override the environment,
+/// which overrides the file.
+///
+/// A new setting is a field here: it is then a flag, a file key and an environment
+/// variable at once. Hidden flags stay command-line only (`drover_config`'s module docs).
+#[derive(Debug, Clone, Parser, Serialize)]
 #[command(name = "drover-master", version, about, long_about = None)]
+#[serde(rename_all = "kebab-case")]
 pub struct Flags {
+    #[command(flatten)]
+    #[serde(skip)]
+    pub file: drover_config::FileArgs,
+
     /// Address of the gRPC API (scheduler, agent and operator services).
     #[arg(long, default_value = "127.0.0.1:5050", env = "DROVER_MASTER_LISTEN")]
     pub listen: SocketAddr,
@@ -110,10 +133,13 @@ pub struct Flags {
     pub enable_test_commands: bool,
 
     /// Log filter (tracing's env-filter syntax), e.g. `info` or `drover_master=debug`.
+    /// `DROVER_LOG`, its older environment name, still works below `DROVER_MASTER_LOG_LEVEL`.
     #[arg(long, default_value = "info", env = "DROVER_LOG", global = true)]
     pub log_level: String,
 
+    /// Not a setting: the file configures the serving master only.
     #[command(subcommand)]
+    #[serde(skip)]
     pub command: Option<Subcommand>,
 }
 
@@ -241,6 +267,21 @@ pub fn parse_peers(text: &str) -> anyhow::Result<BTreeMap<u64, String>> {
     Ok(out)
 }
 
+impl Flags {
+    /// Parses `args` (the binary's name first) over the config file and the environment
+    /// (`env` reads a variable), as `drover_config::load` describes.
+    pub fn load<I, A>(
+        args: I,
+        env: impl Fn(&str) -> Option<std::ffi::OsString>,
+    ) -> Result<drover_config::Loaded<Flags>, drover_config::Error>
+    where
+        I: IntoIterator<Item = A>,
+        A: Into<std::ffi::OsString>,
+    {
+        drover_config::load(&DAEMON, args, env)
+    }
+}
+
 impl Config {
     pub fn from_flags(f: &Flags) -> anyhow::Result<Config> {
         if f.id == 0 {
@@ -264,6 +305,11 @@ impl Config {
             .filter(|a| !a.is_empty())
             .map(str::to_string)
             .collect();
+        // clap refuses both flags together; this also covers values from a file or the
+        // environment, which clap does not count as given.
+        if !peers.is_empty() && !join.is_empty() {
+            anyhow::bail!("--peers and --join exclude each other: --peers seeds a new cluster, --join enters a running one");
+        }
         let advertise = match (&f.advertise_address, peers.get(&f.id)) {
             (Some(a), _) => a.clone(),
             (None, Some(a)) => a.clone(),
@@ -361,5 +407,181 @@ mod tests {
         assert!(f.listen.ip().is_loopback());
         assert!(f.http_listen.ip().is_loopback());
         assert!(Config::from_flags(&f).is_ok());
+    }
+}
+
+/// The configuration layer as the master uses it: precedence, refusals, `--print-config`.
+#[cfg(test)]
+mod layer_tests {
+    use std::collections::HashMap;
+
+    use drover_config::{Loaded, Origin};
+
+    use super::*;
+
+    struct Env(HashMap<String, String>);
+
+    impl Env {
+        fn new(vars: &[(&str, &str)]) -> Env {
+            Env(vars
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect())
+        }
+
+        fn load(&self, args: &[&str]) -> Result<Loaded<Flags>, drover_config::Error> {
+            Flags::load(
+                std::iter::once("drover-master").chain(args.iter().copied()),
+                |name| self.0.get(name).map(Into::into),
+            )
+        }
+    }
+
+    fn file(dir: &tempfile::TempDir, text: &str) -> String {
+        let path = dir.path().join("master.toml");
+        std::fs::write(&path, text).unwrap();
+        path.to_str().unwrap().to_string()
+    }
+
+    #[test]
+    fn defaults_then_file_then_environment_then_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = file(
+            &dir,
+            "heartbeat-interval-secs = 2.5\nlisten = \"127.0.0.1:6050\"\nlog-level = \"warn\"\n",
+        );
+        let none = Env::new(&[]);
+        let f = none.load(&[]).unwrap().settings;
+        assert_eq!(f.heartbeat_interval_secs, 5.0);
+        assert_eq!(f.log_level, "info");
+
+        let l = none.load(&["--config", &path]).unwrap();
+        assert_eq!(l.settings.heartbeat_interval_secs, 2.5);
+        assert_eq!(l.settings.listen.port(), 6050);
+        assert_eq!(l.origin("listen"), Some(&Origin::File(path.clone().into())));
+
+        let env = Env::new(&[
+            ("DROVER_MASTER_HEARTBEAT_INTERVAL_SECS", "3"),
+            ("DROVER_MASTER_LISTEN", "127.0.0.1:7050"),
+            ("DROVER_LOG", "debug"),
+        ]);
+        let f = env.load(&["--config", &path]).unwrap().settings;
+        assert_eq!(f.heartbeat_interval_secs, 3.0);
+        assert_eq!(f.listen.port(), 7050);
+        assert_eq!(
+            f.log_level, "debug",
+            "the older DROVER_LOG still beats the file"
+        );
+
+        let env = Env::new(&[
+            ("DROVER_MASTER_HEARTBEAT_INTERVAL_SECS", "3"),
+            ("DROVER_LOG", "debug"),
+            ("DROVER_MASTER_LOG_LEVEL", "trace"),
+        ]);
+        let l = env
+            .load(&["--config", &path, "--heartbeat-interval-secs", "4"])
+            .unwrap();
+        assert_eq!(l.settings.heartbeat_interval_secs, 4.0);
+        assert_eq!(
+            l.origin("heartbeat-interval-secs"),
+            Some(&Origin::CommandLine)
+        );
+        assert_eq!(l.settings.log_level, "trace");
+        assert_eq!(l.settings.listen.port(), 6050);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_refused_naming_file_and_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let env = Env::new(&[]);
+        let path = file(&dir, "listne = \"0.0.0.0:5050\"\n");
+        let err = env.load(&["--config", &path]).err().unwrap().to_string();
+        assert_eq!(
+            err,
+            format!("{path}: key \"listne\": unknown key (did you mean \"listen\"?)")
+        );
+        let path = file(&dir, "heartbeat-interval-secs = \"5x\"\n");
+        let err = env.load(&["--config", &path]).err().unwrap().to_string();
+        assert!(
+            err.starts_with(&format!(
+                "{path}: key \"heartbeat-interval-secs\": invalid value \"5x\""
+            )),
+            "{err}"
+        );
+        // Checks across settings hold whatever layer a value came from.
+        for text in [
+            "id = 4\npeers = \"1=a:1,2=b:2\"\n",
+            "peers = \"1=a:1\"\njoin = \"b:2\"\n",
+            "agent-ping-interval-secs = 40\n",
+            "raft-election-ticks = 1\n",
+        ] {
+            let path = file(&dir, text);
+            let flags = env.load(&["--config", &path]).unwrap().settings;
+            assert!(Config::from_flags(&flags).is_err(), "{text:?} accepted");
+        }
+        let path = file(&dir, "id = 2\npeers = \"1=a:1,2=b:2\"\n");
+        let flags = env.load(&["--config", &path]).unwrap().settings;
+        assert_eq!(Config::from_flags(&flags).unwrap().advertise, "b:2");
+    }
+
+    #[test]
+    fn print_config_reads_back_to_the_same_settings() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = file(&dir, "peers = \"1=a:1,2=b:2\"\nweights = \"web=2\"\n");
+        let env = Env::new(&[("DROVER_MASTER_RAFT_TICK_MS", "20")]);
+        let first = env
+            .load(&["--config", &path, "--id", "2", "--data-dir", "/srv/m"])
+            .unwrap();
+        let printed = first.to_toml().unwrap();
+        let again = file(&dir, &printed);
+        let second = Env::new(&[]).load(&["--config", &again]).unwrap();
+        assert_eq!(
+            toml::Table::try_from(&first.settings).unwrap(),
+            toml::Table::try_from(&second.settings).unwrap(),
+            "{printed}"
+        );
+        assert_eq!(second.settings.raft_tick_ms, 20);
+        assert!(
+            printed.contains("\n# advertise-address = (not set)\n"),
+            "{printed}"
+        );
+    }
+
+    #[test]
+    fn every_setting_is_a_file_key() {
+        let keys = drover_config::keys::<Flags>(&DAEMON);
+        let printed = toml::Table::try_from(Env::new(&[]).load(&[]).unwrap().settings).unwrap();
+        let unprinted: Vec<&String> = keys.iter().filter(|k| !printed.contains_key(*k)).collect();
+        assert_eq!(
+            unprinted,
+            ["advertise-address"],
+            "only unset options are missing"
+        );
+        assert!(keys.iter().any(|k| k == "log-level"));
+        assert!(!keys.iter().any(|k| k == "config" || k == "print-config"));
+    }
+
+    /// `packaging/master.toml` is accepted, names every setting (set or commented out,
+    /// so a new flag needs its line), and docs/operations.md shows it as it is.
+    #[test]
+    fn the_packaged_example_is_valid_and_complete() {
+        let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+        let path = format!("{root}/packaging/master.toml");
+        let loaded = Env::new(&[]).load(&["--config", &path]).unwrap();
+        Config::from_flags(&loaded.settings).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        for key in drover_config::keys::<Flags>(&DAEMON) {
+            let line = format!("{key} = ");
+            assert!(
+                text.lines()
+                    .any(|l| l.starts_with(&line) || l.starts_with(&format!("# {line}"))),
+                "{path} does not name {key}"
+            );
+        }
+        let docs = std::fs::read_to_string(format!("{root}/docs/operations.md")).unwrap();
+        assert!(
+            docs.contains(&format!("```toml\n{text}```")),
+            "docs/operations.md must show {path} as it is"
+        );
     }
 }

@@ -1,22 +1,66 @@
-//! `drover-master`: parses flags, binds the listeners and runs the master until SIGINT or
-//! SIGTERM.
+//! `drover-master`: reads its settings (defaults < `--config` file < environment < flags),
+//! binds the listeners and runs the master until SIGINT or SIGTERM.
 
-use clap::Parser;
+use std::process::ExitCode;
+
 use drover_master::backup;
 use drover_master::config::{parse_peers, Config, Flags, Subcommand};
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let flags = Flags::parse();
+fn main() -> ExitCode {
+    let loaded = match Flags::load(std::env::args_os(), |name| std::env::var_os(name)) {
+        Ok(loaded) => loaded,
+        Err(e) => e.exit("drover-master"),
+    };
+    let flags = loaded.settings.clone();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(&flags.log_level))
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    if let Some(cmd) = flags.command.clone() {
-        return run_subcommand(cmd).await;
+    let result = match flags.command.clone() {
+        Some(cmd) => run(run_subcommand(cmd)),
+        None => {
+            // Bad settings stop here, before anything is bound or opened, whichever layer
+            // they came from; --print-config shows only settings the master would accept.
+            let config = match Config::from_flags(&flags) {
+                Ok(config) => config,
+                Err(e) => return refuse(&e),
+            };
+            if flags.file.print_config {
+                return match loaded.to_toml() {
+                    Ok(text) => {
+                        print!("{text}");
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => e.exit("drover-master"),
+                };
+            }
+            run(serve(config))
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {e:?}");
+            ExitCode::FAILURE
+        }
     }
-    let config = Config::from_flags(&flags)?;
+}
+
+/// Settings refused: exit status 2, as for a bad command line.
+fn refuse(e: &dyn std::fmt::Display) -> ExitCode {
+    eprintln!("drover-master: {e}");
+    ExitCode::from(2)
+}
+
+fn run(work: impl std::future::Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(work)
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
