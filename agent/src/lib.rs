@@ -52,6 +52,7 @@ pub mod journal;
 pub mod layout;
 pub mod master_link;
 pub mod metrics;
+pub mod outbox;
 pub mod procfs;
 pub mod resources;
 pub mod sandbox_flags;

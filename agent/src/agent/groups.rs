@@ -27,7 +27,7 @@ use drover_proto::pb::{
 };
 use drover_proto::{states, ExecutorId, FrameworkId};
 
-use super::recovery::TaskCheckpoint;
+use crate::journal::TaskCheckpoint;
 use super::state::{AgentLoop, TaskEntry};
 use super::tasks::create_sandbox;
 use crate::containerizer::linux::holder;

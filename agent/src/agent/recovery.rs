@@ -15,18 +15,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{AgentError, IoContext};
 use crate::fsutil::read_json;
-use crate::journal::Journal;
+use crate::journal::{Journal, TaskCheckpoint};
 use crate::layout::{Layout, TaskKey};
 use crate::status_updates::StreamCheckpoint;
-
-/// Everything needed to report and relaunch-proof a task, checkpointed before its
-/// container is started.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct TaskCheckpoint {
-    pub framework_id: FrameworkId,
-    pub framework_info: Option<pb::FrameworkInfo>,
-    pub task: pb::TaskInfo,
-}
 
 /// A task found on disk that is not completed.
 #[derive(Clone, Debug)]

@@ -8,7 +8,7 @@ use drover_proto::pb::{
 };
 use drover_proto::Resources;
 
-use super::recovery::TaskCheckpoint;
+use crate::journal::TaskCheckpoint;
 use super::state::{AgentLoop, TaskEntry};
 use crate::containerizer::{terminal_status, LaunchSpec, Termination};
 use crate::error::AgentError;
