@@ -15,6 +15,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, oneshot};
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::error::AgentError;
 use crate::files_api;
 use crate::files_api::follow::{FollowRequest, TaskLiveness, FOLLOW_POLL};
 use crate::files_api::rotation::Rotations;
@@ -39,7 +40,8 @@ pub enum StateRequest {
 /// The stream of events to one subscribed executor.
 pub type EventSender = mpsc::UnboundedSender<Result<ExecutorEvent, Status>>;
 
-type Answer = oneshot::Sender<Result<(), Status>>;
+/// The answer to an executor's call, once what it changed is durable.
+pub type Answer = oneshot::Sender<Result<(), Status>>;
 
 /// A call of an executor, from the `Executor` service to the agent loop (which handles
 /// it in `agent/executors/`).
@@ -279,7 +281,7 @@ impl AgentApi for AgentApiService {
         })
         .await
         .map_err(|e| Status::internal(format!("image import panicked: {e}")))?
-        .map_err(|e| e.to_status())?;
+        .map_err(|e| AgentError::from(e).to_status())?;
         drop(upload);
         Ok(Response::new(pb::ImportImageResponse {
             images: images.iter().map(image_summary).collect(),
@@ -305,7 +307,7 @@ impl AgentApi for AgentApiService {
         let removed = tokio::task::spawn_blocking(move || store.remove(&image))
             .await
             .map_err(|e| Status::internal(format!("image removal panicked: {e}")))?
-            .map_err(|e| e.to_status())?;
+            .map_err(|e| AgentError::from(e).to_status())?;
         Ok(Response::new(pb::RemoveImageResponse {
             image: Some(image_summary(&removed)),
         }))
@@ -401,7 +403,7 @@ impl Executor for ExecutorService {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::images::tests::{layer, oci_files, plain, reference_layers, write_tar, E};
+    use crate::images::testing::{layer, oci_files, plain, reference_layers, write_tar, E};
     use crate::images::ImportLimits;
     use drover_proto::pb::agent_api_client::AgentApiClient;
     use tokio_stream::wrappers::TcpListenerStream;
@@ -435,8 +437,9 @@ mod tests {
             )
             .unwrap(),
         );
-        let (events, _rx) = mpsc::channel(1);
-        let service = AgentApiService::new(Layout::new(dir.path()), events, store.clone());
+        let (events, _rx) = mpsc::channel::<StateRequest>(1);
+        let service =
+            AgentApiService::new(Layout::new(dir.path()), Outbox::new(events), store.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let server = tokio::spawn(

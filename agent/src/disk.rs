@@ -27,17 +27,16 @@
 use std::collections::{HashMap, HashSet};
 use std::ffi::CString;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::fs::FileExt;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use drover_proto::pb::{self, task_status::Reason};
+use drover_proto::pb::task_status::Reason;
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, oneshot, watch as tokio_watch};
+use tokio::sync::{oneshot, watch as tokio_watch};
 
-use crate::containerizer::Containerizer;
+use crate::containerizer::{Containerizer, DiskUsage};
 use crate::files_api::rotation::{rotate_all, Rotations};
 use crate::files_api::{fstat, is_kind, lstatat, openat, DIR_FLAGS};
 use crate::fsutil::{read_json, write_json_atomic};
@@ -182,43 +181,6 @@ pub fn measure(root: &Path, stop_above: u64) -> io::Result<Measured> {
 /// Megabytes as people read them in messages.
 fn mb(bytes: u64) -> String {
     format!("{:.1} MB", bytes as f64 / (1024.0 * 1024.0))
-}
-
-/// A task's latest disk figures, for its `ResourceStatistics`.
-#[derive(Default)]
-pub struct DiskUsage(Mutex<HashMap<TaskKey, (u64, Option<u64>)>>);
-
-impl DiskUsage {
-    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<TaskKey, (u64, Option<u64>)>> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Adds the task's disk figures to `stats` (creating it when the container reports
-    /// nothing else).
-    pub fn fill(
-        &self,
-        key: &TaskKey,
-        stats: Option<pb::ResourceStatistics>,
-    ) -> Option<pb::ResourceStatistics> {
-        let Some((used, limit)) = self.map().get(key).copied() else {
-            return stats;
-        };
-        let mut stats = stats.unwrap_or_else(|| pb::ResourceStatistics {
-            timestamp: drover_proto::unix_seconds(),
-            ..Default::default()
-        });
-        stats.disk_used_bytes = used;
-        stats.disk_limit_bytes = limit.unwrap_or(0);
-        Some(stats)
-    }
-
-    fn set(&self, key: &TaskKey, used: u64, limit: Option<u64>) {
-        self.map().insert(key.clone(), (used, limit));
-    }
-
-    fn retain(&self, live: &HashSet<TaskKey>) {
-        self.map().retain(|k, _| live.contains(k));
-    }
 }
 
 /// A task the disk watcher looks after: active, with its `disk` resource in bytes.

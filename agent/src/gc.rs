@@ -126,8 +126,8 @@ fn completed_tasks(
         };
         for task in tasks.flatten() {
             let key = TaskKey::new(
-                fw.file_name().to_string_lossy(),
-                task.file_name().to_string_lossy(),
+                fw.file_name().to_string_lossy().into_owned(),
+                task.file_name().to_string_lossy().into_owned(),
             );
             if key.validate().is_err() || known.contains(&key) {
                 continue;

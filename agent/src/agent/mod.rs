@@ -132,8 +132,15 @@ impl Agent {
         let agent_id = read_agent_id(&layout.agent_id_file())?;
         let fence = TermFence::load(layout.term_file())?;
         let metrics = Arc::new(Metrics::new());
+        let options = crate::containerizer::Options {
+            containerizers: settings.containerizers.clone(),
+            cgroups_root: settings.cgroups_root.clone(),
+            pids_limit: settings.pids_limit,
+            default_grace: settings.default_grace,
+            docker_socket: settings.docker_socket.clone(),
+        };
         let containerizers =
-            Arc::new(crate::containerizer::build(&settings, &layout, images.clone()).await?);
+            Arc::new(crate::containerizer::build(&options, &layout, images.clone()).await?);
         let containerizer: Arc<dyn Containerizer> = containerizers.clone();
         let (journal, found) = recovery::load(&layout)?;
         let (events_tx, events_rx) = mpsc::channel(1024);

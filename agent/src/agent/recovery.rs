@@ -9,10 +9,6 @@
 use std::fs;
 use std::io;
 
-use drover_proto::pb;
-use drover_proto::FrameworkId;
-use serde::{Deserialize, Serialize};
-
 use crate::error::{AgentError, IoContext};
 use crate::fsutil::read_json;
 use crate::journal::{Journal, TaskCheckpoint};
@@ -121,6 +117,7 @@ mod tests {
     use super::*;
     use crate::fsutil::{create_dir_all_durable, write_atomic, write_json_atomic};
     use crate::journal::Record;
+    use drover_proto::{pb, FrameworkId};
 
     fn checkpoint(name: &str) -> TaskCheckpoint {
         TaskCheckpoint {

@@ -23,7 +23,6 @@ use super::groups::{Group, GroupKey};
 use super::health::Health;
 use super::recovery::RecoveredTask;
 use crate::config::Settings;
-use crate::{api, disk, gc};
 use crate::containerizer::{Containerizer, LaunchSpec, Recovered, Termination};
 use crate::error::{AgentError, IoContext};
 use crate::fsutil::{create_dir_all_durable, fsync_dir, write_atomic};
@@ -33,6 +32,7 @@ use crate::master_link::LinkEvent;
 use crate::metrics::Metrics;
 use crate::status_updates::checkpoint::StatusUpdates;
 use crate::status_updates::{RetryPolicy, StatusUpdate};
+use crate::{api, disk, gc};
 
 /// How long a stopping agent waits for the acknowledgement of its last updates.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(3);
@@ -317,7 +317,7 @@ impl AgentLoop {
         let events = self.events_tx.clone();
         let key = key.clone();
         tokio::spawn(async move {
-            let result = containerizer.wait(&key).await;
+            let result = containerizer.wait(&key).await.map_err(AgentError::from);
             let _ = events.send(Event::TaskEnded { key, result }).await;
         });
     }

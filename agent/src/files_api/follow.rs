@@ -19,8 +19,8 @@ use drover_proto::pb;
 use tokio::sync::mpsc;
 use tonic::Status;
 
-use super::{read_file, MAX_READ_LENGTH};
 use super::rotation::{Rotation, Rotations};
+use super::{read_file, MAX_READ_LENGTH};
 use crate::error::AgentError;
 use crate::layout::{Layout, TaskKey};
 
@@ -388,12 +388,16 @@ mod tests {
                     .open(self.sandbox.join("stdout"))
                     .unwrap();
                 f.write_all(&[b'b'; 50]).unwrap();
-                let dir = super::rotation::open_dir(&self.sandbox).unwrap();
+                let dir = crate::files_api::rotation::open_dir(&self.sandbox).unwrap();
                 let key = TaskKey::new("fw", "t");
-                assert!(
-                    super::rotation::rotate(&dir, "stdout", 120, 2, Some((&self.rotations, &key)))
-                        .unwrap()
-                );
+                assert!(crate::files_api::rotation::rotate(
+                    &dir,
+                    "stdout",
+                    120,
+                    2,
+                    Some((&self.rotations, &key))
+                )
+                .unwrap());
                 f.write_all(b"new\n").unwrap();
             }
             !self.ended.load(Ordering::SeqCst)

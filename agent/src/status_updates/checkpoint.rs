@@ -164,10 +164,16 @@ mod tests {
         assert_eq!(*stream, su.core().checkpoint(&key).unwrap());
 
         su.due(Instant::now());
-        assert_eq!(su.acknowledge(&key, &[1; 16]), Ack::Accepted { completed: false });
+        assert_eq!(
+            su.acknowledge(&key, &[1; 16]),
+            Ack::Accepted { completed: false }
+        );
         su.take_checkpoints();
         su.due(Instant::now());
-        assert_eq!(su.acknowledge(&key, &[2; 16]), Ack::Accepted { completed: true });
+        assert_eq!(
+            su.acknowledge(&key, &[2; 16]),
+            Ack::Accepted { completed: true }
+        );
         assert_eq!(su.take_checkpoints(), vec![StreamChange::Completed { key }]);
     }
 

@@ -48,13 +48,12 @@ use drover_proto::pb::{
     self, executor_event, task_status::Reason, task_status::Source, ExecutorEvent, TaskState,
 };
 use drover_proto::{ExecutorId, FrameworkId, TaskId};
-use tokio::sync::{mpsc, oneshot};
 use tonic::Status;
 
 use super::recovery::RecoveredTask;
 use super::state::{AgentLoop, Event};
-use crate::api::EventSender;
 pub use crate::api::ExecutorRequest;
+use crate::api::{Answer, EventSender};
 use crate::containerizer::{terminal_status, LaunchSpec, Termination};
 use crate::error::AgentError;
 use crate::journal::{Record, TaskCheckpoint};
@@ -63,7 +62,6 @@ use crate::layout::TaskKey;
 /// Between SHUTDOWN and the kill of an executor's container; also the slack an executor
 /// gets beyond a task's grace period to report a killed task.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
-
 
 /// Most framework messages queued to one executor and not yet taken by its stream: an
 /// executor that does not read while its framework keeps sending must not grow the

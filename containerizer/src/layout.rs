@@ -63,7 +63,7 @@ impl Layout {
         self.root.join("term")
     }
 
-    /// `meta/checkpoints.log`: see [`crate::journal`].
+    /// `meta/checkpoints.log`: the agent's checkpoint log (its `journal` module).
     pub fn checkpoint_log(&self) -> PathBuf {
         self.root.join("meta").join("checkpoints.log")
     }
