@@ -169,10 +169,10 @@ mod tests {
         let k = TaskKey::new("fw-1", "task-1");
         assert!(k.validate().is_ok());
         assert_eq!(k.to_string(), "fw-1/task-1");
-        assert_eq!(
-            k,
-            TaskKey::new(&FrameworkId::new("fw-1"), &TaskId::new("task-1"))
-        );
+        // Built from ids (borrowed or not) or strings alike.
+        let (fw, task) = (FrameworkId::new("fw-1"), TaskId::new("task-1"));
+        assert_eq!(k, TaskKey::new(&fw, &task));
+        assert_eq!(k, TaskKey::new(fw, task));
         assert!(TaskKey::new("fw", "../x").validate().is_err());
         assert!(TaskKey::new("", "x").validate().is_err());
 
