@@ -15,13 +15,55 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, oneshot};
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::agent::executors::ExecutorRequest;
-use crate::agent::Event;
+use crate::error::AgentError;
 use crate::files_api;
 use crate::files_api::follow::{FollowRequest, TaskLiveness, FOLLOW_POLL};
+use crate::files_api::rotation::Rotations;
 use crate::images::{ImageRecord, ImageStore};
 use crate::layout::Layout;
 use crate::layout::TaskKey;
+use crate::outbox::Outbox;
+
+/// What `AgentApi` asks the agent loop.
+#[derive(Debug)]
+pub enum StateRequest {
+    /// The agent's state (`GetState`).
+    GetState(oneshot::Sender<pb::GetAgentStateResponse>),
+    /// Whether a task may still write to its sandbox (it is known and has no terminal
+    /// update yet), for `FollowFile`. Answered at once: nothing in it needs to be durable.
+    TaskActive {
+        key: TaskKey,
+        reply: oneshot::Sender<bool>,
+    },
+}
+
+/// The stream of events to one subscribed executor.
+pub type EventSender = mpsc::UnboundedSender<Result<ExecutorEvent, Status>>;
+
+/// The answer to an executor's call, once what it changed is durable.
+pub type Answer = oneshot::Sender<Result<(), Status>>;
+
+/// A call of an executor, from the `Executor` service to the agent loop (which handles
+/// it in `agent/executors/`).
+#[derive(Debug)]
+pub enum ExecutorRequest {
+    Subscribe {
+        request: pb::ExecutorSubscribeRequest,
+        events: EventSender,
+        /// Framework messages on `events` not taken by the stream yet: the agent adds one
+        /// per message it queues, the stream takes one off per message it yields.
+        pending_messages: Arc<AtomicUsize>,
+        reply: Answer,
+    },
+    Update {
+        call: pb::ExecutorUpdateCall,
+        reply: Answer,
+    },
+    Message {
+        call: pb::ExecutorMessageCall,
+        reply: Answer,
+    },
+}
 
 /// Largest `ImportImageChunk.data` accepted.
 pub const MAX_IMAGE_CHUNK: usize = 1 << 20;
@@ -30,14 +72,14 @@ pub const MAX_IMAGE_CHUNK: usize = 1 << 20;
 /// to the agent loop.
 pub struct AgentApiService {
     layout: Layout,
-    events: mpsc::Sender<Event>,
+    events: Outbox<StateRequest>,
     images: Arc<ImageStore>,
     /// The disk watcher's rotations, so `FollowFile` follows across them.
-    rotations: Arc<crate::disk::Rotations>,
+    rotations: Arc<Rotations>,
 }
 
 impl AgentApiService {
-    pub fn new(layout: Layout, events: mpsc::Sender<Event>, images: Arc<ImageStore>) -> Self {
+    pub fn new(layout: Layout, events: Outbox<StateRequest>, images: Arc<ImageStore>) -> Self {
         AgentApiService {
             layout,
             events,
@@ -46,8 +88,8 @@ impl AgentApiService {
         }
     }
 
-    /// Shares the disk watcher's record of rotations (see [`crate::disk::Rotations`]).
-    pub fn with_rotations(mut self, rotations: Arc<crate::disk::Rotations>) -> Self {
+    /// Shares the disk watcher's record of rotations (see [`Rotations`]).
+    pub fn with_rotations(mut self, rotations: Arc<Rotations>) -> Self {
         self.rotations = rotations;
         self
     }
@@ -85,14 +127,14 @@ impl Drop for UploadFile {
 }
 
 /// A task is active while the agent loop knows it without a terminal update.
-struct LoopLiveness(mpsc::Sender<Event>);
+struct LoopLiveness(Outbox<StateRequest>);
 
 #[tonic::async_trait]
 impl TaskLiveness for LoopLiveness {
     async fn is_active(&self, key: &TaskKey) -> bool {
         let (reply, answer) = oneshot::channel();
         let key = key.clone();
-        if self.0.send(Event::TaskActive { key, reply }).await.is_err() {
+        if !self.0.send(StateRequest::TaskActive { key, reply }).await {
             // A stopping agent: its tasks outlive it, but nobody can tell; end the stream
             // and let the client follow again from where it got to.
             return false;
@@ -171,10 +213,9 @@ impl AgentApi for AgentApiService {
         _request: Request<pb::GetAgentStateRequest>,
     ) -> Result<Response<pb::GetAgentStateResponse>, Status> {
         let (tx, rx) = oneshot::channel();
-        self.events
-            .send(Event::GetState(tx))
-            .await
-            .map_err(|_| Status::unavailable("the agent is shutting down"))?;
+        if !self.events.send(StateRequest::GetState(tx)).await {
+            return Err(Status::unavailable("the agent is shutting down"));
+        }
         rx.await
             .map(Response::new)
             .map_err(|_| Status::unavailable("the agent is shutting down"))
@@ -240,7 +281,7 @@ impl AgentApi for AgentApiService {
         })
         .await
         .map_err(|e| Status::internal(format!("image import panicked: {e}")))?
-        .map_err(|e| e.to_status())?;
+        .map_err(|e| AgentError::from(e).to_status())?;
         drop(upload);
         Ok(Response::new(pb::ImportImageResponse {
             images: images.iter().map(image_summary).collect(),
@@ -266,7 +307,7 @@ impl AgentApi for AgentApiService {
         let removed = tokio::task::spawn_blocking(move || store.remove(&image))
             .await
             .map_err(|e| Status::internal(format!("image removal panicked: {e}")))?
-            .map_err(|e| e.to_status())?;
+            .map_err(|e| AgentError::from(e).to_status())?;
         Ok(Response::new(pb::RemoveImageResponse {
             image: Some(image_summary(&removed)),
         }))
@@ -276,11 +317,11 @@ impl AgentApi for AgentApiService {
 /// `Executor`: the calls of custom executors, handled by the agent loop (see
 /// `agent/executors/`); each answer comes once what the call changed is durable.
 pub struct ExecutorService {
-    events: mpsc::Sender<Event>,
+    events: Outbox<ExecutorRequest>,
 }
 
 impl ExecutorService {
-    pub fn new(events: mpsc::Sender<Event>) -> Self {
+    pub fn new(events: Outbox<ExecutorRequest>) -> Self {
         ExecutorService { events }
     }
 
@@ -289,10 +330,9 @@ impl ExecutorService {
         make: impl FnOnce(oneshot::Sender<Result<(), Status>>) -> ExecutorRequest,
     ) -> Result<(), Status> {
         let (tx, rx) = oneshot::channel();
-        self.events
-            .send(Event::Executor(make(tx)))
-            .await
-            .map_err(|_| Status::unavailable("the agent is stopping"))?;
+        if !self.events.send(make(tx)).await {
+            return Err(Status::unavailable("the agent is stopping"));
+        }
         rx.await
             .map_err(|_| Status::unavailable("the agent is stopping"))?
     }
@@ -363,7 +403,7 @@ impl Executor for ExecutorService {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::images::tests::{layer, oci_files, plain, reference_layers, write_tar, E};
+    use crate::images::testing::{layer, oci_files, plain, reference_layers, write_tar, E};
     use crate::images::ImportLimits;
     use drover_proto::pb::agent_api_client::AgentApiClient;
     use tokio_stream::wrappers::TcpListenerStream;
@@ -397,8 +437,9 @@ mod tests {
             )
             .unwrap(),
         );
-        let (events, _rx) = mpsc::channel(1);
-        let service = AgentApiService::new(Layout::new(dir.path()), events, store.clone());
+        let (events, _rx) = mpsc::channel::<StateRequest>(1);
+        let service =
+            AgentApiService::new(Layout::new(dir.path()), Outbox::new(events), store.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let server = tokio::spawn(
@@ -501,6 +542,69 @@ mod tests {
             .unwrap_err();
         assert_eq!(err.code(), tonic::Code::NotFound);
         assert!(store.list().is_empty());
+        server.abort();
+    }
+
+    /// A real process in the sandbox keeps swapping `f` between a file of its own and a
+    /// symlink to a secret outside, and `d` between a directory of its own and a symlink to
+    /// a directory outside, while the files API (over gRPC) reads, lists and follows them
+    /// thousands of times: no answer ever carries the outside content or names.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_task_swapping_symlinks_in_never_leaks_what_is_outside() {
+        use crate::files_api::tests::{hammer_swaps, swap_script, Swapper};
+        use std::fs;
+
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::new(dir.path().join("work"));
+        let sb = layout.sandbox(&TaskKey::new("fw", "t"));
+        fs::create_dir_all(&sb).unwrap();
+        let outside = dir.path().join("outside");
+        fs::create_dir_all(&outside).unwrap();
+        let secret = format!("TOPSECRET-{}", uuid::Uuid::new_v4());
+        fs::write(outside.join("secret"), &secret).unwrap();
+        fs::write(outside.join("outside-only-name"), &secret).unwrap();
+        let script = swap_script(&outside);
+        let _swapper = Swapper(
+            std::process::Command::new("/bin/sh")
+                .arg("-c")
+                .arg(&script)
+                .current_dir(&sb)
+                .spawn()
+                .unwrap(),
+        );
+
+        let images = Arc::new(
+            ImageStore::open(
+                dir.path().join("images"),
+                ImportLimits {
+                    max_archive_bytes: 1 << 20,
+                    max_unpacked_bytes: 1 << 20,
+                },
+            )
+            .unwrap(),
+        );
+        let (events, mut events_rx) = tokio::sync::mpsc::channel(16);
+        // Followers are told the task has ended, so each drains what it can and stops.
+        tokio::spawn(async move {
+            while let Some(ev) = events_rx.recv().await {
+                if let StateRequest::TaskActive { reply, .. } = ev {
+                    let _ = reply.send(false);
+                }
+            }
+        });
+        let service = AgentApiService::new(layout.clone(), Outbox::new(events), images);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(pb::agent_api_server::AgentApiServer::new(service))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        let mut client = AgentApiClient::connect(format!("http://{addr}"))
+            .await
+            .unwrap();
+        hammer_swaps(&mut client, "fw", "t").await;
+        fs::write(sb.join("stop"), b"").unwrap();
         server.abort();
     }
 }

@@ -1,5 +1,5 @@
-//! Sandbox disk: usage measured and held to each task's `disk` resource, and the
-//! rotation of `stdout`/`stderr`.
+//! Sandbox disk: usage measured and held to each task's `disk` resource, and the timing
+//! of `stdout`/`stderr` rotation.
 //!
 //! **Measurement** ([`measure`]) walks the sandbox through directory descriptors with
 //! `O_NOFOLLOW`, as the files API does: the task owns the sandbox and could swap in a
@@ -16,18 +16,10 @@
 //! message, kept in `disk_limitation.json` in the task's meta directory so a restarted
 //! agent reports the same). `--enforce-disk-limits false` measures and reports only.
 //!
-//! **Rotation** is copy-truncate: a `stdout` or `stderr` larger than `--log-max-size-mb`
-//! has its newest `--log-max-size-mb` copied to `stdout.1` (older copies shift to
-//! `stdout.2` … up to `--log-max-files`, the oldest dropped), then is truncated to zero.
-//! Every writer of these files (the supervisor's task, a container's init, the docker
-//! containerizer's log copier) opens them with `O_APPEND`, so after the truncation they
-//! go on writing at the new end with no hole. The trade-off: bytes written between the
-//! copy and the truncation are lost (the window is one `ftruncate` after a final
-//! catch-up copy), and only the newest `--log-max-size-mb` of an oversized file is kept.
-//! The alternative, a pipe through a rotating logger, would tie the task's output to a
-//! process that must outlive the agent; files keep the design's "files, never pipes".
-//! A running custom executor's own `stdout`/`stderr` rotate the same way, and its sandbox
-//! is measured, but with no disk resource of its own it is never killed for its disk.
+//! **Rotation** of `stdout`/`stderr` (copy-truncate) lives with the files API
+//! ([`crate::files_api::rotation`]), which follows files across it; the watcher only
+//! decides when. A running custom executor's sandbox is measured, but with no disk
+//! resource of its own it is never killed for its disk.
 //!
 //! [`DiskCore`] is the pure timing core (which task is due, which is over); [`watch`] is
 //! the shell that asks the agent loop for its tasks, measures, rotates and kills.
@@ -35,21 +27,21 @@
 use std::collections::{HashMap, HashSet};
 use std::ffi::CString;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::fs::FileExt;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use drover_proto::pb::{self, task_status::Reason};
+use drover_proto::pb::task_status::Reason;
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, oneshot, watch as tokio_watch};
+use tokio::sync::{oneshot, watch as tokio_watch};
 
-use crate::agent::Event;
-use crate::containerizer::Containerizer;
+use crate::containerizer::{Containerizer, DiskUsage};
+use crate::files_api::rotation::{rotate_all, Rotations};
 use crate::files_api::{fstat, is_kind, lstatat, openat, DIR_FLAGS};
 use crate::fsutil::{read_json, write_json_atomic};
 use crate::layout::{Layout, TaskKey};
+use crate::outbox::Outbox;
 use crate::sandbox_flags::SandboxSettings;
 
 /// Most directory entries one measurement visits.
@@ -186,220 +178,9 @@ pub fn measure(root: &Path, stop_above: u64) -> io::Result<Measured> {
     Ok(w.out)
 }
 
-/// One rotation of a file, for followers ([`crate::files_api::follow`]): the rotated copy
-/// (`<name>.1`) holds bytes `kept_from..old_size` of the file as it was.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Rotation {
-    pub old_size: u64,
-    pub kept_from: u64,
-}
-
-/// Where a file stands in its rotations: `generation` is odd while a rotation runs and
-/// goes up by two with each one (a seqlock, so a follower can tell a read that raced a
-/// rotation); `last` describes the latest (absent when it failed half-way).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct RotationState {
-    pub generation: u64,
-    pub last: Option<Rotation>,
-}
-
-/// The rotation states of the files the agent rotated, shared by the disk watcher (which
-/// rotates) and the files API (which follows).
-#[derive(Default)]
-pub struct Rotations(Mutex<HashMap<(TaskKey, String), RotationState>>);
-
-impl Rotations {
-    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<(TaskKey, String), RotationState>> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// The state of `name` (a sandbox path such as `stdout`) of `key`'s sandbox.
-    pub fn state(&self, key: &TaskKey, name: &str) -> RotationState {
-        self.map()
-            .get(&(key.clone(), name.to_string()))
-            .copied()
-            .unwrap_or_default()
-    }
-
-    fn bump(&self, key: &TaskKey, name: &str, last: Option<Option<Rotation>>) {
-        let mut map = self.map();
-        let state = map.entry((key.clone(), name.to_string())).or_default();
-        state.generation += 1;
-        if let Some(last) = last {
-            state.last = last;
-        }
-    }
-
-    /// Forgets the files of tasks not in `live` (they no longer rotate).
-    fn retain(&self, live: &HashSet<TaskKey>) {
-        self.map().retain(|(k, _), _| live.contains(k));
-    }
-}
-
-/// Ends a rotation however `rotate` returns: a failure half-way leaves no `last`.
-struct RotationGuard<'a> {
-    rotations: Option<(&'a Rotations, &'a TaskKey)>,
-    name: &'a str,
-    done: Option<Rotation>,
-}
-
-impl Drop for RotationGuard<'_> {
-    fn drop(&mut self) {
-        if let Some((r, key)) = self.rotations {
-            r.bump(key, self.name, Some(self.done));
-        }
-    }
-}
-
-/// Rotates `name` (`stdout` or `stderr`) in the sandbox open at `dir` when it is larger
-/// than `max_bytes`, keeping `max_files` rotated copies. Returns whether it rotated.
-/// Refuses (does nothing with) anything but a plain file with a single link: the task
-/// could have made `stdout` a symlink or a hard link to a file that is not its own.
-/// `track` records the rotation for followers of the file.
-pub fn rotate(
-    dir: &OwnedFd,
-    name: &str,
-    max_bytes: u64,
-    max_files: u32,
-    track: Option<(&Rotations, &TaskKey)>,
-) -> io::Result<bool> {
-    let cname = CString::new(name).map_err(io::Error::other)?;
-    // Looked at before it is opened: opening a device node the task made could act on
-    // the device. (A swap between the two steps is caught by the fstat below.)
-    match lstatat(dir.as_raw_fd(), &cname) {
-        Ok(st) if is_kind(&st, libc::S_IFREG) => {}
-        Ok(_) => return Ok(false),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
-        Err(e) => return Err(e),
-    }
-    let fd = match openat(
-        dir.as_raw_fd(),
-        &cname,
-        libc::O_RDWR | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY,
-    ) {
-        Ok(fd) => fd,
-        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ELOOP)) => return Ok(false),
-        Err(e) => return Err(e),
-    };
-    let st = fstat(fd.as_raw_fd())?;
-    if !is_kind(&st, libc::S_IFREG) || st.st_nlink != 1 || (st.st_size as u64) <= max_bytes {
-        return Ok(false);
-    }
-    let numbered = |i: u32| CString::new(format!("{name}.{i}")).map_err(io::Error::other);
-    if let Some((r, key)) = track {
-        r.bump(key, name, None);
-    }
-    let mut guard = RotationGuard {
-        rotations: track,
-        name,
-        done: None,
-    };
-    for i in (1..max_files).rev() {
-        rename_in(dir.as_raw_fd(), &numbered(i)?, &numbered(i + 1)?)?;
-    }
-    let tmp = CString::new(format!(".{name}.rotating")).map_err(io::Error::other)?;
-    // SAFETY: unlinkat with a valid dirfd and name; a leftover (or planted) name goes.
-    unsafe { libc::unlinkat(dir.as_raw_fd(), tmp.as_ptr(), 0) };
-    let copy = openat(
-        dir.as_raw_fd(),
-        &tmp,
-        libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW,
-    )?;
-    // SAFETY: fchown of a descriptor we own: the copy belongs to the task's user.
-    unsafe { libc::fchown(copy.as_raw_fd(), st.st_uid, st.st_gid) };
-    let src = std::fs::File::from(fd);
-    let dst = std::fs::File::from(copy);
-    let mut size = src.metadata()?.len();
-    let start = size.saturating_sub(max_bytes);
-    let mut at = start;
-    // Copy, then catch up once with what was appended meanwhile; the copy takes its
-    // place before the truncation, so a follower that sees the rotation finds it.
-    for _ in 0..2 {
-        copy_range(&src, &dst, at - start, at, size)?;
-        at = size;
-        size = src.metadata()?.len();
-    }
-    rename_in(dir.as_raw_fd(), &tmp, &numbered(1)?)?;
-    src.set_len(0)?;
-    guard.done = Some(Rotation {
-        old_size: at,
-        kept_from: start,
-    });
-    Ok(true)
-}
-
-fn copy_range(
-    src: &std::fs::File,
-    dst: &std::fs::File,
-    mut dst_at: u64,
-    mut from: u64,
-    to: u64,
-) -> io::Result<()> {
-    let mut buf = vec![0u8; 1 << 16];
-    while from < to {
-        let want = ((to - from) as usize).min(buf.len());
-        let n = src.read_at(&mut buf[..want], from)?;
-        if n == 0 {
-            break;
-        }
-        dst.write_all_at(&buf[..n], dst_at)?;
-        from += n as u64;
-        dst_at += n as u64;
-    }
-    Ok(())
-}
-
-fn rename_in(dir: RawFd, from: &CString, to: &CString) -> io::Result<()> {
-    // SAFETY: renameat with a valid dirfd and names; it never follows symlinks.
-    if unsafe { libc::renameat(dir, from.as_ptr(), dir, to.as_ptr()) } != 0 {
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::NotFound {
-            return Err(e);
-        }
-    }
-    Ok(())
-}
-
 /// Megabytes as people read them in messages.
 fn mb(bytes: u64) -> String {
     format!("{:.1} MB", bytes as f64 / (1024.0 * 1024.0))
-}
-
-/// A task's latest disk figures, for its `ResourceStatistics`.
-#[derive(Default)]
-pub struct DiskUsage(Mutex<HashMap<TaskKey, (u64, Option<u64>)>>);
-
-impl DiskUsage {
-    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<TaskKey, (u64, Option<u64>)>> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Adds the task's disk figures to `stats` (creating it when the container reports
-    /// nothing else).
-    pub fn fill(
-        &self,
-        key: &TaskKey,
-        stats: Option<pb::ResourceStatistics>,
-    ) -> Option<pb::ResourceStatistics> {
-        let Some((used, limit)) = self.map().get(key).copied() else {
-            return stats;
-        };
-        let mut stats = stats.unwrap_or_else(|| pb::ResourceStatistics {
-            timestamp: drover_proto::unix_seconds(),
-            ..Default::default()
-        });
-        stats.disk_used_bytes = used;
-        stats.disk_limit_bytes = limit.unwrap_or(0);
-        Some(stats)
-    }
-
-    fn set(&self, key: &TaskKey, used: u64, limit: Option<u64>) {
-        self.map().insert(key.clone(), (used, limit));
-    }
-
-    fn retain(&self, live: &HashSet<TaskKey>) {
-        self.map().retain(|k, _| live.contains(k));
-    }
 }
 
 /// A task the disk watcher looks after: active, with its `disk` resource in bytes.
@@ -515,10 +296,19 @@ impl DiskCore {
     }
 }
 
+/// What the disk watcher asks the agent loop.
+#[derive(Debug)]
+pub enum Request {
+    /// The tasks whose containers run, with their `disk`.
+    ActiveTasks(oneshot::Sender<Vec<WatchedTask>>),
+}
+
 /// Asks the agent loop for its active tasks.
-async fn active_tasks(events: &mpsc::Sender<Event>) -> Option<Vec<WatchedTask>> {
+async fn active_tasks(events: &Outbox<Request>) -> Option<Vec<WatchedTask>> {
     let (reply, answer) = oneshot::channel();
-    events.send(Event::ActiveTasks(reply)).await.ok()?;
+    if !events.send(Request::ActiveTasks(reply)).await {
+        return None;
+    }
     answer.await.ok()
 }
 
@@ -526,7 +316,7 @@ async fn active_tasks(events: &mpsc::Sender<Event>) -> Option<Vec<WatchedTask>> 
 pub async fn watch(
     layout: Layout,
     settings: SandboxSettings,
-    events: mpsc::Sender<Event>,
+    events: Outbox<Request>,
     containerizer: Arc<dyn Containerizer>,
     usage: Arc<DiskUsage>,
     rotations: Arc<Rotations>,
@@ -596,40 +386,6 @@ pub async fn watch(
             }
         }
     }
-}
-
-fn rotate_all(
-    layout: &Layout,
-    keys: &[TaskKey],
-    max_bytes: u64,
-    max_files: u32,
-    rotations: &Rotations,
-) {
-    for key in keys {
-        let Ok(dir) = crate::files_api::open_sandbox(layout, key) else {
-            continue;
-        };
-        for name in ["stdout", "stderr"] {
-            match rotate(&dir, name, max_bytes, max_files, Some((rotations, key))) {
-                Ok(true) => tracing::debug!(task = %key, "rotated {name}"),
-                Ok(false) => {}
-                Err(e) => tracing::warn!(task = %key, "rotating {name}: {e}"),
-            }
-        }
-    }
-}
-
-/// Opens `path` as a directory for [`rotate`] (tests and tools).
-pub fn open_dir(path: &Path) -> io::Result<OwnedFd> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
-    // SAFETY: open with a NUL-terminated path; the descriptor is ours.
-    let fd = unsafe { libc::open(c.as_ptr(), DIR_FLAGS | libc::O_CLOEXEC) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: fresh descriptor.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 #[cfg(test)]

@@ -3,6 +3,8 @@
 use std::io;
 use std::path::PathBuf;
 
+use drover_containerizer::ContainerizerError;
+
 /// Everything that can go wrong inside the agent.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -27,13 +29,14 @@ pub enum AgentError {
     #[error("the master shut this agent down: {0}")]
     ShutdownByMaster(String),
 
-    /// A container could not be started.
+    /// A container could not be started (the agent's own part of a launch: a check's
+    /// helper, a task group's namespaces).
     #[error("failed to launch the task: {0}")]
     Launch(String),
 
-    /// The Docker engine failed a call the agent needed (list, inspect, remove, logs).
-    #[error("the Docker engine: {0}")]
-    Docker(String),
+    /// The containerizers or the image store failed (their messages unchanged).
+    #[error(transparent)]
+    Containerizer(#[from] ContainerizerError),
 
     /// The files API was asked about a task that has no sandbox on this agent.
     #[error("{0}")]
@@ -54,27 +57,6 @@ pub enum AgentError {
     /// The path (or a component of it) does not exist.
     #[error("{0}")]
     FileNotFound(String),
-
-    /// No image of that digest or name in the agent's image store.
-    #[error("{0}")]
-    ImageNotFound(String),
-
-    /// An image archive that is malformed, does not match its digests, or holds entries
-    /// that would escape the root filesystem; also a bad image name or format hint.
-    #[error("invalid image: {0}")]
-    InvalidImage(String),
-
-    /// An image archive (or what it unpacks to) over the agent's limits.
-    #[error("{0}")]
-    ImageTooLarge(String),
-
-    /// An image still used by a container.
-    #[error("{0}")]
-    ImageInUse(String),
-
-    /// A task's user (or group) that the image does not define.
-    #[error("{0}")]
-    UnknownUser(String),
 }
 
 impl AgentError {
@@ -90,22 +72,30 @@ impl AgentError {
     pub fn to_status(&self) -> tonic::Status {
         let msg = self.to_string();
         match self {
-            AgentError::TaskNotFound(_)
-            | AgentError::FileNotFound(_)
-            | AgentError::ImageNotFound(_) => tonic::Status::not_found(msg),
-            AgentError::InvalidPath(_)
-            | AgentError::WrongFileType(_)
-            | AgentError::Config(_)
-            | AgentError::InvalidImage(_)
-            | AgentError::UnknownUser(_) => tonic::Status::invalid_argument(msg),
-            AgentError::ImageTooLarge(_) => tonic::Status::resource_exhausted(msg),
-            AgentError::ImageInUse(_) => tonic::Status::failed_precondition(msg),
+            AgentError::TaskNotFound(_) | AgentError::FileNotFound(_) => {
+                tonic::Status::not_found(msg)
+            }
+            AgentError::InvalidPath(_) | AgentError::WrongFileType(_) | AgentError::Config(_) => {
+                tonic::Status::invalid_argument(msg)
+            }
             AgentError::Symlink(_) => tonic::Status::permission_denied(msg),
             AgentError::WorkDirLocked(_)
             | AgentError::ShutdownByMaster(_)
             | AgentError::Launch(_)
             | AgentError::Io { .. } => tonic::Status::internal(msg),
-            AgentError::Docker(_) => tonic::Status::unavailable(msg),
+            AgentError::Containerizer(e) => match e {
+                ContainerizerError::ImageNotFound(_) => tonic::Status::not_found(msg),
+                ContainerizerError::InvalidPath(_)
+                | ContainerizerError::Config(_)
+                | ContainerizerError::InvalidImage(_)
+                | ContainerizerError::UnknownUser(_) => tonic::Status::invalid_argument(msg),
+                ContainerizerError::ImageTooLarge(_) => tonic::Status::resource_exhausted(msg),
+                ContainerizerError::ImageInUse(_) => tonic::Status::failed_precondition(msg),
+                ContainerizerError::Launch(_) | ContainerizerError::Io { .. } => {
+                    tonic::Status::internal(msg)
+                }
+                ContainerizerError::Docker(_) => tonic::Status::unavailable(msg),
+            },
         }
     }
 }
@@ -139,5 +129,28 @@ mod tests {
             AgentError::InvalidPath("x".into()).to_status().code(),
             tonic::Code::InvalidArgument
         );
+        // The containerizers' errors keep the codes they always had.
+        for (e, code) in [
+            (
+                ContainerizerError::ImageTooLarge("x".into()),
+                tonic::Code::ResourceExhausted,
+            ),
+            (
+                ContainerizerError::ImageNotFound("x".into()),
+                tonic::Code::NotFound,
+            ),
+            (
+                ContainerizerError::ImageInUse("x".into()),
+                tonic::Code::FailedPrecondition,
+            ),
+            (
+                ContainerizerError::Docker("x".into()),
+                tonic::Code::Unavailable,
+            ),
+        ] {
+            assert_eq!(AgentError::from(e).to_status().code(), code);
+        }
+        let e = AgentError::from(ContainerizerError::InvalidImage("bad".into()));
+        assert_eq!(e.to_string(), "invalid image: bad");
     }
 }

@@ -366,6 +366,7 @@ fn read_dir(dir: OwnedFd, prefix: &str) -> Result<Vec<pb::FileEntry>, AgentError
 }
 
 pub mod follow;
+pub mod rotation;
 
 #[cfg(test)]
 pub(crate) mod tests;

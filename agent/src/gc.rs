@@ -22,11 +22,11 @@ use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{oneshot, watch};
 
-use crate::agent::Event;
 use crate::fsutil::replace_unsynced;
 use crate::layout::{Layout, TaskKey};
+use crate::outbox::Outbox;
 
 /// The marker in a task's meta directory: when its terminal update was acknowledged.
 pub const COMPLETED_MARKER: &str = "acknowledged_at";
@@ -126,8 +126,8 @@ fn completed_tasks(
         };
         for task in tasks.flatten() {
             let key = TaskKey::new(
-                fw.file_name().to_string_lossy(),
-                task.file_name().to_string_lossy(),
+                fw.file_name().to_string_lossy().into_owned(),
+                task.file_name().to_string_lossy().into_owned(),
             );
             if key.validate().is_err() || known.contains(&key) {
                 continue;
@@ -175,10 +175,19 @@ pub fn remove_task(layout: &Layout, key: &TaskKey) -> bool {
     true
 }
 
+/// What the collector asks the agent loop.
+#[derive(Debug)]
+pub enum Request {
+    /// Every task the agent still tracks; their sandboxes are never collected.
+    KnownTasks(oneshot::Sender<Vec<TaskKey>>),
+}
+
 /// Asks the agent loop for the tasks it still tracks.
-async fn known_tasks(events: &mpsc::Sender<Event>) -> Option<HashSet<TaskKey>> {
+async fn known_tasks(events: &Outbox<Request>) -> Option<HashSet<TaskKey>> {
     let (reply, answer) = oneshot::channel();
-    events.send(Event::KnownTasks(reply)).await.ok()?;
+    if !events.send(Request::KnownTasks(reply)).await {
+        return None;
+    }
     answer.await.ok().map(|v| v.into_iter().collect())
 }
 
@@ -186,7 +195,7 @@ async fn known_tasks(events: &mpsc::Sender<Event>) -> Option<HashSet<TaskKey>> {
 pub async fn collect(
     layout: Layout,
     delay: Duration,
-    events: mpsc::Sender<Event>,
+    events: Outbox<Request>,
     mut stop: watch::Receiver<bool>,
 ) {
     let core = GcCore::new(delay);

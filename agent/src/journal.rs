@@ -29,11 +29,12 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
+use drover_proto::{pb, FrameworkId};
 use serde::{Deserialize, Serialize};
 
-use crate::agent::TaskCheckpoint;
 use crate::fsutil::fsync_dir;
 use crate::layout::TaskKey;
+use crate::status_updates::checkpoint::StreamChange;
 use crate::status_updates::StreamCheckpoint;
 
 /// The log is compacted once it is this large and [`GROWTH`] times its last compacted
@@ -41,6 +42,15 @@ use crate::status_updates::StreamCheckpoint;
 /// so its cost per record stays constant.
 const COMPACT_MIN_BYTES: u64 = 4 << 20;
 const GROWTH: u64 = 4;
+
+/// Everything needed to report and relaunch-proof a task, checkpointed before its
+/// container is started (a `task` record of the log).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TaskCheckpoint {
+    pub framework_id: FrameworkId,
+    pub framework_info: Option<pb::FrameworkInfo>,
+    pub task: pb::TaskInfo,
+}
 
 /// One line of the log.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -60,6 +70,15 @@ pub enum Record {
     Completed { key: TaskKey },
     /// Ends a batch: the records since the previous commit were synced together.
     Commit { seq: u64 },
+}
+
+impl From<StreamChange> for Record {
+    fn from(change: StreamChange) -> Self {
+        match change {
+            StreamChange::Updated { key, stream } => Record::Updates { key, stream },
+            StreamChange::Completed { key } => Record::Completed { key },
+        }
+    }
 }
 
 /// What replay found for one task that is not completed.
@@ -463,5 +482,68 @@ mod tests {
         assert!(j.is_clean());
         j.create_dir_all(&deep).unwrap();
         assert!(j.is_clean(), "an existing directory needs no sync");
+    }
+
+    /// A status update stream checkpointed through the log comes back exactly: what a
+    /// restarted agent restores is what was left unacknowledged.
+    #[test]
+    fn status_update_streams_round_trip() {
+        use crate::status_updates::checkpoint::StatusUpdates;
+        use crate::status_updates::{Ack, RetryPolicy, StatusUpdate};
+        use drover_proto::pb::TaskState;
+        use std::time::Instant;
+
+        fn update(state: TaskState, n: u8) -> StatusUpdate {
+            StatusUpdate {
+                framework_id: FrameworkId::new("fw"),
+                status: pb::TaskStatus {
+                    task_id: Some(drover_proto::TaskId::new("t")),
+                    state: state as i32,
+                    uuid: vec![n; 16],
+                    exit_code: (state == TaskState::TaskFailed).then_some(3),
+                    ..Default::default()
+                },
+            }
+        }
+        fn commit(su: &mut StatusUpdates, journal: &mut Journal) {
+            for change in su.take_checkpoints() {
+                journal.stage(&change.into());
+            }
+            journal.commit().unwrap();
+        }
+
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("checkpoints.log");
+        let (mut journal, _) = Journal::open(&log).unwrap();
+        let key = TaskKey::new("fw", "t");
+
+        let mut su = StatusUpdates::new(RetryPolicy::default());
+        su.enqueue(&key, update(TaskState::TaskRunning, 1));
+        su.enqueue(&key, update(TaskState::TaskFailed, 2));
+        commit(&mut su, &mut journal);
+        su.due(Instant::now());
+        su.acknowledge(&key, &[1; 16]);
+        assert!(su.is_dirty());
+        commit(&mut su, &mut journal);
+
+        // A new agent restores exactly the remaining queue.
+        drop(journal);
+        let (mut journal, live) = Journal::open(&log).unwrap();
+        let cp = live[&key].stream.clone().unwrap();
+        assert_eq!(cp.pending.len(), 1);
+        assert_eq!(cp.latest_state, TaskState::TaskFailed as i32);
+        assert_eq!(cp.latest_exit_code, Some(3));
+        let mut again = StatusUpdates::new(RetryPolicy::default());
+        again.restore(key.clone(), cp);
+        let sent = again.due(Instant::now());
+        assert_eq!(sent.len(), 1);
+        assert_eq!(sent[0].1.status.uuid, vec![2; 16]);
+        assert_eq!(
+            again.acknowledge(&key, &[2; 16]),
+            Ack::Accepted { completed: true }
+        );
+        commit(&mut again, &mut journal);
+        drop(journal);
+        assert!(Journal::open(&log).unwrap().1.is_empty());
     }
 }

@@ -6,9 +6,10 @@ use drover_agent::{Agent, Config};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
-    // Supervisor mode first: a hidden argument, never parsed by clap, no tokio.
+    // Supervisor, container init or check helper first: a hidden argument, never parsed
+    // by clap, no tokio.
     let args: Vec<_> = std::env::args_os().collect();
-    if let Some(code) = drover_agent::supervisor::dispatch(&args) {
+    if let Some(code) = drover_agent::dispatch(&args) {
         return ExitCode::from(code.clamp(0, 255) as u8);
     }
 

@@ -3,6 +3,8 @@
 
 use std::fmt;
 
+use serde::{Deserialize, Serialize};
+
 pub use crate::pb::{AgentId, ExecutorId, FrameworkId, OfferId, TaskId};
 
 macro_rules! typed_id {
@@ -48,6 +50,12 @@ macro_rules! typed_id {
                 Self::new(s)
             }
         }
+
+        impl From<&$t> for $t {
+            fn from(id: &$t) -> Self {
+                id.clone()
+            }
+        }
     };
 }
 
@@ -56,6 +64,63 @@ typed_id!(AgentId);
 typed_id!(OfferId);
 typed_id!(TaskId);
 typed_id!(ExecutorId);
+
+/// See [`TaskKey::executor`]. `+` is outside the id alphabet (see [`validate_id`]).
+const EXECUTOR_KEY_PREFIX: &str = "executor+";
+
+/// A task is unique per framework: `(framework id, task id)`. The one key of a task for
+/// the master (registry, leader) and the agent (containers, checkpoints, sandboxes).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct TaskKey {
+    /// The framework that launched the task.
+    pub framework_id: FrameworkId,
+    /// The task's id, unique within its framework.
+    pub task_id: TaskId,
+}
+
+impl TaskKey {
+    /// The key of `task_id` of `framework_id` (ids, `&str` or `String` alike).
+    pub fn new(framework_id: impl Into<FrameworkId>, task_id: impl Into<TaskId>) -> Self {
+        TaskKey {
+            framework_id: framework_id.into(),
+            task_id: task_id.into(),
+        }
+    }
+
+    /// The key of a custom executor's container on an agent: the agent's containerizers,
+    /// checkpoint log and work dir layout treat it like a task's, under a task id no real
+    /// task can have.
+    pub fn executor(framework_id: &FrameworkId, executor_id: &ExecutorId) -> Self {
+        TaskKey {
+            framework_id: framework_id.clone(),
+            task_id: TaskId::new(format!("{EXECUTOR_KEY_PREFIX}{executor_id}")),
+        }
+    }
+
+    /// The executor id, when this is the key of a custom executor's container.
+    pub fn executor_id(&self) -> Option<ExecutorId> {
+        self.task_id
+            .as_str()
+            .strip_prefix(EXECUTOR_KEY_PREFIX)
+            .map(ExecutorId::new)
+    }
+
+    /// Both ids are usable as single path components (see [`validate_id`]). Only valid
+    /// keys ever get a directory on an agent's disk.
+    pub fn validate(&self) -> Result<(), String> {
+        validate_id("framework", self.framework_id.as_str())?;
+        match self.executor_id() {
+            Some(id) => validate_id("executor", id.as_str()),
+            None => validate_id("task", self.task_id.as_str()),
+        }
+    }
+}
+
+impl fmt::Display for TaskKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.framework_id, self.task_id)
+    }
+}
 
 /// Longest id the master accepts; longer ids are refused as invalid input.
 pub const MAX_ID_LEN: usize = 256;
@@ -97,5 +162,31 @@ mod tests {
         assert!(validate_id("task", "a/b").is_err());
         assert!(validate_id("task", &"x".repeat(300)).is_err());
         assert_ne!(FrameworkId::random(), FrameworkId::random());
+    }
+
+    #[test]
+    fn task_keys() {
+        let k = TaskKey::new("fw-1", "task-1");
+        assert!(k.validate().is_ok());
+        assert_eq!(k.to_string(), "fw-1/task-1");
+        // Built from ids (borrowed or not) or strings alike.
+        let (fw, task) = (FrameworkId::new("fw-1"), TaskId::new("task-1"));
+        assert_eq!(k, TaskKey::new(&fw, &task));
+        assert_eq!(k, TaskKey::new(fw, task));
+        assert!(TaskKey::new("fw", "../x").validate().is_err());
+        assert!(TaskKey::new("", "x").validate().is_err());
+
+        let e = TaskKey::executor(&FrameworkId::new("fw-1"), &ExecutorId::new("ex-1"));
+        assert!(e.validate().is_ok());
+        assert_eq!(e.executor_id(), Some(ExecutorId::new("ex-1")));
+        assert_eq!(k.executor_id(), None);
+        // A real task can never be mistaken for an executor's container.
+        assert!(TaskKey::new("fw-1", "executor+ex-1").validate().is_ok());
+        assert!(validate_id("task", "executor+ex-1").is_err());
+        assert!(
+            TaskKey::executor(&FrameworkId::new("fw"), &ExecutorId::new("../x"))
+                .validate()
+                .is_err()
+        );
     }
 }

@@ -5,7 +5,8 @@
 //!   (scheduler, agent↔master, agent API, executor, operator and Raft peer services, and
 //!   the test-only `RegistryTesting`).
 //! - [`ids`]: typed ids (`FrameworkId`, `AgentId`, `OfferId`, `TaskId`, `ExecutorId`) with
-//!   constructors and `Display`, so that handlers never pass bare strings around.
+//!   constructors and `Display`, so that handlers never pass bare strings around, and
+//!   `TaskKey` (framework id, task id), the one task key of master and agent.
 //! - [`resources`]: the resource vocabulary (scalars, ranges, sets) with exact fixed-point
 //!   arithmetic: add, subtract, contains, split and validation.
 //! - [`states`]: task-state helpers (terminal or not, names for people).
@@ -25,7 +26,7 @@ pub mod pb {
     tonic::include_proto!("drover.v1");
 }
 
-pub use ids::{AgentId, ExecutorId, FrameworkId, OfferId, TaskId};
+pub use ids::{AgentId, ExecutorId, FrameworkId, OfferId, TaskId, TaskKey};
 pub use resources::{ResourceError, Resources};
 
 /// Largest `data` of a message between a framework and one of its executors (either way).

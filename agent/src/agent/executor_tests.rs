@@ -20,8 +20,8 @@ use super::executors::{ExecutorRequest, MAX_MESSAGES_PER_SECOND, MAX_PENDING_MES
 use super::recovery;
 use super::state::{AgentLoop, Event, Exit};
 use crate::config::Config;
+use crate::containerizer::ContainerizerError;
 use crate::containerizer::{Containerizer, LaunchSpec, Recovered, Termination};
-use crate::error::AgentError;
 use crate::fsutil::create_dir_all_durable;
 use crate::layout::{Layout, TaskKey};
 use crate::master_link::LinkEvent;
@@ -41,12 +41,12 @@ impl Containerizer for Fake {
         "fake"
     }
 
-    async fn launch(&self, spec: LaunchSpec) -> Result<(), AgentError> {
+    async fn launch(&self, spec: LaunchSpec) -> Result<(), ContainerizerError> {
         self.launched.lock().unwrap().insert(spec.key.clone(), spec);
         Ok(())
     }
 
-    async fn recover(&self, key: &TaskKey) -> Result<Recovered, AgentError> {
+    async fn recover(&self, key: &TaskKey) -> Result<Recovered, ContainerizerError> {
         Ok(if self.launched.lock().unwrap().contains_key(key) {
             Recovered::Running
         } else {
@@ -54,11 +54,11 @@ impl Containerizer for Fake {
         })
     }
 
-    async fn wait(&self, _key: &TaskKey) -> Result<Termination, AgentError> {
+    async fn wait(&self, _key: &TaskKey) -> Result<Termination, ContainerizerError> {
         std::future::pending().await
     }
 
-    async fn kill(&self, key: &TaskKey, _: Duration, _: Reason) -> Result<(), AgentError> {
+    async fn kill(&self, key: &TaskKey, _: Duration, _: Reason) -> Result<(), ContainerizerError> {
         self.killed.lock().unwrap().push(key.clone());
         Ok(())
     }
@@ -102,7 +102,7 @@ fn run_task(id: &str, exec: Option<&str>) -> LinkEvent {
     }))
 }
 
-fn exited() -> Result<Termination, AgentError> {
+fn exited() -> Result<Termination, crate::error::AgentError> {
     Ok(Termination::Recorded(ExitRecord {
         outcome: ExitOutcome::Exited { code: 0 },
         killed: false,

@@ -27,12 +27,12 @@ use drover_proto::pb::{
 };
 use drover_proto::{states, ExecutorId, FrameworkId};
 
-use super::recovery::TaskCheckpoint;
 use super::state::{AgentLoop, TaskEntry};
 use super::tasks::create_sandbox;
 use crate::containerizer::linux::holder;
 use crate::containerizer::{LaunchSpec, TerminalStatus};
 use crate::error::AgentError;
+use crate::journal::TaskCheckpoint;
 use crate::layout::TaskKey;
 use crate::supervisor::records::TaskGroupLaunch;
 

@@ -23,7 +23,6 @@ mod tasks;
 #[cfg(test)]
 mod tests;
 
-pub use recovery::TaskCheckpoint;
 pub use state::{Event, Exit};
 
 use std::fs::{File, OpenOptions};
@@ -42,11 +41,13 @@ use crate::api::{AgentApiService, ExecutorService};
 use crate::config::{Config, Settings};
 use crate::containerizer::{Containerizer, Containerizers};
 use crate::error::{AgentError, IoContext};
+use crate::files_api::rotation::Rotations;
 use crate::fsutil::create_dir_all_durable;
 use crate::images::ImageStore;
 use crate::layout::Layout;
 use crate::master_link::{MasterLink, TermFence};
 use crate::metrics::Metrics;
+use crate::outbox::Outbox;
 use state::AgentLoop;
 
 /// A bound, recovered agent, ready to [`run`](Agent::run).
@@ -131,8 +132,15 @@ impl Agent {
         let agent_id = read_agent_id(&layout.agent_id_file())?;
         let fence = TermFence::load(layout.term_file())?;
         let metrics = Arc::new(Metrics::new());
+        let options = crate::containerizer::Options {
+            containerizers: settings.containerizers.clone(),
+            cgroups_root: settings.cgroups_root.clone(),
+            pids_limit: settings.pids_limit,
+            default_grace: settings.default_grace,
+            docker_socket: settings.docker_socket.clone(),
+        };
         let containerizers =
-            Arc::new(crate::containerizer::build(&settings, &layout, images.clone()).await?);
+            Arc::new(crate::containerizer::build(&options, &layout, images.clone()).await?);
         let containerizer: Arc<dyn Containerizer> = containerizers.clone();
         let (journal, found) = recovery::load(&layout)?;
         let (events_tx, events_rx) = mpsc::channel(1024);
@@ -212,10 +220,10 @@ impl Agent {
             let _ = rx.wait_for(|s| *s).await;
         };
 
-        let rotations = Arc::new(crate::disk::Rotations::default());
+        let rotations = Arc::new(Rotations::default());
         let api = AgentApiService::new(
             self.layout.clone(),
-            self.events_tx.clone(),
+            Outbox::new(self.events_tx.clone()),
             self.images.clone(),
         )
         .with_rotations(rotations.clone());
@@ -223,7 +231,7 @@ impl Agent {
             tonic::transport::Server::builder()
                 .add_service(pb::agent_api_server::AgentApiServer::new(api))
                 .add_service(pb::executor_server::ExecutorServer::new(
-                    ExecutorService::new(self.events_tx.clone()),
+                    ExecutorService::new(Outbox::new(self.events_tx.clone())),
                 ))
                 .serve_with_incoming_shutdown(
                     TcpListenerStream::new(self.api_listener),
@@ -238,7 +246,7 @@ impl Agent {
         let disk_watcher = tokio::spawn(crate::disk::watch(
             self.layout.clone(),
             self.settings.sandbox.clone(),
-            self.events_tx.clone(),
+            Outbox::new(self.events_tx.clone()),
             self.containerizers.clone(),
             self.containerizers.disk_usage(),
             rotations,
@@ -247,7 +255,7 @@ impl Agent {
         let collector = tokio::spawn(crate::gc::collect(
             self.layout.clone(),
             self.settings.sandbox.gc_delay,
-            self.events_tx.clone(),
+            Outbox::new(self.events_tx.clone()),
             stop_rx.clone(),
         ));
         let (link_tx, mut link_rx) = mpsc::channel(1024);

@@ -9,24 +9,11 @@
 use std::fs;
 use std::io;
 
-use drover_proto::pb;
-use drover_proto::FrameworkId;
-use serde::{Deserialize, Serialize};
-
 use crate::error::{AgentError, IoContext};
 use crate::fsutil::read_json;
-use crate::journal::Journal;
+use crate::journal::{Journal, TaskCheckpoint};
 use crate::layout::{Layout, TaskKey};
 use crate::status_updates::StreamCheckpoint;
-
-/// Everything needed to report and relaunch-proof a task, checkpointed before its
-/// container is started.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct TaskCheckpoint {
-    pub framework_id: FrameworkId,
-    pub framework_info: Option<pb::FrameworkInfo>,
-    pub task: pb::TaskInfo,
-}
 
 /// A task found on disk that is not completed.
 #[derive(Clone, Debug)]
@@ -130,6 +117,7 @@ mod tests {
     use super::*;
     use crate::fsutil::{create_dir_all_durable, write_atomic, write_json_atomic};
     use crate::journal::Record;
+    use drover_proto::{pb, FrameworkId};
 
     fn checkpoint(name: &str) -> TaskCheckpoint {
         TaskCheckpoint {

@@ -21,17 +21,18 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::groups::{Group, GroupKey};
 use super::health::Health;
-use super::recovery::{RecoveredTask, TaskCheckpoint};
+use super::recovery::RecoveredTask;
 use crate::config::Settings;
 use crate::containerizer::{Containerizer, LaunchSpec, Recovered, Termination};
 use crate::error::{AgentError, IoContext};
 use crate::fsutil::{create_dir_all_durable, fsync_dir, write_atomic};
-use crate::journal::{Journal, Record};
+use crate::journal::{Journal, Record, TaskCheckpoint};
 use crate::layout::{Layout, TaskKey};
 use crate::master_link::LinkEvent;
 use crate::metrics::Metrics;
 use crate::status_updates::checkpoint::StatusUpdates;
 use crate::status_updates::{RetryPolicy, StatusUpdate};
+use crate::{api, disk, gc};
 
 /// How long a stopping agent waits for the acknowledgement of its last updates.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(3);
@@ -54,25 +55,35 @@ pub enum Event {
         key: TaskKey,
         result: Result<Termination, AgentError>,
     },
-    /// The agent API asks for the agent's state.
-    GetState(oneshot::Sender<pb::GetAgentStateResponse>),
-    /// The files API asks whether a task may still write to its sandbox (it is known and
-    /// has no terminal update yet). Answered at once: nothing in it needs to be durable.
-    TaskActive {
-        key: TaskKey,
-        reply: oneshot::Sender<bool>,
-    },
-    /// The disk watcher asks for the tasks whose containers run, with their `disk`.
-    ActiveTasks(oneshot::Sender<Vec<crate::disk::WatchedTask>>),
-    /// The garbage collector asks for every task the agent still tracks; their sandboxes
-    /// are never collected.
-    KnownTasks(oneshot::Sender<Vec<TaskKey>>),
+    /// The agent API asks for the agent's state, or whether a task is active.
+    Api(api::StateRequest),
+    /// The disk watcher asks for the tasks whose containers run.
+    Disk(disk::Request),
+    /// The garbage collector asks for every task the agent still tracks.
+    Gc(gc::Request),
     /// A call of a custom executor (see `executors/`).
-    Executor(super::executors::ExecutorRequest),
+    Executor(api::ExecutorRequest),
     /// A custom executor's timer fired.
     ExecutorTimer(super::executors::Timer),
     /// A check of a running task reports (see [`crate::checks`]).
     Check(crate::checks::Report),
+}
+
+/// Each subsystem's requests become events of the loop; see [`crate::outbox`].
+macro_rules! event_from {
+    ($($request:ty => $variant:ident),* $(,)?) => {$(
+        impl From<$request> for Event {
+            fn from(request: $request) -> Self {
+                Event::$variant(request)
+            }
+        }
+    )*};
+}
+event_from! {
+    api::StateRequest => Api,
+    disk::Request => Disk,
+    gc::Request => Gc,
+    api::ExecutorRequest => Executor,
 }
 
 /// Why the loop stopped.
@@ -306,7 +317,7 @@ impl AgentLoop {
         let events = self.events_tx.clone();
         let key = key.clone();
         tokio::spawn(async move {
-            let result = containerizer.wait(&key).await;
+            let result = containerizer.wait(&key).await.map_err(AgentError::from);
             let _ = events.send(Event::TaskEnded { key, result }).await;
         });
     }
@@ -406,8 +417,8 @@ impl AgentLoop {
     /// The durability point of a batch: the changed status update streams join the
     /// staged task checkpoints, and the checkpoint log syncs them all at once.
     pub(crate) fn commit(&mut self) -> Result<(), AgentError> {
-        for record in self.updates.take_checkpoints() {
-            self.journal.stage(&record);
+        for change in self.updates.take_checkpoints() {
+            self.journal.stage(&change.into());
         }
         let synced = self.journal.commit().ctx(|| {
             format!(
@@ -669,18 +680,20 @@ impl AgentLoop {
     fn on_event(&mut self, ev: Event) {
         match ev {
             Event::TaskEnded { key, result } => self.on_task_ended(&key, result),
-            Event::GetState(reply) => self.replies.push(Reply::State(reply)),
-            Event::TaskActive { key, reply } => {
+            Event::Api(api::StateRequest::GetState(reply)) => {
+                self.replies.push(Reply::State(reply))
+            }
+            Event::Api(api::StateRequest::TaskActive { key, reply }) => {
                 let active = match key.executor_id() {
                     Some(_) => self.executors.runs(&key),
                     None => self.tasks.get(&key).is_some_and(|e| !e.terminal),
                 };
                 let _ = reply.send(active);
             }
-            Event::ActiveTasks(reply) => {
+            Event::Disk(disk::Request::ActiveTasks(reply)) => {
                 let _ = reply.send(self.watched_tasks());
             }
-            Event::KnownTasks(reply) => {
+            Event::Gc(gc::Request::KnownTasks(reply)) => {
                 let _ = reply.send(self.known_keys());
             }
             Event::Executor(request) => self.on_executor_request(request),

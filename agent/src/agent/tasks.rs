@@ -8,11 +8,11 @@ use drover_proto::pb::{
 };
 use drover_proto::Resources;
 
-use super::recovery::TaskCheckpoint;
 use super::state::{AgentLoop, TaskEntry};
-use crate::containerizer::{terminal_status, LaunchSpec, Termination};
+use crate::containerizer::{terminal_status, ContainerizerError, LaunchSpec, Termination};
 use crate::error::AgentError;
 use crate::journal::Journal;
+use crate::journal::TaskCheckpoint;
 use crate::layout::TaskKey;
 
 /// Longest grace period honoured from a kill policy: a typo of `1e9` must not leave a
@@ -165,7 +165,12 @@ impl AgentLoop {
         let starts = batch.into_iter().map(|spec| {
             let key = spec.key.clone();
             let containerizer = self.containerizer.clone();
-            async move { (key, containerizer.launch(spec).await) }
+            async move {
+                (
+                    key,
+                    containerizer.launch(spec).await.map_err(AgentError::from),
+                )
+            }
         });
         let results = futures::future::join_all(starts).await;
         for (key, result) in self.settle_group_launches(results).await {
@@ -200,7 +205,9 @@ impl AgentLoop {
         // A user the task's image does not define is the task's mistake, told apart so a
         // framework can see it without parsing messages.
         let reason = match e {
-            AgentError::UnknownUser(_) => Reason::TaskUserUnknown,
+            AgentError::Containerizer(ContainerizerError::UnknownUser(_)) => {
+                Reason::TaskUserUnknown
+            }
             _ => Reason::ContainerLaunchFailed,
         };
         self.enqueue_status(

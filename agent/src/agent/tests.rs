@@ -13,8 +13,8 @@ use tokio::sync::mpsc;
 use super::recovery;
 use super::state::{AgentLoop, Event, Exit, MAX_LAUNCHES};
 use crate::config::Config;
+use crate::containerizer::ContainerizerError;
 use crate::containerizer::{Containerizer, LaunchSpec, Recovered, Termination};
-use crate::error::AgentError;
 use crate::fsutil::create_dir_all_durable;
 use crate::layout::{Layout, TaskKey};
 use crate::master_link::LinkEvent;
@@ -37,21 +37,21 @@ impl Containerizer for Fake {
         "fake"
     }
 
-    async fn launch(&self, spec: LaunchSpec) -> Result<(), AgentError> {
+    async fn launch(&self, spec: LaunchSpec) -> Result<(), ContainerizerError> {
         let syncs = self.metrics.checkpoint_syncs();
         self.launched.lock().unwrap().insert(spec.key, syncs);
         Ok(())
     }
 
-    async fn recover(&self, _key: &TaskKey) -> Result<Recovered, AgentError> {
+    async fn recover(&self, _key: &TaskKey) -> Result<Recovered, ContainerizerError> {
         Ok(Recovered::NeverStarted)
     }
 
-    async fn wait(&self, _key: &TaskKey) -> Result<Termination, AgentError> {
+    async fn wait(&self, _key: &TaskKey) -> Result<Termination, ContainerizerError> {
         std::future::pending().await
     }
 
-    async fn kill(&self, _: &TaskKey, _: Duration, _: Reason) -> Result<(), AgentError> {
+    async fn kill(&self, _: &TaskKey, _: Duration, _: Reason) -> Result<(), ContainerizerError> {
         Ok(())
     }
 }

@@ -3,7 +3,7 @@
 //! Nothing is held open between reads: every read goes through [`super::read_file`],
 //! which opens the sandbox and walks the path component by component again. A task
 //! that swaps a symlink in between two reads therefore meets the same refusal as a
-//! single `ReadFile` would. Rotations by the agent (see `crate::disk`) are known from
+//! single `ReadFile` would. Rotations by the agent (see [`super::rotation`]) are known from
 //! [`Rotations`]: the rest of the old file is read from its rotated copy, by name and just
 //! as safely, before the fresh file is followed from its start.
 //!
@@ -19,8 +19,8 @@ use drover_proto::pb;
 use tokio::sync::mpsc;
 use tonic::Status;
 
+use super::rotation::{Rotation, Rotations};
 use super::{read_file, MAX_READ_LENGTH};
-use crate::disk::{Rotation, Rotations};
 use crate::error::AgentError;
 use crate::layout::{Layout, TaskKey};
 
@@ -388,12 +388,16 @@ mod tests {
                     .open(self.sandbox.join("stdout"))
                     .unwrap();
                 f.write_all(&[b'b'; 50]).unwrap();
-                let dir = crate::disk::open_dir(&self.sandbox).unwrap();
+                let dir = crate::files_api::rotation::open_dir(&self.sandbox).unwrap();
                 let key = TaskKey::new("fw", "t");
-                assert!(
-                    crate::disk::rotate(&dir, "stdout", 120, 2, Some((&self.rotations, &key)))
-                        .unwrap()
-                );
+                assert!(crate::files_api::rotation::rotate(
+                    &dir,
+                    "stdout",
+                    120,
+                    2,
+                    Some((&self.rotations, &key))
+                )
+                .unwrap());
                 f.write_all(b"new\n").unwrap();
             }
             !self.ended.load(Ordering::SeqCst)

@@ -386,77 +386,11 @@ pub(crate) async fn hammer_swaps(
 }
 
 /// Stops the swapping task however the test ends.
-struct Swapper(std::process::Child);
+pub(crate) struct Swapper(pub(crate) std::process::Child);
 
 impl Drop for Swapper {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-/// A real process in the sandbox keeps swapping `f` between a file of its own and a
-/// symlink to a secret outside, and `d` between a directory of its own and a symlink to
-/// a directory outside, while the files API (over gRPC) reads, lists and follows them
-/// thousands of times: no answer ever carries the outside content or names.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_task_swapping_symlinks_in_never_leaks_what_is_outside() {
-    use crate::agent::Event;
-    use crate::api::AgentApiService;
-    use crate::images::{ImageStore, ImportLimits};
-    use drover_proto::pb::agent_api_client::AgentApiClient;
-    use std::sync::Arc;
-
-    let dir = tempfile::tempdir().unwrap();
-    let layout = Layout::new(dir.path().join("work"));
-    let sb = layout.sandbox(&TaskKey::new("fw", "t"));
-    fs::create_dir_all(&sb).unwrap();
-    let outside = dir.path().join("outside");
-    fs::create_dir_all(&outside).unwrap();
-    let secret = format!("TOPSECRET-{}", uuid::Uuid::new_v4());
-    fs::write(outside.join("secret"), &secret).unwrap();
-    fs::write(outside.join("outside-only-name"), &secret).unwrap();
-    let script = swap_script(&outside);
-    let _swapper = Swapper(
-        std::process::Command::new("/bin/sh")
-            .arg("-c")
-            .arg(&script)
-            .current_dir(&sb)
-            .spawn()
-            .unwrap(),
-    );
-
-    let images = Arc::new(
-        ImageStore::open(
-            dir.path().join("images"),
-            ImportLimits {
-                max_archive_bytes: 1 << 20,
-                max_unpacked_bytes: 1 << 20,
-            },
-        )
-        .unwrap(),
-    );
-    let (events, mut events_rx) = tokio::sync::mpsc::channel(16);
-    // Followers are told the task has ended, so each drains what it can and stops.
-    tokio::spawn(async move {
-        while let Some(ev) = events_rx.recv().await {
-            if let Event::TaskActive { reply, .. } = ev {
-                let _ = reply.send(false);
-            }
-        }
-    });
-    let service = AgentApiService::new(layout.clone(), events, images);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let server = tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(pb::agent_api_server::AgentApiServer::new(service))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-    );
-    let mut client = AgentApiClient::connect(format!("http://{addr}"))
-        .await
-        .unwrap();
-    hammer_swaps(&mut client, "fw", "t").await;
-    fs::write(sb.join("stop"), b"").unwrap();
-    server.abort();
 }

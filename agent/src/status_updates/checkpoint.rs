@@ -1,6 +1,7 @@
 //! The shell around [`StatusUpdateManager`]: it remembers which task streams changed
-//! since the last durability point and hands their checkpoints to the agent's checkpoint
-//! log ([`crate::journal`]) as one batch. The agent loop commits that batch before it
+//! since the last durability point and hands their checkpoints ([`StreamChange`]s) to the
+//! agent loop as one batch, which writes them to the checkpoint log (`crate::journal`,
+//! which sits below this module: it stores [`StreamCheckpoint`]s). The agent loop commits that batch before it
 //! sends anything ([`StatusUpdates::due`] refuses to run while a change is not taken), so
 //! an update that left the agent is always on disk, an acknowledgement is on disk before
 //! the next update of its task goes out, and a restarted agent resends what was not
@@ -16,8 +17,19 @@ use std::collections::BTreeSet;
 use std::time::Instant;
 
 use super::{Ack, RetryPolicy, StatusUpdate, StatusUpdateManager, StreamCheckpoint};
-use crate::journal::Record;
 use crate::layout::TaskKey;
+
+/// A stream that changed since the last durability point, as it must be checkpointed.
+#[derive(Clone, Debug, PartialEq)]
+pub enum StreamChange {
+    /// The stream as it is now (replaces the previous checkpoint).
+    Updated {
+        key: TaskKey,
+        stream: StreamCheckpoint,
+    },
+    /// The task's terminal update was acknowledged: recovery forgets it.
+    Completed { key: TaskKey },
+}
 
 /// A checkpointing status update manager.
 #[derive(Debug)]
@@ -79,14 +91,14 @@ impl StatusUpdates {
         !self.dirty.is_empty()
     }
 
-    /// The records of every stream changed since the last call: its current checkpoint,
-    /// or `Completed` when the stream has ended.
-    pub fn take_checkpoints(&mut self) -> Vec<Record> {
+    /// Every stream changed since the last call: its current checkpoint, or `Completed`
+    /// when the stream has ended.
+    pub fn take_checkpoints(&mut self) -> Vec<StreamChange> {
         std::mem::take(&mut self.dirty)
             .into_iter()
             .map(|key| match self.core.checkpoint(&key) {
-                Some(stream) => Record::Updates { key, stream },
-                None => Record::Completed { key },
+                Some(stream) => StreamChange::Updated { key, stream },
+                None => StreamChange::Completed { key },
             })
             .collect()
     }
@@ -119,10 +131,10 @@ impl StatusUpdates {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::journal::Journal;
     use drover_proto::pb::{self, TaskState};
     use drover_proto::FrameworkId;
 
+    /// One update of task `t` of `fw`; `n` fills its uuid.
     fn update(state: TaskState, n: u8) -> StatusUpdate {
         StatusUpdate {
             framework_id: FrameworkId::new("fw"),
@@ -136,64 +148,33 @@ mod tests {
         }
     }
 
-    fn commit(su: &mut StatusUpdates, journal: &mut Journal) {
-        for r in su.take_checkpoints() {
-            journal.stage(&r);
-        }
-        journal.commit().unwrap();
-    }
-
     #[test]
-    fn checkpoint_round_trip_and_completion() {
-        let dir = tempfile::tempdir().unwrap();
-        let log = dir.path().join("checkpoints.log");
-        let (mut journal, _) = Journal::open(&log).unwrap();
+    fn changes_of_a_batch_make_one_checkpoint_per_stream() {
         let key = TaskKey::new("fw", "t");
-
         let mut su = StatusUpdates::new(RetryPolicy::default());
         su.enqueue(&key, update(TaskState::TaskRunning, 1));
         su.enqueue(&key, update(TaskState::TaskFailed, 2));
-        // Two changes of one stream in a batch make one record.
-        let records = su.take_checkpoints();
-        assert_eq!(records.len(), 1);
+        let changes = su.take_checkpoints();
+        assert_eq!(changes.len(), 1);
         assert!(!su.is_dirty());
-        let Record::Updates { stream, .. } = &records[0] else {
-            panic!("{records:?}")
+        let StreamChange::Updated { stream, .. } = &changes[0] else {
+            panic!("{changes:?}")
         };
         assert_eq!(stream.pending.len(), 2);
         assert_eq!(*stream, su.core().checkpoint(&key).unwrap());
-        journal.stage(&records[0]);
-        journal.commit().unwrap();
 
         su.due(Instant::now());
-        su.acknowledge(&key, &[1; 16]);
-        assert!(su.is_dirty());
-        commit(&mut su, &mut journal);
-
-        // A new agent restores exactly the remaining queue.
-        drop(journal);
-        let (mut journal, live) = Journal::open(&log).unwrap();
-        let cp = live[&key].stream.clone().unwrap();
-        assert_eq!(cp.pending.len(), 1);
-        assert_eq!(cp.latest_state, TaskState::TaskFailed as i32);
-        assert_eq!(cp.latest_exit_code, Some(3));
-        let mut again = StatusUpdates::new(RetryPolicy::default());
-        again.restore(key.clone(), cp);
-        let sent = again.due(Instant::now());
-        assert_eq!(sent.len(), 1);
-        assert_eq!(sent[0].1.status.uuid, vec![2; 16]);
         assert_eq!(
-            again.acknowledge(&key, &[2; 16]),
+            su.acknowledge(&key, &[1; 16]),
+            Ack::Accepted { completed: false }
+        );
+        su.take_checkpoints();
+        su.due(Instant::now());
+        assert_eq!(
+            su.acknowledge(&key, &[2; 16]),
             Ack::Accepted { completed: true }
         );
-        assert_eq!(
-            again.take_checkpoints(),
-            vec![Record::Completed { key: key.clone() }]
-        );
-        journal.stage(&Record::Completed { key });
-        journal.commit().unwrap();
-        drop(journal);
-        assert!(Journal::open(&log).unwrap().1.is_empty());
+        assert_eq!(su.take_checkpoints(), vec![StreamChange::Completed { key }]);
     }
 
     #[test]

@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use drover_agent::containerizer::docker::testing::TestImage;
+use drover_containerizer::docker::testing::TestImage;
 use drover_sdk::proto::pb::{self, TaskState};
 use drover_sdk::proto::states::is_terminal;
 use drover_sdk::{

@@ -113,7 +113,7 @@ fn terminal_update_frees_resources_and_duplicates_are_detected() {
     );
     assert_eq!(r.agents[&AgentId::new("a")].used.cpus(), 1.0);
     assert_eq!(
-        r.task_state(&TaskKey::new(&"f".into(), &"t1".into())),
+        r.task_state(&TaskKey::new("f", "t1")),
         Some(TaskState::TaskFinished)
     );
     // A finished task id cannot be launched again.
@@ -124,9 +124,7 @@ fn terminal_update_frees_resources_and_duplicates_are_detected() {
         term: 1,
         now_ms: 5,
     });
-    assert!(!r
-        .tasks
-        .contains_key(&TaskKey::new(&"f".into(), &"t1".into())));
+    assert!(!r.tasks.contains_key(&TaskKey::new("f", "t1")));
 }
 
 #[test]
@@ -192,11 +190,11 @@ fn partition_aware_tasks_resume() {
     assert!(o.kill.is_empty());
     // t1 resumes RUNNING; t2 (unknown to the agent, not STAGING anymore) is reported LOST.
     assert_eq!(
-        r.task_state(&TaskKey::new(&"f".into(), &"t1".into())),
+        r.task_state(&TaskKey::new("f", "t1")),
         Some(TaskState::TaskRunning)
     );
     assert_eq!(
-        r.task_state(&TaskKey::new(&"f".into(), &"t2".into())),
+        r.task_state(&TaskKey::new("f", "t2")),
         Some(TaskState::TaskLost)
     );
     assert_eq!(o.updates.len(), 2);
@@ -264,7 +262,7 @@ fn snapshot_round_trip_and_replay_are_deterministic() {
 #[test]
 fn killing_is_not_terminal_and_the_latest_health_is_kept() {
     let mut r = setup(false);
-    let key = TaskKey::new(&"f".into(), &"t1".into());
+    let key = TaskKey::new("f", "t1");
     let mut unhealthy = status("t1", TaskState::TaskRunning, 1);
     unhealthy.healthy = Some(false);
     r.apply(&Command::StatusUpdates {

@@ -12,21 +12,9 @@ use super::version::{BASE_VERSION, REGISTRY_VERSION};
 /// Most completed tasks kept for the operator view; older ones are forgotten.
 pub const COMPLETED_TASKS_KEPT: usize = 20_000;
 
-/// Framework-scoped task key: task ids are unique within a framework.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct TaskKey {
-    pub framework_id: FrameworkId,
-    pub task_id: TaskId,
-}
-
-impl TaskKey {
-    pub fn new(framework_id: &FrameworkId, task_id: &TaskId) -> Self {
-        Self {
-            framework_id: framework_id.clone(),
-            task_id: task_id.clone(),
-        }
-    }
-}
+/// Framework-scoped task key (task ids are unique within a framework), shared with the
+/// agent.
+pub use drover_proto::TaskKey;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum AgentState {

@@ -48,22 +48,20 @@ use drover_proto::pb::{
     self, executor_event, task_status::Reason, task_status::Source, ExecutorEvent, TaskState,
 };
 use drover_proto::{ExecutorId, FrameworkId, TaskId};
-use tokio::sync::{mpsc, oneshot};
 use tonic::Status;
 
-use super::recovery::{RecoveredTask, TaskCheckpoint};
+use super::recovery::RecoveredTask;
 use super::state::{AgentLoop, Event};
+pub use crate::api::ExecutorRequest;
+use crate::api::{Answer, EventSender};
 use crate::containerizer::{terminal_status, LaunchSpec, Termination};
 use crate::error::AgentError;
-use crate::journal::Record;
+use crate::journal::{Record, TaskCheckpoint};
 use crate::layout::TaskKey;
 
 /// Between SHUTDOWN and the kill of an executor's container; also the slack an executor
 /// gets beyond a task's grace period to report a killed task.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
-
-/// The stream of events to one subscribed executor.
-pub type EventSender = mpsc::UnboundedSender<Result<ExecutorEvent, Status>>;
 
 /// Most framework messages queued to one executor and not yet taken by its stream: an
 /// executor that does not read while its framework keeps sending must not grow the
@@ -74,29 +72,6 @@ pub const MAX_PENDING_MESSAGES: usize = 64;
 /// one stream to the master with every task's status updates, so an executor (user
 /// code) must not be able to flood it; beyond, `Message` answers RESOURCE_EXHAUSTED.
 pub const MAX_MESSAGES_PER_SECOND: u32 = 100;
-type Answer = oneshot::Sender<Result<(), Status>>;
-
-/// A call of an executor, from the `Executor` service to the agent loop.
-#[derive(Debug)]
-pub enum ExecutorRequest {
-    Subscribe {
-        request: pb::ExecutorSubscribeRequest,
-        events: EventSender,
-        /// Framework messages on `events` not taken by the stream yet: the agent adds one
-        /// per message it queues, the stream takes one off per message it yields.
-        pending_messages: Arc<AtomicUsize>,
-        reply: Answer,
-    },
-    Update {
-        call: pb::ExecutorUpdateCall,
-        reply: Answer,
-    },
-    Message {
-        call: pb::ExecutorMessageCall,
-        reply: Answer,
-    },
-}
-
 /// A timer of an executor (see the module docs), delivered as an [`Event`].
 #[derive(Debug, Clone)]
 pub struct Timer {

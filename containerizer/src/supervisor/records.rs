@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::containerizer::linux::cgroups::ContainerCgroups;
+use crate::linux::cgroups::ContainerCgroups;
 use crate::procfs::ProcessIdentity;
 
 /// What a supervisor runs (`spec.json`, written by the agent before it spawns the

@@ -19,7 +19,7 @@ use drover_proto::pb::{self, task_status::Reason};
 use drover_proto::{unix_seconds, Resources};
 
 use super::{Containerizer, LaunchSpec, Recovered, Termination};
-use crate::error::{AgentError, IoContext};
+use crate::error::{ContainerizerError, IoContext};
 use crate::fsutil::{create_json_exclusive, read_json, write_json_atomic};
 use crate::layout::{Layout, TaskKey};
 use crate::procfs::{self, ProcessIdentity};
@@ -72,12 +72,15 @@ impl ProcessContainerizer {
     }
 
     /// What the supervisor of this task runs (the linux containerizer adds its part).
-    pub(crate) fn build_spec(&self, spec: &LaunchSpec) -> Result<SupervisorSpec, AgentError> {
+    pub(crate) fn build_spec(
+        &self,
+        spec: &LaunchSpec,
+    ) -> Result<SupervisorSpec, ContainerizerError> {
         let command = spec
             .task
             .command
             .as_ref()
-            .ok_or_else(|| AgentError::Launch("the task has no command".into()))?;
+            .ok_or_else(|| ContainerizerError::Launch("the task has no command".into()))?;
         let (program, argv) = command_line(command)?;
 
         let mut env: Vec<(String, String)> = command
@@ -113,7 +116,7 @@ impl ProcessContainerizer {
         &self,
         spec: &LaunchSpec,
         sup_spec: &SupervisorSpec,
-    ) -> Result<(), AgentError> {
+    ) -> Result<(), ContainerizerError> {
         for name in ["stdout", "stderr"] {
             let path = spec.sandbox.join(name);
             OpenOptions::new()
@@ -189,12 +192,12 @@ impl ProcessContainerizer {
             .ctx(|| format!("starting the supervisor {}", self.supervisor_exe.display()))?;
         let pid = child
             .id()
-            .ok_or_else(|| AgentError::Launch("the supervisor exited at once".into()))?
+            .ok_or_else(|| ContainerizerError::Launch("the supervisor exited at once".into()))?
             as i32;
         // Our unreaped child keeps its /proc entry, so this cannot race with its exit.
         let identity = procfs::identity(pid)
             .ctx(|| format!("reading /proc/{pid}/stat"))?
-            .ok_or_else(|| AgentError::Launch(format!("supervisor {pid} vanished")))?;
+            .ok_or_else(|| ContainerizerError::Launch(format!("supervisor {pid} vanished")))?;
         self.supervisors().insert(
             spec.key.clone(),
             Supervised {
@@ -258,9 +261,11 @@ async fn wait_for_a_starting_supervisor(spec: &std::path::Path, claim: &std::pat
 }
 
 /// The program and argv of a command (see `CommandInfo`).
-pub fn command_line(command: &pb::CommandInfo) -> Result<(String, Vec<String>), AgentError> {
+pub fn command_line(
+    command: &pb::CommandInfo,
+) -> Result<(String, Vec<String>), ContainerizerError> {
     if command.value.is_empty() {
-        return Err(AgentError::Launch("the command is empty".into()));
+        return Err(ContainerizerError::Launch("the command is empty".into()));
     }
     if command.shell {
         return Ok((
@@ -278,9 +283,9 @@ pub fn command_line(command: &pb::CommandInfo) -> Result<(String, Vec<String>), 
 
 /// The user to switch to, with its home directory. `None` when the task runs as the
 /// agent's own user: the user is the agent's, or the agent is not root and so cannot
-/// switch (see [`crate::users`]). A user this machine does not know fails the launch
-/// with [`AgentError::UnknownUser`].
-fn resolve_task_user(name: &str) -> Result<Option<(UserSpec, String)>, AgentError> {
+/// switch (see the agent's `users` module). A user this machine does not know fails the launch
+/// with [`ContainerizerError::UnknownUser`].
+fn resolve_task_user(name: &str) -> Result<Option<(UserSpec, String)>, ContainerizerError> {
     // SAFETY: geteuid has no preconditions.
     let euid = unsafe { libc::geteuid() };
     if name.is_empty() || euid != 0 {
@@ -289,7 +294,7 @@ fn resolve_task_user(name: &str) -> Result<Option<(UserSpec, String)>, AgentErro
     let (uid, gid, home) = lookup_user(name)
         .ctx(|| format!("looking up user '{name}'"))?
         .ok_or_else(|| {
-            AgentError::UnknownUser(format!(
+            ContainerizerError::UnknownUser(format!(
                 "no such user '{name}' on this agent (the task's user comes from \
                  CommandInfo.user, else FrameworkInfo.user)"
             ))
@@ -308,7 +313,7 @@ fn resolve_task_user(name: &str) -> Result<Option<(UserSpec, String)>, AgentErro
     )))
 }
 
-pub(crate) fn lookup_user(name: &str) -> io::Result<Option<(u32, u32, String)>> {
+pub fn lookup_user(name: &str) -> io::Result<Option<(u32, u32, String)>> {
     let cname = std::ffi::CString::new(name).map_err(|_| io::Error::other("NUL in user name"))?;
     let mut buf = vec![0 as libc::c_char; 16 * 1024];
     loop {
@@ -348,17 +353,17 @@ impl Containerizer for ProcessContainerizer {
         "process"
     }
 
-    async fn launch(&self, spec: LaunchSpec) -> Result<(), AgentError> {
+    async fn launch(&self, spec: LaunchSpec) -> Result<(), ContainerizerError> {
         if let Some(c) = &spec.task.container {
             if c.image.as_ref().is_some_and(|i| !i.name.is_empty()) {
-                return Err(AgentError::Launch(
+                return Err(ContainerizerError::Launch(
                     "the process containerizer cannot run a task inside an image; use the \
                      linux containerizer"
                         .into(),
                 ));
             }
             if c.network == pb::container_info::Network::Isolated as i32 {
-                return Err(AgentError::Launch(
+                return Err(ContainerizerError::Launch(
                     "the process containerizer cannot isolate the network; use the linux \
                      containerizer"
                         .into(),
@@ -367,7 +372,7 @@ impl Containerizer for ProcessContainerizer {
         }
         if let Some(group) = &spec.group {
             if group.net_namespace.is_some() {
-                return Err(AgentError::Launch(
+                return Err(ContainerizerError::Launch(
                     "the task group has a network of its own, which the process \
                      containerizer cannot join; use the linux containerizer"
                         .into(),
@@ -379,7 +384,7 @@ impl Containerizer for ProcessContainerizer {
         self.start_supervisor(&spec, &sup_spec).await
     }
 
-    async fn recover(&self, key: &TaskKey) -> Result<Recovered, AgentError> {
+    async fn recover(&self, key: &TaskKey) -> Result<Recovered, ContainerizerError> {
         let meta = self.layout.task_meta(key);
         if meta.exit_file().exists() {
             return Ok(Recovered::Ended);
@@ -421,13 +426,13 @@ impl Containerizer for ProcessContainerizer {
                 }
             }
         }
-        Err(AgentError::Launch(format!(
+        Err(ContainerizerError::Launch(format!(
             "{} keeps changing; cannot tell whether the task started",
             claim_path.display()
         )))
     }
 
-    async fn wait(&self, key: &TaskKey) -> Result<Termination, AgentError> {
+    async fn wait(&self, key: &TaskKey) -> Result<Termination, ContainerizerError> {
         let found = {
             let mut map = self.supervisors();
             map.get_mut(key).map(|s| (s.identity, s.child.take()))
@@ -475,7 +480,12 @@ impl Containerizer for ProcessContainerizer {
         Ok(Termination::Vanished { detail })
     }
 
-    async fn kill(&self, key: &TaskKey, grace: Duration, reason: Reason) -> Result<(), AgentError> {
+    async fn kill(
+        &self,
+        key: &TaskKey,
+        grace: Duration,
+        reason: Reason,
+    ) -> Result<(), ContainerizerError> {
         let meta = self.layout.task_meta(key);
         // Written before the signal: the supervisor reads it on SIGTERM, and a restarted
         // agent that finds it re-sends the signal.
@@ -504,13 +514,13 @@ mod tests;
 fn link_shared_volume(
     sandbox: &std::path::Path,
     shared: &std::path::Path,
-) -> Result<(), AgentError> {
+) -> Result<(), ContainerizerError> {
     let link = sandbox.join(crate::supervisor::records::SHARED_VOLUME_IN_SANDBOX);
     if std::fs::read_link(&link).is_ok_and(|target| target == shared) {
         return Ok(());
     }
     if link.symlink_metadata().is_ok() {
-        return Err(AgentError::Launch(format!(
+        return Err(ContainerizerError::Launch(format!(
             "{} exists in the sandbox already; the task group's shared volume goes there",
             link.display()
         )));

@@ -18,7 +18,7 @@
 //!
 //! For a linux container (`spec.container`), step 2 differs: the supervisor unshares a PID
 //! namespace for its children and starts the container's init (this binary again, see
-//! [`crate::containerizer::linux::init`]) inside the container's cgroups; the init sets up
+//! [`crate::linux::init`]) inside the container's cgroups; the init sets up
 //! the other namespaces and runs the command. Kills go to the init, which forwards them;
 //! a SIGKILL of the init takes the whole PID namespace down. At the end the supervisor
 //! reads the memory cgroup's OOM counter, tears the cgroups down (every process in them
@@ -36,9 +36,9 @@ use std::time::{Duration, Instant};
 
 use drover_proto::unix_seconds;
 
-use crate::containerizer::linux::init::{self as container_init, INIT_ARG};
 use crate::fsutil::{create_json_exclusive, read_json, write_json_atomic};
 use crate::layout::TaskMeta;
+use crate::linux::init::{self as container_init, INIT_ARG};
 use crate::procfs::{self, ProcessIdentity};
 use records::{ExitOutcome, ExitRecord, KillRequest, Limitation, SupervisorClaim, SupervisorSpec};
 
@@ -49,12 +49,10 @@ const INIT_SETUP_TIMEOUT: Duration = Duration::from_secs(60);
 /// The hidden first argument that turns `drover-agent` into a supervisor.
 pub const SUPERVISE_ARG: &str = "__supervise";
 
-/// If `args` (a full argv) asks for a supervisor, runs it and returns its exit code.
-/// `main` calls this before parsing flags, so the hidden mode never shows in `--help`.
+/// If `args` (a full argv) asks for a supervisor or a container's init, runs it and
+/// returns its exit code. `main` calls this before parsing flags, so the hidden modes never
+/// show in `--help`.
 pub fn dispatch(args: &[OsString]) -> Option<i32> {
-    if let Some(code) = crate::checks::command::dispatch(args) {
-        return Some(code);
-    }
     if args.get(1).is_some_and(|a| a == INIT_ARG) {
         let fd = args
             .get(3)
@@ -76,17 +74,23 @@ pub fn dispatch(args: &[OsString]) -> Option<i32> {
     Some(supervise(Path::new(spec)))
 }
 
+/// This process's argv as `/proc/self/cmdline` has it: what an `.init_array` hook, which
+/// runs before `main` or the test harness, can read.
+pub fn proc_cmdline() -> Option<Vec<OsString>> {
+    let raw = std::fs::read("/proc/self/cmdline").ok()?;
+    use std::os::unix::ffi::OsStringExt;
+    Some(
+        raw.split(|b| *b == 0)
+            .filter(|a| !a.is_empty())
+            .map(|a| OsString::from_vec(a.to_vec()))
+            .collect(),
+    )
+}
+
 /// Reads `/proc/self/cmdline` and dispatches. For test binaries, which cannot have their
 /// own `main`: a constructor calls this before the test harness starts.
 pub fn dispatch_from_proc_cmdline() -> Option<i32> {
-    let raw = std::fs::read("/proc/self/cmdline").ok()?;
-    use std::os::unix::ffi::OsStringExt;
-    let args: Vec<OsString> = raw
-        .split(|b| *b == 0)
-        .filter(|a| !a.is_empty())
-        .map(|a| OsString::from_vec(a.to_vec()))
-        .collect();
-    dispatch(&args)
+    dispatch(&proc_cmdline()?)
 }
 
 /// Runs a supervisor for the spec at `spec_path`; returns the supervisor's exit code
@@ -647,7 +651,7 @@ impl Supervisor {
 }
 
 /// The user's supplementary groups, resolved before the fork (getgrouplist allocates).
-pub(crate) fn supplementary_groups(user: &str, gid: u32) -> io::Result<Vec<libc::gid_t>> {
+pub fn supplementary_groups(user: &str, gid: u32) -> io::Result<Vec<libc::gid_t>> {
     let name = CString::new(user).map_err(|_| io::Error::other("user name contains NUL"))?;
     let mut n: libc::c_int = 32;
     loop {

@@ -1,9 +1,9 @@
 //! The process containerizer with real supervisors (the test binary re-executed).
 
 use super::*;
-use crate::containerizer::{terminal_status, TerminalStatus};
 use crate::fsutil::create_dir_all_durable;
 use crate::supervisor::records::ExitOutcome;
+use crate::{terminal_status, TerminalStatus};
 use drover_proto::pb::TaskState;
 use drover_proto::AgentId;
 
@@ -292,6 +292,6 @@ async fn refuses_an_unknown_user() {
     let mut s = spec(&f, "t9", "true");
     s.task.command.as_mut().unwrap().user = "no-such-user-drover".into();
     let err = c.launch(s).await.unwrap_err();
-    assert!(matches!(err, AgentError::UnknownUser(_)), "{err:?}");
+    assert!(matches!(err, ContainerizerError::UnknownUser(_)), "{err:?}");
     assert!(err.to_string().contains("no such user"), "{err}");
 }

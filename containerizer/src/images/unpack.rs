@@ -24,7 +24,7 @@ use std::path::{Component, Path, PathBuf};
 use sha2::{Digest as _, Sha256};
 
 use super::manifest::Digest;
-use crate::error::AgentError;
+use crate::error::ContainerizerError;
 
 /// A reader that hashes what passes through it.
 pub(crate) struct HashingReader<R> {
@@ -59,15 +59,15 @@ impl<R: Read> Read for HashingReader<R> {
 pub(crate) fn decompressed<'a>(
     blob: Box<dyn Read + 'a>,
     shown: &str,
-) -> Result<Box<dyn Read + 'a>, AgentError> {
+) -> Result<Box<dyn Read + 'a>, ContainerizerError> {
     let mut buffered = BufReader::new(blob);
     let head = buffered
         .fill_buf()
-        .map_err(|e| AgentError::io(format!("reading layer {shown}"), e))?;
+        .map_err(|e| ContainerizerError::io(format!("reading layer {shown}"), e))?;
     if head.starts_with(&[0x1f, 0x8b]) {
         Ok(Box::new(flate2::read::MultiGzDecoder::new(buffered)))
     } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-        Err(AgentError::InvalidImage(format!(
+        Err(ContainerizerError::InvalidImage(format!(
             "layer {shown} is zstd-compressed, which this agent does not unpack; save the \
              image with gzip-compressed or uncompressed layers"
         )))
@@ -109,14 +109,14 @@ pub(crate) struct Unpacker {
     pub skipped_devices: u64,
 }
 
-fn hostile(layer: &str, entry: &str, why: &str) -> AgentError {
-    AgentError::InvalidImage(format!(
+fn hostile(layer: &str, entry: &str, why: &str) -> ContainerizerError {
+    ContainerizerError::InvalidImage(format!(
         "layer {layer}: entry '{entry}' {why}; the image is refused"
     ))
 }
 
-fn io_err(layer: &str, entry: &str, e: io::Error) -> AgentError {
-    AgentError::io(format!("layer {layer}: unpacking '{entry}'"), e)
+fn io_err(layer: &str, entry: &str, e: io::Error) -> ContainerizerError {
+    ContainerizerError::io(format!("layer {layer}: unpacking '{entry}'"), e)
 }
 
 /// Splits an entry name into components, refusing absolute names and `..`.
@@ -224,15 +224,15 @@ impl Unpacker {
         &mut self,
         tar_stream: &mut dyn Read,
         layer: &str,
-    ) -> Result<(), AgentError> {
+    ) -> Result<(), ContainerizerError> {
         self.written.clear();
         let mut archive = tar::Archive::new(tar_stream);
-        let entries = archive
-            .entries()
-            .map_err(|e| AgentError::InvalidImage(format!("layer {layer} is not a tar: {e}")))?;
+        let entries = archive.entries().map_err(|e| {
+            ContainerizerError::InvalidImage(format!("layer {layer} is not a tar: {e}"))
+        })?;
         for entry in entries {
             let mut entry = entry.map_err(|e| {
-                AgentError::InvalidImage(format!("layer {layer}: corrupt tar entry: {e}"))
+                ContainerizerError::InvalidImage(format!("layer {layer}: corrupt tar entry: {e}"))
             })?;
             self.entry(&mut entry, layer)?;
         }
@@ -243,16 +243,18 @@ impl Unpacker {
         &mut self,
         entry: &mut tar::Entry<'_, &mut dyn Read>,
         layer: &str,
-    ) -> Result<(), AgentError> {
+    ) -> Result<(), ContainerizerError> {
         self.budget.entries += 1;
         if self.budget.entries > MAX_ENTRIES {
-            return Err(AgentError::ImageTooLarge(format!(
+            return Err(ContainerizerError::ImageTooLarge(format!(
                 "the image's layers hold more than {MAX_ENTRIES} entries"
             )));
         }
         let path = entry
             .path()
-            .map_err(|e| AgentError::InvalidImage(format!("layer {layer}: bad entry name: {e}")))?
+            .map_err(|e| {
+                ContainerizerError::InvalidImage(format!("layer {layer}: bad entry name: {e}"))
+            })?
             .into_owned();
         let shown = path.display().to_string();
         let comps = components(&path).map_err(|why| hostile(layer, &shown, why))?;
@@ -325,7 +327,7 @@ impl Unpacker {
                 let size = entry.size();
                 self.budget.used = self.budget.used.saturating_add(size);
                 if self.budget.used > self.budget.limit {
-                    return Err(AgentError::ImageTooLarge(format!(
+                    return Err(ContainerizerError::ImageTooLarge(format!(
                         "the image unpacks to more than the {} MiB allowed \
                          (--image-max-unpacked-mb)",
                         self.budget.limit >> 20
@@ -395,7 +397,9 @@ impl Unpacker {
                 let target = entry
                     .link_name()
                     .map_err(|e| {
-                        AgentError::InvalidImage(format!("layer {layer}: bad link target: {e}"))
+                        ContainerizerError::InvalidImage(format!(
+                            "layer {layer}: bad link target: {e}"
+                        ))
                     })?
                     .ok_or_else(|| hostile(layer, &shown, "is a hard link without a target"))?
                     .into_owned();
@@ -498,7 +502,7 @@ impl Unpacker {
         layer: &str,
         shown: &str,
         how: Walk,
-    ) -> Result<Option<OwnedFd>, AgentError> {
+    ) -> Result<Option<OwnedFd>, ContainerizerError> {
         let mut fd = self.root.try_clone().map_err(|e| io_err(layer, shown, e))?;
         let mut rel = PathBuf::new();
         for part in parents {

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 
 use super::unpack::{kind, lstatat, openat};
 use super::ImageRecord;
-use crate::error::{AgentError, IoContext};
+use crate::error::{ContainerizerError, IoContext};
 
 /// How a container's root filesystem was made.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -44,14 +44,14 @@ impl PreparedRootfs {
     /// following any symlink, and returns its host path, ready to be a mount target. An
     /// image that makes a component a symlink (`/mnt -> /etc`) would otherwise turn a
     /// bind mount of the sandbox into a mount over the host's `/etc`; it is refused.
-    pub fn mount_point(&self, inside: &str) -> Result<PathBuf, AgentError> {
+    pub fn mount_point(&self, inside: &str) -> Result<PathBuf, ContainerizerError> {
         mount_point_beneath(&self.rootfs, inside)
     }
 }
 
 /// [`PreparedRootfs::mount_point`] for any root filesystem directory `rootfs` (the
 /// container's init calls it for every mount it makes inside one).
-pub fn mount_point_beneath(rootfs: &Path, inside: &str) -> Result<PathBuf, AgentError> {
+pub fn mount_point_beneath(rootfs: &Path, inside: &str) -> Result<PathBuf, ContainerizerError> {
     let rel = inside.trim_start_matches('/');
     let mut parts = Vec::new();
     for c in Path::new(rel).components() {
@@ -59,19 +59,20 @@ pub fn mount_point_beneath(rootfs: &Path, inside: &str) -> Result<PathBuf, Agent
             std::path::Component::Normal(p) => parts.push(p.to_os_string()),
             std::path::Component::CurDir => {}
             _ => {
-                return Err(AgentError::InvalidPath(format!(
+                return Err(ContainerizerError::InvalidPath(format!(
                     "'{inside}' is not a plain absolute path inside the container"
                 )))
             }
         }
     }
     if parts.is_empty() {
-        return Err(AgentError::InvalidPath(format!(
+        return Err(ContainerizerError::InvalidPath(format!(
             "'{inside}' names the container's root; a mount point must be below it"
         )));
     }
     let c = |s: &[u8]| {
-        CString::new(s).map_err(|_| AgentError::InvalidPath(format!("'{inside}' holds a NUL")))
+        CString::new(s)
+            .map_err(|_| ContainerizerError::InvalidPath(format!("'{inside}' holds a NUL")))
     };
     let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW;
     let mut fd = openat(libc::AT_FDCWD, &c(rootfs.as_os_str().as_bytes())?, flags, 0)
@@ -86,7 +87,7 @@ pub fn mount_point_beneath(rootfs: &Path, inside: &str) -> Result<PathBuf, Agent
                 // SAFETY: a valid dirfd and a NUL-terminated name.
                 if unsafe { libc::mkdirat(fd.as_raw_fd(), name.as_ptr(), 0o755) } != 0 {
                     let e = io::Error::last_os_error();
-                    return Err(AgentError::io(
+                    return Err(ContainerizerError::io(
                         format!("creating {} in the container", so_far.display()),
                         e,
                     ));
@@ -95,7 +96,7 @@ pub fn mount_point_beneath(rootfs: &Path, inside: &str) -> Result<PathBuf, Agent
                     .ctx(|| format!("opening {} in the container", so_far.display()))?
             }
             Err(_) => {
-                return Err(AgentError::InvalidImage(format!(
+                return Err(ContainerizerError::InvalidImage(format!(
                     "{} is a symlink or not a directory in the image; it cannot hold the \
                          mount point {inside}",
                     so_far.display()
@@ -112,10 +113,10 @@ pub(super) fn prepare(
     lower: &Path,
     container_dir: &Path,
     try_overlay: bool,
-) -> Result<PreparedRootfs, AgentError> {
+) -> Result<PreparedRootfs, ContainerizerError> {
     let rootfs = container_dir.join("rootfs");
     if rootfs.exists() {
-        return Err(AgentError::Launch(format!(
+        return Err(ContainerizerError::Launch(format!(
             "{} already exists: clean the container's root filesystem up first",
             rootfs.display()
         )));
@@ -147,7 +148,7 @@ pub(super) fn prepare(
     if mode == RootfsMode::Copy {
         if let Err(e) = copy_tree(lower, &rootfs) {
             let _ = std::fs::remove_dir_all(&rootfs);
-            return Err(AgentError::io(
+            return Err(ContainerizerError::io(
                 format!("copying image {} to {}", image.digest, rootfs.display()),
                 e,
             ));
@@ -315,25 +316,29 @@ pub(super) fn overlay_uses(lower: &Path) -> io::Result<bool> {
 /// deepest first), then removes `rootfs/` and `overlay/`. Nothing is removed while a mount
 /// remains, so a bind-mounted sandbox is never deleted through the root filesystem.
 /// Idempotent: a container dir already cleaned up is fine.
-pub fn cleanup_rootfs(container_dir: &Path) -> Result<(), AgentError> {
+pub fn cleanup_rootfs(container_dir: &Path) -> Result<(), ContainerizerError> {
     let rootfs = container_dir.join("rootfs");
     if !rootfs.exists() && !container_dir.join("overlay").exists() {
         return Ok(());
     }
     let real = std::fs::canonicalize(&rootfs).unwrap_or_else(|_| rootfs.clone());
     for mount in mounts_under(&real).ctx(|| "reading /proc/self/mountinfo".into())? {
-        let c = CString::new(mount.as_os_str().as_bytes())
-            .map_err(|_| AgentError::Launch(format!("odd mount point {}", mount.display())))?;
+        let c = CString::new(mount.as_os_str().as_bytes()).map_err(|_| {
+            ContainerizerError::Launch(format!("odd mount point {}", mount.display()))
+        })?;
         // SAFETY: a NUL-terminated path. MNT_DETACH: a process still inside (a task's
         // leftover) must not keep the cleanup from finishing.
         if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } != 0 {
             let e = io::Error::last_os_error();
-            return Err(AgentError::io(format!("unmounting {}", mount.display()), e));
+            return Err(ContainerizerError::io(
+                format!("unmounting {}", mount.display()),
+                e,
+            ));
         }
     }
     let left = mounts_under(&real).ctx(|| "reading /proc/self/mountinfo".into())?;
     if !left.is_empty() {
-        return Err(AgentError::Launch(format!(
+        return Err(ContainerizerError::Launch(format!(
             "{} still has mounts after unmounting: {left:?}",
             rootfs.display()
         )));
@@ -342,7 +347,12 @@ pub fn cleanup_rootfs(container_dir: &Path) -> Result<(), AgentError> {
         match std::fs::remove_dir_all(&dir) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(AgentError::io(format!("removing {}", dir.display()), e)),
+            Err(e) => {
+                return Err(ContainerizerError::io(
+                    format!("removing {}", dir.display()),
+                    e,
+                ))
+            }
         }
     }
     Ok(())
@@ -361,9 +371,10 @@ pub struct ResolvedUser {
 
 /// Reads `rel` beneath `root` without following any symlink (an image's `/etc/passwd`
 /// must not be a way to read the host's). `None` when it does not exist.
-fn read_beneath(root: &Path, rel: &[&str]) -> Result<Option<String>, AgentError> {
+fn read_beneath(root: &Path, rel: &[&str]) -> Result<Option<String>, ContainerizerError> {
     let c = |s: &[u8]| {
-        CString::new(s).map_err(|_| AgentError::InvalidImage("a path holds a NUL byte".into()))
+        CString::new(s)
+            .map_err(|_| ContainerizerError::InvalidImage("a path holds a NUL byte".into()))
     };
     let shown = format!("/{}", rel.join("/"));
     let dir_flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW;
@@ -381,7 +392,7 @@ fn read_beneath(root: &Path, rel: &[&str]) -> Result<Option<String>, AgentError>
             Ok(next) => next,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(_) => {
-                return Err(AgentError::InvalidImage(format!(
+                return Err(ContainerizerError::InvalidImage(format!(
                     "the image's {shown} is reached through a symlink or a non-directory; it \
                      is not read"
                 )))
@@ -391,9 +402,14 @@ fn read_beneath(root: &Path, rel: &[&str]) -> Result<Option<String>, AgentError>
     let name = c(last.as_bytes())?;
     match lstatat(fd.as_raw_fd(), &name) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(AgentError::io(format!("reading the image's {shown}"), e)),
+        Err(e) => {
+            return Err(ContainerizerError::io(
+                format!("reading the image's {shown}"),
+                e,
+            ))
+        }
         Ok(st) if kind(&st) != libc::S_IFREG => {
-            return Err(AgentError::InvalidImage(format!(
+            return Err(ContainerizerError::InvalidImage(format!(
                 "the image's {shown} is not a regular file (a symlink?); it is not read"
             )))
         }
@@ -413,7 +429,7 @@ fn read_beneath(root: &Path, rel: &[&str]) -> Result<Option<String>, AgentError>
 /// means root) against the image's `/etc/passwd` and `/etc/group` under `rootfs`. A
 /// numeric uid the image does not list runs with gid 0 and home `/`, as Docker does; an
 /// unknown name is an error.
-pub fn lookup_user(rootfs: &Path, user: &str) -> Result<ResolvedUser, AgentError> {
+pub fn lookup_user(rootfs: &Path, user: &str) -> Result<ResolvedUser, ContainerizerError> {
     let user = user.trim();
     let (user_part, group_part) = match user.split_once(':') {
         Some((u, g)) => (u, Some(g)),
@@ -444,7 +460,7 @@ pub fn lookup_user(rootfs: &Path, user: &str) -> Result<ResolvedUser, AgentError
             ("root".to_string(), 0, 0, PathBuf::from("/"))
         }
         (None, None) => {
-            return Err(AgentError::UnknownUser(format!(
+            return Err(ContainerizerError::UnknownUser(format!(
                 "user '{user_part}' is not in the image's /etc/passwd"
             )))
         }
@@ -463,7 +479,9 @@ pub fn lookup_user(rootfs: &Path, user: &str) -> Result<ResolvedUser, AgentError
                 .find(|f| f[0] == g)
                 .and_then(|f| f[2].parse().ok())
                 .ok_or_else(|| {
-                    AgentError::UnknownUser(format!("group '{g}' is not in the image's /etc/group"))
+                    ContainerizerError::UnknownUser(format!(
+                        "group '{g}' is not in the image's /etc/group"
+                    ))
                 })?,
         };
     }
@@ -488,8 +506,8 @@ pub fn lookup_user(rootfs: &Path, user: &str) -> Result<ResolvedUser, AgentError
     })
 }
 
-fn bad_line(file: &str, fields: &[&str]) -> AgentError {
-    AgentError::InvalidImage(format!(
+fn bad_line(file: &str, fields: &[&str]) -> ContainerizerError {
+    ContainerizerError::InvalidImage(format!(
         "the image's /etc/{file} has a malformed line for '{}'",
         fields[0]
     ))

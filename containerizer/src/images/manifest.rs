@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
 use super::source::{invalid, Source};
-use crate::error::AgentError;
+use crate::error::ContainerizerError;
 
 /// A `sha256:<64 lowercase hex>` content digest, validated.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -173,7 +173,7 @@ pub(crate) struct ImagePlan {
 }
 
 /// Reads every image the archive holds. `hint`: "" (detect), "oci" or "docker".
-pub(crate) fn plan(source: &Source, hint: &str) -> Result<Vec<ImagePlan>, AgentError> {
+pub(crate) fn plan(source: &Source, hint: &str) -> Result<Vec<ImagePlan>, ContainerizerError> {
     let has_index = source.exists("index.json");
     let has_manifest = source.exists("manifest.json");
     let shown = source.shown();
@@ -321,7 +321,7 @@ const MANIFEST_TYPES: [&str; 2] = [
 ];
 
 /// Reads a blob named by a descriptor, checking its size and sha256.
-fn read_blob(source: &Source, digest: &Digest, size: u64) -> Result<Vec<u8>, AgentError> {
+fn read_blob(source: &Source, digest: &Digest, size: u64) -> Result<Vec<u8>, ContainerizerError> {
     let bytes = source.read_small(&format!("blobs/sha256/{}", digest.hex()))?;
     let actual = Digest::of_hasher(Sha256::new_with_prefix(&bytes));
     check_blob(source, digest, size, &actual, bytes.len() as u64)?;
@@ -334,7 +334,7 @@ fn check_blob(
     want_size: u64,
     actual: &Digest,
     actual_size: u64,
-) -> Result<(), AgentError> {
+) -> Result<(), ContainerizerError> {
     if actual != want {
         return Err(invalid(format!(
             "{}: blob {want} does not match its digest: its content hashes to {actual}",
@@ -351,7 +351,10 @@ fn check_blob(
 }
 
 /// Hashes a whole layer blob as stored (before unpacking anything from it).
-pub(crate) fn verify_layer_blob(source: &Source, layer: &LayerPlan) -> Result<(), AgentError> {
+pub(crate) fn verify_layer_blob(
+    source: &Source,
+    layer: &LayerPlan,
+) -> Result<(), ContainerizerError> {
     let Some((digest, size)) = &layer.blob else {
         return Ok(());
     };
@@ -361,7 +364,7 @@ pub(crate) fn verify_layer_blob(source: &Source, layer: &LayerPlan) -> Result<()
     let mut total = 0u64;
     loop {
         let n = reader.read(&mut buf).map_err(|e| {
-            AgentError::io(format!("reading {} from {}", layer.path, source.shown()), e)
+            ContainerizerError::io(format!("reading {} from {}", layer.path, source.shown()), e)
         })?;
         if n == 0 {
             break;
@@ -372,11 +375,14 @@ pub(crate) fn verify_layer_blob(source: &Source, layer: &LayerPlan) -> Result<()
     check_blob(source, digest, *size, &Digest::of_hasher(hasher), total)
 }
 
-fn parse_digest(source: &Source, text: &str, what: &str) -> Result<Digest, AgentError> {
+fn parse_digest(source: &Source, text: &str, what: &str) -> Result<Digest, ContainerizerError> {
     Digest::parse(text).map_err(|e| invalid(format!("{}: {what}: {e}", source.shown())))
 }
 
-fn parse_config(source: &Source, bytes: &[u8]) -> Result<(ImageConfig, Vec<Digest>), AgentError> {
+fn parse_config(
+    source: &Source,
+    bytes: &[u8],
+) -> Result<(ImageConfig, Vec<Digest>), ContainerizerError> {
     let raw: RawConfig = serde_json::from_slice(bytes).map_err(|e| {
         invalid(format!(
             "{}: the image config is not valid: {e}",
@@ -415,7 +421,7 @@ fn oci_plans(
     source: &Source,
     format: ArchiveFormat,
     docker_entries: &[DockerEntry],
-) -> Result<Vec<ImagePlan>, AgentError> {
+) -> Result<Vec<ImagePlan>, ContainerizerError> {
     let shown = source.shown();
     if source.exists("oci-layout") {
         let layout: serde_json::Value =
@@ -476,7 +482,7 @@ fn collect_manifests(
     inherited_names: &[String],
     depth: usize,
     plans: &mut Vec<ImagePlan>,
-) -> Result<(), AgentError> {
+) -> Result<(), ContainerizerError> {
     if depth > 4 {
         return Err(invalid(format!(
             "{}: image indexes nest more than 4 deep",
@@ -556,7 +562,7 @@ fn manifest_plan(
     digest: Digest,
     bytes: &[u8],
     names: Vec<String>,
-) -> Result<ImagePlan, AgentError> {
+) -> Result<ImagePlan, ContainerizerError> {
     let shown = source.shown();
     let manifest: Manifest = serde_json::from_slice(bytes)
         .map_err(|e| invalid(format!("{shown}: manifest {digest} is not valid: {e}")))?;
@@ -610,7 +616,7 @@ fn blob_hex(path: &str) -> Option<String> {
         .map(|d| d.hex().to_string())
 }
 
-fn docker_plan(source: &Source, entry: &DockerEntry) -> Result<ImagePlan, AgentError> {
+fn docker_plan(source: &Source, entry: &DockerEntry) -> Result<ImagePlan, ContainerizerError> {
     let shown = source.shown();
     let hex = blob_hex(&entry.config).ok_or_else(|| {
         invalid(format!(

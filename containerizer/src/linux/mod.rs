@@ -43,7 +43,7 @@ use serde::{Deserialize, Serialize};
 
 use super::process::{command_line, drover_env, ProcessContainerizer};
 use super::{Containerizer, LaunchSpec, Recovered, Termination};
-use crate::error::{AgentError, IoContext};
+use crate::error::{ContainerizerError, IoContext};
 use crate::fsutil::{read_json, replace_unsynced};
 use crate::images::{cleanup_rootfs, lookup_user, PreparedRootfs};
 use crate::layout::{Layout, TaskKey};
@@ -59,7 +59,7 @@ use cgroups::{ContainerCgroups, Hierarchies, Limits};
 /// The agent plugs its image store in here; without one, tasks naming an image fail to
 /// launch.
 pub type RootfsProvider =
-    Arc<dyn Fn(&pb::Image, &Path) -> Result<PreparedRootfs, AgentError> + Send + Sync>;
+    Arc<dyn Fn(&pb::Image, &Path) -> Result<PreparedRootfs, ContainerizerError> + Send + Sync>;
 
 /// `PATH` inside an image whose config sets none (Docker's default).
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -152,9 +152,10 @@ impl LinuxContainerizer {
         self.layout.task_meta(key).dir().join("container.json")
     }
 
-    fn limits(&self, task: &pb::TaskInfo) -> Result<Limits, AgentError> {
-        let resources = Resources::from_proto(&task.resources)
-            .map_err(|e| AgentError::Launch(format!("the task's resources are invalid: {e}")))?;
+    fn limits(&self, task: &pb::TaskInfo) -> Result<Limits, ContainerizerError> {
+        let resources = Resources::from_proto(&task.resources).map_err(|e| {
+            ContainerizerError::Launch(format!("the task's resources are invalid: {e}"))
+        })?;
         let positive = |v: f64| (v > 0.0).then_some(v);
         let pids = match task.container.as_ref().map(|c| c.pids_limit) {
             Some(n) if n > 0 => u64::from(n),
@@ -165,7 +166,7 @@ impl LinuxContainerizer {
             mem_mb: positive(resources.mem()),
             pids,
         };
-        limits.validate().map_err(AgentError::Launch)?;
+        limits.validate().map_err(ContainerizerError::Launch)?;
         Ok(limits)
     }
 
@@ -176,12 +177,15 @@ impl LinuxContainerizer {
     }
 
     /// The root filesystem of the image the task names, if it names one.
-    async fn prepare_image(&self, spec: &LaunchSpec) -> Result<Option<PreparedRootfs>, AgentError> {
+    async fn prepare_image(
+        &self,
+        spec: &LaunchSpec,
+    ) -> Result<Option<PreparedRootfs>, ContainerizerError> {
         let Some(image) = image_of(&spec.task) else {
             return Ok(None);
         };
         let provider = self.rootfs.clone().ok_or_else(|| {
-            AgentError::Launch(format!(
+            ContainerizerError::Launch(format!(
                 "the task names the image '{}', but this agent has no image store",
                 image.name
             ))
@@ -195,13 +199,18 @@ impl LinuxContainerizer {
             std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
                 .ctx(|| format!("restricting {}", dir.display()))?;
             provider(&image, &dir).map_err(|e| {
-                AgentError::Launch(format!("cannot prepare the image '{}': {e}", image.name))
+                ContainerizerError::Launch(format!(
+                    "cannot prepare the image '{}': {e}",
+                    image.name
+                ))
             })
         })
         .await
-        .map_err(|e| AgentError::Launch(format!("root filesystem setup panicked: {e}")))??;
+        .map_err(|e| {
+            ContainerizerError::Launch(format!("root filesystem setup panicked: {e}"))
+        })??;
         if !prepared.rootfs.is_absolute() || !prepared.rootfs.is_dir() {
-            return Err(AgentError::Launch(format!(
+            return Err(ContainerizerError::Launch(format!(
                 "the root filesystem {} prepared for image '{}' is not a directory",
                 prepared.rootfs.display(),
                 image_of(&spec.task).map_or("", |i| i.name.as_str())
@@ -220,7 +229,7 @@ impl LinuxContainerizer {
         &self,
         spec: &LaunchSpec,
         prepared: &PreparedRootfs,
-    ) -> Result<SupervisorSpec, AgentError> {
+    ) -> Result<SupervisorSpec, ContainerizerError> {
         let name = image_of(&spec.task).map_or("", |i| i.name.as_str());
         let config = &prepared.image.config;
         let command = spec.task.command.clone().unwrap_or_default();
@@ -238,7 +247,7 @@ impl LinuxContainerizer {
                     .collect()
             };
             let Some(first) = argv.first() else {
-                return Err(AgentError::Launch(format!(
+                return Err(ContainerizerError::Launch(format!(
                     "the task has no command and the image '{name}' names none (no \
                      Entrypoint or Cmd in its config)"
                 )));
@@ -257,10 +266,10 @@ impl LinuxContainerizer {
             &user_name
         };
         let user = lookup_user(&prepared.rootfs, &user_name).map_err(|e| match e {
-            AgentError::UnknownUser(why) => AgentError::UnknownUser(format!(
+            ContainerizerError::UnknownUser(why) => ContainerizerError::UnknownUser(format!(
                 "cannot run the task as '{shown_user}' in the image '{name}': {why}"
             )),
-            other => AgentError::Launch(format!(
+            other => ContainerizerError::Launch(format!(
                 "cannot look up the user '{shown_user}' in the image '{name}': {other}"
             )),
         })?;
@@ -279,7 +288,7 @@ impl LinuxContainerizer {
             env.push(("PATH".into(), DEFAULT_PATH.into()));
         }
         if !config.working_dir.is_empty() && !config.working_dir.starts_with('/') {
-            return Err(AgentError::Launch(format!(
+            return Err(ContainerizerError::Launch(format!(
                 "the image '{name}' names the working directory '{}', which is not absolute",
                 config.working_dir
             )));
@@ -315,9 +324,10 @@ impl LinuxContainerizer {
         let result = tokio::task::spawn_blocking(move || {
             cleanup_rootfs(&dir)?;
             match std::fs::remove_dir(&dir) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                    Err(AgentError::io(format!("removing {}", dir.display()), e))
-                }
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(ContainerizerError::io(
+                    format!("removing {}", dir.display()),
+                    e,
+                )),
                 _ => Ok(()),
             }
         })
@@ -368,7 +378,7 @@ fn usable_here() -> Result<(), String> {
 fn hostname_for(
     key: &TaskKey,
     container: Option<&pb::ContainerInfo>,
-) -> Result<String, AgentError> {
+) -> Result<String, ContainerizerError> {
     let asked = container.map(|c| c.hostname.as_str()).unwrap_or("");
     if asked.is_empty() {
         // Task ids are letters, digits and - _ . : @; cut to what the kernel takes.
@@ -386,7 +396,7 @@ fn hostname_for(
                 && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
         });
     if !valid {
-        return Err(AgentError::Launch(format!(
+        return Err(ContainerizerError::Launch(format!(
             "the container's hostname '{asked}' is not a valid hostname (letters, digits and \
              '-' in dot-separated labels, at most {MAX_HOSTNAME} bytes)"
         )));
@@ -400,20 +410,20 @@ impl Containerizer for LinuxContainerizer {
         "linux"
     }
 
-    async fn launch(&self, spec: LaunchSpec) -> Result<(), AgentError> {
+    async fn launch(&self, spec: LaunchSpec) -> Result<(), ContainerizerError> {
         let info = spec.task.container.as_ref();
         let limits = self.limits(&spec.task)?;
         let hostname = hostname_for(&spec.key, info)?;
         let isolate_network =
             info.is_some_and(|c| c.network == container_info::Network::Isolated as i32);
         if info.is_some_and(|c| !c.volumes.is_empty()) {
-            return Err(AgentError::Launch(
+            return Err(ContainerizerError::Launch(
                 "volumes are not supported by the linux containerizer yet".into(),
             ));
         }
         if let Some(group) = &spec.group {
             if group.ipc_namespace.is_none() {
-                return Err(AgentError::Launch(
+                return Err(ContainerizerError::Launch(
                     "the task group has no namespaces to share (the agent could not make them)"
                         .into(),
                 ));
@@ -422,7 +432,10 @@ impl Containerizer for LinuxContainerizer {
             let at = spec.sandbox.join(SHARED_VOLUME_IN_SANDBOX);
             match std::fs::create_dir(&at) {
                 Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
-                    return Err(AgentError::io(format!("creating {}", at.display()), e))
+                    return Err(ContainerizerError::io(
+                        format!("creating {}", at.display()),
+                        e,
+                    ))
                 }
                 _ => {}
             }
@@ -444,7 +457,7 @@ impl Containerizer for LinuxContainerizer {
         launched
     }
 
-    async fn recover(&self, key: &TaskKey) -> Result<Recovered, AgentError> {
+    async fn recover(&self, key: &TaskKey) -> Result<Recovered, ContainerizerError> {
         let path = self.container_file(key);
         match read_json::<ContainerCheckpoint>(&path) {
             Ok(Some(cp)) => {
@@ -464,7 +477,7 @@ impl Containerizer for LinuxContainerizer {
         Ok(found)
     }
 
-    async fn wait(&self, key: &TaskKey) -> Result<Termination, AgentError> {
+    async fn wait(&self, key: &TaskKey) -> Result<Termination, ContainerizerError> {
         let ended = self.supervisors.wait(key).await;
         // The supervisor removed the cgroups; after a supervisor that was killed, its
         // container may still run: nothing of a task we report as ended keeps running.
@@ -482,7 +495,12 @@ impl Containerizer for LinuxContainerizer {
         }
     }
 
-    async fn kill(&self, key: &TaskKey, grace: Duration, reason: Reason) -> Result<(), AgentError> {
+    async fn kill(
+        &self,
+        key: &TaskKey,
+        grace: Duration,
+        reason: Reason,
+    ) -> Result<(), ContainerizerError> {
         self.supervisors.kill(key, grace, reason).await
     }
 
@@ -501,7 +519,7 @@ impl LinuxContainerizer {
         hostname: String,
         isolate_network: bool,
         prepared: Option<PreparedRootfs>,
-    ) -> Result<(), AgentError> {
+    ) -> Result<(), ContainerizerError> {
         let mut sup_spec = match &prepared {
             Some(p) => self.image_spec(spec, p)?,
             None => self.supervisors.build_spec(spec)?,
@@ -532,10 +550,10 @@ impl LinuxContainerizer {
             let cgroups = cgroups.clone();
             tokio::task::spawn_blocking(move || cgroups.create(&limits))
                 .await
-                .map_err(|e| AgentError::Launch(format!("cgroup setup panicked: {e}")))?
+                .map_err(|e| ContainerizerError::Launch(format!("cgroup setup panicked: {e}")))?
         };
         created.map_err(|e| {
-            AgentError::Launch(format!("cannot set up the container's cgroups: {e}"))
+            ContainerizerError::Launch(format!("cannot set up the container's cgroups: {e}"))
         })?;
         self.containers().insert(spec.key.clone(), cgroups.clone());
 

@@ -48,7 +48,7 @@ use tokio::io::AsyncWriteExt;
 
 use super::linux::cgroups::{ContainerCgroups, Hierarchies};
 use super::{Containerizer, LaunchSpec, Recovered, Termination};
-use crate::error::{AgentError, IoContext};
+use crate::error::{ContainerizerError, IoContext};
 use crate::fsutil::{read_json, write_json_atomic};
 use crate::layout::{Layout, TaskKey};
 use crate::supervisor::records::{ExitOutcome, ExitRecord, KillRequest};
@@ -234,7 +234,7 @@ impl DockerContainerizer {
     }
 
     /// Every container labelled with this agent's work dir, by task.
-    async fn list_mine(&self) -> Result<HashMap<TaskKey, Listed>, AgentError> {
+    async fn list_mine(&self) -> Result<HashMap<TaskKey, Listed>, ContainerizerError> {
         let label = format!(
             "{}={}",
             spec::LABEL_WORK_DIR,
@@ -245,11 +245,9 @@ impl DockerContainerizer {
             filters: HashMap::from([("label".to_string(), vec![label])]),
             ..Default::default()
         };
-        let list = self
-            .api
-            .list_containers(Some(options))
-            .await
-            .map_err(|e| AgentError::Docker(format!("listing the agent's containers: {e}")))?;
+        let list = self.api.list_containers(Some(options)).await.map_err(|e| {
+            ContainerizerError::Docker(format!("listing the agent's containers: {e}"))
+        })?;
         let mut out = HashMap::new();
         for c in list {
             let labels = c.labels.unwrap_or_default();
@@ -278,7 +276,7 @@ impl DockerContainerizer {
 
     /// Removes a container and its anonymous volumes, killing it if it runs. Gone already
     /// is fine.
-    async fn remove(&self, name: &str) -> Result<(), AgentError> {
+    async fn remove(&self, name: &str) -> Result<(), ContainerizerError> {
         let options = RemoveContainerOptions {
             force: true,
             v: true,
@@ -291,7 +289,7 @@ impl DockerContainerizer {
             Err(EngineError::DockerResponseServerError {
                 status_code: 409, ..
             }) => Ok(()),
-            Err(e) => Err(AgentError::Docker(format!(
+            Err(e) => Err(ContainerizerError::Docker(format!(
                 "removing container {name}: {e}"
             ))),
         }
@@ -322,7 +320,7 @@ impl DockerContainerizer {
     /// Kills and removes every container labelled with this agent's work dir whose task
     /// the agent does not track (its task is unknown, already reported, or was never
     /// started). Call once after recovery, before any launch. Returns how many went.
-    pub async fn remove_orphans(&self) -> Result<usize, AgentError> {
+    pub async fn remove_orphans(&self) -> Result<usize, ContainerizerError> {
         let mine = self.list_mine().await?;
         let mut removed = 0;
         for (key, c) in mine {
@@ -349,7 +347,7 @@ impl DockerContainerizer {
         name: String,
         sandbox: PathBuf,
         from_start: bool,
-    ) -> Result<(), AgentError> {
+    ) -> Result<(), ContainerizerError> {
         let open = |file: &'static str| {
             let path = sandbox.join(file);
             let mut options = tokio::fs::OpenOptions::new();
@@ -382,7 +380,7 @@ impl DockerContainerizer {
                 Ok(_) => continue,
                 Err(e) if is_not_found(&e) => break,
                 Err(e) => {
-                    return Err(AgentError::Docker(format!(
+                    return Err(ContainerizerError::Docker(format!(
                         "reading the logs of container {name}: {e}"
                     )))
                 }
@@ -436,15 +434,15 @@ impl Containerizer for DockerContainerizer {
         "docker"
     }
 
-    async fn launch(&self, spec: LaunchSpec) -> Result<(), AgentError> {
+    async fn launch(&self, spec: LaunchSpec) -> Result<(), ContainerizerError> {
         if spec.group.is_some() {
-            return Err(AgentError::Launch(
+            return Err(ContainerizerError::Launch(
                 "Docker tasks cannot join a task group; run the group's tasks under the \
                  linux or process containerizer"
                     .into(),
             ));
         }
-        let image = spec::image_of(&spec.task).map_err(AgentError::Launch)?;
+        let image = spec::image_of(&spec.task).map_err(ContainerizerError::Launch)?;
         let name = spec::container_name(spec.agent_id.as_str(), &spec.key);
         let cx = spec::Context {
             agent_id: spec.agent_id.as_str(),
@@ -452,18 +450,19 @@ impl Containerizer for DockerContainerizer {
             sandbox: &spec.sandbox,
             work_dir: self.layout.root(),
         };
-        let (config, dirs) = spec::container_config(&spec.task, &cx).map_err(AgentError::Launch)?;
+        let (config, dirs) =
+            spec::container_config(&spec.task, &cx).map_err(ContainerizerError::Launch)?;
         match self.api.inspect_image(image).await {
             Ok(_) => {}
             Err(e) if is_not_found(&e) => {
-                return Err(AgentError::Launch(format!(
+                return Err(ContainerizerError::Launch(format!(
                     "the docker image '{image}' is not present in the Docker engine on this \
                      agent; Drover never pulls images: build, load or import it on the agent \
                      first"
                 )))
             }
             Err(e) => {
-                return Err(AgentError::Launch(format!(
+                return Err(ContainerizerError::Launch(format!(
                     "cannot inspect the docker image '{image}': {e}"
                 )))
             }
@@ -478,7 +477,7 @@ impl Containerizer for DockerContainerizer {
             platform: None,
         };
         if let Err(e) = self.api.create_container(Some(options), config).await {
-            return Err(AgentError::Launch(match e {
+            return Err(ContainerizerError::Launch(match e {
                 EngineError::DockerResponseServerError {
                     status_code: 409, ..
                 } => format!("a container named {name} already exists in the Docker engine"),
@@ -490,7 +489,7 @@ impl Containerizer for DockerContainerizer {
             if let Err(re) = self.remove(&name).await {
                 tracing::warn!(container = %name, "{re}");
             }
-            return Err(AgentError::Launch(format!(
+            return Err(ContainerizerError::Launch(format!(
                 "the Docker engine could not start the container {name} (image '{image}'): {e}"
             )));
         }
@@ -507,7 +506,7 @@ impl Containerizer for DockerContainerizer {
         Ok(())
     }
 
-    async fn recover(&self, key: &TaskKey) -> Result<Recovered, AgentError> {
+    async fn recover(&self, key: &TaskKey) -> Result<Recovered, ContainerizerError> {
         let exit_path = self.exit_file(key);
         let recorded: Option<ContainerExit> =
             read_json(&exit_path).ctx(|| format!("reading {}", exit_path.display()))?;
@@ -570,7 +569,7 @@ impl Containerizer for DockerContainerizer {
         }
     }
 
-    async fn wait(&self, key: &TaskKey) -> Result<Termination, AgentError> {
+    async fn wait(&self, key: &TaskKey) -> Result<Termination, ContainerizerError> {
         let exit_path = self.exit_file(key);
         let recorded: Option<ContainerExit> =
             read_json(&exit_path).ctx(|| format!("reading {}", exit_path.display()))?;
@@ -579,7 +578,7 @@ impl Containerizer for DockerContainerizer {
             return Ok(exit.termination());
         }
         let Some(t) = self.tracked().get(key).cloned() else {
-            return Err(AgentError::Docker(format!(
+            return Err(ContainerizerError::Docker(format!(
                 "no container is known for task {key}"
             )));
         };
@@ -636,7 +635,12 @@ impl Containerizer for DockerContainerizer {
         Ok(exit.termination())
     }
 
-    async fn kill(&self, key: &TaskKey, grace: Duration, reason: Reason) -> Result<(), AgentError> {
+    async fn kill(
+        &self,
+        key: &TaskKey,
+        grace: Duration,
+        reason: Reason,
+    ) -> Result<(), ContainerizerError> {
         let meta = self.layout.task_meta(key);
         // Written before the stop: `wait` reports KILLED only for requested kills, and a
         // restarted agent that finds it repeats the stop.

@@ -11,7 +11,7 @@ use std::io::{self, Read};
 use std::os::unix::fs::FileExt;
 use std::path::{Component, Path, PathBuf};
 
-use crate::error::{AgentError, IoContext};
+use crate::error::{ContainerizerError, IoContext};
 
 /// JSON documents (index, manifests, configs) are read into memory; none is this large.
 pub(crate) const MAX_JSON_BYTES: u64 = 8 << 20;
@@ -43,7 +43,7 @@ pub(crate) fn normalize(name: &str) -> Option<String> {
 impl Source {
     /// Opens `path`: a directory is read as it is; a file must be an uncompressed tar.
     /// `shown` names the archive in errors.
-    pub(crate) fn open(path: &Path, shown: &str) -> Result<Source, AgentError> {
+    pub(crate) fn open(path: &Path, shown: &str) -> Result<Source, ContainerizerError> {
         let meta = std::fs::metadata(path).ctx(|| format!("opening {}", path.display()))?;
         if meta.is_dir() {
             return Ok(Source::Dir(path.to_path_buf()));
@@ -145,7 +145,10 @@ impl Source {
     }
 
     /// A reader over the file's bytes, and its size.
-    pub(crate) fn open_file(&self, name: &str) -> Result<(Box<dyn Read + '_>, u64), AgentError> {
+    pub(crate) fn open_file(
+        &self,
+        name: &str,
+    ) -> Result<(Box<dyn Read + '_>, u64), ContainerizerError> {
         let missing = || {
             invalid(format!(
                 "{}: the archive has no file '{name}' (or it is a symlink)",
@@ -177,7 +180,7 @@ impl Source {
     }
 
     /// A small file read whole (JSON documents), refusing oversized ones.
-    pub(crate) fn read_small(&self, name: &str) -> Result<Vec<u8>, AgentError> {
+    pub(crate) fn read_small(&self, name: &str) -> Result<Vec<u8>, ContainerizerError> {
         let (mut reader, size) = self.open_file(name)?;
         if size > MAX_JSON_BYTES {
             return Err(invalid(format!(
@@ -245,8 +248,8 @@ impl Read for RangeReader<'_> {
     }
 }
 
-pub(crate) fn invalid(msg: String) -> AgentError {
-    AgentError::InvalidImage(msg)
+pub(crate) fn invalid(msg: String) -> ContainerizerError {
+    ContainerizerError::InvalidImage(msg)
 }
 
 #[cfg(test)]

@@ -1,4 +1,4 @@
-//! Where everything lives under `--work-dir`, and the key that names a task.
+//! Where everything lives under `--work-dir`.
 //!
 //! ```text
 //! <work_dir>/
@@ -29,64 +29,10 @@
 //! Meta files sit outside the sandbox on purpose: the task owns its sandbox and could
 //! forge or swap anything written there.
 
-use std::fmt;
 use std::path::{Path, PathBuf};
 
-use drover_proto::ids::validate_id;
-use drover_proto::{ExecutorId, FrameworkId, TaskId};
-
-/// See [`TaskKey::executor`]. `+` is outside the id alphabet.
-const EXECUTOR_KEY_PREFIX: &str = "executor+";
-use serde::{Deserialize, Serialize};
-
-/// A task is unique per framework: `(framework id, task id)`.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct TaskKey {
-    pub framework_id: FrameworkId,
-    pub task_id: TaskId,
-}
-
-impl TaskKey {
-    pub fn new(framework_id: impl Into<String>, task_id: impl Into<String>) -> Self {
-        TaskKey {
-            framework_id: FrameworkId::new(framework_id.into()),
-            task_id: TaskId::new(task_id.into()),
-        }
-    }
-
-    /// The key of a custom executor's container: the containerizers, the checkpoint log
-    /// and the layout treat it like a task's, under a task id no real task can have.
-    pub fn executor(framework_id: &FrameworkId, executor_id: &ExecutorId) -> Self {
-        TaskKey {
-            framework_id: framework_id.clone(),
-            task_id: TaskId::new(format!("{EXECUTOR_KEY_PREFIX}{executor_id}")),
-        }
-    }
-
-    /// The executor id, when this is the key of a custom executor's container.
-    pub fn executor_id(&self) -> Option<ExecutorId> {
-        self.task_id
-            .as_str()
-            .strip_prefix(EXECUTOR_KEY_PREFIX)
-            .map(ExecutorId::new)
-    }
-
-    /// Both ids are usable as single path components (see `validate_id`). Only valid keys
-    /// ever get a directory on disk.
-    pub fn validate(&self) -> Result<(), String> {
-        validate_id("framework", self.framework_id.as_str())?;
-        match self.executor_id() {
-            Some(id) => validate_id("executor", id.as_str()),
-            None => validate_id("task", self.task_id.as_str()),
-        }
-    }
-}
-
-impl fmt::Display for TaskKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.framework_id, self.task_id)
-    }
-}
+/// The one task key, shared with the master (see [`drover_proto::TaskKey`]).
+pub use drover_proto::TaskKey;
 
 /// Paths under the work dir.
 #[derive(Clone, Debug)]
@@ -117,7 +63,7 @@ impl Layout {
         self.root.join("term")
     }
 
-    /// `meta/checkpoints.log`: see [`crate::journal`].
+    /// `meta/checkpoints.log`: the agent's checkpoint log (its `journal` module).
     pub fn checkpoint_log(&self) -> PathBuf {
         self.root.join("meta").join("checkpoints.log")
     }
@@ -226,28 +172,13 @@ mod tests {
     fn paths_and_validation() {
         let l = Layout::new("/w");
         let k = TaskKey::new("fw-1", "task-1");
-        assert!(k.validate().is_ok());
         assert_eq!(
             l.task_meta(&k).exit_file(),
             Path::new("/w/meta/frameworks/fw-1/tasks/task-1/exit.json")
         );
         assert_eq!(l.sandbox(&k), Path::new("/w/sandboxes/fw-1/task-1"));
-        assert!(TaskKey::new("fw", "../x").validate().is_err());
-        assert!(TaskKey::new("", "x").validate().is_err());
-        assert_eq!(k.to_string(), "fw-1/task-1");
 
-        let e = TaskKey::executor(&FrameworkId::new("fw-1"), &ExecutorId::new("ex-1"));
-        assert!(e.validate().is_ok());
-        assert_eq!(e.executor_id(), Some(ExecutorId::new("ex-1")));
-        assert_eq!(k.executor_id(), None);
+        let e = TaskKey::executor(&"fw-1".into(), &"ex-1".into());
         assert_eq!(l.sandbox(&e), Path::new("/w/sandboxes/fw-1/executor+ex-1"));
-        // A real task can never be mistaken for an executor's container.
-        assert!(TaskKey::new("fw-1", "executor+ex-1").validate().is_ok());
-        assert!(validate_id("task", "executor+ex-1").is_err());
-        assert!(
-            TaskKey::executor(&FrameworkId::new("fw"), &ExecutorId::new("../x"))
-                .validate()
-                .is_err()
-        );
     }
 }

@@ -29,8 +29,10 @@ mod rootfs;
 mod source;
 mod unpack;
 
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 #[cfg(test)]
-pub(crate) mod tests;
+mod tests;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -38,7 +40,7 @@ use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{AgentError, IoContext};
+use crate::error::{ContainerizerError, IoContext};
 use crate::fsutil::{self, create_dir_all_durable};
 
 pub use manifest::{ArchiveFormat, Digest, ImageConfig};
@@ -97,7 +99,7 @@ pub struct ImageStore {
 }
 
 /// `name` → `name:latest`; refuses empty names, whitespace and other odd characters.
-pub fn normalize_name(name: &str) -> Result<String, AgentError> {
+pub fn normalize_name(name: &str) -> Result<String, ContainerizerError> {
     let name = name.trim();
     let ok = !name.is_empty()
         && name.len() <= 255
@@ -106,7 +108,7 @@ pub fn normalize_name(name: &str) -> Result<String, AgentError> {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"._-/:@".contains(&b));
     if !ok {
-        return Err(AgentError::InvalidImage(format!(
+        return Err(ContainerizerError::InvalidImage(format!(
             "'{name}' is not a valid image name (letters, digits and . _ - / : @, at most \
              255 characters, not a digest)"
         )));
@@ -125,7 +127,10 @@ pub fn normalize_name(name: &str) -> Result<String, AgentError> {
 
 impl ImageStore {
     /// Opens (creating) the store in `dir`, removing leftovers of interrupted imports.
-    pub fn open(dir: impl Into<PathBuf>, limits: ImportLimits) -> Result<ImageStore, AgentError> {
+    pub fn open(
+        dir: impl Into<PathBuf>,
+        limits: ImportLimits,
+    ) -> Result<ImageStore, ContainerizerError> {
         use std::os::unix::fs::PermissionsExt;
         let dir = dir.into();
         create_dir_all_durable(&dir).ctx(|| format!("creating {}", dir.display()))?;
@@ -199,7 +204,7 @@ impl ImageStore {
 
     /// Finds an image by digest (`sha256:<hex>`, or a unique prefix of at least 12 hex
     /// digits), config digest, or name (`busybox` means `busybox:latest`).
-    pub fn resolve(&self, reference: &str) -> Result<ImageRecord, AgentError> {
+    pub fn resolve(&self, reference: &str) -> Result<ImageRecord, ContainerizerError> {
         let index = self.index.lock().unwrap();
         let reference = reference.trim();
         let hex = reference.strip_prefix("sha256:").unwrap_or(reference);
@@ -216,7 +221,7 @@ impl ImageStore {
                 [one] => return Ok((*one).clone()),
                 [] => {}
                 _ => {
-                    return Err(AgentError::InvalidImage(format!(
+                    return Err(ContainerizerError::InvalidImage(format!(
                         "'{reference}' matches {} images; give more digits",
                         found.len()
                     )))
@@ -228,7 +233,7 @@ impl ImageStore {
                 return Ok(r.clone());
             }
         }
-        Err(AgentError::ImageNotFound(format!(
+        Err(ContainerizerError::ImageNotFound(format!(
             "no image '{reference}' in this agent's image store (import it with `drover images \
              import`)"
         )))
@@ -243,7 +248,7 @@ impl ImageStore {
         archive: &Path,
         name: Option<&str>,
         format: &str,
-    ) -> Result<Vec<ImageRecord>, AgentError> {
+    ) -> Result<Vec<ImageRecord>, ContainerizerError> {
         self.import_as(archive, &archive.display().to_string(), name, format)
     }
 
@@ -255,7 +260,7 @@ impl ImageStore {
         shown: &str,
         name: Option<&str>,
         format: &str,
-    ) -> Result<Vec<ImageRecord>, AgentError> {
+    ) -> Result<Vec<ImageRecord>, ContainerizerError> {
         let extra = name.map(normalize_name).transpose()?;
         let staging = self
             .dir
@@ -276,12 +281,12 @@ impl ImageStore {
         extra: Option<String>,
         format: &str,
         staging: &Path,
-    ) -> Result<Vec<ImageRecord>, AgentError> {
+    ) -> Result<Vec<ImageRecord>, ContainerizerError> {
         let archive = self.gunzip_if_needed(archive, shown, staging)?;
         let src = source::Source::open(&archive, shown)?;
         let mut plans = manifest::plan(&src, format)?;
         if extra.is_some() && plans.len() != 1 {
-            return Err(AgentError::InvalidImage(format!(
+            return Err(ContainerizerError::InvalidImage(format!(
                 "the archive holds {} images; a name can only be given to an archive of one",
                 plans.len()
             )));
@@ -300,7 +305,7 @@ impl ImageStore {
                         .finish()
                         .ctx(|| format!("reading layer {}", layer.path))?;
                     if got != layer.diff_id {
-                        return Err(AgentError::InvalidImage(format!(
+                        return Err(ContainerizerError::InvalidImage(format!(
                             "{}: layer {} does not match its digest: the config says {} but its \
                              content hashes to {got}",
                             src.shown(),
@@ -336,7 +341,7 @@ impl ImageStore {
         archive: &Path,
         shown: &str,
         staging: &Path,
-    ) -> Result<PathBuf, AgentError> {
+    ) -> Result<PathBuf, ContainerizerError> {
         use std::io::Read;
         if archive.is_dir() {
             return Ok(archive.to_path_buf());
@@ -356,10 +361,11 @@ impl ImageStore {
             std::fs::File::create(&target).ctx(|| format!("creating {}", target.display()))?;
         let limit = self.limits.max_archive_bytes;
         let mut decoder = flate2::read::MultiGzDecoder::new(file).take(limit + 1);
-        let n = std::io::copy(&mut decoder, &mut out)
-            .map_err(|e| AgentError::InvalidImage(format!("{shown} is not valid gzip: {e}")))?;
+        let n = std::io::copy(&mut decoder, &mut out).map_err(|e| {
+            ContainerizerError::InvalidImage(format!("{shown} is not valid gzip: {e}"))
+        })?;
         if n > limit {
-            return Err(AgentError::ImageTooLarge(format!(
+            return Err(ContainerizerError::ImageTooLarge(format!(
                 "{shown} decompresses to more than the {} MiB allowed (--image-max-archive-mb)",
                 limit >> 20
             )));
@@ -373,7 +379,7 @@ impl ImageStore {
         src: &source::Source,
         plan: &manifest::ImagePlan,
         staging: &Path,
-    ) -> Result<(PathBuf, u64), AgentError> {
+    ) -> Result<(PathBuf, u64), ContainerizerError> {
         let root = staging.join(plan.digest.hex());
         std::fs::create_dir(&root).ctx(|| format!("creating {}", root.display()))?;
         {
@@ -391,7 +397,7 @@ impl ImageStore {
                 .finish()
                 .ctx(|| format!("reading layer {}", layer.path))?;
             if got != layer.diff_id {
-                return Err(AgentError::InvalidImage(format!(
+                return Err(ContainerizerError::InvalidImage(format!(
                     "{}: layer {} uncompresses to content hashing to {got}, but the config's \
                      diff_id says {}",
                     src.shown(),
@@ -414,7 +420,7 @@ impl ImageStore {
         &self,
         plan: &manifest::ImagePlan,
         unpacked: Option<(PathBuf, u64)>,
-    ) -> Result<ImageRecord, AgentError> {
+    ) -> Result<ImageRecord, ContainerizerError> {
         let mut index = self.index.lock().unwrap();
         let mut next = Index {
             images: index.images.clone(),
@@ -423,7 +429,7 @@ impl ImageStore {
         if !next.images.contains_key(&plan.digest) {
             // A concurrent import of the same image may have committed first.
             let Some((root, size)) = unpacked else {
-                return Err(AgentError::ImageNotFound(format!(
+                return Err(ContainerizerError::ImageNotFound(format!(
                     "image {} was removed while it was being imported; import it again",
                     plan.digest
                 )));
@@ -470,11 +476,11 @@ impl ImageStore {
 
     /// Removes an image from the index and deletes its root filesystem. Refused while an
     /// overlay mounted on this host uses it (copies made by the fallback are independent).
-    pub fn remove(&self, reference: &str) -> Result<ImageRecord, AgentError> {
+    pub fn remove(&self, reference: &str) -> Result<ImageRecord, ContainerizerError> {
         let record = self.resolve(reference)?;
         let root = self.rootfs_dir(&record.digest);
         if rootfs::overlay_uses(&root).ctx(|| "reading /proc/self/mountinfo".into())? {
-            return Err(AgentError::ImageInUse(format!(
+            return Err(ContainerizerError::ImageInUse(format!(
                 "image {} is in use by a running container's root filesystem",
                 record.digest
             )));
@@ -500,7 +506,7 @@ impl ImageStore {
         &self,
         reference: &str,
         container_dir: &Path,
-    ) -> Result<PreparedRootfs, AgentError> {
+    ) -> Result<PreparedRootfs, ContainerizerError> {
         let image = self.resolve(reference)?;
         let lower = self.rootfs_dir(&image.digest);
         rootfs::prepare(image, &lower, container_dir, true)
@@ -511,15 +517,15 @@ impl ImageStore {
         &self,
         reference: &str,
         container_dir: &Path,
-    ) -> Result<PreparedRootfs, AgentError> {
+    ) -> Result<PreparedRootfs, ContainerizerError> {
         let image = self.resolve(reference)?;
         let lower = self.rootfs_dir(&image.digest);
         rootfs::prepare(image, &lower, container_dir, false)
     }
 }
 
-fn io_copy_sink(r: &mut impl std::io::Read, shown: &str) -> Result<(), AgentError> {
+fn io_copy_sink(r: &mut impl std::io::Read, shown: &str) -> Result<(), ContainerizerError> {
     std::io::copy(r, &mut std::io::sink())
         .map(|_| ())
-        .map_err(|e| AgentError::InvalidImage(format!("layer {shown} cannot be read: {e}")))
+        .map_err(|e| ContainerizerError::InvalidImage(format!("layer {shown} cannot be read: {e}")))
 }

@@ -10,8 +10,8 @@ use drover_proto::{AgentId, TaskId};
 
 use super::testing::{engine_missing, remove_containers_of, TestImage};
 use super::*;
-use crate::containerizer::terminal_status;
 use crate::layout::Layout;
+use crate::terminal_status;
 
 /// A work dir with the containers it created removed on drop, even when a test fails.
 struct WorkDir {

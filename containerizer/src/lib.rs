@@ -1,20 +1,43 @@
-//! Containerizers: how a task's processes are started, watched, killed and found again
-//! after an agent restart.
+//! `drover-containerizer`: how a task's processes are started, watched, killed and found
+//! again after an agent restart, and the images they run. The agent uses it through the
+//! [`Containerizer`] trait; this crate knows nothing of the agent (masters, status
+//! updates, checkpoint log), so the dependency runs one way: proto → containerizer → agent.
 //!
-//! [`Containerizer`] is the seam between the agent's bookkeeping (which knows tasks,
-//! status updates and the master) and the machinery that runs processes:
-//! - [`process::ProcessContainerizer`]: plain processes in sandboxes (no isolation);
-//! - [`linux::LinuxContainerizer`]: namespaces, cgroups and a PID-1 init per task;
-//! - [`docker::DockerContainerizer`]: `DOCKER` tasks through the Docker Engine API.
-//!
-//! The agent talks to one [`Containerizers`]: the enabled containerizers keyed by name,
-//! which picks one per task from `ContainerInfo.type` (the first enabled one when the
-//! task names none), remembers the choice in the task's meta directory so recovery asks
-//! the same one again, and routes every later call there.
+//! Module map:
+//! - the crate root: [`Containerizer`] (the seam between the agent's bookkeeping and the
+//!   machinery that runs processes), [`Containerizers`] (the enabled containerizers keyed
+//!   by name: it picks one per task from `ContainerInfo.type`, the first enabled one when
+//!   the task names none, remembers the choice in the task's meta directory so recovery
+//!   asks the same one again, and routes every later call there), [`build`] (which ones a
+//!   machine enables) and [`terminal_status`] (how a container's end becomes a task state);
+//! - [`process`]: `ProcessContainerizer`, plain processes in sandboxes (no isolation);
+//! - [`linux`]: `LinuxContainerizer`, namespaces, cgroups (`linux::cgroups`) and a PID-1
+//!   init per task (`linux::init`), task groups' namespace holders (`linux::holder`);
+//! - [`docker`]: `DockerContainerizer`, `DOCKER` tasks through the Docker Engine API;
+//! - [`supervisor`]: the per-task supervisor process (the agent's binary re-executed with
+//!   the hidden argument `__supervise`) that runs the command (for linux containers:
+//!   starts the container's init, `__container_init`), outlives the agent and records the
+//!   exit status; `supervisor::records` are the files it shares with the containerizers.
+//!   A binary that launches tasks must call [`supervisor::dispatch`] first thing in
+//!   `main` (the agent does); test binaries do it from an `.init_array` hook (below);
+//! - [`images`]: the local image store (OCI layouts and `docker save` archives imported,
+//!   verified and unpacked into immutable root filesystems), per-container overlay root
+//!   filesystems on top, and user lookup in an image;
+//! - [`layout`]: where everything lives under the agent's `--work-dir`; [`fsutil`]:
+//!   durable writes; [`procfs`]: process identity (pid + start time) and pid-reuse-proof
+//!   signals; [`error`]: the crate's error enum.
 
 pub mod docker;
+pub mod error;
+pub mod fsutil;
+pub mod images;
+pub mod layout;
 pub mod linux;
 pub mod process;
+pub mod procfs;
+pub mod supervisor;
+
+pub use error::ContainerizerError;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -25,12 +48,67 @@ use async_trait::async_trait;
 use drover_proto::pb::{self, task_status::Reason, task_status::Source, TaskState};
 use drover_proto::AgentId;
 
-use crate::config::Settings;
-use crate::error::{AgentError, IoContext};
+use crate::error::IoContext;
 use crate::fsutil::replace_unsynced;
 use crate::images::ImageStore;
 use crate::layout::{Layout, TaskKey, TaskMeta};
 use crate::supervisor::records::{ExitOutcome, ExitRecord, Limitation, TaskGroupLaunch};
+
+/// What [`build`] needs to know: the agent's flags that concern containers.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// `--containerizers`: the names to enable, the default first; empty for the default
+    /// choice (see [`build`]).
+    pub containerizers: Vec<String>,
+    /// `--cgroups-root`: the agent's cgroup, under which linux containers get theirs.
+    pub cgroups_root: PathBuf,
+    /// `--pids-limit`: the most processes one linux container may have.
+    pub pids_limit: u64,
+    /// The grace period between SIGTERM and SIGKILL when a kill names none.
+    pub default_grace: Duration,
+    /// `--docker-socket`: the Docker engine's API socket.
+    pub docker_socket: PathBuf,
+}
+
+/// The latest sandbox disk figures of each task (measured by the agent's disk watcher),
+/// added to every usage sample the containerizers give.
+#[derive(Default)]
+pub struct DiskUsage(Mutex<HashMap<TaskKey, (u64, Option<u64>)>>);
+
+impl DiskUsage {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<TaskKey, (u64, Option<u64>)>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Adds the task's disk figures to `stats` (creating it when the container reports
+    /// nothing else).
+    pub fn fill(
+        &self,
+        key: &TaskKey,
+        stats: Option<pb::ResourceStatistics>,
+    ) -> Option<pb::ResourceStatistics> {
+        let Some((used, limit)) = self.map().get(key).copied() else {
+            return stats;
+        };
+        let mut stats = stats.unwrap_or_else(|| pb::ResourceStatistics {
+            timestamp: drover_proto::unix_seconds(),
+            ..Default::default()
+        });
+        stats.disk_used_bytes = used;
+        stats.disk_limit_bytes = limit.unwrap_or(0);
+        Some(stats)
+    }
+
+    /// Records a measurement of `key`'s sandbox: `used` bytes of its `limit`.
+    pub fn set(&self, key: &TaskKey, used: u64, limit: Option<u64>) {
+        self.map().insert(key.clone(), (used, limit));
+    }
+
+    /// Forgets the tasks not in `live`.
+    pub fn retain(&self, live: &std::collections::HashSet<TaskKey>) {
+        self.map().retain(|k, _| live.contains(k));
+    }
+}
 
 /// Everything a containerizer needs to start one task.
 #[derive(Clone, Debug)]
@@ -82,17 +160,22 @@ pub trait Containerizer: Send + Sync + 'static {
 
     /// Starts the task. Returns once the container exists and will run (or record why
     /// it could not); the task's own outcome comes from [`Containerizer::wait`].
-    async fn launch(&self, spec: LaunchSpec) -> Result<(), AgentError>;
+    async fn launch(&self, spec: LaunchSpec) -> Result<(), ContainerizerError>;
 
     /// Finds a task's container again after an agent restart.
-    async fn recover(&self, key: &TaskKey) -> Result<Recovered, AgentError>;
+    async fn recover(&self, key: &TaskKey) -> Result<Recovered, ContainerizerError>;
 
     /// Resolves when the task's container has ended. Call once per launch or recovery.
-    async fn wait(&self, key: &TaskKey) -> Result<Termination, AgentError>;
+    async fn wait(&self, key: &TaskKey) -> Result<Termination, ContainerizerError>;
 
     /// Asks the container to stop: SIGTERM now, SIGKILL after `grace`. The outcome is
     /// reported as killed with `reason`. Killing an ended container is a no-op.
-    async fn kill(&self, key: &TaskKey, grace: Duration, reason: Reason) -> Result<(), AgentError>;
+    async fn kill(
+        &self,
+        key: &TaskKey,
+        grace: Duration,
+        reason: Reason,
+    ) -> Result<(), ContainerizerError>;
 
     /// The container's latest resource usage, for containerizers that measure it. Cheap
     /// (a few small file reads): the agent calls it when it answers a state request.
@@ -137,7 +220,7 @@ pub struct Containerizers {
     /// The docker containerizer, when on: it also sweeps orphaned containers.
     docker: Option<Arc<docker::DockerContainerizer>>,
     /// Sandbox disk figures from the disk watcher, added to every usage sample.
-    disk: Arc<crate::disk::DiskUsage>,
+    disk: Arc<DiskUsage>,
 }
 
 impl Containerizers {
@@ -154,8 +237,8 @@ impl Containerizers {
         }
     }
 
-    /// Where the disk watcher ([`crate::disk::watch`]) leaves its figures.
-    pub fn disk_usage(&self) -> Arc<crate::disk::DiskUsage> {
+    /// Where the agent's disk watcher leaves its figures.
+    pub fn disk_usage(&self) -> Arc<DiskUsage> {
         self.disk.clone()
     }
 
@@ -222,17 +305,17 @@ impl Containerizers {
     }
 
     /// The containerizer for a task, or why there is none.
-    pub fn pick(&self, task: &pb::TaskInfo) -> Result<Arc<dyn Containerizer>, AgentError> {
+    pub fn pick(&self, task: &pb::TaskInfo) -> Result<Arc<dyn Containerizer>, ContainerizerError> {
         let asked = task.container.as_ref().map(|c| c.r#type).unwrap_or(0);
         let Ok(t) = pb::container_info::Type::try_from(asked) else {
-            return Err(AgentError::Launch(format!(
+            return Err(ContainerizerError::Launch(format!(
                 "unknown container type {asked}"
             )));
         };
         match type_name(t) {
             None => Ok(self.enabled[0].clone()),
             Some(name) => self.by_name(name).ok_or_else(|| {
-                AgentError::Launch(format!(
+                ContainerizerError::Launch(format!(
                     "the task asks for the '{name}' containerizer, which this agent does not \
                      enable (enabled: {})",
                     self.names().join(",")
@@ -248,7 +331,7 @@ impl Containerizer for Containerizers {
         "containerizers"
     }
 
-    async fn launch(&self, spec: LaunchSpec) -> Result<(), AgentError> {
+    async fn launch(&self, spec: LaunchSpec) -> Result<(), ContainerizerError> {
         let chosen = self.pick(&spec.task)?;
         let path = spec.meta.dir().join(CONTAINERIZER_FILE);
         // Before the container exists, so recovery asks the same containerizer. Not
@@ -262,7 +345,7 @@ impl Containerizer for Containerizers {
         Ok(())
     }
 
-    async fn recover(&self, key: &TaskKey) -> Result<Recovered, AgentError> {
+    async fn recover(&self, key: &TaskKey) -> Result<Recovered, ContainerizerError> {
         let path = self.layout.task_meta(key).dir().join(CONTAINERIZER_FILE);
         let name = match std::fs::read_to_string(&path) {
             Ok(n) if KNOWN.contains(&n.trim()) => n.trim().to_string(),
@@ -271,7 +354,12 @@ impl Containerizer for Containerizers {
                 "process".to_string()
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => "process".to_string(),
-            Err(e) => return Err(AgentError::io(format!("reading {}", path.display()), e)),
+            Err(e) => {
+                return Err(ContainerizerError::io(
+                    format!("reading {}", path.display()),
+                    e,
+                ))
+            }
         };
         let recovering = self
             .recovery_only
@@ -282,7 +370,7 @@ impl Containerizer for Containerizers {
                 tracing::info!(task = %key, "recovering a task of the '{name}' containerizer, which is no longer enabled for new tasks");
             });
         let chosen = self.by_name(&name).or(recovering).ok_or_else(|| {
-            AgentError::Config(format!(
+            ContainerizerError::Config(format!(
                 "task {key} runs under the '{name}' containerizer, which this agent does not \
                  enable (enabled: {}); enable it again to recover the task",
                 self.names().join(",")
@@ -295,17 +383,21 @@ impl Containerizer for Containerizers {
         Ok(found)
     }
 
-    async fn wait(&self, key: &TaskKey) -> Result<Termination, AgentError> {
-        let chosen =
-            self.running().get(key).cloned().ok_or_else(|| {
-                AgentError::Launch(format!("no container is known for task {key}"))
-            })?;
+    async fn wait(&self, key: &TaskKey) -> Result<Termination, ContainerizerError> {
+        let chosen = self.running().get(key).cloned().ok_or_else(|| {
+            ContainerizerError::Launch(format!("no container is known for task {key}"))
+        })?;
         let result = chosen.wait(key).await;
         self.running().remove(key);
         result
     }
 
-    async fn kill(&self, key: &TaskKey, grace: Duration, reason: Reason) -> Result<(), AgentError> {
+    async fn kill(
+        &self,
+        key: &TaskKey,
+        grace: Duration,
+        reason: Reason,
+    ) -> Result<(), ContainerizerError> {
         let chosen = self.running().get(key).cloned();
         match chosen {
             Some(c) => c.kill(key, grace, reason).await,
@@ -328,10 +420,10 @@ impl Containerizer for Containerizers {
 /// Docker is added when the engine answers (or, when `--containerizers` names it, must
 /// answer). Logs which and why.
 pub async fn build(
-    settings: &Settings,
+    settings: &Options,
     layout: &Layout,
     images: Arc<ImageStore>,
-) -> Result<Containerizers, AgentError> {
+) -> Result<Containerizers, ContainerizerError> {
     let exe = PathBuf::from("/proc/self/exe");
     // Linux containers run images from the agent's image store.
     let provider: linux::RootfsProvider =
@@ -378,7 +470,7 @@ pub async fn build(
             match name.as_str() {
                 "linux" => {
                     let l = linux().map_err(|why| {
-                        AgentError::Config(format!(
+                        ContainerizerError::Config(format!(
                             "--containerizers: 'linux' cannot run here: {why}"
                         ))
                     })?;
@@ -389,7 +481,7 @@ pub async fn build(
                 // Connected below, once: the engine must answer.
                 "docker" => {}
                 other => {
-                    return Err(AgentError::Config(format!(
+                    return Err(ContainerizerError::Config(format!(
                         "--containerizers: unknown containerizer '{other}'"
                     )))
                 }
@@ -415,7 +507,7 @@ pub async fn build(
                 Some(Arc::new(d))
             }
             Err(why) if wanted => {
-                return Err(AgentError::Config(format!(
+                return Err(ContainerizerError::Config(format!(
                     "--containerizers names docker, but {why} (see --docker-socket)"
                 )))
             }
@@ -455,6 +547,7 @@ pub async fn build(
         .with_recovery_only(recovery_only)
         .with_docker(docker))
 }
+
 /// The terminal status a [`Termination`] becomes.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TerminalStatus {
@@ -529,7 +622,7 @@ pub fn terminal_status(t: &Termination) -> TerminalStatus {
         };
     }
     if record.killed && record.kill_reason == Some(Reason::ContainerLimitationDisk as i32) {
-        // The agent killed it for its disk (see `crate::disk`): a failure of the task,
+        // The agent killed it for its disk (its disk watcher): a failure of the task,
         // not a kill someone asked for. The agent replaces the message with the figures.
         return TerminalStatus {
             state: TaskState::TaskFailed,
@@ -570,6 +663,23 @@ pub fn terminal_status(t: &Termination) -> TerminalStatus {
         exit_code,
     }
 }
+
+/// Test binaries have no `main` of ours, yet the containerizers re-execute the running
+/// binary (`/proc/self/exe`) as the supervisor. This constructor runs before the test
+/// harness and turns a test binary started with `__supervise` into a supervisor (and with
+/// `__container_init` into a container's init), so tests exercise exactly the production
+/// path. The agent's test binaries carry the same hook.
+#[cfg(test)]
+#[used]
+#[link_section = ".init_array"]
+static SUPERVISOR_IN_TEST_BINARY: extern "C" fn() = {
+    extern "C" fn hook() {
+        if let Some(code) = supervisor::dispatch_from_proc_cmdline() {
+            std::process::exit(code);
+        }
+    }
+    hook
+};
 
 #[cfg(test)]
 mod tests {

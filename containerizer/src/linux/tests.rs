@@ -2,10 +2,10 @@
 //! re-executed as supervisor and init). These tests need root, as the agent does.
 
 use super::*;
-use crate::containerizer::{terminal_status, TerminalStatus};
 use crate::fsutil::create_dir_all_durable;
 use crate::images::ImageStore;
 use crate::supervisor::records::{ExitOutcome, TaskGroupLaunch};
+use crate::{terminal_status, TerminalStatus};
 use drover_proto::pb::TaskState;
 use drover_proto::AgentId;
 
@@ -437,8 +437,8 @@ async fn bad_limits_and_hostnames_fail_the_launch_with_the_reason() {
 /// (from the image tests' builder): `Env` PATH=/bin GREETING=hi, `Entrypoint`
 /// /bin/sh -c, `Cmd` "echo hi", `WorkingDir` /opt, `User` app. `None` (skip) without
 /// busybox-static outside CI.
-fn tiny_image(dir: &Path, name: &str, extra: &[crate::images::tests::E]) -> Option<ImageStore> {
-    use crate::images::tests::{layer, oci_files, plain, write_tar, E};
+fn tiny_image(dir: &Path, name: &str, extra: &[crate::images::testing::E]) -> Option<ImageStore> {
+    use crate::images::testing::{layer, oci_files, plain, write_tar, E};
     let busybox = Path::new("/bin/busybox");
     if !busybox.exists() {
         assert!(
@@ -585,7 +585,7 @@ async fn a_task_runs_inside_an_imported_image_and_sees_its_files_not_the_hosts()
     let mut s = in_image(spec(&f, "nobody", "cpus:0.1;mem:32", "true"), "tiny");
     s.task.command.as_mut().unwrap().user = "ghost".into();
     match f.linux.launch(s).await {
-        Err(AgentError::UnknownUser(m)) => {
+        Err(ContainerizerError::UnknownUser(m)) => {
             assert!(m.contains("'ghost'") && m.contains("'tiny'"), "{m}")
         }
         other => panic!("expected an unknown user, got {other:?}"),
@@ -608,7 +608,7 @@ async fn a_task_runs_inside_an_imported_image_and_sees_its_files_not_the_hosts()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_image_symlink_where_the_sandbox_goes_is_refused() {
-    use crate::images::tests::E;
+    use crate::images::testing::E;
     let mut f = fixture();
     let extra = [E::Dir("elsewhere", 0o755), E::Symlink("mnt", "/elsewhere")];
     let Some(store) = tiny_image(f.dir.path(), "evil", &extra) else {
