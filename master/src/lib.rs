@@ -182,7 +182,12 @@ pub async fn serve_with_clock(
     tokio::spawn(allocation_loop(master.clone()));
     tokio::spawn(housekeeping_loop(master.clone()));
     tokio::spawn(heartbeat_loop(master.clone()));
-    tokio::spawn(http::serve(http_listener, master.clone()));
+    // The HTTP listener stops with the rest of the master (after the gRPC server), so that
+    // /health and /metrics answer during the hand-over of leadership.
+    let (http_stop, http_stopped) = tokio::sync::oneshot::channel::<()>();
+    let http_server = tokio::spawn(http::serve(http_listener, master.clone(), async {
+        let _ = http_stopped.await;
+    }));
 
     tracing::info!(listen = %config.listen, http = %config.http_listen, "drover-master serving");
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
@@ -240,6 +245,8 @@ pub async fn serve_with_clock(
         }
     };
     master.reset_soft(false, 0);
+    let _ = http_stop.send(());
+    let _ = http_server.await;
     raft.stop();
     let _ = tokio::task::spawn_blocking(move || raft_thread.join()).await;
     tracing::info!("drover-master stopped");
