@@ -74,7 +74,8 @@ impl Metrics {
             registry: Registry::default(),
         };
         for state in TERMINAL_STATES {
-            m.tasks_terminal.get_or_create(&terminal(state));
+            // Creates the series at 0; the guard is only a read lock on the family.
+            drop(m.tasks_terminal.get_or_create(&terminal(state)));
         }
         // Names without `_total` and help without its final period: the crate adds both.
         let mut registry = Registry::default();
