@@ -115,7 +115,10 @@ mod tests {
     async fn start() -> Server {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let app = with_fallbacks(Router::new().route("/hello", get(|| async { "hi\n" })), &["/hello"]);
+        let app = with_fallbacks(
+            Router::new().route("/hello", get(|| async { "hi\n" })),
+            &["/hello"],
+        );
         let (stop, stopped) = oneshot::channel::<()>();
         let served = tokio::spawn(serve(listener, app, async {
             let _ = stopped.await;
@@ -162,7 +165,10 @@ mod tests {
         let server = start().await;
         let r = get_closing(server.addr, "GET", "/hello?verbose=1").await;
         assert!(r.starts_with("HTTP/1.1 200 OK\r\n"), "{r}");
-        assert_eq!(header(&r, "content-type"), Some("text/plain; charset=utf-8"));
+        assert_eq!(
+            header(&r, "content-type"),
+            Some("text/plain; charset=utf-8")
+        );
         assert_eq!(body(&r), "hi\n");
 
         let r = get_closing(server.addr, "HEAD", "/hello").await;

@@ -63,8 +63,7 @@ impl Master {
     /// One request on its own connection.
     async fn request(&self, method: &str, path: &str) -> Response {
         let mut s = TcpStream::connect(self.http).await.unwrap();
-        let head =
-            format!("{method} {path} HTTP/1.1\r\nHost: master\r\nConnection: close\r\n\r\n");
+        let head = format!("{method} {path} HTTP/1.1\r\nHost: master\r\nConnection: close\r\n\r\n");
         s.write_all(head.as_bytes()).await.unwrap();
         let mut raw = String::new();
         s.read_to_string(&mut raw).await.unwrap();

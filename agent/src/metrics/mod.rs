@@ -210,7 +210,10 @@ mod tests {
             "# HELP drover_agent_tasks_launched_total Tasks whose container was started.",
             "# TYPE drover_agent_tasks_terminal_total counter",
         ] {
-            assert!(text.lines().any(|l| l == needle), "missing {needle} in\n{text}");
+            assert!(
+                text.lines().any(|l| l == needle),
+                "missing {needle} in\n{text}"
+            );
         }
     }
 }
