@@ -247,6 +247,32 @@ mod tests {
         stop(server).await;
     }
 
+    /// An idle keep-alive connection has as long as a new one to send its next head.
+    #[tokio::test(start_paused = true)]
+    async fn closes_a_connection_left_idle() {
+        let server = start().await;
+        let mut s = TcpStream::connect(server.addr).await.unwrap();
+        s.write_all(b"GET /hello HTTP/1.1\r\nHost: t\r\n\r\n")
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        while !got.ends_with(b"hi\n") {
+            let mut chunk = [0u8; 512];
+            let n = s.read(&mut chunk).await.unwrap();
+            assert!(n > 0);
+            got.extend_from_slice(&chunk[..n]);
+        }
+        let answered = tokio::time::Instant::now();
+        let mut rest = Vec::new();
+        tokio::time::timeout(HEAD_TIMEOUT * 2, s.read_to_end(&mut rest))
+            .await
+            .expect("the idle connection outlived its head timeout")
+            .unwrap();
+        assert!(rest.is_empty(), "{rest:?}");
+        assert!(answered.elapsed() >= HEAD_TIMEOUT);
+        stop(server).await;
+    }
+
     #[tokio::test]
     async fn shutdown_closes_idle_connections_and_releases_the_port() {
         let server = start().await;

@@ -10,7 +10,7 @@
 //! - [`leader`]: the leader's soft state (connections, offers, filters), the ACCEPT gate,
 //!   agent sessions and liveness, framework calls and failover.
 //! - [`services`]: tonic glue for the scheduler, agent, operator and Raft peer services.
-//! - [`http`]: `/metrics`, `/health`, `/state` over HTTP.
+//! - [`http`]: `/metrics`, `/health`, `/state` over HTTP (axum routes on `drover_http`).
 //! - [`membership`]: seeding a new cluster and joining an existing one safely.
 //! - [`backup`]: registry backups (online through the leader, or offline from a data
 //!   folder) and restoring one into new data folders.
