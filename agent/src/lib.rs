@@ -24,7 +24,8 @@
 //!   their terminal update was acknowledged; [`users`]: which user a task runs as;
 //!   [`sandbox_flags`]: the flags of all three.
 //! - [`api`]: the gRPC services on `--listen` (`AgentApi`, and `Executor`, unimplemented).
-//! - [`metrics`]: counters and gauges, served as Prometheus text over a tiny HTTP responder.
+//! - [`metrics`]: counters and gauges (a `prometheus-client` registry) and the HTTP listener
+//!   serving them as Prometheus text, with `/health` (axum routes on `drover_http`).
 //! - [`journal`]: the checkpoint log, group-committed (one sync per batch of events), and
 //!   the task checkpoint it stores.
 //! - [`outbox`]: how a subsystem sends its own request type into the agent loop.

@@ -10,7 +10,7 @@
 //! - [`leader`]: the leader's soft state (connections, offers, filters), the ACCEPT gate,
 //!   agent sessions and liveness, framework calls and failover.
 //! - [`services`]: tonic glue for the scheduler, agent, operator and Raft peer services.
-//! - [`http`]: `/metrics`, `/health`, `/state` over HTTP.
+//! - [`http`]: `/metrics`, `/health`, `/state` over HTTP (axum routes on `drover_http`).
 //! - [`membership`]: seeding a new cluster and joining an existing one safely.
 //! - [`backup`]: registry backups (online through the leader, or offline from a data
 //!   folder) and restoring one into new data folders.
@@ -201,7 +201,12 @@ pub async fn serve_with_clock(
     tokio::spawn(housekeeping_loop(master.clone()));
     tokio::spawn(heartbeat_loop(master.clone()));
     tokio::spawn(upgrade_loop(master.clone()));
-    tokio::spawn(http::serve(http_listener, master.clone()));
+    // The HTTP listener stops with the rest of the master (after the gRPC server), so that
+    // /health and /metrics answer during the hand-over of leadership.
+    let (http_stop, http_stopped) = tokio::sync::oneshot::channel::<()>();
+    let http_server = tokio::spawn(http::serve(http_listener, master.clone(), async {
+        let _ = http_stopped.await;
+    }));
 
     tracing::info!(listen = %config.listen, http = %config.http_listen, "drover-master serving");
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
@@ -267,6 +272,8 @@ pub async fn serve_with_clock(
         }
     };
     master.reset_soft(false, 0);
+    let _ = http_stop.send(());
+    let _ = http_server.await;
     raft.stop();
     let _ = tokio::task::spawn_blocking(move || raft_thread.join()).await;
     tracing::info!("drover-master stopped");

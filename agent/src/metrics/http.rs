@@ -1,20 +1,16 @@
-//! A tiny HTTP/1.1 responder for `GET /metrics` and `GET /health`.
-//!
-//! Two fixed routes do not justify an HTTP framework: each connection gets one request
-//! (headers capped at 8 KiB, read within 10 s) and one `Connection: close` response.
+//! The agent's HTTP listener (`--http-listen`), on the stack of [`drover_http`]:
+//! `GET /metrics` (Prometheus text) and `GET /health` (`ok` while the agent runs).
 
 use std::future::Future;
-use std::io;
 use std::sync::Arc;
-use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use axum::extract::State;
+use axum::response::Response;
+use axum::routing::get;
+use axum::Router;
+use tokio::net::TcpListener;
 
 use super::Metrics;
-
-const MAX_HEAD: usize = 8 * 1024;
-const READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves until `shutdown` resolves.
 pub async fn serve(
@@ -22,149 +18,54 @@ pub async fn serve(
     metrics: Arc<Metrics>,
     shutdown: impl Future<Output = ()>,
 ) {
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            _ = &mut shutdown => return,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    let metrics = metrics.clone();
-                    tokio::spawn(async move {
-                        if let Err(e) = handle(stream, &metrics).await {
-                            tracing::debug!("http connection: {e}");
-                        }
-                    });
-                }
-                Err(e) => {
-                    // Typically EMFILE: back off instead of spinning.
-                    tracing::warn!("http accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            }
-        }
-    }
+    drover_http::serve(listener, router(metrics), shutdown).await
 }
 
-async fn handle(mut stream: TcpStream, metrics: &Metrics) -> io::Result<()> {
-    let head = match tokio::time::timeout(READ_TIMEOUT, read_head(&mut stream)).await {
-        Ok(Ok(Some(head))) => head,
-        Ok(Ok(None)) => {
-            return respond(
-                &mut stream,
-                431,
-                "text/plain",
-                "request head too large\n",
-                true,
-            )
-            .await
-        }
-        Ok(Err(e)) => return Err(e),
-        Err(_) => return Ok(()),
-    };
-    let line = head.lines().next().unwrap_or_default();
-    let mut parts = line.split_whitespace();
-    let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    let path = target.split('?').next().unwrap_or("");
-    let with_body = method != "HEAD";
-    if method != "GET" && method != "HEAD" {
-        return respond(
-            &mut stream,
-            405,
-            "text/plain",
-            "only GET is supported\n",
-            true,
-        )
-        .await;
-    }
-    match path {
-        "/metrics" => {
-            let body = metrics.render();
-            respond(
-                &mut stream,
-                200,
-                "text/plain; version=0.0.4; charset=utf-8",
-                &body,
-                with_body,
-            )
-            .await
-        }
-        "/health" => respond(&mut stream, 200, "text/plain", "ok\n", with_body).await,
-        _ => {
-            respond(
-                &mut stream,
-                404,
-                "text/plain",
-                "not found; try /metrics or /health\n",
-                with_body,
-            )
-            .await
-        }
-    }
+/// The routes, with the shared `404` and `405` answers.
+pub fn router(metrics: Arc<Metrics>) -> Router {
+    let routes = Router::new()
+        .route("/metrics", get(render))
+        .route("/health", get(|| async { "ok\n" }))
+        .with_state(metrics);
+    drover_http::with_fallbacks(routes, &["/metrics", "/health"])
 }
 
-/// Reads up to the blank line ending the request head; `None` when it is too large.
-async fn read_head(stream: &mut TcpStream) -> io::Result<Option<String>> {
-    let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 1024];
-    loop {
-        let n = stream.read(&mut chunk).await?;
-        if n == 0 {
-            break;
-        }
-        buf.extend_from_slice(&chunk[..n]);
-        if buf.windows(4).any(|w| w == b"\r\n\r\n") || buf.windows(2).any(|w| w == b"\n\n") {
-            break;
-        }
-        if buf.len() > MAX_HEAD {
-            return Ok(None);
-        }
-    }
-    Ok(Some(String::from_utf8_lossy(&buf).into_owned()))
-}
-
-async fn respond(
-    stream: &mut TcpStream,
-    code: u16,
-    content_type: &str,
-    body: &str,
-    with_body: bool,
-) -> io::Result<()> {
-    let reason = match code {
-        200 => "OK",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        _ => "Request Header Fields Too Large",
-    };
-    let allow = if code == 405 {
-        "Allow: GET, HEAD\r\n"
-    } else {
-        ""
-    };
-    let head = format!(
-        "HTTP/1.1 {code} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n{allow}Connection: close\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes()).await?;
-    if with_body {
-        stream.write_all(body.as_bytes()).await?;
-    }
-    stream.shutdown().await
+async fn render(State(metrics): State<Arc<Metrics>>) -> Response {
+    drover_http::prometheus::response(metrics.render())
 }
 
 #[cfg(test)]
 mod tests {
+    use std::net::SocketAddr;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
     use super::*;
 
-    async fn get(addr: std::net::SocketAddr, request: &str) -> String {
+    /// One request on its own connection; the whole response as text.
+    async fn request(addr: SocketAddr, method: &str, path: &str) -> String {
         let mut s = TcpStream::connect(addr).await.unwrap();
-        s.write_all(request.as_bytes()).await.unwrap();
+        let head = format!("{method} {path} HTTP/1.1\r\nHost: agent\r\nConnection: close\r\n\r\n");
+        s.write_all(head.as_bytes()).await.unwrap();
         let mut out = String::new();
         s.read_to_string(&mut out).await.unwrap();
         out
     }
 
+    fn content_type(response: &str) -> Option<&str> {
+        response
+            .lines()
+            .take_while(|l| !l.is_empty())
+            .find_map(|l| l.strip_prefix("content-type: "))
+    }
+
+    fn body(response: &str) -> &str {
+        response.split_once("\r\n\r\n").map_or("", |(_, b)| b)
+    }
+
     #[tokio::test]
-    async fn serves_metrics_and_health() {
+    async fn serves_metrics_and_health_and_refuses_the_rest() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let metrics = Arc::new(Metrics::new());
@@ -174,21 +75,35 @@ mod tests {
             let _ = rx.await;
         }));
 
-        let r = get(addr, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        let r = request(addr, "GET", "/metrics").await;
         assert!(r.starts_with("HTTP/1.1 200 OK\r\n"), "{r}");
-        assert!(r.contains("drover_agent_registrations_total 1"), "{r}");
-
-        let r = get(addr, "GET /health HTTP/1.1\r\n\r\n").await;
+        assert_eq!(
+            content_type(&r),
+            Some("text/plain; version=0.0.4; charset=utf-8")
+        );
         assert!(
-            r.starts_with("HTTP/1.1 200 OK\r\n") && r.ends_with("ok\n"),
+            body(&r)
+                .lines()
+                .any(|l| l == "drover_agent_registrations_total 1"),
             "{r}"
         );
 
-        let r = get(addr, "GET /nope HTTP/1.1\r\n\r\n").await;
-        assert!(r.starts_with("HTTP/1.1 404"), "{r}");
+        let r = request(addr, "GET", "/health").await;
+        assert!(r.starts_with("HTTP/1.1 200 OK\r\n"), "{r}");
+        assert_eq!(content_type(&r), Some("text/plain; charset=utf-8"));
+        assert_eq!(body(&r), "ok\n");
 
-        let r = get(addr, "POST /metrics HTTP/1.1\r\n\r\n").await;
-        assert!(r.starts_with("HTTP/1.1 405"), "{r}");
+        let r = request(addr, "HEAD", "/health").await;
+        assert!(r.starts_with("HTTP/1.1 200 OK\r\n"), "{r}");
+        assert_eq!(body(&r), "");
+
+        let r = request(addr, "GET", "/nope").await;
+        assert!(r.starts_with("HTTP/1.1 404 Not Found\r\n"), "{r}");
+        assert_eq!(body(&r), "not found; try /metrics or /health\n");
+
+        let r = request(addr, "POST", "/metrics").await;
+        assert!(r.starts_with("HTTP/1.1 405 Method Not Allowed\r\n"), "{r}");
+        assert_eq!(body(&r), drover_http::answers::METHOD_NOT_ALLOWED);
 
         tx.send(()).unwrap();
         server.await.unwrap();

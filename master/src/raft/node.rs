@@ -612,9 +612,7 @@ impl<T: Transport> Node<T> {
             *self.progress.learners.lock().expect("learners lock") =
                 snap.get_metadata().get_conf_state().learners.clone();
             self.conf_index = self.conf_index.max(snap.get_metadata().index);
-            self.metrics
-                .snapshots_received
-                .fetch_add(1, Ordering::Relaxed);
+            Metrics::inc(&self.metrics.snapshots_received);
             tracing::info!(
                 index = snap.get_metadata().index,
                 bytes = snap.get_data().len(),

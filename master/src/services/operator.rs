@@ -11,6 +11,7 @@ use drover_proto::pb::{self, operator_server::Operator};
 use drover_proto::{FrameworkId, Resources};
 
 use crate::leader::{propose_status, Master};
+use crate::metrics::Gauge;
 use crate::raft::node::MembershipChange;
 use crate::raft::ProposeError;
 use crate::registry::{AgentState, Command, TaskRec};
@@ -196,59 +197,64 @@ impl Master {
     pub fn update_gauges(&self) {
         let soft = self.soft();
         let reg = self.registry();
-        let mut by_state: BTreeMap<&'static str, u64> = BTreeMap::new();
+        let mut by_state: BTreeMap<&'static str, i64> = BTreeMap::new();
         for t in reg.tasks.values() {
             *by_state
                 .entry(drover_proto::states::name(t.state()))
                 .or_default() += 1;
         }
+        let gauge = |name: &str, help: &str, value: i64| Gauge {
+            name: name.to_string(),
+            help: help.to_string(),
+            value,
+        };
         let mut g = vec![
-            (
-                "drover_master_is_leader".to_string(),
-                "1 when this master serves as leader.".to_string(),
-                soft.serving as u8 as f64,
+            gauge(
+                "drover_master_is_leader",
+                "1 when this master serves as leader.",
+                i64::from(soft.serving),
             ),
-            (
-                "drover_master_agents_registered".into(),
-                "Agents in the registry.".into(),
-                reg.agents.len() as f64,
+            gauge(
+                "drover_master_agents_registered",
+                "Agents in the registry.",
+                reg.agents.len() as i64,
             ),
-            (
-                "drover_master_agents_connected".into(),
-                "Agents connected to this leader.".into(),
-                soft.agents.len() as f64,
+            gauge(
+                "drover_master_agents_connected",
+                "Agents connected to this leader.",
+                soft.agents.len() as i64,
             ),
-            (
-                "drover_master_frameworks_registered".into(),
-                "Frameworks in the registry.".into(),
-                reg.frameworks.len() as f64,
+            gauge(
+                "drover_master_frameworks_registered",
+                "Frameworks in the registry.",
+                reg.frameworks.len() as i64,
             ),
-            (
-                "drover_master_frameworks_connected".into(),
-                "Frameworks subscribed to this leader.".into(),
-                soft.frameworks.len() as f64,
+            gauge(
+                "drover_master_frameworks_connected",
+                "Frameworks subscribed to this leader.",
+                soft.frameworks.len() as i64,
             ),
-            (
-                "drover_master_offers_outstanding".into(),
-                "Offers not yet used.".into(),
-                soft.offers.len() as f64,
+            gauge(
+                "drover_master_offers_outstanding",
+                "Offers not yet used.",
+                soft.offers.len() as i64,
             ),
-            (
-                "drover_master_tasks_active".into(),
-                "Non-terminal tasks.".into(),
-                reg.tasks.len() as f64,
+            gauge(
+                "drover_master_tasks_active",
+                "Non-terminal tasks.",
+                reg.tasks.len() as i64,
             ),
-            (
-                "drover_master_raft_term".into(),
-                "Current Raft term.".into(),
-                soft.term as f64,
+            gauge(
+                "drover_master_raft_term",
+                "Current Raft term.",
+                soft.term as i64,
             ),
         ];
         for (state, n) in by_state {
-            g.push((
-                format!("drover_master_tasks_{}", state.to_lowercase()),
-                format!("Tasks in state {state}."),
-                n as f64,
+            g.push(gauge(
+                &format!("drover_master_tasks_{}", state.to_lowercase()),
+                &format!("Tasks in state {state}."),
+                n,
             ));
         }
         self.metrics.set_gauges(g);
