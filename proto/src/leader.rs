@@ -227,17 +227,6 @@ impl Round {
         }
     }
 
-    /// The next master to try, or `None` when the round is over.
-    pub fn next(&mut self) -> Option<String> {
-        while let Some(m) = self.queue.pop_front() {
-            if !self.tried.contains(&m) {
-                self.tried.push(m.clone());
-                return Some(m);
-            }
-        }
-        None
-    }
-
     /// Master `from` answered `NotLeader` carrying `hint` (from [`leader_hint`]; empty when
     /// it knew no leader). Decides what to do about it; only [`Redirect::Follow`] changes
     /// the round (the leader is tried next).
@@ -266,6 +255,22 @@ impl Round {
     /// The masters this round tried so far, in order.
     pub fn tried(&self) -> &[String] {
         &self.tried
+    }
+}
+
+/// The masters to try, in order: `next` is `None` when the round is over. (Use `while let`
+/// rather than `for`, so that [`Round::follow`] can be called between steps.)
+impl Iterator for Round {
+    type Item = String;
+
+    fn next(&mut self) -> Option<String> {
+        while let Some(m) = self.queue.pop_front() {
+            if !self.tried.contains(&m) {
+                self.tried.push(m.clone());
+                return Some(m);
+            }
+        }
+        None
     }
 }
 
