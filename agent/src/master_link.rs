@@ -3,10 +3,10 @@
 //! The link owns connection management and nothing else: it dials masters in rounds
 //! (following `NotLeader` hints, with the rounds, redirect limit and jittered backoff of
 //! `drover_proto::leader` that the SDK and CLI use too), registers with what the agent
-//! loop hands it, pings, detects silence, and fences stale leaders by term. Everything it receives goes to the agent loop as a
-//! [`LinkEvent`]; everything the agent sends goes through the per-session `outbound`
-//! sender, which dies with its session, so nothing meant for an old session can ever be
-//! sent on a new stream before its registration.
+//! loop hands it, pings, detects silence, and fences stale leaders by term. Everything it
+//! receives goes to the agent loop as a [`LinkEvent`]; everything the agent sends goes
+//! through the per-session `outbound` sender, which dies with its session, so nothing
+//! meant for an old session can ever be sent on a new stream before its registration.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -184,6 +184,9 @@ impl MasterLink {
         let mut preferred: Option<String> = None;
         while !*stop.borrow() {
             let mut round = Round::new(&self.masters, preferred.take().as_deref());
+            // A registered session that ended naming the new leader (the master stepped
+            // down) is followed at once; the backoff is for masters that do not answer.
+            let mut pause = true;
             while let Some(addr) = round.next() {
                 let failure = tokio::select! {
                     _ = stop.changed() => return,
@@ -203,7 +206,8 @@ impl MasterLink {
                     // What this round had left dates from before the session: start a
                     // fresh one, at the leader the master named if it named one.
                     tracing::warn!(master = %addr, "session ended: {}", failure.error);
-                    preferred = hint.filter(|h| !h.is_empty());
+                    preferred = hint.filter(|h| !h.is_empty() && *h != addr);
+                    pause = preferred.is_none();
                     break;
                 }
                 match hint.map(|h| round.follow(&addr, &h)) {
@@ -217,6 +221,9 @@ impl MasterLink {
                         failure.error
                     ),
                 }
+            }
+            if !pause {
+                continue;
             }
             let delay = backoff.next_delay(&mut rand::thread_rng());
             tracing::debug!("next round over the masters in {} ms", delay.as_millis());
