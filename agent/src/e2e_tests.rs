@@ -1,125 +1,36 @@
-//! The whole agent against a fake master (a real tonic server speaking
+//! The whole agent against `drover_testkit`'s fake master (a real tonic server speaking
 //! `AgentMaster.Session`), with real supervisors and real processes.
 
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use drover_proto::pb::{
-    self, agent_master_server::AgentMaster, master_message::Msg, task_status::Reason, TaskState,
-};
+use drover_proto::pb::{self, master_message::Msg, task_status::Reason, TaskState};
 use drover_proto::{FrameworkId, TaskId};
-use tokio::net::TcpListener;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::{TcpListenerStream, UnboundedReceiverStream};
-use tonic::{Request, Response, Status, Streaming};
+use drover_testkit::fake_master::{serve_follower, FakeMaster, FakeMasterOptions};
+use tonic::{Response, Status};
 
 use crate::{Agent, AgentError, Config};
 
-type ToAgent = mpsc::UnboundedSender<Result<pb::MasterMessage, Status>>;
-
-/// Answers registrations and pings by itself; everything the agent sends is forwarded to
-/// the test, and the test can push commands on the current session.
-struct FakeMaster {
-    from_agent: mpsc::UnboundedSender<pb::AgentMessage>,
-    to_agent: Arc<Mutex<Option<ToAgent>>>,
-    term: u64,
-}
-
-#[tonic::async_trait]
-impl AgentMaster for FakeMaster {
-    type SessionStream = UnboundedReceiverStream<Result<pb::MasterMessage, Status>>;
-
-    async fn session(
-        &self,
-        request: Request<Streaming<pb::AgentMessage>>,
-    ) -> Result<Response<Self::SessionStream>, Status> {
-        let mut inbound = request.into_inner();
-        let (tx, rx) = mpsc::unbounded_channel();
-        *self.to_agent.lock().unwrap() = Some(tx.clone());
-        let forward = self.from_agent.clone();
-        let term = self.term;
-        tokio::spawn(async move {
-            while let Ok(Some(msg)) = inbound.message().await {
-                let reply = match &msg.msg {
-                    Some(pb::agent_message::Msg::Register(_)) => {
-                        Some(Msg::Registered(pb::master_message::Registered {
-                            agent_id: Some(pb::AgentId {
-                                value: "agent-1".into(),
-                            }),
-                            ping_interval_seconds: 0.5,
-                        }))
-                    }
-                    Some(pb::agent_message::Msg::Ping(_)) => {
-                        Some(Msg::Pong(pb::master_message::Pong {}))
-                    }
-                    _ => None,
-                };
-                if let Some(reply) = reply {
-                    let _ = tx.send(Ok(pb::MasterMessage {
-                        term,
-                        msg: Some(reply),
-                    }));
-                }
-                if forward.send(msg).is_err() {
-                    break;
-                }
-            }
-        });
-        Ok(Response::new(UnboundedReceiverStream::new(rx)))
-    }
-}
-
-/// A follower: refuses every session with a NotLeader hint.
-struct Follower {
-    leader: String,
-}
-
-#[tonic::async_trait]
-impl AgentMaster for Follower {
-    type SessionStream = UnboundedReceiverStream<Result<pb::MasterMessage, Status>>;
-
-    async fn session(
-        &self,
-        _request: Request<Streaming<pb::AgentMessage>>,
-    ) -> Result<Response<Self::SessionStream>, Status> {
-        Err(drover_proto::leader::not_leader_status(Some(&self.leader)))
-    }
-}
-
-async fn serve<S: AgentMaster>(service: S) -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(pb::agent_master_server::AgentMasterServer::new(service))
-            .serve_with_incoming(TcpListenerStream::new(listener)),
-    );
-    addr
-}
-
+/// The test's side of `drover_testkit`'s fake master (term 2, agent id `agent-1`), with
+/// the acknowledgement bookkeeping these tests share.
 struct Master {
     addr: String,
-    from_agent: mpsc::UnboundedReceiver<pb::AgentMessage>,
-    to_agent: Arc<Mutex<Option<ToAgent>>>,
+    fake: FakeMaster,
     /// Uuids already handed to the test: retries of them are skipped.
     seen: HashSet<Vec<u8>>,
 }
 
 impl Master {
     async fn start() -> Master {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let to_agent = Arc::new(Mutex::new(None));
-        let addr = serve(FakeMaster {
-            from_agent: tx,
-            to_agent: to_agent.clone(),
+        let fake = FakeMaster::start_with(FakeMasterOptions {
+            agent_id: "agent-1".into(),
             term: 2,
+            ..Default::default()
         })
         .await;
         Master {
-            addr,
-            from_agent: rx,
-            to_agent,
+            addr: fake.address().to_string(),
+            fake,
             seen: HashSet::new(),
         }
     }
@@ -127,32 +38,16 @@ impl Master {
     /// Sends on the current session. A session the agent already closed swallows the
     /// message, as a real stream would.
     fn send(&self, term: u64, msg: Msg) {
-        let guard = self.to_agent.lock().unwrap();
-        let tx = guard.as_ref().expect("no session");
-        let _ = tx.send(Ok(pb::MasterMessage {
-            term,
-            msg: Some(msg),
-        }));
+        assert!(self.fake.has_session(), "no session");
+        self.fake.send_at(term, msg);
     }
 
     async fn next(&mut self) -> pb::agent_message::Msg {
-        loop {
-            let msg = tokio::time::timeout(Duration::from_secs(30), self.from_agent.recv())
-                .await
-                .expect("the agent went quiet")
-                .expect("the fake master stopped");
-            match msg.msg {
-                Some(pb::agent_message::Msg::Ping(_)) | None => continue,
-                Some(m) => return m,
-            }
-        }
+        self.fake.next().await
     }
 
     async fn register(&mut self) -> pb::agent_message::Register {
-        match self.next().await {
-            pb::agent_message::Msg::Register(r) => r,
-            other => panic!("expected a registration, got {other:?}"),
-        }
+        self.fake.register().await
     }
 
     async fn update(&mut self) -> (String, pb::TaskStatus) {
@@ -475,10 +370,7 @@ async fn a_restarted_agent_reattaches_and_reports_the_real_exit_status() {
 async fn follows_a_not_leader_hint_and_obeys_a_shutdown() {
     let dir = tempfile::tempdir().unwrap();
     let mut master = Master::start().await;
-    let follower = serve(Follower {
-        leader: master.addr.clone(),
-    })
-    .await;
+    let follower = serve_follower(&master.addr).await;
     let agent = start_agent(&follower, dir.path(), &[]).await;
     master.register().await;
     master.run_task(2, "t", "exec sleep 60");

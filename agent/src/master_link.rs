@@ -1,21 +1,20 @@
 //! The agent's one long-lived stream to the leading master (`AgentMaster.Session`).
 //!
-//! The link owns connection management and nothing else: it dials masters in turn
-//! (following `NotLeader` hints), registers with what the agent loop hands it, pings,
-//! detects silence, fences stale leaders by term, and reconnects with jittered
-//! exponential backoff. Everything it receives goes to the agent loop as a
-//! [`LinkEvent`]; everything the agent sends goes through the per-session `outbound`
-//! sender, which dies with its session, so nothing meant for an old session can ever be
-//! sent on a new stream before its registration.
+//! The link owns connection management and nothing else: it dials masters in rounds
+//! (following `NotLeader` hints, with the rounds, redirect limit and jittered backoff of
+//! `drover_proto::leader` that the SDK and CLI use too), registers with what the agent
+//! loop hands it, pings, detects silence, and fences stale leaders by term. Everything it
+//! receives goes to the agent loop as a [`LinkEvent`]; everything the agent sends goes
+//! through the per-session `outbound` sender, which dies with its session, so nothing
+//! meant for an old session can ever be sent on a new stream before its registration.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use drover_proto::leader::leader_hint;
+use drover_proto::leader::{leader_hint, parse_master_address, Backoff, Round};
 use drover_proto::pb::{self, agent_master_client::AgentMasterClient, master_message::Msg};
 use drover_proto::AgentId;
-use rand::Rng;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_stream::wrappers::UnboundedReceiverStream;
@@ -30,10 +29,6 @@ const REGISTER_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(10);
 /// Silence longer than this many ping intervals means the master or the path is gone.
 const SILENCE_FACTOR: u32 = 3;
-/// Consecutive `NotLeader` hints followed without pause before backing off (two
-/// confused followers could otherwise bounce the agent between them forever).
-const MAX_HINT_HOPS: u32 = 3;
-
 /// What the link tells the agent loop.
 #[derive(Debug)]
 pub enum LinkEvent {
@@ -90,36 +85,6 @@ impl TermFence {
             self.highest = term;
         }
         Ok(true)
-    }
-}
-
-/// Exponential backoff with jitter: each delay is drawn from [d/2, d], then d doubles
-/// up to the cap. The jitter keeps a fleet of agents from reconnecting in lockstep
-/// after a master failover.
-#[derive(Debug, Clone)]
-pub struct Backoff {
-    initial: Duration,
-    max: Duration,
-    current: Duration,
-}
-
-impl Backoff {
-    pub fn new(initial: Duration, max: Duration) -> Self {
-        Backoff {
-            initial,
-            max,
-            current: initial,
-        }
-    }
-
-    pub fn next_delay(&mut self, rng: &mut impl Rng) -> Duration {
-        let d = self.current;
-        self.current = (self.current * 2).min(self.max);
-        d.mul_f64(rng.gen_range(0.5..=1.0))
-    }
-
-    pub fn reset(&mut self) {
-        self.current = self.initial;
     }
 }
 
@@ -191,6 +156,13 @@ fn uri(addr: &str) -> String {
 
 impl MasterLink {
     pub fn new(masters: Vec<String>, fence: TermFence, events: mpsc::Sender<LinkEvent>) -> Self {
+        // Normalised as leader hints are, so a round recognises a hint naming a master of
+        // the list; an address the parser refuses (such as an `https://` one) is kept as
+        // given and dialled as it is.
+        let masters = masters
+            .into_iter()
+            .map(|m| parse_master_address(&m).unwrap_or(m))
+            .collect();
         MasterLink {
             masters,
             fence,
@@ -207,46 +179,54 @@ impl MasterLink {
 
     /// Runs until `stop` turns true or the agent loop goes away.
     pub async fn run(mut self, mut stop: watch::Receiver<bool>) {
-        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
-        let mut next = 0usize;
-        let mut hint: Option<String> = None;
-        let mut hops = 0;
+        let mut backoff = Backoff::default();
+        // Where the next round starts: a leader named when a registered session ended.
+        let mut preferred: Option<String> = None;
         while !*stop.borrow() {
-            let addr = hint.take().unwrap_or_else(|| {
-                next = next.wrapping_add(1);
-                self.masters[(next - 1) % self.masters.len()].clone()
-            });
-            let failure = tokio::select! {
-                _ = stop.changed() => return,
-                f = self.session(&addr) => f,
-            };
-            let Some(failure) = failure else { return };
-            if failure.registered {
-                backoff.reset();
-                let event = LinkEvent::Disconnected {
-                    master: addr.clone(),
-                    error: failure.error.clone(),
+            let mut round = Round::new(&self.masters, preferred.take().as_deref());
+            // A registered session that ended naming the new leader (the master stepped
+            // down) is followed at once; the backoff is for masters that do not answer.
+            let mut pause = true;
+            while let Some(addr) = round.next() {
+                let failure = tokio::select! {
+                    _ = stop.changed() => return,
+                    f = self.session(&addr) => f,
                 };
-                if self.events.send(event).await.is_err() {
-                    return;
+                let Some(failure) = failure else { return };
+                let hint = failure.leader_hint.clone();
+                if failure.registered {
+                    backoff.reset();
+                    let event = LinkEvent::Disconnected {
+                        master: addr.clone(),
+                        error: failure.error.clone(),
+                    };
+                    if self.events.send(event).await.is_err() {
+                        return;
+                    }
+                    // What this round had left dates from before the session: start a
+                    // fresh one, at the leader the master named if it named one.
+                    tracing::warn!(master = %addr, "session ended: {}", failure.error);
+                    preferred = hint.filter(|h| !h.is_empty() && *h != addr);
+                    pause = preferred.is_none();
+                    break;
+                }
+                match hint.map(|h| round.follow(&addr, &h)) {
+                    Some(redirect) if redirect.followed() => {
+                        tracing::info!(master = %addr, ?redirect, "not the leader; following the hint");
+                    }
+                    redirect => tracing::warn!(
+                        master = %addr,
+                        ?redirect,
+                        "session failed: {}",
+                        failure.error
+                    ),
                 }
             }
-            match failure.leader_hint.filter(|h| !h.is_empty() && *h != addr) {
-                Some(leader) if hops < MAX_HINT_HOPS => {
-                    tracing::info!(master = %addr, leader = %leader, "not the leader; following the hint");
-                    hops += 1;
-                    hint = Some(leader);
-                    continue;
-                }
-                _ => hops = 0,
+            if !pause {
+                continue;
             }
             let delay = backoff.next_delay(&mut rand::thread_rng());
-            tracing::warn!(
-                master = %addr,
-                "session failed: {}; retrying in {} ms",
-                failure.error,
-                delay.as_millis()
-            );
+            tracing::debug!("next round over the masters in {} ms", delay.as_millis());
             tokio::select! {
                 _ = stop.changed() => return,
                 _ = tokio::time::sleep(delay) => {}
@@ -415,7 +395,6 @@ impl MasterLink {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rand::SeedableRng;
 
     #[test]
     fn fence_rejects_older_terms_and_persists_the_highest() {
@@ -430,20 +409,6 @@ mod tests {
         assert_eq!(again.highest(), 5);
         assert!(!again.admit(3).unwrap());
         assert!(again.admit(6).unwrap());
-    }
-
-    #[test]
-    fn backoff_doubles_with_jitter_up_to_the_cap() {
-        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
-        let mut b = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
-        let mut ceiling = Duration::from_millis(200);
-        for _ in 0..20 {
-            let d = b.next_delay(&mut rng);
-            assert!(d >= ceiling / 2 && d <= ceiling, "{d:?} vs {ceiling:?}");
-            ceiling = (ceiling * 2).min(Duration::from_secs(5));
-        }
-        b.reset();
-        assert!(b.next_delay(&mut rng) <= Duration::from_millis(200));
     }
 
     #[test]

@@ -1,77 +1,23 @@
 //! The `drover-agent` binary as operators run it: a separate process, killed with
-//! SIGKILL and restarted, against a fake master served by the test.
+//! SIGKILL and restarted, against `drover_testkit`'s fake master.
 
 use std::collections::HashSet;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use drover_agent::containerizer::linux::cgroups::{work_dir_tag, Hierarchies};
 use drover_agent::containerizer::linux::ContainerCheckpoint;
 use drover_agent::procfs;
 use drover_agent::supervisor::records::SupervisorClaim;
-use drover_proto::pb::{self, agent_master_server::AgentMaster, master_message::Msg, TaskState};
+use drover_proto::pb::{self, master_message::Msg, TaskState};
 use drover_proto::{FrameworkId, TaskId};
-use tokio::net::TcpListener;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::{TcpListenerStream, UnboundedReceiverStream};
-use tonic::{Request, Response, Status, Streaming};
+use drover_testkit::fake_master::{FakeMaster, FakeMasterOptions};
 
-type ToAgent = mpsc::UnboundedSender<Result<pb::MasterMessage, Status>>;
-
-struct FakeMaster {
-    from_agent: mpsc::UnboundedSender<pb::AgentMessage>,
-    to_agent: Arc<Mutex<Option<ToAgent>>>,
-}
-
-#[tonic::async_trait]
-impl AgentMaster for FakeMaster {
-    type SessionStream = UnboundedReceiverStream<Result<pb::MasterMessage, Status>>;
-
-    async fn session(
-        &self,
-        request: Request<Streaming<pb::AgentMessage>>,
-    ) -> Result<Response<Self::SessionStream>, Status> {
-        let mut inbound = request.into_inner();
-        let (tx, rx) = mpsc::unbounded_channel();
-        *self.to_agent.lock().unwrap() = Some(tx.clone());
-        let forward = self.from_agent.clone();
-        tokio::spawn(async move {
-            while let Ok(Some(msg)) = inbound.message().await {
-                let reply = match &msg.msg {
-                    Some(pb::agent_message::Msg::Register(_)) => {
-                        Some(Msg::Registered(pb::master_message::Registered {
-                            agent_id: Some(pb::AgentId {
-                                value: "agent-bin".into(),
-                            }),
-                            ping_interval_seconds: 0.5,
-                        }))
-                    }
-                    Some(pb::agent_message::Msg::Ping(_)) => {
-                        Some(Msg::Pong(pb::master_message::Pong {}))
-                    }
-                    _ => None,
-                };
-                if let Some(reply) = reply {
-                    let _ = tx.send(Ok(pb::MasterMessage {
-                        term: 1,
-                        msg: Some(reply),
-                    }));
-                }
-                if forward.send(msg).is_err() {
-                    break;
-                }
-            }
-        });
-        Ok(Response::new(UnboundedReceiverStream::new(rx)))
-    }
-}
-
+/// The test's side of `drover_testkit`'s fake master (term 1, agent id `agent-bin`).
 struct Master {
     addr: String,
-    from_agent: mpsc::UnboundedReceiver<pb::AgentMessage>,
-    to_agent: Arc<Mutex<Option<ToAgent>>>,
+    fake: FakeMaster,
     /// Delivery is at least once (an ack may be lost with a killed agent): repeats of
     /// uuids already seen are acknowledged again and skipped.
     seen: HashSet<Vec<u8>>,
@@ -79,55 +25,29 @@ struct Master {
 
 impl Master {
     async fn start() -> Master {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let to_agent = Arc::new(Mutex::new(None));
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
-        tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(pb::agent_master_server::AgentMasterServer::new(
-                    FakeMaster {
-                        from_agent: tx,
-                        to_agent: to_agent.clone(),
-                    },
-                ))
-                .serve_with_incoming(TcpListenerStream::new(listener)),
-        );
+        let fake = FakeMaster::start_with(FakeMasterOptions {
+            agent_id: "agent-bin".into(),
+            term: 1,
+            ..Default::default()
+        })
+        .await;
         Master {
-            addr,
-            from_agent: rx,
-            to_agent,
+            addr: fake.address().to_string(),
+            fake,
             seen: HashSet::new(),
         }
     }
 
     fn send(&self, msg: Msg) {
-        if let Some(tx) = self.to_agent.lock().unwrap().as_ref() {
-            let _ = tx.send(Ok(pb::MasterMessage {
-                term: 1,
-                msg: Some(msg),
-            }));
-        }
+        self.fake.send(msg);
     }
 
     async fn next(&mut self) -> pb::agent_message::Msg {
-        loop {
-            let msg = tokio::time::timeout(Duration::from_secs(30), self.from_agent.recv())
-                .await
-                .expect("the agent went quiet")
-                .expect("the fake master stopped");
-            match msg.msg {
-                Some(pb::agent_message::Msg::Ping(_)) | None => continue,
-                Some(m) => return m,
-            }
-        }
+        self.fake.next().await
     }
 
     async fn register(&mut self) -> pb::agent_message::Register {
-        match self.next().await {
-            pb::agent_message::Msg::Register(r) => r,
-            other => panic!("expected a registration, got {other:?}"),
-        }
+        self.fake.register().await
     }
 
     /// The next new update, acknowledged.
@@ -354,14 +274,12 @@ impl Drop for Sweep {
 
 /// Waits (bounded) until `cond` holds.
 fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while !cond() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "never happened: {what}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    drover_testkit::wait_until(
+        what,
+        Duration::from_secs(30),
+        Duration::from_millis(20),
+        || cond().then_some(()),
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -736,7 +654,7 @@ async fn docker_linux_and_process_tasks_survive_kill_9_and_nothing_is_orphaned()
     unsafe { libc::kill(agent.0.id() as i32, libc::SIGTERM) };
     let mut agent = agent;
     assert!(agent.0.wait().unwrap().success());
-    while let Ok(msg) = master.from_agent.try_recv() {
+    while let Some(msg) = master.fake.try_next() {
         if let Some(pb::agent_message::Msg::StatusUpdate(u)) = msg.msg {
             let s = u.status.unwrap();
             assert!(

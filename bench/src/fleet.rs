@@ -16,10 +16,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use drover_proto::leader::{Backoff, Round};
 use drover_proto::pb::{
     self, agent_master_client::AgentMasterClient, agent_message, master_message,
 };
 use drover_proto::{AgentId, FrameworkId};
+use rand::rngs::StdRng;
+use rand::SeedableRng;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
@@ -126,9 +129,6 @@ struct SimAgent {
     stats: Arc<FleetStats>,
     conns: Arc<Connections>,
     agent_id: Option<AgentId>,
-    /// Where to dial next (a leader hint, else the next master in the list).
-    next: String,
-    rotation: usize,
     tasks: HashMap<String, RunningTask>,
     /// Updates not yet acknowledged, by uuid.
     unacked: HashMap<Vec<u8>, pb::agent_message::StatusUpdate>,
@@ -150,15 +150,12 @@ impl SimAgent {
         stats: Arc<FleetStats>,
         conns: Arc<Connections>,
     ) -> Self {
-        let next = cfg.masters[index % cfg.masters.len()].clone();
         Self {
             index,
             cfg,
             stats,
             conns,
             agent_id: None,
-            next,
-            rotation: index,
             tasks: HashMap::new(),
             unacked: HashMap::new(),
             highest_term: 0,
@@ -183,38 +180,34 @@ impl SimAgent {
         }
     }
 
+    /// Dials the masters in the rounds of `drover_proto::leader`, like the real agent: a
+    /// named leader is followed at once (a bounded number of times per round), and rounds
+    /// that found no leader are separated by the shared jittered backoff.
     async fn run(mut self) {
-        let mut backoff = Duration::from_millis(100);
-        let mut hops = 0;
+        let mut backoff = Backoff::default();
+        // Seeded per agent, so a run is repeatable and agents still draw different delays.
+        let mut rng = StdRng::seed_from_u64(self.index as u64);
+        // Each agent starts at its own master, spreading the fleet over them.
+        let mut preferred = Some(self.cfg.masters[self.index % self.cfg.masters.len()].clone());
         loop {
-            let addr = self.next.clone();
-            self.was_registered = false;
-            let ended = self.session(&addr).await;
-            if self.was_registered {
-                // A session that worked starts the next one from the shortest pause.
-                backoff = Duration::from_millis(100);
-            }
-            match ended {
-                Ok(()) => {}
-                Err(Some(leader)) if hops < 3 && leader != addr => {
-                    // Follow a named leader at once, like the real agent (a few hops at most,
-                    // so two confused masters cannot bounce us for ever).
-                    hops += 1;
-                    self.next = leader;
-                    continue;
+            let mut round = Round::new(&self.cfg.masters, preferred.take().as_deref());
+            while let Some(addr) = round.next() {
+                self.was_registered = false;
+                let ended = self.session(&addr).await;
+                if self.was_registered {
+                    // A session that worked starts the next round from the shortest pause.
+                    backoff.reset();
                 }
-                Err(_) => {
-                    hops = 0;
+                let followed = match ended {
+                    Err(Some(hint)) => round.follow(&addr, &hint).followed(),
+                    _ => false,
+                };
+                if !followed {
                     self.stats.reconnects.fetch_add(1, Ordering::Relaxed);
-                    self.rotation += 1;
-                    self.next = self.cfg.masters[self.rotation % self.cfg.masters.len()].clone();
                     self.conns.forget(self.group(), &addr);
-                    // Jitter keeps thousands of agents from reconnecting in lockstep.
-                    let jitter = Duration::from_millis((self.index % 97) as u64 * 5);
-                    tokio::time::sleep(backoff + jitter).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(3));
                 }
             }
+            tokio::time::sleep(backoff.next_delay(&mut rng)).await;
         }
     }
 

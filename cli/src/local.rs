@@ -15,9 +15,10 @@
 //! ```
 //!
 //! Submodules: `plan` decides which programs run with which flags, ports and folders
-//! (a pure function of the arguments); `daemon` spawns, watches and stops the processes.
+//! (a pure function of the arguments); `drover_testkit::daemon` spawns, watches and
+//! stops the processes (shared with the multi-process tests, which start daemons the
+//! same way).
 
-mod daemon;
 mod plan;
 
 use std::fs::{self, File, OpenOptions};
@@ -31,7 +32,7 @@ use drover_proto::{pb, Resources};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
 use crate::masters::Masters;
-use daemon::Daemon;
+use drover_testkit::daemon::{self, Daemon};
 use plan::{Plan, MAX_AGENTS, MAX_MASTERS};
 
 /// `drover local` flags.
@@ -137,7 +138,7 @@ pub async fn run(args: LocalArgs) -> Result<i32> {
         if args.agents == 1 { "" } else { "s" },
         data_dir.display()
     );
-    // Spawned here, on the task `main` blocks on (the main thread): see daemon.rs for why
+    // Spawned here, on the task `main` blocks on (the main thread): see drover_testkit::daemon for why
     // the thread matters to the parent-death signal.
     let mut daemons: Vec<Daemon> = Vec::new();
     for spec in plan.specs() {
@@ -145,7 +146,7 @@ pub async fn run(args: LocalArgs) -> Result<i32> {
             Ok(d) => daemons.push(d),
             Err(e) => {
                 shutdown(&mut daemons, plan.masters.len(), &mut signals).await;
-                return Err(e);
+                return Err(e.into());
             }
         }
     }

@@ -2,25 +2,28 @@
 //! redirects to the leader, and turn "nobody answered" into an error a person can act on.
 //!
 //! Only the leader serves the operator API; a follower answers `UNAVAILABLE` with a
-//! `NotLeader` detail naming the leader (see `drover_proto::leader`). A call therefore
-//! walks the configured addresses in order, jumps to the named leader whenever one is
-//! named (a bounded number of times, so two confused masters pointing at each other
-//! cannot loop forever), and, while an election is in progress (no leader named
-//! anywhere), waits a moment and makes a few more passes.
+//! `NotLeader` detail naming the leader. A call works in the rounds of
+//! `drover_proto::leader`, the rules the SDK and the agent follow too: the master that
+//! answered last first, then every `--master` address, jumping to a named leader (at most
+//! three times a round, never back to a master already tried, so two confused masters
+//! naming each other cannot loop). While an election is under way (no leader known, or a
+//! leader still taking office) it makes a few more rounds with the shared jittered
+//! backoff in between; a redirect loop that outlasts them ends in an error naming it.
 
-use std::collections::VecDeque;
 use std::fmt::Write as _;
 use std::future::Future;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Result};
-use drover_proto::leader::leader_hint;
+use drover_proto::leader::{leader_hint, parse_master_list, Backoff, Redirect, Round};
 use drover_proto::pb::operator_client::OperatorClient;
 use tonic::transport::{Channel, Endpoint};
 
-/// Leader redirects followed by one call before giving up.
-const MAX_REDIRECTS: usize = 5;
+/// Rounds after the first made while an election is under way: with the shared backoff
+/// (200 ms doubling, jittered) they wait about 3 to 6 s in all, enough for an election
+/// and a new leader taking office on a loaded machine.
+const ELECTION_RETRIES: usize = 5;
 /// How long to wait for a TCP connection to one master.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long one operator call may take. Generous: `GetState` of a large cluster is big.
@@ -28,8 +31,6 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// Largest response accepted. tonic's default of 4 MiB is too small for `GetState` of a
 /// cluster with tens of thousands of tasks.
 const MAX_RESPONSE_BYTES: usize = 256 * 1024 * 1024;
-/// Pause between passes over the masters while no leader is elected.
-const ELECTION_BACKOFF: Duration = Duration::from_millis(700);
 
 /// The masters of one cluster, as given by `--master`.
 #[derive(Debug)]
@@ -57,28 +58,23 @@ enum Outcome {
     NoLeaderKnown,
     /// A follower that named the leader (followed).
     Redirected(String),
+    /// A follower that named a leader this round had already tried, or one past the
+    /// round's redirect limit: not followed.
+    Looped(String),
 }
 
 impl Masters {
-    /// Parses the `--master` list: `HOST:PORT` entries, optionally with an `http://`
-    /// scheme; blanks (from `a,,b` or a trailing comma) are dropped.
+    /// Parses the `--master` list: `HOST:PORT` entries (a missing port means 5050),
+    /// optionally with an `http://` scheme; blanks (from `a,,b` or a trailing comma) and
+    /// duplicates are dropped.
     pub fn new(addresses: Vec<String>) -> Result<Self> {
-        let mut out: Vec<String> = Vec::new();
-        for a in addresses.iter().map(|a| a.trim()).filter(|a| !a.is_empty()) {
-            let a = display_address(a);
-            if a.is_empty() || a.contains(char::is_whitespace) {
-                bail!("'{a}' is not a master address; expected HOST:PORT");
-            }
-            if !out.contains(&a) {
-                out.push(a);
-            }
-        }
+        let out = parse_master_list(&addresses)?;
         if out.is_empty() {
             bail!("no master address given; pass --master HOST:PORT or set DROVER_MASTER");
         }
         Ok(Masters {
             addresses: out,
-            election_retries: 3,
+            election_retries: ELECTION_RETRIES,
             leader: Mutex::new(None),
         })
     }
@@ -103,19 +99,21 @@ impl Masters {
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         let mut attempts: Vec<Attempt> = Vec::new();
+        let mut backoff = Backoff::default();
         for pass in 0..=self.election_retries {
             if pass > 0 {
-                tokio::time::sleep(ELECTION_BACKOFF).await;
+                tokio::time::sleep(backoff.next_delay(&mut rand::thread_rng())).await;
             }
             attempts.clear();
-            match self.one_pass(&call, &mut attempts).await? {
+            match self.one_round(&call, &mut attempts).await? {
                 Some(value) => return Ok(value),
+                // An election is probably under way (or masters with stale views name
+                // each other): worth another round.
                 None if attempts
                     .iter()
-                    .any(|a| matches!(a.outcome, Outcome::NoLeaderKnown)) =>
+                    .any(|a| matches!(a.outcome, Outcome::NoLeaderKnown | Outcome::Looped(_))) =>
                 {
-                    // An election is probably under way: worth another pass.
-                    continue;
+                    continue
                 }
                 None => break,
             }
@@ -123,29 +121,19 @@ impl Masters {
         Err(no_master_error(&self.addresses, &attempts))
     }
 
-    /// One pass over the cached leader and every configured master. `Ok(None)` when none
+    /// One round over the cached leader and every configured master. `Ok(None)` when none
     /// served the call (reasons in `attempts`); `Err` for a real answer that is an error
-    /// (such as INVALID_ARGUMENT) or a redirect loop.
-    async fn one_pass<T, F, Fut>(&self, call: &F, attempts: &mut Vec<Attempt>) -> Result<Option<T>>
+    /// (such as INVALID_ARGUMENT).
+    async fn one_round<T, F, Fut>(&self, call: &F, attempts: &mut Vec<Attempt>) -> Result<Option<T>>
     where
         F: Fn(OperatorClient<Channel>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
-        let cached = self.lock_leader().clone();
-        let mut queue: VecDeque<(String, Option<Channel>)> = VecDeque::new();
-        if let Some((address, channel)) = cached {
-            queue.push_back((address, Some(channel)));
-        }
-        for a in &self.addresses {
-            if !queue.iter().any(|(q, _)| q == a) {
-                queue.push_back((a.clone(), None));
-            }
-        }
-
-        let mut redirects = 0;
-        while let Some((address, channel)) = queue.pop_front() {
-            let channel = match channel {
-                Some(c) => c,
+        let mut cached = self.lock_leader().clone();
+        let mut round = Round::new(&self.addresses, cached.as_ref().map(|(a, _)| a.as_str()));
+        while let Some(address) = round.next() {
+            let channel = match cached.take_if(|(a, _)| *a == address) {
+                Some((_, c)) => c,
                 None => match connect(&address).await {
                     Ok(c) => c,
                     Err(why) => {
@@ -168,46 +156,26 @@ impl Masters {
             };
             // Whatever went wrong, this master is not a leader we can use right now.
             self.forget_leader(&address);
-            match leader_hint(&status) {
+            let outcome = match leader_hint(&status).map(|h| round.follow(&address, &h)) {
+                Some(Redirect::Follow(leader)) => Outcome::Redirected(leader),
                 // A master naming itself was just elected and is still taking office
                 // (applying what its term committed before it serves): like an election
-                // under way, worth another pass after the backoff, not a redirect to
-                // follow at once (five of those take a few milliseconds).
-                Some(leader) if display_address(&leader) == address => attempts.push(Attempt {
-                    address,
-                    outcome: Outcome::NoLeaderKnown,
-                }),
-                Some(leader) if !leader.is_empty() => {
-                    redirects += 1;
-                    if redirects > MAX_REDIRECTS {
-                        bail!(
-                            "gave up after following {MAX_REDIRECTS} leader redirects (last: \
-                             {address} named {leader}); the masters may be in the middle of \
-                             an election, try again in a moment"
-                        );
-                    }
-                    let leader = display_address(&leader);
-                    attempts.push(Attempt {
-                        address,
-                        outcome: Outcome::Redirected(leader.clone()),
-                    });
-                    queue.retain(|(q, _)| *q != leader);
-                    queue.push_front((leader, None));
+                // under way, worth another round after the backoff.
+                Some(Redirect::NoLeaderKnown | Redirect::TakingOffice) => Outcome::NoLeaderKnown,
+                Some(Redirect::AlreadyTried(leader) | Redirect::LimitReached(leader)) => {
+                    Outcome::Looped(leader)
                 }
-                Some(_) => attempts.push(Attempt {
-                    address,
-                    outcome: Outcome::NoLeaderKnown,
-                }),
-                None if is_unreachable(&status) => attempts.push(Attempt {
-                    address,
-                    outcome: Outcome::Unreachable(status_text(&status)),
-                }),
+                Some(Redirect::Unusable(hint)) => {
+                    Outcome::Unreachable(format!("not the leader; named '{hint}' as leader"))
+                }
+                None if is_unreachable(&status) => Outcome::Unreachable(status_text(&status)),
                 None => bail!(
                     "master {address} answered {:?}: {}",
                     status.code(),
                     status.message()
                 ),
-            }
+            };
+            attempts.push(Attempt { address, outcome });
         }
         Ok(None)
     }
@@ -224,16 +192,6 @@ impl Masters {
         // single assignment), so a poisoned lock is still usable.
         self.leader.lock().unwrap_or_else(|p| p.into_inner())
     }
-}
-
-/// An address without its `http://` scheme, as people write it and as the error
-/// messages show it.
-fn display_address(address: &str) -> String {
-    address
-        .trim()
-        .trim_start_matches("http://")
-        .trim_end_matches('/')
-        .to_string()
 }
 
 async fn connect(address: &str) -> Result<Channel, String> {
@@ -283,7 +241,16 @@ fn no_master_error(addresses: &[String], attempts: &[Attempt]) -> anyhow::Error 
     let electing = attempts
         .iter()
         .any(|a| matches!(a.outcome, Outcome::NoLeaderKnown));
-    let mut text = if electing {
+    let looping = attempts
+        .iter()
+        .any(|a| matches!(a.outcome, Outcome::Looped(_)));
+    let mut text = if looping && !electing {
+        format!(
+            "gave up following leader redirects among the Drover masters at {list}: they \
+             name each other as leader; the masters may be in the middle of an election, \
+             try again in a moment"
+        )
+    } else if electing {
         format!(
             "no leader is elected among the Drover masters at {list}; if the cluster was just \
              started, try again in a moment"
@@ -296,6 +263,9 @@ fn no_master_error(addresses: &[String], attempts: &[Attempt]) -> anyhow::Error 
             Outcome::Unreachable(why) => why.clone(),
             Outcome::NoLeaderKnown => "not the leader, and knows no leader yet".to_string(),
             Outcome::Redirected(leader) => format!("not the leader; named {leader} as leader"),
+            Outcome::Looped(leader) => {
+                format!("not the leader; named {leader} as leader, which was already asked")
+            }
         };
         let _ = write!(text, "\n  {}: {why}", a.address);
     }
@@ -305,179 +275,10 @@ fn no_master_error(addresses: &[String], attempts: &[Attempt]) -> anyhow::Error 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use drover_proto::leader::not_leader_status;
-    use drover_proto::pb::operator_server::{Operator, OperatorServer};
+    use drover_proto::leader::MAX_REDIRECTS_PER_ROUND;
     use drover_proto::pb::*;
+    use drover_testkit::FakeOperator;
     use tokio::net::TcpListener;
-    use tokio_stream::wrappers::TcpListenerStream;
-    use tonic::{Request, Response, Status};
-
-    /// The smallest stand-in for `drover_proto`'s operator service: a leader that answers
-    /// `GetHealth`, or a follower that answers `NotLeader` with a fixed hint.
-    struct FakeMaster {
-        /// `None`: leader. `Some(hint)`: follower naming `hint` ("" for no leader known).
-        follower_of: Option<String>,
-        address: String,
-        /// A leader taking office: this many calls answer "not the leader" naming itself.
-        taking_office: std::sync::atomic::AtomicUsize,
-    }
-
-    /// Every call other than `GetHealth` answers like the rest of a follower or leader
-    /// would; the tests only use `GetHealth` and `GetTasks`.
-    #[tonic::async_trait]
-    impl Operator for FakeMaster {
-        async fn get_health(
-            &self,
-            _: Request<GetHealthRequest>,
-        ) -> Result<Response<GetHealthResponse>, Status> {
-            use std::sync::atomic::Ordering;
-            let taking_office = self
-                .taking_office
-                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-                .is_ok();
-            if taking_office {
-                return Err(not_leader_status(Some(&self.address)));
-            }
-            match &self.follower_of {
-                Some(hint) => Err(not_leader_status(Some(hint))),
-                None => Ok(Response::new(GetHealthResponse {
-                    healthy: true,
-                    leader: true,
-                    master_info: None,
-                    leader_address: self.address.clone(),
-                    ..Default::default()
-                })),
-            }
-        }
-        async fn get_state(
-            &self,
-            _: Request<GetStateRequest>,
-        ) -> Result<Response<GetStateResponse>, Status> {
-            Err(Status::unimplemented("test"))
-        }
-        async fn get_agents(
-            &self,
-            _: Request<GetAgentsRequest>,
-        ) -> Result<Response<GetAgentsResponse>, Status> {
-            Err(Status::unimplemented("test"))
-        }
-        async fn get_frameworks(
-            &self,
-            _: Request<GetFrameworksRequest>,
-        ) -> Result<Response<GetFrameworksResponse>, Status> {
-            Err(Status::unimplemented("test"))
-        }
-        async fn get_tasks(
-            &self,
-            _: Request<GetTasksRequest>,
-        ) -> Result<Response<GetTasksResponse>, Status> {
-            Err(Status::invalid_argument("bad filter"))
-        }
-        async fn get_roles(
-            &self,
-            _: Request<GetRolesRequest>,
-        ) -> Result<Response<GetRolesResponse>, Status> {
-            Err(Status::unimplemented("test"))
-        }
-        async fn get_metrics(
-            &self,
-            _: Request<GetMetricsRequest>,
-        ) -> Result<Response<GetMetricsResponse>, Status> {
-            Err(Status::unimplemented("test"))
-        }
-        async fn update_weights(
-            &self,
-            _: Request<UpdateWeightsRequest>,
-        ) -> Result<Response<UpdateWeightsResponse>, Status> {
-            Err(Status::unimplemented("test"))
-        }
-        async fn update_quota(
-            &self,
-            _: Request<UpdateQuotaRequest>,
-        ) -> Result<Response<UpdateQuotaResponse>, Status> {
-            Err(Status::unimplemented("test"))
-        }
-        async fn get_maintenance(
-            &self,
-            _: Request<GetMaintenanceRequest>,
-        ) -> Result<Response<GetMaintenanceResponse>, Status> {
-            Err(Status::unimplemented("test"))
-        }
-        async fn update_maintenance(
-            &self,
-            _: Request<UpdateMaintenanceRequest>,
-        ) -> Result<Response<UpdateMaintenanceResponse>, Status> {
-            Err(Status::unimplemented("test"))
-        }
-        async fn reserve_resources(
-            &self,
-            _: Request<ReserveResourcesRequest>,
-        ) -> Result<Response<ReserveResourcesResponse>, Status> {
-            Err(Status::unimplemented("test"))
-        }
-        async fn unreserve_resources(
-            &self,
-            _: Request<UnreserveResourcesRequest>,
-        ) -> Result<Response<UnreserveResourcesResponse>, Status> {
-            Err(Status::unimplemented("test"))
-        }
-        async fn create_volumes(
-            &self,
-            _: Request<CreateVolumesRequest>,
-        ) -> Result<Response<CreateVolumesResponse>, Status> {
-            Err(Status::unimplemented("test"))
-        }
-        async fn destroy_volumes(
-            &self,
-            _: Request<DestroyVolumesRequest>,
-        ) -> Result<Response<DestroyVolumesResponse>, Status> {
-            Err(Status::unimplemented("test"))
-        }
-        async fn teardown_framework(
-            &self,
-            _: Request<TeardownFrameworkRequest>,
-        ) -> Result<Response<TeardownFrameworkResponse>, Status> {
-            Err(Status::unimplemented("test"))
-        }
-        async fn list_masters(
-            &self,
-            _: Request<ListMastersRequest>,
-        ) -> Result<Response<ListMastersResponse>, Status> {
-            Err(Status::unimplemented("test"))
-        }
-        async fn add_master(
-            &self,
-            _: Request<AddMasterRequest>,
-        ) -> Result<Response<AddMasterResponse>, Status> {
-            Err(Status::unimplemented("test"))
-        }
-        async fn remove_master(
-            &self,
-            _: Request<RemoveMasterRequest>,
-        ) -> Result<Response<RemoveMasterResponse>, Status> {
-            Err(Status::unimplemented("test"))
-        }
-        async fn transfer_leadership(
-            &self,
-            _: Request<TransferLeadershipRequest>,
-        ) -> Result<Response<TransferLeadershipResponse>, Status> {
-            Err(Status::unimplemented("test"))
-        }
-        type BackupStream = futures::stream::Empty<Result<BackupChunk, Status>>;
-        async fn backup(
-            &self,
-            _: Request<BackupRequest>,
-        ) -> Result<Response<Self::BackupStream>, Status> {
-            Err(Status::unimplemented("test"))
-        }
-        type SubscribeStream = futures::stream::Empty<Result<OperatorEvent, Status>>;
-        async fn subscribe(
-            &self,
-            _: Request<OperatorSubscribeRequest>,
-        ) -> Result<Response<Self::SubscribeStream>, Status> {
-            Err(Status::unimplemented("test"))
-        }
-    }
 
     /// Binds port 0 first so the test knows its address before choosing hints.
     async fn bind() -> (TcpListener, String) {
@@ -486,6 +287,7 @@ mod tests {
         (listener, address)
     }
 
+    /// Serves a leader (`follower_of` `None`) or a follower naming `follower_of`.
     fn serve(listener: TcpListener, address: String, follower_of: Option<String>) {
         serve_taking_office(listener, address, follower_of, 0);
     }
@@ -496,16 +298,11 @@ mod tests {
         follower_of: Option<String>,
         calls: usize,
     ) {
-        let service = OperatorServer::new(FakeMaster {
-            follower_of,
-            address,
-            taking_office: calls.into(),
-        });
-        tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(service)
-                .serve_with_incoming(TcpListenerStream::new(listener)),
-        );
+        let fake = match follower_of {
+            None => FakeOperator::leader(&address),
+            Some(leader) => FakeOperator::follower(&address, &leader),
+        };
+        fake.taking_office(calls).spawn(listener);
     }
 
     /// An address nothing listens on: bound, then closed.
@@ -537,13 +334,12 @@ mod tests {
 
     #[tokio::test]
     async fn a_leader_taking_office_is_waited_for_not_given_up_on() {
-        // More calls than redirects are followed in one pass: following them at once
-        // would give up; waiting between passes reaches the leader once it serves.
+        // More "not the leader" answers naming itself than redirects are followed in one
+        // round: following them at once would give up; waiting between rounds reaches
+        // the leader once it serves.
         let (listener, a) = bind().await;
-        serve_taking_office(listener, a.clone(), None, MAX_REDIRECTS + 1);
-        let masters = Masters::new(vec![a.clone()])
-            .unwrap()
-            .with_election_retries(MAX_REDIRECTS + 2);
+        serve_taking_office(listener, a.clone(), None, MAX_REDIRECTS_PER_ROUND + 1);
+        let masters = Masters::new(vec![a.clone()]).unwrap();
         let answer = health(&masters).await.unwrap();
         assert_eq!(answer.leader_address, a);
     }
@@ -594,7 +390,10 @@ mod tests {
             .await
             .unwrap_err()
             .to_string();
-        assert!(error.contains("InvalidArgument: bad filter"), "{error}");
+        assert!(
+            error.contains("Unimplemented: not in the fake master"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //! `drover local` starts `drover-master` and `drover-agent` from its own folder, so each
 //! test copies `drover` into a temporary folder next to stand-ins: the agents are shell
 //! scripts that sleep, and the master is this very test binary re-executed to run the
-//! ignored test [`fake_master`], a small operator service reporting every agent ACTIVE.
+//! ignored test [`fake_master`], `drover_testkit`'s operator service reporting every agent
+//! ACTIVE.
 //! That way these tests need neither the real daemons nor the ports of a real cluster
 //! other than the agents' fixed ones.
 
@@ -16,6 +17,9 @@ use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+use drover_proto::pb;
+use drover_proto::resources::scalar;
 
 /// `drover local` uses fixed agent ports, so the tests that start it take turns.
 static LOCAL_CLUSTER: Mutex<()> = Mutex::new(());
@@ -369,186 +373,22 @@ async fn fake_master() {
     println!("fake master serving on {listen}");
     let mut term =
         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).unwrap();
-    let server = tonic::transport::Server::builder()
-        .add_service(fake::service(&listen, agents))
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
-            async move {
-                term.recv().await;
-            },
-        );
-    server.await.unwrap();
-    std::process::exit(0);
-}
-
-mod fake {
-    use drover_proto::pb::operator_server::{Operator, OperatorServer};
-    use drover_proto::pb::*;
-    use drover_proto::resources::scalar;
-    use tonic::{Request, Response, Status};
-
-    pub struct FakeMaster {
-        info: MasterInfo,
-        agents: Vec<AgentSummary>,
-    }
-
-    pub fn service(listen: &str, agents: u16) -> OperatorServer<FakeMaster> {
-        OperatorServer::new(FakeMaster {
-            info: MasterInfo {
-                id: 1,
-                address: listen.to_string(),
-                term: 1,
-            },
-            agents: (0..agents)
-                .map(|i| AgentSummary {
-                    id: Some(drover_proto::AgentId::new(format!("agent-id-{i}"))),
-                    hostname: "localhost".into(),
-                    address: format!("127.0.0.1:{}", 5051 + 2 * i),
-                    state: agent_summary::State::Active as i32,
-                    total: vec![scalar("cpus", 2.0), scalar("mem", 1024.0)],
-                    ..Default::default()
-                })
-                .collect(),
+    let agents = (0..agents)
+        .map(|i| pb::AgentSummary {
+            id: Some(drover_proto::AgentId::new(format!("agent-id-{i}"))),
+            hostname: "localhost".into(),
+            address: format!("127.0.0.1:{}", 5051 + 2 * i),
+            state: pb::agent_summary::State::Active as i32,
+            total: vec![scalar("cpus", 2.0), scalar("mem", 1024.0)],
+            ..Default::default()
         })
-    }
-
-    type Answer<T> = Result<Response<T>, Status>;
-
-    // The shape of every answer is tonic's, large error included.
-    #[allow(clippy::result_large_err)]
-    fn later<T>() -> Answer<T> {
-        Err(Status::unimplemented("not in the fake master"))
-    }
-
-    #[tonic::async_trait]
-    impl Operator for FakeMaster {
-        async fn get_health(&self, _: Request<GetHealthRequest>) -> Answer<GetHealthResponse> {
-            Ok(Response::new(GetHealthResponse {
-                healthy: true,
-                leader: true,
-                master_info: Some(self.info.clone()),
-                leader_address: self.info.address.clone(),
-                ..Default::default()
-            }))
-        }
-        async fn get_state(&self, _: Request<GetStateRequest>) -> Answer<GetStateResponse> {
-            Ok(Response::new(GetStateResponse {
-                master_info: Some(self.info.clone()),
-                agents: self.agents.clone(),
-                ..Default::default()
-            }))
-        }
-        async fn get_agents(&self, _: Request<GetAgentsRequest>) -> Answer<GetAgentsResponse> {
-            Ok(Response::new(GetAgentsResponse {
-                agents: self.agents.clone(),
-            }))
-        }
-        async fn get_frameworks(
-            &self,
-            _: Request<GetFrameworksRequest>,
-        ) -> Answer<GetFrameworksResponse> {
-            later()
-        }
-        async fn get_tasks(&self, _: Request<GetTasksRequest>) -> Answer<GetTasksResponse> {
-            later()
-        }
-        async fn get_roles(&self, _: Request<GetRolesRequest>) -> Answer<GetRolesResponse> {
-            later()
-        }
-        async fn get_metrics(&self, _: Request<GetMetricsRequest>) -> Answer<GetMetricsResponse> {
-            later()
-        }
-        async fn update_weights(
-            &self,
-            _: Request<UpdateWeightsRequest>,
-        ) -> Answer<UpdateWeightsResponse> {
-            later()
-        }
-        async fn update_quota(
-            &self,
-            _: Request<UpdateQuotaRequest>,
-        ) -> Answer<UpdateQuotaResponse> {
-            later()
-        }
-        async fn get_maintenance(
-            &self,
-            _: Request<GetMaintenanceRequest>,
-        ) -> Answer<GetMaintenanceResponse> {
-            later()
-        }
-        async fn update_maintenance(
-            &self,
-            _: Request<UpdateMaintenanceRequest>,
-        ) -> Answer<UpdateMaintenanceResponse> {
-            later()
-        }
-        async fn reserve_resources(
-            &self,
-            _: Request<ReserveResourcesRequest>,
-        ) -> Answer<ReserveResourcesResponse> {
-            later()
-        }
-        async fn unreserve_resources(
-            &self,
-            _: Request<UnreserveResourcesRequest>,
-        ) -> Answer<UnreserveResourcesResponse> {
-            later()
-        }
-        async fn create_volumes(
-            &self,
-            _: Request<CreateVolumesRequest>,
-        ) -> Answer<CreateVolumesResponse> {
-            later()
-        }
-        async fn destroy_volumes(
-            &self,
-            _: Request<DestroyVolumesRequest>,
-        ) -> Answer<DestroyVolumesResponse> {
-            later()
-        }
-        async fn teardown_framework(
-            &self,
-            _: Request<TeardownFrameworkRequest>,
-        ) -> Answer<TeardownFrameworkResponse> {
-            later()
-        }
-        async fn list_masters(
-            &self,
-            _: Request<ListMastersRequest>,
-        ) -> Result<Response<ListMastersResponse>, Status> {
-            Err(Status::unimplemented("test"))
-        }
-        async fn add_master(
-            &self,
-            _: Request<AddMasterRequest>,
-        ) -> Result<Response<AddMasterResponse>, Status> {
-            Err(Status::unimplemented("test"))
-        }
-        async fn remove_master(
-            &self,
-            _: Request<RemoveMasterRequest>,
-        ) -> Result<Response<RemoveMasterResponse>, Status> {
-            Err(Status::unimplemented("test"))
-        }
-        async fn transfer_leadership(
-            &self,
-            _: Request<TransferLeadershipRequest>,
-        ) -> Result<Response<TransferLeadershipResponse>, Status> {
-            Err(Status::unimplemented("test"))
-        }
-        type BackupStream = futures::stream::Empty<Result<BackupChunk, Status>>;
-        async fn backup(
-            &self,
-            _: Request<BackupRequest>,
-        ) -> Result<Response<Self::BackupStream>, Status> {
-            Err(Status::unimplemented("test"))
-        }
-        type SubscribeStream = futures::stream::Empty<Result<OperatorEvent, Status>>;
-        async fn subscribe(
-            &self,
-            _: Request<OperatorSubscribeRequest>,
-        ) -> Answer<Self::SubscribeStream> {
-            later()
-        }
-    }
+        .collect();
+    drover_testkit::FakeOperator::leader(&listen)
+        .with_agents(agents)
+        .serve_until(listener, async move {
+            term.recv().await;
+        })
+        .await
+        .unwrap();
+    std::process::exit(0);
 }

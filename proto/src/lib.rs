@@ -10,7 +10,8 @@
 //! - [`resources`]: the resource vocabulary (scalars, ranges, sets) with exact fixed-point
 //!   arithmetic: add, subtract, contains, split and validation.
 //! - [`states`]: task-state helpers (terminal or not, names for people).
-//! - [`leader`]: the `NotLeader` error that followers answer with, encoded into a gRPC status.
+//! - [`leader`]: leader following: the `NotLeader` error that followers answer with, and
+//!   the rounds, redirect limit and backoff every client of the masters uses to find the leader.
 
 // Every public item documents itself: this crate is the vocabulary framework authors read.
 #![warn(missing_docs)]

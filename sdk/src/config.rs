@@ -14,7 +14,7 @@ pub const MASTER_ENV: &str = "DROVER_MASTER";
 pub const DEFAULT_MASTER: &str = "127.0.0.1:5050";
 
 /// Port assumed when a master address has none (the master's default `--listen` port).
-pub const DEFAULT_MASTER_PORT: u16 = 5050;
+pub const DEFAULT_MASTER_PORT: u16 = drover_proto::leader::DEFAULT_MASTER_PORT;
 
 /// Default failover timeout: one week. Never zero, so that a master failover, a network
 /// blip or a scheduler restart never makes the master kill the framework's tasks.
@@ -41,59 +41,10 @@ pub fn parse_masters(text: &str) -> Result<Vec<String>, SdkError> {
     Ok(out)
 }
 
-/// Parses one master address into `host:port`.
+/// Parses one master address into `host:port` (see
+/// [`drover_proto::leader::parse_master_address`], shared with the agent and the CLI).
 pub fn parse_master(entry: &str) -> Result<String, SdkError> {
-    let bad = |why: &str| SdkError::Config(format!("bad master address '{entry}': {why}"));
-    let rest = entry.trim();
-    let rest = rest.strip_prefix("http://").unwrap_or(rest);
-    if rest.contains("://") {
-        return Err(bad(
-            "only plain HOST:PORT (or http://HOST:PORT) is supported",
-        ));
-    }
-    let rest = rest.trim_end_matches('/');
-    if rest.is_empty() {
-        return Err(bad("empty"));
-    }
-    if rest.contains('/') || rest.chars().any(char::is_whitespace) {
-        return Err(bad("expected HOST:PORT"));
-    }
-    // `[v6]:port`, `[v6]`, `host:port` or `host`.
-    let (host, port) = if let Some(inner) = rest.strip_prefix('[') {
-        let (v6, after) = inner.split_once(']').ok_or_else(|| bad("unclosed '['"))?;
-        if v6.is_empty() {
-            return Err(bad("empty IPv6 address"));
-        }
-        match after {
-            "" => (format!("[{v6}]"), None),
-            p => (
-                format!("[{v6}]"),
-                Some(
-                    p.strip_prefix(':')
-                        .ok_or_else(|| bad("expected ':' after ']'"))?,
-                ),
-            ),
-        }
-    } else {
-        match rest.rsplit_once(':') {
-            Some((h, _)) if h.contains(':') => {
-                return Err(bad("write IPv6 addresses in brackets, e.g. [::1]:5050"))
-            }
-            Some((h, p)) => (h.to_string(), Some(p)),
-            None => (rest.to_string(), None),
-        }
-    };
-    if host.is_empty() {
-        return Err(bad("empty host"));
-    }
-    let port = match port {
-        None => DEFAULT_MASTER_PORT,
-        Some(p) => match p.parse::<u16>() {
-            Ok(0) | Err(_) => return Err(bad("the port must be a number from 1 to 65535")),
-            Ok(p) => p,
-        },
-    };
-    Ok(format!("{host}:{port}"))
+    drover_proto::leader::parse_master_address(entry).map_err(|e| SdkError::Config(e.to_string()))
 }
 
 /// The masters named by [`MASTER_ENV`], or [`DEFAULT_MASTER`] when it is unset or empty.
@@ -120,8 +71,8 @@ pub struct BackoffConfig {
 impl Default for BackoffConfig {
     fn default() -> Self {
         BackoffConfig {
-            initial: Duration::from_millis(200),
-            max: Duration::from_secs(5),
+            initial: drover_proto::leader::BACKOFF_INITIAL,
+            max: drover_proto::leader::BACKOFF_MAX,
         }
     }
 }

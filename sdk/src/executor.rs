@@ -315,7 +315,9 @@ pub async fn run_executor_with(
         executor_id: config.executor_id.clone(),
         shared: Arc::new(Mutex::new(Shared::default())),
     };
-    let mut backoff = Duration::from_millis(100);
+    // The same jittered backoff as every other Drover client (`drover_proto::leader`): an
+    // agent restarting under many executors is not hit by all of them in lock step.
+    let mut backoff = drover_proto::leader::Backoff::default();
     let mut unreachable_since = Instant::now();
     loop {
         let attempt = async {
@@ -365,12 +367,12 @@ pub async fn run_executor_with(
                     )));
                 }
                 tracing::debug!("subscribing to the agent failed: {why}; retrying");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                let delay = backoff.next_delay(&mut rand::thread_rng());
+                tokio::time::sleep(delay).await;
                 continue;
             }
         };
-        backoff = Duration::from_millis(100);
+        backoff.reset();
         while let Some(item) = stream.next().await {
             let Ok(ev) = item else { break };
             match ev.event {

@@ -28,8 +28,9 @@
 //!   (`stdout`, `stderr`) of a task's or a custom executor's sandbox ([`Sandbox`]) on an
 //!   agent.
 //! - [`error`]: [`SdkError`], the one error type.
-//! - `connection` and `masters` (private): one subscription attempt and its stream reader;
-//!   the pure rules for which master to try next and the backoff.
+//! - `connection` (private): one subscription attempt and its stream reader. Which master
+//!   to try next, the redirect limit and the backoff are `drover_proto::leader`'s, shared
+//!   with the agent and the CLI.
 //!
 //! The protocol crate is re-exported as [`proto`] (ids, [`proto::Resources`],
 //! [`proto::states`], generated messages in [`proto::pb`]), so a framework needs no other
@@ -110,7 +111,6 @@ pub mod driver;
 pub mod error;
 pub mod executor;
 pub mod files;
-mod masters;
 pub mod offers;
 pub mod runner;
 pub mod scheduler;

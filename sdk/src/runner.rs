@@ -3,6 +3,7 @@
 
 use std::time::{Duration, Instant};
 
+use drover_proto::leader::{Backoff, Round};
 use drover_proto::pb::{self, event};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
@@ -14,7 +15,6 @@ use crate::connection::{
 };
 use crate::driver::{Control, Driver, Session};
 use crate::error::SdkError;
-use crate::masters::{Backoff, Round};
 use crate::scheduler::Scheduler;
 
 /// Events buffered between the stream reader and the scheduler. When callbacks fall
@@ -50,7 +50,7 @@ pub async fn run<S: Scheduler>(
     let (control_tx, control_rx) = mpsc::unbounded_channel();
     let driver = Driver::new(&config, control_tx);
     let mut runner = Runner {
-        backoff: Backoff::new(config.backoff),
+        backoff: Backoff::new(config.backoff.initial, config.backoff.max),
         config,
         driver: driver.clone(),
         control: control_rx,
@@ -172,9 +172,8 @@ impl Runner {
                         return Err(SdkError::Subscribe { master, status });
                     }
                     Err(AttemptError::NotLeader(leader)) => {
-                        if round.follow(&leader) {
-                            debug!(%master, %leader, "following the leader");
-                        }
+                        let redirect = round.follow(&master, &leader);
+                        debug!(%master, %leader, ?redirect, "not the leader");
                         failures.push(format!("{master}: {}", AttemptError::NotLeader(leader)));
                     }
                     Err(e) => {

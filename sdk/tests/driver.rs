@@ -117,13 +117,13 @@ impl Fake {
 }
 
 async fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    for _ in 0..500 {
-        if let Some(v) = f() {
-            return v;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("timed out waiting for {what}");
+    drover_testkit::eventually(
+        what,
+        Duration::from_secs(30),
+        Duration::from_millis(10),
+        || std::future::ready(f()),
+    )
+    .await
 }
 
 struct Service(Arc<Mutex<FakeState>>);

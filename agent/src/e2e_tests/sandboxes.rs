@@ -75,15 +75,9 @@ async fn list(agent: &Running, task: &str) -> Result<pb::ListFilesResponse, Stat
 /// Polls (bounded in count and time) until `f` gives a value.
 async fn eventually<T, F: std::future::Future<Output = Option<T>>>(
     what: &str,
-    mut f: impl FnMut() -> F,
+    f: impl FnMut() -> F,
 ) -> T {
-    for _ in 0..600 {
-        if let Some(v) = f().await {
-            return v;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("gave up waiting for {what}");
+    drover_testkit::eventually(what, Duration::from_secs(60), Duration::from_millis(100), f).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,7 +12,7 @@ use anyhow::{bail, Result};
 use drover_proto::pb::{self, agent_summary::State as AgentState};
 use drover_proto::Resources;
 
-use super::daemon::DaemonSpec;
+use drover_testkit::daemon::DaemonSpec;
 
 /// Most agents one machine gets: each takes a block of 1000 ports from 31000 up, and the
 /// last block must end below 65536.

@@ -1,6 +1,8 @@
-//! The daemons of a local cluster as child processes: spawning them with their output in
-//! a log file, noticing when one exits, stopping them gracefully, and reading the end of
-//! a log to explain a failure.
+//! Daemons as child processes: spawning them with their output appended to a log file,
+//! noticing when one exits, stopping them gracefully, and reading the end of a log to
+//! explain a failure. `drover local` runs its cluster with [`Daemon`]; the multi-process
+//! tests build their blocking `std::process::Command`s with [`log_to`], the same log
+//! handling.
 //!
 //! Nothing may outlive `drover local`. Three layers see to that:
 //! - a normal shutdown sends SIGTERM, waits, then SIGKILLs;
@@ -19,23 +21,76 @@ use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
-use anyhow::{Context, Result};
 use futures::future::{join_all, select_all};
 use tokio::process::{Child, Command};
+
+/// A daemon that could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// Its log file could not be opened or written.
+    #[error("opening log file {path}: {source}")]
+    Log {
+        /// The log file.
+        path: PathBuf,
+        /// What failed.
+        source: io::Error,
+    },
+    /// The program could not be started.
+    #[error("starting {program}: {source}")]
+    Spawn {
+        /// The program.
+        program: PathBuf,
+        /// What failed.
+        source: io::Error,
+    },
+}
 
 /// What to start: a program, its arguments and where its output goes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DaemonSpec {
     /// Short name for people and for the log file: `master`, `agent-0`, …
     pub name: String,
+    /// The executable.
     pub program: PathBuf,
+    /// Its arguments.
     pub args: Vec<OsString>,
+    /// The log file its stdout and stderr are appended to.
     pub log: PathBuf,
+}
+
+/// Closes `command`'s stdin and appends its stdout and stderr to `log` (created if
+/// missing), after a line saying that `name` starts now, so that the runs of a daemon
+/// restarted into the same log can be told apart. Returns the log's size after that
+/// line: where this run's output begins (see [`tail`]).
+pub fn log_to(
+    command: &mut std::process::Command,
+    name: &str,
+    log: &Path,
+) -> Result<u64, DaemonError> {
+    let err = |source| DaemonError::Log {
+        path: log.to_path_buf(),
+        source,
+    };
+    let mut file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .map_err(err)?;
+    let started = drover_proto::unix_seconds();
+    writeln!(file, "==> started {name} at unix time {started:.0}").map_err(err)?;
+    let log_start = file.metadata().map_err(err)?.len();
+    let out = file.try_clone().map_err(err)?;
+    command
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(out))
+        .stderr(Stdio::from(file));
+    Ok(log_start)
 }
 
 /// A running daemon.
 #[derive(Debug)]
 pub struct Daemon {
+    /// What was started.
     pub spec: DaemonSpec,
     child: Child,
     /// Size of the log before this run wrote to it: logs are appended across runs, and a
@@ -44,33 +99,20 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    /// Starts `spec` with stdin closed and stdout and stderr appended to its log.
-    pub fn spawn(spec: DaemonSpec) -> Result<Daemon> {
-        let mut log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&spec.log)
-            .with_context(|| format!("opening log file {}", spec.log.display()))?;
-        let started = drover_proto::unix_seconds();
-        writeln!(
-            log,
-            "==> drover local started {} at unix time {started:.0}",
-            spec.name
-        )?;
-        let log_start = log.metadata()?.len();
-
-        let mut command = Command::new(&spec.program);
-        command
-            .args(&spec.args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(log.try_clone()?))
-            .stderr(Stdio::from(log))
-            .kill_on_drop(true)
-            .process_group(0);
+    /// Starts `spec` with stdin closed and stdout and stderr appended to its log, in its
+    /// own process group, set to receive SIGTERM when this process dies.
+    pub fn spawn(spec: DaemonSpec) -> Result<Daemon, DaemonError> {
+        let mut command = std::process::Command::new(&spec.program);
+        command.args(&spec.args);
+        let log_start = log_to(&mut command, &spec.name, &spec.log)?;
+        std::os::unix::process::CommandExt::process_group(&mut command, 0);
+        let mut command = Command::from(command);
+        command.kill_on_drop(true);
         die_with_parent(&mut command);
-        let child = command
-            .spawn()
-            .with_context(|| format!("starting {}", spec.program.display()))?;
+        let child = command.spawn().map_err(|source| DaemonError::Spawn {
+            program: spec.program.clone(),
+            source,
+        })?;
         Ok(Daemon {
             spec,
             child,
@@ -104,7 +146,7 @@ impl Daemon {
     }
 }
 
-/// Sets up the child to receive SIGTERM when `drover local` dies.
+/// Sets up the child to receive SIGTERM when this process (`drover local`) dies.
 #[cfg(target_os = "linux")]
 fn die_with_parent(command: &mut Command) {
     let parent = std::process::id() as libc::pid_t;
