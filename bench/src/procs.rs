@@ -9,17 +9,13 @@ use drover_proto::pb;
 
 /// Folder holding the workspace's binaries (the benchmark's own folder).
 pub fn bin_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("current exe");
-    exe.parent().expect("bin folder").to_path_buf()
+    drover_testkit::bin_dir(&["drover-master", "drover-agent"])
 }
 
-/// A free loopback port.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
+/// A free loopback port, outside the kernel's ephemeral range (see
+/// [`drover_testkit::free_port`]: a port from `bind(":0")` can be taken by an outgoing
+/// connection before the daemon binds it).
+pub use drover_testkit::free_port;
 
 struct Proc {
     port: u16,

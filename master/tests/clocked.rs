@@ -92,18 +92,12 @@ async fn start_master(agent_timeout_secs: &str) -> Master {
 }
 
 /// Polls `f` (bounded) until it yields `Some`.
-async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
+async fn eventually<T, F, Fut>(what: &str, f: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    for _ in 0..400 {
-        if let Some(v) = f().await {
-            return v;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("timed out waiting for {what}");
+    drover_testkit::eventually(what, Duration::from_secs(10), Duration::from_millis(25), f).await
 }
 
 /// The test speaking the agent protocol: registers and then stays silent unless told.
