@@ -206,7 +206,11 @@ impl MasterLink {
                     // What this round had left dates from before the session: start a
                     // fresh one, at the leader the master named if it named one.
                     tracing::warn!(master = %addr, "session ended: {}", failure.error);
-                    preferred = hint.filter(|h| !h.is_empty() && *h != addr);
+                    // Compared in normal form: a master naming itself in another spelling
+                    // must not send us straight back to it without a pause.
+                    preferred = hint
+                        .and_then(|h| drover_proto::leader::parse_master_address(&h).ok())
+                        .filter(|h| *h != addr);
                     pause = preferred.is_none();
                     break;
                 }

@@ -309,7 +309,7 @@ fn local_cluster_starts_answers_and_stops_on_sigterm() {
     unsafe { libc::kill(local.id() as i32, libc::SIGTERM) };
     let status = wait_exit(&mut local, Duration::from_secs(30));
     assert_eq!(status.code(), Some(0), "{}", stderr_of(&mut local));
-    wait_all_gone(&pids, Duration::from_secs(5));
+    wait_all_gone(&pids, Duration::from_secs(30));
     let stderr = stderr_of(&mut local);
     assert!(stderr.contains("Local cluster stopped."), "{stderr}");
     // Each daemon's output lands in its log.
@@ -334,7 +334,7 @@ fn local_reports_a_daemon_that_dies_and_stops_the_rest() {
         "{stderr}"
     );
     assert!(stderr.contains("  cannot open work dir: boom"), "{stderr}");
-    wait_all_gone(&sandbox.pids(), Duration::from_secs(5));
+    wait_all_gone(&sandbox.pids(), Duration::from_secs(30));
 }
 
 #[test]
@@ -347,7 +347,7 @@ fn kill_9_of_drover_local_leaves_no_daemon_behind() {
     assert_eq!(pids.len(), 2);
     local.kill().unwrap();
     local.wait().unwrap();
-    wait_all_gone(&pids, Duration::from_secs(5));
+    wait_all_gone(&pids, Duration::from_secs(30));
 }
 
 /// Not a test: the stand-in `drover-master` (see the module docs). It serves the

@@ -130,6 +130,14 @@ async fn try_join(
              with --join"
         )));
     }
+    // Checked here as well as by the leader's AddMaster: an operator may have added this id
+    // already (`drover masters add` cannot know the binary's version), and a learner that
+    // cannot read the registry would only halt on its first snapshot, again and again.
+    // A master of a release before registry versions reports 0, meaning version 1.
+    let recorded = st.registry_version.max(1);
+    if let Err(e) = crate::registry::version::check_member(my_id, max_version, recorded) {
+        return Err(JoinError::Fatal(anyhow!("{e}")));
+    }
     let mut book: BTreeMap<u64, String> = st.addresses.into_iter().collect();
     if st.learners.contains(&my_id) {
         match book.get(&my_id) {

@@ -105,18 +105,12 @@ impl Response {
 }
 
 /// Polls `f` (bounded) until it yields `Some`.
-async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
+async fn eventually<T, F, Fut>(what: &str, f: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    for _ in 0..600 {
-        if let Some(v) = f().await {
-            return v;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out waiting for {what}");
+    drover_testkit::eventually(what, Duration::from_secs(30), Duration::from_millis(50), f).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -14,7 +14,7 @@
 //!   the rounds, redirect limit and backoff every client of the masters uses to find the leader.
 
 // Every public item documents itself: this crate is the vocabulary framework authors read.
-#![warn(missing_docs)]
+#![deny(missing_docs)]
 
 pub mod ids;
 pub mod leader;

@@ -10,10 +10,10 @@
 //!   restarts) itself, taken from 10000..30000, outside the kernel's ephemeral range.
 //! - [`bins`]: [`bin_dir`], the folder holding the workspace's binaries
 //!   (`cargo build --workspace --bins` puts them next to the test executables).
-//! - [`fake_master`]: [`FakeMaster`], a real tonic server speaking `AgentMaster.Session`
-//!   that registers an agent, answers its pings and hands the test everything else; and
-//!   [`fake_master::serve_follower`], a master answering `NotLeader`.
-//! - [`fake_operator`]: [`FakeOperator`], a fake master's operator API for the CLI's tests:
+//! - `fake_master` (with the `fakes` feature, like `fake_operator`): `FakeMaster`, a real
+//!   tonic server speaking `AgentMaster.Session` that registers an agent, answers its pings and hands the test everything else; and
+//!   `fake_master::serve_follower`, a master answering `NotLeader`.
+//! - `fake_operator`: `FakeOperator`, a fake master's operator API for the CLI's tests:
 //!   a leader reporting fixed agents, a follower, or a leader still taking office.
 //! - [`daemon`]: child processes with their output appended to a log, dying with their
 //!   parent, stopped with SIGTERM then SIGKILL, and the end of their log for a failure
@@ -32,13 +32,17 @@
 
 pub mod bins;
 pub mod daemon;
+#[cfg(feature = "fakes")]
 pub mod fake_master;
+#[cfg(feature = "fakes")]
 pub mod fake_operator;
 pub mod ports;
 pub mod wait;
 
 pub use bins::bin_dir;
+#[cfg(feature = "fakes")]
 pub use fake_master::FakeMaster;
+#[cfg(feature = "fakes")]
 pub use fake_operator::FakeOperator;
 pub use ports::free_port;
 pub use wait::{eventually, wait_until};
