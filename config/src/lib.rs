@@ -387,7 +387,7 @@ where
             a
         }
     });
-    let first = match bare.try_get_matches_from(&args) {
+    let first = match bare.clone().try_get_matches_from(&args) {
         Ok(m) => m,
         // The same error, from the command whose help names the variables.
         Err(e) => return Err(cmd.try_get_matches_from(&args).err().unwrap_or(e).into()),
@@ -435,7 +435,10 @@ where
         return Err(Error::Invalid(problems));
     }
 
-    let mut cmd = cmd;
+    // The last pass is the bare command too: every environment value already came through
+    // `env` into `layered`, and clap must not read the process's own variables behind the
+    // caller's back (tests pass their own `env`).
+    let mut cmd = bare;
     for (id, (values, _)) in &layered {
         cmd = cmd.mut_arg(id, |a| a.default_values(values.clone()));
     }
@@ -462,8 +465,6 @@ fn origin_of(
 ) -> Origin {
     match matches.value_source(&s.id) {
         Some(ValueSource::CommandLine) => Origin::CommandLine,
-        // clap read the process environment itself (only where `env` is the process's).
-        Some(ValueSource::EnvVariable) => Origin::Env(s.env.clone()),
         _ => layered
             .get(&s.id)
             .map(|(_, o)| o.clone())

@@ -305,3 +305,15 @@ fn help_names_the_environment_variables() {
     );
     assert_eq!(settings[7].older_env.as_deref(), Some("OLD_LEVEL"));
 }
+
+#[test]
+fn only_the_given_environment_is_read() {
+    // The process's own variables must not leak in behind the `env` the caller passes
+    // (the daemons pass the process's; tests pass their own). No other test reads ratio
+    // from the environment, so setting it here disturbs none of them.
+    std::env::set_var("DEMO_RATIO", "0.9");
+    let l = Case::new().load(&[]).unwrap();
+    std::env::remove_var("DEMO_RATIO");
+    assert_eq!(l.settings.ratio, 0.5);
+    assert_eq!(l.origin("ratio"), Some(&Origin::Default));
+}
