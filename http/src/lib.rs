@@ -7,8 +7,9 @@
 //!
 //! Module map:
 //! - [`serve`](mod@serve): the serving loop. It takes an already bound listener and a shutdown
-//!   future, speaks HTTP/1.1 through hyper with the limits below, and drains open
-//!   connections on shutdown.
+//!   future, speaks HTTP/1.1 through hyper within its limits (time for a request head and
+//!   for writing its answer, head size, connections at once), and drains open connections
+//!   on shutdown.
 //! - [`answers`]: the answers every listener shares: `404` naming the paths served, `405`
 //!   for a method other than GET or HEAD.
 //! - [`prometheus`]: a `prometheus-client` registry rendered in the Prometheus text format
