@@ -476,7 +476,9 @@ mod tests {
 /// The configuration layer as the agent uses it: precedence, refusals, `--print-config`.
 #[cfg(test)]
 mod layer_tests {
-    use drover_config::testing::{assert_packaged_example, write, Env};
+    use drover_config::testing::{
+        assert_packaged_example, keys_unset_by_default, reload_printed, write, Env,
+    };
     use drover_config::Origin;
 
     use super::*;
@@ -594,14 +596,7 @@ mod layer_tests {
                 "h1",
             ])
             .unwrap();
-        let printed = first.to_toml().unwrap();
-        let again = file(&dir, &printed);
-        let second = environment(&[]).load(&["--config", &again]).unwrap();
-        assert_eq!(
-            toml::Table::try_from(&first.settings).unwrap(),
-            toml::Table::try_from(&second.settings).unwrap(),
-            "{printed}"
-        );
+        let (printed, second) = reload_printed(DAEMON, &first, dir.path());
         let c = second.settings;
         assert!(c.shutdown_tasks_on_exit && !c.sandbox.switch_user);
         assert_eq!(
@@ -618,10 +613,8 @@ mod layer_tests {
     #[test]
     fn every_setting_is_a_file_key() {
         let keys = drover_config::keys::<Config>(&DAEMON);
-        let printed = toml::Table::try_from(environment(&[]).load(&[]).unwrap().settings).unwrap();
-        let unprinted: Vec<&String> = keys.iter().filter(|k| !printed.contains_key(*k)).collect();
         assert_eq!(
-            unprinted,
+            keys_unset_by_default::<Config>(DAEMON),
             [
                 "advertise-address",
                 "resources",

@@ -4,6 +4,8 @@
 //!
 //! - [`Env`]: [`load`](crate::load) over a made-up environment instead of the process's.
 //! - [`write`]: a config file in a test's directory.
+//! - [`reload_printed`], [`keys_unset_by_default`]: `--print-config` reads back, and what
+//!   it leaves out.
 //! - [`assert_packaged_example`]: the shipped example file is valid, complete and shown
 //!   in the docs as it is.
 //! - [`run`], [`refused`], [`print_config`]: the built daemon binary as an operator runs it.
@@ -14,6 +16,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use clap::{CommandFactory, FromArgMatches};
+use serde::Serialize;
 
 use crate::{Daemon, Error, Loaded};
 
@@ -51,6 +54,40 @@ pub fn write(dir: &Path, name: &str, text: &str) -> String {
     let path = dir.join(name);
     std::fs::write(&path, text).unwrap();
     path.to_str().unwrap().to_string()
+}
+
+/// Prints `first` as `--print-config` does, loads the printed file back (as
+/// `dir/printed.toml`, with no environment) and asserts that it holds the same settings;
+/// returns what was printed and what was read back.
+pub fn reload_printed<T>(daemon: Daemon, first: &Loaded<T>, dir: &Path) -> (String, Loaded<T>)
+where
+    T: CommandFactory + FromArgMatches + Serialize,
+{
+    let printed = first.to_toml().unwrap();
+    let again = write(dir, "printed.toml", &printed);
+    let second = Env::<T>::new(daemon, &[])
+        .load(&["--config", &again])
+        .unwrap();
+    assert_eq!(
+        toml::Table::try_from(&first.settings).unwrap(),
+        toml::Table::try_from(&second.settings).unwrap(),
+        "{printed}"
+    );
+    (printed, second)
+}
+
+/// The file keys that have no value when nothing is configured (optional settings), in
+/// `--help` order: the keys `--print-config` can only show commented out.
+pub fn keys_unset_by_default<T>(daemon: Daemon) -> Vec<String>
+where
+    T: CommandFactory + FromArgMatches + Serialize,
+{
+    let defaults = Env::<T>::new(daemon, &[]).load(&[]).unwrap().settings;
+    let printed = toml::Table::try_from(defaults).unwrap();
+    crate::keys::<T>(&daemon)
+        .into_iter()
+        .filter(|k| !printed.contains_key(k))
+        .collect()
 }
 
 /// The example file `root/example` (e.g. `packaging/agent.toml`) loads, passes the

@@ -413,7 +413,9 @@ mod tests {
 /// The configuration layer as the master uses it: precedence, refusals, `--print-config`.
 #[cfg(test)]
 mod layer_tests {
-    use drover_config::testing::{assert_packaged_example, write, Env};
+    use drover_config::testing::{
+        assert_packaged_example, keys_unset_by_default, reload_printed, write, Env,
+    };
     use drover_config::Origin;
 
     use super::*;
@@ -515,14 +517,7 @@ mod layer_tests {
         let first = env
             .load(&["--config", &path, "--id", "2", "--data-dir", "/srv/m"])
             .unwrap();
-        let printed = first.to_toml().unwrap();
-        let again = file(&dir, &printed);
-        let second = environment(&[]).load(&["--config", &again]).unwrap();
-        assert_eq!(
-            toml::Table::try_from(&first.settings).unwrap(),
-            toml::Table::try_from(&second.settings).unwrap(),
-            "{printed}"
-        );
+        let (printed, second) = reload_printed(DAEMON, &first, dir.path());
         assert_eq!(second.settings.raft_tick_ms, 20);
         assert!(
             printed.contains("\n# advertise-address = (not set)\n"),
@@ -533,10 +528,8 @@ mod layer_tests {
     #[test]
     fn every_setting_is_a_file_key() {
         let keys = drover_config::keys::<Flags>(&DAEMON);
-        let printed = toml::Table::try_from(environment(&[]).load(&[]).unwrap().settings).unwrap();
-        let unprinted: Vec<&String> = keys.iter().filter(|k| !printed.contains_key(*k)).collect();
         assert_eq!(
-            unprinted,
+            keys_unset_by_default::<Flags>(DAEMON),
             ["advertise-address"],
             "only unset options are missing"
         );

@@ -25,7 +25,7 @@ mod framework;
 mod hosts;
 pub mod raw;
 
-pub use cluster::{health, http_get, metric, Cluster, Timing};
+pub use cluster::{connect, health, http_get, metric, Cluster, Timing};
 pub use drover_testkit::{free_port, wait_until};
 pub use framework::{finished_jobs, Framework, Report};
 pub use hosts::Hosts;
@@ -34,4 +34,20 @@ pub use hosts::Hosts;
 /// built).
 pub fn bin_dir() -> std::path::PathBuf {
     drover_testkit::bin_dir(&["drover-master", "drover-agent"])
+}
+
+/// Runs a `drover-master` subcommand that works offline or against running masters
+/// (`backup`, `restore`) to its end; panics with its stderr unless it succeeds, and
+/// returns its stdout.
+pub fn master_tool(args: &[&str]) -> String {
+    let out = std::process::Command::new(bin_dir().join("drover-master"))
+        .args(args)
+        .output()
+        .expect("run drover-master");
+    assert!(
+        out.status.success(),
+        "drover-master {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }

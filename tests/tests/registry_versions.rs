@@ -13,7 +13,7 @@
 //! The masters here need per-master flags (one capped, then not), which the shared
 //! `Cluster` harness does not offer; this file starts them itself with [`Masters`], a small
 //! self-contained launcher, and uses the harness only for `bin_dir`, `free_port`,
-//! `wait_until` and `health`. Waits are bounded generously; nothing asserts a duration.
+//! `wait_until`, `health`, `connect` and `master_tool`. Waits are bounded generously; nothing asserts a duration.
 
 // The helpers return the gRPC status the masters answered, which the tests inspect;
 // boxing it would only add noise.
@@ -24,7 +24,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use drover_proto::pb;
-use drover_tests::{bin_dir, free_port, health, wait_until};
+use drover_tests::{bin_dir, connect, free_port, health, master_tool, wait_until};
 
 const MINUTE: Duration = Duration::from_secs(60);
 const POLL: Duration = Duration::from_millis(200);
@@ -54,71 +54,77 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("runtime")
 }
 
-async fn channel(addr: &str) -> Option<tonic::transport::Channel> {
-    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .ok()?
-        .connect_timeout(Duration::from_secs(2))
-        .timeout(Duration::from_secs(20))
-        .connect()
+/// A channel to `addr`, or UNAVAILABLE (which [`at_leader`] waits out) if it does not
+/// answer.
+async fn channel(addr: &str) -> Result<tonic::transport::Channel, tonic::Status> {
+    connect(addr)
         .await
-        .ok()
+        .ok_or_else(|| tonic::Status::unavailable(format!("{addr} does not answer")))
+}
+
+impl Node {
+    /// Master `id` on free ports with no extra flags, not started.
+    fn new(id: u64, data: PathBuf, membership: Vec<String>) -> Node {
+        Node {
+            id,
+            port: free_port(),
+            http_port: free_port(),
+            flags: Vec::new(),
+            membership,
+            data,
+            child: None,
+        }
+    }
 }
 
 impl Masters {
-    /// `n` masters seeding one cluster together (`--peers` naming all of them), not
-    /// started yet.
-    fn seeded(n: usize) -> Masters {
+    /// No master yet, and the folder for their data and logs.
+    fn none() -> Masters {
         let dir = tempfile::Builder::new()
             .prefix("drover-versions-")
             .tempdir()
             .expect("tempdir");
-        let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
-        let peers = ports
+        Masters {
+            dir,
+            nodes: Vec::new(),
+        }
+    }
+
+    /// `n` masters seeding one cluster together (`--peers` naming all of them), not
+    /// started yet.
+    fn seeded(n: usize) -> Masters {
+        let mut m = Masters::none();
+        for id in 1..=n as u64 {
+            let data = m.dir.path().join(format!("master-{id}"));
+            m.nodes.push(Node::new(id, data, Vec::new()));
+        }
+        let peers = m
+            .nodes
             .iter()
-            .enumerate()
-            .map(|(i, (p, _))| format!("{}=127.0.0.1:{p}", i + 1))
+            .map(|n| format!("{}=127.0.0.1:{}", n.id, n.port))
             .collect::<Vec<_>>()
             .join(",");
-        let nodes = ports
-            .iter()
-            .enumerate()
-            .map(|(i, &(port, http_port))| Node {
-                id: i as u64 + 1,
-                port,
-                http_port,
-                flags: Vec::new(),
-                membership: vec!["--peers".into(), peers.clone()],
-                data: dir.path().join(format!("master-{}", i + 1)),
-                child: None,
-            })
-            .collect();
-        Masters { dir, nodes }
+        for n in &mut m.nodes {
+            n.membership = vec!["--peers".into(), peers.clone()];
+        }
+        m
     }
 
     /// One master on an existing data folder (no `--peers`: a single-master cluster, or
     /// whatever membership the folder holds).
     fn on_folder(data: &Path, peers: Option<String>) -> Masters {
-        let dir = tempfile::Builder::new()
-            .prefix("drover-versions-")
-            .tempdir()
-            .expect("tempdir");
-        let (port, http_port) = (free_port(), free_port());
-        let membership = match peers {
-            Some(p) => vec!["--peers".into(), p.replace("PORT", &port.to_string())],
-            None => Vec::new(),
-        };
-        Masters {
-            dir,
-            nodes: vec![Node {
-                id: 1,
-                port,
-                http_port,
-                flags: Vec::new(),
-                membership,
-                data: data.to_path_buf(),
-                child: None,
-            }],
+        let mut m = Masters::none();
+        let mut node = Node::new(1, data.to_path_buf(), Vec::new());
+        if let Some(p) = peers {
+            node.membership = vec!["--peers".into(), p.replace("PORT", &node.port.to_string())];
         }
+        m.nodes.push(node);
+        m
+    }
+
+    /// Where master `id` logs (appended across its restarts).
+    fn log(&self, id: u64) -> PathBuf {
+        self.dir.path().join(format!("master-{id}.log"))
     }
 
     fn addr(&self, i: usize) -> String {
@@ -132,6 +138,10 @@ impl Masters {
     /// Starts master `i` and waits until it answers.
     fn start(&mut self, i: usize) {
         self.spawn(i);
+        self.wait_answers(i);
+    }
+
+    fn wait_answers(&self, i: usize) {
         let addr = self.addr(i);
         wait_until(&format!("master {} to answer", i + 1), MINUTE, POLL, || {
             health(&addr).map(|_| ())
@@ -145,10 +155,7 @@ impl Masters {
             self.spawn(i);
         }
         for i in 0..self.nodes.len() {
-            let addr = self.addr(i);
-            wait_until(&format!("master {} to answer", i + 1), MINUTE, POLL, || {
-                health(&addr).map(|_| ())
-            });
+            self.wait_answers(i);
         }
     }
 
@@ -158,7 +165,7 @@ impl Masters {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(self.dir.path().join(format!("master-{}.log", n.id)))
+            .open(self.log(n.id))
             .expect("log file");
         let child = Command::new(bin_dir().join("drover-master"))
             .arg("--listen")
@@ -192,19 +199,22 @@ impl Masters {
         assert!(status.success(), "master {} stopped with {status}", i + 1);
     }
 
-    /// Adds a master with the next id that joins through the others (`--join`).
-    fn join_one(&mut self) -> usize {
+    /// Adds (not starts) a master with the next id and `flags` that joins through the
+    /// others (`--join`).
+    fn add_joiner(&mut self, flags: &[&str]) -> usize {
         let others = self.addrs().join(",");
         let i = self.nodes.len();
-        self.nodes.push(Node {
-            id: i as u64 + 1,
-            port: free_port(),
-            http_port: free_port(),
-            flags: Vec::new(),
-            membership: vec!["--join".into(), others],
-            data: self.dir.path().join(format!("master-{}", i + 1)),
-            child: None,
-        });
+        let id = i as u64 + 1;
+        let data = self.dir.path().join(format!("master-{id}"));
+        let mut node = Node::new(id, data, vec!["--join".into(), others]);
+        node.flags = flags.iter().map(|f| f.to_string()).collect();
+        self.nodes.push(node);
+        i
+    }
+
+    /// Adds a master with the next id that joins through the others (`--join`).
+    fn join_one(&mut self) -> usize {
+        let i = self.add_joiner(&[]);
         self.start(i);
         i
     }
@@ -212,17 +222,7 @@ impl Masters {
     /// Adds a master with the next id that tries to join with `flags`, expecting it to be
     /// refused: waits (bounded) for it to exit and returns its exit status and log.
     fn join_refused(&mut self, flags: &[&str]) -> (std::process::ExitStatus, String) {
-        let others = self.addrs().join(",");
-        let i = self.nodes.len();
-        self.nodes.push(Node {
-            id: i as u64 + 1,
-            port: free_port(),
-            http_port: free_port(),
-            flags: flags.iter().map(|f| f.to_string()).collect(),
-            membership: vec!["--join".into(), others],
-            data: self.dir.path().join(format!("master-{}", i + 1)),
-            child: None,
-        });
+        let i = self.add_joiner(flags);
         self.start_refused(i)
     }
 
@@ -237,10 +237,7 @@ impl Masters {
             POLL,
             || child.try_wait().ok().flatten(),
         );
-        let log = self
-            .dir
-            .path()
-            .join(format!("master-{}.log", self.nodes[i].id));
+        let log = self.log(self.nodes[i].id);
         (status, std::fs::read_to_string(log).unwrap_or_default())
     }
 
@@ -259,7 +256,7 @@ impl Masters {
     fn status(&self, i: usize) -> Option<pb::RaftStatusResponse> {
         let addr = self.addr(i);
         runtime().block_on(async move {
-            let mut c = pb::raft_peer_client::RaftPeerClient::new(channel(&addr).await?);
+            let mut c = pb::raft_peer_client::RaftPeerClient::new(connect(&addr).await?);
             Some(c.status(pb::RaftStatusRequest {}).await.ok()?.into_inner())
         })
     }
@@ -279,10 +276,7 @@ impl Masters {
         let addr = self.addr(i);
         let marker = marker.to_string();
         runtime().block_on(async move {
-            let ch = channel(&addr)
-                .await
-                .ok_or_else(|| tonic::Status::unavailable(format!("{addr} does not answer")))?;
-            pb::registry_testing_client::RegistryTestingClient::new(ch)
+            pb::registry_testing_client::RegistryTestingClient::new(channel(&addr).await?)
                 .record_test_marker(pb::RecordTestMarkerRequest { marker })
                 .await
                 .map(|r| r.into_inner().registry_version)
@@ -294,10 +288,7 @@ impl Masters {
         let addr = self.addr(i);
         let role = role.to_string();
         runtime().block_on(async move {
-            let ch = channel(&addr)
-                .await
-                .ok_or_else(|| tonic::Status::unavailable(format!("{addr} does not answer")))?;
-            pb::operator_client::OperatorClient::new(ch)
+            pb::operator_client::OperatorClient::new(channel(&addr).await?)
                 .update_weights(pb::UpdateWeightsRequest {
                     weights: vec![pb::WeightInfo { role, weight }],
                 })
@@ -309,7 +300,7 @@ impl Masters {
     fn roles(&self, i: usize) -> Option<Vec<pb::RoleSummary>> {
         let addr = self.addr(i);
         runtime().block_on(async move {
-            let mut c = pb::operator_client::OperatorClient::new(channel(&addr).await?);
+            let mut c = pb::operator_client::OperatorClient::new(connect(&addr).await?);
             Some(
                 c.get_roles(pb::GetRolesRequest {})
                     .await
@@ -331,8 +322,7 @@ impl Drop for Masters {
         }
         if std::thread::panicking() {
             for n in &self.nodes {
-                let log = self.dir.path().join(format!("master-{}.log", n.id));
-                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                let text = std::fs::read_to_string(self.log(n.id)).unwrap_or_default();
                 let tail: Vec<&str> = text.lines().rev().take(60).collect();
                 eprintln!("---- master {} (last lines) ----", n.id);
                 for l in tail.into_iter().rev() {
@@ -473,37 +463,23 @@ fn the_cluster_id_is_shared_kept_and_restored() {
 
     // Kept by a backup restored into a new (single-master) cluster.
     let file = m.dir.path().join("registry.backup");
-    let out = Command::new(bin_dir().join("drover-master"))
-        .args(["backup", "--master", &m.addrs().join(","), "--out"])
-        .arg(&file)
-        .output()
-        .expect("run drover-master backup");
-    assert!(
-        out.status.success(),
-        "backup failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        String::from_utf8_lossy(&out.stdout).contains(&id),
-        "the backup names the cluster: {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    let file = file.to_str().unwrap();
+    let said = master_tool(&["backup", "--master", &m.addrs().join(","), "--out", file]);
+    assert!(said.contains(&id), "the backup names the cluster: {said}");
     let restored_dir = m.dir.path().join("restored");
     let mut r = Masters::on_folder(&restored_dir, Some("1=127.0.0.1:PORT".into()));
     let peers = r.nodes[0].membership[1].clone();
-    let out = Command::new(bin_dir().join("drover-master"))
-        .args(["restore", "--from"])
-        .arg(&file)
-        .arg("--data-dir")
-        .arg(&restored_dir)
-        .args(["--id", "1", "--peers", &peers])
-        .output()
-        .expect("run drover-master restore");
-    assert!(
-        out.status.success(),
-        "restore failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    master_tool(&[
+        "restore",
+        "--from",
+        file,
+        "--data-dir",
+        restored_dir.to_str().unwrap(),
+        "--id",
+        "1",
+        "--peers",
+        &peers,
+    ]);
     r.start(0);
     r.wait_for_leader();
     assert_eq!(health(&r.addr(0)).unwrap().cluster_id, id);

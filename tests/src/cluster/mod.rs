@@ -103,7 +103,7 @@ fn runtime() -> Option<tokio::runtime::Runtime> {
 }
 
 /// A channel to `addr` whose calls cannot hang a test: bounded connect and call times.
-async fn connect(addr: &str) -> Option<tonic::transport::Channel> {
+pub async fn connect(addr: &str) -> Option<tonic::transport::Channel> {
     tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
         .ok()?
         .connect_timeout(Duration::from_secs(2))
