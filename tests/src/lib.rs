@@ -5,11 +5,14 @@
 //!   loopback ports in a temporary folder (one master, or several in one Raft group with
 //!   [`Cluster::start_ha`]), kills (`SIGKILL`), stops (`SIGSTOP`) and restarts them, and on
 //!   drop kills every process it started, including task supervisors that outlive agents.
+//!   [`Cluster::prepare`] and [`Cluster::prepare_ha`] give the masters before they start,
+//!   for a filled data folder or one master's own flags ([`Cluster::set_master_flags`]).
 //!   Masters in `cluster/mod.rs`, agents in `cluster/agents.rs`, what tests read (tasks,
 //!   metrics, [`Cluster::operator`] calls, logs) and cleanup in `cluster/inspect.rs`.
 //! - [`hosts`](Hosts): network namespaces, one per master, for partition tests.
 //! - [`framework`](Framework): runs the test framework binary (`drover-testfw`, in this
 //!   crate) and reads the JSON [`Report`] it writes.
+//! - [`master_tool`]: the offline `drover-master` subcommands (`backup`, `restore`).
 //! - [`raw`]: a framework spoken to over raw gRPC (no SDK), for tests of the protocol.
 //! - From `drover-testkit`, re-exported: [`wait_until`] (a bounded poll loop: bounded in
 //!   count and time; it never asserts on durations, only that the outcome arrives before a
