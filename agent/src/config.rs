@@ -476,34 +476,19 @@ mod tests {
 /// The configuration layer as the agent uses it: precedence, refusals, `--print-config`.
 #[cfg(test)]
 mod layer_tests {
-    use std::collections::HashMap;
-
-    use drover_config::{Loaded, Origin};
+    use drover_config::testing::{
+        assert_packaged_example, keys_unset_by_default, reload_printed, write, Env,
+    };
+    use drover_config::Origin;
 
     use super::*;
 
-    struct Env(HashMap<String, String>);
-
-    impl Env {
-        fn new(vars: &[(&str, &str)]) -> Env {
-            Env(vars
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect())
-        }
-
-        fn load(&self, args: &[&str]) -> Result<Loaded<Config>, drover_config::Error> {
-            Config::load(
-                std::iter::once("drover-agent").chain(args.iter().copied()),
-                |name| self.0.get(name).map(Into::into),
-            )
-        }
+    fn environment(vars: &[(&str, &str)]) -> Env<Config> {
+        Env::new(DAEMON, vars)
     }
 
     fn file(dir: &tempfile::TempDir, text: &str) -> String {
-        let path = dir.path().join("agent.toml");
-        std::fs::write(&path, text).unwrap();
-        path.to_str().unwrap().to_string()
+        write(dir.path(), "agent.toml", text)
     }
 
     #[test]
@@ -514,7 +499,7 @@ mod layer_tests {
             "pids-limit = 100\nmaster = [\"m1:5050\", \"m2:5050\"]\n\
              enforce-disk-limits = false\nwork-dir = \"/srv/agent\"\n",
         );
-        let none = Env::new(&[]);
+        let none = environment(&[]);
         let c = none.load(&[]).unwrap().settings;
         assert_eq!((c.pids_limit, c.sandbox.enforce_disk_limits), (4096, true));
         assert_eq!(c.master, ["127.0.0.1:5050"]);
@@ -528,7 +513,7 @@ mod layer_tests {
             Some(&Origin::File(path.clone().into()))
         );
 
-        let env = Env::new(&[
+        let env = environment(&[
             ("DROVER_AGENT_PIDS_LIMIT", "200"),
             ("DROVER_AGENT_ENFORCE_DISK_LIMITS", "true"),
             ("DROVER_MASTER", "old:1,old:2"),
@@ -542,7 +527,7 @@ mod layer_tests {
         );
         assert_eq!(c.work_dir, PathBuf::from("/srv/agent"));
 
-        let env = Env::new(&[
+        let env = environment(&[
             ("DROVER_AGENT_PIDS_LIMIT", "200"),
             ("DROVER_MASTER", "old:1"),
             ("DROVER_AGENT_MASTER", "new:1"),
@@ -562,7 +547,7 @@ mod layer_tests {
     #[test]
     fn unknown_keys_and_bad_values_are_refused_naming_file_and_key() {
         let dir = tempfile::tempdir().unwrap();
-        let env = Env::new(&[]);
+        let env = environment(&[]);
         let path = file(&dir, "work_dir = \"/srv\"\n");
         let err = env.load(&["--config", &path]).err().unwrap().to_string();
         assert_eq!(
@@ -601,7 +586,7 @@ mod layer_tests {
             &dir,
             "containerizers = \"process\"\nattributes = \"rack:r1;zone:a\"\nswitch-user = false\n",
         );
-        let env = Env::new(&[("DROVER_AGENT_RESERVED_CPUS", "1.25")]);
+        let env = environment(&[("DROVER_AGENT_RESERVED_CPUS", "1.25")]);
         let first = env
             .load(&[
                 "--config",
@@ -611,14 +596,7 @@ mod layer_tests {
                 "h1",
             ])
             .unwrap();
-        let printed = first.to_toml().unwrap();
-        let again = file(&dir, &printed);
-        let second = Env::new(&[]).load(&["--config", &again]).unwrap();
-        assert_eq!(
-            toml::Table::try_from(&first.settings).unwrap(),
-            toml::Table::try_from(&second.settings).unwrap(),
-            "{printed}"
-        );
+        let (printed, second) = reload_printed(DAEMON, &first, dir.path());
         let c = second.settings;
         assert!(c.shutdown_tasks_on_exit && !c.sandbox.switch_user);
         assert_eq!(
@@ -635,10 +613,8 @@ mod layer_tests {
     #[test]
     fn every_setting_is_a_file_key() {
         let keys = drover_config::keys::<Config>(&DAEMON);
-        let printed = toml::Table::try_from(Env::new(&[]).load(&[]).unwrap().settings).unwrap();
-        let unprinted: Vec<&String> = keys.iter().filter(|k| !printed.contains_key(*k)).collect();
         assert_eq!(
-            unprinted,
+            keys_unset_by_default::<Config>(DAEMON),
             [
                 "advertise-address",
                 "resources",
@@ -661,23 +637,13 @@ mod layer_tests {
     /// so a new flag needs its line), and docs/operations.md shows it as it is.
     #[test]
     fn the_packaged_example_is_valid_and_complete() {
-        let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
-        let path = format!("{root}/packaging/agent.toml");
-        let loaded = Env::new(&[]).load(&["--config", &path]).unwrap();
-        loaded.settings.validate().unwrap();
-        let text = std::fs::read_to_string(&path).unwrap();
-        for key in drover_config::keys::<Config>(&DAEMON) {
-            let line = format!("{key} = ");
-            assert!(
-                text.lines()
-                    .any(|l| l.starts_with(&line) || l.starts_with(&format!("# {line}"))),
-                "{path} does not name {key}"
-            );
-        }
-        let docs = std::fs::read_to_string(format!("{root}/docs/operations.md")).unwrap();
-        assert!(
-            docs.contains(&format!("```toml\n{text}```")),
-            "docs/operations.md must show {path} as it is"
+        assert_packaged_example::<Config>(
+            DAEMON,
+            concat!(env!("CARGO_MANIFEST_DIR"), "/.."),
+            "packaging/agent.toml",
+            |c: &Config| {
+                c.validate().unwrap();
+            },
         );
     }
 }

@@ -31,6 +31,9 @@
 //! problems are reported together. Checks that span settings (e.g. "`--peers` must name
 //! this master") stay in each daemon and run on the merged result, so they hold for values
 //! from any layer.
+//!
+//! Modules: this file is the layer; `testing` (cargo feature `testing`, for the daemons'
+//! dev-dependencies only) holds what the daemons' config tests share.
 
 use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
@@ -551,6 +554,9 @@ fn unknown_key(settings: &[Setting], key: &str) -> String {
         None => "unknown key".to_string(),
     }
 }
+
+#[cfg(feature = "testing")]
+pub mod testing;
 
 #[cfg(test)]
 mod tests;

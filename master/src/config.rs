@@ -413,34 +413,19 @@ mod tests {
 /// The configuration layer as the master uses it: precedence, refusals, `--print-config`.
 #[cfg(test)]
 mod layer_tests {
-    use std::collections::HashMap;
-
-    use drover_config::{Loaded, Origin};
+    use drover_config::testing::{
+        assert_packaged_example, keys_unset_by_default, reload_printed, write, Env,
+    };
+    use drover_config::Origin;
 
     use super::*;
 
-    struct Env(HashMap<String, String>);
-
-    impl Env {
-        fn new(vars: &[(&str, &str)]) -> Env {
-            Env(vars
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect())
-        }
-
-        fn load(&self, args: &[&str]) -> Result<Loaded<Flags>, drover_config::Error> {
-            Flags::load(
-                std::iter::once("drover-master").chain(args.iter().copied()),
-                |name| self.0.get(name).map(Into::into),
-            )
-        }
+    fn environment(vars: &[(&str, &str)]) -> Env<Flags> {
+        Env::new(DAEMON, vars)
     }
 
     fn file(dir: &tempfile::TempDir, text: &str) -> String {
-        let path = dir.path().join("master.toml");
-        std::fs::write(&path, text).unwrap();
-        path.to_str().unwrap().to_string()
+        write(dir.path(), "master.toml", text)
     }
 
     #[test]
@@ -450,7 +435,7 @@ mod layer_tests {
             &dir,
             "heartbeat-interval-secs = 2.5\nlisten = \"127.0.0.1:6050\"\nlog-level = \"warn\"\n",
         );
-        let none = Env::new(&[]);
+        let none = environment(&[]);
         let f = none.load(&[]).unwrap().settings;
         assert_eq!(f.heartbeat_interval_secs, 5.0);
         assert_eq!(f.log_level, "info");
@@ -460,7 +445,7 @@ mod layer_tests {
         assert_eq!(l.settings.listen.port(), 6050);
         assert_eq!(l.origin("listen"), Some(&Origin::File(path.clone().into())));
 
-        let env = Env::new(&[
+        let env = environment(&[
             ("DROVER_MASTER_HEARTBEAT_INTERVAL_SECS", "3"),
             ("DROVER_MASTER_LISTEN", "127.0.0.1:7050"),
             ("DROVER_LOG", "debug"),
@@ -473,7 +458,7 @@ mod layer_tests {
             "the older DROVER_LOG still beats the file"
         );
 
-        let env = Env::new(&[
+        let env = environment(&[
             ("DROVER_MASTER_HEARTBEAT_INTERVAL_SECS", "3"),
             ("DROVER_LOG", "debug"),
             ("DROVER_MASTER_LOG_LEVEL", "trace"),
@@ -493,7 +478,7 @@ mod layer_tests {
     #[test]
     fn unknown_keys_and_bad_values_are_refused_naming_file_and_key() {
         let dir = tempfile::tempdir().unwrap();
-        let env = Env::new(&[]);
+        let env = environment(&[]);
         let path = file(&dir, "listne = \"0.0.0.0:5050\"\n");
         let err = env.load(&["--config", &path]).err().unwrap().to_string();
         assert_eq!(
@@ -528,18 +513,11 @@ mod layer_tests {
     fn print_config_reads_back_to_the_same_settings() {
         let dir = tempfile::tempdir().unwrap();
         let path = file(&dir, "peers = \"1=a:1,2=b:2\"\nweights = \"web=2\"\n");
-        let env = Env::new(&[("DROVER_MASTER_RAFT_TICK_MS", "20")]);
+        let env = environment(&[("DROVER_MASTER_RAFT_TICK_MS", "20")]);
         let first = env
             .load(&["--config", &path, "--id", "2", "--data-dir", "/srv/m"])
             .unwrap();
-        let printed = first.to_toml().unwrap();
-        let again = file(&dir, &printed);
-        let second = Env::new(&[]).load(&["--config", &again]).unwrap();
-        assert_eq!(
-            toml::Table::try_from(&first.settings).unwrap(),
-            toml::Table::try_from(&second.settings).unwrap(),
-            "{printed}"
-        );
+        let (printed, second) = reload_printed(DAEMON, &first, dir.path());
         assert_eq!(second.settings.raft_tick_ms, 20);
         assert!(
             printed.contains("\n# advertise-address = (not set)\n"),
@@ -550,10 +528,8 @@ mod layer_tests {
     #[test]
     fn every_setting_is_a_file_key() {
         let keys = drover_config::keys::<Flags>(&DAEMON);
-        let printed = toml::Table::try_from(Env::new(&[]).load(&[]).unwrap().settings).unwrap();
-        let unprinted: Vec<&String> = keys.iter().filter(|k| !printed.contains_key(*k)).collect();
         assert_eq!(
-            unprinted,
+            keys_unset_by_default::<Flags>(DAEMON),
             ["advertise-address"],
             "only unset options are missing"
         );
@@ -565,23 +541,13 @@ mod layer_tests {
     /// so a new flag needs its line), and docs/operations.md shows it as it is.
     #[test]
     fn the_packaged_example_is_valid_and_complete() {
-        let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
-        let path = format!("{root}/packaging/master.toml");
-        let loaded = Env::new(&[]).load(&["--config", &path]).unwrap();
-        Config::from_flags(&loaded.settings).unwrap();
-        let text = std::fs::read_to_string(&path).unwrap();
-        for key in drover_config::keys::<Flags>(&DAEMON) {
-            let line = format!("{key} = ");
-            assert!(
-                text.lines()
-                    .any(|l| l.starts_with(&line) || l.starts_with(&format!("# {line}"))),
-                "{path} does not name {key}"
-            );
-        }
-        let docs = std::fs::read_to_string(format!("{root}/docs/operations.md")).unwrap();
-        assert!(
-            docs.contains(&format!("```toml\n{text}```")),
-            "docs/operations.md must show {path} as it is"
+        assert_packaged_example::<Flags>(
+            DAEMON,
+            concat!(env!("CARGO_MANIFEST_DIR"), "/.."),
+            "packaging/master.toml",
+            |f| {
+                Config::from_flags(f).unwrap();
+            },
         );
     }
 }

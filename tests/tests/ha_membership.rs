@@ -286,16 +286,13 @@ fn a_backup_restores_into_a_new_cluster_after_losing_every_master() {
     // An online backup from the leader, through any master.
     let file = cluster.dir.path().join("registry.backup");
     let masters: Vec<String> = (0..3).map(|i| cluster.master_addr_at(i)).collect();
-    let out = std::process::Command::new(drover_tests::bin_dir().join("drover-master"))
-        .args(["backup", "--master", &masters.join(","), "--out"])
-        .arg(&file)
-        .output()
-        .expect("run drover-master backup");
-    assert!(
-        out.status.success(),
-        "backup failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    drover_tests::master_tool(&[
+        "backup",
+        "--master",
+        &masters.join(","),
+        "--out",
+        file.to_str().unwrap(),
+    ]);
 
     // Every master is lost, data folders included.
     for i in 0..3 {
@@ -307,24 +304,17 @@ fn a_backup_restores_into_a_new_cluster_after_losing_every_master() {
         .map(|i| format!("{}={}", cluster.master_id(i), cluster.master_addr_at(i)))
         .collect();
     for i in 0..3 {
-        let out = std::process::Command::new(drover_tests::bin_dir().join("drover-master"))
-            .args(["restore", "--from"])
-            .arg(&file)
-            .arg("--data-dir")
-            .arg(cluster.master_data_dir(i))
-            .args([
-                "--id",
-                &cluster.master_id(i).to_string(),
-                "--peers",
-                &peers.join(","),
-            ])
-            .output()
-            .expect("run drover-master restore");
-        assert!(
-            out.status.success(),
-            "restore failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        drover_tests::master_tool(&[
+            "restore",
+            "--from",
+            file.to_str().unwrap(),
+            "--data-dir",
+            cluster.master_data_dir(i).to_str().unwrap(),
+            "--id",
+            &cluster.master_id(i).to_string(),
+            "--peers",
+            &peers.join(","),
+        ]);
     }
     for i in 0..3 {
         cluster.start_master_at(i);

@@ -77,6 +77,9 @@ struct MasterProc {
     joined: bool,
     /// Its data folder's name under the cluster folder.
     data: String,
+    /// Its own `drover-master` flags, given on every start after the cluster's
+    /// (e.g. an older release's registry version cap on one master).
+    flags: Vec<String>,
 }
 
 /// A cluster of real processes in a temporary folder: one master (started by
@@ -103,7 +106,7 @@ fn runtime() -> Option<tokio::runtime::Runtime> {
 }
 
 /// A channel to `addr` whose calls cannot hang a test: bounded connect and call times.
-async fn connect(addr: &str) -> Option<tonic::transport::Channel> {
+pub async fn connect(addr: &str) -> Option<tonic::transport::Channel> {
     tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
         .ok()?
         .connect_timeout(Duration::from_secs(2))
@@ -141,20 +144,47 @@ impl Cluster {
     }
 
     pub fn start_with(timing: Timing, extra_master_flags: Vec<String>) -> Cluster {
-        let mut c = Self::new_cluster(timing, extra_master_flags, 1, false);
+        let mut c = Self::prepare(timing, extra_master_flags);
         c.start_master();
         c
+    }
+
+    /// The cluster [`Cluster::start_with`] starts, its master not started yet: a test may
+    /// fill its data folder ([`Cluster::master_data_dir`]) or give it its own flags
+    /// ([`Cluster::set_master_flags`]) first, then call [`Cluster::start_master`].
+    pub fn prepare(timing: Timing, extra_master_flags: Vec<String>) -> Cluster {
+        Self::new_cluster(timing, extra_master_flags, 1, false)
     }
 
     /// Starts `n` masters in one Raft group (`--id 1..=n`, `--peers` naming all of them) and
     /// waits until one of them leads. No agent yet.
     pub fn start_ha(timing: Timing, n: usize) -> Cluster {
-        let mut c = Self::new_cluster(timing, Vec::new(), n, true);
-        for i in 0..n {
-            c.spawn_master(i);
-        }
-        c.wait_for_leader();
+        let mut c = Self::prepare_ha(timing, n, Vec::new());
+        c.start_masters();
         c
+    }
+
+    /// The cluster [`Cluster::start_ha`] starts, with `extra_master_flags` for every
+    /// master, none started yet: a test may fill data folders or give a master its own
+    /// flags ([`Cluster::set_master_flags`]) first, then call [`Cluster::start_masters`].
+    pub fn prepare_ha(timing: Timing, n: usize, extra_master_flags: Vec<String>) -> Cluster {
+        Self::new_cluster(timing, extra_master_flags, n, true)
+    }
+
+    /// Starts every master that is not running and waits until one of them leads.
+    pub fn start_masters(&mut self) {
+        for i in 0..self.masters.len() {
+            if self.masters[i].child.is_none() {
+                self.spawn_master(i);
+            }
+        }
+        self.wait_for_leader();
+    }
+
+    /// Gives master `i` its own flags (after the cluster's), from its next start on;
+    /// `&[]` takes them away again.
+    pub fn set_master_flags(&mut self, i: usize, flags: &[&str]) {
+        self.masters[i].flags = flags.iter().map(|f| f.to_string()).collect();
     }
 
     /// Like [`Cluster::start_ha`], but every master runs in its own network namespace
@@ -199,6 +229,7 @@ impl Cluster {
                     } else {
                         "master".to_string()
                     },
+                    flags: Vec::new(),
                 })
                 .collect(),
             ha,
@@ -313,6 +344,7 @@ impl Cluster {
             .arg("--heartbeat-interval-secs")
             .arg("1")
             .args(&self.extra_master_flags)
+            .args(&m.flags)
             .env("DROVER_LOG", "info,drover_master=debug");
         self.log_to(&mut cmd, &name);
         if self.ha && m.joined {
@@ -343,6 +375,15 @@ impl Cluster {
     /// Adds a master with a new id that joins the running cluster (`--join`), starts it
     /// and waits until it answers; returns its index.
     pub fn add_joining_master(&mut self) -> usize {
+        let i = self.add_master(&[]);
+        self.start_master_at(i);
+        i
+    }
+
+    /// Adds, without starting it, a master with a new id and its own `flags` that will
+    /// join the running cluster (`--join`); returns its index. Start it with
+    /// [`Cluster::start_master_at`], or [`Cluster::start_master_expecting_refusal`].
+    pub fn add_master(&mut self, flags: &[&str]) -> usize {
         let i = self.masters.len();
         let id = self.masters.iter().map(|m| m.id).max().unwrap_or(0) + 1;
         self.masters.push(MasterProc {
@@ -354,8 +395,8 @@ impl Cluster {
             netns: None,
             joined: true,
             data: format!("master-{i}"),
+            flags: flags.iter().map(|f| f.to_string()).collect(),
         });
-        self.start_master_at(i);
         i
     }
 
