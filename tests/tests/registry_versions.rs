@@ -202,6 +202,33 @@ fn a_capped_master_holds_back_new_commands_until_it_is_upgraded() {
         !members.voters.contains(&4) && !members.learners.contains(&4),
         "{members:?}"
     );
+
+    // Nor may one that an operator added first: `drover masters add` cannot know the
+    // binary's version (it sends 0), so the joining master checks itself.
+    let pre_added = m.add_master(&CAP);
+    let (id, address) = (m.master_id(pre_added), m.master_addr_at(pre_added));
+    at_leader(&m, |a| {
+        let address = address.clone();
+        runtime().block_on(async move {
+            pb::operator_client::OperatorClient::new(channel(a).await?)
+                .add_master(pb::AddMasterRequest {
+                    id,
+                    address,
+                    max_registry_version: 0,
+                })
+                .await
+                .map(|_| ())
+        })
+    })
+    .expect("added as a learner");
+    let (status, log) = m.start_master_expecting_refusal(pre_added);
+    assert!(!status.success(), "an older pre-added master ran: {log}");
+    assert!(
+        log.contains(&format!(
+            "master {id} supports registry versions up to 1, but the registry is at version 2"
+        )),
+        "{log}"
+    );
 }
 
 #[test]
