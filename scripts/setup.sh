@@ -10,10 +10,13 @@ command -v cc >/dev/null 2>&1 || need_apt+=(build-essential)
 command -v c++ >/dev/null 2>&1 || need_apt+=(g++)
 # bindgen (RocksDB's Rust bindings) loads libclang at build time.
 # Look for libclang itself: libclang-cpp (installed by other packages) does not satisfy bindgen.
-if ! ls /usr/lib/llvm-*/lib/libclang.so* /usr/lib/llvm-*/lib/libclang-[0-9]*.so* \
-      /usr/lib/*-linux-gnu/libclang.so* /usr/lib/*-linux-gnu/libclang-[0-9]*.so* >/dev/null 2>&1; then
-  need_apt+=(libclang-dev)
-fi
+# One match is enough (`ls` of all four patterns fails as soon as one matches nothing).
+have_libclang=false
+for f in /usr/lib/llvm-*/lib/libclang.so* /usr/lib/llvm-*/lib/libclang-[0-9]*.so* \
+         /usr/lib/*-linux-gnu/libclang.so* /usr/lib/*-linux-gnu/libclang-[0-9]*.so*; do
+  if [ -e "$f" ]; then have_libclang=true; break; fi
+done
+$have_libclang || need_apt+=(libclang-dev)
 command -v pkg-config >/dev/null 2>&1 || need_apt+=(pkg-config)
 # The image tests build a tiny image around Debian's static busybox.
 [ -x /bin/busybox ] || need_apt+=(busybox-static)
