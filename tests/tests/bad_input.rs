@@ -190,6 +190,21 @@ fn hostile_calls_are_refused_precisely_and_the_cluster_keeps_working() {
         .unwrap();
         loop {
             let st = b.update().await;
+            if !st.uuid.is_empty() {
+                // A malformed uuid for a real task is refused, not relayed (uuids are 16
+                // bytes, as the agent makes them); the real acknowledgement then goes through.
+                let e = b
+                    .client
+                    .acknowledge(pb::AcknowledgeCall {
+                        header: Some(b.header.clone()),
+                        agent_id: st.agent_id.clone(),
+                        task_id: st.task_id.clone(),
+                        uuid: st.uuid[..3].to_vec(),
+                    })
+                    .await
+                    .unwrap_err();
+                assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+            }
             b.ack(&st).await;
             if st.state == TaskState::TaskFinished as i32 {
                 break;

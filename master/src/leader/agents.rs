@@ -70,8 +70,11 @@ fn validate_update(u: &pb::agent_message::StatusUpdate) -> Result<(), String> {
         .filter(|t| !t.is_empty())
         .ok_or("update without task_id")?;
     validate_id("task", task.as_str())?;
-    if st.uuid.is_empty() || st.uuid.len() > 64 {
-        return Err("update without a valid uuid".into());
+    // 16 bytes, as agents make them: a framework acknowledges with this uuid, and the
+    // master refuses any other length there (an update it could relay but never see
+    // acknowledged would be retried for ever).
+    if st.uuid.len() != 16 {
+        return Err("update without a valid uuid (16 bytes)".into());
     }
     let state = drover_proto::states::from_i32(st.state);
     if state == pb::TaskState::Unspecified {

@@ -628,10 +628,13 @@ impl Master {
             .clone()
             .filter(|a| !a.is_empty())
             .ok_or_else(|| Status::invalid_argument("ACKNOWLEDGE without agent_id"))?;
-        if call.uuid.is_empty() || call.uuid.len() > 64 {
-            return Err(Status::invalid_argument(
-                "ACKNOWLEDGE needs the update's uuid",
-            ));
+        // Every update a framework may acknowledge carries the 16-byte uuid its agent gave
+        // it; anything else is a client bug, refused rather than relayed to the agent.
+        if call.uuid.len() != 16 {
+            return Err(Status::invalid_argument(format!(
+                "ACKNOWLEDGE needs the update's uuid (16 bytes, got {})",
+                call.uuid.len()
+            )));
         }
         let key = TaskKey::new(&fw, &task_id);
         let owner = {
