@@ -489,11 +489,7 @@ impl Containerizer for ProcessContainerizer {
         let meta = self.layout.task_meta(key);
         // Written before the signal: the supervisor reads it on SIGTERM, and a restarted
         // agent that finds it re-sends the signal.
-        let request = KillRequest {
-            grace_secs: grace.as_secs_f64(),
-            requested_at: unix_seconds(),
-            reason: reason as i32,
-        };
+        let request = KillRequest::now(grace, reason);
         let path = meta.kill_request_file();
         write_json_atomic(&path, &request).ctx(|| format!("writing {}", path.display()))?;
         let identity = self.supervisors().get(key).map(|s| s.identity);

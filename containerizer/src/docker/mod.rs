@@ -644,11 +644,7 @@ impl Containerizer for DockerContainerizer {
         let meta = self.layout.task_meta(key);
         // Written before the stop: `wait` reports KILLED only for requested kills, and a
         // restarted agent that finds it repeats the stop.
-        let request = KillRequest {
-            grace_secs: grace.as_secs_f64(),
-            requested_at: unix_seconds(),
-            reason: reason as i32,
-        };
+        let request = KillRequest::now(grace, reason);
         let path = meta.kill_request_file();
         write_json_atomic(&path, &request).ctx(|| format!("writing {}", path.display()))?;
         let name = self.tracked().get(key).map(|t| t.name.clone());

@@ -138,6 +138,17 @@ pub struct KillRequest {
     pub reason: i32,
 }
 
+impl KillRequest {
+    /// A kill asked for now: `grace` runs from this moment, and TASK_KILLED says `reason`.
+    pub fn now(grace: std::time::Duration, reason: drover_proto::pb::task_status::Reason) -> Self {
+        KillRequest {
+            grace_secs: grace.as_secs_f64(),
+            requested_at: drover_proto::unix_seconds(),
+            reason: reason as i32,
+        }
+    }
+}
+
 /// How the task's main process ended.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
