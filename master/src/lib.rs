@@ -14,6 +14,8 @@
 //! - [`membership`]: seeding a new cluster and joining an existing one safely.
 //! - [`backup`]: registry backups (online through the leader, or offline from a data
 //!   folder) and restoring one into new data folders.
+//! - [`error`]: [`error::MasterError`], the one error type of the library (mapped to gRPC
+//!   statuses only in [`services::status`]).
 //! - [`metrics`], [`clock`]: counters and timings; the one clock abstraction.
 //!
 //! Start a master with [`serve`], giving it already-bound listeners and a shutdown future.
@@ -26,6 +28,7 @@ pub mod allocator;
 pub mod backup;
 pub mod clock;
 pub mod config;
+pub mod error;
 pub mod http;
 pub mod leader;
 pub mod membership;

@@ -49,3 +49,31 @@ impl<T> Drop for GuardedStream<T> {
         }
     }
 }
+
+/// The gRPC status a caller sees for a master error: the one place where library errors
+/// become statuses. A NotLeader answer carries the leader's address in its details (see
+/// [`drover_proto::leader`]); failures of the master's own machinery are INTERNAL.
+pub fn status(e: crate::error::MasterError) -> tonic::Status {
+    use crate::error::MasterError as E;
+    use tonic::Status;
+    match e {
+        E::InvalidArgument(m) => Status::invalid_argument(m),
+        E::NotFound(m) => Status::not_found(m),
+        E::AlreadyExists(m) => Status::already_exists(m),
+        E::FailedPrecondition(m) => Status::failed_precondition(m),
+        E::PermissionDenied(m) => Status::permission_denied(m),
+        E::ResourceExhausted(m) => Status::resource_exhausted(m),
+        E::Aborted(m) => Status::aborted(m),
+        E::Unavailable(m) => Status::unavailable(m),
+        E::DeadlineExceeded(m) => Status::deadline_exceeded(m),
+        E::Unimplemented(m) => Status::unimplemented(m),
+        E::NotLeader { leader } => drover_proto::leader::not_leader_status(leader.as_deref()),
+        e @ (E::Internal(_) | E::Io { .. }) => Status::internal(e.to_string()),
+    }
+}
+
+impl From<crate::error::MasterError> for tonic::Status {
+    fn from(e: crate::error::MasterError) -> Self {
+        status(e)
+    }
+}

@@ -1,0 +1,84 @@
+//! The master's one error type.
+//!
+//! Library code (the leader, the registry's callers, Raft, membership, backup, config)
+//! returns [`MasterError`]; the services turn it into a gRPC status in one place
+//! ([`crate::services::status`]), and the binary prints it. The variants that name a gRPC
+//! code say what the caller did wrong or must do next, because that is what decides the
+//! code; the rest describe failures of the master's own machinery.
+
+/// Everything that can go wrong in the master.
+#[derive(Debug, thiserror::Error)]
+pub enum MasterError {
+    /// The request is malformed or names something impossible.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// The request names something that does not exist (any more).
+    #[error("{0}")]
+    NotFound(String),
+    /// The request would create something that already exists.
+    #[error("{0}")]
+    AlreadyExists(String),
+    /// The request is well-formed but the cluster's state does not allow it now.
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// The caller may not do this (someone else's framework, offer or executor).
+    #[error("{0}")]
+    PermissionDenied(String),
+    /// A limit would be passed.
+    #[error("{0}")]
+    ResourceExhausted(String),
+    /// A concurrent change won; retrying may succeed.
+    #[error("{0}")]
+    Aborted(String),
+    /// Not available now (leadership changed, shutting down); retrying later may succeed.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The operation did not finish in time.
+    #[error("{0}")]
+    DeadlineExceeded(String),
+    /// The call is not supported.
+    #[error("{0}")]
+    Unimplemented(String),
+    /// This master does not lead; `leader` is the leader's address when known.
+    #[error("not the leader")]
+    NotLeader {
+        /// The leader's gRPC address, when this master knows a live one.
+        leader: Option<String>,
+    },
+    /// A broken invariant of the master itself.
+    #[error("{0}")]
+    Internal(String),
+    /// An operating-system call failed; `context` says what the master was doing.
+    #[error("{context}: {source}")]
+    Io {
+        /// What the master was doing.
+        context: String,
+        /// The error the system returned.
+        source: std::io::Error,
+    },
+}
+
+/// The master's result type.
+pub type Result<T, E = MasterError> = std::result::Result<T, E>;
+
+impl MasterError {
+    /// An I/O error with what the master was doing.
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        MasterError::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}
+
+/// Adds context to I/O results: `fs::read(p).io_ctx(|| format!("reading {p}"))`.
+pub trait IoContext<T> {
+    /// Wraps an I/O error into [`MasterError::Io`] with the context `f` returns.
+    fn io_ctx(self, f: impl FnOnce() -> String) -> Result<T>;
+}
+
+impl<T> IoContext<T> for std::result::Result<T, std::io::Error> {
+    fn io_ctx(self, f: impl FnOnce() -> String) -> Result<T> {
+        self.map_err(|e| MasterError::io(f(), e))
+    }
+}
