@@ -13,12 +13,12 @@ use tonic::transport::Channel;
 use crate::config::SchedulerConfig;
 use crate::error::SdkError;
 
-/// What the driver asks the event loop of [`crate::run`] to do.
+/// What the driver asks the event stream ([`crate::Events`]) to do.
 #[derive(Debug)]
 pub(crate) enum Control {
-    /// End `run` without tearing the framework down.
+    /// End the stream without tearing the framework down.
     Stop,
-    /// The framework was torn down: end `run`.
+    /// The framework was torn down: end the stream.
     TornDown,
     /// A call on stream `stream_id` was answered NotLeader: drop that stream and
     /// resubscribe, trying `leader` first.
@@ -53,11 +53,13 @@ struct Shared {
 /// The handle a scheduler uses to talk to the leading master.
 ///
 /// Every method is one unary RPC carrying the framework id and the current stream id. A
-/// call made while the driver is reconnecting fails at once with
-/// [`SdkError::Disconnected`]; a call answered NotLeader fails with
-/// [`SdkError::NotLeader`] and makes the driver resubscribe to the named leader. Clones
-/// share one state, so a clone may be moved into a spawned task (a timer, a signal
-/// handler) and used from there.
+/// call made before the first subscription or while the driver is reconnecting is not
+/// queued: it fails at once with [`SdkError::Disconnected`]. A call answered NotLeader
+/// fails with [`SdkError::NotLeader`] and makes the driver resubscribe to the named
+/// leader. Once the event stream has ended (or was dropped) every call fails with
+/// [`SdkError::Stopped`]. Clones share one state and the handle is `Send + Sync`, so a
+/// clone may be moved into a spawned task (a timer, a signal handler) and used from there;
+/// [`Driver::stop`] and [`Driver::teardown`] work from anywhere, at any time.
 #[derive(Clone, Debug)]
 pub struct Driver {
     shared: Arc<Shared>,
@@ -402,10 +404,24 @@ impl Driver {
     }
 
     /// Removes the framework from the cluster: the master kills all its tasks and forgets
-    /// it. On success [`crate::run`] returns [`crate::RunOutcome::TornDown`] once the
-    /// current callback returns.
+    /// it. On success the event stream ends with [`crate::Event::Ended`]`(Ok(TornDown))`
+    /// before any further event ([`crate::run`] returns [`crate::RunOutcome::TornDown`]
+    /// once the current callback returns).
+    ///
+    /// Before the first subscription of a framework without an id, no master knows the
+    /// framework: there is nothing to remove, so no call is made, the stream ends the same
+    /// way and this returns `Ok`. While reconnecting with a framework id it fails with
+    /// [`SdkError::Disconnected`] like every call; try again after the next
+    /// [`crate::Event::Subscribed`], or [`Driver::stop`].
     pub async fn teardown(&self) -> Result<(), SdkError> {
-        self.state().tearing_down = true;
+        {
+            let mut s = self.state();
+            if !s.finished && s.session.is_none() && s.framework_id.is_none() {
+                let _ = self.shared.control.send(Control::TornDown);
+                return Ok(());
+            }
+            s.tearing_down = true;
+        }
         let result = self
             .call("teardown", |mut c, header| async move {
                 c.teardown(pb::TeardownCall {
@@ -423,10 +439,12 @@ impl Driver {
         Ok(())
     }
 
-    /// Ends [`crate::run`] (with [`crate::RunOutcome::Stopped`]) once the current callback
-    /// returns, without tearing the framework down: the master keeps its tasks running
-    /// for the failover timeout, and a scheduler subscribing with the same framework id
-    /// takes them back.
+    /// Ends the event stream with [`crate::Event::Ended`]`(Ok(Stopped))` before any
+    /// further event ([`crate::run`] returns [`crate::RunOutcome::Stopped`] once the
+    /// current callback returns), without tearing the framework down: the master keeps its
+    /// tasks running for the failover timeout, and a scheduler subscribing with the same
+    /// framework id takes them back. Works at any time; before the first subscription it
+    /// abandons the attempts to subscribe.
     pub fn stop(&self) {
         let _ = self.shared.control.send(Control::Stop);
     }
@@ -437,12 +455,16 @@ mod tests {
     use super::*;
 
     fn driver() -> (Driver, mpsc::UnboundedReceiver<Control>) {
-        let config = SchedulerConfig::builder("t")
-            .masters(["127.0.0.1:1"])
-            .build()
-            .unwrap();
+        driver_with(None)
+    }
+
+    fn driver_with(id: Option<&str>) -> (Driver, mpsc::UnboundedReceiver<Control>) {
+        let mut builder = SchedulerConfig::builder("t").masters(["127.0.0.1:1"]);
+        if let Some(id) = id {
+            builder = builder.framework_id(FrameworkId::new(id));
+        }
         let (tx, rx) = mpsc::unbounded_channel();
-        (Driver::new(&config, tx), rx)
+        (Driver::new(&builder.build().unwrap(), tx), rx)
     }
 
     #[tokio::test]
@@ -450,7 +472,13 @@ mod tests {
         let (d, mut rx) = driver();
         assert!(!d.is_connected());
         assert!(matches!(d.revive().await, Err(SdkError::Disconnected)));
-        assert!(matches!(d.teardown().await, Err(SdkError::Disconnected)));
+        // A framework with an id exists at the master: tearing it down needs a master.
+        let (known, _known_rx) = driver_with(Some("fw-7"));
+        assert!(matches!(
+            known.teardown().await,
+            Err(SdkError::Disconnected)
+        ));
+        assert!(!known.is_tearing_down());
         // Declining nothing never needs a master.
         assert!(d.decline(Vec::new(), None).await.is_ok());
         d.finish();
@@ -462,5 +490,18 @@ mod tests {
         assert!(matches!(rx.recv().await, Some(Control::Stop)));
         assert!(d.framework_id().is_none());
         assert!(d.suppressed_roles().is_empty());
+    }
+
+    #[tokio::test]
+    async fn teardown_before_any_subscription_ends_the_stream_without_a_call() {
+        let (d, mut rx) = driver();
+        // No session and no framework id: no master knows this framework.
+        d.teardown().await.unwrap();
+        assert!(matches!(rx.try_recv(), Ok(Control::TornDown)));
+        assert!(!d.is_tearing_down());
+        // Once the stream ended, teardown is a call like any other: refused.
+        d.finish();
+        assert!(matches!(d.teardown().await, Err(SdkError::Stopped)));
+        assert!(rx.try_recv().is_err());
     }
 }

@@ -1,20 +1,26 @@
 //! The Drover SDK: write a framework (a scheduler) against a Drover cluster.
 //!
-//! A framework implements [`Scheduler`] and hands it to [`run`] with a
-//! [`SchedulerConfig`]. The driver inside `run` finds the leading master (following
-//! NotLeader redirects), subscribes, delivers events one at a time, acknowledges task
-//! updates, watches heartbeats and resubscribes with the same framework id after any
-//! failure. Callbacks talk back through a [`Driver`].
+//! Two forms, one machinery. In the trait form a framework implements [`Scheduler`] and
+//! hands it to [`run`] with a [`SchedulerConfig`]; callbacks talk back through a
+//! [`Driver`]. In the stream form, `let (driver, mut events) = subscribe(config)` gives the
+//! [`Driver`] at once and [`Events`], a `futures::Stream` of [`Event`]s, and the framework
+//! is a plain loop over them (see [`events`] for an example); `run` is that loop. Either
+//! way the SDK finds the leading master (following NotLeader redirects), subscribes,
+//! delivers events one at a time, acknowledges task updates, watches heartbeats and
+//! resubscribes with the same framework id after any failure.
 //!
 //! Module map:
 //! - [`config`]: [`SchedulerConfig`] and its builder; master-list parsing (`HOST:PORT,…`,
 //!   default from `DROVER_MASTER`); failover timeout (never zero), capabilities, policies.
+//! - [`events`]: [`subscribe`], [`Events`] and [`Event`], the stream form, and the
+//!   machinery behind both forms: leader following, subscription, heartbeats,
+//!   acknowledgements, reconnection with backoff, implicit reconciliation.
 //! - [`scheduler`]: the [`Scheduler`] trait, one async callback per event.
 //! - [`driver`]: [`Driver`], the cloneable handle whose methods are the scheduler calls
 //!   (accept, launch, launch_group, decline, revive, suppress, kill, acknowledge,
-//!   reconcile, teardown, stop).
-//! - [`runner`]: [`run`], the event loop: leader following, subscription, heartbeats,
-//!   acknowledgements, reconnection with backoff, implicit reconciliation.
+//!   reconcile, teardown, stop); it exists before the first subscription.
+//! - [`runner`]: [`run`], the trait form: a loop over [`subscribe`]'s events calling the
+//!   [`Scheduler`]'s callbacks; [`RunOutcome`].
 //! - [`offers`]: [`TaskRequest`] (what one task needs) and [`OfferPacker`] (many tasks per
 //!   offer, never overcommitted), plus [`offers::closest_offer`] for "nothing fits"
 //!   messages.
@@ -109,6 +115,7 @@ pub mod config;
 mod connection;
 pub mod driver;
 pub mod error;
+pub mod events;
 pub mod executor;
 pub mod files;
 pub mod offers;
@@ -125,9 +132,14 @@ pub use drover_proto as proto;
 /// depend on `async-trait` themselves).
 pub use async_trait::async_trait;
 
+/// The extension trait whose `next()` reads [`Events`] (re-exported so frameworks need not
+/// depend on `futures` themselves).
+pub use futures::StreamExt;
+
 pub use config::{parse_masters, BackoffConfig, SchedulerConfig, SchedulerConfigBuilder};
 pub use driver::Driver;
 pub use error::SdkError;
+pub use events::{subscribe, Event, Events};
 pub use executor::{run_executor, Executor, ExecutorDriver};
 pub use files::{AgentFiles, FileFollower, Sandbox};
 pub use offers::{OfferPacker, Packing, TaskRequest};
