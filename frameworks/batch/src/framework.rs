@@ -1,15 +1,13 @@
-//! The scheduler: a thin shell that feeds offers and updates to the [`Job`] and carries
-//! out what it decides (launch, kill, suppress, revive, tear down).
+//! The framework: a thin shell that feeds the SDK's events (offers, updates, …) to the
+//! [`Job`] and carries out what it decides (launch, kill, suppress, revive, tear down).
+//! `main` loops over the events and hands each to [`Batch::handle`].
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use drover_sdk::proto::pb;
-use drover_sdk::proto::{AgentId, FrameworkId, TaskId};
-use drover_sdk::{
-    async_trait, AgentFiles, Driver, OfferPacker, Scheduler, TaskBuilder, TaskRequest,
-};
+use drover_sdk::proto::{AgentId, FrameworkId, OfferId, TaskId};
+use drover_sdk::{AgentFiles, Driver, Event, OfferPacker, TaskBuilder, TaskRequest};
 use tracing::{debug, warn};
 
 use crate::job::{Job, Progress};
@@ -25,12 +23,11 @@ const REFUSE_WHEN_IDLE: f64 = 120.0;
 /// Bytes of a failed task's stderr shown when the job gives up on it.
 const STDERR_TAIL: u64 = 2048;
 
-/// State shared between the scheduler callbacks and `main` (progress ticker, Ctrl-C,
-/// final report). Locked briefly, never across an await.
+/// The batch framework: the job and what the event handlers, the progress ticker, Ctrl-C
+/// and the final report need to know about it. Owned by `main`'s event loop.
 #[derive(Debug)]
-pub struct Shared {
+pub struct Batch {
     pub job: Job,
-    pub driver: Option<Driver>,
     pub framework_id: Option<FrameworkId>,
     /// Where each attempt ran (the agent API address), to read its sandbox.
     pub agents: HashMap<TaskId, String>,
@@ -42,9 +39,24 @@ pub struct Shared {
     /// failing over): asked about by reconciliation until an update for them arrives, so
     /// a job index never runs twice.
     pub uncertain: Vec<TaskId>,
+    command: String,
+    request: TaskRequest,
 }
 
-impl Shared {
+impl Batch {
+    pub fn new(job: Job, command: String, request: TaskRequest) -> Batch {
+        Batch {
+            job,
+            framework_id: None,
+            agents: HashMap::new(),
+            finishing: false,
+            last_progress: None,
+            uncertain: Vec::new(),
+            command,
+            request,
+        }
+    }
+
     /// A `[batch] …` progress line when the counts changed since the last one.
     pub fn progress_line(&mut self) -> Option<String> {
         let progress = self.job.progress();
@@ -54,39 +66,35 @@ impl Shared {
         self.last_progress = Some(progress);
         Some(format!("[batch] {progress}"))
     }
-}
 
-/// Locks the shared state; a panic elsewhere leaves plain data behind, so go on.
-pub fn lock(shared: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
-    shared.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// The batch scheduler.
-pub struct Batch {
-    shared: Arc<Mutex<Shared>>,
-    command: String,
-    request: TaskRequest,
-}
-
-impl Batch {
-    pub fn new(shared: Arc<Mutex<Shared>>, command: String, request: TaskRequest) -> Batch {
-        Batch {
-            shared,
-            command,
-            request,
+    /// Acts on one event of the SDK ([`Event::Ended`] is `main`'s).
+    pub async fn handle(&mut self, driver: &Driver, event: Event) {
+        match event {
+            Event::Subscribed {
+                framework_id,
+                resubscribed,
+            } => self.subscribed(driver, framework_id, resubscribed).await,
+            Event::Offers(offers) => self.offers(driver, offers).await,
+            Event::Update(status) => self.update(driver, status).await,
+            Event::Rescind(offer_id) => rescinded(offer_id),
+            Event::Failure {
+                agent_id,
+                executor_id,
+                ..
+            } => failure(agent_id, executor_id),
+            Event::Error(message) => {
+                eprintln!("[batch] the master reported an error: {message}")
+            }
+            Event::Disconnected => {
+                println!("[batch] lost the master; reconnecting (tasks keep running)")
+            }
+            Event::Message { .. } | Event::Ended(_) => {}
         }
-    }
-
-    fn state(&self) -> MutexGuard<'_, Shared> {
-        lock(&self.shared)
     }
 
     /// Suppresses offers when the job needs none, revives them when it does.
     async fn sync_offer_interest(&self, driver: &Driver) {
-        let wants = {
-            let s = self.state();
-            !s.finishing && s.job.wants_offers()
-        };
+        let wants = !self.finishing && self.job.wants_offers();
         let result = match (wants, driver.is_suppressed()) {
             (true, true) => driver.revive().await,
             (false, false) => driver.suppress().await,
@@ -102,12 +110,8 @@ impl Batch {
     /// Asks the master about launches that failed ambiguously; the answers (STAGING and
     /// on, or LOST for a launch that never committed) arrive as updates.
     async fn reconcile_uncertain(&self, driver: &Driver) {
-        let tasks: Vec<(TaskId, Option<AgentId>)> = self
-            .state()
-            .uncertain
-            .iter()
-            .map(|t| (t.clone(), None))
-            .collect();
+        let tasks: Vec<(TaskId, Option<AgentId>)> =
+            self.uncertain.iter().map(|t| (t.clone(), None)).collect();
         if tasks.is_empty() {
             return;
         }
@@ -118,20 +122,13 @@ impl Batch {
 
     /// The job is over: report failures, then tear the framework down (killing whatever
     /// still runs). A failed teardown is retried after the next resubscription.
-    async fn finish(&self, driver: &Driver) {
-        let (exhausted, framework_id, agents) = {
-            let mut s = self.state();
-            s.finishing = true;
-            let exhausted = s.job.exhausted();
-            let agents: Vec<Option<String>> = exhausted
-                .iter()
-                .map(|(_, id, _)| s.agents.get(id).cloned())
-                .collect();
-            (exhausted, s.framework_id.clone(), agents)
-        };
-        if let Some(fw) = framework_id {
-            for ((index, task_id, _), address) in exhausted.iter().zip(agents) {
-                if let Some(tail) = stderr_tail(address.as_deref(), &fw, task_id).await {
+    async fn finish(&mut self, driver: &Driver) {
+        self.finishing = true;
+        let exhausted = self.job.exhausted();
+        if let Some(fw) = &self.framework_id {
+            for (index, task_id, _) in &exhausted {
+                let address = self.agents.get(task_id).map(String::as_str);
+                if let Some(tail) = stderr_tail(address, fw, task_id).await {
                     println!(
                         "[batch] stderr of task {index} ({task_id}), last {STDERR_TAIL} bytes:"
                     );
@@ -157,21 +154,27 @@ async fn stderr_tail(address: Option<&str>, fw: &FrameworkId, task_id: &TaskId) 
     (!bytes.is_empty()).then(|| String::from_utf8_lossy(&bytes).into_owned())
 }
 
-#[async_trait]
-impl Scheduler for Batch {
+/// An offer was withdrawn: nothing to do (a launch on it fails and its tasks are requeued).
+fn rescinded(offer_id: OfferId) {
+    debug!(%offer_id, "offer rescinded");
+}
+
+fn failure(agent_id: AgentId, executor_id: Option<drover_sdk::proto::ExecutorId>) {
+    if executor_id.is_none() {
+        // Its tasks' fates arrive as updates (LOST ones are rerun, UNREACHABLE waited for).
+        println!("[batch] agent {agent_id} was lost");
+    }
+}
+
+impl Batch {
     async fn subscribed(&mut self, driver: &Driver, framework_id: FrameworkId, resubscribed: bool) {
-        let finishing = {
-            let mut s = self.state();
-            s.driver = Some(driver.clone());
-            s.framework_id = Some(framework_id.clone());
-            s.finishing
-        };
+        self.framework_id = Some(framework_id.clone());
         if resubscribed {
             println!("[batch] resubscribed as framework {framework_id}");
         } else {
             println!("[batch] subscribed as framework {framework_id}");
         }
-        if finishing {
+        if self.finishing {
             if let Err(e) = driver.teardown().await {
                 warn!("teardown failed again: {e}");
             }
@@ -182,40 +185,36 @@ impl Scheduler for Batch {
     }
 
     async fn offers(&mut self, driver: &Driver, offers: Vec<pb::Offer>) {
-        let (packing, refuse) = {
-            let mut guard = self.state();
-            let s = &mut *guard;
-            let mut queue = if s.finishing {
-                Default::default()
-            } else {
-                s.job.take_launchable()
-            };
-            let name = s.job.spec().name.clone();
-            let packing = OfferPacker::new().pack(
-                offers,
-                &mut queue,
-                |_| self.request,
-                |index, offer, resources| {
-                    let task_id = s.job.launch(index);
-                    s.agents
-                        .insert(task_id.clone(), offer.agent_address.clone());
-                    TaskBuilder::new(task_id)
-                        .name(format!("{name} #{index}"))
-                        .shell(self.command.clone())
-                        .env("DROVER_TASK_INDEX", index.to_string())
-                        .env("DROVER_JOB_NAME", name.clone())
-                        .offer(offer)
-                        .resources(&resources)
-                        .build()
-                },
-            );
-            s.job.requeue(queue);
-            let refuse = if s.job.wants_offers() {
-                REFUSE_WHILE_PENDING
-            } else {
-                REFUSE_WHEN_IDLE
-            };
-            (packing, refuse)
+        let mut queue = if self.finishing {
+            Default::default()
+        } else {
+            self.job.take_launchable()
+        };
+        let name = self.job.spec().name.clone();
+        let (job, agents, request, command) =
+            (&mut self.job, &mut self.agents, self.request, &self.command);
+        let packing = OfferPacker::new().pack(
+            offers,
+            &mut queue,
+            |_| request,
+            |index, offer, resources| {
+                let task_id = job.launch(index);
+                agents.insert(task_id.clone(), offer.agent_address.clone());
+                TaskBuilder::new(task_id)
+                    .name(format!("{name} #{index}"))
+                    .shell(command.clone())
+                    .env("DROVER_TASK_INDEX", index.to_string())
+                    .env("DROVER_JOB_NAME", name.clone())
+                    .offer(offer)
+                    .resources(&resources)
+                    .build()
+            },
+        );
+        self.job.requeue(queue);
+        let refuse = if self.job.wants_offers() {
+            REFUSE_WHILE_PENDING
+        } else {
+            REFUSE_WHEN_IDLE
         };
         for (offer_id, tasks) in packing.launches {
             let ids: Vec<TaskId> = tasks.iter().filter_map(|t| t.task_id.clone()).collect();
@@ -225,16 +224,15 @@ impl Scheduler for Batch {
                         "launching {} task(s) failed: {e}; they wait for another offer",
                         ids.len()
                     );
-                    let mut s = self.state();
                     for id in &ids {
-                        s.job.launch_failed(id);
+                        self.job.launch_failed(id);
                     }
                 } else {
                     warn!(
                         "launching {} task(s) may or may not have committed ({e}); reconciling them",
                         ids.len()
                     );
-                    self.state().uncertain.extend(ids);
+                    self.uncertain.extend(ids);
                     self.reconcile_uncertain(driver).await;
                 }
             }
@@ -246,14 +244,11 @@ impl Scheduler for Batch {
     }
 
     async fn update(&mut self, driver: &Driver, status: pb::TaskStatus) {
-        let (outcome, done, finishing) = {
-            let mut s = self.state();
-            if let Some(id) = &status.task_id {
-                s.uncertain.retain(|u| u != id);
-            }
-            let outcome = s.job.on_update(&status);
-            (outcome, s.job.is_done(), s.finishing)
-        };
+        if let Some(id) = &status.task_id {
+            self.uncertain.retain(|u| u != id);
+        }
+        let outcome = self.job.on_update(&status);
+        let (done, finishing) = (self.job.is_done(), self.finishing);
         if let Some(note) = &outcome.note {
             println!("[batch] {note}");
         }
@@ -267,30 +262,5 @@ impl Scheduler for Batch {
         } else if !finishing {
             self.sync_offer_interest(driver).await;
         }
-    }
-
-    async fn rescinded(&mut self, _driver: &Driver, offer_id: drover_sdk::proto::OfferId) {
-        debug!(%offer_id, "offer rescinded");
-    }
-
-    async fn failure(
-        &mut self,
-        _driver: &Driver,
-        agent_id: drover_sdk::proto::AgentId,
-        executor_id: Option<drover_sdk::proto::ExecutorId>,
-        _status: Option<i32>,
-    ) {
-        if executor_id.is_none() {
-            // Its tasks' fates arrive as updates (LOST ones are rerun, UNREACHABLE waited for).
-            println!("[batch] agent {agent_id} was lost");
-        }
-    }
-
-    async fn error(&mut self, _driver: &Driver, message: String) {
-        eprintln!("[batch] the master reported an error: {message}");
-    }
-
-    async fn disconnected(&mut self, _driver: &Driver) {
-        println!("[batch] lost the master; reconnecting (tasks keep running)");
     }
 }

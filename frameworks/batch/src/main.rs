@@ -12,23 +12,24 @@
 //! Module map:
 //! - [`job`]: the pure, unit-tested state machine (pending, in flight, finished, retries,
 //!   duplicates, parallelism).
-//! - [`framework`]: the `drover_sdk::Scheduler` that feeds offers and updates to the job
-//!   and carries out its decisions.
-//! - this file: flags, progress lines, Ctrl-C, the summary and the exit status.
+//! - [`framework`]: [`framework::Batch`], which feeds the SDK's events (offers, updates)
+//!   to the job and carries out its decisions.
+//! - this file: flags, the event loop (`drover_sdk::subscribe`'s events, progress ticks
+//!   and Ctrl-C in one `select!`), the summary and the exit status.
 
 mod framework;
 mod job;
 
 use std::process::ExitCode;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Parser;
 use drover_sdk::proto::ids::validate_id;
-use drover_sdk::{run, RunOutcome, SchedulerConfig, TaskRequest};
+use drover_sdk::{subscribe, Driver, Event, RunOutcome, SchedulerConfig, StreamExt as _};
+use drover_sdk::{SdkError, TaskRequest};
 
-use framework::{lock, Batch, Shared};
+use framework::Batch;
 use job::{Job, JobSpec};
 
 /// Runs a job of N copies of one shell command on a Drover cluster, to completion.
@@ -133,15 +134,6 @@ async fn run_job(args: Args) -> anyhow::Result<u8> {
         max_retries: args.max_retries,
         parallelism: args.parallelism.map(|p| p as usize),
     };
-    let shared = Arc::new(Mutex::new(Shared {
-        job: Job::new(spec),
-        driver: None,
-        framework_id: None,
-        agents: Default::default(),
-        finishing: false,
-        last_progress: None,
-        uncertain: Vec::new(),
-    }));
     let request = TaskRequest::new(args.cpus, args.mem).with_disk(args.disk);
     let command = args.command.join(" ");
     println!(
@@ -152,25 +144,45 @@ async fn run_job(args: Args) -> anyhow::Result<u8> {
         config.masters().join(",")
     );
 
-    let ticker = tokio::spawn(print_progress(shared.clone()));
-    let interrupted = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let on_ctrl_c = tokio::spawn(interrupt(shared.clone(), interrupted.clone()));
+    let mut batch = Batch::new(Job::new(spec), command, request);
+    let (driver, mut events) = subscribe(config);
+    // Progress lines at most once a second, when the counts changed.
+    let period = Duration::from_secs(1);
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    let mut ctrl_c = std::pin::pin!(tokio::signal::ctrl_c());
+    let mut interrupted = false;
+    let result: Result<RunOutcome, SdkError> = loop {
+        tokio::select! {
+            event = events.next() => match event {
+                Some(Event::Ended(result)) => break result,
+                Some(event) => batch.handle(&driver, event).await,
+                // The stream always ends with `Ended`.
+                None => break Ok(RunOutcome::Stopped),
+            },
+            _ = tick.tick() => {
+                if let Some(line) = batch.progress_line() {
+                    println!("{line}");
+                }
+            }
+            signal = &mut ctrl_c, if !interrupted => {
+                if signal.is_ok() {
+                    interrupted = true;
+                    interrupt(&mut batch, &driver).await;
+                }
+            }
+        }
+    };
 
-    let result = run(config, Batch::new(shared.clone(), command, request)).await;
-    ticker.abort();
-    on_ctrl_c.abort();
-
-    let mut s = lock(&shared);
-    if let Some(line) = s.progress_line() {
+    if let Some(line) = batch.progress_line() {
         println!("{line}");
     }
-    let progress = s.job.progress();
-    if interrupted.load(std::sync::atomic::Ordering::SeqCst) {
+    let progress = batch.job.progress();
+    if interrupted {
         eprintln!("drover-batch: interrupted; the job's running tasks were killed");
         return Ok(130);
     }
     let outcome = result.context("the job could not run to its end")?;
-    if s.job.succeeded() {
+    if batch.job.succeeded() {
         println!(
             "[batch] job {} succeeded: {} tasks finished, {} failed attempt(s) rerun",
             args.name, progress.total, progress.failed
@@ -180,7 +192,7 @@ async fn run_job(args: Args) -> anyhow::Result<u8> {
         }
         return Ok(0);
     }
-    for (index, task_id, why) in s.job.exhausted() {
+    for (index, task_id, why) in batch.job.exhausted() {
         eprintln!(
             "drover-batch: task {index} failed {} time(s); last attempt {task_id}: {why}",
             args.max_retries + 1
@@ -195,33 +207,14 @@ async fn run_job(args: Args) -> anyhow::Result<u8> {
     )
 }
 
-/// Prints a progress line at most once a second, when the counts changed.
-async fn print_progress(shared: Arc<Mutex<Shared>>) {
-    let period = Duration::from_secs(1);
-    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-    loop {
-        tick.tick().await;
-        if let Some(line) = lock(&shared).progress_line() {
-            println!("{line}");
-        }
-    }
-}
-
-/// On Ctrl-C: tear the framework down (which kills the running tasks) and end the run.
-async fn interrupt(shared: Arc<Mutex<Shared>>, interrupted: Arc<std::sync::atomic::AtomicBool>) {
-    if tokio::signal::ctrl_c().await.is_err() {
-        return;
-    }
-    interrupted.store(true, std::sync::atomic::Ordering::SeqCst);
+/// On Ctrl-C: tear the framework down (which kills the running tasks), which ends the
+/// event stream.
+async fn interrupt(batch: &mut Batch, driver: &Driver) {
     eprintln!("[batch] interrupted: tearing the job down");
-    let driver = {
-        let mut s = lock(&shared);
-        s.finishing = true;
-        s.driver.clone()
-    };
-    let Some(driver) = driver else {
+    batch.finishing = true;
+    if batch.framework_id.is_none() {
         std::process::exit(130); // never subscribed: nothing to clean up
-    };
+    }
     if let Err(e) = driver.teardown().await {
         eprintln!("drover-batch: teardown failed ({e}); the master kills the tasks after the failover timeout");
         driver.stop();
