@@ -9,19 +9,22 @@
 //!
 //! Exit codes besides the task's own: 124 when `--timeout-secs` passed, 125 when the task
 //! could not run (TASK_ERROR, LOST, DROPPED, GONE, UNKNOWN), 130 when interrupted.
+//!
+//! One loop does it all: [`run`] selects over the SDK's events (handed to
+//! [`RunScheduler::handle`]), a 250 ms watchdog tick (notices, `--timeout-secs`) and
+//! Ctrl-C, so the state needs no lock.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context};
 use drover_sdk::offers::closest_offer;
 use drover_sdk::proto::pb::{self, TaskState};
 use drover_sdk::proto::{states, AgentId, FrameworkId, Resources, TaskId};
-use drover_sdk::{async_trait, AgentFiles, Driver, OfferPacker, RunOutcome, Scheduler};
+use drover_sdk::{AgentFiles, Driver, Event, OfferPacker, RunOutcome, StreamExt as _};
 use drover_sdk::{CheckBuilder, SchedulerConfig, TaskBuilder, TaskRequest};
 use tokio::io::AsyncWriteExt as _;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::watch;
 
 /// Exit code when `--timeout-secs` passed (as `timeout(1)` does).
 pub const EXIT_TIMEOUT: i32 = 124;
@@ -272,10 +275,10 @@ struct Follower {
     handle: tokio::task::JoinHandle<()>,
 }
 
-/// State shared by the scheduler callbacks and the watchdog.
+/// What the event handlers and the watchdog both look at.
 struct Shared {
     phase: Phase,
-    driver: Option<Driver>,
+    /// Set by the first SUBSCRIBED: until then no master knows the framework.
     framework_id: Option<FrameworkId>,
     task: Option<Launched>,
     offers_seen: usize,
@@ -289,7 +292,6 @@ impl Shared {
     fn new() -> Shared {
         Shared {
             phase: Phase::Waiting,
-            driver: None,
             framework_id: None,
             task: None,
             offers_seen: 0,
@@ -301,13 +303,9 @@ impl Shared {
     }
 }
 
-fn lock(shared: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
-    shared.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// The scheduler of `drover run`.
+/// The scheduler of `drover run`: the state of the run and the handlers of its events.
 struct RunScheduler {
-    shared: Arc<Mutex<Shared>>,
+    shared: Shared,
     request: TaskRequest,
     task_id: TaskId,
     args: RunArgs,
@@ -315,10 +313,6 @@ struct RunScheduler {
 }
 
 impl RunScheduler {
-    fn state(&self) -> MutexGuard<'_, Shared> {
-        lock(&self.shared)
-    }
-
     fn build_task(&self, offer: &pb::Offer, resources: &Resources) -> pb::TaskInfo {
         let name = self
             .args
@@ -348,11 +342,8 @@ impl RunScheduler {
         if self.follower.is_some() {
             return;
         }
-        let (task, fw) = {
-            let s = self.state();
-            (s.task.clone(), s.framework_id.clone())
-        };
-        let (Some(task), Some(fw)) = (task, fw) else {
+        let (Some(task), Some(fw)) = (self.shared.task.clone(), self.shared.framework_id.clone())
+        else {
             return;
         };
         let (stop, rx) = watch::channel(false);
@@ -368,20 +359,17 @@ impl RunScheduler {
             let _ = f.stop.send(true);
             let _ = f.handle.await;
         }
-        let (code, line) = {
-            let mut s = self.state();
-            let (code, line) = final_report(status, s.timed_out, s.interrupted);
-            s.phase = Phase::Done;
-            s.result = Some(code);
-            (code, line)
-        };
+        let s = &mut self.shared;
+        let (code, line) = final_report(status, s.timed_out, s.interrupted);
+        s.phase = Phase::Done;
+        s.result = Some(code);
         eprintln!("drover: {line}");
         tracing::debug!(code, "task ended");
         teardown(driver).await;
     }
 }
 
-/// Tears the framework down. While the driver reconnects, the `subscribed` callback
+/// Tears the framework down. While the driver reconnects, the `subscribed` handler
 /// tries again (the phase is `Done`); when it is refused for good, stops the driver so
 /// the command ends anyway (the master then removes the framework after its failover
 /// timeout).
@@ -431,34 +419,109 @@ async fn copy_new(
     }
 }
 
-/// Ends the run with exit code `code` (unless the task's own result is already known):
-/// tears down, or abandons `run` through `abort` when no master was ever subscribed.
-async fn give_up(shared: &Mutex<Shared>, code: i32, abort: &mut Option<oneshot::Sender<i32>>) {
-    let driver = {
-        let mut s = lock(shared);
-        s.phase = Phase::Done;
-        s.result.get_or_insert(code);
-        s.driver.clone()
-    };
-    match driver {
-        Some(d) => teardown(&d).await,
-        None => {
-            if let Some(tx) = abort.take() {
-                let _ = tx.send(code);
-            }
-        }
-    }
+/// What a watchdog tick or Ctrl-C leaves to do.
+#[derive(Debug, PartialEq, Eq)]
+enum Watch {
+    /// Keep watching.
+    Continue,
+    /// The run is being given up (teardown under way): the watchdog is done.
+    Over,
+    /// Never subscribed: end the run now, without a framework to tear down.
+    Abandon,
 }
 
-#[async_trait]
-impl Scheduler for RunScheduler {
+/// What the watchdog keeps between ticks.
+struct Watchdog {
+    request: TaskRequest,
+    timeout: Option<Duration>,
+    started: Instant,
+    last_notice: Instant,
+}
+
+impl RunScheduler {
+    /// Acts on one event of the SDK ([`Event::Ended`] is [`run`]'s).
+    async fn handle(&mut self, driver: &Driver, event: Event) {
+        match event {
+            Event::Subscribed {
+                framework_id,
+                resubscribed,
+            } => self.subscribed(driver, framework_id, resubscribed).await,
+            Event::Offers(offers) => self.offers(driver, offers).await,
+            Event::Update(status) => self.update(driver, status).await,
+            Event::Error(message) => {
+                eprintln!("drover: the master reported an error: {message}")
+            }
+            Event::Disconnected => eprintln!(
+                "drover: lost the connection to the master; reconnecting (the task keeps running)"
+            ),
+            Event::Rescind(_) | Event::Message { .. } | Event::Failure { .. } => {}
+            Event::Ended(_) => {}
+        }
+    }
+
+    /// Ends the run with exit code `code` (unless the task's own result is already known):
+    /// tears down, or abandons the run when no master was ever subscribed.
+    async fn give_up(&mut self, driver: &Driver, code: i32) -> Watch {
+        let s = &mut self.shared;
+        s.phase = Phase::Done;
+        s.result.get_or_insert(code);
+        if s.framework_id.is_none() {
+            return Watch::Abandon;
+        }
+        teardown(driver).await;
+        Watch::Over
+    }
+
+    /// Ctrl-C: tear down (which kills the task).
+    async fn interrupted(&mut self, driver: &Driver) -> Watch {
+        eprintln!("drover: interrupted; tearing down (this kills the task)");
+        self.shared.interrupted = true;
+        self.give_up(driver, EXIT_INTERRUPTED).await
+    }
+
+    /// One watchdog tick: says what is being waited for, kills on timeout.
+    async fn watch(&mut self, driver: &Driver, dog: &mut Watchdog) -> Watch {
+        let (phase, task) = (self.shared.phase, self.shared.task.clone());
+        let elapsed = dog.started.elapsed();
+        if let Some(limit) = dog.timeout.filter(|l| elapsed >= *l) {
+            let already = std::mem::replace(&mut self.shared.timed_out, true);
+            match (phase, task) {
+                (Phase::Launched, Some(t)) if !already => {
+                    eprintln!(
+                        "drover: timed out after {}s; killing task {}",
+                        limit.as_secs(),
+                        t.task_id
+                    );
+                    // Its KILLED update ends the run, with the output shown.
+                    if let Err(e) = driver.kill(t.task_id, Some(t.agent_id)).await {
+                        eprintln!("drover: kill failed ({e}); tearing down instead");
+                        return self.give_up(driver, EXIT_TIMEOUT).await;
+                    }
+                }
+                // The kill did not take effect in time: removing the framework kills all.
+                (Phase::Launched, _) if elapsed >= limit + KILL_GRACE => {
+                    return self.give_up(driver, EXIT_TIMEOUT).await;
+                }
+                (Phase::Waiting, _) => {
+                    eprintln!(
+                        "drover: timed out after {}s before the task could be launched",
+                        limit.as_secs()
+                    );
+                    return self.give_up(driver, EXIT_TIMEOUT).await;
+                }
+                _ => {}
+            }
+        }
+        if phase == Phase::Waiting && dog.last_notice.elapsed() >= WAITING_NOTICE {
+            dog.last_notice = Instant::now();
+            eprintln!("drover: {}", waiting_notice(&self.shared, &dog.request));
+        }
+        Watch::Continue
+    }
+
     async fn subscribed(&mut self, driver: &Driver, framework_id: FrameworkId, resubscribed: bool) {
-        let phase = {
-            let mut s = self.state();
-            s.driver = Some(driver.clone());
-            s.framework_id = Some(framework_id.clone());
-            s.phase
-        };
+        self.shared.framework_id = Some(framework_id.clone());
+        let phase = self.shared.phase;
         if resubscribed {
             eprintln!("drover: reconnected to the cluster as framework {framework_id}");
         }
@@ -473,7 +536,7 @@ impl Scheduler for RunScheduler {
     }
 
     async fn offers(&mut self, driver: &Driver, offers: Vec<pb::Offer>) {
-        if self.state().phase != Phase::Waiting {
+        if self.shared.phase != Phase::Waiting {
             let ids = offers.into_iter().filter_map(|o| o.id).collect();
             let _ = driver.decline(ids, Some(3600.0)).await;
             if !driver.is_suppressed() {
@@ -482,7 +545,7 @@ impl Scheduler for RunScheduler {
             return;
         }
         {
-            let mut s = self.state();
+            let s = &mut self.shared;
             s.offers_seen += offers.len();
             let mut candidates: Vec<pb::Offer> = offers.clone();
             candidates.extend(s.closest.take());
@@ -516,11 +579,8 @@ impl Scheduler for RunScheduler {
         match driver.launch(vec![offer_id], tasks).await {
             Ok(()) => {
                 eprintln!("drover: launched task {} on {host}", launched.task_id);
-                {
-                    let mut s = self.state();
-                    s.phase = Phase::Launched;
-                    s.task = Some(launched);
-                }
+                self.shared.phase = Phase::Launched;
+                self.shared.task = Some(launched);
                 let _ = driver.suppress().await;
             }
             Err(e) => eprintln!("drover: launching failed ({e}); waiting for another offer"),
@@ -528,7 +588,7 @@ impl Scheduler for RunScheduler {
     }
 
     async fn update(&mut self, driver: &Driver, status: pb::TaskStatus) {
-        if status.task_id.as_ref() != Some(&self.task_id) || self.state().phase == Phase::Done {
+        if status.task_id.as_ref() != Some(&self.task_id) || self.shared.phase == Phase::Done {
             return;
         }
         let state = status.state();
@@ -553,16 +613,6 @@ impl Scheduler for RunScheduler {
             }
             _ => {}
         }
-    }
-
-    async fn error(&mut self, _driver: &Driver, message: String) {
-        eprintln!("drover: the master reported an error: {message}");
-    }
-
-    async fn disconnected(&mut self, _driver: &Driver) {
-        eprintln!(
-            "drover: lost the connection to the master; reconnecting (the task keeps running)"
-        );
     }
 }
 
@@ -629,74 +679,6 @@ async fn follow_output(
     }
 }
 
-/// Says what is being waited for, kills on timeout, tears down on Ctrl-C. Sends on
-/// `abort` when `run` must be abandoned without a driver (never subscribed).
-async fn watchdog(
-    shared: Arc<Mutex<Shared>>,
-    request: TaskRequest,
-    timeout: Option<Duration>,
-    abort: oneshot::Sender<i32>,
-) {
-    let mut abort = Some(abort);
-    let started = Instant::now();
-    let mut last_notice = Instant::now();
-    let mut ctrl_c = std::pin::pin!(tokio::signal::ctrl_c());
-    let mut tick = tokio::time::interval(Duration::from_millis(250));
-    loop {
-        let interrupted = tokio::select! {
-            _ = tick.tick() => false,
-            r = &mut ctrl_c => r.is_ok(),
-        };
-        if interrupted {
-            eprintln!("drover: interrupted; tearing down (this kills the task)");
-            lock(&shared).interrupted = true;
-            give_up(&shared, EXIT_INTERRUPTED, &mut abort).await;
-            return;
-        }
-        let (phase, driver, task) = {
-            let s = lock(&shared);
-            (s.phase, s.driver.clone(), s.task.clone())
-        };
-        let elapsed = started.elapsed();
-        if let Some(limit) = timeout.filter(|l| elapsed >= *l) {
-            let already = std::mem::replace(&mut lock(&shared).timed_out, true);
-            match (phase, driver, task) {
-                (Phase::Launched, Some(d), Some(t)) if !already => {
-                    eprintln!(
-                        "drover: timed out after {}s; killing task {}",
-                        limit.as_secs(),
-                        t.task_id
-                    );
-                    // Its KILLED update ends the run, with the output shown.
-                    if let Err(e) = d.kill(t.task_id, Some(t.agent_id)).await {
-                        eprintln!("drover: kill failed ({e}); tearing down instead");
-                        give_up(&shared, EXIT_TIMEOUT, &mut abort).await;
-                        return;
-                    }
-                }
-                // The kill did not take effect in time: removing the framework kills all.
-                (Phase::Launched, _, _) if elapsed >= limit + KILL_GRACE => {
-                    give_up(&shared, EXIT_TIMEOUT, &mut abort).await;
-                    return;
-                }
-                (Phase::Waiting, _, _) => {
-                    eprintln!(
-                        "drover: timed out after {}s before the task could be launched",
-                        limit.as_secs()
-                    );
-                    give_up(&shared, EXIT_TIMEOUT, &mut abort).await;
-                    return;
-                }
-                _ => {}
-            }
-        }
-        if phase == Phase::Waiting && last_notice.elapsed() >= WAITING_NOTICE {
-            last_notice = Instant::now();
-            eprintln!("drover: {}", waiting_notice(&lock(&shared), &request));
-        }
-    }
-}
-
 /// "waiting for an offer with …; the largest offer so far was …".
 fn waiting_notice(s: &Shared, request: &TaskRequest) -> String {
     if s.framework_id.is_none() {
@@ -745,27 +727,55 @@ pub async fn run(masters: Vec<String>, args: RunArgs) -> anyhow::Result<i32> {
         .reconnect_timeout(Some(RECONNECT_TIMEOUT))
         .build()?;
     let request = TaskRequest::new(args.cpus, args.mem).with_disk(args.disk);
-    let shared = Arc::new(Mutex::new(Shared::new()));
-    let scheduler = RunScheduler {
-        shared: shared.clone(),
+    let mut scheduler = RunScheduler {
+        shared: Shared::new(),
         request,
         task_id: task_id_for(&name),
         args: args.clone(),
         follower: None,
     };
-    let (abort_tx, abort_rx) = oneshot::channel();
-    let timeout = args.timeout_secs.map(Duration::from_secs);
-    let dog = tokio::spawn(watchdog(shared.clone(), request, timeout, abort_tx));
+    let mut dog = Watchdog {
+        request,
+        timeout: args.timeout_secs.map(Duration::from_secs),
+        started: Instant::now(),
+        last_notice: Instant::now(),
+    };
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let mut ctrl_c = std::pin::pin!(tokio::signal::ctrl_c());
+    // The watchdog (ticks and Ctrl-C) is done once it gave the run up.
+    let mut watching = true;
+    let mut signals = true;
 
-    let outcome = tokio::select! {
-        r = drover_sdk::run(config, scheduler) => Some(r),
-        Ok(code) = abort_rx => {
-            lock(&shared).result = Some(code);
-            None
+    let (driver, mut events) = drover_sdk::subscribe(config);
+    // `None` when the run was abandoned before any master was subscribed.
+    let outcome = loop {
+        let watch = tokio::select! {
+            event = events.next() => match event {
+                Some(Event::Ended(result)) => break Some(result),
+                Some(event) => {
+                    scheduler.handle(&driver, event).await;
+                    Watch::Continue
+                }
+                // The stream always ends with `Ended`.
+                None => break Some(Ok(RunOutcome::Stopped)),
+            },
+            _ = tick.tick(), if watching => scheduler.watch(&driver, &mut dog).await,
+            signal = &mut ctrl_c, if watching && signals => {
+                signals = false;
+                if signal.is_ok() {
+                    scheduler.interrupted(&driver).await
+                } else {
+                    Watch::Continue
+                }
+            }
+        };
+        match watch {
+            Watch::Continue => {}
+            Watch::Over => watching = false,
+            Watch::Abandon => break None,
         }
     };
-    dog.abort();
-    let s = lock(&shared);
+    let s = &scheduler.shared;
     if s.interrupted {
         return Ok(EXIT_INTERRUPTED);
     }
@@ -826,7 +836,7 @@ mod tests {
         };
         let make = |cmd: &[&str]| {
             let s = RunScheduler {
-                shared: Arc::new(Mutex::new(Shared::new())),
+                shared: Shared::new(),
                 request: TaskRequest::new(0.1, 32.0),
                 task_id: task_id_for("x"),
                 args: parse(cmd).unwrap(),
@@ -853,7 +863,7 @@ mod tests {
         };
         let make = |args: &[&str]| {
             let s = RunScheduler {
-                shared: Arc::new(Mutex::new(Shared::new())),
+                shared: Shared::new(),
                 request: TaskRequest::new(0.1, 32.0),
                 task_id: task_id_for("x"),
                 args: parse(args).unwrap(),
@@ -881,7 +891,7 @@ mod tests {
         };
         let task = |cmd: &[&str]| {
             let s = RunScheduler {
-                shared: Arc::new(Mutex::new(Shared::new())),
+                shared: Shared::new(),
                 request: TaskRequest::new(0.1, 32.0),
                 task_id: task_id_for("x"),
                 args: parse(cmd).unwrap(),
