@@ -27,6 +27,10 @@ pub mod launches;
 pub mod offers;
 pub mod task_checks;
 
+#[cfg(test)]
+mod harness;
+#[cfg(test)]
+mod tests;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
