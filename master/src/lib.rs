@@ -26,8 +26,8 @@
 //!
 //! Start a master with [`serve`], giving it already-bound listeners and a shutdown future.
 
-// Handlers return `tonic::Status`, the gRPC error every caller sees; boxing it everywhere
-// would only add noise.
+// The services return `tonic::Status` (and the library `MasterError`), the errors every
+// caller sees; boxing them everywhere would only add noise.
 #![allow(clippy::result_large_err)]
 
 pub mod allocator;

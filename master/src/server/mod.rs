@@ -8,7 +8,7 @@
 //!   one step of the leader, then its effects.
 //! - [`loops`]: allocation, housekeeping, heartbeats, the status-update batcher,
 //!   leadership and upgrade loops.
-//! - [`upgrade`]: rolling upgades: the registry-version gate in front of every proposal,
+//! - [`upgrade`]: rolling upgrades: the registry-version gate in front of every proposal,
 //!   raising the recorded version, assigning the cluster id.
 //!
 //! Locking: the leader and the streams live under one std mutex (`core`), never held

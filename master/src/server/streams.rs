@@ -3,7 +3,8 @@
 //!
 //! Every queue is bounded ([`STREAM_QUEUE`]): a peer that falls that far behind is
 //! disconnected rather than allowed to grow the master's memory without bound. The
-//! leader hears of it ([`Leader::framework_stream_lost`], [`Leader::agent_connection_lost`])
+//! leader hears of it ([`crate::leader::Leader::framework_stream_lost`],
+//! [`crate::leader::Leader::agent_connection_lost`])
 //! and decides what follows. Best-effort messages (executor messages either way) join a
 //! queue only while it has plenty of room ([`best_effort_room`]), so that they can never
 //! be what fills it.
