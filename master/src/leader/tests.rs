@@ -941,3 +941,48 @@ fn the_same_inputs_give_the_same_effects() {
     };
     assert_eq!(run(), run());
 }
+
+#[test]
+fn resources_of_a_launch_not_yet_committed_are_not_offered_again() {
+    let mut h = Harness::new();
+    let (agent, _) = h.add_agent("cpus:4;mem:4096");
+    let (fw, _) = h.subscribe("web", 0.0, false);
+    let offers = h.allocate();
+    let call = pb::AcceptCall {
+        header: h.header(&fw),
+        offer_ids: vec![offers[0].1[0].id.clone().unwrap()],
+        operations: vec![launch_op(&[("t", "cpus:3;mem:1024")])],
+        filters: Some(pb::Filters {
+            refuse_seconds: Some(0.0),
+        }),
+    };
+    let first = h.leader.accept(&h.reg, h.now, call).unwrap();
+    // The proposal is in flight: the next cycle offers only what the launch leaves.
+    let offers = h.allocate();
+    let offered = drover_proto::Resources::from_proto(&offers[0].1[0].resources).unwrap();
+    assert_eq!(offered.cpus(), 1.0);
+    assert_eq!(offered.mem(), 3072.0);
+    assert_eq!(offers[0].1[0].agent_id.as_ref(), Some(&agent));
+    h.settle(first).unwrap();
+}
+
+#[test]
+fn heartbeats_go_to_every_subscribed_framework_in_id_order() {
+    let mut h = Harness::new();
+    let (a, _) = h.subscribe("a", 0.0, false);
+    let (b, _) = h.subscribe("b", 0.0, false);
+    let effects = h.leader.heartbeats();
+    let to: Vec<&FrameworkId> = effects
+        .iter()
+        .map(|e| match e {
+            Effect::Event {
+                framework,
+                event: pb::event::Event::Heartbeat(_),
+            } => framework,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    let mut expected = vec![&a, &b];
+    expected.sort();
+    assert_eq!(to, expected);
+}
