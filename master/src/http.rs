@@ -18,7 +18,7 @@ use axum::routing::get;
 use axum::Router;
 use tokio::net::TcpListener;
 
-use crate::leader::Master;
+use crate::server::Master;
 
 /// Serves the master's HTTP endpoints on `listener` until `shutdown` resolves.
 pub async fn serve(listener: TcpListener, master: Arc<Master>, shutdown: impl Future<Output = ()>) {
@@ -41,7 +41,7 @@ async fn metrics(State(master): State<Arc<Master>>) -> Response {
 }
 
 async fn health(State(master): State<Arc<Master>>) -> &'static str {
-    if master.soft().serving {
+    if master.serving() {
         "leader\n"
     } else {
         "follower\n"
@@ -49,15 +49,8 @@ async fn health(State(master): State<Arc<Master>>) -> &'static str {
 }
 
 async fn state(State(master): State<Arc<Master>>) -> Response {
-    let (tasks, completed) = master.task_summaries(None, true);
-    let state = drover_proto::pb::GetStateResponse {
-        master_info: Some(master.master_info()),
-        agents: master.agent_summaries(),
-        frameworks: master.framework_summaries(),
-        tasks,
-        completed_tasks: completed,
-        roles: master.role_summaries(),
-    };
+    let info = master.master_info();
+    let state = master.view(|reg, leader| crate::views::state(reg, leader, info));
     // Pretty: people read this with curl more often than programs do.
     match serde_json::to_string_pretty(&state) {
         Ok(body) => ([(CONTENT_TYPE, "application/json")], body).into_response(),

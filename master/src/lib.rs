@@ -7,8 +7,14 @@
 //! - [`raft`]: raft-rs with RocksDB storage on a dedicated thread; proposals tracked by
 //!   (index, term); Raft messages to the other masters over gRPC.
 //! - [`allocator`]: hierarchical weighted DRF as a pure function of a snapshot.
-//! - [`leader`]: the leader's soft state (connections, offers, filters), the ACCEPT gate,
-//!   agent sessions and liveness, framework calls and failover.
+//! - [`leader`]: the leader's decisions as a pure value: soft state (sessions, offers,
+//!   filters, deadlines), the ACCEPT gate, agent liveness, framework calls and failover;
+//!   inputs in, effects out, no I/O, no clock, no channels.
+//! - [`server`]: the shell around the leader: streams to frameworks and agents, the
+//!   loops (allocation, housekeeping, heartbeats, status batcher, leadership, upgrade),
+//!   proposals through Raft; it carries out the leader's effects.
+//! - [`views`]: the operator views (`GetState`, `GetTasks`, …) as functions of the
+//!   registry and the leader.
 //! - [`services`]: tonic glue for the scheduler, agent, operator and Raft peer services.
 //! - [`http`]: `/metrics`, `/health`, `/state` over HTTP (axum routes on `drover_http`).
 //! - [`membership`]: seeding a new cluster and joining an existing one safely.
@@ -20,8 +26,8 @@
 //!
 //! Start a master with [`serve`], giving it already-bound listeners and a shutdown future.
 
-// Handlers return `tonic::Status`, the gRPC error every caller sees; boxing it everywhere
-// would only add noise.
+// The services return `tonic::Status` (and the library `MasterError`), the errors every
+// caller sees; boxing them everywhere would only add noise.
 #![allow(clippy::result_large_err)]
 
 pub mod allocator;
@@ -35,26 +41,25 @@ pub mod membership;
 pub mod metrics;
 pub mod raft;
 pub mod registry;
+pub mod server;
 pub mod services;
+pub mod views;
 
 use std::future::Future;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
 
 use drover_proto::pb;
 
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
-use crate::leader::{Master, Soft};
 use crate::metrics::Metrics;
 use crate::raft::transport::AddressBook;
 use crate::raft::{GrpcTransport, NodeConfig, RaftHandle, RocksStorage, Transport};
-use crate::registry::{Command, Registry};
-
-/// A launch still STAGING this long after its commit is sent to its agent again.
-const STAGING_RESEND_MS: u64 = 10_000;
+use crate::registry::Registry;
+use crate::server::loops;
+use crate::server::Master;
 
 /// How long a stopping master waits for open calls to finish.
 const GRACEFUL_STOP: std::time::Duration = std::time::Duration::from_secs(5);
@@ -72,7 +77,7 @@ pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 /// refused when a named peer already runs a cluster (see [`membership`]). A new cluster's
 /// first snapshot is at registry version 1 and has no cluster id, so that every seeding
 /// member writes the same bytes; its first leader raises the version and assigns the id
-/// through the log (see [`leader::upgrade`]).
+/// through the log (see [`server::upgrade`]).
 async fn open_storage(config: &mut Config) -> anyhow::Result<RocksStorage> {
     std::fs::create_dir_all(&config.data_dir)?;
     let mut storage = RocksStorage::open(&config.data_dir.join("registry"))?;
@@ -185,25 +190,15 @@ pub async fn serve_with_clock(
         make_transport,
         metrics.clone(),
     )?;
-    let (updates_tx, updates_rx) = mpsc::unbounded_channel();
-    let master = Arc::new(Master {
-        config: config.clone(),
-        clock,
-        raft: raft.clone(),
-        registry,
-        soft: Mutex::new(Soft::default()),
-        metrics,
-        allocate_now: Default::default(),
-        updates_tx,
-        version_lock: Default::default(),
-    });
+    let (master, updates_rx) = Master::new(config.clone(), clock, raft.clone(), registry, metrics);
+    let master = Arc::new(master);
 
     tokio::spawn(master.clone().run_status_batcher(updates_rx));
-    tokio::spawn(leadership_loop(master.clone()));
-    tokio::spawn(allocation_loop(master.clone()));
-    tokio::spawn(housekeeping_loop(master.clone()));
-    tokio::spawn(heartbeat_loop(master.clone()));
-    tokio::spawn(upgrade_loop(master.clone()));
+    tokio::spawn(loops::leadership_loop(master.clone()));
+    tokio::spawn(loops::allocation_loop(master.clone()));
+    tokio::spawn(loops::housekeeping_loop(master.clone()));
+    tokio::spawn(loops::heartbeat_loop(master.clone()));
+    tokio::spawn(loops::upgrade_loop(master.clone()));
     // The HTTP listener stops with the rest of the master (after the gRPC server), so that
     // /health and /metrics answer during the hand-over of leadership.
     let (http_stop, http_stopped) = tokio::sync::oneshot::channel::<()>();
@@ -258,8 +253,8 @@ pub async fn serve_with_clock(
             let stopping = stopping.clone();
             async move {
                 shutdown.await;
-                hand_over_leadership(&master).await;
-                master.reset_soft(false, 0);
+                loops::hand_over_leadership(&master).await;
+                master.reset_soft(0);
                 stopping.notify_one();
             }
         });
@@ -274,134 +269,11 @@ pub async fn serve_with_clock(
             Ok(())
         }
     };
-    master.reset_soft(false, 0);
+    master.reset_soft(0);
     let _ = http_stop.send(());
     let _ = http_server.await;
     raft.stop();
     let _ = tokio::task::spawn_blocking(move || raft_thread.join()).await;
     tracing::info!("drover-master stopped");
     result.map_err(Into::into)
-}
-
-/// A leader stopping on purpose hands leadership to the most up-to-date voter first, so
-/// that the cluster does not wait out an election timeout.
-async fn hand_over_leadership(master: &Master) {
-    let role = master.raft.role();
-    let (voters, _) = master.raft.configuration();
-    if !role.is_leader || voters.len() < 2 {
-        return;
-    }
-    master.raft.transfer_leadership(0);
-    let mut rx = master.raft.watch_role();
-    let moved = tokio::time::timeout(
-        master.config.raft_tick * (master.config.raft_election_ticks as u32) * 2,
-        rx.wait_for(|r| !r.is_leader),
-    )
-    .await;
-    match moved {
-        Ok(Ok(r)) => tracing::info!(
-            term = r.term,
-            leader = r.leader_id,
-            "leadership handed over"
-        ),
-        _ => tracing::warn!("leadership was not handed over in time; stopping anyway"),
-    }
-}
-
-/// Follows Raft leadership: a new leader commits a no-op (so everything committed before
-/// its term is applied) before serving; a node that stops leading drops all soft state.
-async fn leadership_loop(master: Arc<Master>) {
-    let mut role_rx = master.raft.watch_role();
-    loop {
-        let role = *role_rx.borrow_and_update();
-        master.reset_soft(false, role.term);
-        if role.is_leader {
-            let mut started = master.raft.propose(&Command::Noop).await;
-            if started.is_ok() && !master.config.weights.is_empty() {
-                // Weights given by flag are replicated like any operator change.
-                started = master
-                    .raft
-                    .propose(&Command::SetWeights {
-                        weights: master.config.weights.clone(),
-                    })
-                    .await;
-            }
-            match started {
-                Ok(_) => {
-                    let mut soft = master.soft();
-                    if master.raft.role() == role {
-                        soft.serving = true;
-                        soft.term = role.term;
-                        soft.elected_ms = master.now_ms();
-                        tracing::info!(term = role.term, "leading: serving frameworks and agents");
-                    }
-                }
-                Err(e) => tracing::warn!(error = %e, "could not start leading"),
-            }
-            master.allocate_now.notify_one();
-        }
-        if role_rx.changed().await.is_err() {
-            return;
-        }
-    }
-}
-
-async fn allocation_loop(master: Arc<Master>) {
-    let mut tick = tokio::time::interval(master.config.allocation_interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = master.allocate_now.notified() => {
-                // Let a burst of events settle into one cycle.
-                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-            }
-        }
-        master.allocate_once();
-    }
-}
-
-async fn housekeeping_loop(master: Arc<Master>) {
-    let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut ticks = 0u64;
-    loop {
-        tick.tick().await;
-        ticks += 1;
-        if ticks.is_multiple_of(20) {
-            master.resend_staging(STAGING_RESEND_MS);
-        }
-
-        master.expire_offers();
-        master.check_agents().await;
-        master.expire_frameworks().await;
-    }
-}
-
-/// The leader's upkeep of the registry version and cluster id (see [`leader::upgrade`]).
-/// A loop of its own: a proposal may wait for a quorum, which must not hold up agent
-/// liveness or offer expiry.
-async fn upgrade_loop(master: Arc<Master>) {
-    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        master.upgrade_registry().await;
-    }
-}
-
-async fn heartbeat_loop(master: Arc<Master>) {
-    let mut tick = tokio::time::interval(master.config.heartbeat_interval);
-    loop {
-        tick.tick().await;
-        let mut soft = master.soft();
-        let ids: Vec<_> = soft.frameworks.keys().cloned().collect();
-        for fw in ids {
-            Master::send_event(
-                &mut soft,
-                &fw,
-                pb::event::Event::Heartbeat(pb::event::Heartbeat {}),
-            );
-        }
-    }
 }

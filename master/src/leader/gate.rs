@@ -11,15 +11,14 @@
 //! turns every task of the group into TASK_ERROR (REASON_TASK_GROUP_INVALID), the bad
 //! one saying why and the others naming it, and nothing of the group is launched.
 
-use std::collections::{HashMap, HashSet};
-
-use tonic::Status;
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use drover_proto::ids::validate_id;
 use drover_proto::pb::{self, operation::Type as OpType};
 use drover_proto::{AgentId, ExecutorId, FrameworkId, OfferId, Resources, TaskId};
 
 use super::OfferRec;
+use crate::error::MasterError;
 use crate::registry::{Registry, TaskKey};
 
 /// Most tasks one ACCEPT may launch.
@@ -50,34 +49,34 @@ pub fn check(
     framework_id: &FrameworkId,
     offer_ids: &[OfferId],
     operations: &[pb::Operation],
-    offers: &HashMap<OfferId, OfferRec>,
+    offers: &BTreeMap<OfferId, OfferRec>,
     registry: &Registry,
-) -> Result<Plan, Status> {
+) -> Result<Plan, MasterError> {
     if offer_ids.is_empty() {
-        return Err(Status::invalid_argument("ACCEPT names no offer"));
+        return Err(MasterError::InvalidArgument("ACCEPT names no offer".into()));
     }
     let mut seen = HashSet::new();
     let mut agent: Option<AgentId> = None;
     let mut offered = Resources::new();
     for id in offer_ids {
         if !seen.insert(id) {
-            return Err(Status::invalid_argument(format!(
+            return Err(MasterError::InvalidArgument(format!(
                 "offer {id} appears twice in one ACCEPT"
             )));
         }
         let Some(o) = offers.get(id) else {
-            return Err(Status::not_found(format!(
+            return Err(MasterError::NotFound(format!(
                 "offer {id} is not outstanding (unknown, already accepted or declined, rescinded, or expired)"
             )));
         };
         if &o.framework_id != framework_id {
-            return Err(Status::permission_denied(format!(
+            return Err(MasterError::PermissionDenied(format!(
                 "offer {id} was made to another framework"
             )));
         }
         match &agent {
             Some(a) if a != &o.agent_id => {
-                return Err(Status::invalid_argument(format!(
+                return Err(MasterError::InvalidArgument(format!(
                 "offers {} and {id} are on different agents; one ACCEPT uses offers of one agent",
                 offer_ids[0]
             )))
@@ -106,15 +105,19 @@ pub fn check(
                     .map_or(0, |g| g.tasks.len());
                 if n == 0 {
                     // No task to carry a TASK_ERROR: the call itself is wrong.
-                    return Err(Status::invalid_argument("LAUNCH_GROUP with no task"));
+                    return Err(MasterError::InvalidArgument(
+                        "LAUNCH_GROUP with no task".into(),
+                    ));
                 }
                 total_tasks += n;
             }
             OpType::Unspecified => {
-                return Err(Status::invalid_argument("operation without a type"));
+                return Err(MasterError::InvalidArgument(
+                    "operation without a type".into(),
+                ));
             }
             other => {
-                return Err(Status::unimplemented(format!(
+                return Err(MasterError::Unimplemented(format!(
                     "operation {} is not supported yet (RESERVE/UNRESERVE/CREATE/DESTROY arrive with reservations and volumes)",
                     other.as_str_name()
                 )));
@@ -122,7 +125,7 @@ pub fn check(
         }
     }
     if total_tasks > MAX_TASKS_PER_ACCEPT {
-        return Err(Status::invalid_argument(format!(
+        return Err(MasterError::InvalidArgument(format!(
             "ACCEPT launches {total_tasks} tasks; at most {MAX_TASKS_PER_ACCEPT} per call"
         )));
     }
@@ -559,8 +562,8 @@ mod tests {
         }]
     }
 
-    fn setup() -> (HashMap<OfferId, OfferRec>, Registry) {
-        let mut offers = HashMap::new();
+    fn setup() -> (BTreeMap<OfferId, OfferRec>, Registry) {
+        let mut offers = BTreeMap::new();
         offers.insert(OfferId::new("o1"), offer("f1", "a1", "cpus:2;mem:1024"));
         offers.insert(OfferId::new("o2"), offer("f2", "a1", "cpus:1;mem:512"));
         offers.insert(OfferId::new("o3"), offer("f1", "a2", "cpus:1;mem:512"));
@@ -588,6 +591,23 @@ mod tests {
         (offers, reg)
     }
 
+    trait Kind {
+        fn kind(self) -> &'static str;
+    }
+
+    impl Kind for MasterError {
+        /// The gRPC code the error becomes, by name.
+        fn kind(self) -> &'static str {
+            match self {
+                MasterError::InvalidArgument(_) => "invalid",
+                MasterError::NotFound(_) => "not found",
+                MasterError::PermissionDenied(_) => "denied",
+                MasterError::Unimplemented(_) => "unimplemented",
+                _ => "other",
+            }
+        }
+    }
+
     fn ids(v: &[&str]) -> Vec<OfferId> {
         v.iter().map(|s| OfferId::new(*s)).collect()
     }
@@ -597,12 +617,12 @@ mod tests {
         let (offers, reg) = setup();
         let f1 = FrameworkId::new("f1");
         let ops = launch(vec![task("t", "cpus:1", "true")]);
-        let code = |ids: Vec<OfferId>| check(&f1, &ids, &ops, &offers, &reg).unwrap_err().code();
-        assert_eq!(code(ids(&[])), tonic::Code::InvalidArgument);
-        assert_eq!(code(ids(&["nope"])), tonic::Code::NotFound);
-        assert_eq!(code(ids(&["o2"])), tonic::Code::PermissionDenied);
-        assert_eq!(code(ids(&["o1", "o1"])), tonic::Code::InvalidArgument);
-        assert_eq!(code(ids(&["o1", "o3"])), tonic::Code::InvalidArgument);
+        let code = |ids: Vec<OfferId>| check(&f1, &ids, &ops, &offers, &reg).unwrap_err().kind();
+        assert_eq!(code(ids(&[])), "invalid");
+        assert_eq!(code(ids(&["nope"])), "not found");
+        assert_eq!(code(ids(&["o2"])), "denied");
+        assert_eq!(code(ids(&["o1", "o1"])), "invalid");
+        assert_eq!(code(ids(&["o1", "o3"])), "invalid");
         let reserve = vec![pb::Operation {
             r#type: OpType::Reserve as i32,
             ..Default::default()
@@ -614,14 +634,14 @@ mod tests {
         assert_eq!(
             check(&f1, &ids(&["o1"]), &empty_group, &offers, &reg)
                 .unwrap_err()
-                .code(),
-            tonic::Code::InvalidArgument
+                .kind(),
+            "invalid"
         );
         assert_eq!(
             check(&f1, &ids(&["o1"]), &reserve, &offers, &reg)
                 .unwrap_err()
-                .code(),
-            tonic::Code::Unimplemented
+                .kind(),
+            "unimplemented"
         );
     }
 

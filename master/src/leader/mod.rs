@@ -1,16 +1,24 @@
-//! The leader's logic: soft state (connections, offers, filters) around the replicated
-//! registry, and the loops that drive it.
+//! The leader's decisions, as a pure value: [`Leader`] holds the leader-only soft state
+//! (sessions, offers, filters, deadlines) and its methods take the registry (read-only),
+//! the time and one input (a scheduler call, an agent message, an apply outcome, a tick),
+//! change that state and return [`Effect`]s. It holds no channel, does no I/O, reads no
+//! clock and draws no randomness (ids come from an injected [`IdSource`]); the server
+//! shell ([`crate::server`]) carries the effects out: it owns the streams, proposes
+//! through Raft and feeds apply outcomes and broken streams back in. The same inputs
+//! always give the same effects: every map whose iteration order could decide an effect
+//! is ordered.
 //!
-//! - [`frameworks`]: subscribe, calls (decline, revive, suppress, kill, acknowledge,
-//!   reconcile, teardown), failover deadlines.
-//! - [`offers`]: allocation cycles, offer bookkeeping, rescinds.
+//! - [`frameworks`]: subscribe, calls (accept, decline, revive, suppress, kill,
+//!   acknowledge, reconcile, teardown), failover deadlines.
+//! - [`offers`]: allocation cycles, offer bookkeeping, rescinds, offer timeouts.
 //! - [`gate`]: the ACCEPT gate, a pure check of a request against current state.
-//! - [`agents`]: agent sessions, liveness, the status-update batcher.
-//! - [`upgrade`]: rolling upgrades: the registry-version gate in front of every proposal,
-//!   raising the recorded version, assigning the cluster id.
+//! - [`agents`]: agent sessions, liveness, the status-update batcher's outcomes.
+//! - [`launches`]: the messages that launch committed tasks.
+//! - [`task_checks`]: validation of tasks' checks for the gate.
 //!
-//! Locking: `soft` is a std mutex that is never held across an `.await`; the registry is
-//! written only by the Raft thread when it applies entries.
+//! Multi-step flows are split at Raft: a step returns [`Effect::Propose`] with a
+//! [`Then`] saying what to do once the command is applied, and [`Leader::applied`] takes
+//! the outcome (see the SUBSCRIBE walk in `docs/architecture.md`).
 
 pub mod agents;
 pub mod frameworks;
@@ -18,47 +26,85 @@ pub mod gate;
 pub mod launches;
 pub mod offers;
 pub mod task_checks;
-pub mod upgrade;
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard};
+#[cfg(test)]
+mod harness;
+#[cfg(test)]
+mod tests;
 
-use tokio::sync::{mpsc, Notify};
-use tonic::Status;
+use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use drover_proto::pb;
 use drover_proto::{AgentId, ExecutorId, FrameworkId, OfferId, Resources};
 
-use crate::clock::Clock;
-use crate::config::Config;
+use crate::error::MasterError;
 use crate::metrics::Metrics;
-use crate::raft::{ProposeError, RaftHandle};
-use crate::registry::{ApplyOutcome, Command, Registry, TaskKey};
+use crate::registry::{ApplyOutcome, Command, Registry, StatusUpdate, TaskKey};
 
-/// Capacity of each framework's and agent's outgoing queue. A peer that falls this far
-/// behind is disconnected rather than allowed to grow the master's memory without bound.
-pub const STREAM_QUEUE: usize = 65_536;
-
-pub type EventTx = mpsc::Sender<Result<pb::Event, Status>>;
-pub type AgentTx = mpsc::Sender<Result<pb::MasterMessage, Status>>;
-
-/// A framework connected to this leader.
-pub struct FwConn {
-    pub stream_id: String,
-    pub tx: EventTx,
-    pub suppressed: bool,
-    /// Agent → time (ms) until which offers from it are filtered out.
-    pub filters: HashMap<AgentId, u64>,
+/// Where fresh ids (framework, agent, offer and stream ids) come from: random in the
+/// daemon, sequential in tests, so that a test can name what the leader will create.
+pub trait IdSource: Send {
+    /// A new id, never returned before.
+    fn fresh(&mut self) -> String;
 }
 
-/// An agent connected to this leader.
-pub struct AgentConn {
+/// Ids `{prefix}-1`, `{prefix}-2`, … (tests and simulations).
+#[derive(Debug, Clone)]
+pub struct SequentialIds {
+    prefix: String,
+    next: u64,
+}
+
+impl SequentialIds {
+    pub fn new(prefix: impl Into<String>) -> Self {
+        Self {
+            prefix: prefix.into(),
+            next: 0,
+        }
+    }
+}
+
+impl IdSource for SequentialIds {
+    fn fresh(&mut self) -> String {
+        self.next += 1;
+        format!("{}-{}", self.prefix, self.next)
+    }
+}
+
+/// What the leader needs to know of the master's configuration.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// This master's Raft id and gRPC address (for SUBSCRIBED's `master_info`).
+    pub master_id: u64,
+    pub master_address: String,
+    /// Sent to frameworks in SUBSCRIBED.
+    pub heartbeat_interval_seconds: f64,
+    /// Sent to agents in Registered.
+    pub agent_ping_interval_seconds: f64,
+    /// An agent silent this long is marked UNREACHABLE.
+    pub agent_timeout_ms: u64,
+    /// An offer outstanding this long is rescinded.
+    pub offer_timeout_ms: u64,
+}
+
+/// A framework subscribed to this leader, on stream `stream_id`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FrameworkSession {
+    pub stream_id: String,
+    pub suppressed: bool,
+    /// Agent → time (ms) until which offers from it are filtered out.
+    pub filters: BTreeMap<AgentId, u64>,
+}
+
+/// An agent connected to this leader, on connection `conn_id`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AgentSession {
     pub conn_id: u64,
-    pub tx: AgentTx,
 }
 
 /// An outstanding offer.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct OfferRec {
     pub framework_id: FrameworkId,
     pub agent_id: AgentId,
@@ -66,46 +112,138 @@ pub struct OfferRec {
     pub created_ms: u64,
 }
 
+/// How a stream or connection ends.
+#[derive(Debug)]
+pub enum Farewell {
+    /// It just ends.
+    Quietly,
+    /// A framework stream gets a last ERROR event with this message.
+    ErrorEvent(String),
+    /// The call ends with this error (a gRPC status for the peer).
+    Error(MasterError),
+}
+
+/// What the shell does for the leader.
+#[derive(Debug)]
+pub enum Effect {
+    /// Propose `command` through Raft, wait until it is applied, and hand the outcome to
+    /// [`Leader::applied`] with `then`.
+    Propose { command: Command, then: Then },
+    /// Send an event on the framework's stream. A full or closed stream disconnects the
+    /// framework: the shell reports it with [`Leader::framework_stream_lost`].
+    Event {
+        framework: FrameworkId,
+        event: pb::event::Event,
+    },
+    /// A best-effort event (an executor's message): dropped, the framework staying
+    /// connected, when its stream has little room left (see [`best_effort_room`]).
+    EventOrDrop {
+        framework: FrameworkId,
+        event: pb::event::Event,
+    },
+    /// Send a message on the agent's connection. A full or closed connection disconnects
+    /// the agent: the shell reports it with [`Leader::agent_connection_lost`].
+    ToAgent {
+        agent: AgentId,
+        message: pb::MasterMessage,
+    },
+    /// Relay a framework's request (SHUTDOWN, MESSAGE) to an agent; if it cannot be sent
+    /// the caller is answered UNAVAILABLE. `lossy`: a stream short of room refuses the
+    /// message instead of disconnecting the agent.
+    Relay {
+        agent: AgentId,
+        executor: ExecutorId,
+        /// What the caller should do, in the error ("ask again", …).
+        what: &'static str,
+        lossy: bool,
+        message: pb::MasterMessage,
+    },
+    /// Make the stream the subscribing caller opened the framework's stream `stream_id`.
+    OpenFrameworkStream {
+        framework: FrameworkId,
+        stream_id: String,
+    },
+    /// End the framework's stream `stream_id` (if it is still the current one).
+    CloseFrameworkStream {
+        framework: FrameworkId,
+        stream_id: String,
+        farewell: Farewell,
+    },
+    /// Make the connection the registering agent opened its connection `conn_id`.
+    OpenAgentConnection { agent: AgentId, conn_id: u64 },
+    /// End the agent's connection `conn_id` (if it is still the current one).
+    CloseAgentConnection {
+        agent: AgentId,
+        conn_id: u64,
+        farewell: Farewell,
+    },
+    /// Hand a validated status update to the batcher (one Raft entry per batch).
+    CommitUpdate(StatusUpdate),
+    /// Run an allocation cycle soon (resources were freed or a framework arrived).
+    Allocate,
+}
+
+/// What to do once a proposed command is applied.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Then {
+    /// Nothing (failures are only logged).
+    Nothing,
+    /// SUBSCRIBE: open the stream, send SUBSCRIBED and what was kept undelivered.
+    Subscribed {
+        framework: FrameworkId,
+        info: pb::FrameworkInfo,
+        suppressed: bool,
+    },
+    /// ACCEPT: send the launches that committed, TASK_ERROR for the others.
+    Launched {
+        framework: FrameworkId,
+        agent: AgentId,
+        /// Resources the launch holds in `pending` until now.
+        used: Resources,
+        launch: Vec<pb::TaskInfo>,
+        /// The term whose offers the gate checked.
+        term: u64,
+    },
+    /// TEARDOWN or failover timeout: shut the framework down on its agents, end its stream.
+    FrameworkRemoved {
+        framework: FrameworkId,
+        reason: String,
+    },
+    /// An agent (re)registered: open its connection, send Registered and what it must run.
+    AgentRegistered { agent: AgentId },
+    /// An agent was marked UNREACHABLE: end its connection, rescind, report its tasks.
+    AgentUnreachable { agent: AgentId },
+    /// A batch of status updates committed: forward them, acknowledge the stale ones.
+    StatusUpdates { updates: Vec<StatusUpdate> },
+}
+
 /// Leader-only state, rebuilt from scratch on every election.
-#[derive(Default)]
-pub struct Soft {
+pub struct Leader {
+    pub settings: Settings,
+    ids: Box<dyn IdSource>,
+    metrics: Arc<Metrics>,
     /// True once this node leads and has applied everything committed before its term.
     pub serving: bool,
     pub term: u64,
     pub elected_ms: u64,
-    pub frameworks: HashMap<FrameworkId, FwConn>,
-    pub agents: HashMap<AgentId, AgentConn>,
+    pub frameworks: BTreeMap<FrameworkId, FrameworkSession>,
+    pub agents: BTreeMap<AgentId, AgentSession>,
     /// When each agent was last heard from, kept across disconnections: an agent's
     /// timeout runs from the last message it sent, not from when its stream broke.
-    pub agent_seen: HashMap<AgentId, u64>,
+    pub agent_seen: BTreeMap<AgentId, u64>,
     /// When this leader first saw each framework without a subscription (see
-    /// `expire_frameworks`).
-    pub framework_away: HashMap<FrameworkId, u64>,
-    pub offers: HashMap<OfferId, OfferRec>,
+    /// [`Leader::expire_frameworks`]).
+    pub framework_away: BTreeMap<FrameworkId, u64>,
+    pub offers: BTreeMap<OfferId, OfferRec>,
     /// Resources of accepted launches whose proposal is not applied yet.
-    pub pending: HashMap<AgentId, Resources>,
+    pub pending: BTreeMap<AgentId, Resources>,
     /// Updates that could not be delivered because their framework was disconnected;
     /// sent when it resubscribes (latest per task).
-    pub undelivered: HashMap<FrameworkId, HashMap<TaskKey, pb::TaskStatus>>,
+    pub undelivered: BTreeMap<FrameworkId, BTreeMap<TaskKey, pb::TaskStatus>>,
     /// The latest container usage each agent reported with its pings, for the task view.
     /// Kept per agent so an agent can only ever describe its own tasks.
-    pub usage: HashMap<AgentId, HashMap<TaskKey, pb::ResourceStatistics>>,
-    pub next_conn_id: u64,
-}
-
-/// The master: configuration, clock, Raft handle, registry, soft state, metrics.
-pub struct Master {
-    pub config: Config,
-    pub clock: Arc<dyn Clock>,
-    pub raft: RaftHandle,
-    pub registry: Arc<RwLock<Registry>>,
-    pub soft: Mutex<Soft>,
-    pub metrics: Arc<Metrics>,
-    /// Wakes the allocation loop early.
-    pub allocate_now: Notify,
-    pub updates_tx: mpsc::UnboundedSender<crate::registry::StatusUpdate>,
-    /// Serializes raising the registry version with adding masters (see [`upgrade`]).
-    pub version_lock: tokio::sync::Mutex<()>,
+    pub usage: BTreeMap<AgentId, BTreeMap<TaskKey, pb::ResourceStatistics>>,
+    next_conn_id: u64,
 }
 
 /// Most messages queued on one stream for a best-effort send to join them (64 KiB each at
@@ -121,354 +259,268 @@ pub fn best_effort_room(free: usize, max: usize) -> bool {
 }
 
 /// Checks a role name: `*` or a non-empty name of letters, digits, `-`, `_`, `.`.
-pub fn validate_role(role: &str) -> Result<(), String> {
+pub fn validate_role(role: &str) -> Result<(), MasterError> {
+    let invalid = MasterError::InvalidArgument;
     if role == "*" {
         return Ok(());
     }
     if role.is_empty() || role.len() > 128 {
-        return Err("role must be '*' or 1-128 characters".into());
+        return Err(invalid("role must be '*' or 1-128 characters".into()));
     }
     if role.starts_with('.') || role.starts_with('-') {
-        return Err(format!("role '{role}' must not start with '.' or '-'"));
+        return Err(invalid(format!(
+            "role '{role}' must not start with '.' or '-'"
+        )));
     }
     if let Some(c) = role
         .chars()
         .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
     {
-        return Err(format!("role '{role}' contains '{c}'"));
+        return Err(invalid(format!("role '{role}' contains '{c}'")));
     }
     Ok(())
 }
 
-/// Maps a failed proposal to the status a caller sees.
-pub fn propose_status(e: ProposeError) -> Status {
-    match e {
-        ProposeError::NotLeader => drover_proto::leader::not_leader_status(None),
-        ProposeError::Unavailable => Status::unavailable(
-            "leadership changed before the change was committed; reconcile and retry",
-        ),
-        ProposeError::Stopped => Status::unavailable("the master is shutting down"),
-        ProposeError::ConfChangePending => Status::aborted(e.to_string()),
-    }
+/// [`drover_proto::ids::validate_id`], as the master's error.
+pub(crate) fn valid_id(kind: &str, id: &str) -> Result<(), MasterError> {
+    drover_proto::ids::validate_id(kind, id).map_err(MasterError::InvalidArgument)
 }
 
-impl Master {
-    pub fn now_ms(&self) -> u64 {
-        self.clock.now_ms()
+/// Whether an active task of `fw` on `agent` names `executor`: what lets a framework
+/// shut down or message that executor, and an agent speak for it. A scan of the active
+/// tasks, fine for these rare calls (an index would be needed if they became frequent).
+pub fn executor_runs_on(
+    reg: &Registry,
+    fw: &FrameworkId,
+    agent: &AgentId,
+    executor: &ExecutorId,
+) -> bool {
+    reg.tasks.values().any(|t| {
+        &t.framework_id == fw
+            && &t.agent_id == agent
+            && t.info
+                .executor
+                .as_ref()
+                .and_then(|e| e.executor_id.as_ref())
+                == Some(executor)
+    })
+}
+
+/// The answer to a call made to a master that does not serve; the shell names the leader.
+pub fn not_leader() -> MasterError {
+    MasterError::NotLeader { leader: None }
+}
+
+impl Leader {
+    /// A leader that does not serve yet.
+    pub fn new(settings: Settings, ids: Box<dyn IdSource>, metrics: Arc<Metrics>) -> Self {
+        Self {
+            settings,
+            ids,
+            metrics,
+            serving: false,
+            term: 0,
+            elected_ms: 0,
+            frameworks: BTreeMap::new(),
+            agents: BTreeMap::new(),
+            agent_seen: BTreeMap::new(),
+            framework_away: BTreeMap::new(),
+            offers: BTreeMap::new(),
+            pending: BTreeMap::new(),
+            undelivered: BTreeMap::new(),
+            usage: BTreeMap::new(),
+            next_conn_id: 0,
+        }
     }
 
-    pub fn soft(&self) -> MutexGuard<'_, Soft> {
-        self.soft.lock().expect("soft state lock")
+    pub(crate) fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
-    pub fn registry(&self) -> RwLockReadGuard<'_, Registry> {
-        self.registry.read().expect("registry lock")
+    pub(crate) fn fresh_id(&mut self) -> String {
+        self.ids.fresh()
     }
 
     /// Refuses calls unless this master is the serving leader.
-    pub fn ensure_leader(&self) -> Result<u64, Status> {
-        let soft = self.soft();
-        if soft.serving {
-            Ok(soft.term)
+    pub fn ensure_serving(&self) -> Result<u64, MasterError> {
+        if self.serving {
+            Ok(self.term)
         } else {
-            drop(soft);
-            Err(self.not_leader())
+            Err(not_leader())
         }
     }
 
-    /// The leader's gRPC address when known (this master's own address when it leads).
-    /// A leader this follower has not heard from lately is not named: it is probably
-    /// dead, and an election is coming.
-    pub fn leader_address(&self) -> Option<String> {
-        let role = self.raft.role();
-        if role.leader_id == 0 || self.raft.leader_silent() {
-            return None;
+    /// Drops every session and offer: this node no longer leads (or is starting to lead
+    /// in `term`). Every stream and connection ends with NotLeader.
+    pub fn reset(&mut self, term: u64, now_ms: u64) -> Vec<Effect> {
+        let mut effects = Vec::new();
+        for (framework, s) in std::mem::take(&mut self.frameworks) {
+            effects.push(Effect::CloseFrameworkStream {
+                framework,
+                stream_id: s.stream_id,
+                farewell: Farewell::Error(not_leader()),
+            });
         }
-        if role.leader_id == self.config.id && !role.is_leader {
-            return None;
+        for (agent, s) in std::mem::take(&mut self.agents) {
+            effects.push(Effect::CloseAgentConnection {
+                agent,
+                conn_id: s.conn_id,
+                farewell: Farewell::Error(not_leader()),
+            });
         }
-        self.peer_address(role.leader_id)
+        self.offers.clear();
+        self.pending.clear();
+        self.agent_seen.clear();
+        self.framework_away.clear();
+        self.undelivered.clear();
+        self.usage.clear();
+        self.serving = false;
+        self.term = term;
+        self.elected_ms = now_ms;
+        effects
     }
 
-    /// The gRPC address of master `id`: the replicated address book first (it follows
-    /// membership changes), then `--peers` / what `--join` learned at start. Never waits
-    /// on the registry lock: it is called with the soft-state lock held.
-    pub fn peer_address(&self, id: u64) -> Option<String> {
-        if id == self.config.id {
-            return Some(self.config.advertise.clone());
-        }
-        self.raft
-            .master_address(id)
-            .or_else(|| self.config.peers.get(&id).cloned())
+    /// Starts serving in `term`: everything committed before it is applied.
+    pub fn start_serving(&mut self, term: u64, now_ms: u64) -> Vec<Effect> {
+        self.serving = true;
+        self.term = term;
+        self.elected_ms = now_ms;
+        vec![Effect::Allocate]
     }
 
-    /// Holds a stream-opening call (a framework's Subscribe, an agent's Session) while
-    /// this master knows no live leader, for up to three election timeouts: answered at
-    /// once with "no leader known", clients would back off and retry; held, they are
-    /// served (or redirected) as soon as the election ends. Returns at once when this
-    /// master serves or names a live leader.
-    pub async fn await_known_leader(&self) {
-        let limit = self.config.raft_tick * (self.config.raft_election_ticks as u32 * 3);
-        let deadline = tokio::time::Instant::now() + limit;
-        loop {
-            let serving = self.soft().serving;
-            if serving
-                || self
-                    .leader_address()
-                    .is_some_and(|_| !self.raft.role().is_leader)
-            {
-                return;
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    /// An event for a framework.
+    pub(crate) fn event(framework: &FrameworkId, event: pb::event::Event) -> Effect {
+        Effect::Event {
+            framework: framework.clone(),
+            event,
         }
     }
 
-    /// The NotLeader answer, naming the leader when known.
-    pub fn not_leader(&self) -> Status {
-        drover_proto::leader::not_leader_status(self.leader_address().as_deref())
-    }
-
-    /// Whether an active task of `fw` on `agent` names `executor`: what lets a framework
-    /// shut down or message that executor, and an agent speak for it. A scan of the active
-    /// tasks, fine for these rare calls (an index would be needed if they became frequent).
-    pub fn executor_runs_on(
-        &self,
-        fw: &FrameworkId,
-        agent: &AgentId,
-        executor: &ExecutorId,
-    ) -> bool {
-        self.registry().tasks.values().any(|t| {
-            &t.framework_id == fw
-                && &t.agent_id == agent
-                && t.info
-                    .executor
-                    .as_ref()
-                    .and_then(|e| e.executor_id.as_ref())
-                    == Some(executor)
-        })
-    }
-
-    /// Proposes a command through Raft and waits for it to be applied. A command of a
-    /// registry version some master does not support is refused first (see
-    /// [`Master::require_registry_version`]).
-    pub async fn propose(&self, cmd: Command) -> Result<ApplyOutcome, Status> {
-        self.require_registry_version(&cmd).await?;
-        self.raft
-            .propose(&cmd)
-            .await
-            .map_err(|e| self.propose_error(e))
-    }
-
-    /// Sends a best-effort event (an executor's message) to a connected framework. It is
-    /// dropped, and the framework stays connected, once the stream holds
-    /// [`best_effort_room`]'s worth: a chatty executor can neither fill the queue that
-    /// updates and offers need (a full one disconnects the framework) nor hold more than
-    /// a bounded amount of the master's memory. A closed stream is dropped as in
-    /// [`Self::send_event`].
-    pub fn send_event_or_drop(soft: &mut Soft, fw: &FrameworkId, event: pb::event::Event) -> bool {
-        let Some(conn) = soft.frameworks.get(fw) else {
-            return false;
-        };
-        if !best_effort_room(conn.tx.capacity(), conn.tx.max_capacity()) {
-            return false;
-        }
-        match conn.tx.try_send(Ok(pb::Event { event: Some(event) })) {
-            Ok(()) => true,
-            Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => false,
-            Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => {
-                soft.frameworks.remove(fw);
-                false
-            }
+    /// A message to an agent, stamped with the leader's term (fencing).
+    pub(crate) fn to_agent(&self, agent: &AgentId, msg: pb::master_message::Msg) -> Effect {
+        Effect::ToAgent {
+            agent: agent.clone(),
+            message: self.stamp(msg),
         }
     }
 
-    /// Sends an event to a connected framework; a framework whose queue is full is
-    /// disconnected (it will resubscribe).
-    pub fn send_event(soft: &mut Soft, fw: &FrameworkId, event: pb::event::Event) -> bool {
-        let Some(conn) = soft.frameworks.get(fw) else {
-            return false;
-        };
-        match conn.tx.try_send(Ok(pb::Event { event: Some(event) })) {
-            Ok(()) => true,
-            Err(_) => {
-                tracing::warn!(framework = %fw, "framework stream is full or closed; disconnecting it");
-                soft.frameworks.remove(fw);
-                false
-            }
+    pub(crate) fn stamp(&self, msg: pb::master_message::Msg) -> pb::MasterMessage {
+        pb::MasterMessage {
+            term: self.term,
+            msg: Some(msg),
         }
     }
 
     /// Forwards a status update to its framework, or keeps it for when it resubscribes.
-    pub fn forward_update(soft: &mut Soft, fw: &FrameworkId, status: pb::TaskStatus) {
-        let key = TaskKey::new(fw, status.task_id.as_ref().unwrap_or(&Default::default()));
-        let event = pb::event::Event::Update(pb::event::Update {
-            status: Some(status.clone()),
-        });
-        if !Self::send_event(soft, fw, event) && !status.uuid.is_empty() {
-            soft.undelivered
-                .entry(fw.clone())
-                .or_default()
-                .insert(key, status);
+    pub(crate) fn forward_update(
+        &mut self,
+        fw: &FrameworkId,
+        status: pb::TaskStatus,
+        effects: &mut Vec<Effect>,
+    ) {
+        if self.frameworks.contains_key(fw) {
+            effects.push(Self::event(
+                fw,
+                pb::event::Event::Update(pb::event::Update {
+                    status: Some(status),
+                }),
+            ));
+        } else {
+            self.keep_undelivered(fw, status);
         }
     }
 
-    /// Sends a command to a connected agent, stamped with the leader's term (fencing).
-    pub fn send_agent(soft: &mut Soft, agent: &AgentId, msg: pb::master_message::Msg) -> bool {
-        let term = soft.term;
-        let Some(conn) = soft.agents.get(agent) else {
-            return false;
-        };
-        match conn.tx.try_send(Ok(pb::MasterMessage {
-            term,
-            msg: Some(msg),
-        })) {
-            Ok(()) => true,
-            Err(_) => {
-                tracing::warn!(agent = %agent, "agent stream is full or closed; disconnecting it");
-                soft.agents.remove(agent);
-                false
+    fn keep_undelivered(&mut self, fw: &FrameworkId, status: pb::TaskStatus) {
+        if status.uuid.is_empty() {
+            return;
+        }
+        let key = TaskKey::new(fw, status.task_id.clone().unwrap_or_default());
+        self.undelivered
+            .entry(fw.clone())
+            .or_default()
+            .insert(key, status);
+    }
+
+    /// The shell could not send to the framework's stream (full or closed): the framework
+    /// is disconnected (it will resubscribe) and its offers return to the pool. `unsent`
+    /// is the event that did not go out: an acknowledgeable update is kept for later.
+    pub fn framework_stream_lost(
+        &mut self,
+        fw: &FrameworkId,
+        unsent: Option<pb::event::Event>,
+    ) -> Vec<Effect> {
+        let mut effects = Vec::new();
+        if let Some(s) = self.frameworks.remove(fw) {
+            effects.push(Effect::CloseFrameworkStream {
+                framework: fw.clone(),
+                stream_id: s.stream_id,
+                farewell: Farewell::Quietly,
+            });
+        }
+        self.offers.retain(|_, o| &o.framework_id != fw);
+        if let Some(pb::event::Event::Update(pb::event::Update {
+            status: Some(status),
+        })) = unsent
+        {
+            self.keep_undelivered(fw, status);
+        }
+        effects
+    }
+
+    /// The shell could not send to the agent's connection (full or closed): the agent is
+    /// disconnected (it will register again) and its offers are rescinded.
+    pub fn agent_connection_lost(&mut self, agent: &AgentId) -> Vec<Effect> {
+        let mut effects = Vec::new();
+        if let Some(s) = self.agents.remove(agent) {
+            effects.push(Effect::CloseAgentConnection {
+                agent: agent.clone(),
+                conn_id: s.conn_id,
+                farewell: Farewell::Quietly,
+            });
+        }
+        self.rescind_agent_offers(agent, &mut effects);
+        effects
+    }
+
+    /// The outcome of a proposal made for `then`: what to do next. An error answers the
+    /// caller that made the proposal (or is logged when there is none).
+    pub fn applied(
+        &mut self,
+        reg: &Registry,
+        now_ms: u64,
+        then: Then,
+        outcome: Result<ApplyOutcome, MasterError>,
+    ) -> Result<Vec<Effect>, MasterError> {
+        match then {
+            Then::Nothing => outcome.map(|_| Vec::new()),
+            Then::Subscribed {
+                framework,
+                info,
+                suppressed,
+            } => {
+                outcome?;
+                self.subscribed(framework, info, suppressed)
             }
-        }
-    }
-
-    /// Sends a best-effort message (a framework's message to an executor) to a connected
-    /// agent. `Err(true)` when the agent's stream already holds [`best_effort_room`]'s
-    /// worth: the message is not sent, and the agent stays connected with room left for
-    /// the commands that must arrive (a full queue disconnects the agent, cutting off
-    /// everyone's tasks on it). `Err(false)`: not connected.
-    pub fn send_agent_or_drop(
-        soft: &mut Soft,
-        agent: &AgentId,
-        msg: pb::master_message::Msg,
-    ) -> Result<(), bool> {
-        let term = soft.term;
-        let Some(conn) = soft.agents.get(agent) else {
-            return Err(false);
-        };
-        if !best_effort_room(conn.tx.capacity(), conn.tx.max_capacity()) {
-            return Err(true);
-        }
-        match conn.tx.try_send(Ok(pb::MasterMessage {
-            term,
-            msg: Some(msg),
-        })) {
-            Ok(()) => Ok(()),
-            Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => Err(true),
-            Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => {
-                soft.agents.remove(agent);
-                Err(false)
+            Then::Launched {
+                framework,
+                agent,
+                used,
+                launch,
+                term,
+            } => self.launched(reg, now_ms, framework, agent, used, launch, term, outcome),
+            Then::FrameworkRemoved { framework, reason } => {
+                Ok(self.framework_removed(&framework, &reason, outcome?))
             }
+            Then::AgentRegistered { agent } => self.agent_registered(reg, now_ms, agent, outcome?),
+            Then::AgentUnreachable { agent } => Ok(self.agent_unreachable(&agent, outcome?)),
+            Then::StatusUpdates { updates } => Ok(self.updates_committed(updates, outcome?)),
         }
-    }
-
-    /// Drops every connection and offer: this node no longer leads (or is starting to).
-    pub fn reset_soft(&self, serving: bool, term: u64) {
-        let not_leader = self.not_leader();
-        let mut soft = self.soft();
-        for (_, c) in soft.frameworks.drain() {
-            let _ = c.tx.try_send(Err(not_leader.clone()));
-        }
-        for (_, c) in soft.agents.drain() {
-            let _ = c.tx.try_send(Err(not_leader.clone()));
-        }
-        soft.offers.clear();
-        soft.pending.clear();
-        soft.agent_seen.clear();
-        soft.framework_away.clear();
-        soft.undelivered.clear();
-        soft.usage.clear();
-        soft.serving = serving;
-        soft.term = term;
-        soft.elected_ms = self.now_ms();
     }
 }
 
 #[cfg(test)]
-mod tests {
+mod room_tests {
     use super::*;
-
-    fn message(data: &[u8]) -> pb::master_message::Msg {
-        pb::master_message::Msg::FrameworkMessage(pb::master_message::FrameworkMessage {
-            framework_id: Some(FrameworkId::new("fw")),
-            executor_id: Some(pb::ExecutorId::new("ex")),
-            data: data.to_vec(),
-        })
-    }
-
-    #[test]
-    fn best_effort_sends_drop_the_message_not_the_peer() {
-        let mut soft = Soft::default();
-        let agent = AgentId::new("a1");
-        let (tx, mut rx) = mpsc::channel(8);
-        soft.agents
-            .insert(agent.clone(), AgentConn { conn_id: 1, tx });
-        // Up to half the queue for messages; beyond, they are refused and the agent
-        // stays connected.
-        for i in 0..4 {
-            let sent = Master::send_agent_or_drop(&mut soft, &agent, message(&[i]));
-            assert_eq!(sent, Ok(()), "message {i}");
-        }
-        assert_eq!(
-            Master::send_agent_or_drop(&mut soft, &agent, message(b"x")),
-            Err(true)
-        );
-        assert!(soft.agents.contains_key(&agent));
-        // Commands that must arrive still find room behind the refused messages.
-        for _ in 0..4 {
-            assert!(Master::send_agent(&mut soft, &agent, message(b"must")));
-        }
-        assert!(soft.agents.contains_key(&agent));
-        // As the agent reads, messages flow again.
-        for _ in 0..5 {
-            assert!(rx.try_recv().is_ok());
-        }
-        assert_eq!(
-            Master::send_agent_or_drop(&mut soft, &agent, message(b"y")),
-            Ok(())
-        );
-        drop(rx);
-        assert_eq!(
-            Master::send_agent_or_drop(&mut soft, &agent, message(b"z")),
-            Err(false)
-        );
-        assert!(
-            !soft.agents.contains_key(&agent),
-            "a closed stream is dropped"
-        );
-
-        let fw = FrameworkId::new("fw");
-        let (tx, rx) = mpsc::channel(4);
-        soft.frameworks.insert(
-            fw.clone(),
-            FwConn {
-                stream_id: "s".into(),
-                tx,
-                suppressed: false,
-                filters: HashMap::new(),
-            },
-        );
-        let event = || pb::event::Event::Heartbeat(pb::event::Heartbeat {});
-        assert!(Master::send_event_or_drop(&mut soft, &fw, event()));
-        assert!(Master::send_event_or_drop(&mut soft, &fw, event()));
-        assert!(!Master::send_event_or_drop(&mut soft, &fw, event()));
-        assert!(
-            soft.frameworks.contains_key(&fw),
-            "the framework stays connected"
-        );
-        assert!(
-            Master::send_event(&mut soft, &fw, event()),
-            "room for what must arrive"
-        );
-        drop(rx);
-        assert!(!Master::send_event_or_drop(&mut soft, &fw, event()));
-        assert!(
-            !soft.frameworks.contains_key(&fw),
-            "a closed stream is dropped"
-        );
-    }
 
     #[test]
     fn best_effort_room_is_bounded_and_leaves_half() {

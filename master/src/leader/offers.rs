@@ -1,13 +1,13 @@
 //! Allocation cycles and offer bookkeeping.
 
-use std::collections::{HashMap, HashSet};
-use std::time::Instant;
+use std::collections::{BTreeMap, HashSet};
 
 use drover_proto::pb;
 use drover_proto::{AgentId, FrameworkId, OfferId, Resources};
 
-use super::{Master, OfferRec, Soft};
+use super::{Effect, Leader, OfferRec};
 use crate::allocator::{self, AgentInput, FrameworkInput};
+use crate::error::MasterError;
 use crate::metrics::Metrics;
 use crate::registry::{AgentState, Registry};
 
@@ -22,26 +22,27 @@ pub const DEFAULT_REFUSE_SECONDS: f64 = 5.0;
 const MAX_REFUSE_SECONDS: f64 = 365.0 * 24.0 * 3600.0;
 
 /// Converts a framework's filter into an expiry time, validating it.
-pub fn refuse_until(now_ms: u64, filters: Option<&pb::Filters>) -> Result<u64, String> {
+pub fn refuse_until(now_ms: u64, filters: Option<&pb::Filters>) -> Result<u64, MasterError> {
     let secs = filters
         .and_then(|f| f.refuse_seconds)
         .unwrap_or(DEFAULT_REFUSE_SECONDS);
     if secs.is_nan() || secs < 0.0 {
-        return Err(format!(
+        return Err(MasterError::InvalidArgument(format!(
             "refuse_seconds must be zero or positive, got {secs}"
-        ));
+        )));
     }
     Ok(now_ms + (secs.min(MAX_REFUSE_SECONDS) * 1000.0) as u64)
 }
 
-/// Free resources of every connected, active agent, as the allocator may offer them.
-fn available(soft: &Soft, reg: &Registry) -> Vec<AgentInput> {
-    let mut offered: HashMap<&AgentId, Resources> = HashMap::new();
-    for o in soft.offers.values() {
+/// Free resources of every connected, active agent, as the allocator may offer them, in
+/// agent id order.
+fn available(leader: &Leader, reg: &Registry) -> Vec<AgentInput> {
+    let mut offered: BTreeMap<&AgentId, Resources> = BTreeMap::new();
+    for o in leader.offers.values() {
         offered.entry(&o.agent_id).or_default().add(&o.resources);
     }
     let mut out = Vec::new();
-    for id in soft.agents.keys() {
+    for id in leader.agents.keys() {
         let Some(a) = reg.agents.get(id) else {
             continue;
         };
@@ -53,7 +54,7 @@ fn available(soft: &Soft, reg: &Registry) -> Vec<AgentInput> {
         if let Some(o) = offered.get(id) {
             free.sub_saturating(o);
         }
-        if let Some(p) = soft.pending.get(id) {
+        if let Some(p) = leader.pending.get(id) {
             free.sub_saturating(p);
         }
         if free.cpus() < MIN_OFFER_CPUS && free.mem() < MIN_OFFER_MEM {
@@ -64,52 +65,47 @@ fn available(soft: &Soft, reg: &Registry) -> Vec<AgentInput> {
             available: free,
         });
     }
-    // A stable order keeps cycles deterministic for a given state.
-    out.sort_by(|a, b| a.id.cmp(&b.id));
     out
 }
 
-impl Master {
-    /// One allocation cycle: offers every connected agent's free resources following DRF.
-    pub fn allocate_once(&self) {
-        let started = Instant::now();
-        let now = self.now_ms();
-        let mut soft = self.soft();
-        if !soft.serving {
-            return;
+impl Leader {
+    /// One allocation cycle: offers every connected agent's free resources following DRF,
+    /// one OFFERS event per framework.
+    pub fn allocate(&mut self, reg: &Registry, now_ms: u64) -> Vec<Effect> {
+        if !self.serving {
+            return Vec::new();
         }
-        let reg = self.registry();
-        let agents = available(&soft, &reg);
+        let agents = available(self, reg);
         if agents.is_empty() {
-            return;
+            return Vec::new();
         }
-        let mut offered_fw: HashMap<&FrameworkId, Resources> = HashMap::new();
-        for o in soft.offers.values() {
+        let mut offered_fw: BTreeMap<&FrameworkId, Resources> = BTreeMap::new();
+        for o in self.offers.values() {
             offered_fw
                 .entry(&o.framework_id)
                 .or_default()
                 .add(&o.resources);
         }
         let mut frameworks = Vec::new();
-        let mut other: HashMap<String, Resources> = HashMap::new();
+        let mut other: std::collections::HashMap<String, Resources> = Default::default();
         for (id, f) in &reg.frameworks {
-            match soft.frameworks.get(id) {
-                Some(conn) => {
+            match self.frameworks.get(id) {
+                Some(session) => {
                     let mut allocated = f.used.clone();
                     if let Some(o) = offered_fw.get(id) {
                         allocated.add(o);
                     }
-                    let filtered_agents: HashSet<AgentId> = conn
+                    let filtered_agents: HashSet<AgentId> = session
                         .filters
                         .iter()
-                        .filter(|(_, until)| **until > now)
+                        .filter(|(_, until)| **until > now_ms)
                         .map(|(a, _)| a.clone())
                         .collect();
                     frameworks.push(FrameworkInput {
                         id: id.clone(),
                         role: f.role().to_string(),
                         allocated,
-                        suppressed: conn.suppressed,
+                        suppressed: session.suppressed,
                         filtered_agents,
                     });
                 }
@@ -132,12 +128,12 @@ impl Master {
             other_role_allocation: other,
         };
         let grants = allocator::allocate(&input);
-        let mut per_fw: HashMap<FrameworkId, Vec<pb::Offer>> = HashMap::new();
+        let mut per_fw: BTreeMap<FrameworkId, Vec<pb::Offer>> = BTreeMap::new();
         for g in grants {
             let Some(agent) = reg.agents.get(&g.agent_id) else {
                 continue;
             };
-            let id = OfferId::random();
+            let id = OfferId::new(self.fresh_id());
             per_fw
                 .entry(g.framework_id.clone())
                 .or_default()
@@ -150,82 +146,74 @@ impl Master {
                     resources: g.resources.to_proto(),
                     attributes: agent.info.attributes.clone(),
                 });
-            soft.offers.insert(
+            self.offers.insert(
                 id,
                 OfferRec {
                     framework_id: g.framework_id,
                     agent_id: g.agent_id,
                     resources: g.resources,
-                    created_ms: now,
+                    created_ms: now_ms,
                 },
             );
         }
-        drop(reg);
-        for (fw, offers) in per_fw {
-            let n = offers.len() as u64;
-            let ids: Vec<OfferId> = offers.iter().filter_map(|o| o.id.clone()).collect();
-            if Master::send_event(
-                &mut soft,
-                &fw,
-                pb::event::Event::Offers(pb::event::Offers { offers }),
-            ) {
-                Metrics::add(&self.metrics.offers_sent, n);
-            } else {
-                for id in ids {
-                    soft.offers.remove(&id);
-                }
-            }
-        }
-        self.metrics.allocation_cycle.observe(started.elapsed());
+        // An OFFERS event that cannot be sent disconnects the framework, which takes its
+        // offers back (see `Leader::framework_stream_lost`).
+        per_fw
+            .into_iter()
+            .map(|(fw, offers)| {
+                Self::event(&fw, pb::event::Event::Offers(pb::event::Offers { offers }))
+            })
+            .collect()
     }
 
     /// Rescinds one offer (its resources return to the pool) and tells its framework.
-    pub fn rescind(soft: &mut Soft, metrics: &Metrics, id: &OfferId) {
-        if let Some(o) = soft.offers.remove(id) {
-            Metrics::inc(&metrics.offers_rescinded);
-            Master::send_event(
-                soft,
-                &o.framework_id,
-                pb::event::Event::Rescind(pb::event::Rescind {
-                    offer_id: Some(id.clone()),
-                }),
-            );
+    pub(crate) fn rescind(&mut self, id: &OfferId, effects: &mut Vec<Effect>) {
+        if let Some(o) = self.offers.remove(id) {
+            Metrics::inc(&self.metrics().offers_rescinded);
+            if self.frameworks.contains_key(&o.framework_id) {
+                effects.push(Self::event(
+                    &o.framework_id,
+                    pb::event::Event::Rescind(pb::event::Rescind {
+                        offer_id: Some(id.clone()),
+                    }),
+                ));
+            }
         }
     }
 
     /// Rescinds every offer of an agent (it went away).
-    pub fn rescind_agent_offers(soft: &mut Soft, metrics: &Metrics, agent: &AgentId) {
-        let ids: Vec<OfferId> = soft
+    pub(crate) fn rescind_agent_offers(&mut self, agent: &AgentId, effects: &mut Vec<Effect>) {
+        let ids: Vec<OfferId> = self
             .offers
             .iter()
             .filter(|(_, o)| &o.agent_id == agent)
             .map(|(id, _)| id.clone())
             .collect();
         for id in ids {
-            Master::rescind(soft, metrics, &id);
+            self.rescind(&id, effects);
         }
     }
 
     /// Rescinds offers older than the offer timeout, and drops expired filters.
-    pub fn expire_offers(&self) {
-        let now = self.now_ms();
-        let timeout = self.config.offer_timeout_ms;
-        let mut soft = self.soft();
-        let old: Vec<OfferId> = soft
+    pub fn expire_offers(&mut self, now_ms: u64) -> Vec<Effect> {
+        let timeout = self.settings.offer_timeout_ms;
+        let old: Vec<OfferId> = self
             .offers
             .iter()
-            .filter(|(_, o)| now.saturating_sub(o.created_ms) >= timeout)
+            .filter(|(_, o)| now_ms.saturating_sub(o.created_ms) >= timeout)
             .map(|(id, _)| id.clone())
             .collect();
+        let mut effects = Vec::new();
         for id in &old {
-            Master::rescind(&mut soft, &self.metrics, id);
+            self.rescind(id, &mut effects);
         }
-        for conn in soft.frameworks.values_mut() {
-            conn.filters.retain(|_, until| *until > now);
+        for session in self.frameworks.values_mut() {
+            session.filters.retain(|_, until| *until > now_ms);
         }
         if !old.is_empty() {
-            self.allocate_now.notify_one();
+            effects.push(Effect::Allocate);
         }
+        effects
     }
 }
 

@@ -1,5 +1,6 @@
-//! gRPC glue: each service validates nothing itself beyond shape and delegates to
-//! [`crate::leader`], so the rules live in one place.
+//! gRPC glue: each service validates nothing itself beyond shape and delegates to the
+//! server shell ([`crate::server`]), which asks the pure [`crate::leader`] and carries out
+//! its effects, so the rules live in one place.
 //!
 //! - [`scheduler`]: the scheduler API (frameworks).
 //! - [`agent`]: the agent↔master stream.

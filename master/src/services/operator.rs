@@ -1,6 +1,5 @@
 //! The operator service: inspection and operations on the cluster.
 
-use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -8,257 +7,14 @@ use futures::Stream;
 use tonic::{Request, Response, Status};
 
 use drover_proto::pb::{self, operator_server::Operator};
-use drover_proto::{FrameworkId, Resources};
 
-use crate::leader::{propose_status, Master};
-use crate::metrics::Gauge;
 use crate::raft::node::MembershipChange;
-use crate::raft::ProposeError;
-use crate::registry::{AgentState, Command, TaskRec};
+use crate::registry::Command;
+use crate::server::{propose_error, Master};
+use crate::views;
 
 pub struct OperatorService {
     pub master: Arc<Master>,
-}
-
-fn task_summary(t: &TaskRec) -> pb::TaskSummary {
-    pb::TaskSummary {
-        usage: None,
-        framework_id: Some(t.framework_id.clone()),
-        task_id: Some(t.task_id()),
-        name: t.info.name.clone(),
-        agent_id: Some(t.agent_id.clone()),
-        state: t.state,
-        resources: t.resources.to_proto(),
-        last_status: t.last_status.clone(),
-    }
-}
-
-impl Master {
-    pub fn agent_summaries(&self) -> Vec<pb::AgentSummary> {
-        let soft = self.soft();
-        let reg = self.registry();
-        let mut offered: BTreeMap<_, Resources> = BTreeMap::new();
-        for o in soft.offers.values() {
-            offered
-                .entry(o.agent_id.clone())
-                .or_default()
-                .add(&o.resources);
-        }
-        let mut counts: BTreeMap<_, u32> = BTreeMap::new();
-        for t in reg.tasks.values() {
-            *counts.entry(t.agent_id.clone()).or_default() += 1;
-        }
-        reg.agents
-            .values()
-            .map(|a| {
-                use pb::agent_summary::State;
-                let state = match a.state {
-                    AgentState::Unreachable => State::Unreachable,
-                    AgentState::Active if soft.agents.contains_key(&a.id) => State::Active,
-                    AgentState::Active => State::Disconnected,
-                };
-                pb::AgentSummary {
-                    id: Some(a.id.clone()),
-                    hostname: a.info.hostname.clone(),
-                    address: a.info.address.clone(),
-                    state: state as i32,
-                    total: a.total.to_proto(),
-                    allocated: a.used.to_proto(),
-                    offered: offered.get(&a.id).map(|r| r.to_proto()).unwrap_or_default(),
-                    attributes: a.info.attributes.clone(),
-                    task_count: counts.get(&a.id).copied().unwrap_or(0),
-                    registered_at: a.registered_ms as f64 / 1000.0,
-                }
-            })
-            .collect()
-    }
-
-    pub fn framework_summaries(&self) -> Vec<pb::FrameworkSummary> {
-        let soft = self.soft();
-        let reg = self.registry();
-        let mut offered: BTreeMap<FrameworkId, Resources> = BTreeMap::new();
-        for o in soft.offers.values() {
-            offered
-                .entry(o.framework_id.clone())
-                .or_default()
-                .add(&o.resources);
-        }
-        let mut active: BTreeMap<FrameworkId, u32> = BTreeMap::new();
-        for t in reg.tasks.values() {
-            *active.entry(t.framework_id.clone()).or_default() += 1;
-        }
-        reg.frameworks
-            .values()
-            .map(|f| {
-                let conn = soft.frameworks.get(&f.id);
-                let deadline = if conn.is_some() {
-                    0.0
-                } else {
-                    let since = f
-                        .disconnected_ms
-                        .unwrap_or(soft.elected_ms)
-                        .max(soft.elected_ms);
-                    since.saturating_add(f.failover_timeout_ms()) as f64 / 1000.0
-                };
-                pb::FrameworkSummary {
-                    id: Some(f.id.clone()),
-                    info: Some(f.info.clone()),
-                    connected: conn.is_some(),
-                    suppressed: conn.is_some_and(|c| c.suppressed),
-                    allocated: f.used.to_proto(),
-                    offered: offered.get(&f.id).map(|r| r.to_proto()).unwrap_or_default(),
-                    active_tasks: active.get(&f.id).copied().unwrap_or(0),
-                    completed_tasks: f.completed_tasks.min(u32::MAX as u64) as u32,
-                    failover_deadline: deadline,
-                    unmet_demand: String::new(),
-                }
-            })
-            .collect()
-    }
-
-    pub fn task_summaries(
-        &self,
-        fw: Option<&FrameworkId>,
-        completed: bool,
-    ) -> (Vec<pb::TaskSummary>, Vec<pb::TaskSummary>) {
-        // Soft state before the registry, as everywhere else (lock order).
-        let usage = self.soft().usage.clone();
-        let reg = self.registry();
-        let keep = |t: &&TaskRec| fw.is_none_or(|f| &t.framework_id == f);
-        let mut active: Vec<&TaskRec> = reg.tasks.values().filter(keep).collect();
-        active.sort_by(|a, b| {
-            a.launched_ms
-                .cmp(&b.launched_ms)
-                .then_with(|| a.key().cmp(&b.key()))
-        });
-        let done = if completed {
-            reg.completed
-                .iter()
-                .filter_map(|k| reg.completed_tasks.get(k))
-                .filter(keep)
-                .map(task_summary)
-                .collect()
-        } else {
-            Vec::new()
-        };
-        let with_usage = |t: &TaskRec| pb::TaskSummary {
-            usage: usage
-                .get(&t.agent_id)
-                .and_then(|per_task| per_task.get(&t.key()))
-                .cloned(),
-            ..task_summary(t)
-        };
-        (active.into_iter().map(with_usage).collect(), done)
-    }
-
-    pub fn role_summaries(&self) -> Vec<pb::RoleSummary> {
-        let reg = self.registry();
-        let mut roles: BTreeMap<String, pb::RoleSummary> = BTreeMap::new();
-        for (name, w) in &reg.weights {
-            roles.insert(
-                name.clone(),
-                pb::RoleSummary {
-                    name: name.clone(),
-                    weight: *w,
-                    ..Default::default()
-                },
-            );
-        }
-        let mut alloc: BTreeMap<String, Resources> = BTreeMap::new();
-        for f in reg.frameworks.values() {
-            let role = f.role().to_string();
-            let e = roles
-                .entry(role.clone())
-                .or_insert_with(|| pb::RoleSummary {
-                    name: role.clone(),
-                    weight: reg.weight(&role),
-                    ..Default::default()
-                });
-            e.frameworks.push(f.id.clone());
-            alloc.entry(role).or_default().add(&f.used);
-        }
-        for (role, r) in alloc {
-            if let Some(e) = roles.get_mut(&role) {
-                e.allocated = r.to_proto();
-            }
-        }
-        roles.into_values().collect()
-    }
-
-    pub fn master_info(&self) -> pb::MasterInfo {
-        pb::MasterInfo {
-            id: self.config.id,
-            address: self.config.listen.to_string(),
-            term: self.raft.role().term,
-        }
-    }
-
-    /// Refreshes the gauges exported with the metrics.
-    pub fn update_gauges(&self) {
-        let soft = self.soft();
-        let reg = self.registry();
-        let mut by_state: BTreeMap<&'static str, i64> = BTreeMap::new();
-        for t in reg.tasks.values() {
-            *by_state
-                .entry(drover_proto::states::name(t.state()))
-                .or_default() += 1;
-        }
-        let gauge = |name: &str, help: &str, value: i64| Gauge {
-            name: name.to_string(),
-            help: help.to_string(),
-            value,
-        };
-        let mut g = vec![
-            gauge(
-                "drover_master_is_leader",
-                "1 when this master serves as leader.",
-                i64::from(soft.serving),
-            ),
-            gauge(
-                "drover_master_agents_registered",
-                "Agents in the registry.",
-                reg.agents.len() as i64,
-            ),
-            gauge(
-                "drover_master_agents_connected",
-                "Agents connected to this leader.",
-                soft.agents.len() as i64,
-            ),
-            gauge(
-                "drover_master_frameworks_registered",
-                "Frameworks in the registry.",
-                reg.frameworks.len() as i64,
-            ),
-            gauge(
-                "drover_master_frameworks_connected",
-                "Frameworks subscribed to this leader.",
-                soft.frameworks.len() as i64,
-            ),
-            gauge(
-                "drover_master_offers_outstanding",
-                "Offers not yet used.",
-                soft.offers.len() as i64,
-            ),
-            gauge(
-                "drover_master_tasks_active",
-                "Non-terminal tasks.",
-                reg.tasks.len() as i64,
-            ),
-            gauge(
-                "drover_master_raft_term",
-                "Current Raft term.",
-                soft.term as i64,
-            ),
-        ];
-        for (state, n) in by_state {
-            g.push(gauge(
-                &format!("drover_master_tasks_{}", state.to_lowercase()),
-                &format!("Tasks in state {state}."),
-                n,
-            ));
-        }
-        self.metrics.set_gauges(g);
-    }
 }
 
 type Events = Pin<Box<dyn Stream<Item = Result<pb::OperatorEvent, Status>> + Send>>;
@@ -325,7 +81,7 @@ impl Operator for OperatorService {
         &self,
         _: Request<pb::GetHealthRequest>,
     ) -> Result<Response<pb::GetHealthResponse>, Status> {
-        let serving = self.master.soft().serving;
+        let serving = self.master.serving();
         let (cluster_id, registry_version) = {
             let reg = self.master.registry();
             (
@@ -352,15 +108,11 @@ impl Operator for OperatorService {
         _: Request<pb::GetStateRequest>,
     ) -> Result<Response<pb::GetStateResponse>, Status> {
         self.master.ensure_leader()?;
-        let (tasks, completed_tasks) = self.master.task_summaries(None, true);
-        Ok(Response::new(pb::GetStateResponse {
-            master_info: Some(self.master.master_info()),
-            agents: self.master.agent_summaries(),
-            frameworks: self.master.framework_summaries(),
-            tasks,
-            completed_tasks,
-            roles: self.master.role_summaries(),
-        }))
+        let info = self.master.master_info();
+        Ok(Response::new(
+            self.master
+                .view(|reg, leader| views::state(reg, leader, info)),
+        ))
     }
 
     async fn get_agents(
@@ -369,7 +121,7 @@ impl Operator for OperatorService {
     ) -> Result<Response<pb::GetAgentsResponse>, Status> {
         self.master.ensure_leader()?;
         Ok(Response::new(pb::GetAgentsResponse {
-            agents: self.master.agent_summaries(),
+            agents: self.master.view(views::agent_summaries),
         }))
     }
 
@@ -379,7 +131,7 @@ impl Operator for OperatorService {
     ) -> Result<Response<pb::GetFrameworksResponse>, Status> {
         self.master.ensure_leader()?;
         Ok(Response::new(pb::GetFrameworksResponse {
-            frameworks: self.master.framework_summaries(),
+            frameworks: self.master.view(views::framework_summaries),
         }))
     }
 
@@ -390,7 +142,9 @@ impl Operator for OperatorService {
         self.master.ensure_leader()?;
         let r = req.into_inner();
         let fw = r.framework_id.filter(|f| !f.is_empty());
-        let (tasks, completed_tasks) = self.master.task_summaries(fw.as_ref(), r.include_completed);
+        let (tasks, completed_tasks) = self.master.view(|reg, leader| {
+            views::task_summaries(reg, leader, fw.as_ref(), r.include_completed)
+        });
         Ok(Response::new(pb::GetTasksResponse {
             tasks,
             completed_tasks,
@@ -403,7 +157,7 @@ impl Operator for OperatorService {
     ) -> Result<Response<pb::GetRolesResponse>, Status> {
         self.master.ensure_leader()?;
         Ok(Response::new(pb::GetRolesResponse {
-            roles: self.master.role_summaries(),
+            roles: self.master.view(|reg, _| views::role_summaries(reg)),
         }))
     }
 
@@ -425,7 +179,7 @@ impl Operator for OperatorService {
         self.master.ensure_leader()?;
         let mut weights = Vec::new();
         for w in req.into_inner().weights {
-            crate::leader::validate_role(&w.role).map_err(Status::invalid_argument)?;
+            crate::leader::validate_role(&w.role)?;
             if !(w.weight.is_finite() && w.weight > 0.0 && w.weight <= 1e6) {
                 return Err(Status::invalid_argument(format!(
                     "weight of role '{}' must be positive, got {}",
@@ -500,16 +254,8 @@ impl Operator for OperatorService {
         req: Request<pb::TeardownFrameworkRequest>,
     ) -> Result<Response<pb::TeardownFrameworkResponse>, Status> {
         self.master.ensure_leader()?;
-        let fw = req
-            .into_inner()
-            .framework_id
-            .filter(|f| !f.is_empty())
-            .ok_or_else(|| Status::invalid_argument("teardown needs a framework_id"))?;
-        if !self.master.registry().frameworks.contains_key(&fw) {
-            return Err(Status::not_found(format!("framework {fw} is unknown")));
-        }
         self.master
-            .remove_framework(fw, "torn down by an operator")
+            .teardown_by_operator(req.into_inner().framework_id)
             .await?;
         Ok(Response::new(pb::TeardownFrameworkResponse {}))
     }
@@ -584,10 +330,7 @@ impl Operator for OperatorService {
                 address: r.address.clone(),
             })
             .await
-            .map_err(|e| match e {
-                ProposeError::NotLeader => self.master.not_leader(),
-                e => propose_status(e),
-            })?;
+            .map_err(|e| self.master.named(propose_error(e)))?;
         tracing::info!(id = r.id, address = %r.address, "master added as a learner");
         Ok(Response::new(pb::AddMasterResponse {
             masters: self.master.master_members(),
@@ -629,16 +372,13 @@ impl Operator for OperatorService {
             // at the new leader (the NotLeader status names it).
             self.master.raft.transfer_leadership(0);
             self.master.wait_leadership_moved().await;
-            return Err(self.master.not_leader());
+            return Err(self.master.not_leader().into());
         }
         self.master
             .raft
             .propose_change(MembershipChange::Remove { id })
             .await
-            .map_err(|e| match e {
-                ProposeError::NotLeader => self.master.not_leader(),
-                e => propose_status(e),
-            })?;
+            .map_err(|e| self.master.named(propose_error(e)))?;
         tracing::info!(id, "master removed");
         Ok(Response::new(pb::RemoveMasterResponse {
             masters: self.master.master_members(),

@@ -10,7 +10,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use drover_proto::pb::{self, raft_peer_server::RaftPeer};
 
-use crate::leader::Master;
+use crate::server::Master;
 
 pub struct PeerService {
     pub master: Arc<Master>,

@@ -9,7 +9,7 @@ use tonic::{Request, Response, Status};
 use drover_proto::pb::{self, scheduler_server::Scheduler};
 
 use super::GuardedStream;
-use crate::leader::Master;
+use crate::server::Master;
 
 pub struct SchedulerService {
     pub master: Arc<Master>,
@@ -32,7 +32,7 @@ impl Scheduler for SchedulerService {
         let (fw, stream_id, rx) = self.master.subscribe(req.into_inner()).await?;
         let master = self.master.clone();
         let stream = GuardedStream::new(rx, move || {
-            tokio::spawn(async move { master.framework_disconnected(fw, stream_id).await });
+            master.framework_disconnected(fw, stream_id);
         });
         Ok(Response::new(Box::pin(stream)))
     }
@@ -49,7 +49,10 @@ impl Scheduler for SchedulerService {
         &self,
         req: Request<pb::DeclineCall>,
     ) -> Result<Response<pb::CallResponse>, Status> {
-        self.master.decline(req.into_inner())?;
+        let call = req.into_inner();
+        self.master
+            .run(|leader, reg, now| leader.decline(reg, now, call))
+            .await?;
         ok()
     }
 
@@ -57,8 +60,10 @@ impl Scheduler for SchedulerService {
         &self,
         req: Request<pb::ReviveCall>,
     ) -> Result<Response<pb::CallResponse>, Status> {
+        let header = req.into_inner().header;
         self.master
-            .revive_or_suppress(req.get_ref().header.as_ref(), true)?;
+            .run(|leader, reg, _| leader.revive_or_suppress(reg, header.as_ref(), true))
+            .await?;
         ok()
     }
 
@@ -66,13 +71,18 @@ impl Scheduler for SchedulerService {
         &self,
         req: Request<pb::SuppressCall>,
     ) -> Result<Response<pb::CallResponse>, Status> {
+        let header = req.into_inner().header;
         self.master
-            .revive_or_suppress(req.get_ref().header.as_ref(), false)?;
+            .run(|leader, reg, _| leader.revive_or_suppress(reg, header.as_ref(), false))
+            .await?;
         ok()
     }
 
     async fn kill(&self, req: Request<pb::KillCall>) -> Result<Response<pb::CallResponse>, Status> {
-        self.master.kill(req.into_inner())?;
+        let call = req.into_inner();
+        self.master
+            .run(|leader, reg, now| leader.kill(reg, now, call))
+            .await?;
         ok()
     }
 
@@ -80,7 +90,10 @@ impl Scheduler for SchedulerService {
         &self,
         req: Request<pb::ShutdownCall>,
     ) -> Result<Response<pb::CallResponse>, Status> {
-        self.master.shutdown_executor(req.into_inner())?;
+        let call = req.into_inner();
+        self.master
+            .run(|leader, reg, _| leader.shutdown_executor(reg, call))
+            .await?;
         ok()
     }
 
@@ -88,7 +101,10 @@ impl Scheduler for SchedulerService {
         &self,
         req: Request<pb::AcknowledgeCall>,
     ) -> Result<Response<pb::CallResponse>, Status> {
-        self.master.acknowledge(req.into_inner())?;
+        let call = req.into_inner();
+        self.master
+            .run(|leader, reg, _| leader.acknowledge(reg, call))
+            .await?;
         ok()
     }
 
@@ -96,7 +112,10 @@ impl Scheduler for SchedulerService {
         &self,
         req: Request<pb::ReconcileCall>,
     ) -> Result<Response<pb::CallResponse>, Status> {
-        self.master.reconcile(req.into_inner())?;
+        let call = req.into_inner();
+        self.master
+            .run(|leader, reg, now| leader.reconcile(reg, now, call))
+            .await?;
         ok()
     }
 
@@ -104,7 +123,10 @@ impl Scheduler for SchedulerService {
         &self,
         req: Request<pb::MessageCall>,
     ) -> Result<Response<pb::CallResponse>, Status> {
-        self.master.message_executor(req.into_inner())?;
+        let call = req.into_inner();
+        self.master
+            .run(|leader, reg, _| leader.message_executor(reg, call))
+            .await?;
         ok()
     }
 
@@ -112,10 +134,7 @@ impl Scheduler for SchedulerService {
         &self,
         req: Request<pb::TeardownCall>,
     ) -> Result<Response<pb::CallResponse>, Status> {
-        let fw = self.master.check_caller(req.get_ref().header.as_ref())?;
-        self.master
-            .remove_framework(fw, "torn down by the framework")
-            .await?;
+        self.master.teardown(req.into_inner().header).await?;
         ok()
     }
 }

@@ -12,8 +12,8 @@ use tonic::{Request, Response, Status};
 
 use drover_proto::pb::{self, registry_testing_server::RegistryTesting};
 
-use crate::leader::Master;
 use crate::registry::Command;
+use crate::server::Master;
 
 /// Longest marker accepted.
 const MAX_MARKER_BYTES: usize = 256;

@@ -7,10 +7,8 @@
 //! raise computed without a master that is being added could leave that master unable to
 //! read the registry.
 
-use tonic::Status;
-
-use super::{propose_status, Master};
-use crate::raft::ProposeError;
+use super::{propose_error, Master};
+use crate::error::MasterError;
 use crate::registry::version::{self, MemberSupport, CLUSTER_ID_VERSION};
 use crate::registry::{ClusterId, Command};
 
@@ -38,18 +36,18 @@ impl Master {
     /// registry records is refused (FAILED_PRECONDITION naming the members that lack it)
     /// unless every member supports it, and the registry is raised before it is proposed,
     /// so that the registry never holds what its recorded version does not promise.
-    pub async fn require_registry_version(&self, cmd: &Command) -> Result<(), Status> {
+    pub async fn require_registry_version(&self, cmd: &Command) -> Result<(), MasterError> {
         let needs = cmd.required_version();
         if needs <= self.registry().version {
             return Ok(());
         }
         version::check_command(cmd.name(), needs, &self.member_support())
-            .map_err(|e| Status::failed_precondition(e.to_string()))?;
+            .map_err(|e| MasterError::FailedPrecondition(e.to_string()))?;
         self.raise_registry_version().await?;
         let now = self.registry().version;
         if now < needs {
             // The membership changed between the check and the raise: say so.
-            return Err(Status::failed_precondition(format!(
+            return Err(MasterError::FailedPrecondition(format!(
                 "{} needs registry version {needs}, but the registry is still at version \
                  {now}; retry once every master supports it",
                 cmd.name()
@@ -61,7 +59,7 @@ impl Master {
     /// Raises the registry's recorded version to the lowest version every member
     /// supports, when that is newer (a replicated `SetRegistryVersion`); does nothing
     /// otherwise.
-    pub async fn raise_registry_version(&self) -> Result<(), Status> {
+    pub async fn raise_registry_version(&self) -> Result<(), MasterError> {
         let _serialized = self.version_lock.lock().await;
         let recorded = self.registry().version;
         let Some(to) = version::raise_to(recorded, &self.member_support()) else {
@@ -75,7 +73,7 @@ impl Master {
         self.raft
             .propose(&Command::SetRegistryVersion { version: to })
             .await
-            .map_err(|e| self.propose_error(e))?;
+            .map_err(|e| self.named(propose_error(e)))?;
         Ok(())
     }
 
@@ -84,7 +82,7 @@ impl Master {
     /// without a cluster id one (a brand-new cluster, or one upgraded from a release
     /// without ids) once every member knows cluster ids.
     pub async fn upgrade_registry(&self) {
-        if !self.soft().serving {
+        if !self.serving() {
             return;
         }
         if let Err(e) = self.raise_registry_version().await {
@@ -107,15 +105,6 @@ impl Master {
         {
             Ok(_) => tracing::info!(%cluster_id, "cluster id assigned"),
             Err(e) => tracing::warn!(error = %e, "could not assign the cluster id"),
-        }
-    }
-
-    /// Maps a failed proposal to the status a caller sees, naming the leader when this
-    /// master is not it.
-    pub fn propose_error(&self, e: ProposeError) -> Status {
-        match e {
-            ProposeError::NotLeader => self.not_leader(),
-            e => propose_status(e),
         }
     }
 }

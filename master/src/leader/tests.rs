@@ -1,0 +1,988 @@
+//! The leader's decisions, driven through the [`harness`](super::harness): calls, agent
+//! messages, ticks and apply outcomes in, effects out, with the time moved by hand.
+
+use drover_proto::pb::{self, master_message::Msg, TaskState};
+use drover_proto::{AgentId, FrameworkId, TaskId};
+
+use super::harness::*;
+use super::{Effect, Farewell, Then};
+use crate::error::MasterError;
+use crate::registry::{AgentState, Command, StatusUpdate};
+
+fn uuid(n: u8) -> Vec<u8> {
+    vec![n; 16]
+}
+
+/// A status update from `agent` for task `task` of `fw`.
+fn agent_update(fw: &FrameworkId, task: &str, state: TaskState, n: u8) -> pb::AgentMessage {
+    pb::AgentMessage {
+        msg: Some(pb::agent_message::Msg::StatusUpdate(
+            pb::agent_message::StatusUpdate {
+                framework_id: Some(fw.clone()),
+                status: Some(pb::TaskStatus {
+                    task_id: Some(TaskId::new(task)),
+                    state: state as i32,
+                    uuid: uuid(n),
+                    timestamp: n as f64,
+                    ..Default::default()
+                }),
+            },
+        )),
+    }
+}
+
+fn ping() -> pb::AgentMessage {
+    pb::AgentMessage {
+        msg: Some(pb::agent_message::Msg::Ping(Default::default())),
+    }
+}
+
+/// A framework with one task running on one agent.
+fn one_task(aware: bool) -> (Harness, FrameworkId, AgentId) {
+    let mut h = Harness::new();
+    let (agent, _) = h.add_agent("cpus:4;mem:4096");
+    let (fw, _) = h.subscribe("web", 60.0, aware);
+    h.launch(&fw, &[("t1", "cpus:1;mem:128")]).expect("launch");
+    (h, fw, agent)
+}
+
+#[test]
+fn subscribe_proposes_first_and_opens_the_stream_once_applied() {
+    let mut h = Harness::new();
+    let req = pb::SubscribeRequest {
+        framework_info: Some(pb::FrameworkInfo {
+            name: "web".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let first = h.leader.subscribe(&h.reg, h.now, req).unwrap();
+    // Nothing opens before the registration commits.
+    let [Effect::Propose {
+        command: Command::AddFramework { framework_id, .. },
+        then: Then::Subscribed { framework, .. },
+    }] = first.as_slice()
+    else {
+        panic!("expected one AddFramework proposal, got {first:?}");
+    };
+    assert_eq!(
+        framework_id.as_str(),
+        "id-1",
+        "the id comes from the id source"
+    );
+    assert_eq!(framework, framework_id);
+    assert!(h.leader.frameworks.is_empty());
+
+    let fw = framework_id.clone();
+    let effects = h.settle(first).unwrap();
+    assert!(matches!(
+        &effects[0],
+        Effect::OpenFrameworkStream { framework, stream_id } if *framework == fw && stream_id == "id-2"
+    ));
+    let events = events_to(&effects, &fw);
+    let [pb::event::Event::Subscribed(s)] = events.as_slice() else {
+        panic!("expected SUBSCRIBED, got {events:?}");
+    };
+    assert_eq!(s.stream_id, "id-2");
+    assert_eq!(s.master_info.as_ref().unwrap().term, TERM);
+    assert!(matches!(effects.last(), Some(Effect::Allocate)));
+    assert_eq!(h.reg.frameworks[&fw].info.role, "*");
+}
+
+#[test]
+fn a_subscription_that_fails_to_commit_opens_nothing() {
+    let mut h = Harness::new();
+    let first = h
+        .leader
+        .subscribe(
+            &h.reg,
+            h.now,
+            pb::SubscribeRequest {
+                framework_info: Some(Default::default()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let [Effect::Propose { then, .. }] = first.as_slice() else {
+        panic!("{first:?}");
+    };
+    let err = h
+        .leader
+        .applied(
+            &h.reg,
+            h.now,
+            then.clone(),
+            Err(MasterError::Unavailable("lost leadership".into())),
+        )
+        .unwrap_err();
+    assert!(matches!(err, MasterError::Unavailable(_)));
+    assert!(h.leader.frameworks.is_empty());
+}
+
+#[test]
+fn resubscribing_replaces_the_stream_and_the_old_one_gets_an_error() {
+    let mut h = Harness::new();
+    h.add_agent("cpus:4;mem:4096");
+    let (fw, old_stream) = h.subscribe("web", 60.0, false);
+    assert_eq!(h.allocate().len(), 1);
+    assert_eq!(h.leader.offers.len(), 1);
+
+    let info = pb::FrameworkInfo {
+        id: Some(fw.clone()),
+        name: "web".into(),
+        ..Default::default()
+    };
+    let first = h
+        .leader
+        .subscribe(
+            &h.reg,
+            h.now,
+            pb::SubscribeRequest {
+                framework_info: Some(info),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let effects = h.settle(first).unwrap();
+    let Effect::CloseFrameworkStream {
+        framework,
+        stream_id,
+        farewell: Farewell::ErrorEvent(message),
+    } = &effects[0]
+    else {
+        panic!("the old stream must end first: {effects:?}");
+    };
+    assert_eq!((framework, stream_id.as_str()), (&fw, old_stream.as_str()));
+    assert_eq!(message, "framework failed over to a new subscription");
+    let new_stream = h.leader.frameworks[&fw].stream_id.clone();
+    assert_ne!(new_stream, old_stream);
+    assert!(
+        h.leader.offers.is_empty(),
+        "the old stream's offers are gone"
+    );
+
+    // Calls on the old stream are refused.
+    let stale = pb::CallHeader {
+        framework_id: Some(fw.clone()),
+        stream_id: old_stream,
+    };
+    let err = h.leader.check_caller(&h.reg, Some(&stale)).unwrap_err();
+    assert!(matches!(err, MasterError::FailedPrecondition(_)), "{err}");
+}
+
+#[test]
+fn subscribe_refusals() {
+    let mut h = Harness::new();
+    let unknown = pb::FrameworkInfo {
+        id: Some(FrameworkId::new("gone")),
+        ..Default::default()
+    };
+    let err = h
+        .leader
+        .subscribe(
+            &h.reg,
+            h.now,
+            pb::SubscribeRequest {
+                framework_info: Some(unknown),
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
+    assert!(
+        err.to_string().starts_with("framework gone is unknown"),
+        "{err}"
+    );
+    let bad_role = pb::FrameworkInfo {
+        role: "-x".into(),
+        ..Default::default()
+    };
+    let err = h
+        .leader
+        .subscribe(
+            &h.reg,
+            h.now,
+            pb::SubscribeRequest {
+                framework_info: Some(bad_role),
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
+    assert_eq!(err.to_string(), "role '-x' must not start with '.' or '-'");
+
+    let _ = h.leader.reset(TERM + 1, h.now);
+    let err = h
+        .leader
+        .subscribe(
+            &h.reg,
+            h.now,
+            pb::SubscribeRequest {
+                framework_info: Some(Default::default()),
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
+    assert!(matches!(err, MasterError::NotLeader { leader: None }));
+}
+
+#[test]
+fn a_framework_is_removed_at_its_failover_deadline_not_before() {
+    let (mut h, fw, agent) = one_task(false);
+    let stream = h.leader.frameworks[&fw].stream_id.clone();
+    let effects = h.leader.framework_disconnected(h.now, &fw, &stream);
+    let effects = h.settle(effects).unwrap();
+    assert!(matches!(effects[0], Effect::CloseFrameworkStream { .. }));
+    let gone_at = h.now;
+    assert_eq!(h.reg.frameworks[&fw].disconnected_ms, Some(gone_at));
+
+    h.advance(60_000 - 1);
+    assert!(h.leader.expire_frameworks(&h.reg, h.now).is_empty());
+    h.advance(1);
+    let effects = h.leader.expire_frameworks(&h.reg, h.now);
+    let props = proposals(&effects);
+    let [(Command::RemoveFramework { reason, .. }, _)] = props.as_slice() else {
+        panic!("{effects:?}");
+    };
+    assert_eq!(reason, "failover timeout elapsed");
+    let effects = h.settle(effects).unwrap();
+    assert!(!h.reg.frameworks.contains_key(&fw));
+    let msgs = messages_to(&effects, &agent);
+    assert!(
+        matches!(msgs.as_slice(), [m] if matches!(&m.msg, Some(Msg::ShutdownFramework(s)) if s.framework_id.as_ref() == Some(&fw))),
+        "{msgs:?}"
+    );
+}
+
+#[test]
+fn a_resubscription_in_time_stops_the_failover_clock() {
+    let (mut h, fw, _) = one_task(false);
+    let stream = h.leader.frameworks[&fw].stream_id.clone();
+    let effects = h.leader.framework_disconnected(h.now, &fw, &stream);
+    h.settle(effects).unwrap();
+    // A stream that is not the current one changes nothing.
+    assert!(h
+        .leader
+        .framework_disconnected(h.now, &fw, "other")
+        .is_empty());
+    h.advance(30_000);
+    h.subscribe_with(pb::FrameworkInfo {
+        id: Some(fw.clone()),
+        failover_timeout: 60.0,
+        ..Default::default()
+    });
+    h.advance(10 * 60_000);
+    assert!(h.leader.expire_frameworks(&h.reg, h.now).is_empty());
+}
+
+#[test]
+fn failover_clocks_of_earlier_disconnections_start_at_the_election() {
+    let mut h = Harness::new();
+    // Disconnected long before this leader was elected (under another leader).
+    h.apply(Command::AddFramework {
+        framework_id: FrameworkId::new("old"),
+        info: pb::FrameworkInfo {
+            failover_timeout: 10.0,
+            ..Default::default()
+        },
+        now_ms: 0,
+    });
+    h.apply(Command::FrameworkDisconnected {
+        framework_id: FrameworkId::new("old"),
+        now_ms: 5,
+    });
+    h.advance(9_999);
+    assert!(h.leader.expire_frameworks(&h.reg, h.now).is_empty());
+    h.advance(1);
+    assert_eq!(
+        proposals(&h.leader.expire_frameworks(&h.reg, h.now)).len(),
+        1
+    );
+}
+
+#[test]
+fn a_decline_filters_the_agent_for_refuse_seconds() {
+    let mut h = Harness::new();
+    h.add_agent("cpus:4;mem:4096");
+    let (fw, _) = h.subscribe("web", 0.0, false);
+    let offers = h.allocate();
+    let offer_id = offers[0].1[0].id.clone().unwrap();
+    let effects = h
+        .leader
+        .decline(
+            &h.reg,
+            h.now,
+            pb::DeclineCall {
+                header: h.header(&fw),
+                offer_ids: vec![offer_id.clone()],
+                filters: Some(pb::Filters {
+                    refuse_seconds: Some(10.0),
+                }),
+            },
+        )
+        .unwrap();
+    assert!(matches!(effects.as_slice(), [Effect::Allocate]));
+    assert!(h.leader.offers.is_empty());
+    h.advance(9_999);
+    assert!(h.allocate().is_empty(), "filtered for 10 s");
+    h.advance(1);
+    let offers = h.allocate();
+    assert_eq!(offers.len(), 1, "offered again once the filter expires");
+    // Declining it again: unknown now, and nothing changes.
+    let err = h
+        .leader
+        .decline(
+            &h.reg,
+            h.now,
+            pb::DeclineCall {
+                header: h.header(&fw),
+                offer_ids: vec![offers[0].1[0].id.clone().unwrap(), offer_id],
+                filters: None,
+            },
+        )
+        .unwrap_err();
+    assert!(matches!(err, MasterError::NotFound(_)), "{err}");
+    assert_eq!(h.leader.offers.len(), 1);
+}
+
+#[test]
+fn declining_another_frameworks_offer_is_refused() {
+    let mut h = Harness::new();
+    h.add_agent("cpus:4;mem:4096");
+    let (a, _) = h.subscribe("a", 0.0, false);
+    let (b, _) = h.subscribe("b", 0.0, false);
+    let offers = h.allocate();
+    let (owner, o) = &offers[0];
+    let other = if *owner == a { &b } else { &a };
+    let err = h
+        .leader
+        .decline(
+            &h.reg,
+            h.now,
+            pb::DeclineCall {
+                header: h.header(other),
+                offer_ids: vec![o[0].id.clone().unwrap()],
+                filters: None,
+            },
+        )
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "offer {} was made to another framework",
+            o[0].id.as_ref().unwrap()
+        )
+    );
+    assert_eq!(h.leader.offers.len(), 1);
+}
+
+#[test]
+fn offers_are_rescinded_at_the_offer_timeout() {
+    let mut h = Harness::new();
+    h.add_agent("cpus:4;mem:4096");
+    let (fw, _) = h.subscribe("web", 0.0, false);
+    let offers = h.allocate();
+    let id = offers[0].1[0].id.clone().unwrap();
+    h.advance(OFFER_TIMEOUT_MS - 1);
+    assert!(h.leader.expire_offers(h.now).is_empty());
+    h.advance(1);
+    let effects = h.leader.expire_offers(h.now);
+    let events = events_to(&effects, &fw);
+    assert!(
+        matches!(events.as_slice(), [pb::event::Event::Rescind(r)] if r.offer_id.as_ref() == Some(&id)),
+        "{effects:?}"
+    );
+    assert!(matches!(effects.last(), Some(Effect::Allocate)));
+    assert!(h.leader.offers.is_empty());
+}
+
+#[test]
+fn suppress_rescinds_and_stops_offers_until_revive() {
+    let mut h = Harness::new();
+    h.add_agent("cpus:4;mem:4096");
+    let (fw, _) = h.subscribe("web", 0.0, false);
+    h.allocate();
+    let header = h.header(&fw);
+    let effects = h
+        .leader
+        .revive_or_suppress(&h.reg, header.as_ref(), false)
+        .unwrap();
+    assert!(matches!(
+        events_to(&effects, &fw).as_slice(),
+        [pb::event::Event::Rescind(_)]
+    ));
+    assert!(h.allocate().is_empty());
+    h.leader
+        .revive_or_suppress(&h.reg, header.as_ref(), true)
+        .unwrap();
+    assert_eq!(h.allocate().len(), 1);
+}
+
+#[test]
+fn a_silent_agent_becomes_unreachable_and_its_tasks_lost() {
+    let (mut h, fw, agent) = one_task(false);
+    let conn = h.leader.agents[&agent].conn_id;
+    h.advance(AGENT_TIMEOUT_MS);
+    // A ping just in time keeps the agent alive.
+    let pong = h
+        .leader
+        .agent_message(&h.reg, h.now, &agent, conn, ping())
+        .unwrap();
+    assert!(matches!(
+        messages_to(&pong, &agent).as_slice(),
+        [m] if matches!(m.msg, Some(Msg::Pong(_))) && m.term == TERM
+    ));
+    h.advance(AGENT_TIMEOUT_MS);
+    assert!(h.leader.check_agents(&h.reg, h.now).is_empty());
+    h.advance(1);
+    let effects = h.leader.check_agents(&h.reg, h.now);
+    assert!(matches!(
+        proposals(&effects).as_slice(),
+        [(Command::AgentUnreachable { agent_id, .. }, Then::AgentUnreachable { .. })] if *agent_id == agent
+    ));
+    let effects = h.settle(effects).unwrap();
+    assert!(matches!(
+        &effects[0],
+        Effect::CloseAgentConnection { agent: a, farewell: Farewell::Error(MasterError::Unavailable(m)), .. }
+            if *a == agent && m == "agent marked unreachable; re-register"
+    ));
+    let updates = updates_to(&effects, &fw);
+    assert_eq!(updates.len(), 1);
+    assert_eq!(updates[0].state, TaskState::TaskLost as i32);
+    assert_eq!(h.reg.agents[&agent].state, AgentState::Unreachable);
+    assert!(!h.leader.agents.contains_key(&agent));
+    assert_eq!(h.metrics.agents_unreachable.get(), 1);
+}
+
+#[test]
+fn partition_aware_frameworks_see_unreachable_not_lost() {
+    let (mut h, fw, agent) = one_task(true);
+    h.advance(AGENT_TIMEOUT_MS + 1);
+    let effects = h.leader.check_agents(&h.reg, h.now);
+    let effects = h.settle(effects).unwrap();
+    let updates = updates_to(&effects, &fw);
+    assert_eq!(updates[0].state, TaskState::TaskUnreachable as i32);
+    assert_eq!(h.reg.agents[&agent].state, AgentState::Unreachable);
+}
+
+#[test]
+fn a_disconnected_agent_loses_its_offers_and_its_clock_keeps_running() {
+    let mut h = Harness::new();
+    let (agent, conn) = h.add_agent("cpus:4;mem:4096");
+    let (fw, _) = h.subscribe("web", 0.0, false);
+    h.allocate();
+    h.advance(5_000);
+    let effects = h.leader.agent_disconnected(&agent, conn);
+    assert!(matches!(effects[0], Effect::CloseAgentConnection { .. }));
+    assert!(matches!(
+        events_to(&effects, &fw).as_slice(),
+        [pb::event::Event::Rescind(_)]
+    ));
+    // Messages on the dead connection are not read any more.
+    assert!(h
+        .leader
+        .agent_message(&h.reg, h.now, &agent, conn, ping())
+        .is_none());
+    // The timeout runs from its registration (its last message), not its disconnection.
+    h.advance(AGENT_TIMEOUT_MS - 5_000 + 1);
+    assert_eq!(proposals(&h.leader.check_agents(&h.reg, h.now)).len(), 1);
+}
+
+#[test]
+fn accept_commits_then_launches_and_refuses_bad_tasks_with_task_error() {
+    let mut h = Harness::new();
+    let (agent, _) = h.add_agent("cpus:4;mem:4096");
+    let (fw, _) = h.subscribe("web", 0.0, false);
+    let offers = h.allocate();
+    let call = pb::AcceptCall {
+        header: h.header(&fw),
+        offer_ids: vec![offers[0].1[0].id.clone().unwrap()],
+        operations: vec![launch_op(&[("good", "cpus:1;mem:64"), ("huge", "cpus:64")])],
+        filters: None,
+    };
+    let first = h.leader.accept(&h.reg, h.now, call).unwrap();
+    // The refused task is reported at once; the good one waits for its commit.
+    let updates = updates_to(&first, &fw);
+    assert_eq!(updates.len(), 1);
+    assert_eq!(updates[0].task_id.as_ref().unwrap().as_str(), "huge");
+    assert_eq!(updates[0].state, TaskState::TaskError as i32);
+    assert!(messages_to(&first, &agent).is_empty());
+    assert!(h.leader.offers.is_empty());
+    assert!(
+        !h.leader.pending[&agent].is_empty(),
+        "held until the commit"
+    );
+    let effects = h.settle(first).unwrap();
+    let msgs = messages_to(&effects, &agent);
+    assert!(
+        matches!(msgs.as_slice(), [m] if matches!(&m.msg, Some(Msg::RunTask(r)) if r.task.as_ref().unwrap().task_id.as_ref().unwrap().as_str() == "good")),
+        "{msgs:?}"
+    );
+    assert!(h.leader.pending[&agent].is_empty());
+    assert!(h
+        .reg
+        .tasks
+        .contains_key(&crate::registry::TaskKey::new(&fw, "good")));
+    assert_eq!(h.metrics.tasks_error.get(), 1);
+    assert_eq!(h.metrics.tasks_launched.get(), 1);
+    assert_eq!(h.metrics.offers_accepted.get(), 1);
+}
+
+#[test]
+fn a_launch_applied_after_a_change_of_leadership_asks_for_reconciliation() {
+    let mut h = Harness::new();
+    h.add_agent("cpus:4;mem:4096");
+    let (fw, _) = h.subscribe("web", 0.0, false);
+    let offers = h.allocate();
+    let call = pb::AcceptCall {
+        header: h.header(&fw),
+        offer_ids: vec![offers[0].1[0].id.clone().unwrap()],
+        operations: vec![launch_op(&[("t", "cpus:1")])],
+        filters: None,
+    };
+    let first = h.leader.accept(&h.reg, h.now, call).unwrap();
+    let [Effect::Propose { then, .. }] = first.as_slice() else {
+        panic!("{first:?}");
+    };
+    let _ = h.leader.reset(TERM + 1, h.now);
+    let _ = h.leader.start_serving(TERM + 1, h.now);
+    let err = h
+        .leader
+        .applied(
+            &h.reg,
+            h.now,
+            then.clone(),
+            Ok(crate::registry::ApplyOutcome::None),
+        )
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "leadership changed during the launch; reconcile these tasks"
+    );
+}
+
+#[test]
+fn kill_goes_to_the_tasks_agent_or_repeats_a_final_state() {
+    let (mut h, fw, agent) = one_task(false);
+    let kill = |h: &Harness, task: &str, on: Option<&str>| pb::KillCall {
+        header: h.header(&fw),
+        task_id: Some(TaskId::new(task)),
+        agent_id: on.map(AgentId::new),
+        kill_policy: None,
+    };
+    let effects = h.leader.kill(&h.reg, h.now, kill(&h, "t1", None)).unwrap();
+    assert!(matches!(
+        messages_to(&effects, &agent).as_slice(),
+        [m] if matches!(&m.msg, Some(Msg::KillTask(k)) if k.task_id.as_ref().unwrap().as_str() == "t1") && m.term == TERM
+    ));
+    let err = h
+        .leader
+        .kill(&h.reg, h.now, kill(&h, "t1", Some("elsewhere")))
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!("task t1 runs on agent {agent}, not elsewhere")
+    );
+    let err = h
+        .leader
+        .kill(&h.reg, h.now, kill(&h, "nope", None))
+        .unwrap_err();
+    assert_eq!(err.to_string(), "task nope is unknown to the master");
+
+    // Finished: the framework is told its final state again, nothing goes to the agent.
+    h.apply(Command::StatusUpdates {
+        updates: vec![StatusUpdate {
+            agent_id: agent.clone(),
+            framework_id: fw.clone(),
+            status: pb::TaskStatus {
+                task_id: Some(TaskId::new("t1")),
+                state: TaskState::TaskFinished as i32,
+                uuid: uuid(7),
+                ..Default::default()
+            },
+        }],
+        now_ms: h.now,
+    });
+    let effects = h.leader.kill(&h.reg, h.now, kill(&h, "t1", None)).unwrap();
+    assert!(messages_to(&effects, &agent).is_empty());
+    let updates = updates_to(&effects, &fw);
+    assert_eq!(updates[0].state, TaskState::TaskFinished as i32);
+    assert!(updates[0].uuid.is_empty(), "never acknowledged");
+}
+
+#[test]
+fn reconcile_reports_known_tasks_in_order_and_unknown_ones_lost() {
+    let (mut h, fw, _) = one_task(false);
+    h.launch(&fw, &[("t0", "cpus:1;mem:128")]).unwrap();
+    let call = |h: &Harness, tasks: Vec<pb::reconcile_call::Task>| pb::ReconcileCall {
+        header: h.header(&fw),
+        tasks,
+    };
+    let effects = h.leader.reconcile(&h.reg, h.now, call(&h, vec![])).unwrap();
+    let ids: Vec<String> = updates_to(&effects, &fw)
+        .iter()
+        .map(|s| s.task_id.as_ref().unwrap().to_string())
+        .collect();
+    assert_eq!(ids, ["t0", "t1"], "implicit: every task, in task id order");
+    assert!(updates_to(&effects, &fw)
+        .iter()
+        .all(|s| s.reason == pb::task_status::Reason::Reconciliation as i32 && s.uuid.is_empty()));
+
+    let effects = h
+        .leader
+        .reconcile(
+            &h.reg,
+            h.now,
+            call(
+                &h,
+                vec![pb::reconcile_call::Task {
+                    task_id: Some(TaskId::new("ghost")),
+                    agent_id: None,
+                }],
+            ),
+        )
+        .unwrap();
+    let updates = updates_to(&effects, &fw);
+    assert_eq!(updates[0].state, TaskState::TaskLost as i32);
+    assert_eq!(updates[0].message, "task is unknown to the master");
+}
+
+#[test]
+fn teardown_shuts_the_framework_down_on_its_agents_and_ends_its_stream() {
+    let (mut h, fw, agent) = one_task(false);
+    h.allocate();
+    let stream = h.leader.frameworks[&fw].stream_id.clone();
+    let effects = h
+        .leader
+        .remove_framework(h.now, fw.clone(), "torn down by the framework");
+    let effects = h.settle(effects).unwrap();
+    assert!(matches!(
+        messages_to(&effects, &agent).as_slice(),
+        [m] if matches!(m.msg, Some(Msg::ShutdownFramework(_)))
+    ));
+    assert!(effects.iter().any(|e| matches!(
+        e,
+        Effect::CloseFrameworkStream { stream_id, farewell: Farewell::ErrorEvent(m), .. }
+            if *stream_id == stream && m == "framework removed: torn down by the framework"
+    )));
+    assert!(h.leader.offers.is_empty());
+    assert!(!h.leader.frameworks.contains_key(&fw));
+    assert!(!h.reg.frameworks.contains_key(&fw));
+    let err = h
+        .leader
+        .teardown_by_operator(&h.reg, h.now, Some(fw.clone()))
+        .unwrap_err();
+    assert_eq!(err.to_string(), format!("framework {fw} is unknown"));
+}
+
+#[test]
+fn the_batcher_forwards_committed_updates_and_acknowledges_stale_ones() {
+    let (mut h, fw, agent) = one_task(false);
+    let conn = h.leader.agents[&agent].conn_id;
+    let effects = h
+        .leader
+        .agent_message(
+            &h.reg,
+            h.now,
+            &agent,
+            conn,
+            agent_update(&fw, "t1", TaskState::TaskRunning, 1),
+        )
+        .unwrap();
+    let [Effect::CommitUpdate(running)] = effects.as_slice() else {
+        panic!("{effects:?}");
+    };
+    assert_eq!(
+        running.status.agent_id.as_ref(),
+        Some(&agent),
+        "the agent speaks for itself"
+    );
+    let stale = StatusUpdate {
+        framework_id: FrameworkId::new("gone"),
+        ..running.clone()
+    };
+    let batch = vec![running.clone(), stale];
+    let effect = h.leader.commit_updates(h.now, batch);
+    let effects = h.settle(vec![effect]).unwrap();
+    let updates = updates_to(&effects, &fw);
+    assert_eq!(updates.len(), 1);
+    assert_eq!(updates[0].state, TaskState::TaskRunning as i32);
+    let acks = messages_to(&effects, &agent);
+    assert!(
+        matches!(acks.as_slice(), [m] if matches!(&m.msg, Some(Msg::StatusAck(a)) if a.framework_id.as_ref().unwrap().as_str() == "gone")),
+        "{acks:?}"
+    );
+    assert!(
+        !effects.iter().any(|e| matches!(e, Effect::Allocate)),
+        "nothing was freed"
+    );
+
+    // A terminal update frees resources: an allocation follows.
+    let finished = h
+        .leader
+        .agent_message(
+            &h.reg,
+            h.now,
+            &agent,
+            conn,
+            agent_update(&fw, "t1", TaskState::TaskFinished, 2),
+        )
+        .unwrap();
+    let [Effect::CommitUpdate(u)] = finished.as_slice() else {
+        panic!();
+    };
+    let effect = h.leader.commit_updates(h.now, vec![u.clone()]);
+    let effects = h.settle(vec![effect]).unwrap();
+    assert!(matches!(effects.last(), Some(Effect::Allocate)));
+}
+
+#[test]
+fn invalid_updates_are_refused_and_not_committed() {
+    let (mut h, fw, agent) = one_task(false);
+    let conn = h.leader.agents[&agent].conn_id;
+    let mut bad = agent_update(&fw, "t1", TaskState::TaskRunning, 1);
+    if let Some(pb::agent_message::Msg::StatusUpdate(u)) = &mut bad.msg {
+        u.status.as_mut().unwrap().uuid = vec![1, 2, 3];
+    }
+    let effects = h
+        .leader
+        .agent_message(&h.reg, h.now, &agent, conn, bad)
+        .unwrap();
+    assert!(effects.is_empty());
+}
+
+#[test]
+fn updates_for_a_disconnected_framework_wait_for_its_return() {
+    let (mut h, fw, agent) = one_task(false);
+    let stream = h.leader.frameworks[&fw].stream_id.clone();
+    let effects = h.leader.framework_disconnected(h.now, &fw, &stream);
+    h.settle(effects).unwrap();
+    let conn = h.leader.agents[&agent].conn_id;
+    let mut committed = Vec::new();
+    for (n, state) in [(2, TaskState::TaskRunning), (3, TaskState::TaskFailed)] {
+        let e = h
+            .leader
+            .agent_message(
+                &h.reg,
+                h.now,
+                &agent,
+                conn,
+                agent_update(&fw, "t1", state, n),
+            )
+            .unwrap();
+        let [Effect::CommitUpdate(u)] = e.as_slice() else {
+            panic!()
+        };
+        committed.push(u.clone());
+    }
+    let effect = h.leader.commit_updates(h.now, committed);
+    let effects = h.settle(vec![effect]).unwrap();
+    assert!(updates_to(&effects, &fw).is_empty());
+    // Back: the latest update per task is delivered after SUBSCRIBED.
+    let first = h
+        .leader
+        .subscribe(
+            &h.reg,
+            h.now,
+            pb::SubscribeRequest {
+                framework_info: Some(pb::FrameworkInfo {
+                    id: Some(fw.clone()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let effects = h.settle(first).unwrap();
+    let events = events_to(&effects, &fw);
+    assert!(matches!(events[0], pb::event::Event::Subscribed(_)));
+    let updates = updates_to(&effects, &fw);
+    assert_eq!(updates.len(), 1);
+    assert_eq!(updates[0].state, TaskState::TaskFailed as i32);
+}
+
+#[test]
+fn a_lost_stream_keeps_the_unsent_update_and_returns_the_offers() {
+    let (mut h, fw, _) = one_task(false);
+    h.allocate();
+    assert!(!h.leader.offers.is_empty());
+    let status = pb::TaskStatus {
+        task_id: Some(TaskId::new("t1")),
+        state: TaskState::TaskRunning as i32,
+        uuid: uuid(9),
+        ..Default::default()
+    };
+    let effects = h.leader.framework_stream_lost(
+        &fw,
+        Some(pb::event::Event::Update(pb::event::Update {
+            status: Some(status.clone()),
+        })),
+    );
+    assert!(matches!(
+        effects.as_slice(),
+        [Effect::CloseFrameworkStream {
+            farewell: Farewell::Quietly,
+            ..
+        }]
+    ));
+    assert!(h.leader.offers.is_empty());
+    assert!(!h.leader.frameworks.contains_key(&fw));
+    let kept: Vec<_> = h.leader.undelivered[&fw].values().cloned().collect();
+    assert_eq!(kept, vec![status]);
+}
+
+#[test]
+fn a_reregistering_agent_gets_its_missed_launches_and_kills() {
+    let (mut h, fw, agent) = one_task(false);
+    // The agent comes back on a new connection, reporting no task: t1 is sent again.
+    let register = pb::agent_message::Register {
+        agent_id: Some(agent.clone()),
+        info: Some(pb::AgentInfo {
+            address: "10.0.0.1:5051".into(),
+            resources: drover_proto::Resources::parse("cpus:4;mem:4096")
+                .unwrap()
+                .to_proto(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let old = h.leader.agents[&agent].conn_id;
+    let first = h.leader.register_agent(h.now, register).unwrap();
+    assert!(matches!(
+        proposals(&first).as_slice(),
+        [(Command::ReregisterAgent { .. }, _)]
+    ));
+    let effects = h.settle(first).unwrap();
+    assert!(matches!(
+        &effects[0],
+        Effect::CloseAgentConnection { conn_id, farewell: Farewell::Error(MasterError::Aborted(_)), .. } if *conn_id == old
+    ));
+    let msgs = messages_to(&effects, &agent);
+    assert!(matches!(msgs[0].msg, Some(Msg::Registered(_))));
+    assert!(msgs.iter().any(|m| matches!(&m.msg, Some(Msg::RunTask(r))
+        if r.task.as_ref().unwrap().task_id.as_ref().unwrap().as_str() == "t1"
+            && r.framework_id.as_ref() == Some(&fw))));
+    assert_ne!(h.leader.agents[&agent].conn_id, old);
+}
+
+#[test]
+fn relays_reach_only_executors_that_run_there() {
+    let (mut h, fw, agent) = one_task(false);
+    let err = h
+        .leader
+        .message_executor(
+            &h.reg,
+            pb::MessageCall {
+                header: h.header(&fw),
+                agent_id: Some(agent.clone()),
+                executor_id: Some(drover_proto::ExecutorId::new("ex")),
+                data: b"hi".to_vec(),
+            },
+        )
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!("no active task of framework {fw} on agent {agent} runs on executor ex")
+    );
+}
+
+#[test]
+fn losing_leadership_ends_every_stream_with_not_leader() {
+    let (mut h, fw, agent) = one_task(false);
+    let effects = h.leader.reset(TERM + 1, h.now);
+    assert_eq!(effects.len(), 2);
+    assert!(effects.iter().all(|e| matches!(
+        e,
+        Effect::CloseFrameworkStream {
+            farewell: Farewell::Error(MasterError::NotLeader { .. }),
+            ..
+        } | Effect::CloseAgentConnection {
+            farewell: Farewell::Error(MasterError::NotLeader { .. }),
+            ..
+        }
+    )));
+    assert!(h.leader.offers.is_empty() && h.leader.pending.is_empty());
+    let header = pb::CallHeader {
+        framework_id: Some(fw.clone()),
+        stream_id: "any".into(),
+    };
+    let err = h.leader.check_caller(&h.reg, Some(&header)).unwrap_err();
+    assert!(matches!(err, MasterError::NotLeader { .. }));
+    assert!(h
+        .leader
+        .check_agents(&h.reg, h.now + 10 * AGENT_TIMEOUT_MS)
+        .is_empty());
+    let _ = agent;
+}
+
+#[test]
+fn the_same_inputs_give_the_same_effects() {
+    let run = || {
+        let mut h = Harness::new();
+        let mut log = Vec::new();
+        for r in ["cpus:4;mem:4096", "cpus:2;mem:1024", "cpus:8;mem:512"] {
+            h.add_agent(r);
+        }
+        let fws: Vec<_> = (0..3)
+            .map(|i| h.subscribe(&format!("f{i}"), 1.0, false).0)
+            .collect();
+        for fw in &fws {
+            log.push(format!(
+                "{:?}",
+                h.launch(fw, &[("a", "cpus:0.5"), ("b", "cpus:0.5")])
+            ));
+        }
+        h.advance(AGENT_TIMEOUT_MS + 1);
+        let effects = h.leader.check_agents(&h.reg, h.now);
+        log.push(format!("{:?}", h.settle(effects)));
+        log.push(format!(
+            "{:?}",
+            h.leader.expire_offers(h.now + OFFER_TIMEOUT_MS)
+        ));
+        log
+    };
+    assert_eq!(run(), run());
+}
+
+#[test]
+fn resources_of_a_launch_not_yet_committed_are_not_offered_again() {
+    let mut h = Harness::new();
+    let (agent, _) = h.add_agent("cpus:4;mem:4096");
+    let (fw, _) = h.subscribe("web", 0.0, false);
+    let offers = h.allocate();
+    let call = pb::AcceptCall {
+        header: h.header(&fw),
+        offer_ids: vec![offers[0].1[0].id.clone().unwrap()],
+        operations: vec![launch_op(&[("t", "cpus:3;mem:1024")])],
+        filters: Some(pb::Filters {
+            refuse_seconds: Some(0.0),
+        }),
+    };
+    let first = h.leader.accept(&h.reg, h.now, call).unwrap();
+    // The proposal is in flight: the next cycle offers only what the launch leaves.
+    let offers = h.allocate();
+    let offered = drover_proto::Resources::from_proto(&offers[0].1[0].resources).unwrap();
+    assert_eq!(offered.cpus(), 1.0);
+    assert_eq!(offered.mem(), 3072.0);
+    assert_eq!(offers[0].1[0].agent_id.as_ref(), Some(&agent));
+    h.settle(first).unwrap();
+}
+
+#[test]
+fn heartbeats_go_to_every_subscribed_framework_in_id_order() {
+    let mut h = Harness::new();
+    let (a, _) = h.subscribe("a", 0.0, false);
+    let (b, _) = h.subscribe("b", 0.0, false);
+    let effects = h.leader.heartbeats();
+    let to: Vec<&FrameworkId> = effects
+        .iter()
+        .map(|e| match e {
+            Effect::Event {
+                framework,
+                event: pb::event::Event::Heartbeat(_),
+            } => framework,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    let mut expected = vec![&a, &b];
+    expected.sort();
+    assert_eq!(to, expected);
+}

@@ -1,0 +1,232 @@
+//! The master's loops: each wakes on a timer (or a notification), asks the leader for
+//! one step and carries out its effects.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::{mpsc, Semaphore};
+
+use super::Master;
+use crate::leader::agents::MAX_BATCH;
+use crate::registry::{Command, StatusUpdate};
+
+/// A launch still STAGING this long after its commit is sent to its agent again.
+const STAGING_RESEND_MS: u64 = 10_000;
+
+/// Status-update batches in flight at once (pipelining: the next batch fills while one
+/// commits).
+const BATCHES_IN_FLIGHT: usize = 4;
+
+/// Takes up to [`MAX_BATCH`] updates: `first` and whatever is already queued behind it.
+fn gather(
+    first: StatusUpdate,
+    rx: &mut mpsc::UnboundedReceiver<StatusUpdate>,
+) -> Vec<StatusUpdate> {
+    let mut batch = vec![first];
+    while batch.len() < MAX_BATCH {
+        match rx.try_recv() {
+            Ok(u) => batch.push(u),
+            Err(_) => break,
+        }
+    }
+    batch
+}
+
+impl Master {
+    /// One allocation cycle (see [`crate::leader::Leader::allocate`]).
+    pub fn allocate_once(self: &Arc<Self>) {
+        let started = Instant::now();
+        let effects = self.step(|leader, reg, now| leader.allocate(reg, now));
+        if effects.is_empty() {
+            return;
+        }
+        self.carry_out_now(effects);
+        self.metrics.allocation_cycle.observe(started.elapsed());
+    }
+
+    /// Proposes status updates in batches (one Raft round per batch), then the leader
+    /// forwards them.
+    pub async fn run_status_batcher(
+        self: Arc<Self>,
+        mut rx: mpsc::UnboundedReceiver<StatusUpdate>,
+    ) {
+        let slots = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT));
+        while let Some(first) = rx.recv().await {
+            let permit = slots.clone().acquire_owned().await.expect("never closed");
+            let batch = gather(first, &mut rx);
+            let count = batch.len();
+            let master = self.clone();
+            tokio::spawn(async move {
+                let now = master.now_ms();
+                let effect = master.core().leader.commit_updates(now, batch);
+                if let Err(e) = master.carry_out(vec![effect], super::Attach::None).await {
+                    // The agents keep these updates and resend them; nothing is lost.
+                    tracing::warn!(error = %e, count, "status updates not committed");
+                }
+                drop(permit);
+            });
+        }
+    }
+}
+
+/// A leader stopping on purpose hands leadership to the most up-to-date voter first, so
+/// that the cluster does not wait out an election timeout.
+pub async fn hand_over_leadership(master: &Master) {
+    let role = master.raft.role();
+    let (voters, _) = master.raft.configuration();
+    if !role.is_leader || voters.len() < 2 {
+        return;
+    }
+    master.raft.transfer_leadership(0);
+    let mut rx = master.raft.watch_role();
+    let moved = tokio::time::timeout(
+        master.config.raft_tick * (master.config.raft_election_ticks as u32) * 2,
+        rx.wait_for(|r| !r.is_leader),
+    )
+    .await;
+    match moved {
+        Ok(Ok(r)) => tracing::info!(
+            term = r.term,
+            leader = r.leader_id,
+            "leadership handed over"
+        ),
+        _ => tracing::warn!("leadership was not handed over in time; stopping anyway"),
+    }
+}
+
+/// Follows Raft leadership: a new leader commits a no-op (so everything committed before
+/// its term is applied) before serving; a node that stops leading drops all soft state.
+pub async fn leadership_loop(master: Arc<Master>) {
+    let mut role_rx = master.raft.watch_role();
+    loop {
+        let role = *role_rx.borrow_and_update();
+        master.reset_soft(role.term);
+        if role.is_leader {
+            let mut started = master.raft.propose(&Command::Noop).await;
+            if started.is_ok() && !master.config.weights.is_empty() {
+                // Weights given by flag are replicated like any operator change.
+                started = master
+                    .raft
+                    .propose(&Command::SetWeights {
+                        weights: master.config.weights.clone(),
+                    })
+                    .await;
+            }
+            match started {
+                Ok(_) => {
+                    if master.raft.role() == role {
+                        let now = master.now_ms();
+                        let effects = master.core().leader.start_serving(role.term, now);
+                        tracing::info!(term = role.term, "leading: serving frameworks and agents");
+                        master.carry_out_now(effects);
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "could not start leading"),
+            }
+            master.allocate_now.notify_one();
+        }
+        if role_rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+pub async fn allocation_loop(master: Arc<Master>) {
+    let mut tick = tokio::time::interval(master.config.allocation_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = master.allocate_now.notified() => {
+                // Let a burst of events settle into one cycle.
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+        }
+        master.allocate_once();
+    }
+}
+
+/// Offer timeouts and filters, agent liveness, failover deadlines, and launches to send
+/// again. Proposals made here are awaited before the next round, so that one round's
+/// UNREACHABLE or removal is applied before the next round looks again.
+pub async fn housekeeping_loop(master: Arc<Master>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ticks = 0u64;
+    loop {
+        tick.tick().await;
+        ticks += 1;
+        if ticks.is_multiple_of(20) {
+            let effects =
+                master.step(|leader, reg, now| leader.resend_staging(reg, now, STAGING_RESEND_MS));
+            master.carry_out_now(effects);
+        }
+        let effects = master.step(|leader, _, now| leader.expire_offers(now));
+        master.carry_out_now(effects);
+        let result = master
+            .run(|leader, reg, now| Ok(leader.check_agents(reg, now)))
+            .await;
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "could not mark an agent unreachable");
+        }
+        let result = master
+            .run(|leader, reg, now| Ok(leader.expire_frameworks(reg, now)))
+            .await;
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "could not remove a framework past its failover timeout");
+        }
+    }
+}
+
+/// The leader's upkeep of the registry version and cluster id (see [`super::upgrade`]).
+/// A loop of its own: a proposal may wait for a quorum, which must not hold up agent
+/// liveness or offer expiry.
+pub async fn upgrade_loop(master: Arc<Master>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        master.upgrade_registry().await;
+    }
+}
+
+pub async fn heartbeat_loop(master: Arc<Master>) {
+    let mut tick = tokio::time::interval(master.config.heartbeat_interval);
+    loop {
+        tick.tick().await;
+        let effects = master.core().leader.heartbeats();
+        master.carry_out_now(effects);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn update(n: usize) -> StatusUpdate {
+        StatusUpdate {
+            agent_id: drover_proto::AgentId::new("a"),
+            framework_id: drover_proto::FrameworkId::new("f"),
+            status: drover_proto::pb::TaskStatus {
+                task_id: Some(drover_proto::TaskId::new(format!("t{n}"))),
+                ..Default::default()
+            },
+        }
+    }
+
+    #[test]
+    fn a_batch_takes_what_is_queued_up_to_the_limit_in_order() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        for n in 1..MAX_BATCH + 5 {
+            tx.send(update(n)).unwrap();
+        }
+        let batch = gather(update(0), &mut rx);
+        assert_eq!(batch.len(), MAX_BATCH);
+        assert_eq!(batch[0], update(0));
+        assert_eq!(batch[MAX_BATCH - 1], update(MAX_BATCH - 1));
+        let first = rx.try_recv().unwrap();
+        let rest = gather(first, &mut rx);
+        assert_eq!(rest.len(), 5, "the rest goes in the next batch");
+        assert_eq!(rest[4], update(MAX_BATCH + 4));
+    }
+}

@@ -1,0 +1,380 @@
+//! The server shell around the pure [`Leader`]: it owns what the leader must not touch
+//! (the streams to frameworks and agents, the Raft handle, the clock, the loops) and
+//! carries out the [`Effect`]s the leader returns.
+//!
+//! - [`streams`]: the queue behind each framework stream and agent connection, and what
+//!   happens when one is full (the peer is disconnected and the leader told).
+//! - [`calls`]: the flows the services call (subscribe, accept, an agent's session, …):
+//!   one step of the leader, then its effects.
+//! - [`loops`]: allocation, housekeeping, heartbeats, the status-update batcher,
+//!   leadership and upgrade loops.
+//! - [`upgrade`]: rolling upgrades: the registry-version gate in front of every proposal,
+//!   raising the recorded version, assigning the cluster id.
+//!
+//! Locking: the leader and the streams live under one std mutex (`core`), never held
+//! across an `.await`; it is taken before the registry's read lock. The registry is
+//! written only by the Raft thread when it applies entries. Effects are carried out in
+//! order: sends under the lock, and at each [`Effect::Propose`] the lock is released,
+//! the command proposed, and the leader's next step for its outcome carried out before
+//! the remaining effects.
+
+pub mod calls;
+pub mod loops;
+pub mod streams;
+pub mod upgrade;
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard};
+
+use tokio::sync::{mpsc, Notify};
+
+use drover_proto::{AgentId, FrameworkId};
+
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::error::MasterError;
+use crate::leader::{Effect, IdSource, Leader, Settings};
+use crate::metrics::Metrics;
+use crate::raft::{ProposeError, RaftHandle};
+use crate::registry::{ApplyOutcome, Command, Registry, StatusUpdate};
+
+pub use streams::{AgentTx, EventTx, Outlets, Streams, STREAM_QUEUE};
+
+/// Random (UUID v4) ids, for the daemon.
+pub struct RandomIds;
+
+impl IdSource for RandomIds {
+    fn fresh(&mut self) -> String {
+        uuid::Uuid::new_v4().to_string()
+    }
+}
+
+/// The leader and the streams its effects go to, kept together so that the leader's
+/// sessions and the shell's streams always agree.
+pub struct Core {
+    pub leader: Leader,
+    pub streams: Streams,
+}
+
+/// The stream a caller opened, for the effect that makes it a framework's or agent's.
+pub enum Attach {
+    None,
+    Framework(EventTx),
+    Agent(AgentTx),
+}
+
+/// What a run of effects opened.
+#[derive(Default)]
+pub struct Opened {
+    pub framework: Option<(FrameworkId, String)>,
+    pub agent: Option<(AgentId, u64)>,
+}
+
+/// The master: configuration, clock, Raft handle, registry, the leader and its streams,
+/// metrics.
+pub struct Master {
+    pub config: Config,
+    pub clock: Arc<dyn Clock>,
+    pub raft: RaftHandle,
+    pub registry: Arc<RwLock<Registry>>,
+    core: Mutex<Core>,
+    pub metrics: Arc<Metrics>,
+    /// Wakes the allocation loop early.
+    pub allocate_now: Notify,
+    pub updates_tx: mpsc::UnboundedSender<StatusUpdate>,
+    /// Serializes raising the registry version with adding masters (see [`upgrade`]).
+    pub version_lock: tokio::sync::Mutex<()>,
+}
+
+/// The leader's settings from the master's configuration.
+pub fn settings(config: &Config) -> Settings {
+    Settings {
+        master_id: config.id,
+        master_address: config.listen.to_string(),
+        heartbeat_interval_seconds: config.heartbeat_interval.as_secs_f64(),
+        agent_ping_interval_seconds: config.agent_ping_interval.as_secs_f64(),
+        agent_timeout_ms: config.agent_timeout_ms,
+        offer_timeout_ms: config.offer_timeout_ms,
+    }
+}
+
+/// Maps a failed proposal to the error a caller sees (NotLeader without the leader's
+/// address; [`Master::named`] adds it).
+pub fn propose_error(e: ProposeError) -> MasterError {
+    match e {
+        ProposeError::NotLeader => MasterError::NotLeader { leader: None },
+        ProposeError::Unavailable => MasterError::Unavailable(
+            "leadership changed before the change was committed; reconcile and retry".into(),
+        ),
+        ProposeError::Stopped => MasterError::Unavailable("the master is shutting down".into()),
+        ProposeError::ConfChangePending => MasterError::Aborted(e.to_string()),
+    }
+}
+
+impl Master {
+    /// A master that does not lead yet, and the receiver of its status-update batcher.
+    pub fn new(
+        config: Config,
+        clock: Arc<dyn Clock>,
+        raft: RaftHandle,
+        registry: Arc<RwLock<Registry>>,
+        metrics: Arc<Metrics>,
+    ) -> (Self, mpsc::UnboundedReceiver<StatusUpdate>) {
+        let (updates_tx, updates_rx) = mpsc::unbounded_channel();
+        let leader = Leader::new(settings(&config), Box::new(RandomIds), metrics.clone());
+        let master = Master {
+            config,
+            clock,
+            raft,
+            registry,
+            core: Mutex::new(Core {
+                leader,
+                streams: Streams::default(),
+            }),
+            metrics,
+            allocate_now: Notify::new(),
+            updates_tx,
+            version_lock: Default::default(),
+        };
+        (master, updates_rx)
+    }
+
+    pub fn now_ms(&self) -> u64 {
+        self.clock.now_ms()
+    }
+
+    fn core(&self) -> MutexGuard<'_, Core> {
+        self.core.lock().expect("leader lock")
+    }
+
+    pub fn registry(&self) -> RwLockReadGuard<'_, Registry> {
+        self.registry.read().expect("registry lock")
+    }
+
+    /// Reads the registry and the leader together (the operator views).
+    pub fn view<R>(&self, f: impl FnOnce(&Registry, &Leader) -> R) -> R {
+        let core = self.core();
+        let reg = self.registry();
+        f(&reg, &core.leader)
+    }
+
+    /// Whether this master serves as the leader.
+    pub fn serving(&self) -> bool {
+        self.core().leader.serving
+    }
+
+    /// One step of the leader: `f` gets the leader, the registry and the time.
+    pub fn step<R>(&self, f: impl FnOnce(&mut Leader, &Registry, u64) -> R) -> R {
+        let now = self.now_ms();
+        let mut core = self.core();
+        let reg = self.registry();
+        f(&mut core.leader, &reg, now)
+    }
+
+    /// A step of the leader whose effects are carried out at once.
+    pub async fn run(
+        &self,
+        f: impl FnOnce(&mut Leader, &Registry, u64) -> Result<Vec<Effect>, MasterError>,
+    ) -> Result<(), MasterError> {
+        let effects = self.step(f).map_err(|e| self.named(e))?;
+        self.carry_out(effects, Attach::None).await.map(|_| ())
+    }
+
+    /// Refuses calls unless this master is the serving leader.
+    pub fn ensure_leader(&self) -> Result<u64, MasterError> {
+        let serving = self.core().leader.ensure_serving();
+        serving.map_err(|e| self.named(e))
+    }
+
+    /// The leader's gRPC address when known (this master's own address when it leads).
+    /// A leader this follower has not heard from lately is not named: it is probably
+    /// dead, and an election is coming.
+    pub fn leader_address(&self) -> Option<String> {
+        let role = self.raft.role();
+        if role.leader_id == 0 || self.raft.leader_silent() {
+            return None;
+        }
+        if role.leader_id == self.config.id && !role.is_leader {
+            return None;
+        }
+        self.peer_address(role.leader_id)
+    }
+
+    /// The gRPC address of master `id`: the replicated address book first (it follows
+    /// membership changes), then `--peers` / what `--join` learned at start. Never waits
+    /// on the registry lock: it is called with the leader's lock held.
+    pub fn peer_address(&self, id: u64) -> Option<String> {
+        if id == self.config.id {
+            return Some(self.config.advertise.clone());
+        }
+        self.raft
+            .master_address(id)
+            .or_else(|| self.config.peers.get(&id).cloned())
+    }
+
+    /// Holds a stream-opening call (a framework's Subscribe, an agent's Session) while
+    /// this master knows no live leader, for up to three election timeouts: answered at
+    /// once with "no leader known", clients would back off and retry; held, they are
+    /// served (or redirected) as soon as the election ends. Returns at once when this
+    /// master serves or names a live leader.
+    pub async fn await_known_leader(&self) {
+        let limit = self.config.raft_tick * (self.config.raft_election_ticks as u32 * 3);
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            if self.serving()
+                || self
+                    .leader_address()
+                    .is_some_and(|_| !self.raft.role().is_leader)
+            {
+                return;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+
+    /// The NotLeader answer, naming the leader when known.
+    pub fn not_leader(&self) -> MasterError {
+        MasterError::NotLeader {
+            leader: self.leader_address(),
+        }
+    }
+
+    /// The error as callers see it: a NotLeader names the leader when it is known.
+    pub fn named(&self, e: MasterError) -> MasterError {
+        match e {
+            MasterError::NotLeader { leader: None } => self.not_leader(),
+            e => e,
+        }
+    }
+
+    /// Proposes a command through Raft and waits for it to be applied. A command of a
+    /// registry version some master does not support is refused first (see
+    /// [`Master::require_registry_version`]).
+    pub async fn propose(&self, cmd: Command) -> Result<ApplyOutcome, MasterError> {
+        self.require_registry_version(&cmd).await?;
+        self.raft
+            .propose(&cmd)
+            .await
+            .map_err(|e| self.named(propose_error(e)))
+    }
+
+    /// Carries out `effects` in order (see the module doc). `attach` is the stream the
+    /// caller opened, for an open effect. Returns what was opened, or the first error a
+    /// step of the leader or a relay answered (the remaining effects are still carried
+    /// out).
+    pub async fn carry_out(
+        &self,
+        effects: Vec<Effect>,
+        mut attach: Attach,
+    ) -> Result<Opened, MasterError> {
+        let mut queue: VecDeque<Effect> = effects.into();
+        let mut opened = Opened::default();
+        let mut first_error: Option<MasterError> = None;
+        while !queue.is_empty() {
+            let proposal = {
+                let named = |e: MasterError| self.named(e);
+                let out = self.outlets(&named);
+                let mut core = self.core();
+                let mut proposal = None;
+                while let Some(effect) = queue.pop_front() {
+                    if let Effect::Propose { command, then } = effect {
+                        proposal = Some((command, then));
+                        break;
+                    }
+                    let (more, error) = core.execute(effect, &mut attach, &mut opened, &out);
+                    if let Some(e) = error {
+                        first_error.get_or_insert(e);
+                    }
+                    for e in more.into_iter().rev() {
+                        queue.push_front(e);
+                    }
+                }
+                proposal
+            };
+            let Some((command, then)) = proposal else {
+                break;
+            };
+            let outcome = self.propose(command).await;
+            let next = self.step(|leader, reg, now| leader.applied(reg, now, then, outcome));
+            match next {
+                Ok(more) => {
+                    for e in more.into_iter().rev() {
+                        queue.push_front(e);
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "a step after a proposal failed");
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        match first_error {
+            Some(e) => Err(self.named(e)),
+            None => Ok(opened),
+        }
+    }
+
+    /// Carries out effects that propose nothing, from a context that cannot wait (a
+    /// dropped stream, a loop): proposals, if any, run in a task of their own.
+    pub fn carry_out_now(self: &Arc<Self>, effects: Vec<Effect>) {
+        let (now, later): (Vec<Effect>, Vec<Effect>) = effects
+            .into_iter()
+            .partition(|e| !matches!(e, Effect::Propose { .. }));
+        if !later.is_empty() {
+            // Keep the order: once a proposal comes, everything after it waits for it.
+            let master = self.clone();
+            let all: Vec<Effect> = now.into_iter().chain(later).collect();
+            tokio::spawn(async move {
+                if let Err(e) = master.carry_out(all, Attach::None).await {
+                    tracing::debug!(error = %e, "effects after a proposal failed");
+                }
+            });
+            return;
+        }
+        let named = |e: MasterError| self.named(e);
+        let out = self.outlets(&named);
+        let mut core = self.core();
+        let mut queue: VecDeque<Effect> = now.into();
+        let mut opened = Opened::default();
+        while let Some(effect) = queue.pop_front() {
+            let (more, _) = core.execute(effect, &mut Attach::None, &mut opened, &out);
+            for e in more.into_iter().rev() {
+                queue.push_front(e);
+            }
+        }
+    }
+
+    fn outlets<'a>(&'a self, named: &'a dyn Fn(MasterError) -> MasterError) -> Outlets<'a> {
+        Outlets {
+            metrics: &self.metrics,
+            updates: &self.updates_tx,
+            allocate_now: &self.allocate_now,
+            named,
+        }
+    }
+
+    /// Drops every session and offer: this node no longer leads (or is starting to).
+    pub fn reset_soft(self: &Arc<Self>, term: u64) {
+        let now = self.now_ms();
+        let effects = self.core().leader.reset(term, now);
+        self.carry_out_now(effects);
+    }
+
+    /// Refreshes the gauges exported with the metrics.
+    pub fn update_gauges(&self) {
+        let gauges = self.view(crate::views::gauges);
+        self.metrics.set_gauges(gauges);
+    }
+
+    /// The master's identity for the views.
+    pub fn master_info(&self) -> drover_proto::pb::MasterInfo {
+        drover_proto::pb::MasterInfo {
+            id: self.config.id,
+            address: self.config.listen.to_string(),
+            term: self.raft.role().term,
+        }
+    }
+}

@@ -1,0 +1,461 @@
+//! The queues behind framework streams and agent connections, and the execution of the
+//! leader's send, open and close effects on them.
+//!
+//! Every queue is bounded ([`STREAM_QUEUE`]): a peer that falls that far behind is
+//! disconnected rather than allowed to grow the master's memory without bound. The
+//! leader hears of it ([`crate::leader::Leader::framework_stream_lost`],
+//! [`crate::leader::Leader::agent_connection_lost`])
+//! and decides what follows. Best-effort messages (executor messages either way) join a
+//! queue only while it has plenty of room ([`best_effort_room`]), so that they can never
+//! be what fills it.
+
+use std::collections::BTreeMap;
+
+use tokio::sync::mpsc::{self, error::TrySendError};
+use tonic::Status;
+
+use drover_proto::pb;
+use drover_proto::{AgentId, FrameworkId};
+
+use super::{Attach, Core, Opened};
+use crate::error::MasterError;
+use crate::leader::{best_effort_room, Effect, Farewell};
+use crate::metrics::Metrics;
+use crate::registry::StatusUpdate;
+
+/// Capacity of each framework's and agent's outgoing queue.
+pub const STREAM_QUEUE: usize = 65_536;
+
+pub type EventTx = mpsc::Sender<Result<pb::Event, Status>>;
+pub type AgentTx = mpsc::Sender<Result<pb::MasterMessage, Status>>;
+
+/// A framework's open stream.
+pub struct FrameworkStream {
+    pub stream_id: String,
+    pub tx: EventTx,
+}
+
+/// An agent's open connection.
+pub struct AgentConnection {
+    pub conn_id: u64,
+    pub tx: AgentTx,
+}
+
+/// The open streams, by framework and agent (the same keys as the leader's sessions).
+#[derive(Default)]
+pub struct Streams {
+    pub frameworks: BTreeMap<FrameworkId, FrameworkStream>,
+    pub agents: BTreeMap<AgentId, AgentConnection>,
+}
+
+fn wrap(event: pb::event::Event) -> pb::Event {
+    pb::Event { event: Some(event) }
+}
+
+/// Where the effects that are not sends go.
+pub struct Outlets<'a> {
+    pub metrics: &'a Metrics,
+    /// The status-update batcher.
+    pub updates: &'a mpsc::UnboundedSender<StatusUpdate>,
+    /// Wakes the allocation loop.
+    pub allocate_now: &'a tokio::sync::Notify,
+    /// Names the leader in a NotLeader error.
+    pub named: &'a dyn Fn(MasterError) -> MasterError,
+}
+
+impl Core {
+    /// Carries out one effect other than a proposal. Returns the leader's effects for
+    /// what broke meanwhile (a full stream), and the error to answer the caller with.
+    pub fn execute(
+        &mut self,
+        effect: Effect,
+        attach: &mut Attach,
+        opened: &mut Opened,
+        out: &Outlets<'_>,
+    ) -> (Vec<Effect>, Option<MasterError>) {
+        let Core { leader, streams } = self;
+        match effect {
+            Effect::Propose { .. } => unreachable!("proposals are carried out by carry_out"),
+            Effect::Event { framework, event } => {
+                let Some(s) = streams.frameworks.get(&framework) else {
+                    return (Vec::new(), None);
+                };
+                let offers = match &event {
+                    pb::event::Event::Offers(o) => o.offers.len() as u64,
+                    _ => 0,
+                };
+                match s.tx.try_send(Ok(wrap(event))) {
+                    Ok(()) => {
+                        Metrics::add(&out.metrics.offers_sent, offers);
+                        (Vec::new(), None)
+                    }
+                    Err(e) => {
+                        tracing::warn!(framework = %framework, "framework stream is full or closed; disconnecting it");
+                        streams.frameworks.remove(&framework);
+                        let unsent = match e {
+                            TrySendError::Full(Ok(ev)) | TrySendError::Closed(Ok(ev)) => ev.event,
+                            _ => None,
+                        };
+                        (leader.framework_stream_lost(&framework, unsent), None)
+                    }
+                }
+            }
+            Effect::EventOrDrop { framework, event } => {
+                let Some(s) = streams.frameworks.get(&framework) else {
+                    return (Vec::new(), None);
+                };
+                if !best_effort_room(s.tx.capacity(), s.tx.max_capacity()) {
+                    tracing::debug!(framework = %framework, "dropping a best-effort event: the stream is short of room");
+                    return (Vec::new(), None);
+                }
+                match s.tx.try_send(Ok(wrap(event))) {
+                    Ok(()) | Err(TrySendError::Full(_)) => (Vec::new(), None),
+                    Err(TrySendError::Closed(_)) => {
+                        streams.frameworks.remove(&framework);
+                        (leader.framework_stream_lost(&framework, None), None)
+                    }
+                }
+            }
+            Effect::ToAgent { agent, message } => {
+                let Some(c) = streams.agents.get(&agent) else {
+                    return (Vec::new(), None);
+                };
+                match c.tx.try_send(Ok(message)) {
+                    Ok(()) => (Vec::new(), None),
+                    Err(_) => {
+                        tracing::warn!(agent = %agent, "agent stream is full or closed; disconnecting it");
+                        streams.agents.remove(&agent);
+                        (leader.agent_connection_lost(&agent), None)
+                    }
+                }
+            }
+            Effect::Relay {
+                agent,
+                executor,
+                what,
+                lossy,
+                message,
+            } => {
+                let not_connected = || {
+                    MasterError::Unavailable(format!(
+                        "agent {agent} is not connected; {what} for executor {executor} once it \
+                         is back"
+                    ))
+                };
+                let too_much = || {
+                    MasterError::Unavailable(format!(
+                        "agent {agent} has too much queued; {what} for executor {executor} later"
+                    ))
+                };
+                let Some(c) = streams.agents.get(&agent) else {
+                    return (Vec::new(), Some(not_connected()));
+                };
+                if lossy && !best_effort_room(c.tx.capacity(), c.tx.max_capacity()) {
+                    return (Vec::new(), Some(too_much()));
+                }
+                match c.tx.try_send(Ok(message)) {
+                    Ok(()) => (Vec::new(), None),
+                    Err(TrySendError::Full(_)) if lossy => (Vec::new(), Some(too_much())),
+                    Err(_) => {
+                        tracing::warn!(agent = %agent, "agent stream is full or closed; disconnecting it");
+                        streams.agents.remove(&agent);
+                        (leader.agent_connection_lost(&agent), Some(not_connected()))
+                    }
+                }
+            }
+            Effect::OpenFrameworkStream {
+                framework,
+                stream_id,
+            } => {
+                if let Attach::Framework(tx) = std::mem::replace(attach, Attach::None) {
+                    streams.frameworks.insert(
+                        framework.clone(),
+                        FrameworkStream {
+                            stream_id: stream_id.clone(),
+                            tx,
+                        },
+                    );
+                    opened.framework = Some((framework, stream_id));
+                }
+                (Vec::new(), None)
+            }
+            Effect::CloseFrameworkStream {
+                framework,
+                stream_id,
+                farewell,
+            } => {
+                if streams
+                    .frameworks
+                    .get(&framework)
+                    .is_some_and(|s| s.stream_id == stream_id)
+                {
+                    let s = streams.frameworks.remove(&framework).expect("present");
+                    let last = match farewell {
+                        Farewell::Quietly => None,
+                        Farewell::ErrorEvent(message) => {
+                            Some(Ok(wrap(pb::event::Event::Error(pb::event::Error {
+                                message,
+                            }))))
+                        }
+                        Farewell::Error(e) => Some(Err(Status::from((out.named)(e)))),
+                    };
+                    if let Some(last) = last {
+                        let _ = s.tx.try_send(last);
+                    }
+                }
+                (Vec::new(), None)
+            }
+            Effect::OpenAgentConnection { agent, conn_id } => {
+                if let Attach::Agent(tx) = std::mem::replace(attach, Attach::None) {
+                    streams
+                        .agents
+                        .insert(agent.clone(), AgentConnection { conn_id, tx });
+                    opened.agent = Some((agent, conn_id));
+                }
+                (Vec::new(), None)
+            }
+            Effect::CloseAgentConnection {
+                agent,
+                conn_id,
+                farewell,
+            } => {
+                if streams
+                    .agents
+                    .get(&agent)
+                    .is_some_and(|c| c.conn_id == conn_id)
+                {
+                    let c = streams.agents.remove(&agent).expect("present");
+                    if let Farewell::Error(e) = farewell {
+                        let _ = c.tx.try_send(Err(Status::from((out.named)(e))));
+                    }
+                }
+                (Vec::new(), None)
+            }
+            Effect::CommitUpdate(update) => {
+                let _ = out.updates.send(update);
+                (Vec::new(), None)
+            }
+            Effect::Allocate => {
+                out.allocate_now.notify_one();
+                (Vec::new(), None)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use tokio::sync::Notify;
+
+    use super::*;
+    use crate::leader::{AgentSession, FrameworkSession, Leader, SequentialIds, Settings};
+
+    fn core() -> Core {
+        let settings = Settings {
+            master_id: 1,
+            master_address: "m:1".into(),
+            heartbeat_interval_seconds: 1.0,
+            agent_ping_interval_seconds: 1.0,
+            agent_timeout_ms: 1,
+            offer_timeout_ms: 1,
+        };
+        Core {
+            leader: Leader::new(
+                settings,
+                Box::new(SequentialIds::new("t")),
+                Arc::new(Metrics::default()),
+            ),
+            streams: Streams::default(),
+        }
+    }
+
+    fn run(core: &mut Core, effect: Effect) -> (Vec<Effect>, Option<MasterError>) {
+        let metrics = Metrics::default();
+        let (updates, _) = mpsc::unbounded_channel();
+        let allocate_now = Notify::new();
+        let named = |e: MasterError| e;
+        let out = Outlets {
+            metrics: &metrics,
+            updates: &updates,
+            allocate_now: &allocate_now,
+            named: &named,
+        };
+        core.execute(effect, &mut Attach::None, &mut Opened::default(), &out)
+    }
+
+    fn message(data: &[u8]) -> pb::MasterMessage {
+        pb::MasterMessage {
+            term: 1,
+            msg: Some(pb::master_message::Msg::FrameworkMessage(
+                pb::master_message::FrameworkMessage {
+                    framework_id: Some(FrameworkId::new("fw")),
+                    executor_id: Some(pb::ExecutorId::new("ex")),
+                    data: data.to_vec(),
+                },
+            )),
+        }
+    }
+
+    fn relay(agent: &AgentId, data: &[u8]) -> Effect {
+        Effect::Relay {
+            agent: agent.clone(),
+            executor: pb::ExecutorId::new("ex"),
+            what: "send the message again",
+            lossy: true,
+            message: message(data),
+        }
+    }
+
+    #[test]
+    fn best_effort_sends_drop_the_message_not_the_peer() {
+        let mut core = core();
+        let agent = AgentId::new("a1");
+        let (tx, mut rx) = mpsc::channel(8);
+        core.streams
+            .agents
+            .insert(agent.clone(), AgentConnection { conn_id: 1, tx });
+        core.leader
+            .agents
+            .insert(agent.clone(), AgentSession { conn_id: 1 });
+        // Up to half the queue for messages; beyond, they are refused and the agent
+        // stays connected.
+        for i in 0..4 {
+            let (_, error) = run(&mut core, relay(&agent, &[i]));
+            assert!(error.is_none(), "message {i}");
+        }
+        let (_, error) = run(&mut core, relay(&agent, b"x"));
+        assert_eq!(
+            error.unwrap().to_string(),
+            "agent a1 has too much queued; send the message again for executor ex later"
+        );
+        assert!(core.streams.agents.contains_key(&agent));
+        // Commands that must arrive still find room behind the refused messages.
+        for _ in 0..4 {
+            let effect = Effect::ToAgent {
+                agent: agent.clone(),
+                message: message(b"must"),
+            };
+            assert!(run(&mut core, effect).0.is_empty());
+        }
+        assert!(core.streams.agents.contains_key(&agent));
+        // As the agent reads, messages flow again.
+        for _ in 0..5 {
+            assert!(rx.try_recv().is_ok());
+        }
+        assert!(run(&mut core, relay(&agent, b"y")).1.is_none());
+        drop(rx);
+        let (more, error) = run(&mut core, relay(&agent, b"z"));
+        assert_eq!(
+            error.unwrap().to_string(),
+            "agent a1 is not connected; send the message again for executor ex once it is back"
+        );
+        assert!(
+            !core.streams.agents.contains_key(&agent),
+            "a closed stream is dropped"
+        );
+        assert!(
+            !core.leader.agents.contains_key(&agent),
+            "and the leader is told"
+        );
+        assert!(matches!(
+            more.as_slice(),
+            [Effect::CloseAgentConnection { .. }]
+        ));
+
+        let fw = FrameworkId::new("fw");
+        let (tx, rx) = mpsc::channel(4);
+        core.streams.frameworks.insert(
+            fw.clone(),
+            FrameworkStream {
+                stream_id: "s".into(),
+                tx,
+            },
+        );
+        core.leader.frameworks.insert(
+            fw.clone(),
+            FrameworkSession {
+                stream_id: "s".into(),
+                suppressed: false,
+                filters: Default::default(),
+            },
+        );
+        let lossy = || Effect::EventOrDrop {
+            framework: fw.clone(),
+            event: pb::event::Event::Heartbeat(pb::event::Heartbeat {}),
+        };
+        run(&mut core, lossy());
+        run(&mut core, lossy());
+        run(&mut core, lossy());
+        assert!(
+            core.streams.frameworks.contains_key(&fw),
+            "the framework stays connected"
+        );
+        assert_eq!(
+            core.streams.frameworks[&fw].tx.capacity(),
+            2,
+            "the third event was dropped"
+        );
+        let must = Effect::Event {
+            framework: fw.clone(),
+            event: pb::event::Event::Heartbeat(pb::event::Heartbeat {}),
+        };
+        assert!(
+            run(&mut core, must).0.is_empty(),
+            "room for what must arrive"
+        );
+        drop(rx);
+        run(&mut core, lossy());
+        assert!(
+            !core.streams.frameworks.contains_key(&fw),
+            "a closed stream is dropped"
+        );
+        assert!(!core.leader.frameworks.contains_key(&fw));
+    }
+
+    #[test]
+    fn a_full_stream_disconnects_the_framework_and_keeps_the_update() {
+        let mut core = core();
+        let fw = FrameworkId::new("fw");
+        let (tx, _rx) = mpsc::channel(1);
+        core.streams.frameworks.insert(
+            fw.clone(),
+            FrameworkStream {
+                stream_id: "s".into(),
+                tx,
+            },
+        );
+        core.leader.frameworks.insert(
+            fw.clone(),
+            FrameworkSession {
+                stream_id: "s".into(),
+                suppressed: false,
+                filters: Default::default(),
+            },
+        );
+        let update = |n: u8| Effect::Event {
+            framework: fw.clone(),
+            event: pb::event::Event::Update(pb::event::Update {
+                status: Some(pb::TaskStatus {
+                    task_id: Some(pb::TaskId::new(format!("t{n}"))),
+                    uuid: vec![n; 16],
+                    ..Default::default()
+                }),
+            }),
+        };
+        assert!(run(&mut core, update(1)).0.is_empty());
+        let (more, _) = run(&mut core, update(2));
+        assert!(matches!(
+            more.as_slice(),
+            [Effect::CloseFrameworkStream { .. }]
+        ));
+        assert!(!core.streams.frameworks.contains_key(&fw));
+        assert!(!core.leader.frameworks.contains_key(&fw));
+        assert_eq!(
+            core.leader.undelivered[&fw].len(),
+            1,
+            "t2 waits for its return"
+        );
+    }
+}
