@@ -17,11 +17,14 @@
 //! commit. What an effect's outcome changes comes back as another input (a launch's
 //! result, a container's end) and waits for the next commit like any other.
 //!
-//! Two deliberate exceptions to "no I/O": the journal's own staging
-//! ([`Journal::create_dir_all`] makes a task's directories at once, to be synced with the
-//! batch, because a sandbox that cannot be made is a decision of the handler, TASK_FAILED),
-//! and reads of the work dir (whether a task already ran here). Unit tests give the core
-//! a temporary work dir (`core_tests.rs`).
+//! What the core still does on disk, deliberately: staging in the journal, and the
+//! directories and files a task needs before its checkpoint can be durable (its meta
+//! directory and sandbox with empty `stdout`/`stderr`, a task group's shared volume, the
+//! clearing of an earlier executor's records), the directories made through
+//! [`Journal::create_dir_all`] so the batch's commit syncs them. Failing to make them is the handler's decision
+//! (TASK_FAILED), which is why they are not effects. It also reads the work dir (whether a
+//! task already ran here, a disk limitation's figures). Unit tests give the core a
+//! temporary work dir (`core_tests.rs`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;

@@ -818,3 +818,145 @@ fn stopping_kills_what_runs_and_refuses_new_launches() {
     core.on_task_ended(clock.at(3), &key("t1"), killed(Reason::AgentRestarted));
     assert!(!core.any_running());
 }
+
+#[test]
+fn an_unhealthy_task_hears_killing_then_is_killed_and_its_end_says_why() {
+    use crate::checks::schedule::Effect as CheckEffect;
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Clock(Instant::now());
+    let mut core = registered(dir.path(), clock);
+    let checked = pb::TaskInfo {
+        health_check: Some(pb::HealthCheck {
+            check: Some(pb::CheckInfo::default()),
+            ..Default::default()
+        }),
+        ..task("t1")
+    };
+    running(&mut core, clock, 0, checked, None);
+    core.on_check_report(
+        clock.at(1),
+        crate::checks::Report {
+            key: key("t1"),
+            effect: CheckEffect::Unhealthy {
+                message: "3 checks failed in a row".into(),
+            },
+        },
+    );
+    let fx = step(&mut core, clock.at(1));
+    let killing = sent(&fx);
+    assert_eq!(killing.len(), 1);
+    assert_eq!(killing[0].state(), TaskState::TaskKilling);
+    assert_eq!(killing[0].healthy, Some(false));
+    assert_eq!(
+        kills(&fx),
+        [("t1".into(), Duration::from_secs(3), Reason::TaskUnhealthy)]
+    );
+    let send = fx
+        .iter()
+        .position(|e| matches!(e, Effect::Send(_)))
+        .unwrap();
+    let stop = fx
+        .iter()
+        .position(|e| matches!(e, Effect::StopChecks(_)))
+        .unwrap();
+    let signal = fx
+        .iter()
+        .position(|e| matches!(e, Effect::Kill { .. }))
+        .unwrap();
+    assert!(send < stop && stop < signal, "{fx:?}");
+    core.on_task_ended(clock.at(3), &key("t1"), killed(Reason::TaskUnhealthy));
+    step(&mut core, clock.at(3));
+    let stream = core.updates.core().checkpoint(&key("t1")).unwrap();
+    let end = &stream.pending.last().unwrap().status;
+    assert_eq!(end.state(), TaskState::TaskKilled);
+    assert_eq!(end.reason(), Reason::TaskUnhealthy);
+    assert_eq!(end.message, "killed as unhealthy: 3 checks failed in a row");
+}
+
+#[test]
+fn a_newer_subscription_replaces_the_older_whose_undelivered_events_are_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Clock(Instant::now());
+    let mut core = registered(dir.path(), clock);
+    let on_executor = pb::TaskInfo {
+        executor: Some(pb::ExecutorInfo {
+            executor_id: Some(ExecutorId::new("ex")),
+            r#type: pb::executor_info::Type::Custom as i32,
+            command: Some(pb::CommandInfo {
+                value: "./my-executor".into(),
+                shell: true,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..task("t1")
+    };
+    master(&mut core, clock.at(0), run_task(on_executor, None));
+    step(&mut core, clock.at(0));
+    let ekey = TaskKey::executor(&FrameworkId::new("fw"), &ExecutorId::new("ex"));
+    core.on_launched(clock.at(1), vec![(ekey, Ok(()), Some("fake"))]);
+    step(&mut core, clock.at(1));
+    let subscribe = |executor: &str, launched: &[&str]| pb::ExecutorSubscribeRequest {
+        framework_id: Some(FrameworkId::new("fw")),
+        executor_id: Some(ExecutorId::new(executor)),
+        launched_tasks: launched.iter().map(|t| TaskId::new(*t)).collect(),
+    };
+    /// (subscription, event kind) of each event to an executor; (reply, ok) of each answer.
+    type Told = (Vec<(u64, &'static str)>, Vec<(u64, bool)>);
+    fn told(fx: &[Effect]) -> Told {
+        use pb::executor_event::Event as Ev;
+        let mut events = Vec::new();
+        let mut answers = Vec::new();
+        for e in fx {
+            match e {
+                Effect::ToExecutor {
+                    subscription,
+                    event,
+                } => events.push((
+                    *subscription,
+                    match event.event {
+                        Some(Ev::Subscribed(_)) => "subscribed",
+                        Some(Ev::Launch(_)) => "launch",
+                        Some(Ev::Message(_)) => "message",
+                        _ => "other",
+                    },
+                )),
+                Effect::EndSubscription { subscription, .. } => events.push((*subscription, "end")),
+                Effect::Answer { reply, result } => answers.push((*reply, result.is_ok())),
+                _ => {}
+            }
+        }
+        (events, answers)
+    }
+
+    core.on_executor_subscribe(clock.at(2), subscribe("ex", &[]), 1, 10);
+    let (events, answers) = told(&step(&mut core, clock.at(2)));
+    assert_eq!(events, [(1, "subscribed"), (1, "launch")]);
+    assert_eq!(answers, [(10, true)]);
+
+    // In one batch: a framework message for the first subscription, then a second
+    // subscription that already runs t1. The message never reaches the old stream,
+    // which ends; the new one is not sent t1 again.
+    master(
+        &mut core,
+        clock.at(3),
+        Msg::FrameworkMessage(pb::master_message::FrameworkMessage {
+            framework_id: Some(FrameworkId::new("fw")),
+            executor_id: Some(ExecutorId::new("ex")),
+            data: b"hi".to_vec(),
+        }),
+    );
+    core.on_executor_subscribe(clock.at(3), subscribe("ex", &["t1"]), 2, 11);
+    core.on_executor_subscribe(clock.at(3), subscribe("nope", &[]), 3, 12);
+    let fx = step(&mut core, clock.at(3));
+    let (events, answers) = told(&fx);
+    assert_eq!(events, [(1, "end"), (2, "subscribed")]);
+    assert_eq!(answers, [(11, true), (12, false)]);
+    assert!(fx.iter().any(|e| matches!(
+        e,
+        Effect::Answer {
+            reply: 12,
+            result: Err(super::executors::Refusal::NotFound(_))
+        }
+    )));
+}

@@ -653,7 +653,7 @@ impl AgentLoop {
                 let _ = reply.send(views::watched_tasks(&self.core));
             }
             Event::Gc(gc::Request::KnownTasks(reply)) => {
-                let _ = reply.send(self.core.known_keys());
+                let _ = reply.send(views::known_keys(&self.core));
             }
             Event::Executor(request) => self.on_executor_request(request),
             Event::Check(report) => self.core.on_check_report(now(), report),

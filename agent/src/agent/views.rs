@@ -1,5 +1,6 @@
 //! Views of the core's state: what the agent answers `GetState` with, what it registers
-//! with, which tasks the disk watcher measures and whether a task is still active. Pure
+//! with, which tasks the disk watcher measures, which folders the garbage collector must
+//! leave, and whether a task is still active. Pure
 //! functions of [`AgentCore`]; the one figure the core does not hold (a container's
 //! resource usage) is asked of the caller.
 
@@ -8,6 +9,7 @@ use std::collections::BTreeSet;
 use drover_proto::pb;
 
 use super::core::AgentCore;
+use super::executors::executor_id_of;
 use crate::layout::TaskKey;
 
 /// The agent's state for `GetState`. `usage` gives a watched container's latest resource
@@ -90,6 +92,20 @@ pub(crate) fn watched_tasks(core: &AgentCore) -> Vec<crate::disk::WatchedTask> {
             disk_limit_bytes: None,
         });
     tasks.chain(executors).collect()
+}
+
+/// Every key whose folders the garbage collector must leave: the tasks the agent
+/// tracks, the custom executors it runs, and the executor of every tracked task (its
+/// sandbox holds the task's output until the task is acknowledged and forgotten).
+pub(crate) fn known_keys(core: &AgentCore) -> Vec<TaskKey> {
+    let mut keys: BTreeSet<TaskKey> = core.tasks.keys().cloned().collect();
+    keys.extend(core.executors.keys().cloned());
+    for (key, entry) in &core.tasks {
+        if let Some(id) = executor_id_of(&entry.checkpoint.task) {
+            keys.insert(TaskKey::executor(&key.framework_id, &id));
+        }
+    }
+    keys.into_iter().collect()
 }
 
 /// Whether a task may still write to its sandbox (known, no terminal update yet), or a

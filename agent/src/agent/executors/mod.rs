@@ -146,6 +146,11 @@ impl Executors {
         self.entries.contains_key(ekey)
     }
 
+    /// The keys of the executors the agent runs or is starting.
+    pub(crate) fn keys(&self) -> impl Iterator<Item = &TaskKey> {
+        self.entries.keys()
+    }
+
     /// The keys of the executors whose containers run and are watched.
     pub(crate) fn watched_keys(&self) -> impl Iterator<Item = &TaskKey> {
         self.entries
@@ -208,7 +213,7 @@ fn same_executor(a: &pb::ExecutorInfo, b: &pb::ExecutorInfo) -> bool {
     strip(a) == strip(b)
 }
 
-fn executor_id_of(task: &pb::TaskInfo) -> Option<ExecutorId> {
+pub(crate) fn executor_id_of(task: &pb::TaskInfo) -> Option<ExecutorId> {
     custom_executor(task).map(|e| e.executor_id.clone().unwrap_or_default())
 }
 
@@ -217,20 +222,6 @@ fn event(e: executor_event::Event) -> ExecutorEvent {
 }
 
 impl AgentCore {
-    /// Every key whose folders must stay: the tasks the agent tracks, the custom
-    /// executors it runs, and the executor of every tracked task (its sandbox holds the
-    /// task's output until the task is acknowledged and forgotten).
-    pub(crate) fn known_keys(&self) -> Vec<TaskKey> {
-        let mut keys: BTreeSet<TaskKey> = self.tasks.keys().cloned().collect();
-        keys.extend(self.executors.entries.keys().cloned());
-        for (key, entry) in &self.tasks {
-            if let Some(id) = executor_id_of(&entry.checkpoint.task) {
-                keys.insert(TaskKey::executor(&key.framework_id, &id));
-            }
-        }
-        keys.into_iter().collect()
-    }
-
     /// `run_task` of a task that names a CUSTOM executor (already validated and
     /// checkpointed, in the task table): it joins its running executor, or starts one.
     pub(crate) fn run_on_executor(
