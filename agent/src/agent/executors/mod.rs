@@ -81,7 +81,7 @@ pub(crate) enum Refusal {
 
 /// A timer of an executor (see the module docs), set with [`Effect::Timer`].
 #[derive(Debug, Clone)]
-pub struct Timer {
+pub(crate) struct Timer {
     key: TaskKey,
     generation: u64,
     kind: TimerKind,
