@@ -24,7 +24,7 @@
 //! [`Journal::create_dir_all`] so the batch's commit syncs them. Failing to make them is the handler's decision
 //! (TASK_FAILED), which is why they are not effects. It also reads the work dir (whether a
 //! task already ran here, a disk limitation's figures). Unit tests give the core a
-//! temporary work dir (`core_tests.rs`).
+//! temporary work dir (`core_tests/`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;

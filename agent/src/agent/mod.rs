@@ -20,7 +20,7 @@
 //! - `recovery.rs`: reading checkpointed tasks after a restart.
 //!
 //! Checkpoints go to one append-only log per agent, group-committed per batch of events
-//! (see [`crate::journal`] and `driver.rs`). Tests: `core_tests.rs` (the core on a
+//! (see [`crate::journal`] and `driver.rs`). Tests: `core_tests/` (the core on a
 //! controlled clock), `tests.rs` and `executor_tests.rs` (the driver against containerizer
 //! doubles).
 
