@@ -3,8 +3,10 @@
 //! Module map:
 //! - [`config`]: the `drover-agent` flags (clap) and their validation into `Settings`.
 //! - [`resources`]: resource detection (cpus, mem, disk, ports) and `--resources` overrides.
-//! - [`agent`]: the [`Agent`] itself: binding, recovery, and the agent loop that owns all
-//!   state (tasks, status update streams, master session) and handles events in order.
+//! - [`agent`]: the [`Agent`] itself: binding, recovery, and the agent loop: a synchronous
+//!   core (`AgentCore`) that owns all state (tasks, groups, executors, status update
+//!   streams) and turns each event into staged effects, inside a driver that commits each
+//!   batch and only then carries its effects out (launches, kills, sends, answers).
 //! - [`master_link`]: the one bidirectional stream to the leading master: registration,
 //!   pings, leader hints, term fencing, reconnection with backoff.
 //! - [`status_updates`]: the status update manager, a pure core (ordered per-task queues,

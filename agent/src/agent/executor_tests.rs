@@ -16,9 +16,10 @@ use drover_proto::{AgentId, ExecutorId, FrameworkId, TaskId};
 use tokio::sync::{mpsc, oneshot};
 use tonic::{Code, Status};
 
+use super::core::Exit;
+use super::driver::{AgentLoop, Event};
 use super::executors::{ExecutorRequest, MAX_MESSAGES_PER_SECOND, MAX_PENDING_MESSAGES};
 use super::recovery;
-use super::state::{AgentLoop, Event, Exit};
 use crate::config::Config;
 use crate::containerizer::ContainerizerError;
 use crate::containerizer::{Containerizer, LaunchSpec, Recovered, Termination};
@@ -576,8 +577,8 @@ async fn a_running_executor_is_recovered_after_a_restart() {
     // naming the tasks it runs and resends its unacknowledged update, which is not
     // reported again as a new one.
     let (mut core, mut events) = agent(dir.path(), fake.clone()).await;
-    assert_eq!(core.executors.len(), 1);
-    assert_eq!(core.tasks.len(), 2);
+    assert_eq!(core.core.executors.len(), 1);
+    assert_eq!(core.core.tasks.len(), 2);
     drive(&mut core, &mut events, fake.clone(), |mut h| async move {
         let mut stream = h.subscribe("ex-1", &["t1"]).await.unwrap();
         match next_event(&mut stream).await {

@@ -17,6 +17,9 @@
 //! the rest of the group; FINISHED tasks do not. Once every task has ended, the holder
 //! is torn down. A launch that fails for one task kills the started ones and fails
 //! every task of the group.
+//!
+//! The decisions are the core's; making and releasing the namespace holder are the
+//! driver's ([`Launch::holder`], [`Effect::DestroyGroup`]).
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
@@ -27,17 +30,13 @@ use drover_proto::pb::{
 };
 use drover_proto::{states, ExecutorId, FrameworkId};
 
-use super::state::{AgentLoop, TaskEntry};
-use super::tasks::create_sandbox;
-use crate::containerizer::linux::holder;
+use super::core::{AgentCore, Effect, Launch, TaskEntry};
+use super::tasks::{create_sandbox, LaunchResult};
 use crate::containerizer::{LaunchSpec, TerminalStatus};
 use crate::error::AgentError;
 use crate::journal::TaskCheckpoint;
 use crate::layout::TaskKey;
 use crate::supervisor::records::TaskGroupLaunch;
-
-/// How the start of one task's container went.
-pub(crate) type LaunchResult = (TaskKey, Result<(), AgentError>);
 
 /// A task group is named by its framework and its executor's id.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -93,7 +92,7 @@ fn executor_problem(framework_id: &FrameworkId, executor: &pb::ExecutorInfo) -> 
     validate_id("framework", framework_id.as_str()).err()
 }
 
-impl AgentLoop {
+impl AgentCore {
     /// `run_task_group`: idempotent by task id like `run_task` (tasks the agent already
     /// has, or that already ran here, are skipped). See the module docs.
     pub(crate) fn on_run_task_group(&mut self, rtg: RunTaskGroup) -> Result<(), AgentError> {
@@ -123,8 +122,7 @@ impl AgentLoop {
         }
 
         let mut seen = HashSet::new();
-        // SAFETY: geteuid has no preconditions.
-        let root = unsafe { libc::geteuid() } == 0;
+        let root = self.root;
         let mut culprit: Option<(Option<TaskKey>, String)> =
             executor_problem(&framework_id, &executor)
                 .or_else(|| {
@@ -262,11 +260,14 @@ impl AgentLoop {
             return Ok(());
         }
 
+        let ns = dir.join("ns");
         let group = self.groups.entry(gk).or_default();
         if group.tasks.is_empty() {
             group.isolated_network = isolated(&executor);
         }
         group.tasks.extend(keys.iter().cloned());
+        // Process tasks only when not root: they share the volume, no namespaces.
+        let holder = self.root.then_some((ns, group.isolated_network));
         for key in &keys {
             self.enqueue_status(
                 key,
@@ -278,18 +279,22 @@ impl AgentLoop {
             );
             // Under its framework's user, like a lone task.
             let task = self.as_launched(&self.tasks[key].checkpoint);
-            self.launches.push(LaunchSpec {
-                key: key.clone(),
-                task,
-                agent_id: self.agent_id.clone().unwrap_or_default(),
-                sandbox: self.layout.sandbox(key),
-                meta: self.layout.task_meta(key),
-                group: Some(TaskGroupLaunch {
-                    shared: shared.clone(),
-                    ipc_namespace: None,
-                    net_namespace: None,
-                }),
-            });
+            self.launching.insert(key.clone());
+            self.push(Effect::Launch(Box::new(Launch {
+                spec: LaunchSpec {
+                    key: key.clone(),
+                    task,
+                    agent_id: self.agent_id.clone().unwrap_or_default(),
+                    sandbox: self.layout.sandbox(key),
+                    meta: self.layout.task_meta(key),
+                    group: Some(TaskGroupLaunch {
+                        shared: shared.clone(),
+                        ipc_namespace: None,
+                        net_namespace: None,
+                    }),
+                },
+                holder: holder.clone(),
+            })));
         }
         Ok(())
     }
@@ -300,77 +305,28 @@ impl AgentLoop {
         group_of(&key.framework_id, &entry.checkpoint.task)
     }
 
-    /// How many queued launches to start so that no task group is split across rounds.
-    pub(crate) fn launch_round(&self, limit: usize) -> usize {
-        let mut n = limit.min(self.launches.len());
-        let gk = |s: &LaunchSpec| {
-            s.group
-                .as_ref()
-                .and_then(|_| group_of(&s.key.framework_id, &s.task))
-        };
-        while n > 0 && n < self.launches.len() {
-            match (gk(&self.launches[n - 1]), gk(&self.launches[n])) {
-                (Some(a), Some(b)) if a == b => n += 1,
-                _ => break,
-            }
-        }
-        n
-    }
-
-    /// Before a round starts: the namespace holder of every group in it, made (or found)
-    /// when the agent runs as root, and its files handed to the group's launches.
-    pub(crate) fn prepare_group_launches(&mut self, batch: &mut [LaunchSpec]) {
-        // SAFETY: geteuid has no preconditions.
-        let root = unsafe { libc::geteuid() } == 0;
-        if !root {
-            return; // process tasks only: they share the volume, no namespaces
-        }
-        for spec in batch.iter_mut() {
-            let Some(launch) = spec.group.as_mut() else {
-                continue;
-            };
-            let Some(gk) = group_of(&spec.key.framework_id, &spec.task) else {
-                continue;
-            };
-            let network = self.groups.get(&gk).is_some_and(|g| g.isolated_network);
-            let ns = self
-                .layout
-                .executor_dir(gk.framework_id.as_str(), gk.executor_id.as_str())
-                .join("ns");
-            match holder::create(&ns, network) {
-                Ok((ipc, net)) => {
-                    launch.ipc_namespace = Some(ipc);
-                    launch.net_namespace = net;
-                }
-                Err(e) => {
-                    tracing::warn!(task = %spec.key, "cannot make the task group's namespaces: {e}")
-                }
-            }
-        }
-    }
-
     /// After a round: the launches of group tasks are settled here, all or nothing; the
     /// lone tasks' results are handed back.
-    pub(crate) async fn settle_group_launches(
+    pub(crate) fn settle_group_launches(
         &mut self,
         results: Vec<LaunchResult>,
     ) -> Vec<LaunchResult> {
         let mut lone = Vec::new();
         let mut by_group: BTreeMap<GroupKey, Vec<LaunchResult>> = BTreeMap::new();
-        for (key, result) in results {
+        for (key, result, name) in results {
             match self.group_key(&key) {
-                Some(gk) => by_group.entry(gk).or_default().push((key, result)),
-                None => lone.push((key, result)),
+                Some(gk) => by_group.entry(gk).or_default().push((key, result, name)),
+                None => lone.push((key, result, name)),
             }
         }
         for (gk, members) in by_group {
             let failed = members
                 .iter()
-                .find_map(|(k, r)| r.as_ref().err().map(|e| (k, e)));
+                .find_map(|(k, r, _)| r.as_ref().err().map(|e| (k, e)));
             let Some((bad, err)) = failed else {
-                for (key, _) in &members {
+                for (key, _, name) in &members {
                     self.metrics.task_launched();
-                    self.watch(key);
+                    self.watch(key, *name);
                     self.enqueue_status(
                         key,
                         TaskState::TaskRunning,
@@ -379,7 +335,10 @@ impl AgentLoop {
                         String::new(),
                         None,
                     );
-                    self.start_checks(key);
+                    match self.kills_after_launch.remove(key) {
+                        Some((policy, reason)) => self.on_kill_task(key, policy, reason),
+                        None => self.start_checks(key),
+                    }
                 }
                 continue;
             };
@@ -391,23 +350,19 @@ impl AgentLoop {
             if let Some(g) = self.groups.get_mut(&gk) {
                 g.launch_failed = Some(note);
             }
-            let round: HashSet<TaskKey> = members.iter().map(|(k, _)| k.clone()).collect();
-            for (key, result) in members {
+            let round: HashSet<TaskKey> = members.iter().map(|(k, _, _)| k.clone()).collect();
+            for (key, result, name) in members {
+                // The group is killed anyway: a kill that waited for the launch is moot.
+                self.kills_after_launch.remove(&key);
                 match result {
                     Ok(()) => {
                         // Reported when its container is gone (see `adjust_group_status`).
-                        self.watch(&key);
-                        if let Err(e) = self
-                            .containerizer
-                            .kill(
-                                &key,
-                                std::time::Duration::ZERO,
-                                Reason::ContainerLaunchFailed,
-                            )
-                            .await
-                        {
-                            tracing::error!(task = %key, "kill failed: {e}");
-                        }
+                        self.watch(&key, name);
+                        self.push(Effect::Kill {
+                            key,
+                            grace: std::time::Duration::ZERO,
+                            reason: Reason::ContainerLaunchFailed,
+                        });
                     }
                     Err(e) => self.launch_failed(&key, &e),
                 }
@@ -426,13 +381,11 @@ impl AgentLoop {
                     .is_some_and(|e| !e.terminal && e.watched);
                 if running && !round.contains(&key) {
                     let grace = self.grace_for(&key, None);
-                    if let Err(e) = self
-                        .containerizer
-                        .kill(&key, grace, Reason::ContainerLaunchFailed)
-                        .await
-                    {
-                        tracing::error!(task = %key, "kill failed: {e}");
-                    }
+                    self.push(Effect::Kill {
+                        key,
+                        grace,
+                        reason: Reason::ContainerLaunchFailed,
+                    });
                 }
             }
             self.teardown_group_if_done(&gk);
@@ -513,11 +466,10 @@ impl AgentLoop {
                 }
                 let grace = self.grace_for(&other, None);
                 tracing::info!(task = %other, "killing the task: {} of its group ended {}", key.task_id, states::name(state));
-                let containerizer = self.containerizer.clone();
-                tokio::spawn(async move {
-                    if let Err(e) = containerizer.kill(&other, grace, Reason::Unspecified).await {
-                        tracing::error!(task = %other, "kill failed: {e}");
-                    }
+                self.push(Effect::Kill {
+                    key: other,
+                    grace,
+                    reason: Reason::Unspecified,
                 });
             }
         }
@@ -532,45 +484,18 @@ impl AgentLoop {
         };
         let live = group.tasks.iter().any(|k| {
             self.tasks.get(k).is_some_and(|e| !e.terminal || e.watched)
-                || self.launches.iter().any(|s| &s.key == k)
+                || self.launching.contains(k)
         });
         if live {
             return;
         }
         self.groups.remove(gk);
-        self.destroy_holder(gk);
-    }
-
-    /// Releases an ended group's namespaces, then removes its executor folder with the
-    /// shared volume (which lives as long as the group: a later group under the same
-    /// executor id starts empty, and nothing of it piles up on the agent). The folder
-    /// stays while a namespace mount in it could not be undone.
-    fn destroy_holder(&self, gk: &GroupKey) {
-        let dir = self
-            .layout
-            .executor_dir(gk.framework_id.as_str(), gk.executor_id.as_str());
-        let ns = dir.join("ns");
-        if ns.exists() {
-            match holder::destroy(&ns) {
-                Ok(()) => {
-                    tracing::info!(group = ?gk, "task group ended; its namespaces are released")
-                }
-                Err(e) => {
-                    tracing::warn!(group = ?gk, "tearing down the task group's namespaces: {e}");
-                    return;
-                }
-            }
-        }
-        // `remove_dir_all` removes symlinks the tasks left, never what they point to.
-        if let Err(e) = std::fs::remove_dir_all(&dir) {
-            if e.kind() != std::io::ErrorKind::NotFound {
-                tracing::warn!(group = ?gk, "removing {}: {e}", dir.display());
-            }
-        }
+        self.push(Effect::DestroyGroup(gk.clone()));
     }
 
     /// After recovery: the groups of the recovered tasks are known again; holders of
-    /// groups with no task left running (and any holder no recovered task claims) go.
+    /// groups with no task left running go. (Holders no recovered task claims are the
+    /// driver's to find: see `driver.rs`.)
     pub(crate) fn recover_groups(&mut self) {
         for (key, entry) in &self.tasks {
             if let Some(gk) = group_of(&key.framework_id, &entry.checkpoint.task) {
@@ -588,25 +513,6 @@ impl AgentLoop {
         let known: Vec<GroupKey> = self.groups.keys().cloned().collect();
         for gk in &known {
             self.teardown_group_if_done(gk);
-        }
-        // Holders whose every task was already forgotten (acknowledged) before the restart.
-        let root = self.layout.executors_root();
-        let Ok(frameworks) = std::fs::read_dir(&root) else {
-            return;
-        };
-        for fw in frameworks.flatten() {
-            let Ok(executors) = std::fs::read_dir(fw.path()) else {
-                continue;
-            };
-            for ex in executors.flatten() {
-                let gk = GroupKey {
-                    framework_id: FrameworkId::new(fw.file_name().to_string_lossy()),
-                    executor_id: ExecutorId::new(ex.file_name().to_string_lossy()),
-                };
-                if !self.groups.contains_key(&gk) {
-                    self.destroy_holder(&gk);
-                }
-            }
         }
     }
 }
@@ -633,4 +539,23 @@ fn group_task_problem(task: &pb::TaskInfo, executor: &pb::ExecutorInfo) -> Optio
         return Some("a task of a group shares the group's network: set ISOLATED on the executor's container, not on the task".into());
     }
     None
+}
+
+/// How many of the queued launches to start in one round of at most `limit`, so that no
+/// task group is split across rounds.
+pub(crate) fn launch_round(queue: &[Launch], limit: usize) -> usize {
+    let mut n = limit.min(queue.len());
+    let gk = |l: &Launch| {
+        l.spec
+            .group
+            .as_ref()
+            .and_then(|_| group_of(&l.spec.key.framework_id, &l.spec.task))
+    };
+    while n > 0 && n < queue.len() {
+        match (gk(&queue[n - 1]), gk(&queue[n])) {
+            (Some(a), Some(b)) if a == b => n += 1,
+            _ => break,
+        }
+    }
+    n
 }

@@ -1,5 +1,6 @@
-//! The agent loop's side of checks (see [`crate::checks`]): starting and stopping the
-//! drivers, turning their reports into status updates, and killing unhealthy tasks.
+//! The core's side of checks (see [`crate::checks`]): asking the driver to start and stop
+//! the check drivers ([`Effect::StartChecks`], [`Effect::StopChecks`]), turning their
+//! reports into status updates, and killing unhealthy tasks.
 //!
 //! Every update of a checked task carries the latest `healthy` and `check_status` known
 //! (so the master's view of the task, its latest update, always has them); an update
@@ -7,28 +8,20 @@
 //! SIGTERM and SIGKILL after its grace period, and ends TASK_KILLED with reason
 //! `REASON_TASK_UNHEALTHY` and a message naming the check and its last result.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 
 use drover_proto::pb::{self, task_status::Reason, task_status::Source, TaskState};
 
-use super::state::{AgentLoop, Event};
-use crate::checks::schedule::Effect;
-use crate::checks::{docker_place, supervised_place, Checks, Report};
+use super::core::{AgentCore, Effect, Now};
+use crate::checks::schedule::Effect as CheckEffect;
+use crate::checks::{docker_place, supervised_place, Report};
 use crate::containerizer::TerminalStatus;
 use crate::layout::TaskKey;
 
-impl From<Report> for Event {
-    fn from(r: Report) -> Event {
-        Event::Check(r)
-    }
-}
-
-/// What the loop knows about the checks of its tasks.
+/// What the core knows about the checks of its tasks: their latest results.
+#[derive(Default)]
 pub(crate) struct Health {
-    pub(crate) checks: Checks,
-    latest: HashMap<TaskKey, Latest>,
-    /// Unhealthy tasks to kill once the batch that reported it is durable.
-    kills: Vec<TaskKey>,
+    latest: BTreeMap<TaskKey, Latest>,
 }
 
 #[derive(Default)]
@@ -40,14 +33,6 @@ struct Latest {
 }
 
 impl Health {
-    pub(crate) fn new(checks: Checks) -> Health {
-        Health {
-            checks,
-            latest: HashMap::new(),
-            kills: Vec::new(),
-        }
-    }
-
     /// What the task's next status update carries: (healthy, check_status).
     pub(crate) fn annotations(&self, key: &TaskKey) -> (Option<bool>, Option<pb::CheckStatusInfo>) {
         match self.latest.get(key) {
@@ -65,7 +50,7 @@ pub(crate) fn wants_killing_state(framework: Option<&pb::FrameworkInfo>) -> bool
     })
 }
 
-impl AgentLoop {
+impl AgentCore {
     /// Starts the checks of a task that is now RUNNING (launched or recovered).
     pub(crate) fn start_checks(&mut self, key: &TaskKey) {
         let Some(entry) = self.tasks.get(key) else {
@@ -81,23 +66,28 @@ impl AgentLoop {
         } else {
             supervised_place(&self.layout, key)
         };
-        let task = task.clone();
-        let events = self.events_tx.clone();
-        self.health.checks.start(key, &task, place, events);
+        let task = Box::new(task.clone());
+        self.push(Effect::StartChecks {
+            key: key.clone(),
+            task,
+            place,
+        });
     }
 
     /// The task ended or is being killed: no more attempts.
     pub(crate) fn stop_checks(&mut self, key: &TaskKey) {
-        self.health.checks.stop(key);
+        self.push(Effect::StopChecks(key.clone()));
     }
 
     /// A task was forgotten (terminal update acknowledged).
     pub(crate) fn forget_checks(&mut self, key: &TaskKey) {
-        self.health.checks.stop(key);
+        self.push(Effect::StopChecks(key.clone()));
         self.health.latest.remove(key);
     }
 
-    pub(crate) fn on_check_report(&mut self, report: Report) {
+    /// A check of a running task reports.
+    pub(crate) fn on_check_report(&mut self, now: Now, report: Report) {
+        self.now = now;
         let key = report.key;
         let live = self
             .tasks
@@ -108,7 +98,7 @@ impl AgentLoop {
         }
         let latest = self.health.latest.entry(key.clone()).or_default();
         match report.effect {
-            Effect::CheckStatus(status) => {
+            CheckEffect::CheckStatus(status) => {
                 latest.check_status = Some(status);
                 self.enqueue_status(
                     &key,
@@ -119,7 +109,7 @@ impl AgentLoop {
                     None,
                 );
             }
-            Effect::Healthy(healthy) => {
+            CheckEffect::Healthy(healthy) => {
                 latest.healthy = Some(healthy);
                 self.enqueue_status(
                     &key,
@@ -130,21 +120,14 @@ impl AgentLoop {
                     None,
                 );
             }
-            Effect::Unhealthy { message } => {
+            CheckEffect::Unhealthy { message } => {
                 tracing::warn!(task = %key, "{message}; killing the task");
                 latest.healthy = Some(false);
                 latest.unhealthy = Some(message);
-                self.health.kills.push(key);
+                // KILLING is staged with the batch and sent before the kill goes out.
+                self.on_kill_task(&key, None, Reason::TaskUnhealthy);
             }
         }
-    }
-
-    /// Kills the tasks found unhealthy in the batch just made durable.
-    pub(crate) async fn kill_unhealthy(&mut self) -> Result<(), crate::error::AgentError> {
-        for key in std::mem::take(&mut self.health.kills) {
-            self.on_kill_task(&key, None, Reason::TaskUnhealthy).await?;
-        }
-        Ok(())
     }
 
     /// A killed unhealthy task's terminal update says why it was killed.

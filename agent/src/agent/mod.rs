@@ -1,29 +1,47 @@
 //! The agent process: [`Agent::bind`] prepares everything (work dir, lock, listeners,
 //! recovery), [`Agent::run`] serves until shutdown.
 //!
-//! - `state.rs`: the agent loop that owns all state and handles events in order;
-//! - `tasks.rs`: launch, kill and container-end handlers;
+//! The core, synchronous and free of I/O but for its journal's staging (see `core.rs`):
+//! - `core.rs`: `AgentCore`, the state, the inputs of the master link, and the `Effect`s
+//!   its handlers stage for the driver;
+//! - `tasks.rs`: launch, kill, launch results and container-end handlers;
 //! - `groups.rs`: task groups under the built-in default executor (shared namespaces and
 //!   volume, all-or-nothing launch, one task's failure ending the group);
-//! - `recovery.rs`: reading checkpointed tasks after a restart;
-//! - `executors/`: custom executors (their containers, subscriptions and updates).
-//! - `health.rs`: checks of running tasks (status updates, unhealthy kills).
+//! - `executors/`: custom executors (their containers, subscriptions and updates);
+//! - `health.rs`: checks of running tasks (status updates, unhealthy kills);
+//! - `restart.rs`: rebuilding the state after a restart from the log and the containers
+//!   found;
+//! - `views.rs`: `GetState`, the registration and other views of the state.
+//!
+//! The shell:
+//! - `driver.rs`: `AgentLoop`, the driver: the event loop, the clock, the containerizer,
+//!   the master session, reply channels and executors' streams; it commits each batch and
+//!   then carries its effects out;
+//! - `recovery.rs`: reading checkpointed tasks after a restart.
 //!
 //! Checkpoints go to one append-only log per agent, group-committed per batch of events
-//! (see [`crate::journal`] and `state.rs`).
+//! (see [`crate::journal`] and `driver.rs`). Tests: `core_tests/` (the core on a
+//! controlled clock), `tests.rs` and `executor_tests.rs` (the driver against containerizer
+//! doubles).
 
+mod core;
+#[cfg(test)]
+mod core_tests;
+mod driver;
 #[cfg(test)]
 mod executor_tests;
 pub mod executors;
 mod groups;
 mod health;
 mod recovery;
-mod state;
+mod restart;
 mod tasks;
 #[cfg(test)]
 mod tests;
+mod views;
 
-pub use state::{Event, Exit};
+pub use self::core::Exit;
+pub use driver::Event;
 
 use std::fs::{File, OpenOptions};
 use std::future::Future;
@@ -48,7 +66,7 @@ use crate::layout::Layout;
 use crate::master_link::{MasterLink, TermFence};
 use crate::metrics::Metrics;
 use crate::outbox::Outbox;
-use state::AgentLoop;
+use driver::AgentLoop;
 
 /// A bound, recovered agent, ready to [`run`](Agent::run).
 pub struct Agent {
@@ -58,7 +76,7 @@ pub struct Agent {
     http_listener: TcpListener,
     api_address: SocketAddr,
     http_address: SocketAddr,
-    core: AgentLoop,
+    driver: AgentLoop,
     events_tx: mpsc::Sender<Event>,
     events_rx: mpsc::Receiver<Event>,
     fence: TermFence,
@@ -144,7 +162,7 @@ impl Agent {
         let containerizer: Arc<dyn Containerizer> = containerizers.clone();
         let (journal, found) = recovery::load(&layout)?;
         let (events_tx, events_rx) = mpsc::channel(1024);
-        let mut core = AgentLoop::new(
+        let mut driver = AgentLoop::new(
             settings.clone(),
             info,
             agent_id,
@@ -153,17 +171,17 @@ impl Agent {
             events_tx.clone(),
             journal,
         );
-        core.recover(found).await?;
+        driver.recover(found).await?;
         // After recovery, before any launch: a labelled container whose task recovery did
         // not claim is an orphan.
         containerizers.remove_orphans().await;
         tracing::info!(
             api = %api_address,
             http = %http_address,
-            advertised = %core.info.address,
+            advertised = %driver.core.info.address,
             resources = %resources,
             work_dir = %layout.root().display(),
-            recovered_tasks = core.tasks.len(),
+            recovered_tasks = driver.core.tasks.len(),
             "agent ready"
         );
         Ok(Agent {
@@ -173,7 +191,7 @@ impl Agent {
             http_listener,
             api_address,
             http_address,
-            core,
+            driver,
             events_tx,
             events_rx,
             fence,
@@ -196,7 +214,7 @@ impl Agent {
 
     /// The address the agent gives the master for its API.
     pub fn advertised_address(&self) -> &str {
-        &self.core.info.address
+        &self.driver.core.info.address
     }
 
     /// The agent's image store (shared with the API and the containerizers).
@@ -206,7 +224,7 @@ impl Agent {
 
     /// The agent id from a previous registration, if any.
     pub fn agent_id(&self) -> Option<&AgentId> {
-        self.core.agent_id.as_ref()
+        self.driver.core.agent_id.as_ref()
     }
 
     /// Serves the agent API and metrics, keeps the master link, and runs tasks until
@@ -265,7 +283,7 @@ impl Agent {
         let link_task = tokio::spawn(link.run(stop_rx.clone()));
 
         let mut result = self
-            .core
+            .driver
             .run(&mut link_rx, &mut self.events_rx, shutdown)
             .await;
         let kill_reason = match &result {
@@ -277,7 +295,7 @@ impl Agent {
         };
         if let Some(reason) = kill_reason {
             if let Err(e) = self
-                .core
+                .driver
                 .kill_all_and_wait(&mut link_rx, &mut self.events_rx, reason)
                 .await
             {

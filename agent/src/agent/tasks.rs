@@ -1,4 +1,5 @@
-//! Task-level handlers of the agent loop: launch, kill, and the end of a container.
+//! Task-level handlers of the core: launch, kill, a round of launch results, and the end
+//! of a container.
 
 use std::fs::OpenOptions;
 use std::time::Duration;
@@ -8,21 +9,25 @@ use drover_proto::pb::{
 };
 use drover_proto::Resources;
 
-use super::state::{AgentLoop, TaskEntry};
+use super::core::{AgentCore, Effect, Launch, Now, TaskEntry};
 use crate::containerizer::{terminal_status, ContainerizerError, LaunchSpec, Termination};
 use crate::error::AgentError;
 use crate::journal::Journal;
 use crate::journal::TaskCheckpoint;
 use crate::layout::TaskKey;
 
+/// How the start of one container went: its key, the result, and the containerizer that
+/// runs it.
+pub(crate) type LaunchResult = (TaskKey, Result<(), AgentError>, Option<&'static str>);
+
 /// Longest grace period honoured from a kill policy: a typo of `1e9` must not leave a
 /// task unkillable for decades.
 const MAX_GRACE: Duration = Duration::from_secs(24 * 3600);
 
-impl AgentLoop {
+impl AgentCore {
     /// `run_task`: idempotent by (framework id, task id). Checkpoints the task, creates
-    /// its sandbox, enqueues STARTING and queues the launch; the batch's commit makes all
-    /// of it durable before [`Self::launch_pending`] starts the container, so a restart at
+    /// its sandbox, enqueues STARTING and stages the launch; the batch's commit makes all
+    /// of it durable before the driver starts the container, so a restart at
     /// any point finds a consistent story (a checkpointed task without a container is
     /// reported as never started).
     pub(crate) fn on_run_task(&mut self, rt: RunTask) -> Result<(), AgentError> {
@@ -119,14 +124,18 @@ impl AgentLoop {
             None,
         );
         let task = self.as_launched(&checkpoint);
-        self.launches.push(LaunchSpec {
-            key: key.clone(),
-            task,
-            agent_id: self.agent_id.clone().unwrap_or_default(),
-            sandbox,
-            meta: self.layout.task_meta(&key),
-            group: None,
-        });
+        self.launching.insert(key.clone());
+        self.push(Effect::Launch(Box::new(Launch {
+            spec: LaunchSpec {
+                key: key.clone(),
+                task,
+                agent_id: self.agent_id.clone().unwrap_or_default(),
+                sandbox,
+                meta: self.layout.task_meta(&key),
+                group: None,
+            },
+            holder: None,
+        })));
         Ok(())
     }
 
@@ -145,35 +154,15 @@ impl AgentLoop {
         )
     }
 
-    /// Starts the containers of (at most `limit` of) the tasks queued by
-    /// [`Self::on_run_task`], oldest first. Called right after a commit, so their
-    /// checkpoints are durable; RUNNING (or FAILED) is enqueued for the next batch.
-    pub(crate) async fn launch_pending(&mut self, limit: usize) {
-        if self.launches.is_empty() {
-            return;
+    /// A round of launches came back: each container started (with the containerizer
+    /// that runs it), or could not. Task groups settle all or nothing (`groups.rs`);
+    /// a kill that arrived meanwhile is carried out now that the container exists.
+    pub(crate) fn on_launched(&mut self, now: Now, results: Vec<LaunchResult>) {
+        self.now = now;
+        for (key, _, _) in &results {
+            self.launching.remove(key);
         }
-        if !self.is_durable() {
-            debug_assert!(false, "launching before the batch is durable");
-            tracing::error!("not launching tasks whose checkpoints are not durable yet");
-            return;
-        }
-        let n = self.launch_round(limit);
-        let mut batch: Vec<LaunchSpec> = self.launches.drain(..n).collect();
-        self.prepare_group_launches(&mut batch);
-        // Started side by side: a Docker launch waits on the engine for a while, and the
-        // engine creates and starts containers in parallel.
-        let starts = batch.into_iter().map(|spec| {
-            let key = spec.key.clone();
-            let containerizer = self.containerizer.clone();
-            async move {
-                (
-                    key,
-                    containerizer.launch(spec).await.map_err(AgentError::from),
-                )
-            }
-        });
-        let results = futures::future::join_all(starts).await;
-        for (key, result) in self.settle_group_launches(results).await {
+        for (key, result, containerizer) in self.settle_group_launches(results) {
             if key.executor_id().is_some() {
                 self.on_executor_launched(&key, result);
                 continue;
@@ -181,8 +170,7 @@ impl AgentLoop {
             match result {
                 Ok(()) => {
                     self.metrics.task_launched();
-                    self.watch(&key);
-                    self.start_checks(&key);
+                    self.watch(&key, containerizer);
                     self.enqueue_status(
                         &key,
                         TaskState::TaskRunning,
@@ -191,9 +179,14 @@ impl AgentLoop {
                         String::new(),
                         None,
                     );
+                    match self.kills_after_launch.remove(&key) {
+                        Some((policy, reason)) => self.on_kill_task(&key, policy, reason),
+                        None => self.start_checks(&key),
+                    }
                 }
                 Err(e) => {
                     tracing::warn!(task = %key, "launch failed: {e}");
+                    self.kills_after_launch.remove(&key);
                     self.launch_failed(&key, &e);
                 }
             }
@@ -265,36 +258,39 @@ impl AgentLoop {
 
     /// `kill_task`: an unknown task is ignored (as Mesos does: the master reconciles);
     /// a task that already ended is left to its pending terminal update.
-    pub(crate) async fn on_kill_task(
+    pub(crate) fn on_kill_task(
         &mut self,
         key: &TaskKey,
         policy: Option<pb::KillPolicy>,
         reason: Reason,
-    ) -> Result<(), AgentError> {
-        if self.launches.iter().any(|s| s.key == *key) {
-            // Its launch is still queued: make the batch durable and start the queued
-            // containers first, so the kill meets a container, as when events came one
-            // at a time.
-            self.commit_and_send()?;
-            self.launch_pending(usize::MAX).await;
+    ) {
+        if self.launching.contains(key) {
+            // Its container is being started: the kill waits for it (see
+            // [`Self::on_launched`]), so it meets a container, as when events came one
+            // at a time. A second kill replaces the first's policy and reason.
+            tracing::info!(task = %key, "kill of a task whose launch is under way; killing it once it started");
+            self.kills_after_launch
+                .insert(key.clone(), (policy, reason));
+            return;
         }
         if self.kill_on_executor(key, policy.as_ref(), reason) {
-            return Ok(());
+            return;
         }
         let Some(entry) = self.tasks.get(key) else {
             tracing::info!(task = %key, "kill for a task this agent does not know; ignoring it");
-            return Ok(());
+            return;
         };
         if entry.terminal || !entry.watched {
             tracing::debug!(task = %key, "kill for a task that already ended; ignoring it");
-            return Ok(());
+            return;
         }
         let killing = reason == Reason::TaskUnhealthy
             || super::health::wants_killing_state(entry.checkpoint.framework_info.as_ref());
         self.stop_checks(key);
         if killing && self.latest_state(key) != TaskState::TaskKilling {
-            // Durable and on its way before the first signal: the framework hears
-            // KILLING before the task's own reaction to SIGTERM can end it.
+            // Durable and on its way before the first signal (the batch commits before
+            // its effects, and its updates go out first): the framework hears KILLING
+            // before the task's own reaction to SIGTERM can end it.
             self.enqueue_status(
                 key,
                 TaskState::TaskKilling,
@@ -303,14 +299,14 @@ impl AgentLoop {
                 String::new(),
                 None,
             );
-            self.commit_and_send()?;
         }
         let grace = self.grace_for(key, policy.as_ref());
         tracing::info!(task = %key, ?grace, "killing the task");
-        if let Err(e) = self.containerizer.kill(key, grace, reason).await {
-            tracing::error!(task = %key, "kill failed: {e}");
-        }
-        Ok(())
+        self.push(Effect::Kill {
+            key: key.clone(),
+            grace,
+            reason,
+        });
     }
 
     /// The kill's own grace period, else the task's, else the agent's default.
@@ -330,7 +326,13 @@ impl AgentLoop {
     }
 
     /// A container ended: its terminal update is enqueued (checkpointed by the commit).
-    pub(crate) fn on_task_ended(&mut self, key: &TaskKey, result: Result<Termination, AgentError>) {
+    pub(crate) fn on_task_ended(
+        &mut self,
+        now: Now,
+        key: &TaskKey,
+        result: Result<Termination, AgentError>,
+    ) {
+        self.now = now;
         if key.executor_id().is_some() {
             self.on_executor_ended(key, result);
             return;

@@ -10,8 +10,9 @@ use drover_proto::pb::{self, master_message::Msg, task_status::Reason, TaskState
 use drover_proto::{AgentId, FrameworkId, TaskId};
 use tokio::sync::mpsc;
 
+use super::core::Exit;
+use super::driver::{AgentLoop, Event, MAX_LAUNCHES};
 use super::recovery;
-use super::state::{AgentLoop, Event, Exit, MAX_LAUNCHES};
 use crate::config::Config;
 use crate::containerizer::ContainerizerError;
 use crate::containerizer::{Containerizer, LaunchSpec, Recovered, Termination};
@@ -257,7 +258,7 @@ async fn a_batch_of_launches_updates_and_acks_shares_one_durability_point() {
     let (exit, ()) = tokio::join!(run, stopper);
     assert_eq!(exit.unwrap(), Exit::Requested);
     assert_eq!(metrics.checkpoint_syncs(), base + 1);
-    assert_eq!(core.tasks.len(), N - N / 2);
+    assert_eq!(core.core.tasks.len(), N - N / 2);
     drop(core);
 
     // What a restarted agent finds: the unacknowledged half, FINISHED and pending.

@@ -6,20 +6,20 @@ use std::collections::BTreeSet;
 use drover_proto::ids::validate_id;
 use drover_proto::pb::{self, executor_event, task_status::Reason, task_status::Source, TaskState};
 use drover_proto::{states, ExecutorId, FrameworkId, TaskId};
-use tonic::Status;
 
 use super::*;
+use crate::agent::core::{Now, ReplyId};
 use crate::layout::TaskKey;
 use crate::status_updates::StatusUpdate;
 
 fn request_ids(
     framework_id: Option<FrameworkId>,
     executor_id: Option<ExecutorId>,
-) -> Result<TaskKey, Status> {
+) -> Result<TaskKey, Refusal> {
     let fw = framework_id.unwrap_or_default();
     let id = executor_id.unwrap_or_default();
-    validate_id("framework", fw.as_str()).map_err(Status::invalid_argument)?;
-    validate_id("executor", id.as_str()).map_err(Status::invalid_argument)?;
+    validate_id("framework", fw.as_str()).map_err(Refusal::InvalidArgument)?;
+    validate_id("executor", id.as_str()).map_err(Refusal::InvalidArgument)?;
     Ok(TaskKey::executor(&fw, &id))
 }
 
@@ -44,56 +44,67 @@ const MAX_MESSAGE_BYTES: usize = 4096;
 /// Largest `TaskStatus.data` accepted from an executor.
 const MAX_DATA_BYTES: usize = 64 * 1024;
 
-impl AgentLoop {
-    /// A call from an executor. Answers wait for the batch's durability point.
-    pub(crate) fn on_executor_request(&mut self, request: ExecutorRequest) {
-        let (reply, result) = match request {
-            ExecutorRequest::Subscribe {
-                request,
-                events,
-                pending_messages,
-                reply,
-            } => (
-                reply,
-                self.on_executor_subscribe(request, events, pending_messages),
-            ),
-            ExecutorRequest::Update { call, reply } => (reply, self.on_executor_update(call)),
-            ExecutorRequest::Message { call, reply } => (reply, self.on_executor_message(call)),
-        };
-        self.executors.replies.push((reply, result));
+impl AgentCore {
+    /// An executor subscribes; the driver holds its event stream as `subscription`. The
+    /// answer, like every answer to an executor, waits for the batch's durability point.
+    pub(crate) fn on_executor_subscribe(
+        &mut self,
+        now: Now,
+        request: pb::ExecutorSubscribeRequest,
+        subscription: SubscriptionId,
+        reply: ReplyId,
+    ) {
+        self.now = now;
+        let result = self.subscribe(request, subscription);
+        self.push(Effect::Answer { reply, result });
     }
 
-    fn on_executor_subscribe(
+    /// An executor's `Update` call.
+    pub(crate) fn on_executor_update(
+        &mut self,
+        now: Now,
+        call: pb::ExecutorUpdateCall,
+        reply: ReplyId,
+    ) {
+        self.now = now;
+        let result = self.update(call);
+        self.push(Effect::Answer { reply, result });
+    }
+
+    /// An executor's `Message` call.
+    pub(crate) fn on_executor_message(
+        &mut self,
+        now: Now,
+        call: pb::ExecutorMessageCall,
+        reply: ReplyId,
+    ) {
+        self.now = now;
+        let result = self.message(call);
+        self.push(Effect::Answer { reply, result });
+    }
+
+    fn subscribe(
         &mut self,
         request: pb::ExecutorSubscribeRequest,
-        events: EventSender,
-        pending_messages: std::sync::Arc<std::sync::atomic::AtomicUsize>,
-    ) -> Result<(), Status> {
+        subscription: SubscriptionId,
+    ) -> Result<(), Refusal> {
         let ekey = request_ids(request.framework_id, request.executor_id)?;
         let generation = self.executors.next();
         let agent_id = self.agent_id.clone();
         let Some(entry) = self.executors.entries.get_mut(&ekey) else {
-            return Err(Status::not_found(format!(
+            return Err(Refusal::NotFound(format!(
                 "executor {} of framework {} is not running on this agent",
                 ekey.executor_id().unwrap_or_default(),
                 ekey.framework_id
             )));
         };
         if entry.phase == Phase::Launching {
-            return Err(Status::unavailable(
-                "the executor's container is still starting; subscribe again",
+            return Err(Refusal::Unavailable(
+                "the executor's container is still starting; subscribe again".into(),
             ));
         }
-        if let Some(old) = entry.subscriber.take() {
-            let _ = old.events.send(Err(Status::aborted(
-                "a newer subscription of the same executor replaced this one",
-            )));
-        }
+        let old = entry.subscriber.replace(subscription);
         tracing::info!(executor = %ekey, "executor subscribed");
-        entry.subscriber = Some(Subscriber {
-            events,
-            pending_messages,
-        });
         entry.generation = generation;
         let launched: BTreeSet<TaskId> = request.launched_tasks.into_iter().collect();
         entry.sent = entry.tasks.intersection(&launched).cloned().collect();
@@ -104,17 +115,27 @@ impl AgentLoop {
                 framework_info: entry.checkpoint.framework_info.clone(),
             },
         ));
-        // Events queued for an earlier subscription must not reach this one before its
-        // SUBSCRIBED; what they said is said again (launches, kills) or answered again
-        // (acknowledgements of resent updates).
-        self.executors.outbox.retain(|(k, _)| k != &ekey);
-        self.executors.outbox.push((ekey.clone(), subscribed));
+        if let Some(old) = old {
+            // Events staged for the earlier subscription are not delivered: what they said
+            // is said again (launches, kills) or answered again (acknowledgements of
+            // resent updates).
+            self.retain_effects(
+                |e| !matches!(e, Effect::ToExecutor { subscription, .. } if *subscription == old),
+            );
+            self.push(Effect::EndSubscription {
+                subscription: old,
+                why: Refusal::Aborted(
+                    "a newer subscription of the same executor replaced this one".into(),
+                ),
+            });
+        }
+        self.tell_executor(&ekey, subscribed);
         let entry = self.executors.entries.get_mut(&ekey).expect("found above");
         if entry.phase == Phase::ShuttingDown {
-            self.executors.outbox.push((
-                ekey.clone(),
+            self.tell_executor(
+                &ekey,
                 event(executor_event::Event::Shutdown(executor_event::Shutdown {})),
-            ));
+            );
             self.schedule(&ekey, generation, TimerKind::Shutdown, SHUTDOWN_GRACE);
             return Ok(());
         }
@@ -150,16 +171,16 @@ impl AgentLoop {
         &mut self,
         ekey: &TaskKey,
         what: &str,
-    ) -> Result<&mut ExecutorEntry, Status> {
+    ) -> Result<&mut ExecutorEntry, Refusal> {
         let Some(entry) = self.executors.entries.get_mut(ekey) else {
-            return Err(Status::not_found(format!(
+            return Err(Refusal::NotFound(format!(
                 "executor {} of framework {} is not running on this agent",
                 ekey.executor_id().unwrap_or_default(),
                 ekey.framework_id
             )));
         };
         if entry.subscriber.is_none() {
-            return Err(Status::unavailable(format!(
+            return Err(Refusal::Unavailable(format!(
                 "the executor is not subscribed; subscribe (again) before sending {what}"
             )));
         }
@@ -168,18 +189,18 @@ impl AgentLoop {
 
     /// An executor's message to its framework: relayed once through the master, best
     /// effort. Only a subscribed executor may send; without a master it cannot go.
-    fn on_executor_message(&mut self, call: pb::ExecutorMessageCall) -> Result<(), Status> {
+    fn message(&mut self, call: pb::ExecutorMessageCall) -> Result<(), Refusal> {
         let ekey = request_ids(call.framework_id, call.executor_id)?;
         let executor_id = ekey.executor_id().unwrap_or_default();
         if call.data.len() > drover_proto::MAX_EXECUTOR_MESSAGE_BYTES {
-            return Err(Status::invalid_argument(format!(
+            return Err(Refusal::InvalidArgument(format!(
                 "the message's data of {} bytes is over the limit of {} bytes",
                 call.data.len(),
                 drover_proto::MAX_EXECUTOR_MESSAGE_BYTES
             )));
         }
+        let now = self.now.instant;
         let entry = self.subscribed_entry(&ekey, "messages")?;
-        let now = tokio::time::Instant::now();
         let (start, count) = match entry.message_window {
             Some((start, count)) if now.duration_since(start) < Duration::from_secs(1) => {
                 (start, count)
@@ -187,7 +208,7 @@ impl AgentLoop {
             _ => (now, 0),
         };
         if count >= MAX_MESSAGES_PER_SECOND {
-            return Err(Status::resource_exhausted(format!(
+            return Err(Refusal::ResourceExhausted(format!(
                 "an executor may send its framework at most {MAX_MESSAGES_PER_SECOND} messages \
                  per second; send again shortly"
             )));
@@ -202,51 +223,54 @@ impl AgentLoop {
                 },
             )),
         };
-        if !self.send_to_master(message) {
-            return Err(Status::unavailable(
-                "the agent has no master right now; send the message again later",
+        if self.master.is_none() {
+            return Err(Refusal::Unavailable(
+                "the agent has no master right now; send the message again later".into(),
             ));
         }
+        self.push(Effect::Send(message));
         Ok(())
     }
 
-    fn on_executor_update(&mut self, call: pb::ExecutorUpdateCall) -> Result<(), Status> {
+    fn update(&mut self, call: pb::ExecutorUpdateCall) -> Result<(), Refusal> {
         let ekey = request_ids(call.framework_id, call.executor_id)?;
         let executor_id = ekey.executor_id().unwrap_or_default();
         self.subscribed_entry(&ekey, "updates")?;
         let Some(status) = call.status else {
-            return Err(Status::invalid_argument("the update carries no status"));
+            return Err(Refusal::InvalidArgument(
+                "the update carries no status".into(),
+            ));
         };
         let task_id = status.task_id.clone().unwrap_or_default();
-        validate_id("task", task_id.as_str()).map_err(Status::invalid_argument)?;
+        validate_id("task", task_id.as_str()).map_err(Refusal::InvalidArgument)?;
         let key = TaskKey {
             framework_id: ekey.framework_id.clone(),
             task_id: task_id.clone(),
         };
         let Some(task) = self.tasks.get(&key) else {
-            return Err(Status::not_found(format!(
+            return Err(Refusal::NotFound(format!(
                 "task {task_id} is not known to this agent"
             )));
         };
         if executor_id_of(&task.checkpoint.task).as_ref() != Some(&executor_id) {
-            return Err(Status::permission_denied(format!(
+            return Err(Refusal::PermissionDenied(format!(
                 "task {task_id} is not run by executor {executor_id}"
             )));
         }
         let state = TaskState::try_from(status.state).unwrap_or(TaskState::Unspecified);
         if !reportable(state) {
-            return Err(Status::invalid_argument(format!(
+            return Err(Refusal::InvalidArgument(format!(
                 "an executor may report STARTING, RUNNING, KILLING, FINISHED, FAILED, KILLED or ERROR, not {}",
                 states::name(state)
             )));
         }
         if status.uuid.len() != 16 {
-            return Err(Status::invalid_argument(
-                "the update needs a 16-byte uuid (the SDK's driver sets one)",
+            return Err(Refusal::InvalidArgument(
+                "the update needs a 16-byte uuid (the SDK's driver sets one)".into(),
             ));
         }
         if status.data.len() > MAX_DATA_BYTES {
-            return Err(Status::invalid_argument(format!(
+            return Err(Refusal::InvalidArgument(format!(
                 "the update's data is larger than {MAX_DATA_BYTES} bytes"
             )));
         }
@@ -268,7 +292,7 @@ impl AgentLoop {
                     uuid: status.uuid,
                 },
             ));
-            self.executors.outbox.push((ekey, ack));
+            self.tell_executor(&ekey, ack);
             return Ok(());
         }
         if task.terminal {
@@ -276,7 +300,7 @@ impl AgentLoop {
                 // A resend of the terminal update, already acknowledged.
                 return Ok(());
             }
-            return Err(Status::failed_precondition(format!(
+            return Err(Refusal::FailedPrecondition(format!(
                 "task {task_id} has already ended ({})",
                 states::name(self.latest_state(&key))
             )));
@@ -298,7 +322,7 @@ impl AgentLoop {
             reason: reason as i32,
             agent_id: self.agent_id.clone(),
             executor_id: Some(executor_id.clone()),
-            timestamp: drover_proto::unix_seconds(),
+            timestamp: self.now.unix_seconds,
             uuid: status.uuid,
             healthy: status.healthy,
             check_status: None,
@@ -347,36 +371,14 @@ impl AgentLoop {
             acked.push(uuid.to_vec());
         }
         let ekey = TaskKey::executor(&key.framework_id, executor_id);
-        if !self.executors.entries.contains_key(&ekey) {
-            return;
-        }
-        self.executors.outbox.push((
-            ekey,
+        self.tell_executor(
+            &ekey,
             event(executor_event::Event::Acknowledged(
                 executor_event::Acknowledged {
                     task_id: Some(key.task_id.clone()),
                     uuid: uuid.to_vec(),
                 },
             )),
-        ));
-    }
-
-    /// After the durability point: events to executors and answers to their calls.
-    pub(crate) fn flush_executors(&mut self) {
-        for (ekey, ev) in std::mem::take(&mut self.executors.outbox) {
-            let Some(entry) = self.executors.entries.get_mut(&ekey) else {
-                continue;
-            };
-            let Some(s) = &entry.subscriber else {
-                continue;
-            };
-            if s.events.send(Ok(ev)).is_err() {
-                tracing::info!(executor = %ekey, "the executor's stream closed");
-                entry.subscriber = None;
-            }
-        }
-        for (reply, result) in std::mem::take(&mut self.executors.replies) {
-            let _ = reply.send(result);
-        }
+        );
     }
 }

@@ -31,14 +31,8 @@
 //! `calls.rs` handles the executor's calls and what goes back to it; `recovery.rs`, its
 //! checkpoint and its return after an agent restart.
 
-// The handlers answer executors' calls with a `tonic::Status`, built once per call and
-// moved straight into the answer; boxing it would only add an allocation.
-#![allow(clippy::result_large_err)]
-
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use drover_proto::ids::validate_id;
 mod calls;
@@ -48,12 +42,10 @@ use drover_proto::pb::{
     self, executor_event, task_status::Reason, task_status::Source, ExecutorEvent, TaskState,
 };
 use drover_proto::{ExecutorId, FrameworkId, TaskId};
-use tonic::Status;
 
+use super::core::{AgentCore, Effect, Launch, SubscriptionId};
 use super::recovery::RecoveredTask;
-use super::state::{AgentLoop, Event};
 pub use crate::api::ExecutorRequest;
-use crate::api::{Answer, EventSender};
 use crate::containerizer::{terminal_status, LaunchSpec, Termination};
 use crate::error::AgentError;
 use crate::journal::{Record, TaskCheckpoint};
@@ -72,9 +64,24 @@ pub const MAX_PENDING_MESSAGES: usize = 64;
 /// one stream to the master with every task's status updates, so an executor (user
 /// code) must not be able to flood it; beyond, `Message` answers RESOURCE_EXHAUSTED.
 pub const MAX_MESSAGES_PER_SECOND: u32 = 100;
-/// A timer of an executor (see the module docs), delivered as an [`Event`].
+/// Why the agent refuses an executor's call, or ends its subscription: the kinds of
+/// refusal the `Executor` service tells apart (the driver maps each to a gRPC code).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    NotFound(String),
+    InvalidArgument(String),
+    /// Retryable: subscribe (again), or send later.
+    Unavailable(String),
+    PermissionDenied(String),
+    FailedPrecondition(String),
+    ResourceExhausted(String),
+    /// The subscription ended (replaced by a newer one, or the container ended).
+    Aborted(String),
+}
+
+/// A timer of an executor (see the module docs), set with [`Effect::Timer`].
 #[derive(Debug, Clone)]
-pub struct Timer {
+pub(crate) struct Timer {
     key: TaskKey,
     generation: u64,
     kind: TimerKind,
@@ -95,11 +102,6 @@ enum Phase {
     ShuttingDown,
 }
 
-struct Subscriber {
-    events: EventSender,
-    pending_messages: Arc<AtomicUsize>,
-}
-
 struct ExecutorEntry {
     checkpoint: TaskCheckpoint,
     info: pb::ExecutorInfo,
@@ -110,7 +112,8 @@ struct ExecutorEntry {
     sent: BTreeSet<TaskId>,
     /// Tasks a kill was asked for, with its reason.
     killing: BTreeMap<TaskId, Reason>,
-    subscriber: Option<Subscriber>,
+    /// The current subscription (the driver holds its stream).
+    subscriber: Option<SubscriptionId>,
     /// Its container exists and is watched.
     watched: bool,
     /// Changes whenever a pending timer must no longer act.
@@ -118,16 +121,13 @@ struct ExecutorEntry {
     timed_out: bool,
     /// The executor's messages to its framework in the current one-second window: when
     /// it began and how many (see [`MAX_MESSAGES_PER_SECOND`]).
-    message_window: Option<(tokio::time::Instant, u32)>,
+    message_window: Option<(Instant, u32)>,
 }
 
-/// The agent loop's executor table, its events to send and its answers to give once the
-/// batch is durable.
+/// The core's executor table.
 #[derive(Default)]
 pub(crate) struct Executors {
     entries: BTreeMap<TaskKey, ExecutorEntry>,
-    outbox: Vec<(TaskKey, ExecutorEvent)>,
-    replies: Vec<(Answer, Result<(), Status>)>,
     counter: u64,
     /// Uuids of the acknowledged updates of executors' live tasks (the latest few per
     /// task, in memory only): a resend of one after a reconnection is answered with its
@@ -144,6 +144,11 @@ impl Executors {
     /// Whether the custom executor of `ekey` ([`TaskKey::executor`]) is starting or runs.
     pub(crate) fn runs(&self, ekey: &TaskKey) -> bool {
         self.entries.contains_key(ekey)
+    }
+
+    /// The keys of the executors the agent runs or is starting.
+    pub(crate) fn keys(&self) -> impl Iterator<Item = &TaskKey> {
+        self.entries.keys()
     }
 
     /// The keys of the executors whose containers run and are watched.
@@ -208,7 +213,7 @@ fn same_executor(a: &pb::ExecutorInfo, b: &pb::ExecutorInfo) -> bool {
     strip(a) == strip(b)
 }
 
-fn executor_id_of(task: &pb::TaskInfo) -> Option<ExecutorId> {
+pub(crate) fn executor_id_of(task: &pb::TaskInfo) -> Option<ExecutorId> {
     custom_executor(task).map(|e| e.executor_id.clone().unwrap_or_default())
 }
 
@@ -216,21 +221,7 @@ fn event(e: executor_event::Event) -> ExecutorEvent {
     ExecutorEvent { event: Some(e) }
 }
 
-impl AgentLoop {
-    /// Every key whose folders must stay: the tasks the agent tracks, the custom
-    /// executors it runs, and the executor of every tracked task (its sandbox holds the
-    /// task's output until the task is acknowledged and forgotten).
-    pub(crate) fn known_keys(&self) -> Vec<TaskKey> {
-        let mut keys: BTreeSet<TaskKey> = self.tasks.keys().cloned().collect();
-        keys.extend(self.executors.entries.keys().cloned());
-        for (key, entry) in &self.tasks {
-            if let Some(id) = executor_id_of(&entry.checkpoint.task) {
-                keys.insert(TaskKey::executor(&key.framework_id, &id));
-            }
-        }
-        keys.into_iter().collect()
-    }
-
+impl AgentCore {
     /// `run_task` of a task that names a CUSTOM executor (already validated and
     /// checkpointed, in the task table): it joins its running executor, or starts one.
     pub(crate) fn run_on_executor(
@@ -354,14 +345,18 @@ impl AgentLoop {
             return Ok(());
         }
         tracing::info!(executor = %ekey, task = %key, "starting a custom executor");
-        self.launches.push(LaunchSpec {
-            key: ekey.clone(),
-            task: self.as_launched(&cp),
-            agent_id: self.agent_id.clone().unwrap_or_default(),
-            sandbox,
-            meta,
-            group: None,
-        });
+        self.launching.insert(ekey.clone());
+        self.push(Effect::Launch(Box::new(Launch {
+            spec: LaunchSpec {
+                key: ekey.clone(),
+                task: self.as_launched(&cp),
+                agent_id: self.agent_id.clone().unwrap_or_default(),
+                sandbox,
+                meta,
+                group: None,
+            },
+            holder: None,
+        })));
         let generation = self.executors.next();
         self.executors.entries.insert(
             ekey,
@@ -390,12 +385,23 @@ impl AgentLoop {
             return;
         };
         entry.sent.insert(key.task_id.clone());
-        self.executors.outbox.push((
-            ekey.clone(),
+        self.tell_executor(
+            ekey,
             event(executor_event::Event::Launch(executor_event::Launch {
                 task: Some(task),
             })),
-        ));
+        );
+    }
+
+    /// An event for the executor's current subscription (none: it is not told).
+    fn tell_executor(&mut self, ekey: &TaskKey, event: ExecutorEvent) {
+        let subscription = self.executors.entries.get(ekey).and_then(|e| e.subscriber);
+        if let Some(subscription) = subscription {
+            self.push(Effect::ToExecutor {
+                subscription,
+                event: Box::new(event),
+            });
+        }
     }
 
     /// The container of an executor started (or could not).
@@ -403,7 +409,7 @@ impl AgentLoop {
         match result {
             Ok(()) => {
                 self.metrics.task_launched();
-                self.watch(ekey);
+                self.push(Effect::Watch(ekey.clone()));
                 let generation = self.executors.next();
                 let timeout = self.settings.executor_registration_timeout;
                 let Some(entry) = self.executors.entries.get_mut(ekey) else {
@@ -462,10 +468,11 @@ impl AgentLoop {
             how
         };
         tracing::info!(executor = %ekey, live_tasks = entry.tasks.len(), "the executor ended: {how}");
-        if let Some(s) = &entry.subscriber {
-            let _ = s
-                .events
-                .send(Err(Status::aborted("the executor's container ended")));
+        if let Some(subscription) = entry.subscriber {
+            self.push(Effect::EndSubscription {
+                subscription,
+                why: Refusal::Aborted("the executor's container ended".into()),
+            });
         }
         for task_id in &entry.tasks {
             let key = TaskKey {
@@ -561,13 +568,13 @@ impl AgentLoop {
                 .get(key)
                 .and_then(|t| t.checkpoint.task.kill_policy)
         });
-        self.executors.outbox.push((
-            ekey.clone(),
+        self.tell_executor(
+            ekey,
             event(executor_event::Event::Kill(executor_event::Kill {
                 task_id: Some(key.task_id.clone()),
                 kill_policy: policy,
             })),
-        ));
+        );
     }
 
     /// Asks an executor to exit (SHUTDOWN, then a kill after [`SHUTDOWN_GRACE`]); one
@@ -584,10 +591,10 @@ impl AgentLoop {
         entry.phase = Phase::ShuttingDown;
         entry.generation = generation;
         if entry.subscriber.is_some() {
-            self.executors.outbox.push((
-                ekey.clone(),
+            self.tell_executor(
+                ekey,
                 event(executor_event::Event::Shutdown(executor_event::Shutdown {})),
-            ));
+            );
             self.schedule(ekey, generation, TimerKind::Shutdown, SHUTDOWN_GRACE);
         } else if entry.watched {
             self.kill_executor_container(ekey);
@@ -596,7 +603,9 @@ impl AgentLoop {
     }
 
     /// A framework's message to one of its custom executors: handed to the subscribed
-    /// executor once; dropped (best effort, as in Mesos) when it is not subscribed.
+    /// executor once; dropped (best effort, as in Mesos) when it is not subscribed. (The
+    /// driver drops it too when [`MAX_PENDING_MESSAGES`] wait on the executor's stream:
+    /// that count belongs to the stream.)
     pub(crate) fn on_framework_message(&mut self, m: pb::master_message::FrameworkMessage) {
         let fw = m.framework_id.unwrap_or_default();
         let executor_id = m.executor_id.unwrap_or_default();
@@ -607,29 +616,22 @@ impl AgentLoop {
             return;
         }
         let ekey = TaskKey::executor(&fw, &executor_id);
-        let subscriber = self
+        let subscribed = self
             .executors
             .entries
             .get(&ekey)
             .filter(|e| e.phase != Phase::ShuttingDown)
-            .and_then(|e| e.subscriber.as_ref());
-        match subscriber {
-            Some(s) if s.pending_messages.load(Ordering::Relaxed) >= MAX_PENDING_MESSAGES => {
-                tracing::warn!(executor = %ekey, "dropping a framework message: {MAX_PENDING_MESSAGES} are already waiting for the executor to read them");
-            }
-            Some(s) => {
-                s.pending_messages.fetch_add(1, Ordering::Relaxed);
-                self.executors.outbox.push((
-                    ekey,
-                    event(executor_event::Event::Message(executor_event::Message {
-                        data: m.data,
-                    })),
-                ));
-            }
-            _ => {
-                tracing::debug!(executor = %ekey, "dropping a framework message: the executor is not subscribed here")
-            }
+            .is_some_and(|e| e.subscriber.is_some());
+        if !subscribed {
+            tracing::debug!(executor = %ekey, "dropping a framework message: the executor is not subscribed here");
+            return;
         }
+        self.tell_executor(
+            &ekey,
+            event(executor_event::Event::Message(executor_event::Message {
+                data: m.data,
+            })),
+        );
     }
 
     /// The framework's SHUTDOWN of one of its executors. A custom executor is asked to
@@ -637,14 +639,14 @@ impl AgentLoop {
     /// framework asked for it), not as failed. The tasks of a task group (the built-in
     /// default executor) are killed. An executor the agent does not run is ignored: the
     /// master checked what it knew, and the executor may have ended since.
-    pub(crate) async fn on_shutdown_executor(
+    pub(crate) fn on_shutdown_executor(
         &mut self,
         framework_id: &FrameworkId,
         executor_id: &ExecutorId,
-    ) -> Result<(), AgentError> {
+    ) {
         if let Err(e) = validate_id("executor", executor_id.as_str()) {
             tracing::warn!(framework = %framework_id, "ignoring a shutdown of a bad executor id: {e}");
-            return Ok(());
+            return;
         }
         let ekey = TaskKey::executor(framework_id, executor_id);
         if let Some(entry) = self.executors.entries.get_mut(&ekey) {
@@ -656,7 +658,7 @@ impl AgentLoop {
                     .or_insert(Reason::KilledByFramework);
             }
             self.shut_down_executor(&ekey);
-            return Ok(());
+            return;
         }
         let group: Vec<TaskKey> = self
             .tasks
@@ -671,14 +673,12 @@ impl AgentLoop {
             .collect();
         if group.is_empty() {
             tracing::info!(executor = %ekey, "shutdown of an executor this agent does not run; ignored");
-            return Ok(());
+            return;
         }
         tracing::info!(executor = %ekey, tasks = group.len(), "the framework shuts its task group down");
         for key in group {
-            self.on_kill_task(&key, None, Reason::KilledByFramework)
-                .await?;
+            self.on_kill_task(&key, None, Reason::KilledByFramework);
         }
-        Ok(())
     }
 
     /// `ShutdownFramework`: its executors are shut down (after its tasks were killed).
@@ -709,36 +709,31 @@ impl AgentLoop {
         }
     }
 
-    fn kill_executor_container(&self, ekey: &TaskKey) {
-        let containerizer = self.containerizer.clone();
-        let grace = self.settings.default_grace;
-        let ekey = ekey.clone();
+    fn kill_executor_container(&mut self, ekey: &TaskKey) {
         tracing::info!(executor = %ekey, "killing the executor's container");
         // The outcome arrives through the container's waiter.
-        tokio::spawn(async move {
-            if let Err(e) = containerizer
-                .kill(&ekey, grace, Reason::ExecutorTerminated)
-                .await
-            {
-                tracing::error!(executor = %ekey, "kill failed: {e}");
-            }
+        self.push(Effect::Kill {
+            key: ekey.clone(),
+            grace: self.settings.default_grace,
+            reason: Reason::ExecutorTerminated,
         });
     }
 
-    fn schedule(&self, ekey: &TaskKey, generation: u64, kind: TimerKind, after: Duration) {
-        let events = self.events_tx.clone();
+    fn schedule(&mut self, ekey: &TaskKey, generation: u64, kind: TimerKind, after: Duration) {
         let timer = Timer {
             key: ekey.clone(),
             generation,
             kind,
         };
-        tokio::spawn(async move {
-            tokio::time::sleep(after).await;
-            let _ = events.send(Event::ExecutorTimer(timer)).await;
+        self.push(Effect::Timer {
+            at: self.now.instant + after,
+            timer,
         });
     }
 
-    pub(crate) fn on_executor_timer(&mut self, timer: Timer) {
+    /// A timer set with [`Effect::Timer`] is due.
+    pub(crate) fn on_timer(&mut self, now: super::core::Now, timer: Timer) {
+        self.now = now;
         let Some(entry) = self.executors.entries.get_mut(&timer.key) else {
             return;
         };
@@ -764,6 +759,16 @@ impl AgentLoop {
                 }
                 tracing::warn!(executor = %timer.key, task = %task_id, "the executor did not end the killed task in time; killing the executor");
                 self.kill_executor_container(&timer.key);
+            }
+        }
+    }
+
+    /// The driver found a subscription's stream closed: the executor is no longer
+    /// subscribed (it subscribes again, or its container ends).
+    pub(crate) fn on_subscription_closed(&mut self, subscription: SubscriptionId) {
+        for entry in self.executors.entries.values_mut() {
+            if entry.subscriber == Some(subscription) {
+                entry.subscriber = None;
             }
         }
     }

@@ -7,12 +7,10 @@ use drover_proto::pb::{task_status::Reason, task_status::Source, TaskState};
 
 use super::*;
 use crate::containerizer::Recovered;
-use crate::error::{AgentError, IoContext};
-use crate::fsutil::create_dir_all_durable;
 use crate::journal::Record;
 use crate::layout::TaskKey;
 
-impl AgentLoop {
+impl AgentCore {
     /// The checkpoint records of running executors, for the log's compaction.
     pub(crate) fn executor_records(&self) -> Vec<Record> {
         self.executors
@@ -25,52 +23,39 @@ impl AgentLoop {
             .collect()
     }
 
-    /// Recovery, first step: reattaches to the executors' containers and returns the
-    /// other recovered entries (tasks).
-    pub(crate) async fn recover_executors(
-        &mut self,
-        found: Vec<RecoveredTask>,
-    ) -> Result<Vec<RecoveredTask>, AgentError> {
-        let (executors, tasks): (Vec<_>, Vec<_>) = found
-            .into_iter()
-            .partition(|f| f.key.executor_id().is_some());
-        for f in executors {
-            let ekey = f.key;
-            let meta = self.layout.task_meta(&ekey);
-            create_dir_all_durable(meta.dir())
-                .ctx(|| format!("creating {}", meta.dir().display()))?;
-            let recovered = self.containerizer.recover(&ekey).await?;
-            if recovered == Recovered::NeverStarted {
-                tracing::info!(executor = %ekey, "the executor never started");
-                self.journal.stage(&Record::Completed { key: ekey });
-                continue;
-            }
-            let info = f.checkpoint.task.executor.clone().unwrap_or_default();
-            let generation = self.executors.next();
-            self.executors.entries.insert(
-                ekey.clone(),
-                ExecutorEntry {
-                    checkpoint: f.checkpoint,
-                    info,
-                    phase: Phase::Registering,
-                    tasks: BTreeSet::new(),
-                    sent: BTreeSet::new(),
-                    killing: BTreeMap::new(),
-                    subscriber: None,
-                    watched: true,
-                    generation,
-                    timed_out: false,
-                    message_window: None,
-                },
-            );
-            tracing::info!(executor = %ekey, ?recovered, "recovered an executor; waiting for it to subscribe again");
-            self.watch(&ekey);
-            if recovered == Recovered::Running {
-                let timeout = self.settings.executor_registration_timeout;
-                self.schedule(&ekey, generation, TimerKind::Registration, timeout);
-            }
+    /// Recovery, first step, for each executor found in the log: what its container's
+    /// probe found decides whether it is waited for again.
+    pub(crate) fn recover_executor(&mut self, f: RecoveredTask, recovered: Recovered) {
+        let ekey = f.key;
+        if recovered == Recovered::NeverStarted {
+            tracing::info!(executor = %ekey, "the executor never started");
+            self.journal.stage(&Record::Completed { key: ekey });
+            return;
         }
-        Ok(tasks)
+        let info = f.checkpoint.task.executor.clone().unwrap_or_default();
+        let generation = self.executors.next();
+        self.executors.entries.insert(
+            ekey.clone(),
+            ExecutorEntry {
+                checkpoint: f.checkpoint,
+                info,
+                phase: Phase::Registering,
+                tasks: BTreeSet::new(),
+                sent: BTreeSet::new(),
+                killing: BTreeMap::new(),
+                subscriber: None,
+                watched: true,
+                generation,
+                timed_out: false,
+                message_window: None,
+            },
+        );
+        tracing::info!(executor = %ekey, ?recovered, "recovered an executor; waiting for it to subscribe again");
+        self.push(Effect::Watch(ekey.clone()));
+        if recovered == Recovered::Running {
+            let timeout = self.settings.executor_registration_timeout;
+            self.schedule(&ekey, generation, TimerKind::Registration, timeout);
+        }
     }
 
     /// Recovery of a task that is not terminal: true when it runs on a custom executor
