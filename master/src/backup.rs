@@ -110,26 +110,26 @@ impl Backup {
     }
 
     /// Checks a backup's bytes; the error says what is wrong with them.
-    fn parse(bytes: &[u8]) -> std::result::Result<Self, String> {
+    fn parse(bytes: &[u8]) -> Result<Self> {
         let mut parts = bytes.splitn(3, |b| *b == b'\n');
         let magic = parts.next().unwrap_or_default();
         if magic != MAGIC.as_bytes() {
-            return Err(format!("it does not start with '{MAGIC}'"));
+            return Err(unusable!("it does not start with '{MAGIC}'"));
         }
         let header: BackupHeader = serde_json::from_slice(parts.next().unwrap_or_default())
-            .map_err(|e| format!("its header is not valid: {e}"))?;
+            .map_err(|e| unusable!("its header is not valid: {e}"))?;
         let registry = parts.next().unwrap_or_default().to_vec();
         if registry.len() as u64 != header.size {
-            return Err(format!(
+            return Err(unusable!(
                 "it holds {} registry bytes, its header says {} (truncated?)",
                 registry.len(),
                 header.size
             ));
         }
         if sha256_hex(&registry) != header.sha256 {
-            return Err("its checksum does not match (corrupted)".into());
+            return Err(unusable!("its checksum does not match (corrupted)"));
         }
-        Registry::from_snapshot(&registry)?;
+        Registry::from_snapshot(&registry).map_err(MasterError::Backup)?;
         Ok(Self { header, registry })
     }
 }
