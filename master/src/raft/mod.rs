@@ -3,7 +3,8 @@
 //! - [`storage`]: [`LogStore`], what the node writes (append, hard state, commit,
 //!   snapshot, `sync`), on RocksDB for the daemon and in memory for tests and the
 //!   simulator; raft-rs's `Storage` over either.
-//! - [`ready`]: handling one raft-rs `Ready`, a synchronous step function.
+//! - [`ready`]: handling one raft-rs `Ready`, a synchronous step (store, sync, send, and
+//!   what the state machine must apply).
 //! - [`node`]: the dedicated Raft thread, proposals with (index, term) tracking, apply,
 //!   registry snapshots serialised off the thread.
 //! - [`transport`]: Raft messages to the other masters over gRPC, one bounded queue and

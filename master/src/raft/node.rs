@@ -7,7 +7,7 @@
 //! If leadership changes first, the entry may be overwritten; the caller then gets
 //! `ProposeError::Unavailable` and must reconcile rather than retry blindly.
 //!
-//! Each `Ready` is handled by [`super::ready::step`]; this module applies what it hands
+//! Each `Ready` is handled through [`super::ready`]; this module applies what it hands
 //! back to the registry. Every [`SNAPSHOT_EVERY`] entries the registry is copied at the
 //! applied index and serialised on a thread of its own, so that a large registry does
 //! not hold up heartbeats; the bytes come back to the Raft thread, which stores them as
@@ -631,15 +631,19 @@ impl<T: Transport, S: LogStore> Node<T, S> {
 
     fn on_ready(&mut self) -> Result<()> {
         self.poll_snapshot(false)?;
-        let Some(step) = ready::step(&mut self.raw, &mut self.transport)? else {
+        let Some(mut step) = ready::step(&mut self.raw, &mut self.transport)? else {
             self.publish_role();
             self.publish_members();
             return Ok(());
         };
-        if let Some(snap) = step.snapshot {
+        if let Some(snap) = step.snapshot.take() {
             self.install(&snap)?;
         }
-        self.apply(step.committed)?;
+        // Entries already committed and durable here are applied (and their proposals
+        // answered) before this Ready's fsync.
+        self.apply(std::mem::take(&mut step.committed))?;
+        let committed = step.persist(&mut self.raw, &mut self.transport)?;
+        self.apply(committed)?;
         ready::finish(&mut self.raw)?;
         self.progress
             .commit

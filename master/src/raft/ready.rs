@@ -2,12 +2,17 @@
 //! [`Transport`], which the Raft thread calls after every input and a simulation can call
 //! in a loop of its own.
 //!
-//! [`step`] does the storage half in the order raft-rs requires: send the messages that
-//! need nothing durable, store the leader's snapshot, append the entries and the hard
-//! state and `sync` once, only then send the messages that promise them, advance, record
-//! the new commit index and send the leader's next messages. It hands back what the state
-//! machine must do: install the snapshot, apply the committed entries in order, and then
-//! call [`finish`] (which tells raft-rs they are applied and syncs what applying wrote).
+//! Handling a `Ready` takes three calls, in the order raft-rs requires:
+//! 1. [`step`] sends the messages that need nothing durable (a leader's appends, so that
+//!    replication overlaps its own fsync), stores the leader's snapshot, and hands back
+//!    that snapshot and the entries already committed and durable here: the state machine
+//!    installs the one and may apply the others now, before the fsync below;
+//! 2. [`Step::persist`] appends the new entries and the hard state and syncs once (group
+//!    commit), only then sends the messages that promise them (votes, acknowledgements),
+//!    advances, records the new commit index and sends the leader's next messages; it
+//!    returns the entries still to apply, in order;
+//! 3. [`finish`], once they are applied, tells raft-rs so and syncs what applying wrote
+//!    (membership).
 
 use raft::prelude::{Entry, Snapshot};
 use raft::RawNode;
@@ -16,19 +21,19 @@ use super::node::Transport;
 use super::storage::{LogStore, RaftStorage};
 use crate::error::Result;
 
-/// What the state machine must do after a [`step`], in this order.
-#[derive(Debug, Default)]
+/// One `Ready` being handled. Take [`Step::snapshot`] (install it first) and
+/// [`Step::committed`] (apply them in order), then call [`Step::persist`].
 pub struct Step {
+    ready: raft::Ready,
     /// A snapshot from the leader, already stored: the state machine becomes it (it
     /// replaces everything applied before).
     pub snapshot: Option<Snapshot>,
-    /// Entries committed and durable here, to apply in order after the snapshot. Then
-    /// call [`finish`].
+    /// Entries committed and durable here, to apply in order after the snapshot. Any left
+    /// here are returned by [`Step::persist`], ahead of the entries it commits.
     pub committed: Vec<Entry>,
 }
 
-/// Handles one `Ready` if raft-rs has one (None otherwise): writes and syncs the store,
-/// hands messages to `transport`, and returns what the state machine must apply.
+/// Starts handling one `Ready` if raft-rs has one (None otherwise).
 pub fn step<S: LogStore>(
     raw: &mut RawNode<RaftStorage<S>>,
     transport: &mut impl Transport,
@@ -42,37 +47,59 @@ pub fn step<S: LogStore>(
     if !ready.messages().is_empty() {
         transport.send(ready.take_messages());
     }
-    let mut out = Step::default();
+    let mut snapshot = None;
     if !ready.snapshot().is_empty() {
         let snap = ready.snapshot().clone();
         raw.mut_store().apply_snapshot(&snap)?;
-        out.snapshot = Some(snap);
+        snapshot = Some(snap);
     }
-    out.committed = ready.take_committed_entries();
-    raw.mut_store().append(ready.entries())?;
-    if let Some(hs) = ready.hs() {
-        raw.mut_store().set_hard_state(hs)?;
-    }
-    // Group commit: one sync for everything this Ready (and the inputs drained before
-    // it) wrote.
-    raw.mut_store().sync()?;
-    // Votes and append acknowledgements: only now is what they promise durable.
-    if !ready.persisted_messages().is_empty() {
-        transport.send(ready.take_persisted_messages());
-    }
-    let mut light = raw.advance_append(ready);
-    if let Some(commit) = light.commit_index() {
-        raw.mut_store().set_commit(commit)?;
-    }
-    if !light.messages().is_empty() {
-        transport.send(light.take_messages());
-    }
-    out.committed.extend(light.take_committed_entries());
-    Ok(Some(out))
+    let committed = ready.take_committed_entries();
+    Ok(Some(Step {
+        ready,
+        snapshot,
+        committed,
+    }))
 }
 
-/// Ends a [`step`] once its snapshot is installed and its entries applied: raft-rs learns
-/// they are applied, and what applying wrote (membership) is synced.
+impl Step {
+    /// Writes the `Ready`'s entries and hard state, syncs, sends what waited for the sync
+    /// and advances raft-rs. Returns the entries to apply now, in order: those left in
+    /// [`Step::committed`], then those the advance committed. Then call [`finish`].
+    pub fn persist<S: LogStore>(
+        self,
+        raw: &mut RawNode<RaftStorage<S>>,
+        transport: &mut impl Transport,
+    ) -> Result<Vec<Entry>> {
+        let Step {
+            mut ready,
+            mut committed,
+            ..
+        } = self;
+        raw.mut_store().append(ready.entries())?;
+        if let Some(hs) = ready.hs() {
+            raw.mut_store().set_hard_state(hs)?;
+        }
+        // Group commit: one sync for everything this Ready (and the inputs drained before
+        // it) wrote.
+        raw.mut_store().sync()?;
+        // Votes and append acknowledgements: only now is what they promise durable.
+        if !ready.persisted_messages().is_empty() {
+            transport.send(ready.take_persisted_messages());
+        }
+        let mut light = raw.advance_append(ready);
+        if let Some(commit) = light.commit_index() {
+            raw.mut_store().set_commit(commit)?;
+        }
+        if !light.messages().is_empty() {
+            transport.send(light.take_messages());
+        }
+        committed.extend(light.take_committed_entries());
+        Ok(committed)
+    }
+}
+
+/// Ends handling a `Ready` once its snapshot is installed and its entries applied:
+/// raft-rs learns they are applied, and what applying wrote (membership) is synced.
 pub fn finish<S: LogStore>(raw: &mut RawNode<RaftStorage<S>>) -> Result<()> {
     raw.advance_apply();
     raw.mut_store().sync()
@@ -87,7 +114,7 @@ mod tests {
 
     use protobuf::Message as PbMessage;
     use raft::prelude::{
-        ConfChangeSingle, ConfChangeType, ConfChangeV2, ConfState, EntryType, Message,
+        ConfChangeSingle, ConfChangeType, ConfChangeV2, ConfState, EntryType, Message, MessageType,
         SnapshotMetadata,
     };
     use raft::{Config, StateRole, Storage};
@@ -137,15 +164,14 @@ mod tests {
             self.applied.join(&b'\n')
         }
 
-        /// One step and what the state machine does with it; the messages it sent.
+        /// One `Ready` handled, and what the state machine does with it; the messages it
+        /// sent.
         fn step(&mut self) -> Vec<Message> {
             let mut outbox = Outbox::default();
-            let Some(step) = step(&mut self.raw, &mut outbox).unwrap() else {
+            let Some(mut step) = step(&mut self.raw, &mut outbox).unwrap() else {
                 return outbox.0;
             };
-            // Whatever was sent after the entries went out only once they were synced.
-            assert!(!self.raw.store().has_unsynced());
-            if let Some(snap) = step.snapshot {
+            if let Some(snap) = step.snapshot.take() {
                 self.applied = snap
                     .get_data()
                     .split(|b| *b == b'\n')
@@ -155,7 +181,23 @@ mod tests {
                 self.applied_index = snap.get_metadata().index;
                 self.snapshots_installed += 1;
             }
-            for e in step.committed {
+            // What is already committed and durable is applied before the new entries'
+            // fsync, as the Raft thread does.
+            self.apply(std::mem::take(&mut step.committed));
+            let sent_before_sync = outbox.0.len();
+            let committed = step.persist(&mut self.raw, &mut outbox).unwrap();
+            // Whatever was sent after the entries went out only once they were synced.
+            assert!(!self.raw.store().has_unsynced());
+            assert!(outbox.0[..sent_before_sync]
+                .iter()
+                .all(|m| !needs_durable_log(m)));
+            self.apply(committed);
+            finish(&mut self.raw).unwrap();
+            outbox.0
+        }
+
+        fn apply(&mut self, entries: Vec<Entry>) {
+            for e in entries {
                 assert_eq!(e.index, self.applied_index + 1, "applied in order");
                 self.applied_index = e.index;
                 match e.get_entry_type() {
@@ -169,8 +211,6 @@ mod tests {
                     EntryType::EntryConfChange => unreachable!("the tests propose v2 changes"),
                 }
             }
-            finish(&mut self.raw).unwrap();
-            outbox.0
         }
 
         /// Stores a snapshot of the applied state and compacts the log through it.
@@ -187,6 +227,16 @@ mod tests {
             self.raw.mut_store().save_snapshot(meta, &data).unwrap();
             self.raw.mut_store().sync().unwrap();
         }
+    }
+
+    /// Messages that promise something about the sender's log or vote (acknowledged
+    /// appends, granted votes): they may only leave once it is durable.
+    fn needs_durable_log(m: &Message) -> bool {
+        !m.reject
+            && matches!(
+                m.get_msg_type(),
+                MessageType::MsgAppendResponse | MessageType::MsgRequestVoteResponse
+            )
     }
 
     struct Cluster {
