@@ -16,20 +16,26 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
 
-use anyhow::{bail, Context};
 use futures::StreamExt;
 use protobuf::Message as PbMessage;
 use raft::prelude::{ConfChange, ConfChangeType, ConfChangeV2, EntryType};
-use raft::{GetEntriesContext, Storage};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use drover_proto::pb::{self, operator_client::OperatorClient};
 
-use crate::raft::RocksStorage;
+use crate::error::{IoContext, MasterError, Result};
+use crate::raft::{LogStore, RocksStorage};
 use crate::registry::{self, ClusterId, Registry};
 
 const MAGIC: &str = "DROVER-REGISTRY-BACKUP 1";
+
+/// A backup refused or unusable, formatted like `format!`.
+macro_rules! unusable {
+    ($($arg:tt)*) => {
+        MasterError::Backup(format!($($arg)*))
+    };
+}
 
 /// What a backup file's header records.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -79,53 +85,57 @@ impl Backup {
 
     /// Writes the backup to `path` (through a temporary file, so that a crash never
     /// leaves a half-written backup under the final name).
-    pub fn write_to(&self, path: &Path) -> anyhow::Result<()> {
+    pub fn write_to(&self, path: &Path) -> Result<()> {
         let tmp = path.with_extension("partial");
         {
             let mut f = std::fs::File::create(&tmp)
-                .with_context(|| format!("cannot create {}", tmp.display()))?;
-            writeln!(f, "{MAGIC}")?;
-            writeln!(f, "{}", serde_json::to_string(&self.header)?)?;
-            f.write_all(&self.registry)?;
-            f.sync_all()?;
+                .io_ctx(|| format!("cannot create {}", tmp.display()))?;
+            let header = serde_json::to_string(&self.header).expect("the header serializes");
+            writeln!(f, "{MAGIC}")
+                .and_then(|()| writeln!(f, "{header}"))
+                .and_then(|()| f.write_all(&self.registry))
+                .and_then(|()| f.sync_all())
+                .io_ctx(|| format!("cannot write {}", tmp.display()))?;
         }
-        std::fs::rename(&tmp, path)?;
+        std::fs::rename(&tmp, path)
+            .io_ctx(|| format!("cannot rename {} to {}", tmp.display(), path.display()))?;
         Ok(())
     }
 
     /// Reads and verifies a backup file.
-    pub fn read_from(path: &Path) -> anyhow::Result<Self> {
-        let bytes =
-            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-        Self::parse(&bytes).with_context(|| format!("{} is not a usable backup", path.display()))
+    pub fn read_from(path: &Path) -> Result<Self> {
+        let bytes = std::fs::read(path).io_ctx(|| format!("cannot read {}", path.display()))?;
+        Self::parse(&bytes)
+            .map_err(|why| unusable!("{} is not a usable backup: {why}", path.display()))
     }
 
-    fn parse(bytes: &[u8]) -> anyhow::Result<Self> {
+    /// Checks a backup's bytes; the error says what is wrong with them.
+    fn parse(bytes: &[u8]) -> Result<Self> {
         let mut parts = bytes.splitn(3, |b| *b == b'\n');
         let magic = parts.next().unwrap_or_default();
         if magic != MAGIC.as_bytes() {
-            bail!("it does not start with '{MAGIC}'");
+            return Err(unusable!("it does not start with '{MAGIC}'"));
         }
         let header: BackupHeader = serde_json::from_slice(parts.next().unwrap_or_default())
-            .context("its header is not valid")?;
+            .map_err(|e| unusable!("its header is not valid: {e}"))?;
         let registry = parts.next().unwrap_or_default().to_vec();
         if registry.len() as u64 != header.size {
-            bail!(
+            return Err(unusable!(
                 "it holds {} registry bytes, its header says {} (truncated?)",
                 registry.len(),
                 header.size
-            );
+            ));
         }
         if sha256_hex(&registry) != header.sha256 {
-            bail!("its checksum does not match (corrupted)");
+            return Err(unusable!("its checksum does not match (corrupted)"));
         }
-        Registry::from_snapshot(&registry).map_err(anyhow::Error::msg)?;
+        Registry::from_snapshot(&registry).map_err(MasterError::Backup)?;
         Ok(Self { header, registry })
     }
 }
 
 /// Takes a backup from the leader, through any of `masters` (following NotLeader).
-pub async fn online(masters: &[String]) -> anyhow::Result<Backup> {
+pub async fn online(masters: &[String]) -> Result<Backup> {
     let mut tried = Vec::new();
     let mut queue: Vec<String> = masters.to_vec();
     let mut hops = 0;
@@ -140,7 +150,12 @@ pub async fn online(masters: &[String]) -> anyhow::Result<Backup> {
         } else {
             format!("http://{addr}")
         };
-        let ch = match tonic::transport::Endpoint::from_shared(url)?
+        let endpoint =
+            tonic::transport::Endpoint::from_shared(url).map_err(|source| MasterError::Grpc {
+                context: format!("'{addr}' is not a master's address"),
+                source,
+            })?;
+        let ch = match endpoint
             .connect_timeout(std::time::Duration::from_secs(3))
             .connect()
             .await
@@ -157,7 +172,8 @@ pub async fn online(masters: &[String]) -> anyhow::Result<Backup> {
                 let (mut index, mut term, mut size) = (0, 0, 0);
                 let mut first = true;
                 while let Some(chunk) = stream.next().await {
-                    let c = chunk.context("the backup stream broke off")?;
+                    let c = chunk
+                        .map_err(|s| unusable!("the backup stream broke off: {}", s.message()))?;
                     if first {
                         (index, term, size) = (c.index, c.term, c.size);
                         first = false;
@@ -165,10 +181,10 @@ pub async fn online(masters: &[String]) -> anyhow::Result<Backup> {
                     data.extend_from_slice(&c.data);
                 }
                 if data.len() as u64 != size {
-                    bail!(
+                    return Err(unusable!(
                         "the backup stream ended after {} of {size} bytes",
                         data.len()
-                    );
+                    ));
                 }
                 return Ok(Backup::new(index, term, data, "online"));
             }
@@ -178,54 +194,56 @@ pub async fn online(masters: &[String]) -> anyhow::Result<Backup> {
                     continue;
                 }
                 if s.code() != tonic::Code::Unavailable {
-                    bail!("{addr} refused the backup: {}", s.message());
+                    return Err(unusable!("{addr} refused the backup: {}", s.message()));
                 }
             }
         }
     }
-    bail!("no leader answered among {masters:?}")
+    Err(unusable!("no leader answered among {masters:?}"))
 }
 
 /// Takes a backup from a stopped master's data folder: its last registry snapshot, with
 /// the committed log entries after it applied.
-pub fn offline(data_dir: &Path) -> anyhow::Result<Backup> {
+pub fn offline(data_dir: &Path) -> Result<Backup> {
     let db = data_dir.join("registry");
     if !db.exists() {
-        bail!("{} holds no registry", data_dir.display());
+        return Err(unusable!("{} holds no registry", data_dir.display()));
     }
-    let storage = RocksStorage::open(&db).with_context(|| {
-        format!(
-            "cannot open {} (is its master still running? stop it first, or take an online backup with --master)",
+    let storage = RocksStorage::open(&db).map_err(|e| {
+        unusable!(
+            "cannot open {} (is its master still running? stop it first, or take an online backup with --master): {e}",
             db.display()
         )
     })?;
-    let (meta, data) = storage.stored_snapshot()?;
-    let mut reg = Registry::from_snapshot(&data).map_err(anyhow::Error::msg)?;
+    let meta = storage.snapshot_meta().clone();
+    let data = storage.snapshot_data()?;
+    let mut reg = Registry::from_snapshot(&data).map_err(MasterError::Incompatible)?;
     let commit = storage.hard_state().commit;
     let mut index = meta.index;
     let mut term = meta.term;
     if commit > meta.index {
-        let entries = storage
-            .entries(
-                meta.index + 1,
-                commit + 1,
-                None,
-                GetEntriesContext::empty(false),
-            )
-            .context("the committed log cannot be read")?;
+        let entries = storage.entries(meta.index + 1, commit + 1, u64::MAX)?;
+        if entries.last().map(|e| e.index) != Some(commit) {
+            return Err(MasterError::Corrupt(format!(
+                "the committed log cannot be read: entries {} to {commit} are missing",
+                entries.last().map_or(meta.index, |e| e.index) + 1
+            )));
+        }
         for e in entries {
             match e.get_entry_type() {
                 EntryType::EntryNormal if e.data.is_empty() => {}
                 EntryType::EntryNormal => {
-                    let cmd = registry::decode(&e.data).map_err(anyhow::Error::msg)?;
+                    let cmd = registry::decode(&e.data).map_err(MasterError::Incompatible)?;
                     reg.apply(&cmd);
                 }
                 EntryType::EntryConfChange => {
-                    let cc = ConfChange::parse_from_bytes(&e.data)?;
+                    let cc = ConfChange::parse_from_bytes(&e.data)
+                        .map_err(|err| corrupt_entry(e.index, err))?;
                     membership_effect(&mut reg, cc.node_id, cc.get_change_type(), &e.context);
                 }
                 EntryType::EntryConfChangeV2 => {
-                    let cc = ConfChangeV2::parse_from_bytes(&e.data)?;
+                    let cc = ConfChangeV2::parse_from_bytes(&e.data)
+                        .map_err(|err| corrupt_entry(e.index, err))?;
                     for c in cc.get_changes() {
                         membership_effect(&mut reg, c.node_id, c.get_change_type(), &e.context);
                     }
@@ -236,6 +254,10 @@ pub fn offline(data_dir: &Path) -> anyhow::Result<Backup> {
         }
     }
     Ok(Backup::new(index, term, reg.to_snapshot(), "offline"))
+}
+
+fn corrupt_entry(index: u64, err: protobuf::ProtobufError) -> MasterError {
+    MasterError::Corrupt(format!("log entry {index} cannot be decoded: {err}"))
 }
 
 fn membership_effect(reg: &mut Registry, id: u64, ty: ConfChangeType, context: &[u8]) {
@@ -261,19 +283,24 @@ pub fn restore(
     data_dir: &Path,
     id: u64,
     peers: &BTreeMap<u64, String>,
-) -> anyhow::Result<Option<ClusterId>> {
+) -> Result<Option<ClusterId>> {
     if !peers.contains_key(&id) {
-        bail!("--peers must name this master (--id {id}) too");
+        return Err(unusable!("--peers must name this master (--id {id}) too"));
     }
     let db = data_dir.join("registry");
-    if db.exists() && std::fs::read_dir(&db)?.next().is_some() {
-        bail!(
+    let used = db.exists()
+        && std::fs::read_dir(&db)
+            .io_ctx(|| format!("cannot list {}", db.display()))?
+            .next()
+            .is_some();
+    if used {
+        return Err(unusable!(
             "{} already holds a registry; restore only into an empty data folder",
             data_dir.display()
-        );
+        ));
     }
-    std::fs::create_dir_all(data_dir)?;
-    let mut reg = Registry::from_snapshot(&backup.registry).map_err(anyhow::Error::msg)?;
+    std::fs::create_dir_all(data_dir).io_ctx(|| format!("cannot create {}", data_dir.display()))?;
+    let mut reg = Registry::from_snapshot(&backup.registry).map_err(MasterError::Incompatible)?;
     // The new cluster's members, not the old one's.
     reg.masters = peers.clone();
     let mut storage = RocksStorage::open(&db)?;

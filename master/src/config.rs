@@ -12,6 +12,8 @@ use std::time::Duration;
 use clap::Parser;
 use serde::Serialize;
 
+use crate::error::{MasterError, Result};
+
 /// How the master's settings are named in files and the environment.
 pub const DAEMON: drover_config::Daemon = drover_config::Daemon {
     name: "drover-master",
@@ -215,53 +217,67 @@ pub struct Config {
     pub enable_test_commands: bool,
 }
 
-fn positive_secs(name: &str, v: f64) -> anyhow::Result<Duration> {
+/// A refused setting, formatted like `format!`.
+macro_rules! refused {
+    ($($arg:tt)*) => {
+        MasterError::Config(format!($($arg)*))
+    };
+}
+
+fn positive_secs(name: &str, v: f64) -> Result<Duration> {
     if !(v.is_finite() && v > 0.0 && v < 1e7) {
-        anyhow::bail!("--{name} must be a positive number of seconds, got {v}");
+        return Err(refused!(
+            "--{name} must be a positive number of seconds, got {v}"
+        ));
     }
     Ok(Duration::from_secs_f64(v))
 }
 
 /// Parses `role=weight,role=weight`.
-pub fn parse_weights(text: &str) -> anyhow::Result<Vec<(String, f64)>> {
+pub fn parse_weights(text: &str) -> Result<Vec<(String, f64)>> {
     let mut out = Vec::new();
     for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let (role, w) = part
             .split_once('=')
-            .ok_or_else(|| anyhow::anyhow!("weight '{part}' is not ROLE=WEIGHT"))?;
+            .ok_or_else(|| refused!("weight '{part}' is not ROLE=WEIGHT"))?;
         let w: f64 = w
             .trim()
             .parse()
-            .map_err(|_| anyhow::anyhow!("weight '{part}' is not a number"))?;
+            .map_err(|_| refused!("weight '{part}' is not a number"))?;
         if !(w.is_finite() && w > 0.0 && w <= 1e6) {
-            anyhow::bail!("weight of role '{role}' must be positive, got {w}");
+            return Err(refused!(
+                "weight of role '{role}' must be positive, got {w}"
+            ));
         }
-        crate::leader::validate_role(role.trim()).map_err(anyhow::Error::msg)?;
+        crate::leader::validate_role(role.trim())
+            .map_err(|e| MasterError::Config(e.to_string()))?;
         out.push((role.trim().to_string(), w));
     }
     Ok(out)
 }
 
 /// Parses `--peers`: `ID=HOST:PORT` pairs, ids positive and unique.
-pub fn parse_peers(text: &str) -> anyhow::Result<BTreeMap<u64, String>> {
+pub fn parse_peers(text: &str) -> Result<BTreeMap<u64, String>> {
     let mut out = BTreeMap::new();
     for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let (id, addr) = part
             .split_once('=')
-            .ok_or_else(|| anyhow::anyhow!("peer '{part}' is not ID=HOST:PORT"))?;
-        let id: u64 =
-            id.trim().parse().ok().filter(|&i| i > 0).ok_or_else(|| {
-                anyhow::anyhow!("peer '{part}': the id must be a positive integer")
-            })?;
+            .ok_or_else(|| refused!("peer '{part}' is not ID=HOST:PORT"))?;
+        let id: u64 = id
+            .trim()
+            .parse()
+            .ok()
+            .filter(|&i| i > 0)
+            .ok_or_else(|| refused!("peer '{part}': the id must be a positive integer"))?;
         let addr = addr.trim();
         if addr
             .rsplit_once(':')
             .is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err())
         {
-            anyhow::bail!("peer '{part}': the address must be HOST:PORT");
+            return Err(refused!("peer '{part}': the address must be HOST:PORT"));
         }
         if out.insert(id, addr.to_string()).is_some() {
-            anyhow::bail!("--peers names master {id} twice");
+            return Err(refused!("--peers names master {id} twice"));
         }
     }
     Ok(out)
@@ -283,20 +299,22 @@ impl Flags {
 }
 
 impl Config {
-    pub fn from_flags(f: &Flags) -> anyhow::Result<Config> {
+    pub fn from_flags(f: &Flags) -> Result<Config> {
         if f.id == 0 {
-            anyhow::bail!("--id must be a positive integer");
+            return Err(refused!("--id must be a positive integer"));
         }
         if f.raft_election_ticks <= f.raft_heartbeat_ticks {
-            anyhow::bail!("--raft-election-ticks must be larger than --raft-heartbeat-ticks");
+            return Err(refused!(
+                "--raft-election-ticks must be larger than --raft-heartbeat-ticks"
+            ));
         }
         let peers = parse_peers(&f.peers)?;
         if !peers.is_empty() && !peers.contains_key(&f.id) {
-            anyhow::bail!(
+            return Err(refused!(
                 "--peers must name this master too (--id {} is not among {:?})",
                 f.id,
                 peers.keys().collect::<Vec<_>>()
-            );
+            ));
         }
         let join: Vec<String> = f
             .join
@@ -308,7 +326,7 @@ impl Config {
         // clap refuses both flags together; this also covers values from a file or the
         // environment, which clap does not count as given.
         if !peers.is_empty() && !join.is_empty() {
-            anyhow::bail!("--peers and --join exclude each other: --peers seeds a new cluster, --join enters a running one");
+            return Err(refused!("--peers and --join exclude each other: --peers seeds a new cluster, --join enters a running one"));
         }
         let advertise = match (&f.advertise_address, peers.get(&f.id)) {
             (Some(a), _) => a.clone(),
@@ -317,9 +335,9 @@ impl Config {
         };
         if let (Some(a), Some(p)) = (&f.advertise_address, peers.get(&f.id)) {
             if a != p {
-                anyhow::bail!(
+                return Err(refused!(
                     "--advertise-address {a} differs from this master's --peers entry {p}"
-                );
+                ));
             }
         }
         if !join.is_empty()
@@ -327,17 +345,21 @@ impl Config {
                 .parse::<SocketAddr>()
                 .is_ok_and(|a| a.ip().is_unspecified())
         {
-            anyhow::bail!("joining a cluster needs an address the other masters can dial: set --advertise-address (--listen is {})", f.listen);
+            return Err(refused!("joining a cluster needs an address the other masters can dial: set --advertise-address (--listen is {})", f.listen));
         }
         let ping = positive_secs("agent-ping-interval-secs", f.agent_ping_interval_secs)?;
         let timeout = positive_secs("agent-timeout-secs", f.agent_timeout_secs)?;
         if timeout <= ping {
-            anyhow::bail!("--agent-timeout-secs must be longer than --agent-ping-interval-secs");
+            return Err(refused!(
+                "--agent-timeout-secs must be longer than --agent-ping-interval-secs"
+            ));
         }
         let known = crate::registry::version::REGISTRY_VERSION;
         let max_registry_version = f.max_registry_version.unwrap_or(known);
         if !(1..=known).contains(&max_registry_version) {
-            anyhow::bail!("--max-registry-version must be between 1 and {known}");
+            return Err(refused!(
+                "--max-registry-version must be between 1 and {known}"
+            ));
         }
         Ok(Config {
             listen: f.listen,

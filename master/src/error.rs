@@ -56,12 +56,69 @@ pub enum MasterError {
         /// The error the system returned.
         source: std::io::Error,
     },
+    /// raft-rs refused or failed; `context` says what the master was doing.
+    #[error("{context}: {source}")]
+    Raft {
+        /// What the master was doing.
+        context: String,
+        /// The error raft-rs returned.
+        source: raft::Error,
+    },
+    /// The registry's RocksDB database failed; `context` says what the master was doing.
+    #[error("{context}: {source}")]
+    Rocks {
+        /// What the master was doing.
+        context: String,
+        /// The error RocksDB returned.
+        source: rocksdb::Error,
+    },
+    /// Stored or received bytes that cannot be decoded (a log entry, a snapshot's metadata,
+    /// a hard state): the data folder or the peer is damaged.
+    #[error("{0}")]
+    Corrupt(String),
+    /// Replicated state this binary cannot read (a newer registry version or command): the
+    /// master stops rather than diverge.
+    #[error("{0}")]
+    Incompatible(String),
+    /// A setting refused (from a flag, the config file or the environment).
+    #[error("{0}")]
+    Config(String),
+    /// A backup that cannot be taken, read or restored.
+    #[error("{0}")]
+    Backup(String),
+    /// Seeding or joining a cluster refused or failed (see [`crate::membership`]).
+    #[error("{0}")]
+    Membership(String),
+    /// A gRPC connection or server failed; `context` says which.
+    #[error("{context}: {source}")]
+    Grpc {
+        /// What the master was doing.
+        context: String,
+        /// The transport's error.
+        source: tonic::transport::Error,
+    },
 }
 
 /// The master's result type.
 pub type Result<T, E = MasterError> = std::result::Result<T, E>;
 
 impl MasterError {
+    /// A raft-rs error with what the master was doing.
+    pub fn raft(context: impl Into<String>, source: raft::Error) -> Self {
+        MasterError::Raft {
+            context: context.into(),
+            source,
+        }
+    }
+
+    /// A RocksDB error with what the master was doing.
+    pub fn rocks(context: impl Into<String>, source: rocksdb::Error) -> Self {
+        MasterError::Rocks {
+            context: context.into(),
+            source,
+        }
+    }
+
     /// An I/O error with what the master was doing.
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
         MasterError::Io {
@@ -80,5 +137,11 @@ pub trait IoContext<T> {
 impl<T> IoContext<T> for std::result::Result<T, std::io::Error> {
     fn io_ctx(self, f: impl FnOnce() -> String) -> Result<T> {
         self.map_err(|e| MasterError::io(f(), e))
+    }
+}
+
+impl From<raft::Error> for MasterError {
+    fn from(e: raft::Error) -> Self {
+        MasterError::raft("raft failed", e)
     }
 }

@@ -4,8 +4,10 @@
 //! - [`config`]: flags and runtime settings.
 //! - [`registry`]: the replicated registry, a deterministic state machine (commands in,
 //!   state out; no I/O, no clock).
-//! - [`raft`]: raft-rs with RocksDB storage on a dedicated thread; proposals tracked by
-//!   (index, term); Raft messages to the other masters over gRPC.
+//! - [`raft`]: raft-rs on a dedicated thread, writing through a small store trait
+//!   (RocksDB for the daemon, memory for tests); one `Ready` handled by a step function;
+//!   proposals tracked by (index, term); registry snapshots serialised off the thread;
+//!   Raft messages to the other masters over gRPC.
 //! - [`allocator`]: hierarchical weighted DRF as a pure function of a snapshot.
 //! - [`leader`]: the leader's decisions as a pure value: soft state (sessions, offers,
 //!   filters, deadlines), the ACCEPT gate, agent liveness, framework calls and failover;
@@ -20,8 +22,9 @@
 //! - [`membership`]: seeding a new cluster and joining an existing one safely.
 //! - [`backup`]: registry backups (online through the leader, or offline from a data
 //!   folder) and restoring one into new data folders.
-//! - [`error`]: [`error::MasterError`], the one error type of the library (mapped to gRPC
-//!   statuses only in [`services::status`]).
+//! - [`error`]: [`error::MasterError`], the one error type of the library, Raft, storage,
+//!   membership, backup and settings included (mapped to gRPC statuses only in
+//!   [`services::status`]; the binary prints it).
 //! - [`metrics`], [`clock`]: counters and timings; the one clock abstraction.
 //!
 //! Start a master with [`serve`], giving it already-bound listeners and a shutdown future.
@@ -54,6 +57,7 @@ use drover_proto::pb;
 
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
+use crate::error::{IoContext, MasterError, Result};
 use crate::metrics::Metrics;
 use crate::raft::transport::AddressBook;
 use crate::raft::{GrpcTransport, NodeConfig, RaftHandle, RocksStorage, Transport};
@@ -78,16 +82,17 @@ pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 /// first snapshot is at registry version 1 and has no cluster id, so that every seeding
 /// member writes the same bytes; its first leader raises the version and assigns the id
 /// through the log (see [`server::upgrade`]).
-async fn open_storage(config: &mut Config) -> anyhow::Result<RocksStorage> {
-    std::fs::create_dir_all(&config.data_dir)?;
+async fn open_storage(config: &mut Config) -> Result<RocksStorage> {
+    std::fs::create_dir_all(&config.data_dir)
+        .io_ctx(|| format!("cannot create {}", config.data_dir.display()))?;
     let mut storage = RocksStorage::open(&config.data_dir.join("registry"))?;
     if let Some(id) = storage.node_id()? {
         if id != config.id {
-            anyhow::bail!(
+            return Err(MasterError::Membership(format!(
                 "data folder {} belongs to master {id}, not {}; a master never takes another's identity",
                 config.data_dir.display(),
                 config.id
-            );
+            )));
         }
     }
     if !storage.is_empty() {
@@ -140,7 +145,7 @@ pub async fn serve(
     listener: TcpListener,
     http_listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
+) -> Result<()> {
     serve_with_clock(
         config,
         listener,
@@ -158,7 +163,7 @@ pub async fn serve_with_clock(
     http_listener: TcpListener,
     clock: Arc<dyn Clock>,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
+) -> Result<()> {
     let mut config = config;
     let storage = open_storage(&mut config).await?;
     let registry = Arc::new(RwLock::new(Registry::default()));
@@ -275,5 +280,8 @@ pub async fn serve_with_clock(
     raft.stop();
     let _ = tokio::task::spawn_blocking(move || raft_thread.join()).await;
     tracing::info!("drover-master stopped");
-    result.map_err(Into::into)
+    result.map_err(|source| MasterError::Grpc {
+        context: "the gRPC server failed".into(),
+        source,
+    })
 }

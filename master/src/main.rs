@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use drover_master::backup;
 use drover_master::config::{parse_peers, Config, Flags, Subcommand};
+use drover_master::error::{IoContext, MasterError, Result};
 
 fn main() -> ExitCode {
     let loaded = match Flags::load(std::env::args_os(), |name| std::env::var_os(name)) {
@@ -41,7 +42,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("Error: {e:?}");
+            eprintln!("Error: {e}");
             ExitCode::FAILURE
         }
     }
@@ -53,23 +54,28 @@ fn refuse(e: &dyn std::fmt::Display) -> ExitCode {
     ExitCode::from(2)
 }
 
-fn run(work: impl std::future::Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
+fn run(work: impl std::future::Future<Output = Result<()>>) -> Result<()> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        .build()?
+        .build()
+        .map_err(|e| MasterError::io("cannot start the async runtime", e))?
         .block_on(work)
 }
 
-async fn serve(config: Config) -> anyhow::Result<()> {
+async fn serve(config: Config) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
+        .io_ctx(|| format!("cannot listen on {}", config.listen))?;
     let http = tokio::net::TcpListener::bind(config.http_listen)
         .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.http_listen))?;
+        .io_ctx(|| format!("cannot listen on {}", config.http_listen))?;
     let mut config = config;
-    config.listen = listener.local_addr()?;
-    config.http_listen = http.local_addr()?;
+    config.listen = listener
+        .local_addr()
+        .io_ctx(|| "cannot read the listener's address".into())?;
+    config.http_listen = http
+        .local_addr()
+        .io_ctx(|| "cannot read the listener's address".into())?;
     drover_master::serve(config, listener, http, shutdown_signal()).await
 }
 
@@ -83,7 +89,7 @@ async fn shutdown_signal() {
     tracing::info!("shutting down");
 }
 
-async fn run_subcommand(cmd: Subcommand) -> anyhow::Result<()> {
+async fn run_subcommand(cmd: Subcommand) -> Result<()> {
     match cmd {
         Subcommand::Backup {
             master,

@@ -12,24 +12,36 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Context};
 use tonic::transport::Endpoint;
 
 use drover_proto::pb::{self, operator_client::OperatorClient, raft_peer_client::RaftPeerClient};
+
+use crate::error::{MasterError, Result};
 
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long `--join` keeps trying to reach the cluster and be added.
 const JOIN_PATIENCE: Duration = Duration::from_secs(120);
 
-fn endpoint(addr: &str) -> anyhow::Result<Endpoint> {
+fn endpoint(addr: &str) -> Result<Endpoint> {
     let url = if addr.contains("://") {
         addr.to_string()
     } else {
         format!("http://{addr}")
     };
-    Ok(Endpoint::from_shared(url)?
+    Ok(Endpoint::from_shared(url)
+        .map_err(|source| MasterError::Grpc {
+            context: format!("'{addr}' is not a master's address"),
+            source,
+        })?
         .connect_timeout(PROBE_TIMEOUT)
         .timeout(PROBE_TIMEOUT))
+}
+
+/// A refusal or failure of seeding or joining, formatted like `format!`.
+macro_rules! refusal {
+    ($($arg:tt)*) => {
+        MasterError::Membership(format!($($arg)*))
+    };
 }
 
 /// One master's Raft status, or None when it does not answer.
@@ -44,15 +56,12 @@ pub async fn status(addr: &str) -> Option<pb::RaftStatusResponse> {
 
 /// Seeding with `--peers` is refused when any other named master already belongs to a
 /// formed cluster: this master's empty folder means its state was lost.
-pub async fn refuse_if_cluster_exists(
-    my_id: u64,
-    peers: &BTreeMap<u64, String>,
-) -> anyhow::Result<()> {
+pub async fn refuse_if_cluster_exists(my_id: u64, peers: &BTreeMap<u64, String>) -> Result<()> {
     for (&id, addr) in peers.iter().filter(|(id, _)| **id != my_id) {
         if let Some(st) = status(addr).await {
             let formed = st.applied_index > 0 || st.commit_index > 0 || st.term > 1;
             if formed {
-                bail!(
+                return Err(refusal!(
                     "the data folder is empty, but master {id} ({addr}) already belongs to a \
                      running cluster (term {}, applied index {}): master {my_id} has lost its \
                      votes and log and must not rejoin under its old id. Replace it with a new \
@@ -60,7 +69,7 @@ pub async fn refuse_if_cluster_exists(
                      `drover masters replace {my_id} NEW_ID=HOST:PORT`",
                     st.term,
                     st.applied_index
-                );
+                ));
             }
         }
     }
@@ -77,9 +86,9 @@ pub async fn join(
     advertise: &str,
     max_version: u32,
     seeds: &[String],
-) -> anyhow::Result<BTreeMap<u64, String>> {
+) -> Result<BTreeMap<u64, String>> {
     let deadline = tokio::time::Instant::now() + JOIN_PATIENCE;
-    let mut last_err = anyhow!("no master of {seeds:?} answered");
+    let mut last_err = refusal!("no master of {seeds:?} answered");
     loop {
         match try_join(my_id, advertise, max_version, seeds).await {
             Ok(Some(book)) => return Ok(book),
@@ -88,17 +97,17 @@ pub async fn join(
             Err(JoinError::Retry(e)) => last_err = e,
         }
         if tokio::time::Instant::now() >= deadline {
-            return Err(last_err.context(format!(
-                "could not join the cluster through {seeds:?} within {JOIN_PATIENCE:?}"
-            )));
+            return Err(refusal!(
+                "could not join the cluster through {seeds:?} within {JOIN_PATIENCE:?}: {last_err}"
+            ));
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 
 enum JoinError {
-    Fatal(anyhow::Error),
-    Retry(anyhow::Error),
+    Fatal(MasterError),
+    Retry(MasterError),
 }
 
 async fn try_join(
@@ -118,12 +127,12 @@ async fn try_join(
         }
     }
     let Some(st) = view else {
-        return Err(JoinError::Retry(anyhow!(
+        return Err(JoinError::Retry(refusal!(
             "no master of {seeds:?} answered with a known leader"
         )));
     };
     if st.voters.contains(&my_id) {
-        return Err(JoinError::Fatal(anyhow!(
+        return Err(JoinError::Fatal(refusal!(
             "master {my_id} is a voter of this cluster, but its data folder is empty: its votes \
              and log are lost and it must not rejoin under the same id. Replace it with a new \
              id: `drover masters replace {my_id} NEW_ID=HOST:PORT`, then start the new master \
@@ -136,13 +145,13 @@ async fn try_join(
     // A master of a release before registry versions reports 0, meaning version 1.
     let recorded = st.registry_version.max(1);
     if let Err(e) = crate::registry::version::check_member(my_id, max_version, recorded) {
-        return Err(JoinError::Fatal(anyhow!("{e}")));
+        return Err(JoinError::Fatal(refusal!("{e}")));
     }
     let mut book: BTreeMap<u64, String> = st.addresses.into_iter().collect();
     if st.learners.contains(&my_id) {
         match book.get(&my_id) {
             Some(a) if a != advertise => {
-                return Err(JoinError::Fatal(anyhow!(
+                return Err(JoinError::Fatal(refusal!(
                     "master {my_id} was added with address {a}, but this master advertises \
                      {advertise}: remove it (`drover masters remove {my_id}`) and add it again"
                 )))
@@ -157,7 +166,7 @@ async fn try_join(
         return Ok(Some(book));
     }
     let Some(leader) = book.get(&st.leader_id).cloned() else {
-        return Err(JoinError::Retry(anyhow!(
+        return Err(JoinError::Retry(refusal!(
             "the leader's address (master {}) is unknown",
             st.leader_id
         )));
@@ -166,8 +175,12 @@ async fn try_join(
         .map_err(JoinError::Fatal)?
         .connect()
         .await
-        .with_context(|| format!("cannot reach the leader at {leader}"))
-        .map_err(JoinError::Retry)?;
+        .map_err(|source| {
+            JoinError::Retry(MasterError::Grpc {
+                context: format!("cannot reach the leader at {leader}"),
+                source,
+            })
+        })?;
     let added = OperatorClient::new(ch)
         .add_master(pb::AddMasterRequest {
             id: my_id,
@@ -187,12 +200,12 @@ async fn try_join(
                 tonic::Code::Unavailable | tonic::Code::Aborted | tonic::Code::DeadlineExceeded
             ) =>
         {
-            Err(JoinError::Retry(anyhow!(
+            Err(JoinError::Retry(refusal!(
                 "the leader did not add us yet: {}",
                 s.message()
             )))
         }
-        Err(s) => Err(JoinError::Fatal(anyhow!(
+        Err(s) => Err(JoinError::Fatal(refusal!(
             "the leader refused to add master {my_id}: {}",
             s.message()
         ))),

@@ -13,7 +13,7 @@ struct Master {
     http: SocketAddr,
     _dir: tempfile::TempDir,
     stop: tokio::sync::oneshot::Sender<()>,
-    served: tokio::task::JoinHandle<anyhow::Result<()>>,
+    served: tokio::task::JoinHandle<drover_master::error::Result<()>>,
 }
 
 impl Master {

@@ -1,16 +1,22 @@
 //! Replication of the registry with raft-rs over RocksDB.
 //!
-//! - [`storage`]: raft-rs `Storage` on RocksDB (log, hard state, snapshots).
-//! - [`node`]: the dedicated Raft thread, proposals with (index, term) tracking, apply.
+//! - [`storage`]: [`LogStore`], what the node writes (append, hard state, commit,
+//!   snapshot, `sync`), on RocksDB for the daemon and in memory for tests and the
+//!   simulator; raft-rs's `Storage` over either.
+//! - [`ready`]: handling one raft-rs `Ready`, a synchronous step (store, sync, send, and
+//!   what the state machine must apply).
+//! - [`node`]: the dedicated Raft thread, proposals with (index, term) tracking, apply,
+//!   registry snapshots serialised off the thread.
 //! - [`transport`]: Raft messages to the other masters over gRPC, one bounded queue and
 //!   one sender task per peer.
 
 pub mod node;
+pub mod ready;
 pub mod storage;
 pub mod transport;
 
 pub use node::{NoPeers, NodeConfig, ProposeError, RaftHandle, RaftRole, Transport};
-pub use storage::RocksStorage;
+pub use storage::{LogStore, MemLogStore, RaftStorage, RocksStorage};
 pub use transport::GrpcTransport;
 
 /// Forwards raft-rs's slog records into `tracing`, so the master has one log.

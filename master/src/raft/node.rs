@@ -6,22 +6,30 @@
 //! A proposal succeeds only when its entry is applied at the (index, term) it was given.
 //! If leadership changes first, the entry may be overwritten; the caller then gets
 //! `ProposeError::Unavailable` and must reconcile rather than retry blindly.
+//!
+//! Each `Ready` is handled through [`super::ready`]; this module applies what it hands
+//! back to the registry. Every [`SNAPSHOT_EVERY`] entries the registry is copied at the
+//! applied index and serialised on a thread of its own, so that a large registry does
+//! not hold up heartbeats; the bytes come back to the Raft thread, which stores them as
+//! the snapshot at that index and compacts the log.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use protobuf::Message as PbMessage;
 use raft::prelude::{
     ConfChange, ConfChangeSingle, ConfChangeType, ConfChangeV2, ConfState, Entry, EntryType,
-    Message,
+    Message, Snapshot, SnapshotMetadata,
 };
 use raft::{RawNode, SnapshotStatus, StateRole};
 use tokio::sync::{oneshot, watch};
 
-use super::storage::RocksStorage;
+use super::ready;
+use super::storage::{LogStore, RaftStorage};
+use crate::error::{MasterError, Result};
 use crate::metrics::Metrics;
 use crate::registry::{self, ApplyOutcome, Command, Registry};
 
@@ -135,7 +143,7 @@ impl Transport for NoPeers {
     }
 }
 
-type Reply = oneshot::Sender<Result<ApplyOutcome, ProposeError>>;
+type Reply = oneshot::Sender<std::result::Result<ApplyOutcome, ProposeError>>;
 
 enum Input {
     Propose {
@@ -170,7 +178,7 @@ pub struct RaftHandle {
 
 impl RaftHandle {
     /// Proposes a command and waits until it is applied (or fails).
-    pub async fn propose(&self, cmd: &Command) -> Result<ApplyOutcome, ProposeError> {
+    pub async fn propose(&self, cmd: &Command) -> std::result::Result<ApplyOutcome, ProposeError> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Input::Propose {
@@ -187,7 +195,7 @@ impl RaftHandle {
     pub async fn propose_change(
         &self,
         change: MembershipChange,
-    ) -> Result<ApplyOutcome, ProposeError> {
+    ) -> std::result::Result<ApplyOutcome, ProposeError> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Input::ProposeChange {
@@ -320,8 +328,15 @@ struct Pending {
     at: Instant,
 }
 
-struct Node<T: Transport> {
-    raw: RawNode<RocksStorage>,
+/// A registry snapshot being serialised off the Raft thread.
+struct SnapshotJob {
+    /// Where the log is compacted to once it is stored.
+    index: u64,
+    done: Receiver<(SnapshotMetadata, Vec<u8>)>,
+}
+
+struct Node<T: Transport, S: LogStore> {
+    raw: RawNode<RaftStorage<S>>,
     registry: Arc<RwLock<Registry>>,
     transport: T,
     pending: BTreeMap<u64, Pending>,
@@ -333,6 +348,8 @@ struct Node<T: Transport> {
     /// Take a snapshot at the next opportunity (a master was added: it must catch up
     /// from a snapshot, since the seeded membership is not in the log).
     snapshot_soon: bool,
+    /// The snapshot being serialised, if any (one at a time).
+    snapshot_job: Option<SnapshotJob>,
     ticks: u64,
     tick: Duration,
     /// When the leader last heard from each member.
@@ -348,81 +365,105 @@ struct Node<T: Transport> {
 /// Starts the Raft thread over `storage`. The registry is loaded from the stored snapshot
 /// and brought up to date by replaying the committed log. `make_transport` receives the
 /// node's handle, so that the transport can report unreachable peers.
-pub fn start<T: Transport>(
+pub fn start<T: Transport, S: LogStore>(
     cfg: NodeConfig,
-    storage: RocksStorage,
+    storage: S,
     registry: Arc<RwLock<Registry>>,
     make_transport: impl FnOnce(RaftHandle) -> T,
     metrics: Arc<Metrics>,
-) -> anyhow::Result<(RaftHandle, std::thread::JoinHandle<()>)> {
-    let (meta, data) = storage.stored_snapshot()?;
-    *registry.write().expect("registry lock") =
-        Registry::from_snapshot_up_to(&data, cfg.max_registry_version).map_err(|e| {
-            anyhow::anyhow!("the data folder's registry cannot be read by this master: {e}")
-        })?;
-    let single_voter = storage.conf_state().voters == vec![cfg.id];
-    let conf_index = storage.conf_index();
-    let progress = Arc::new(Progress {
-        commit: AtomicU64::new(storage.hard_state().commit),
-        applied: AtomicU64::new(meta.index),
-        voters: Mutex::new(storage.conf_state().voters.clone()),
-        learners: Mutex::new(storage.conf_state().learners.clone()),
-        members: Mutex::new(Vec::new()),
-        leader_silent: Default::default(),
-        masters: Mutex::new(registry.read().expect("registry lock").masters.clone()),
-        member_versions: Mutex::new(BTreeMap::new()),
-    });
-    let config = raft::Config {
-        id: cfg.id,
-        election_tick: cfg.election_ticks,
-        heartbeat_tick: cfg.heartbeat_ticks,
-        applied: meta.index,
-        check_quorum: true,
-        pre_vote: true,
-        max_size_per_msg: 1024 * 1024,
-        max_inflight_msgs: 256,
-        ..Default::default()
-    };
-    config.validate()?;
-    let logger = slog::Logger::root(super::TracingDrain, slog::o!());
-    let mut raw = RawNode::new(&config, storage, &logger)?;
-    if single_voter {
-        // Nobody else can win: skip the randomized election timeout.
-        raw.campaign()?;
-    }
+) -> Result<(RaftHandle, std::thread::JoinHandle<()>)> {
     let (tx, rx) = std::sync::mpsc::channel();
-    let (role_tx, role_rx) = watch::channel(RaftRole::default());
-    let handle = RaftHandle {
-        tx,
-        role: role_rx,
-        progress: progress.clone(),
-    };
-    let transport = make_transport(handle.clone());
-    let mut node = Node {
-        raw,
-        registry,
-        transport,
-        pending: BTreeMap::new(),
-        role_tx,
-        applied: meta.index,
-        snapshot_index: meta.index,
-        conf_index,
-        snapshot_soon: false,
-        ticks: 0,
-        tick: cfg.tick,
-        last_heard: Default::default(),
-        metrics,
-        progress,
-        max_registry_version: cfg.max_registry_version,
-        promotion_refused: BTreeMap::new(),
-    };
+    let tick = cfg.tick;
+    let (mut node, handle) = Node::new(cfg, storage, registry, tx, make_transport, metrics)?;
     let join = std::thread::Builder::new()
         .name("raft".into())
-        .spawn(move || node.run(rx, cfg.tick))?;
+        .spawn(move || node.run(rx, tick))
+        .map_err(|e| MasterError::io("cannot start the raft thread", e))?;
     Ok((handle, join))
 }
 
-impl<T: Transport> Node<T> {
+impl<T: Transport, S: LogStore> Node<T, S> {
+    /// The node over `storage`, with the registry loaded from its snapshot (the log after
+    /// it is replayed by the first [`Node::on_ready`]), and the handle that feeds `tx`.
+    fn new(
+        cfg: NodeConfig,
+        storage: S,
+        registry: Arc<RwLock<Registry>>,
+        tx: Sender<Input>,
+        make_transport: impl FnOnce(RaftHandle) -> T,
+        metrics: Arc<Metrics>,
+    ) -> Result<(Self, RaftHandle)> {
+        let meta = storage.snapshot_meta().clone();
+        let data = storage.snapshot_data()?;
+        *registry.write().expect("registry lock") =
+            Registry::from_snapshot_up_to(&data, cfg.max_registry_version).map_err(|e| {
+                MasterError::Incompatible(format!(
+                    "the data folder's registry cannot be read by this master: {e}"
+                ))
+            })?;
+        let single_voter = storage.conf_state().voters == vec![cfg.id];
+        let conf_index = storage.conf_index();
+        let progress = Arc::new(Progress {
+            commit: AtomicU64::new(storage.hard_state().commit),
+            applied: AtomicU64::new(meta.index),
+            voters: Mutex::new(storage.conf_state().voters.clone()),
+            learners: Mutex::new(storage.conf_state().learners.clone()),
+            members: Mutex::new(Vec::new()),
+            leader_silent: Default::default(),
+            masters: Mutex::new(registry.read().expect("registry lock").masters.clone()),
+            member_versions: Mutex::new(BTreeMap::new()),
+        });
+        let config = raft::Config {
+            id: cfg.id,
+            election_tick: cfg.election_ticks,
+            heartbeat_tick: cfg.heartbeat_ticks,
+            applied: meta.index,
+            check_quorum: true,
+            pre_vote: true,
+            max_size_per_msg: 1024 * 1024,
+            max_inflight_msgs: 256,
+            ..Default::default()
+        };
+        config
+            .validate()
+            .map_err(|e| MasterError::raft("invalid raft settings", e))?;
+        let logger = slog::Logger::root(super::TracingDrain, slog::o!());
+        let mut raw = RawNode::new(&config, RaftStorage(storage), &logger)
+            .map_err(|e| MasterError::raft("cannot start raft", e))?;
+        if single_voter {
+            // Nobody else can win: skip the randomized election timeout.
+            raw.campaign()
+                .map_err(|e| MasterError::raft("cannot campaign", e))?;
+        }
+        let (role_tx, role_rx) = watch::channel(RaftRole::default());
+        let handle = RaftHandle {
+            tx,
+            role: role_rx,
+            progress: progress.clone(),
+        };
+        let transport = make_transport(handle.clone());
+        let node = Node {
+            raw,
+            registry,
+            transport,
+            pending: BTreeMap::new(),
+            role_tx,
+            applied: meta.index,
+            snapshot_index: meta.index,
+            conf_index,
+            snapshot_soon: false,
+            snapshot_job: None,
+            ticks: 0,
+            tick: cfg.tick,
+            last_heard: Default::default(),
+            metrics,
+            progress,
+            max_registry_version: cfg.max_registry_version,
+            promotion_refused: BTreeMap::new(),
+        };
+        Ok((node, handle))
+    }
+
     fn run(&mut self, rx: Receiver<Input>, tick: Duration) {
         let mut last_tick = Instant::now();
         if let Err(e) = self.on_ready() {
@@ -588,50 +629,22 @@ impl<T: Transport> Node<T> {
         }
     }
 
-    fn on_ready(&mut self) -> anyhow::Result<()> {
-        if !self.raw.has_ready() {
+    fn on_ready(&mut self) -> Result<()> {
+        self.poll_snapshot(false)?;
+        let Some(mut step) = ready::step(&mut self.raw, &mut self.transport)? else {
             self.publish_role();
             self.publish_members();
             return Ok(());
+        };
+        if let Some(snap) = step.snapshot.take() {
+            self.install(&snap)?;
         }
-        let mut ready = self.raw.ready();
-        if !ready.messages().is_empty() {
-            self.transport.send(ready.take_messages());
-        }
-        if !ready.snapshot().is_empty() {
-            let snap = ready.snapshot().clone();
-            self.raw.mut_store().apply_snapshot(&snap)?;
-            let reg = Registry::from_snapshot_up_to(snap.get_data(), self.max_registry_version)
-                .map_err(|e| anyhow::anyhow!("the leader's snapshot cannot be installed: {e}"))?;
-            *self.progress.masters.lock().expect("masters lock") = reg.masters.clone();
-            *self.registry.write().expect("registry lock") = reg;
-            self.applied = snap.get_metadata().index;
-            self.snapshot_index = self.applied;
-            *self.progress.voters.lock().expect("voters lock") =
-                snap.get_metadata().get_conf_state().voters.clone();
-            *self.progress.learners.lock().expect("learners lock") =
-                snap.get_metadata().get_conf_state().learners.clone();
-            self.conf_index = self.conf_index.max(snap.get_metadata().index);
-            Metrics::inc(&self.metrics.snapshots_received);
-            tracing::info!(
-                index = snap.get_metadata().index,
-                bytes = snap.get_data().len(),
-                "installed a registry snapshot from the leader"
-            );
-        }
-        self.apply(ready.take_committed_entries())?;
-        let hs = ready.hs().cloned();
-        self.raw.mut_store().append(ready.entries(), hs.as_ref())?;
-        if !ready.persisted_messages().is_empty() {
-            self.transport.send(ready.take_persisted_messages());
-        }
-        let mut light = self.raw.advance(ready);
-        if let Some(commit) = light.commit_index() {
-            self.raw.mut_store().set_commit(commit)?;
-        }
-        self.transport.send(light.take_messages());
-        self.apply(light.take_committed_entries())?;
-        self.raw.advance_apply();
+        // Entries already committed and durable here are applied (and their proposals
+        // answered) before this Ready's fsync.
+        self.apply(std::mem::take(&mut step.committed))?;
+        let committed = step.persist(&mut self.raw, &mut self.transport)?;
+        self.apply(committed)?;
+        ready::finish(&mut self.raw)?;
         self.progress
             .commit
             .store(self.raw.raft.raft_log.committed, Ordering::Relaxed);
@@ -642,7 +655,31 @@ impl<T: Transport> Node<T> {
         Ok(())
     }
 
-    fn apply(&mut self, entries: Vec<Entry>) -> anyhow::Result<()> {
+    /// Replaces the registry with a snapshot from the leader (already stored).
+    fn install(&mut self, snap: &Snapshot) -> Result<()> {
+        let reg = Registry::from_snapshot_up_to(snap.get_data(), self.max_registry_version)
+            .map_err(|e| {
+                MasterError::Incompatible(format!("the leader's snapshot cannot be installed: {e}"))
+            })?;
+        *self.progress.masters.lock().expect("masters lock") = reg.masters.clone();
+        *self.registry.write().expect("registry lock") = reg;
+        self.applied = snap.get_metadata().index;
+        self.snapshot_index = self.applied;
+        *self.progress.voters.lock().expect("voters lock") =
+            snap.get_metadata().get_conf_state().voters.clone();
+        *self.progress.learners.lock().expect("learners lock") =
+            snap.get_metadata().get_conf_state().learners.clone();
+        self.conf_index = self.conf_index.max(snap.get_metadata().index);
+        Metrics::inc(&self.metrics.snapshots_received);
+        tracing::info!(
+            index = snap.get_metadata().index,
+            bytes = snap.get_data().len(),
+            "installed a registry snapshot from the leader"
+        );
+        Ok(())
+    }
+
+    fn apply(&mut self, entries: Vec<Entry>) -> Result<()> {
         if entries.is_empty() {
             return Ok(());
         }
@@ -653,25 +690,29 @@ impl<T: Transport> Node<T> {
                 EntryType::EntryNormal => {
                     let cmd = registry::decode(&e.data).map_err(|why| {
                         // Halting beats diverging: a newer master wrote what we cannot read.
-                        anyhow::anyhow!("entry {} cannot be applied: {why}", e.index)
+                        MasterError::Incompatible(format!(
+                            "entry {} cannot be applied: {why}",
+                            e.index
+                        ))
                     })?;
                     if cmd.required_version() > self.max_registry_version {
                         // What a release that does not know the command would meet (it
                         // halts on the unknown tag): a master capped with
                         // --max-registry-version stands in for one faithfully.
-                        anyhow::bail!(
+                        return Err(MasterError::Incompatible(format!(
                             "entry {} ({}) needs registry version {}, but this master supports \
                              only up to {}: run a newer release",
                             e.index,
                             cmd.name(),
                             cmd.required_version(),
                             self.max_registry_version
-                        );
+                        )));
                     }
                     self.registry.write().expect("registry lock").apply(&cmd)
                 }
                 EntryType::EntryConfChange => {
-                    let cc = ConfChange::parse_from_bytes(&e.data)?;
+                    let cc = ConfChange::parse_from_bytes(&e.data)
+                        .map_err(|err| corrupt_entry(e.index, err))?;
                     let changes = vec![single_change_of(cc.node_id, cc.get_change_type())];
                     let cs = if e.index <= self.conf_index {
                         self.raw.store().conf_state().clone()
@@ -682,7 +723,8 @@ impl<T: Transport> Node<T> {
                     ApplyOutcome::None
                 }
                 EntryType::EntryConfChangeV2 => {
-                    let cc = ConfChangeV2::parse_from_bytes(&e.data)?;
+                    let cc = ConfChangeV2::parse_from_bytes(&e.data)
+                        .map_err(|err| corrupt_entry(e.index, err))?;
                     // A restart replays the log from the last snapshot, but the stored
                     // configuration already includes changes up to `conf_index`: applying
                     // them twice would fail (or corrupt a joint configuration).
@@ -720,7 +762,7 @@ impl<T: Transport> Node<T> {
         e: &Entry,
         cs: ConfState,
         changes: &[ConfChangeSingle],
-    ) -> anyhow::Result<()> {
+    ) -> Result<()> {
         if e.index > self.conf_index {
             self.raw.mut_store().set_conf_state(cs.clone(), e.index)?;
             self.conf_index = e.index;
@@ -857,26 +899,84 @@ impl<T: Transport> Node<T> {
         }
     }
 
-    fn maybe_snapshot(&mut self) -> anyhow::Result<()> {
+    /// Starts serialising a registry snapshot when one is due: the registry is copied at
+    /// the applied index (on this thread, so that the copy is exactly that index) and
+    /// serialised on another.
+    fn maybe_snapshot(&mut self) -> Result<()> {
         let due = self.applied >= self.snapshot_index + SNAPSHOT_EVERY
             || (self.snapshot_soon && self.applied > self.snapshot_index);
-        if !due {
+        if !due || self.snapshot_job.is_some() {
             return Ok(());
         }
         self.snapshot_soon = false;
-        let term = raft::Storage::term(self.raw.store(), self.applied)?;
-        let data = self.registry.read().expect("registry lock").to_snapshot();
-        self.raw
-            .mut_store()
-            .save_snapshot(self.applied, term, &data)?;
-        self.snapshot_index = self.applied;
+        let index = self.applied;
+        let term = raft::Storage::term(self.raw.store(), index)
+            .map_err(|e| MasterError::raft(format!("no term for applied entry {index}"), e))?;
+        let mut meta = SnapshotMetadata {
+            index,
+            term,
+            ..Default::default()
+        };
+        meta.set_conf_state(self.raw.store().conf_state().clone());
+        let registry = self.registry.read().expect("registry lock").clone();
+        let (tx, done) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("raft-snapshot".into())
+            .spawn(move || {
+                let data = registry.to_snapshot();
+                let _ = tx.send((meta, data));
+            })
+            .map_err(|e| MasterError::io("cannot start the snapshot thread", e))?;
+        self.snapshot_index = index;
+        self.snapshot_job = Some(SnapshotJob { index, done });
+        Ok(())
+    }
+
+    /// Stores the snapshot serialised off the thread, if it is ready (`wait`: wait for
+    /// it), and compacts the log through its index.
+    fn poll_snapshot(&mut self, wait: bool) -> Result<()> {
+        let Some(job) = &self.snapshot_job else {
+            return Ok(());
+        };
+        let (meta, data) = if wait {
+            match job.done.recv() {
+                Ok(done) => done,
+                Err(_) => return self.snapshot_lost(),
+            }
+        } else {
+            match job.done.try_recv() {
+                Ok(done) => done,
+                Err(TryRecvError::Empty) => return Ok(()),
+                Err(TryRecvError::Disconnected) => return self.snapshot_lost(),
+            }
+        };
+        debug_assert_eq!(meta.index, job.index);
+        self.snapshot_job = None;
+        let index = meta.index;
+        // A newer snapshot from the leader may have been installed meanwhile; the store
+        // then keeps it.
+        self.raw.mut_store().save_snapshot(meta, &data)?;
+        self.raw.mut_store().sync()?;
         tracing::info!(
-            index = self.applied,
+            index,
             bytes = data.len(),
             "registry snapshot taken; log compacted"
         );
         Ok(())
     }
+
+    /// The snapshot thread died without an answer: try again at the next opportunity.
+    fn snapshot_lost(&mut self) -> Result<()> {
+        tracing::error!("the registry snapshot thread failed; taking another");
+        self.snapshot_job = None;
+        self.snapshot_soon = true;
+        self.snapshot_index = self.raw.store().snapshot_meta().index;
+        Ok(())
+    }
+}
+
+fn corrupt_entry(index: u64, err: protobuf::ProtobufError) -> MasterError {
+    MasterError::Corrupt(format!("log entry {index} cannot be decoded: {err}"))
 }
 
 fn single_change(id: u64, ty: ConfChangeType) -> ConfChangeV2 {
@@ -892,4 +992,122 @@ fn single_change_of(id: u64, ty: ConfChangeType) -> ConfChangeSingle {
     };
     c.set_change_type(ty);
     c
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::raft::storage::MemLogStore;
+
+    fn config() -> NodeConfig {
+        NodeConfig {
+            id: 1,
+            tick: Duration::from_millis(10),
+            election_ticks: 10,
+            heartbeat_ticks: 2,
+            max_registry_version: registry::version::REGISTRY_VERSION,
+        }
+    }
+
+    /// A single-voter node over `store`, not on a thread: the test drives it.
+    fn leader(store: MemLogStore) -> (Node<NoPeers, MemLogStore>, Arc<RwLock<Registry>>) {
+        let registry = Arc::new(RwLock::new(Registry::default()));
+        let (tx, _rx) = std::sync::mpsc::channel();
+        let (mut node, _handle) = Node::new(
+            config(),
+            store,
+            registry.clone(),
+            tx,
+            |_| NoPeers,
+            Arc::new(Metrics::default()),
+        )
+        .unwrap();
+        node.on_ready().unwrap();
+        assert_eq!(node.raw.raft.state, StateRole::Leader);
+        (node, registry)
+    }
+
+    fn set_weight(node: &mut Node<NoPeers, MemLogStore>, role: &str, weight: f64) {
+        let cmd = Command::SetWeights {
+            weights: vec![(role.to_string(), weight)],
+        };
+        node.raw.propose(vec![], registry::encode(&cmd)).unwrap();
+        node.on_ready().unwrap();
+    }
+
+    #[test]
+    fn the_snapshot_serialised_off_the_thread_is_the_registry_at_its_index() {
+        let seed = Registry {
+            masters: [(1, "127.0.0.1:1".to_string())].into_iter().collect(),
+            ..Default::default()
+        };
+        let (mut node, registry) = leader(MemLogStore::bootstrap(vec![1], &seed.to_snapshot()));
+        for i in 0..5 {
+            set_weight(&mut node, &format!("role{i}"), 1.0);
+        }
+        // A snapshot is due: the registry is copied now, at the applied index.
+        node.snapshot_soon = true;
+        node.maybe_snapshot().unwrap();
+        let index = node.applied;
+        let term = raft::Storage::term(node.raw.store(), index).unwrap();
+        let at_index = registry.read().unwrap().clone();
+        assert_eq!(at_index.weights.len(), 5);
+        // The registry moves on while the copy is serialised.
+        for i in 5..8 {
+            set_weight(&mut node, &format!("role{i}"), 2.0);
+        }
+        node.poll_snapshot(true).unwrap();
+        assert!(node.snapshot_job.is_none());
+
+        let store = &node.raw.store().0;
+        assert!(!store.has_unsynced());
+        assert_eq!(store.snapshot_meta().index, index);
+        assert_eq!(store.snapshot_meta().term, term);
+        assert_eq!(store.snapshot_meta().get_conf_state().voters, vec![1]);
+        let stored = Registry::from_snapshot(&store.snapshot_data().unwrap()).unwrap();
+        assert_eq!(
+            stored, at_index,
+            "the snapshot is the registry at its index"
+        );
+        assert_ne!(stored, *registry.read().unwrap());
+        // The log is compacted through the snapshot and keeps what came after.
+        assert_eq!(
+            raft::Storage::first_index(node.raw.store()).unwrap(),
+            index + 1
+        );
+        assert_eq!(store.last_index(), node.applied);
+
+        // A restart from the store: the snapshot plus the log after it is the registry.
+        let (restarted, registry_after) = leader(store.clone());
+        assert_eq!(*registry_after.read().unwrap(), *registry.read().unwrap());
+        assert_eq!(restarted.snapshot_index, index);
+    }
+
+    #[test]
+    fn a_snapshot_is_taken_every_so_many_entries_and_one_at_a_time() {
+        let (mut node, _registry) = leader(MemLogStore::bootstrap(vec![1], b""));
+        // Applied entries in batches, as a burst of proposals: no snapshot until
+        // SNAPSHOT_EVERY of them.
+        let cmd = registry::encode(&Command::SetWeights {
+            weights: vec![("web".to_string(), 1.0)],
+        });
+        while node.applied < SNAPSHOT_EVERY {
+            assert!(node.snapshot_job.is_none());
+            assert_eq!(node.raw.store().snapshot_meta().index, 0);
+            for _ in 0..500 {
+                node.raw.propose(vec![], cmd.clone()).unwrap();
+            }
+            node.on_ready().unwrap();
+        }
+        let first = node.snapshot_job.as_ref().map(|j| j.index);
+        assert_eq!(first, Some(node.applied));
+        // Until it is stored, no other starts, however due.
+        node.snapshot_soon = true;
+        node.snapshot_index = 0;
+        node.maybe_snapshot().unwrap();
+        assert_eq!(node.snapshot_job.as_ref().map(|j| j.index), first);
+        node.poll_snapshot(true).unwrap();
+        assert!(node.snapshot_job.is_none());
+        assert_eq!(Some(node.raw.store().snapshot_meta().index), first);
+    }
 }

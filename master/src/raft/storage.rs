@@ -1,14 +1,20 @@
-//! raft-rs `Storage` on RocksDB.
+//! Where the Raft node keeps its log: the [`LogStore`] trait, its RocksDB implementation
+//! for the daemon ([`RocksStorage`]) and an in-memory one for tests and the simulator
+//! ([`MemLogStore`]), and [`RaftStorage`], raft-rs's `Storage` over any of them.
 //!
-//! Layout (one column family, prefixed keys):
+//! A store writes at once (reads see every write) but promises durability only after
+//! [`LogStore::sync`]: the Raft thread appends a `Ready`'s entries and hard state and then
+//! syncs once, before any message that depends on them leaves (group commit).
+//!
+//! RocksDB layout (one column family, prefixed keys):
 //! - `m/hard_state`, `m/conf_state`: raft's hard state and membership;
 //! - `m/snap_meta`, `m/snap_data`: the latest registry snapshot and its (index, term,
 //!   conf state); the log starts right after it;
 //! - `l/<index as 8 big-endian bytes>`: log entries, so that index order is key order.
 //!
-//! The first/last index and hard state are cached in memory; every write goes through one
-//! `WriteBatch` that is fsynced (`sync = true`) before raft is told it is durable, and a
-//! `Ready`'s entries and hard state share one batch (group commit).
+//! The first/last index and hard state are cached in memory. Each write is one
+//! `WriteBatch` written without sync; [`LogStore::sync`] fsyncs RocksDB's write-ahead log,
+//! which makes every earlier write durable at once.
 
 use std::path::Path;
 
@@ -17,14 +23,332 @@ use raft::prelude::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState, StorageError};
 use rocksdb::{WriteBatch, WriteOptions, DB};
 
+use crate::error::{MasterError, Result};
+
+/// The Raft node's durable state, as the node writes it: the log, the hard state, the
+/// commit index, the applied membership and the registry snapshot, and an explicit `sync`.
+///
+/// Writes are visible to reads at once; they are durable only after [`LogStore::sync`]
+/// (except where a method says otherwise). Each write is atomic: a crash leaves it whole
+/// or absent.
+pub trait LogStore: Send + 'static {
+    /// Raft's term, vote and commit index.
+    fn hard_state(&self) -> &HardState;
+    /// The membership the store holds (the latest applied membership entry's).
+    fn conf_state(&self) -> &ConfState;
+    /// Log index of the last membership entry [`LogStore::conf_state`] includes: on
+    /// restart, the log is replayed from the snapshot, and membership entries up to here
+    /// must not be applied to Raft twice.
+    fn conf_index(&self) -> u64;
+    /// The latest snapshot's (index, term, membership); the log starts right after it.
+    fn snapshot_meta(&self) -> &SnapshotMetadata;
+    /// The latest snapshot's bytes (the serialized registry).
+    fn snapshot_data(&self) -> Result<Vec<u8>>;
+    /// Index of the last log entry (the snapshot's index when the log is empty).
+    fn last_index(&self) -> u64;
+    /// The stored entries with indexes in `low..high`, in order, stopping before the total
+    /// size passes `max_size` (but always at least one entry when there is one).
+    fn entries(&self, low: u64, high: u64, max_size: u64) -> Result<Vec<Entry>>;
+
+    /// Appends entries, dropping any stored suffix from the first one's index on (a new
+    /// leader's log wins over conflicting entries).
+    fn append(&mut self, entries: &[Entry]) -> Result<()>;
+    /// Records raft's term, vote and commit index.
+    fn set_hard_state(&mut self, hs: &HardState) -> Result<()>;
+    /// Records a new commit index. Need not be synced: a commit index lost in a crash is
+    /// learned again from the log and the peers, while term and vote (which must never go
+    /// back) are synced with the entries.
+    fn set_commit(&mut self, commit: u64) -> Result<()>;
+    /// Records an applied membership change, with the index of its entry.
+    fn set_conf_state(&mut self, cs: ConfState, index: u64) -> Result<()>;
+    /// Stores a snapshot of the applied registry (`meta` says at which index and term, and
+    /// the membership at that index) and compacts the log through that index. Ignored
+    /// when the store already holds a snapshot at least as recent.
+    fn save_snapshot(&mut self, meta: SnapshotMetadata, data: &[u8]) -> Result<()>;
+    /// Installs a snapshot received from the leader: the log restarts after it.
+    fn apply_snapshot(&mut self, snap: &Snapshot) -> Result<()>;
+    /// Makes every earlier write durable.
+    fn sync(&mut self) -> Result<()>;
+}
+
+/// raft-rs's `Storage` over a [`LogStore`]. Derefs to the store, so that the node writes
+/// through it directly.
+pub struct RaftStorage<S>(pub S);
+
+impl<S> std::ops::Deref for RaftStorage<S> {
+    type Target = S;
+    fn deref(&self) -> &S {
+        &self.0
+    }
+}
+
+impl<S> std::ops::DerefMut for RaftStorage<S> {
+    fn deref_mut(&mut self) -> &mut S {
+        &mut self.0
+    }
+}
+
+fn store_err(e: impl std::fmt::Display) -> raft::Error {
+    raft::Error::Store(StorageError::Other(e.to_string().into()))
+}
+
+impl<S: LogStore> raft::Storage for RaftStorage<S> {
+    fn initial_state(&self) -> raft::Result<RaftState> {
+        Ok(RaftState::new(
+            self.0.hard_state().clone(),
+            self.0.conf_state().clone(),
+        ))
+    }
+
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        _context: GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        if low <= self.0.snapshot_meta().index {
+            return Err(raft::Error::Store(StorageError::Compacted));
+        }
+        if high > self.0.last_index() + 1 {
+            return Err(raft::Error::Store(StorageError::Unavailable));
+        }
+        let max = max_size.into().unwrap_or(u64::MAX);
+        let out = self.0.entries(low, high, max).map_err(store_err)?;
+        if out.is_empty() && low < high {
+            return Err(raft::Error::Store(StorageError::Unavailable));
+        }
+        Ok(out)
+    }
+
+    fn term(&self, idx: u64) -> raft::Result<u64> {
+        let meta = self.0.snapshot_meta();
+        if idx == meta.index {
+            return Ok(meta.term);
+        }
+        if idx < meta.index {
+            return Err(raft::Error::Store(StorageError::Compacted));
+        }
+        if idx > self.0.last_index() {
+            return Err(raft::Error::Store(StorageError::Unavailable));
+        }
+        match self
+            .0
+            .entries(idx, idx + 1, u64::MAX)
+            .map_err(store_err)?
+            .first()
+        {
+            Some(e) if e.index == idx => Ok(e.term),
+            _ => Err(raft::Error::Store(StorageError::Unavailable)),
+        }
+    }
+
+    fn first_index(&self) -> raft::Result<u64> {
+        Ok(self.0.snapshot_meta().index + 1)
+    }
+
+    fn last_index(&self) -> raft::Result<u64> {
+        Ok(self.0.last_index())
+    }
+
+    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        let meta = self.0.snapshot_meta().clone();
+        if meta.index < request_index {
+            return Err(raft::Error::Store(
+                StorageError::SnapshotTemporarilyUnavailable,
+            ));
+        }
+        let data = self.0.snapshot_data().map_err(store_err)?;
+        let mut snap = Snapshot::default();
+        snap.set_metadata(meta);
+        snap.set_data(data.into());
+        Ok(snap)
+    }
+}
+
+/// The snapshot metadata of a brand-new store: index 0, the seeded membership.
+fn seed_meta(cs: &ConfState, index: u64, term: u64) -> SnapshotMetadata {
+    let mut meta = SnapshotMetadata {
+        index,
+        term,
+        ..Default::default()
+    };
+    meta.set_conf_state(cs.clone());
+    meta
+}
+
+/// A [`LogStore`] in memory: the Raft node of unit tests and of the simulator. Counts its
+/// syncs, so that tests can check the order of writes and syncs.
+#[derive(Debug, Default, Clone)]
+pub struct MemLogStore {
+    hard_state: HardState,
+    conf_state: ConfState,
+    conf_index: u64,
+    snap_meta: SnapshotMetadata,
+    snap_data: Vec<u8>,
+    /// The log after the snapshot: `log[i]` has index `snap_meta.index + 1 + i`.
+    log: Vec<Entry>,
+    unsynced: bool,
+    syncs: u64,
+}
+
+impl MemLogStore {
+    /// A store seeded like a new cluster's member: `voters`, and `registry` (the initial
+    /// registry's bytes) as the snapshot at index 0.
+    pub fn bootstrap(voters: Vec<u64>, registry: &[u8]) -> Self {
+        let cs = ConfState {
+            voters,
+            ..Default::default()
+        };
+        Self {
+            snap_meta: seed_meta(&cs, 0, 0),
+            conf_state: cs,
+            snap_data: registry.to_vec(),
+            ..Default::default()
+        }
+    }
+
+    /// A store for a master that joins a running cluster: no membership (the leader's
+    /// snapshot brings it).
+    pub fn joining() -> Self {
+        Self::default()
+    }
+
+    /// How many times [`LogStore::sync`] made writes durable.
+    pub fn syncs(&self) -> u64 {
+        self.syncs
+    }
+
+    /// True when some write has not been synced yet.
+    pub fn has_unsynced(&self) -> bool {
+        self.unsynced
+    }
+}
+
+impl LogStore for MemLogStore {
+    fn hard_state(&self) -> &HardState {
+        &self.hard_state
+    }
+
+    fn conf_state(&self) -> &ConfState {
+        &self.conf_state
+    }
+
+    fn conf_index(&self) -> u64 {
+        self.conf_index
+    }
+
+    fn snapshot_meta(&self) -> &SnapshotMetadata {
+        &self.snap_meta
+    }
+
+    fn snapshot_data(&self) -> Result<Vec<u8>> {
+        Ok(self.snap_data.clone())
+    }
+
+    fn last_index(&self) -> u64 {
+        self.snap_meta.index + self.log.len() as u64
+    }
+
+    fn entries(&self, low: u64, high: u64, max_size: u64) -> Result<Vec<Entry>> {
+        let first = self.snap_meta.index + 1;
+        let (low, high) = (low.max(first), high.min(self.last_index() + 1));
+        let mut out = Vec::new();
+        let mut size = 0u64;
+        for e in self
+            .log
+            .iter()
+            .skip((low - first) as usize)
+            .take(high.saturating_sub(low) as usize)
+        {
+            size += u64::from(e.compute_size());
+            // raft-rs expects at least one entry even when it alone exceeds the limit.
+            if !out.is_empty() && size > max_size {
+                break;
+            }
+            out.push(e.clone());
+        }
+        Ok(out)
+    }
+
+    fn append(&mut self, entries: &[Entry]) -> Result<()> {
+        let Some(first) = entries.first() else {
+            return Ok(());
+        };
+        if first.index <= self.snap_meta.index || first.index > self.last_index() + 1 {
+            return Err(MasterError::Internal(format!(
+                "appending entry {} to a log holding {} to {}",
+                first.index,
+                self.snap_meta.index + 1,
+                self.last_index()
+            )));
+        }
+        self.log
+            .truncate((first.index - self.snap_meta.index - 1) as usize);
+        self.log.extend_from_slice(entries);
+        self.unsynced = true;
+        Ok(())
+    }
+
+    fn set_hard_state(&mut self, hs: &HardState) -> Result<()> {
+        self.hard_state = hs.clone();
+        self.unsynced = true;
+        Ok(())
+    }
+
+    fn set_commit(&mut self, commit: u64) -> Result<()> {
+        self.hard_state.commit = commit;
+        Ok(())
+    }
+
+    fn set_conf_state(&mut self, cs: ConfState, index: u64) -> Result<()> {
+        self.conf_state = cs;
+        self.conf_index = index;
+        self.unsynced = true;
+        Ok(())
+    }
+
+    fn save_snapshot(&mut self, meta: SnapshotMetadata, data: &[u8]) -> Result<()> {
+        if meta.index <= self.snap_meta.index {
+            return Ok(());
+        }
+        let drop = ((meta.index - self.snap_meta.index) as usize).min(self.log.len());
+        self.log.drain(..drop);
+        self.snap_meta = meta;
+        self.snap_data = data.to_vec();
+        self.unsynced = true;
+        Ok(())
+    }
+
+    fn apply_snapshot(&mut self, snap: &Snapshot) -> Result<()> {
+        let meta = snap.get_metadata().clone();
+        self.log.clear();
+        self.hard_state.term = self.hard_state.term.max(meta.term);
+        self.hard_state.commit = meta.index;
+        self.conf_state = meta.get_conf_state().clone();
+        self.conf_index = meta.index;
+        self.snap_data = snap.get_data().to_vec();
+        self.snap_meta = meta;
+        self.unsynced = true;
+        Ok(())
+    }
+
+    fn sync(&mut self) -> Result<()> {
+        if self.unsynced {
+            self.unsynced = false;
+            self.syncs += 1;
+        }
+        Ok(())
+    }
+}
+
 const HARD_STATE: &[u8] = b"m/hard_state";
 const CONF_STATE: &[u8] = b"m/conf_state";
 const SNAP_META: &[u8] = b"m/snap_meta";
 const SNAP_DATA: &[u8] = b"m/snap_data";
 const NODE_ID: &[u8] = b"m/node_id";
-/// Log index of the last membership entry reflected in `m/conf_state`: on restart, the log
-/// is replayed from the snapshot, and membership entries up to here must not be applied
-/// to Raft twice (the stored configuration already includes them).
+/// Log index of the last membership entry reflected in `m/conf_state` (see
+/// [`LogStore::conf_index`]).
 const CONF_INDEX: &[u8] = b"m/conf_index";
 
 fn log_key(index: u64) -> [u8; 10] {
@@ -35,8 +359,18 @@ fn log_key(index: u64) -> [u8; 10] {
     k
 }
 
-fn store_err(e: impl std::fmt::Display) -> raft::Error {
-    raft::Error::Store(StorageError::Other(e.to_string().into()))
+fn rocks(context: &'static str) -> impl FnOnce(rocksdb::Error) -> MasterError {
+    move |e| MasterError::rocks(context, e)
+}
+
+fn encode(what: &str, m: &impl PbMessage) -> Result<Vec<u8>> {
+    m.write_to_bytes()
+        .map_err(|e| MasterError::Internal(format!("cannot encode the {what}: {e}")))
+}
+
+fn decode<M: PbMessage>(what: &str, bytes: &[u8]) -> Result<M> {
+    M::parse_from_bytes(bytes)
+        .map_err(|e| MasterError::Corrupt(format!("the stored {what} cannot be decoded: {e}")))
 }
 
 /// Raft log, hard state and snapshots in one RocksDB database.
@@ -47,27 +381,32 @@ pub struct RocksStorage {
     snap_meta: SnapshotMetadata,
     last_index: u64,
     conf_index: u64,
+    /// A write since the last sync needs one (everything but commit indexes).
+    unsynced: bool,
 }
 
 impl RocksStorage {
     /// Opens (or creates) the database in `dir`.
-    pub fn open(dir: &Path) -> anyhow::Result<Self> {
+    pub fn open(dir: &Path) -> Result<Self> {
         let mut opts = rocksdb::Options::default();
         opts.create_if_missing(true);
-        let db = DB::open(&opts, dir)?;
-        let hard_state = match db.get(HARD_STATE)? {
-            Some(b) => HardState::parse_from_bytes(&b)?,
+        let db = DB::open(&opts, dir).map_err(|e| {
+            MasterError::rocks(format!("cannot open the database in {}", dir.display()), e)
+        })?;
+        let get = |key: &[u8]| db.get(key).map_err(rocks("cannot read the database"));
+        let hard_state = match get(HARD_STATE)? {
+            Some(b) => decode("hard state", &b)?,
             None => HardState::default(),
         };
-        let conf_state = match db.get(CONF_STATE)? {
-            Some(b) => ConfState::parse_from_bytes(&b)?,
+        let conf_state = match get(CONF_STATE)? {
+            Some(b) => decode("membership", &b)?,
             None => ConfState::default(),
         };
-        let snap_meta = match db.get(SNAP_META)? {
-            Some(b) => SnapshotMetadata::parse_from_bytes(&b)?,
+        let snap_meta = match get(SNAP_META)? {
+            Some(b) => decode("snapshot metadata", &b)?,
             None => SnapshotMetadata::default(),
         };
-        let conf_index = match db.get(CONF_INDEX)? {
+        let conf_index = match get(CONF_INDEX)? {
             Some(b) => u64::from_be_bytes(b.as_slice().try_into().unwrap_or([0; 8])),
             None => 0,
         };
@@ -90,6 +429,7 @@ impl RocksStorage {
             snap_meta,
             last_index,
             conf_index,
+            unsynced: false,
         })
     }
 
@@ -102,88 +442,31 @@ impl RocksStorage {
     }
 
     /// The node id this database belongs to, if recorded.
-    pub fn node_id(&self) -> anyhow::Result<Option<u64>> {
+    pub fn node_id(&self) -> Result<Option<u64>> {
         Ok(self
             .db
-            .get(NODE_ID)?
+            .get(NODE_ID)
+            .map_err(rocks("cannot read the node id"))?
             .map(|b| u64::from_be_bytes(b.as_slice().try_into().unwrap_or([0; 8]))))
     }
 
     /// Seeds a brand-new cluster's membership (and records which node this is). `registry`
     /// is the initial registry (its address book of masters), stored as the snapshot at
     /// index 0; every seeded member must be given the same one.
-    pub fn bootstrap(
-        &mut self,
-        node_id: u64,
-        voters: Vec<u64>,
-        registry: &[u8],
-    ) -> anyhow::Result<()> {
+    pub fn bootstrap(&mut self, node_id: u64, voters: Vec<u64>, registry: &[u8]) -> Result<()> {
         let cs = ConfState {
             voters,
             ..Default::default()
         };
+        let meta = seed_meta(&cs, 0, 0);
         let mut batch = WriteBatch::default();
-        batch.put(CONF_STATE, cs.write_to_bytes()?);
+        batch.put(CONF_STATE, encode("membership", &cs)?);
         batch.put(NODE_ID, node_id.to_be_bytes());
-        let mut meta = SnapshotMetadata::default();
-        meta.set_conf_state(cs.clone());
-        batch.put(SNAP_META, meta.write_to_bytes()?);
+        batch.put(SNAP_META, encode("snapshot metadata", &meta)?);
         batch.put(SNAP_DATA, registry);
-        self.write(batch)?;
+        self.write_synced(batch, "cannot seed the cluster's membership")?;
         self.conf_state = cs;
         self.snap_meta = meta;
-        Ok(())
-    }
-
-    fn write(&self, batch: WriteBatch) -> anyhow::Result<()> {
-        self.write_with(batch, true)
-    }
-
-    fn write_with(&self, batch: WriteBatch, sync: bool) -> anyhow::Result<()> {
-        let mut wo = WriteOptions::default();
-        wo.set_sync(sync);
-        self.db.write_opt(batch, &wo)?;
-        Ok(())
-    }
-
-    /// Appends entries (truncating any conflicting suffix) and, in the same fsynced batch,
-    /// the new hard state.
-    pub fn append(&mut self, entries: &[Entry], hs: Option<&HardState>) -> anyhow::Result<()> {
-        let mut batch = WriteBatch::default();
-        if let Some(first) = entries.first() {
-            let new_last = entries.last().expect("non-empty").index;
-            for e in entries {
-                batch.put(log_key(e.index), e.write_to_bytes()?);
-            }
-            // Entries past the new end conflict with the leader's log: drop them.
-            if self.last_index > new_last {
-                batch.delete_range(log_key(new_last + 1), log_key(self.last_index + 1));
-            }
-            debug_assert!(first.index > self.snap_meta.index);
-        }
-        if let Some(hs) = hs {
-            batch.put(HARD_STATE, hs.write_to_bytes()?);
-        }
-        self.write(batch)?;
-        if let Some(last) = entries.last() {
-            self.last_index = last.index;
-        }
-        if let Some(hs) = hs {
-            self.hard_state = hs.clone();
-        }
-        Ok(())
-    }
-
-    /// Records a new commit index (from a `LightReady`). Not fsynced: a commit index lost
-    /// in a crash is learned again from the log and the peers, while term and vote (which
-    /// must never go back) are always written with a sync in [`RocksStorage::append`].
-    pub fn set_commit(&mut self, commit: u64) -> anyhow::Result<()> {
-        let mut hs = self.hard_state.clone();
-        hs.commit = commit;
-        let mut batch = WriteBatch::default();
-        batch.put(HARD_STATE, hs.write_to_bytes()?);
-        self.write_with(batch, false)?;
-        self.hard_state = hs;
         Ok(())
     }
 
@@ -197,34 +480,30 @@ impl RocksStorage {
         index: u64,
         term: u64,
         registry: &[u8],
-    ) -> anyhow::Result<()> {
-        anyhow::ensure!(
-            self.is_empty(),
-            "the data folder already holds cluster state"
-        );
+    ) -> Result<()> {
+        if !self.is_empty() {
+            return Err(MasterError::Backup(
+                "the data folder already holds cluster state".into(),
+            ));
+        }
         let cs = ConfState {
             voters,
             ..Default::default()
         };
-        let mut meta = SnapshotMetadata {
-            index,
-            term,
-            ..Default::default()
-        };
-        meta.set_conf_state(cs.clone());
+        let meta = seed_meta(&cs, index, term);
         let hs = HardState {
             term,
             commit: index,
             ..Default::default()
         };
         let mut batch = WriteBatch::default();
-        batch.put(CONF_STATE, cs.write_to_bytes()?);
+        batch.put(CONF_STATE, encode("membership", &cs)?);
         batch.put(CONF_INDEX, index.to_be_bytes());
         batch.put(NODE_ID, node_id.to_be_bytes());
-        batch.put(SNAP_META, meta.write_to_bytes()?);
+        batch.put(SNAP_META, encode("snapshot metadata", &meta)?);
         batch.put(SNAP_DATA, registry);
-        batch.put(HARD_STATE, hs.write_to_bytes()?);
-        self.write(batch)?;
+        batch.put(HARD_STATE, encode("hard state", &hs)?);
+        self.write_synced(batch, "cannot restore the registry")?;
         self.conf_state = cs;
         self.conf_index = index;
         self.snap_meta = meta;
@@ -235,122 +514,58 @@ impl RocksStorage {
 
     /// Records that this node will join an existing cluster: its id, and no membership
     /// (the leader's snapshot brings it).
-    pub fn record_joining(&mut self, node_id: u64) -> anyhow::Result<()> {
+    pub fn record_joining(&mut self, node_id: u64) -> Result<()> {
         let mut batch = WriteBatch::default();
         batch.put(NODE_ID, node_id.to_be_bytes());
-        self.write(batch)
+        self.write_synced(batch, "cannot record the node id")
     }
 
-    /// Records a membership change that was applied, with the index of its entry.
-    pub fn set_conf_state(&mut self, cs: ConfState, index: u64) -> anyhow::Result<()> {
-        let mut batch = WriteBatch::default();
-        batch.put(CONF_STATE, cs.write_to_bytes()?);
-        batch.put(CONF_INDEX, index.to_be_bytes());
-        self.write(batch)?;
-        self.conf_state = cs;
-        self.conf_index = index;
-        Ok(())
+    /// Writes and fsyncs at once (the setup steps before the Raft thread starts).
+    fn write_synced(&mut self, batch: WriteBatch, context: &'static str) -> Result<()> {
+        let mut wo = WriteOptions::default();
+        wo.set_sync(true);
+        self.db.write_opt(batch, &wo).map_err(rocks(context))
     }
 
-    /// Index of the last membership entry the stored configuration includes.
-    pub fn conf_index(&self) -> u64 {
-        self.conf_index
-    }
-
-    /// Stores a snapshot of the applied registry at (`index`, `term`) and compacts the log
-    /// through `index`: a follower that lags further behind receives the snapshot instead.
-    pub fn save_snapshot(&mut self, index: u64, term: u64, data: &[u8]) -> anyhow::Result<()> {
-        if index <= self.snap_meta.index {
-            return Ok(());
-        }
-        let mut meta = SnapshotMetadata {
-            index,
-            term,
-            ..Default::default()
-        };
-        meta.set_conf_state(self.conf_state.clone());
-        let mut batch = WriteBatch::default();
-        batch.put(SNAP_META, meta.write_to_bytes()?);
-        batch.put(SNAP_DATA, data);
-        batch.delete_range(log_key(0), log_key(index + 1));
-        self.write(batch)?;
-        self.snap_meta = meta;
-        Ok(())
-    }
-
-    /// Installs a snapshot received from the leader: the log restarts after it.
-    pub fn apply_snapshot(&mut self, snap: &Snapshot) -> anyhow::Result<()> {
-        let meta = snap.get_metadata().clone();
-        let mut batch = WriteBatch::default();
-        batch.delete_range(log_key(0), log_key(u64::MAX));
-        batch.put(SNAP_META, meta.write_to_bytes()?);
-        batch.put(SNAP_DATA, snap.get_data());
-        batch.put(CONF_STATE, meta.get_conf_state().write_to_bytes()?);
-        batch.put(CONF_INDEX, meta.index.to_be_bytes());
-        let mut hs = self.hard_state.clone();
-        hs.term = hs.term.max(meta.term);
-        hs.commit = meta.index;
-        batch.put(HARD_STATE, hs.write_to_bytes()?);
-        self.write(batch)?;
-        self.hard_state = hs;
-        self.conf_state = meta.get_conf_state().clone();
-        self.conf_index = meta.index;
-        self.last_index = meta.index;
-        self.snap_meta = meta;
-        Ok(())
-    }
-
-    /// The stored registry snapshot and its metadata.
-    pub fn stored_snapshot(&self) -> anyhow::Result<(SnapshotMetadata, Vec<u8>)> {
-        Ok((
-            self.snap_meta.clone(),
-            self.db.get(SNAP_DATA)?.unwrap_or_default(),
-        ))
-    }
-
-    pub fn hard_state(&self) -> &HardState {
-        &self.hard_state
-    }
-
-    pub fn conf_state(&self) -> &ConfState {
-        &self.conf_state
-    }
-
-    fn first_index_inner(&self) -> u64 {
-        self.snap_meta.index + 1
-    }
-
-    fn get_entry(&self, index: u64) -> raft::Result<Entry> {
-        match self.db.get(log_key(index)).map_err(store_err)? {
-            Some(b) => Entry::parse_from_bytes(&b).map_err(store_err),
-            None => Err(raft::Error::Store(StorageError::Unavailable)),
-        }
+    /// Writes without fsync; [`LogStore::sync`] makes it durable.
+    fn write(&mut self, batch: WriteBatch, context: &'static str) -> Result<()> {
+        let mut wo = WriteOptions::default();
+        wo.set_sync(false);
+        self.db.write_opt(batch, &wo).map_err(rocks(context))
     }
 }
 
-impl raft::Storage for RocksStorage {
-    fn initial_state(&self) -> raft::Result<RaftState> {
-        Ok(RaftState::new(
-            self.hard_state.clone(),
-            self.conf_state.clone(),
-        ))
+impl LogStore for RocksStorage {
+    fn hard_state(&self) -> &HardState {
+        &self.hard_state
     }
 
-    fn entries(
-        &self,
-        low: u64,
-        high: u64,
-        max_size: impl Into<Option<u64>>,
-        _context: GetEntriesContext,
-    ) -> raft::Result<Vec<Entry>> {
-        if low < self.first_index_inner() {
-            return Err(raft::Error::Store(StorageError::Compacted));
-        }
-        if high > self.last_index + 1 {
-            return Err(raft::Error::Store(StorageError::Unavailable));
-        }
-        let max = max_size.into().unwrap_or(u64::MAX);
-        let mut out = Vec::with_capacity((high - low) as usize);
+    fn conf_state(&self) -> &ConfState {
+        &self.conf_state
+    }
+
+    fn conf_index(&self) -> u64 {
+        self.conf_index
+    }
+
+    fn snapshot_meta(&self) -> &SnapshotMetadata {
+        &self.snap_meta
+    }
+
+    fn snapshot_data(&self) -> Result<Vec<u8>> {
+        Ok(self
+            .db
+            .get(SNAP_DATA)
+            .map_err(rocks("cannot read the registry snapshot"))?
+            .unwrap_or_default())
+    }
+
+    fn last_index(&self) -> u64 {
+        self.last_index
+    }
+
+    fn entries(&self, low: u64, high: u64, max_size: u64) -> Result<Vec<Entry>> {
+        let mut out = Vec::with_capacity(high.saturating_sub(low).min(1024) as usize);
         let mut size = 0u64;
         let mut it = self.db.raw_iterator();
         it.seek(log_key(low));
@@ -363,53 +578,114 @@ impl raft::Storage for RocksStorage {
             if idx >= high {
                 break;
             }
-            let e = Entry::parse_from_bytes(it.value().unwrap_or_default()).map_err(store_err)?;
-            size += e.compute_size() as u64;
+            let e: Entry = decode("log entry", it.value().unwrap_or_default())?;
+            size += u64::from(e.compute_size());
             // raft-rs expects at least one entry even when it alone exceeds the limit.
-            if !out.is_empty() && size > max {
+            if !out.is_empty() && size > max_size {
                 break;
             }
             out.push(e);
             it.next();
         }
-        if out.is_empty() && low < high {
-            return Err(raft::Error::Store(StorageError::Unavailable));
-        }
+        it.status().map_err(rocks("cannot read the log"))?;
         Ok(out)
     }
 
-    fn term(&self, idx: u64) -> raft::Result<u64> {
-        if idx == self.snap_meta.index {
-            return Ok(self.snap_meta.term);
+    fn append(&mut self, entries: &[Entry]) -> Result<()> {
+        let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
+            return Ok(());
+        };
+        debug_assert!(first.index > self.snap_meta.index);
+        let mut batch = WriteBatch::default();
+        for e in entries {
+            batch.put(log_key(e.index), encode("log entry", e)?);
         }
-        if idx < self.first_index_inner() {
-            return Err(raft::Error::Store(StorageError::Compacted));
+        // Entries past the new end conflict with the leader's log: drop them.
+        if self.last_index > last.index {
+            batch.delete_range(log_key(last.index + 1), log_key(self.last_index + 1));
         }
-        if idx > self.last_index {
-            return Err(raft::Error::Store(StorageError::Unavailable));
-        }
-        Ok(self.get_entry(idx)?.term)
+        self.write(batch, "cannot append to the log")?;
+        self.last_index = last.index;
+        self.unsynced = true;
+        Ok(())
     }
 
-    fn first_index(&self) -> raft::Result<u64> {
-        Ok(self.first_index_inner())
+    fn set_hard_state(&mut self, hs: &HardState) -> Result<()> {
+        let mut batch = WriteBatch::default();
+        batch.put(HARD_STATE, encode("hard state", hs)?);
+        self.write(batch, "cannot write the hard state")?;
+        self.hard_state = hs.clone();
+        self.unsynced = true;
+        Ok(())
     }
 
-    fn last_index(&self) -> raft::Result<u64> {
-        Ok(self.last_index)
+    fn set_commit(&mut self, commit: u64) -> Result<()> {
+        let mut hs = self.hard_state.clone();
+        hs.commit = commit;
+        let mut batch = WriteBatch::default();
+        batch.put(HARD_STATE, encode("hard state", &hs)?);
+        self.write(batch, "cannot write the commit index")?;
+        self.hard_state = hs;
+        Ok(())
     }
 
-    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        let (meta, data) = self.stored_snapshot().map_err(store_err)?;
-        if meta.index < request_index {
-            return Err(raft::Error::Store(
-                StorageError::SnapshotTemporarilyUnavailable,
-            ));
+    fn set_conf_state(&mut self, cs: ConfState, index: u64) -> Result<()> {
+        let mut batch = WriteBatch::default();
+        batch.put(CONF_STATE, encode("membership", &cs)?);
+        batch.put(CONF_INDEX, index.to_be_bytes());
+        self.write(batch, "cannot write the membership")?;
+        self.conf_state = cs;
+        self.conf_index = index;
+        self.unsynced = true;
+        Ok(())
+    }
+
+    fn save_snapshot(&mut self, meta: SnapshotMetadata, data: &[u8]) -> Result<()> {
+        if meta.index <= self.snap_meta.index {
+            return Ok(());
         }
-        let mut snap = Snapshot::default();
-        snap.set_metadata(meta);
-        snap.set_data(data.into());
-        Ok(snap)
+        let mut batch = WriteBatch::default();
+        batch.put(SNAP_META, encode("snapshot metadata", &meta)?);
+        batch.put(SNAP_DATA, data);
+        batch.delete_range(log_key(0), log_key(meta.index + 1));
+        self.write(batch, "cannot store the registry snapshot")?;
+        self.last_index = self.last_index.max(meta.index);
+        self.snap_meta = meta;
+        self.unsynced = true;
+        Ok(())
+    }
+
+    fn apply_snapshot(&mut self, snap: &Snapshot) -> Result<()> {
+        let meta = snap.get_metadata().clone();
+        let mut hs = self.hard_state.clone();
+        hs.term = hs.term.max(meta.term);
+        hs.commit = meta.index;
+        let mut batch = WriteBatch::default();
+        batch.delete_range(log_key(0), log_key(u64::MAX));
+        batch.put(SNAP_META, encode("snapshot metadata", &meta)?);
+        batch.put(SNAP_DATA, snap.get_data());
+        batch.put(CONF_STATE, encode("membership", meta.get_conf_state())?);
+        batch.put(CONF_INDEX, meta.index.to_be_bytes());
+        batch.put(HARD_STATE, encode("hard state", &hs)?);
+        self.write(batch, "cannot install the leader's snapshot")?;
+        self.hard_state = hs;
+        self.conf_state = meta.get_conf_state().clone();
+        self.conf_index = meta.index;
+        self.last_index = meta.index;
+        self.snap_meta = meta;
+        self.unsynced = true;
+        Ok(())
+    }
+
+    fn sync(&mut self) -> Result<()> {
+        if self.unsynced {
+            // Every write went to the write-ahead log; one fsync makes them all durable.
+            self.db
+                .flush_wal(true)
+                .map_err(rocks("cannot sync the write-ahead log"))?;
+            self.unsynced = false;
+        }
+        Ok(())
     }
 }
 
@@ -427,56 +703,152 @@ mod tests {
         }
     }
 
+    fn meta(index: u64, term: u64, voters: Vec<u64>) -> SnapshotMetadata {
+        seed_meta(
+            &ConfState {
+                voters,
+                ..Default::default()
+            },
+            index,
+            term,
+        )
+    }
+
+    /// Appends, truncates a conflicting suffix and compacts through a snapshot: the same
+    /// answers from every store.
+    fn log_behaves(s: &mut RaftStorage<impl LogStore>) {
+        let hs = HardState {
+            term: 2,
+            vote: 1,
+            commit: 3,
+            ..Default::default()
+        };
+        s.append(&(1..=5).map(|i| entry(i, 2)).collect::<Vec<_>>())
+            .unwrap();
+        s.set_hard_state(&hs).unwrap();
+        s.sync().unwrap();
+        // A new leader overwrites index 4 onwards with a shorter log.
+        s.append(&[entry(4, 3)]).unwrap();
+        assert_eq!(Storage::last_index(s).unwrap(), 4);
+        assert_eq!(s.term(4).unwrap(), 3);
+        assert_eq!(s.term(3).unwrap(), 2);
+        assert_eq!(s.initial_state().unwrap().hard_state, hs);
+        let es = s
+            .entries(1, 5, None, GetEntriesContext::empty(false))
+            .unwrap();
+        assert_eq!(es.iter().map(|e| e.index).collect::<Vec<_>>(), [1, 2, 3, 4]);
+        // At least one entry, however small the limit.
+        let es = s
+            .entries(2, 5, Some(1), GetEntriesContext::empty(false))
+            .unwrap();
+        assert_eq!(es.len(), 1);
+        assert!(matches!(
+            s.entries(1, 6, None, GetEntriesContext::empty(false)),
+            Err(raft::Error::Store(StorageError::Unavailable))
+        ));
+
+        s.append(&(5..=10).map(|i| entry(i, 3)).collect::<Vec<_>>())
+            .unwrap();
+        s.save_snapshot(meta(7, 3, vec![1]), b"registry").unwrap();
+        assert_eq!(s.first_index().unwrap(), 8);
+        assert_eq!(Storage::last_index(s).unwrap(), 10);
+        assert_eq!(s.term(7).unwrap(), 3);
+        assert!(matches!(
+            s.term(3),
+            Err(raft::Error::Store(StorageError::Compacted))
+        ));
+        assert!(matches!(
+            s.entries(7, 9, None, GetEntriesContext::empty(false)),
+            Err(raft::Error::Store(StorageError::Compacted))
+        ));
+        let snap = s.snapshot(7, 2).unwrap();
+        assert_eq!(snap.get_data(), b"registry");
+        assert_eq!(snap.get_metadata().get_conf_state().voters, vec![1]);
+        assert!(matches!(
+            s.snapshot(8, 2),
+            Err(raft::Error::Store(
+                StorageError::SnapshotTemporarilyUnavailable
+            ))
+        ));
+        // An older snapshot changes nothing.
+        s.save_snapshot(meta(5, 3, vec![1]), b"older").unwrap();
+        assert_eq!(s.snapshot(7, 2).unwrap().get_data(), b"registry");
+
+        // The leader's snapshot replaces the log.
+        let mut leaders = Snapshot::default();
+        leaders.set_metadata(meta(20, 4, vec![1, 2, 3]));
+        leaders.set_data(b"leader's".to_vec().into());
+        s.apply_snapshot(&leaders).unwrap();
+        assert_eq!(s.first_index().unwrap(), 21);
+        assert_eq!(Storage::last_index(s).unwrap(), 20);
+        assert_eq!(s.hard_state().commit, 20);
+        assert_eq!(s.hard_state().term, 4);
+        assert_eq!(s.conf_state().voters, vec![1, 2, 3]);
+        assert_eq!(s.conf_index(), 20);
+        s.append(&[entry(21, 4)]).unwrap();
+        s.set_commit(21).unwrap();
+        s.sync().unwrap();
+        assert_eq!(s.term(21).unwrap(), 4);
+        assert_eq!(s.hard_state().commit, 21);
+    }
+
     #[test]
-    fn survives_reopen_and_truncates_conflicts() {
+    fn the_rocksdb_store_keeps_the_log_and_survives_reopening() {
         let dir = tempfile::tempdir().unwrap();
         {
             let mut s = RocksStorage::open(dir.path()).unwrap();
             assert!(s.is_empty());
             s.bootstrap(1, vec![1], b"").unwrap();
-            let hs = HardState {
-                term: 2,
-                vote: 1,
-                commit: 3,
-                ..Default::default()
-            };
-            s.append(&(1..=5).map(|i| entry(i, 2)).collect::<Vec<_>>(), Some(&hs))
-                .unwrap();
-            // A new leader overwrites index 4 onwards with a shorter log.
-            s.append(&[entry(4, 3)], None).unwrap();
-        }
-        let s = RocksStorage::open(dir.path()).unwrap();
-        assert!(!s.is_empty());
-        assert_eq!(s.last_index().unwrap(), 4);
-        assert_eq!(s.term(4).unwrap(), 3);
-        assert_eq!(s.initial_state().unwrap().hard_state.commit, 3);
-        assert_eq!(s.conf_state().voters, vec![1]);
-        assert_eq!(s.node_id().unwrap(), Some(1));
-        let es = s
-            .entries(1, 5, None, GetEntriesContext::empty(false))
+            let mut s = RaftStorage(s);
+            log_behaves(&mut s);
+            s.set_conf_state(
+                ConfState {
+                    voters: vec![1, 2],
+                    ..Default::default()
+                },
+                21,
+            )
             .unwrap();
-        assert_eq!(es.len(), 4);
+            s.sync().unwrap();
+        }
+        let s = RaftStorage(RocksStorage::open(dir.path()).unwrap());
+        assert!(!s.is_empty());
+        assert_eq!(s.node_id().unwrap(), Some(1));
+        assert_eq!(s.first_index().unwrap(), 21);
+        assert_eq!(Storage::last_index(&s).unwrap(), 21);
+        assert_eq!(s.term(21).unwrap(), 4);
+        assert_eq!(s.initial_state().unwrap().hard_state.commit, 21);
+        assert_eq!(s.conf_state().voters, vec![1, 2]);
+        assert_eq!(s.conf_index(), 21);
+        assert_eq!(s.snapshot(20, 2).unwrap().get_data(), b"leader's");
     }
 
     #[test]
-    fn snapshot_compacts_the_log() {
+    fn the_memory_store_keeps_the_log_and_counts_syncs() {
+        let mut s = RaftStorage(MemLogStore::bootstrap(vec![1], b""));
+        assert_eq!(s.initial_state().unwrap().conf_state.voters, vec![1]);
+        log_behaves(&mut s);
+        // Writes wait for a sync; a commit index alone does not need one.
+        assert!(!s.has_unsynced());
+        let syncs = s.syncs();
+        s.set_commit(21).unwrap();
+        assert!(!s.has_unsynced());
+        s.append(&[entry(22, 4)]).unwrap();
+        assert!(s.has_unsynced());
+        s.sync().unwrap();
+        assert_eq!(s.syncs(), syncs + 1);
+    }
+
+    #[test]
+    fn a_restored_store_starts_after_the_backup() {
         let dir = tempfile::tempdir().unwrap();
         let mut s = RocksStorage::open(dir.path()).unwrap();
-        s.bootstrap(1, vec![1], b"").unwrap();
-        s.append(&(1..=10).map(|i| entry(i, 1)).collect::<Vec<_>>(), None)
-            .unwrap();
-        s.save_snapshot(7, 1, b"registry").unwrap();
-        assert_eq!(s.first_index().unwrap(), 8);
-        assert_eq!(s.term(7).unwrap(), 1);
-        assert!(matches!(
-            s.term(3),
-            Err(raft::Error::Store(StorageError::Compacted))
-        ));
-        let snap = s.snapshot(7, 2).unwrap();
-        assert_eq!(snap.get_data(), b"registry");
-        drop(s);
-        let s = RocksStorage::open(dir.path()).unwrap();
-        assert_eq!(s.first_index().unwrap(), 8);
-        assert_eq!(s.last_index().unwrap(), 10);
+        s.restore(2, vec![1, 2], 1234, 7, b"backup").unwrap();
+        assert!(s.restore(2, vec![1, 2], 1234, 7, b"backup").is_err());
+        let s = RaftStorage(s);
+        assert_eq!(s.first_index().unwrap(), 1235);
+        assert_eq!(s.term(1234).unwrap(), 7);
+        assert_eq!(s.hard_state().commit, 1234);
+        assert_eq!(s.snapshot(1234, 1).unwrap().get_data(), b"backup");
     }
 }

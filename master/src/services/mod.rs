@@ -69,7 +69,16 @@ pub fn status(e: crate::error::MasterError) -> tonic::Status {
         E::DeadlineExceeded(m) => Status::deadline_exceeded(m),
         E::Unimplemented(m) => Status::unimplemented(m),
         E::NotLeader { leader } => drover_proto::leader::not_leader_status(leader.as_deref()),
-        e @ (E::Internal(_) | E::Io { .. }) => Status::internal(e.to_string()),
+        e @ (E::Internal(_)
+        | E::Io { .. }
+        | E::Raft { .. }
+        | E::Rocks { .. }
+        | E::Corrupt(_)
+        | E::Incompatible(_)
+        | E::Config(_)
+        | E::Backup(_)
+        | E::Membership(_)
+        | E::Grpc { .. }) => Status::internal(e.to_string()),
     }
 }
 
