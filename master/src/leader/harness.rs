@@ -179,6 +179,30 @@ impl Harness {
             .expect("a connection opened")
     }
 
+    /// The agent registers again (a new connection), reporting `tasks`; returns the
+    /// effects of the whole re-registration.
+    pub fn reregister(
+        &mut self,
+        agent: &AgentId,
+        tasks: Vec<pb::AgentTask>,
+    ) -> Result<Vec<Effect>, MasterError> {
+        let register = pb::agent_message::Register {
+            agent_id: Some(agent.clone()),
+            info: Some(pb::AgentInfo {
+                hostname: "host".into(),
+                address: "10.0.0.1:5051".into(),
+                resources: Resources::parse("cpus:4;mem:4096")
+                    .expect("resources")
+                    .to_proto(),
+                ..Default::default()
+            }),
+            tasks,
+            ..Default::default()
+        };
+        let first = self.leader.register_agent(self.now, register)?;
+        self.settle(first)
+    }
+
     /// The header of `fw`'s calls on its current stream.
     pub fn header(&self, fw: &FrameworkId) -> Option<pb::CallHeader> {
         Some(pb::CallHeader {

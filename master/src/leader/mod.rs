@@ -441,23 +441,31 @@ impl Leader {
             .insert(key, status);
     }
 
-    /// The shell could not send to the framework's stream (full or closed): the framework
-    /// is disconnected (it will resubscribe) and its offers return to the pool. `unsent`
-    /// is the event that did not go out: an acknowledgeable update is kept for later.
+    /// The shell could not send to the framework's stream `stream_id` (full or closed).
+    /// If it is still the framework's current stream, the framework is disconnected (it
+    /// will resubscribe) and its offers return to the pool; a stream already replaced
+    /// changes nothing. `unsent` is the event that did not go out: an acknowledgeable
+    /// update is kept for later.
     pub fn framework_stream_lost(
         &mut self,
         fw: &FrameworkId,
+        stream_id: &str,
         unsent: Option<pb::event::Event>,
     ) -> Vec<Effect> {
         let mut effects = Vec::new();
-        if let Some(s) = self.frameworks.remove(fw) {
+        if self
+            .frameworks
+            .get(fw)
+            .is_some_and(|s| s.stream_id == stream_id)
+        {
+            self.frameworks.remove(fw);
             effects.push(Effect::CloseFrameworkStream {
                 framework: fw.clone(),
-                stream_id: s.stream_id,
+                stream_id: stream_id.to_string(),
                 farewell: Farewell::Quietly,
             });
+            self.offers.retain(|_, o| &o.framework_id != fw);
         }
-        self.offers.retain(|_, o| &o.framework_id != fw);
         if let Some(pb::event::Event::Update(pb::event::Update {
             status: Some(status),
         })) = unsent
@@ -467,17 +475,21 @@ impl Leader {
         effects
     }
 
-    /// The shell could not send to the agent's connection (full or closed): the agent is
-    /// disconnected (it will register again) and its offers are rescinded.
-    pub fn agent_connection_lost(&mut self, agent: &AgentId) -> Vec<Effect> {
+    /// The shell could not send to the agent's connection `conn_id` (full or closed). If
+    /// it is still the agent's current connection, the agent is disconnected (it will
+    /// register again) and its offers are rescinded; a connection already replaced
+    /// changes nothing.
+    pub fn agent_connection_lost(&mut self, agent: &AgentId, conn_id: u64) -> Vec<Effect> {
         let mut effects = Vec::new();
-        if let Some(s) = self.agents.remove(agent) {
-            effects.push(Effect::CloseAgentConnection {
-                agent: agent.clone(),
-                conn_id: s.conn_id,
-                farewell: Farewell::Quietly,
-            });
+        if self.agents.get(agent).map(|s| s.conn_id) != Some(conn_id) {
+            return effects;
         }
+        self.agents.remove(agent);
+        effects.push(Effect::CloseAgentConnection {
+            agent: agent.clone(),
+            conn_id,
+            farewell: Farewell::Quietly,
+        });
         self.rescind_agent_offers(agent, &mut effects);
         effects
     }

@@ -810,8 +810,10 @@ fn a_lost_stream_keeps_the_unsent_update_and_returns_the_offers() {
         uuid: uuid(9),
         ..Default::default()
     };
+    let stream = h.leader.frameworks[&fw].stream_id.clone();
     let effects = h.leader.framework_stream_lost(
         &fw,
+        &stream,
         Some(pb::event::Event::Update(pb::event::Update {
             status: Some(status.clone()),
         })),
@@ -827,6 +829,59 @@ fn a_lost_stream_keeps_the_unsent_update_and_returns_the_offers() {
     assert!(!h.leader.frameworks.contains_key(&fw));
     let kept: Vec<_> = h.leader.undelivered[&fw].values().cloned().collect();
     assert_eq!(kept, vec![status]);
+}
+
+#[test]
+fn a_lost_stream_or_connection_that_was_replaced_changes_nothing() {
+    let (mut h, fw, agent) = one_task(false);
+    let old_stream = h.leader.frameworks[&fw].stream_id.clone();
+    // The framework (failover timeout 0) resubscribes and gets offers on its new stream.
+    h.subscribe_with(pb::FrameworkInfo {
+        id: Some(fw.clone()),
+        ..Default::default()
+    });
+    let new_stream = h.leader.frameworks[&fw].stream_id.clone();
+    assert_ne!(new_stream, old_stream);
+    assert_eq!(h.allocate().len(), 1);
+    // A send to the old stream fails a moment later: the new subscription stays.
+    let effects = h.leader.framework_stream_lost(&fw, &old_stream, None);
+    assert!(effects.is_empty(), "{effects:?}");
+    assert_eq!(h.leader.frameworks[&fw].stream_id, new_stream);
+    assert_eq!(h.leader.offers.len(), 1, "the new stream's offers stay");
+    h.leader
+        .check_caller(&h.reg, h.header(&fw).as_ref())
+        .expect("still subscribed");
+    assert!(h.leader.expire_frameworks(&h.reg, h.now).is_empty());
+
+    // The same for an agent that registered again on a new connection.
+    let old_conn = h.leader.agents[&agent].conn_id;
+    h.reregister(&agent, Vec::new()).unwrap();
+    let new_conn = h.leader.agents[&agent].conn_id;
+    assert_ne!(new_conn, old_conn);
+    assert_eq!(h.allocate().len(), 1);
+    let effects = h.leader.agent_connection_lost(&agent, old_conn);
+    assert!(effects.is_empty(), "{effects:?}");
+    assert_eq!(h.leader.agents[&agent].conn_id, new_conn);
+    assert_eq!(
+        h.leader.offers.len(),
+        1,
+        "the agent's offer is not rescinded"
+    );
+
+    // Losing the current ones disconnects.
+    let effects = h.leader.agent_connection_lost(&agent, new_conn);
+    assert!(matches!(
+        &effects[0],
+        Effect::CloseAgentConnection { conn_id, farewell: Farewell::Quietly, .. } if *conn_id == new_conn
+    ));
+    assert!(!h.leader.agents.contains_key(&agent));
+    assert!(h.leader.offers.is_empty());
+    let effects = h.leader.framework_stream_lost(&fw, &new_stream, None);
+    assert!(matches!(
+        effects.as_slice(),
+        [Effect::CloseFrameworkStream { stream_id, .. }] if *stream_id == new_stream
+    ));
+    assert!(!h.leader.frameworks.contains_key(&fw));
 }
 
 #[test]

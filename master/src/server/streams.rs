@@ -91,12 +91,14 @@ impl Core {
                     }
                     Err(e) => {
                         tracing::warn!(framework = %framework, "framework stream is full or closed; disconnecting it");
-                        streams.frameworks.remove(&framework);
+                        let lost = streams.frameworks.remove(&framework).expect("present");
                         let unsent = match e {
                             TrySendError::Full(Ok(ev)) | TrySendError::Closed(Ok(ev)) => ev.event,
                             _ => None,
                         };
-                        (leader.framework_stream_lost(&framework, unsent), None)
+                        let more =
+                            leader.framework_stream_lost(&framework, &lost.stream_id, unsent);
+                        (more, None)
                     }
                 }
             }
@@ -111,8 +113,9 @@ impl Core {
                 match s.tx.try_send(Ok(wrap(event))) {
                     Ok(()) | Err(TrySendError::Full(_)) => (Vec::new(), None),
                     Err(TrySendError::Closed(_)) => {
-                        streams.frameworks.remove(&framework);
-                        (leader.framework_stream_lost(&framework, None), None)
+                        let lost = streams.frameworks.remove(&framework).expect("present");
+                        let more = leader.framework_stream_lost(&framework, &lost.stream_id, None);
+                        (more, None)
                     }
                 }
             }
@@ -124,8 +127,8 @@ impl Core {
                     Ok(()) => (Vec::new(), None),
                     Err(_) => {
                         tracing::warn!(agent = %agent, "agent stream is full or closed; disconnecting it");
-                        streams.agents.remove(&agent);
-                        (leader.agent_connection_lost(&agent), None)
+                        let lost = streams.agents.remove(&agent).expect("present");
+                        (leader.agent_connection_lost(&agent, lost.conn_id), None)
                     }
                 }
             }
@@ -158,8 +161,9 @@ impl Core {
                     Err(TrySendError::Full(_)) if lossy => (Vec::new(), Some(too_much())),
                     Err(_) => {
                         tracing::warn!(agent = %agent, "agent stream is full or closed; disconnecting it");
-                        streams.agents.remove(&agent);
-                        (leader.agent_connection_lost(&agent), Some(not_connected()))
+                        let lost = streams.agents.remove(&agent).expect("present");
+                        let more = leader.agent_connection_lost(&agent, lost.conn_id);
+                        (more, Some(not_connected()))
                     }
                 }
             }
@@ -457,5 +461,58 @@ mod tests {
             1,
             "t2 waits for its return"
         );
+    }
+
+    #[test]
+    fn a_failed_send_to_a_replaced_stream_leaves_the_new_session() {
+        let mut core = core();
+        let fw = FrameworkId::new("fw");
+        // The shell still holds the old stream s1 (closed by now); the leader already
+        // subscribed the framework on s2.
+        let (tx, rx) = mpsc::channel(4);
+        drop(rx);
+        core.streams.frameworks.insert(
+            fw.clone(),
+            FrameworkStream {
+                stream_id: "s1".into(),
+                tx,
+            },
+        );
+        core.leader.frameworks.insert(
+            fw.clone(),
+            FrameworkSession {
+                stream_id: "s2".into(),
+                suppressed: false,
+                filters: Default::default(),
+            },
+        );
+        let (more, _) = run(
+            &mut core,
+            Effect::Event {
+                framework: fw.clone(),
+                event: pb::event::Event::Heartbeat(pb::event::Heartbeat {}),
+            },
+        );
+        assert!(more.is_empty(), "{more:?}");
+        assert_eq!(core.leader.frameworks[&fw].stream_id, "s2");
+
+        let agent = AgentId::new("a1");
+        let (tx, rx) = mpsc::channel(4);
+        drop(rx);
+        core.streams
+            .agents
+            .insert(agent.clone(), AgentConnection { conn_id: 1, tx });
+        core.leader
+            .agents
+            .insert(agent.clone(), AgentSession { conn_id: 2 });
+        let (more, _) = run(
+            &mut core,
+            Effect::ToAgent {
+                agent: agent.clone(),
+                message: message(b"x"),
+            },
+        );
+        assert!(more.is_empty(), "{more:?}");
+        assert_eq!(core.leader.agents[&agent].conn_id, 2);
     }
 }
