@@ -475,6 +475,35 @@ impl Leader {
         effects
     }
 
+    /// The shell had no stream to send the framework's `event` on (it ended before the
+    /// event went out). An acknowledgeable update is kept for the framework's return;
+    /// offers it never saw return to the pool.
+    pub fn event_not_sent(&mut self, fw: &FrameworkId, event: pb::event::Event) -> Vec<Effect> {
+        match event {
+            pb::event::Event::Update(pb::event::Update {
+                status: Some(status),
+            }) => {
+                self.keep_undelivered(fw, status);
+                Vec::new()
+            }
+            pb::event::Event::Offers(o) => {
+                let mut returned = false;
+                for id in o.offers.iter().filter_map(|o| o.id.as_ref()) {
+                    if self.offers.get(id).is_some_and(|o| &o.framework_id == fw) {
+                        self.offers.remove(id);
+                        returned = true;
+                    }
+                }
+                if returned {
+                    vec![Effect::Allocate]
+                } else {
+                    Vec::new()
+                }
+            }
+            _ => Vec::new(),
+        }
+    }
+
     /// The shell could not send to the agent's connection `conn_id` (full or closed). If
     /// it is still the agent's current connection, the agent is disconnected (it will
     /// register again) and its offers are rescinded; a connection already replaced

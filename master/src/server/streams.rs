@@ -78,7 +78,7 @@ impl Core {
             Effect::Propose { .. } => unreachable!("proposals are carried out by carry_out"),
             Effect::Event { framework, event } => {
                 let Some(s) = streams.frameworks.get(&framework) else {
-                    return (Vec::new(), None);
+                    return (leader.event_not_sent(&framework, event), None);
                 };
                 let offers = match &event {
                     pb::event::Event::Offers(o) => o.offers.len() as u64,
@@ -514,5 +514,32 @@ mod tests {
         );
         assert!(more.is_empty(), "{more:?}");
         assert_eq!(core.leader.agents[&agent].conn_id, 2);
+    }
+
+    #[test]
+    fn an_update_for_a_framework_without_a_stream_is_kept() {
+        let mut core = core();
+        let fw = FrameworkId::new("fw");
+        let status = pb::TaskStatus {
+            task_id: Some(pb::TaskId::new("t1")),
+            uuid: vec![1; 16],
+            ..Default::default()
+        };
+        let (more, error) = run(
+            &mut core,
+            Effect::Event {
+                framework: fw.clone(),
+                event: pb::event::Event::Update(pb::event::Update {
+                    status: Some(status.clone()),
+                }),
+            },
+        );
+        assert!(more.is_empty() && error.is_none());
+        let kept: Vec<_> = core.leader.undelivered[&fw].values().cloned().collect();
+        assert_eq!(
+            kept,
+            vec![status],
+            "delivered when the framework resubscribes"
+        );
     }
 }
