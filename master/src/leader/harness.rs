@@ -220,6 +220,7 @@ impl Harness {
                 Effect::Event {
                     framework,
                     event: pb::event::Event::Offers(o),
+                    ..
                 } => (framework, o.offers),
                 other => panic!("an allocation cycle only sends offers, not {other:?}"),
             })
@@ -282,11 +283,12 @@ pub fn events_to<'a>(effects: &'a [Effect], fw: &FrameworkId) -> Vec<&'a pb::eve
     effects
         .iter()
         .filter_map(|e| match e {
-            Effect::Event { framework, event } | Effect::EventOrDrop { framework, event }
-                if framework == fw =>
-            {
-                Some(event)
+            Effect::Event {
+                framework, event, ..
             }
+            | Effect::EventOrDrop {
+                framework, event, ..
+            } if framework == fw => Some(event),
             _ => None,
         })
         .collect()
@@ -308,7 +310,7 @@ pub fn messages_to<'a>(effects: &'a [Effect], to: &AgentId) -> Vec<&'a pb::Maste
     effects
         .iter()
         .filter_map(|e| match e {
-            Effect::ToAgent { agent, message } | Effect::Relay { agent, message, .. }
+            Effect::ToAgent { agent, message, .. } | Effect::Relay { agent, message, .. }
                 if agent == to =>
             {
                 Some(message)

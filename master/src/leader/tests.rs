@@ -885,6 +885,67 @@ fn a_lost_stream_or_connection_that_was_replaced_changes_nothing() {
 }
 
 #[test]
+fn an_update_that_missed_its_stream_follows_the_framework() {
+    let (mut h, fw, agent) = one_task(false);
+    let old = h.leader.frameworks[&fw].stream_id.clone();
+    let update = pb::event::Event::Update(pb::event::Update {
+        status: Some(pb::TaskStatus {
+            task_id: Some(TaskId::new("t1")),
+            state: TaskState::TaskRunning as i32,
+            uuid: uuid(5),
+            ..Default::default()
+        }),
+    });
+    // Resubscribed meanwhile: the update goes to the new stream.
+    h.subscribe_with(pb::FrameworkInfo {
+        id: Some(fw.clone()),
+        failover_timeout: 60.0,
+        ..Default::default()
+    });
+    let new = h.leader.frameworks[&fw].stream_id.clone();
+    let effects = h.leader.event_not_sent(&fw, &old, update.clone());
+    assert!(
+        matches!(effects.as_slice(), [Effect::Event { stream_id, .. }] if *stream_id == new),
+        "{effects:?}"
+    );
+    // The current stream itself is gone: kept for the framework's return.
+    assert!(h.leader.event_not_sent(&fw, &new, update).is_empty());
+    assert_eq!(h.leader.undelivered[&fw].len(), 1);
+
+    // A relay to an agent that is not connected is answered at once.
+    let mut task = launch_op(&[("t2", "cpus:0.5;mem:32")])
+        .launch
+        .unwrap()
+        .task_infos
+        .remove(0);
+    task.executor = Some(pb::ExecutorInfo {
+        executor_id: Some(drover_proto::ExecutorId::new("ex")),
+        ..Default::default()
+    });
+    h.apply(Command::LaunchTasks {
+        framework_id: fw.clone(),
+        agent_id: agent.clone(),
+        tasks: vec![task],
+        term: TERM,
+        now_ms: h.now,
+    });
+    let call = |h: &Harness| pb::ShutdownCall {
+        header: h.header(&fw),
+        executor_id: Some(drover_proto::ExecutorId::new("ex")),
+        agent_id: Some(agent.clone()),
+    };
+    let effects = h.leader.shutdown_executor(&h.reg, call(&h)).unwrap();
+    assert_eq!(messages_to(&effects, &agent).len(), 1);
+    let conn = h.leader.agents[&agent].conn_id;
+    let _ = h.leader.agent_disconnected(&agent, conn);
+    let err = h.leader.shutdown_executor(&h.reg, call(&h)).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!("agent {agent} is not connected; ask again for executor ex once it is back")
+    );
+}
+
+#[test]
 fn a_reregistering_agent_gets_its_missed_launches_and_kills() {
     let (mut h, fw, agent) = one_task(false);
     // The agent comes back on a new connection, reporting no task: t1 is sent again.
@@ -1033,6 +1094,7 @@ fn heartbeats_go_to_every_subscribed_framework_in_id_order() {
             Effect::Event {
                 framework,
                 event: pb::event::Event::Heartbeat(_),
+                ..
             } => framework,
             other => panic!("{other:?}"),
         })

@@ -19,7 +19,7 @@ use drover_proto::{AgentId, FrameworkId};
 
 use super::{Attach, Core, Opened};
 use crate::error::MasterError;
-use crate::leader::{best_effort_room, Effect, Farewell};
+use crate::leader::{agent_not_connected, agent_too_busy, best_effort_room, Effect, Farewell};
 use crate::metrics::Metrics;
 use crate::registry::StatusUpdate;
 
@@ -76,9 +76,18 @@ impl Core {
         let Core { leader, streams } = self;
         match effect {
             Effect::Propose { .. } => unreachable!("proposals are carried out by carry_out"),
-            Effect::Event { framework, event } => {
-                let Some(s) = streams.frameworks.get(&framework) else {
-                    return (leader.event_not_sent(&framework, event), None);
+            Effect::Event {
+                framework,
+                stream_id,
+                event,
+            } => {
+                let Some(s) = streams
+                    .frameworks
+                    .get(&framework)
+                    .filter(|s| s.stream_id == stream_id)
+                else {
+                    // That stream ended or was replaced after the leader decided.
+                    return (leader.event_not_sent(&framework, &stream_id, event), None);
                 };
                 let offers = match &event {
                     pb::event::Event::Offers(o) => o.offers.len() as u64,
@@ -91,19 +100,26 @@ impl Core {
                     }
                     Err(e) => {
                         tracing::warn!(framework = %framework, "framework stream is full or closed; disconnecting it");
-                        let lost = streams.frameworks.remove(&framework).expect("present");
+                        streams.frameworks.remove(&framework);
                         let unsent = match e {
                             TrySendError::Full(Ok(ev)) | TrySendError::Closed(Ok(ev)) => ev.event,
                             _ => None,
                         };
-                        let more =
-                            leader.framework_stream_lost(&framework, &lost.stream_id, unsent);
+                        let more = leader.framework_stream_lost(&framework, &stream_id, unsent);
                         (more, None)
                     }
                 }
             }
-            Effect::EventOrDrop { framework, event } => {
-                let Some(s) = streams.frameworks.get(&framework) else {
+            Effect::EventOrDrop {
+                framework,
+                stream_id,
+                event,
+            } => {
+                let Some(s) = streams
+                    .frameworks
+                    .get(&framework)
+                    .filter(|s| s.stream_id == stream_id)
+                else {
                     return (Vec::new(), None);
                 };
                 if !best_effort_room(s.tx.capacity(), s.tx.max_capacity()) {
@@ -113,44 +129,43 @@ impl Core {
                 match s.tx.try_send(Ok(wrap(event))) {
                     Ok(()) | Err(TrySendError::Full(_)) => (Vec::new(), None),
                     Err(TrySendError::Closed(_)) => {
-                        let lost = streams.frameworks.remove(&framework).expect("present");
-                        let more = leader.framework_stream_lost(&framework, &lost.stream_id, None);
-                        (more, None)
+                        streams.frameworks.remove(&framework);
+                        (
+                            leader.framework_stream_lost(&framework, &stream_id, None),
+                            None,
+                        )
                     }
                 }
             }
-            Effect::ToAgent { agent, message } => {
-                let Some(c) = streams.agents.get(&agent) else {
+            Effect::ToAgent {
+                agent,
+                conn_id,
+                message,
+            } => {
+                let Some(c) = streams.agents.get(&agent).filter(|c| c.conn_id == conn_id) else {
+                    // That connection ended or was replaced after the leader decided.
                     return (Vec::new(), None);
                 };
                 match c.tx.try_send(Ok(message)) {
                     Ok(()) => (Vec::new(), None),
                     Err(_) => {
                         tracing::warn!(agent = %agent, "agent stream is full or closed; disconnecting it");
-                        let lost = streams.agents.remove(&agent).expect("present");
-                        (leader.agent_connection_lost(&agent, lost.conn_id), None)
+                        streams.agents.remove(&agent);
+                        (leader.agent_connection_lost(&agent, conn_id), None)
                     }
                 }
             }
             Effect::Relay {
                 agent,
+                conn_id,
                 executor,
                 what,
                 lossy,
                 message,
             } => {
-                let not_connected = || {
-                    MasterError::Unavailable(format!(
-                        "agent {agent} is not connected; {what} for executor {executor} once it \
-                         is back"
-                    ))
-                };
-                let too_much = || {
-                    MasterError::Unavailable(format!(
-                        "agent {agent} has too much queued; {what} for executor {executor} later"
-                    ))
-                };
-                let Some(c) = streams.agents.get(&agent) else {
+                let not_connected = || agent_not_connected(&agent, &executor, what);
+                let too_much = || agent_too_busy(&agent, &executor, what);
+                let Some(c) = streams.agents.get(&agent).filter(|c| c.conn_id == conn_id) else {
                     return (Vec::new(), Some(not_connected()));
                 };
                 if lossy && !best_effort_room(c.tx.capacity(), c.tx.max_capacity()) {
@@ -161,8 +176,8 @@ impl Core {
                     Err(TrySendError::Full(_)) if lossy => (Vec::new(), Some(too_much())),
                     Err(_) => {
                         tracing::warn!(agent = %agent, "agent stream is full or closed; disconnecting it");
-                        let lost = streams.agents.remove(&agent).expect("present");
-                        let more = leader.agent_connection_lost(&agent, lost.conn_id);
+                        streams.agents.remove(&agent);
+                        let more = leader.agent_connection_lost(&agent, conn_id);
                         (more, Some(not_connected()))
                     }
                 }
@@ -305,6 +320,7 @@ mod tests {
     fn relay(agent: &AgentId, data: &[u8]) -> Effect {
         Effect::Relay {
             agent: agent.clone(),
+            conn_id: 1,
             executor: pb::ExecutorId::new("ex"),
             what: "send the message again",
             lossy: true,
@@ -339,6 +355,7 @@ mod tests {
         for _ in 0..4 {
             let effect = Effect::ToAgent {
                 agent: agent.clone(),
+                conn_id: 1,
                 message: message(b"must"),
             };
             assert!(run(&mut core, effect).0.is_empty());
@@ -387,6 +404,7 @@ mod tests {
         );
         let lossy = || Effect::EventOrDrop {
             framework: fw.clone(),
+            stream_id: "s".into(),
             event: pb::event::Event::Heartbeat(pb::event::Heartbeat {}),
         };
         run(&mut core, lossy());
@@ -403,6 +421,7 @@ mod tests {
         );
         let must = Effect::Event {
             framework: fw.clone(),
+            stream_id: "s".into(),
             event: pb::event::Event::Heartbeat(pb::event::Heartbeat {}),
         };
         assert!(
@@ -440,6 +459,7 @@ mod tests {
         );
         let update = |n: u8| Effect::Event {
             framework: fw.clone(),
+            stream_id: "s".into(),
             event: pb::event::Event::Update(pb::event::Update {
                 status: Some(pb::TaskStatus {
                     task_id: Some(pb::TaskId::new(format!("t{n}"))),
@@ -486,10 +506,12 @@ mod tests {
                 filters: Default::default(),
             },
         );
+        // An event decided for s1 before the resubscription fails to go out.
         let (more, _) = run(
             &mut core,
             Effect::Event {
                 framework: fw.clone(),
+                stream_id: "s1".into(),
                 event: pb::event::Event::Heartbeat(pb::event::Heartbeat {}),
             },
         );
@@ -509,6 +531,7 @@ mod tests {
             &mut core,
             Effect::ToAgent {
                 agent: agent.clone(),
+                conn_id: 1,
                 message: message(b"x"),
             },
         );
@@ -529,6 +552,7 @@ mod tests {
             &mut core,
             Effect::Event {
                 framework: fw.clone(),
+                stream_id: "s".into(),
                 event: pb::event::Event::Update(pb::event::Update {
                     status: Some(status.clone()),
                 }),
@@ -540,6 +564,100 @@ mod tests {
             kept,
             vec![status],
             "delivered when the framework resubscribes"
+        );
+    }
+
+    #[test]
+    fn nothing_decided_for_a_new_stream_goes_to_the_old_one() {
+        let mut core = core();
+        let fw = FrameworkId::new("fw");
+        let agent = AgentId::new("a1");
+        // The leader subscribed the framework on s2 and made it an offer; the shell still
+        // holds s1, which is closed a moment later.
+        let (tx, mut old_rx) = mpsc::channel(8);
+        core.streams.frameworks.insert(
+            fw.clone(),
+            FrameworkStream {
+                stream_id: "s1".into(),
+                tx,
+            },
+        );
+        core.leader.frameworks.insert(
+            fw.clone(),
+            FrameworkSession {
+                stream_id: "s2".into(),
+                suppressed: false,
+                filters: Default::default(),
+            },
+        );
+        let offer = drover_proto::OfferId::new("o1");
+        core.leader.offers.insert(
+            offer.clone(),
+            crate::leader::OfferRec {
+                framework_id: fw.clone(),
+                agent_id: agent.clone(),
+                resources: drover_proto::Resources::parse("cpus:1").unwrap(),
+                created_ms: 0,
+            },
+        );
+        let offers = pb::event::Event::Offers(pb::event::Offers {
+            offers: vec![pb::Offer {
+                id: Some(offer.clone()),
+                ..Default::default()
+            }],
+        });
+        let status = pb::TaskStatus {
+            task_id: Some(pb::TaskId::new("t1")),
+            uuid: vec![1; 16],
+            ..Default::default()
+        };
+        let update = pb::event::Event::Update(pb::event::Update {
+            status: Some(status.clone()),
+        });
+        let heartbeat = pb::event::Event::Heartbeat(pb::event::Heartbeat {});
+        let mut more = Vec::new();
+        for event in [offers, update, heartbeat] {
+            let effect = Effect::Event {
+                framework: fw.clone(),
+                stream_id: "s2".into(),
+                event,
+            };
+            more.extend(run(&mut core, effect).0);
+        }
+        assert!(old_rx.try_recv().is_err(), "nothing went to s1");
+        assert!(
+            core.leader.offers.is_empty(),
+            "the offer never sent returns to the pool"
+        );
+        assert!(matches!(more.as_slice(), [Effect::Allocate]), "{more:?}");
+        let kept: Vec<_> = core.leader.undelivered[&fw].values().cloned().collect();
+        assert_eq!(kept, vec![status]);
+        assert_eq!(core.leader.frameworks[&fw].stream_id, "s2");
+
+        // Likewise a message for an agent's new connection is not sent on its old one.
+        let (tx, mut old_rx) = mpsc::channel(8);
+        core.streams
+            .agents
+            .insert(agent.clone(), AgentConnection { conn_id: 1, tx });
+        core.leader
+            .agents
+            .insert(agent.clone(), AgentSession { conn_id: 2 });
+        let effect = Effect::ToAgent {
+            agent: agent.clone(),
+            conn_id: 2,
+            message: message(b"x"),
+        };
+        assert!(run(&mut core, effect).0.is_empty());
+        assert!(old_rx.try_recv().is_err(), "nothing went to connection 1");
+        let mut relayed = relay(&agent, b"y");
+        if let Effect::Relay { conn_id, .. } = &mut relayed {
+            *conn_id = 2;
+        }
+        let (_, error) = run(&mut core, relayed);
+        assert!(old_rx.try_recv().is_err());
+        assert_eq!(
+            error.unwrap().to_string(),
+            "agent a1 is not connected; send the message again for executor ex once it is back"
         );
     }
 }
