@@ -33,7 +33,7 @@ use drover_proto::{AgentId, FrameworkId};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::error::MasterError;
-use crate::leader::{Effect, IdSource, Leader, Settings};
+use crate::leader::{Effect, IdSource, Leader, Settings, Then};
 use crate::metrics::Metrics;
 use crate::raft::{ProposeError, RaftHandle};
 use crate::registry::{ApplyOutcome, Command, Registry, StatusUpdate};
@@ -68,6 +68,50 @@ pub enum Attach {
 pub struct Opened {
     pub framework: Option<(FrameworkId, String)>,
     pub agent: Option<(AgentId, u64)>,
+}
+
+/// A run of effects in progress: the stream the caller opened (until an open effect
+/// takes it), what was opened, and the first error to answer the caller with.
+pub struct Run {
+    pub attach: Attach,
+    pub opened: Opened,
+    pub first_error: Option<MasterError>,
+}
+
+impl Run {
+    pub fn new(attach: Attach) -> Self {
+        Run {
+            attach,
+            opened: Opened::default(),
+            first_error: None,
+        }
+    }
+}
+
+impl Core {
+    /// Carries out the effects at the front of `queue` in order, with what breaks
+    /// meanwhile (a full stream) handled before the next one, up to the first proposal:
+    /// that proposal is returned and what follows it stays queued.
+    pub fn carry_out_until_proposal(
+        &mut self,
+        queue: &mut VecDeque<Effect>,
+        run: &mut Run,
+        out: &Outlets<'_>,
+    ) -> Option<(Command, Then)> {
+        while let Some(effect) = queue.pop_front() {
+            if let Effect::Propose { command, then } = effect {
+                return Some((command, then));
+            }
+            let (more, error) = self.execute(effect, &mut run.attach, &mut run.opened, out);
+            if let Some(e) = error {
+                run.first_error.get_or_insert(e);
+            }
+            for e in more.into_iter().rev() {
+                queue.push_front(e);
+            }
+        }
+        None
+    }
 }
 
 /// The master: configuration, clock, Raft handle, registry, the leader and its streams,
@@ -268,35 +312,28 @@ impl Master {
     pub async fn carry_out(
         &self,
         effects: Vec<Effect>,
-        mut attach: Attach,
+        attach: Attach,
     ) -> Result<Opened, MasterError> {
         let mut queue: VecDeque<Effect> = effects.into();
-        let mut opened = Opened::default();
-        let mut first_error: Option<MasterError> = None;
-        while !queue.is_empty() {
-            let proposal = {
-                let named = |e: MasterError| self.named(e);
-                let out = self.outlets(&named);
-                let mut core = self.core();
-                let mut proposal = None;
-                while let Some(effect) = queue.pop_front() {
-                    if let Effect::Propose { command, then } = effect {
-                        proposal = Some((command, then));
-                        break;
-                    }
-                    let (more, error) = core.execute(effect, &mut attach, &mut opened, &out);
-                    if let Some(e) = error {
-                        first_error.get_or_insert(e);
-                    }
-                    for e in more.into_iter().rev() {
-                        queue.push_front(e);
-                    }
-                }
-                proposal
-            };
-            let Some((command, then)) = proposal else {
-                break;
-            };
+        let mut run = Run::new(attach);
+        let proposal = {
+            let named = |e: MasterError| self.named(e);
+            let out = self.outlets(&named);
+            self.core()
+                .carry_out_until_proposal(&mut queue, &mut run, &out)
+        };
+        self.finish(proposal, queue, run).await
+    }
+
+    /// Carries out a run from `proposal` on: proposes, hands the outcome to the leader,
+    /// and carries out what follows up to the next proposal, until none is left.
+    async fn finish(
+        &self,
+        mut proposal: Option<(Command, Then)>,
+        mut queue: VecDeque<Effect>,
+        mut run: Run,
+    ) -> Result<Opened, MasterError> {
+        while let Some((command, then)) = proposal {
             let outcome = self.propose(command).await;
             let next = self.step(|leader, reg, now| leader.applied(reg, now, then, outcome));
             match next {
@@ -307,44 +344,42 @@ impl Master {
                 }
                 Err(e) => {
                     tracing::debug!(error = %e, "a step after a proposal failed");
-                    first_error.get_or_insert(e);
+                    run.first_error.get_or_insert(e);
                 }
             }
+            let named = |e: MasterError| self.named(e);
+            let out = self.outlets(&named);
+            proposal = self
+                .core()
+                .carry_out_until_proposal(&mut queue, &mut run, &out);
         }
-        match first_error {
+        match run.first_error {
             Some(e) => Err(self.named(e)),
-            None => Ok(opened),
+            None => Ok(run.opened),
         }
     }
 
-    /// Carries out effects that propose nothing, from a context that cannot wait (a
-    /// dropped stream, a loop): proposals, if any, run in a task of their own.
+    /// Carries out effects from a context that cannot wait (a dropped stream, a loop):
+    /// in order, now, up to the first proposal; that proposal and everything after it
+    /// go on in a task of their own.
     pub fn carry_out_now(self: &Arc<Self>, effects: Vec<Effect>) {
-        let (now, later): (Vec<Effect>, Vec<Effect>) = effects
-            .into_iter()
-            .partition(|e| !matches!(e, Effect::Propose { .. }));
-        if !later.is_empty() {
-            // Keep the order: once a proposal comes, everything after it waits for it.
-            let master = self.clone();
-            let all: Vec<Effect> = now.into_iter().chain(later).collect();
-            tokio::spawn(async move {
-                if let Err(e) = master.carry_out(all, Attach::None).await {
-                    tracing::debug!(error = %e, "effects after a proposal failed");
-                }
-            });
+        let mut queue: VecDeque<Effect> = effects.into();
+        let mut run = Run::new(Attach::None);
+        let proposal = {
+            let named = |e: MasterError| self.named(e);
+            let out = self.outlets(&named);
+            self.core()
+                .carry_out_until_proposal(&mut queue, &mut run, &out)
+        };
+        if proposal.is_none() {
             return;
         }
-        let named = |e: MasterError| self.named(e);
-        let out = self.outlets(&named);
-        let mut core = self.core();
-        let mut queue: VecDeque<Effect> = now.into();
-        let mut opened = Opened::default();
-        while let Some(effect) = queue.pop_front() {
-            let (more, _) = core.execute(effect, &mut Attach::None, &mut opened, &out);
-            for e in more.into_iter().rev() {
-                queue.push_front(e);
+        let master = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = master.finish(proposal, queue, run).await {
+                tracing::debug!(error = %e, "effects after a proposal failed");
             }
-        }
+        });
     }
 
     fn outlets<'a>(&'a self, named: &'a dyn Fn(MasterError) -> MasterError) -> Outlets<'a> {

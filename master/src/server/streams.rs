@@ -660,4 +660,63 @@ mod tests {
             "agent a1 is not connected; send the message again for executor ex once it is back"
         );
     }
+
+    #[test]
+    fn effects_are_carried_out_in_order_up_to_the_first_proposal() {
+        use std::collections::VecDeque;
+
+        use crate::leader::Then;
+        use crate::registry::Command;
+
+        let mut core = core();
+        let fw = FrameworkId::new("fw");
+        let (tx, mut rx) = mpsc::channel(8);
+        core.streams.frameworks.insert(
+            fw.clone(),
+            FrameworkStream {
+                stream_id: "s".into(),
+                tx,
+            },
+        );
+        let event = |n: u32| Effect::Event {
+            framework: fw.clone(),
+            stream_id: "s".into(),
+            event: pb::event::Event::Error(pb::event::Error {
+                message: n.to_string(),
+            }),
+        };
+        let proposal = Effect::Propose {
+            command: Command::Noop,
+            then: Then::Nothing,
+        };
+        let mut queue: VecDeque<Effect> = vec![event(1), event(2), proposal, event(3)].into();
+        let metrics = Metrics::default();
+        let (updates, _) = mpsc::unbounded_channel();
+        let allocate_now = Notify::new();
+        let named = |e: MasterError| e;
+        let out = Outlets {
+            metrics: &metrics,
+            updates: &updates,
+            allocate_now: &allocate_now,
+            named: &named,
+        };
+        let mut run = crate::server::Run::new(Attach::None);
+        let next = core.carry_out_until_proposal(&mut queue, &mut run, &out);
+        assert!(matches!(next, Some((Command::Noop, Then::Nothing))));
+        let sent: Vec<String> = std::iter::from_fn(|| rx.try_recv().ok())
+            .map(|e| match e.unwrap().event {
+                Some(pb::event::Event::Error(e)) => e.message,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(sent, ["1", "2"], "what precedes the proposal, in order");
+        assert!(
+            queue.len() == 1 && matches!(queue[0], Effect::Event { .. }),
+            "what follows it waits for its outcome"
+        );
+        assert!(core
+            .carry_out_until_proposal(&mut queue, &mut run, &out)
+            .is_none());
+        assert!(rx.try_recv().is_ok());
+    }
 }
