@@ -13,10 +13,12 @@
 //!
 //! Locking: the leader and the streams live under one std mutex (`core`), never held
 //! across an `.await`; it is taken before the registry's read lock. The registry is
-//! written only by the Raft thread when it applies entries. Effects are carried out in
-//! order: sends under the lock, and at each [`Effect::Propose`] the lock is released,
-//! the command proposed, and the leader's next step for its outcome carried out before
-//! the remaining effects.
+//! written only by the Raft thread when it applies entries. A step of the leader and
+//! the effects it returns are carried out in one hold of the lock, in order, up to the
+//! first [`Effect::Propose`]: nothing can change the leader's sessions or offers
+//! between a decision and its sends. At a proposal the lock is released, the command
+//! proposed, and the leader's step for its outcome taken in a new hold, with its
+//! effects and then the ones that followed the proposal.
 
 pub mod calls;
 pub mod loops;
@@ -207,7 +209,9 @@ impl Master {
         self.core().leader.serving
     }
 
-    /// One step of the leader: `f` gets the leader, the registry and the time.
+    /// A look at the leader that decides nothing to carry out (a check): `f` gets the
+    /// leader, the registry and the time. Steps with effects go through [`Master::run`]
+    /// or [`Master::run_now`], which carry them out in the same hold of the lock.
     pub fn step<R>(&self, f: impl FnOnce(&mut Leader, &Registry, u64) -> R) -> R {
         let now = self.now_ms();
         let mut core = self.core();
@@ -215,13 +219,81 @@ impl Master {
         f(&mut core.leader, &reg, now)
     }
 
-    /// A step of the leader whose effects are carried out at once.
+    /// A step of the leader whose effects are carried out at once (see the module doc);
+    /// proposals are awaited. Returns the first error the steps or a relay answered.
     pub async fn run(
         &self,
         f: impl FnOnce(&mut Leader, &Registry, u64) -> Result<Vec<Effect>, MasterError>,
     ) -> Result<(), MasterError> {
-        let effects = self.step(f).map_err(|e| self.named(e))?;
-        self.carry_out(effects, Attach::None).await.map(|_| ())
+        self.run_attached(f, Attach::None).await.map(|_| ())
+    }
+
+    /// [`Master::run`] for a flow that opens a stream: `attach` is the stream the caller
+    /// opened, for the open effect. Returns what was opened.
+    pub async fn run_attached(
+        &self,
+        f: impl FnOnce(&mut Leader, &Registry, u64) -> Result<Vec<Effect>, MasterError>,
+        attach: Attach,
+    ) -> Result<Opened, MasterError> {
+        let mut queue = VecDeque::new();
+        let mut run = Run::new(attach);
+        let proposal = self.hold(f, &mut queue, &mut run);
+        self.finish(proposal, queue, run).await
+    }
+
+    /// A step of the leader from a context that cannot wait (a dropped stream, a loop):
+    /// it and its effects up to the first proposal are carried out now, in one hold of
+    /// the lock; that proposal and everything after it go on in a task of their own.
+    pub fn run_now(self: &Arc<Self>, f: impl FnOnce(&mut Leader, &Registry, u64) -> Vec<Effect>) {
+        let mut queue = VecDeque::new();
+        let mut run = Run::new(Attach::None);
+        let proposal = self.hold(
+            |leader, reg, now| Ok(f(leader, reg, now)),
+            &mut queue,
+            &mut run,
+        );
+        if let Some(e) = run.first_error.take() {
+            tracing::debug!(error = %e, "carrying out a step failed");
+        }
+        if proposal.is_none() {
+            return;
+        }
+        let master = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = master.finish(proposal, queue, run).await {
+                tracing::debug!(error = %e, "effects after a proposal failed");
+            }
+        });
+    }
+
+    /// One hold of the lock: the step `f`, then its effects (ahead of what is already
+    /// queued) up to the first proposal, which is returned. An error of the step is
+    /// recorded in `run` and what is queued still carried out.
+    fn hold(
+        &self,
+        f: impl FnOnce(&mut Leader, &Registry, u64) -> Result<Vec<Effect>, MasterError>,
+        queue: &mut VecDeque<Effect>,
+        run: &mut Run,
+    ) -> Option<(Command, Then)> {
+        let named = |e: MasterError| self.named(e);
+        let out = self.outlets(&named);
+        let now = self.now_ms();
+        let mut core = self.core();
+        let stepped = {
+            let reg = self.registry();
+            f(&mut core.leader, &reg, now)
+        };
+        match stepped {
+            Ok(effects) => {
+                for e in effects.into_iter().rev() {
+                    queue.push_front(e);
+                }
+            }
+            Err(e) => {
+                run.first_error.get_or_insert(e);
+            }
+        }
+        core.carry_out_until_proposal(queue, run, &out)
     }
 
     /// Refuses calls unless this master is the serving leader.
@@ -305,28 +377,11 @@ impl Master {
             .map_err(|e| self.named(propose_error(e)))
     }
 
-    /// Carries out `effects` in order (see the module doc). `attach` is the stream the
-    /// caller opened, for an open effect. Returns what was opened, or the first error a
-    /// step of the leader or a relay answered (the remaining effects are still carried
-    /// out).
-    pub async fn carry_out(
-        &self,
-        effects: Vec<Effect>,
-        attach: Attach,
-    ) -> Result<Opened, MasterError> {
-        let mut queue: VecDeque<Effect> = effects.into();
-        let mut run = Run::new(attach);
-        let proposal = {
-            let named = |e: MasterError| self.named(e);
-            let out = self.outlets(&named);
-            self.core()
-                .carry_out_until_proposal(&mut queue, &mut run, &out)
-        };
-        self.finish(proposal, queue, run).await
-    }
-
-    /// Carries out a run from `proposal` on: proposes, hands the outcome to the leader,
-    /// and carries out what follows up to the next proposal, until none is left.
+    /// Carries out a run from `proposal` on: proposes, and in one hold of the lock
+    /// hands the outcome to the leader and carries out its effects and what followed
+    /// the proposal, up to the next proposal; until none is left. Returns what was
+    /// opened, or the first error a step or a relay answered (the remaining effects are
+    /// still carried out).
     async fn finish(
         &self,
         mut proposal: Option<(Command, Then)>,
@@ -335,51 +390,20 @@ impl Master {
     ) -> Result<Opened, MasterError> {
         while let Some((command, then)) = proposal {
             let outcome = self.propose(command).await;
-            let next = self.step(|leader, reg, now| leader.applied(reg, now, then, outcome));
-            match next {
-                Ok(more) => {
-                    for e in more.into_iter().rev() {
-                        queue.push_front(e);
-                    }
-                }
-                Err(e) => {
-                    tracing::debug!(error = %e, "a step after a proposal failed");
-                    run.first_error.get_or_insert(e);
-                }
-            }
-            let named = |e: MasterError| self.named(e);
-            let out = self.outlets(&named);
-            proposal = self
-                .core()
-                .carry_out_until_proposal(&mut queue, &mut run, &out);
+            proposal = self.hold(
+                |leader, reg, now| {
+                    leader.applied(reg, now, then, outcome).inspect_err(
+                        |e| tracing::debug!(error = %e, "a step after a proposal failed"),
+                    )
+                },
+                &mut queue,
+                &mut run,
+            );
         }
         match run.first_error {
             Some(e) => Err(self.named(e)),
             None => Ok(run.opened),
         }
-    }
-
-    /// Carries out effects from a context that cannot wait (a dropped stream, a loop):
-    /// in order, now, up to the first proposal; that proposal and everything after it
-    /// go on in a task of their own.
-    pub fn carry_out_now(self: &Arc<Self>, effects: Vec<Effect>) {
-        let mut queue: VecDeque<Effect> = effects.into();
-        let mut run = Run::new(Attach::None);
-        let proposal = {
-            let named = |e: MasterError| self.named(e);
-            let out = self.outlets(&named);
-            self.core()
-                .carry_out_until_proposal(&mut queue, &mut run, &out)
-        };
-        if proposal.is_none() {
-            return;
-        }
-        let master = self.clone();
-        tokio::spawn(async move {
-            if let Err(e) = master.finish(proposal, queue, run).await {
-                tracing::debug!(error = %e, "effects after a proposal failed");
-            }
-        });
     }
 
     fn outlets<'a>(&'a self, named: &'a dyn Fn(MasterError) -> MasterError) -> Outlets<'a> {
@@ -393,9 +417,7 @@ impl Master {
 
     /// Drops every session and offer: this node no longer leads (or is starting to).
     pub fn reset_soft(self: &Arc<Self>, term: u64) {
-        let now = self.now_ms();
-        let effects = self.core().leader.reset(term, now);
-        self.carry_out_now(effects);
+        self.run_now(|leader, _, now| leader.reset(term, now));
     }
 
     /// Refreshes the gauges exported with the metrics.

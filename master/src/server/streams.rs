@@ -75,7 +75,7 @@ impl Core {
     ) -> (Vec<Effect>, Option<MasterError>) {
         let Core { leader, streams } = self;
         match effect {
-            Effect::Propose { .. } => unreachable!("proposals are carried out by carry_out"),
+            Effect::Propose { .. } => unreachable!("proposals are carried out by Master::run"),
             Effect::Event {
                 framework,
                 stream_id,
