@@ -91,6 +91,28 @@ impl Run {
 }
 
 impl Core {
+    /// The leader drops its soft state (see [`Leader::reset`]) and every stream and
+    /// connection the shell holds ends with NotLeader: the sessions' ones and any other
+    /// (one whose session was already gone), so that no peer stays attached to a
+    /// follower.
+    pub fn reset(&mut self, term: u64, now_ms: u64, out: &Outlets<'_>) {
+        let mut queue: VecDeque<Effect> = self.leader.reset(term, now_ms).into();
+        let mut run = Run::new(Attach::None);
+        if self
+            .carry_out_until_proposal(&mut queue, &mut run, out)
+            .is_some()
+        {
+            tracing::error!("a reset of the leader proposed a command; not carried out");
+        }
+        let not_leader = || tonic::Status::from((out.named)(crate::leader::not_leader()));
+        for (_, s) in std::mem::take(&mut self.streams.frameworks) {
+            let _ = s.tx.try_send(Err(not_leader()));
+        }
+        for (_, c) in std::mem::take(&mut self.streams.agents) {
+            let _ = c.tx.try_send(Err(not_leader()));
+        }
+    }
+
     /// Carries out the effects at the front of `queue` in order, with what breaks
     /// meanwhile (a full stream) handled before the next one, up to the first proposal:
     /// that proposal is returned and what follows it stays queued.
@@ -416,8 +438,12 @@ impl Master {
     }
 
     /// Drops every session and offer: this node no longer leads (or is starting to).
-    pub fn reset_soft(self: &Arc<Self>, term: u64) {
-        self.run_now(|leader, _, now| leader.reset(term, now));
+    /// Every stream and connection ends with NotLeader (see [`Core::reset`]).
+    pub fn reset_soft(&self, term: u64) {
+        let named = |e: MasterError| self.named(e);
+        let out = self.outlets(&named);
+        let now = self.now_ms();
+        self.core().reset(term, now, &out);
     }
 
     /// Refreshes the gauges exported with the metrics.

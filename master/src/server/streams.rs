@@ -719,4 +719,65 @@ mod tests {
             .is_none());
         assert!(rx.try_recv().is_ok());
     }
+
+    #[test]
+    fn a_reset_ends_every_stream_with_not_leader() {
+        let mut core = core();
+        core.leader.start_serving(2, 0);
+        let fw = FrameworkId::new("fw");
+        let stray = FrameworkId::new("stray");
+        let agent = AgentId::new("a1");
+        let mut receivers = Vec::new();
+        // The framework's stream has a session; the stray stream and the agent's
+        // connection have none (their sessions ended, the streams did not).
+        for (id, stream_id) in [(&fw, "s"), (&stray, "x")] {
+            let (tx, rx) = mpsc::channel(4);
+            core.streams.frameworks.insert(
+                id.clone(),
+                FrameworkStream {
+                    stream_id: stream_id.into(),
+                    tx,
+                },
+            );
+            receivers.push(rx);
+        }
+        core.leader.frameworks.insert(
+            fw.clone(),
+            FrameworkSession {
+                stream_id: "s".into(),
+                suppressed: false,
+                filters: Default::default(),
+            },
+        );
+        let (tx, mut agent_rx) = mpsc::channel(4);
+        core.streams
+            .agents
+            .insert(agent.clone(), AgentConnection { conn_id: 7, tx });
+        let metrics = Metrics::default();
+        let (updates, _) = mpsc::unbounded_channel();
+        let allocate_now = Notify::new();
+        let named = |e: MasterError| e;
+        let out = Outlets {
+            metrics: &metrics,
+            updates: &updates,
+            allocate_now: &allocate_now,
+            named: &named,
+        };
+        core.reset(3, 0, &out);
+        assert!(core.streams.frameworks.is_empty() && core.streams.agents.is_empty());
+        for rx in &mut receivers {
+            let status = rx.try_recv().unwrap().unwrap_err();
+            assert!(
+                drover_proto::leader::leader_hint(&status).is_some(),
+                "{status}"
+            );
+            assert!(rx.try_recv().is_err(), "the stream ended");
+        }
+        let status = agent_rx.try_recv().unwrap().unwrap_err();
+        assert!(
+            drover_proto::leader::leader_hint(&status).is_some(),
+            "{status}"
+        );
+        assert!(!core.leader.serving);
+    }
 }
