@@ -40,6 +40,13 @@ pub fn validate_framework_info(info: &pb::FrameworkInfo) -> Result<(), MasterErr
     Ok(())
 }
 
+/// The answer to a SUBSCRIBE for a framework the registry no longer has.
+fn framework_gone(id: &FrameworkId) -> MasterError {
+    MasterError::NotFound(format!(
+        "framework {id} is unknown: it was torn down or its failover timeout passed; subscribe without an id"
+    ))
+}
+
 fn invalid(msg: impl Into<String>) -> MasterError {
     MasterError::InvalidArgument(msg.into())
 }
@@ -70,9 +77,7 @@ impl Leader {
         let framework_id = match info.id.clone().filter(|id| !id.is_empty()) {
             Some(id) => {
                 if !reg.frameworks.contains_key(&id) {
-                    return Err(MasterError::NotFound(format!(
-                        "framework {id} is unknown: it was torn down or its failover timeout passed; subscribe without an id"
-                    )));
+                    return Err(framework_gone(&id));
                 }
                 id
             }
@@ -94,15 +99,21 @@ impl Leader {
     }
 
     /// SUBSCRIBE, once the registration is applied: the old stream (if any) ends, the new
-    /// one opens with SUBSCRIBED and the updates kept while the framework was away.
+    /// one opens with SUBSCRIBED and the updates kept while the framework was away. A
+    /// framework removed in between (a teardown or its failover timeout committed after
+    /// the registration) gets no session.
     pub(crate) fn subscribed(
         &mut self,
+        reg: &Registry,
         framework_id: FrameworkId,
         info: pb::FrameworkInfo,
         suppressed: bool,
     ) -> Result<Vec<Effect>, MasterError> {
         if !self.serving {
             return Err(not_leader());
+        }
+        if !reg.frameworks.contains_key(&framework_id) {
+            return Err(framework_gone(&framework_id));
         }
         let stream_id = self.fresh_id();
         let mut effects = Vec::new();

@@ -581,7 +581,7 @@ impl Leader {
                 suppressed,
             } => {
                 outcome?;
-                self.subscribed(framework, info, suppressed)
+                self.subscribed(reg, framework, info, suppressed)
             }
             Then::Launched {
                 framework,

@@ -120,6 +120,49 @@ fn a_subscription_that_fails_to_commit_opens_nothing() {
 }
 
 #[test]
+fn a_framework_removed_before_its_subscription_completes_gets_no_session() {
+    let mut h = Harness::new();
+    let (fw, stream) = h.subscribe("web", 0.0, false);
+    let stream_end = h.leader.framework_disconnected(h.now, &fw, &stream);
+    h.settle(stream_end).unwrap();
+    // It resubscribes; its teardown commits between the registration and the step that
+    // opens the stream.
+    let first = h
+        .leader
+        .subscribe(
+            &h.reg,
+            h.now,
+            pb::SubscribeRequest {
+                framework_info: Some(pb::FrameworkInfo {
+                    id: Some(fw.clone()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let [Effect::Propose { command, then }] = first.as_slice() else {
+        panic!("{first:?}");
+    };
+    let outcome = h.apply(command.clone());
+    h.apply(Command::RemoveFramework {
+        framework_id: fw.clone(),
+        reason: "torn down".into(),
+        now_ms: h.now,
+    });
+    let err = h
+        .leader
+        .applied(&h.reg, h.now, then.clone(), Ok(outcome))
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with(&format!("framework {fw} is unknown")),
+        "{err}"
+    );
+    assert!(h.leader.frameworks.is_empty());
+}
+
+#[test]
 fn resubscribing_replaces_the_stream_and_the_old_one_gets_an_error() {
     let mut h = Harness::new();
     h.add_agent("cpus:4;mem:4096");
