@@ -79,15 +79,32 @@ impl Harness {
 
     /// Plays the shell with a Raft that commits every proposal (see the module doc).
     pub fn settle(&mut self, effects: Vec<Effect>) -> Result<Vec<Effect>, MasterError> {
+        match self.settle_with(effects, |_| None) {
+            (_, Some(e)) => Err(e),
+            (out, None) => Ok(out),
+        }
+    }
+
+    /// Plays the shell with a Raft that answers each proposal as `raft` says: `None`
+    /// commits it (applies it to the registry), `Some(e)` fails it with `e`. Returns
+    /// everything else, in the order the shell would carry it out, and the first error.
+    pub fn settle_with(
+        &mut self,
+        effects: Vec<Effect>,
+        mut raft: impl FnMut(&Command) -> Option<MasterError>,
+    ) -> (Vec<Effect>, Option<MasterError>) {
         let mut out = Vec::new();
         let mut first_error = None;
         let mut queue: std::collections::VecDeque<Effect> = effects.into();
         while let Some(e) = queue.pop_front() {
             match e {
                 Effect::Propose { command, then } => {
-                    let outcome = self.reg.apply(&command);
+                    let outcome = match raft(&command) {
+                        None => Ok(self.reg.apply(&command)),
+                        Some(e) => Err(e),
+                    };
                     self.proposed.push(command);
-                    match self.leader.applied(&self.reg, self.now, then, Ok(outcome)) {
+                    match self.leader.applied(&self.reg, self.now, then, outcome) {
                         Ok(more) => {
                             for m in more.into_iter().rev() {
                                 queue.push_front(m);
@@ -101,10 +118,7 @@ impl Harness {
                 other => out.push(other),
             }
         }
-        match first_error {
-            Some(e) => Err(e),
-            None => Ok(out),
-        }
+        (out, first_error)
     }
 
     /// Subscribes a new framework (failover timeout in seconds, partition-aware or not);

@@ -103,20 +103,17 @@ fn a_subscription_that_fails_to_commit_opens_nothing() {
             },
         )
         .unwrap();
-    let [Effect::Propose { then, .. }] = first.as_slice() else {
-        panic!("{first:?}");
-    };
-    let err = h
-        .leader
-        .applied(
-            &h.reg,
-            h.now,
-            then.clone(),
-            Err(MasterError::Unavailable("lost leadership".into())),
-        )
-        .unwrap_err();
-    assert!(matches!(err, MasterError::Unavailable(_)));
-    assert!(h.leader.frameworks.is_empty());
+    assert!(matches!(first.as_slice(), [Effect::Propose { .. }]));
+    let (effects, err) = h.settle_with(first, |_| {
+        Some(MasterError::Unavailable("lost leadership".into()))
+    });
+    assert!(matches!(err, Some(MasterError::Unavailable(_))), "{err:?}");
+    assert!(
+        effects.is_empty(),
+        "no stream opens, nothing is sent: {effects:?}"
+    );
+    assert!(h.leader.frameworks.is_empty(), "no session");
+    assert!(h.reg.frameworks.is_empty());
 }
 
 #[test]
@@ -991,7 +988,16 @@ fn an_update_that_missed_its_stream_follows_the_framework() {
 #[test]
 fn a_reregistering_agent_gets_its_missed_launches_and_kills() {
     let (mut h, fw, agent) = one_task(false);
-    // The agent comes back on a new connection, reporting no task: t1 is sent again.
+    // The agent comes back on a new connection. It does not report t1 (still STAGING:
+    // sent again), and it reports a task the registry does not know (killed).
+    let ghost = pb::AgentTask {
+        framework_id: Some(fw.clone()),
+        task: Some(pb::TaskInfo {
+            task_id: Some(TaskId::new("ghost")),
+            ..Default::default()
+        }),
+        state: TaskState::TaskRunning as i32,
+    };
     let register = pb::agent_message::Register {
         agent_id: Some(agent.clone()),
         info: Some(pb::AgentInfo {
@@ -1001,6 +1007,7 @@ fn a_reregistering_agent_gets_its_missed_launches_and_kills() {
                 .to_proto(),
             ..Default::default()
         }),
+        tasks: vec![ghost],
         ..Default::default()
     };
     let old = h.leader.agents[&agent].conn_id;
@@ -1019,7 +1026,26 @@ fn a_reregistering_agent_gets_its_missed_launches_and_kills() {
     assert!(msgs.iter().any(|m| matches!(&m.msg, Some(Msg::RunTask(r))
         if r.task.as_ref().unwrap().task_id.as_ref().unwrap().as_str() == "t1"
             && r.framework_id.as_ref() == Some(&fw))));
-    assert_ne!(h.leader.agents[&agent].conn_id, old);
+    let kills: Vec<_> = msgs
+        .iter()
+        .filter_map(|m| match &m.msg {
+            Some(Msg::KillTask(k)) => Some(k),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        matches!(kills.as_slice(), [k] if k.task_id.as_ref().unwrap().as_str() == "ghost"
+            && k.framework_id.as_ref() == Some(&fw)),
+        "{kills:?}"
+    );
+    let new = h.leader.agents[&agent].conn_id;
+    assert_ne!(new, old);
+    assert!(
+        effects
+            .iter()
+            .all(|e| !matches!(e, Effect::ToAgent { conn_id, .. } if *conn_id != new)),
+        "everything goes on the new connection"
+    );
 }
 
 #[test]
@@ -1048,6 +1074,9 @@ fn losing_leadership_ends_every_stream_with_not_leader() {
     let (mut h, fw, agent) = one_task(false);
     let effects = h.leader.reset(TERM + 1, h.now);
     assert_eq!(effects.len(), 2);
+    assert!(effects
+        .iter()
+        .any(|e| matches!(e, Effect::CloseAgentConnection { agent: a, .. } if *a == agent)));
     assert!(effects.iter().all(|e| matches!(
         e,
         Effect::CloseFrameworkStream {
@@ -1069,7 +1098,6 @@ fn losing_leadership_ends_every_stream_with_not_leader() {
         .leader
         .check_agents(&h.reg, h.now + 10 * AGENT_TIMEOUT_MS)
         .is_empty());
-    let _ = agent;
 }
 
 #[test]
@@ -1077,18 +1105,83 @@ fn the_same_inputs_give_the_same_effects() {
     let run = || {
         let mut h = Harness::new();
         let mut log = Vec::new();
-        for r in ["cpus:4;mem:4096", "cpus:2;mem:1024", "cpus:8;mem:512"] {
-            h.add_agent(r);
-        }
-        let fws: Vec<_> = (0..3)
-            .map(|i| h.subscribe(&format!("f{i}"), 1.0, false).0)
+        let agents: Vec<AgentId> = (0..8)
+            .map(|i| h.add_agent(&format!("cpus:{};mem:8192", 8 + i)).0)
             .collect();
-        for fw in &fws {
-            log.push(format!(
-                "{:?}",
-                h.launch(fw, &[("a", "cpus:0.5"), ("b", "cpus:0.5")])
-            ));
+        let fws: Vec<FrameworkId> = (0..12)
+            .map(|i| h.subscribe(&format!("f{i}"), 1.0, i % 2 == 0).0)
+            .collect();
+        // Six tasks per framework, committed on the agents in turn (still STAGING), and
+        // one launch through ACCEPT.
+        for (i, fw) in fws.iter().enumerate() {
+            let tasks = (0..6)
+                .map(|t| {
+                    let id = format!("t{i}-{t}");
+                    launch_op(&[(id.as_str(), "cpus:0.25;mem:64")])
+                        .launch
+                        .unwrap()
+                        .task_infos
+                        .remove(0)
+                })
+                .collect();
+            h.apply(Command::LaunchTasks {
+                framework_id: fw.clone(),
+                agent_id: agents[i % agents.len()].clone(),
+                tasks,
+                term: TERM,
+                now_ms: h.now,
+            });
         }
+        log.push(format!(
+            "{:?}",
+            h.launch(&fws[0], &[("accepted", "cpus:0.5;mem:64")])
+        ));
+        // Implicit reconciliation of every framework.
+        for fw in &fws {
+            let call = pb::ReconcileCall {
+                header: h.header(fw),
+                tasks: Vec::new(),
+            };
+            let effects = h.leader.reconcile(&h.reg, h.now, call).unwrap();
+            assert!(updates_to(&effects, fw).len() >= 6, "{effects:?}");
+            log.push(format!("{effects:?}"));
+        }
+        // The launches still STAGING are sent again.
+        h.advance(10_000);
+        log.push(format!(
+            "{:?}",
+            h.leader.resend_staging(&h.reg, h.now, 10_000)
+        ));
+        // Every agent registers again, reporting every other of its tasks and one the
+        // registry does not know.
+        for (n, agent) in agents.iter().enumerate() {
+            let mut mine: Vec<_> = h
+                .reg
+                .tasks
+                .values()
+                .filter(|t| &t.agent_id == agent)
+                .collect();
+            mine.sort_by_key(|t| t.key());
+            let mut reported: Vec<pb::AgentTask> = mine
+                .iter()
+                .step_by(2)
+                .map(|t| pb::AgentTask {
+                    framework_id: Some(t.framework_id.clone()),
+                    task: Some(t.info.clone()),
+                    state: TaskState::TaskRunning as i32,
+                })
+                .collect();
+            reported.push(pb::AgentTask {
+                framework_id: Some(fws[n].clone()),
+                task: Some(pb::TaskInfo {
+                    task_id: Some(TaskId::new(format!("ghost-{n}"))),
+                    ..Default::default()
+                }),
+                state: TaskState::TaskRunning as i32,
+            });
+            log.push(format!("{:?}", h.reregister(agent, reported)));
+        }
+        log.push(format!("{:?}", h.allocate()));
         h.advance(AGENT_TIMEOUT_MS + 1);
         let effects = h.leader.check_agents(&h.reg, h.now);
         log.push(format!("{:?}", h.settle(effects)));
@@ -1098,7 +1191,12 @@ fn the_same_inputs_give_the_same_effects() {
         ));
         log
     };
-    assert_eq!(run(), run());
+    let first = run();
+    let count = |what: &str| first.iter().map(|l| l.matches(what).count()).sum::<usize>();
+    // The launches were sent again and the unknown tasks killed.
+    assert!(count("RunTask(") >= 72, "launches sent again: {first:?}");
+    assert_eq!(count("KillTask("), 8, "{first:?}");
+    assert_eq!(first, run());
 }
 
 #[test]
@@ -1128,8 +1226,10 @@ fn resources_of_a_launch_not_yet_committed_are_not_offered_again() {
 #[test]
 fn heartbeats_go_to_every_subscribed_framework_in_id_order() {
     let mut h = Harness::new();
-    let (a, _) = h.subscribe("a", 0.0, false);
-    let (b, _) = h.subscribe("b", 0.0, false);
+    // Enough frameworks that a hash map's order would differ from id order.
+    let mut expected: Vec<FrameworkId> = (0..20)
+        .map(|i| h.subscribe(&format!("f{i}"), 0.0, false).0)
+        .collect();
     let effects = h.leader.heartbeats();
     let to: Vec<&FrameworkId> = effects
         .iter()
@@ -1142,7 +1242,6 @@ fn heartbeats_go_to_every_subscribed_framework_in_id_order() {
             other => panic!("{other:?}"),
         })
         .collect();
-    let mut expected = vec![&a, &b];
     expected.sort();
-    assert_eq!(to, expected);
+    assert_eq!(to, expected.iter().collect::<Vec<_>>());
 }
