@@ -20,6 +20,13 @@
 //! [`Then`] saying what to do once the command is applied, and [`Leader::applied`] takes
 //! the outcome (see the SUBSCRIBE walk in `docs/architecture.md`).
 
+/// A [`TaskRefusal`] with a formatted message.
+macro_rules! refuse {
+    ($($arg:tt)*) => {
+        $crate::leader::TaskRefusal(format!($($arg)*))
+    };
+}
+
 pub mod agents;
 pub mod frameworks;
 pub mod gate;
@@ -41,6 +48,29 @@ use drover_proto::{AgentId, ExecutorId, FrameworkId, OfferId, Resources};
 use crate::error::MasterError;
 use crate::metrics::Metrics;
 use crate::registry::{ApplyOutcome, Command, Registry, StatusUpdate, TaskKey};
+
+/// Why the ACCEPT gate refuses a task (or a task group): the message of the TASK_ERROR
+/// the framework gets for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskRefusal(pub String);
+
+impl std::fmt::Display for TaskRefusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl From<String> for TaskRefusal {
+    fn from(why: String) -> Self {
+        TaskRefusal(why)
+    }
+}
+
+impl From<&str> for TaskRefusal {
+    fn from(why: &str) -> Self {
+        TaskRefusal(why.to_string())
+    }
+}
 
 /// Where fresh ids (framework, agent, offer and stream ids) come from: random in the
 /// daemon, sequential in tests, so that a test can name what the leader will create.
