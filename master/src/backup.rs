@@ -129,7 +129,7 @@ impl Backup {
         if sha256_hex(&registry) != header.sha256 {
             return Err(unusable!("its checksum does not match (corrupted)"));
         }
-        Registry::from_snapshot(&registry).map_err(MasterError::Backup)?;
+        Registry::from_snapshot(&registry).map_err(|e| MasterError::Backup(e.to_string()))?;
         Ok(Self { header, registry })
     }
 }
@@ -217,7 +217,7 @@ pub fn offline(data_dir: &Path) -> Result<Backup> {
     })?;
     let meta = storage.snapshot_meta().clone();
     let data = storage.snapshot_data()?;
-    let mut reg = Registry::from_snapshot(&data).map_err(MasterError::Incompatible)?;
+    let mut reg = Registry::from_snapshot(&data)?;
     let commit = storage.hard_state().commit;
     let mut index = meta.index;
     let mut term = meta.term;
@@ -233,7 +233,7 @@ pub fn offline(data_dir: &Path) -> Result<Backup> {
             match e.get_entry_type() {
                 EntryType::EntryNormal if e.data.is_empty() => {}
                 EntryType::EntryNormal => {
-                    let cmd = registry::decode(&e.data).map_err(MasterError::Incompatible)?;
+                    let cmd = registry::decode(&e.data)?;
                     reg.apply(&cmd);
                 }
                 EntryType::EntryConfChange => {
@@ -300,7 +300,7 @@ pub fn restore(
         ));
     }
     std::fs::create_dir_all(data_dir).io_ctx(|| format!("cannot create {}", data_dir.display()))?;
-    let mut reg = Registry::from_snapshot(&backup.registry).map_err(MasterError::Incompatible)?;
+    let mut reg = Registry::from_snapshot(&backup.registry)?;
     // The new cluster's members, not the old one's.
     reg.masters = peers.clone();
     let mut storage = RocksStorage::open(&db)?;

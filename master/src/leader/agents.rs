@@ -169,7 +169,7 @@ impl Leader {
             agent: agent_id.clone(),
             conn_id,
         });
-        effects.push(self.to_agent(
+        effects.extend(self.to_agent(
             &agent_id,
             Msg::Registered(pb::master_message::Registered {
                 agent_id: Some(agent_id.clone()),
@@ -188,12 +188,12 @@ impl Leader {
             for (fw, tasks) in by_framework {
                 let info = reg.frameworks.get(&fw).map(|f| f.info.clone());
                 for msg in launches::messages(&fw, info, tasks) {
-                    effects.push(self.to_agent(&agent_id, msg));
+                    effects.extend(self.to_agent(&agent_id, msg));
                 }
             }
             for (fw, task_id) in out.kill {
                 tracing::info!(agent = %agent_id, framework = %fw, task = %task_id, "killing a task the registry no longer wants");
-                effects.push(self.to_agent(
+                effects.extend(self.to_agent(
                     &agent_id,
                     Msg::KillTask(pb::master_message::KillTask {
                         framework_id: Some(fw),
@@ -242,7 +242,7 @@ impl Leader {
                         .collect();
                     self.usage.insert(agent_id.clone(), usage);
                 }
-                effects.push(self.to_agent(agent_id, Msg::Pong(pb::master_message::Pong {})));
+                effects.extend(self.to_agent(agent_id, Msg::Pong(pb::master_message::Pong {})));
             }
             Some(AgentMsg::StatusUpdate(u)) => {
                 if let Err(why) = validate_update(&u) {
@@ -304,11 +304,12 @@ impl Leader {
             tracing::warn!(agent = %agent_id, why, "refusing an executor message");
             return;
         }
-        if !self.frameworks.contains_key(&fw) {
+        let Some(session) = self.frameworks.get(&fw) else {
             tracing::debug!(framework = %fw, executor = %executor_id, "dropping an executor message: the framework is not connected");
             return;
-        }
+        };
         effects.push(Effect::EventOrDrop {
+            stream_id: session.stream_id.clone(),
             framework: fw,
             event: pb::event::Event::Message(pb::event::Message {
                 agent_id: Some(agent_id.clone()),
@@ -374,7 +375,7 @@ impl Leader {
                     }
                     // The registry tracks nothing more for this task, so the master
                     // acknowledges it itself and the agent stops resending.
-                    effects.push(self.to_agent(
+                    effects.extend(self.to_agent(
                         &u.agent_id,
                         Msg::StatusAck(pb::master_message::StatusAck {
                             framework_id: Some(u.framework_id),
@@ -422,7 +423,7 @@ impl Leader {
         let mut effects = Vec::new();
         for ((agent, fw), (info, tasks)) in batches {
             for msg in launches::messages(&fw, info, tasks) {
-                effects.push(self.to_agent(&agent, msg));
+                effects.extend(self.to_agent(&agent, msg));
             }
         }
         effects
@@ -484,12 +485,10 @@ impl Leader {
         self.rescind_agent_offers(agent, &mut effects);
         // Sent to the frameworks connected now; the others reconcile when they return.
         for (fw, st) in updates {
-            if self.frameworks.contains_key(&fw) {
-                effects.push(Self::event(
-                    &fw,
-                    pb::event::Event::Update(pb::event::Update { status: Some(st) }),
-                ));
-            }
+            effects.extend(self.event(
+                &fw,
+                pb::event::Event::Update(pb::event::Update { status: Some(st) }),
+            ));
         }
         effects
     }

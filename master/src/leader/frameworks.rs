@@ -6,8 +6,8 @@ use drover_proto::pb::{self, task_status::Reason, TaskState};
 use drover_proto::{AgentId, ExecutorId, FrameworkId, OfferId, TaskId};
 
 use super::{
-    executor_runs_on, gate, launches, not_leader, offers::refuse_until, valid_id, Effect, Farewell,
-    FrameworkSession, Leader, Then,
+    agent_not_connected, executor_runs_on, gate, launches, not_leader, offers::refuse_until,
+    valid_id, Effect, Farewell, FrameworkSession, Leader, Then,
 };
 use crate::error::MasterError;
 use crate::metrics::Metrics;
@@ -40,6 +40,13 @@ pub fn validate_framework_info(info: &pb::FrameworkInfo) -> Result<(), MasterErr
     Ok(())
 }
 
+/// The answer to a SUBSCRIBE for a framework the registry no longer has.
+fn framework_gone(id: &FrameworkId) -> MasterError {
+    MasterError::NotFound(format!(
+        "framework {id} is unknown: it was torn down or its failover timeout passed; subscribe without an id"
+    ))
+}
+
 fn invalid(msg: impl Into<String>) -> MasterError {
     MasterError::InvalidArgument(msg.into())
 }
@@ -70,9 +77,7 @@ impl Leader {
         let framework_id = match info.id.clone().filter(|id| !id.is_empty()) {
             Some(id) => {
                 if !reg.frameworks.contains_key(&id) {
-                    return Err(MasterError::NotFound(format!(
-                        "framework {id} is unknown: it was torn down or its failover timeout passed; subscribe without an id"
-                    )));
+                    return Err(framework_gone(&id));
                 }
                 id
             }
@@ -94,15 +99,21 @@ impl Leader {
     }
 
     /// SUBSCRIBE, once the registration is applied: the old stream (if any) ends, the new
-    /// one opens with SUBSCRIBED and the updates kept while the framework was away.
+    /// one opens with SUBSCRIBED and the updates kept while the framework was away. A
+    /// framework removed in between (a teardown or its failover timeout committed after
+    /// the registration) gets no session.
     pub(crate) fn subscribed(
         &mut self,
+        reg: &Registry,
         framework_id: FrameworkId,
         info: pb::FrameworkInfo,
         suppressed: bool,
     ) -> Result<Vec<Effect>, MasterError> {
         if !self.serving {
             return Err(not_leader());
+        }
+        if !reg.frameworks.contains_key(&framework_id) {
+            return Err(framework_gone(&framework_id));
         }
         let stream_id = self.fresh_id();
         let mut effects = Vec::new();
@@ -126,7 +137,7 @@ impl Leader {
             framework: framework_id.clone(),
             stream_id: stream_id.clone(),
         });
-        effects.push(Self::event(
+        effects.extend(self.event(
             &framework_id,
             pb::event::Event::Subscribed(pb::event::Subscribed {
                 framework_id: Some(framework_id.clone()),
@@ -354,7 +365,7 @@ impl Leader {
         // group's tasks at apply time, the rest still go together; the gate already
         // ruled out every refusal it can see.)
         for msg in launches::messages(&fw, info, committed) {
-            effects.push(self.to_agent(&agent, msg));
+            effects.extend(self.to_agent(&agent, msg));
         }
         effects.push(Effect::Allocate);
         Ok(effects)
@@ -463,7 +474,7 @@ impl Leader {
         };
         Ok(statuses
             .into_iter()
-            .map(|st| Self::event(&fw, update(st)))
+            .filter_map(|st| self.event(&fw, update(st)))
             .collect())
     }
 
@@ -490,14 +501,17 @@ impl Leader {
                         )));
                     }
                 }
-                Ok(vec![self.to_agent(
-                    &agent,
-                    pb::master_message::Msg::KillTask(pb::master_message::KillTask {
-                        framework_id: Some(fw.clone()),
-                        task_id: Some(task_id),
-                        kill_policy: call.kill_policy,
-                    }),
-                )])
+                Ok(self
+                    .to_agent(
+                        &agent,
+                        pb::master_message::Msg::KillTask(pb::master_message::KillTask {
+                            framework_id: Some(fw.clone()),
+                            task_id: Some(task_id),
+                            kill_policy: call.kill_policy,
+                        }),
+                    )
+                    .into_iter()
+                    .collect())
             }
             None => {
                 if reg.task_state(&key).is_none() {
@@ -507,7 +521,7 @@ impl Leader {
                 }
                 // Already terminal: tell the framework its final state again.
                 let st = reconcile_status(reg, now_ms, &fw, &task_id, call.agent_id.as_ref());
-                Ok(vec![Self::event(&fw, update(st))])
+                Ok(self.event(&fw, update(st)).into_iter().collect())
             }
         }
     }
@@ -529,7 +543,7 @@ impl Leader {
                 executor_id: Some(executor_id.clone()),
             },
         ));
-        Ok(self.relay(agent_id, executor_id, "ask again", false, message))
+        self.relay(agent_id, executor_id, "ask again", false, message)
     }
 
     /// MESSAGE: relayed once to the agent, which hands it to the subscribed executor
@@ -556,17 +570,18 @@ impl Leader {
                 data: call.data,
             },
         ));
-        Ok(self.relay(
+        self.relay(
             agent_id,
             executor_id,
             "send the message again",
             true,
             message,
-        ))
+        )
     }
 
-    /// A relay to an agent: UNAVAILABLE at once when the agent is not connected (the
-    /// shell answers the same when its stream cannot take the message).
+    /// A relay to an agent on its current connection: UNAVAILABLE at once when the agent
+    /// is not connected (the shell answers the same when its stream cannot take the
+    /// message).
     fn relay(
         &self,
         agent: AgentId,
@@ -574,14 +589,18 @@ impl Leader {
         what: &'static str,
         lossy: bool,
         message: pb::MasterMessage,
-    ) -> Vec<Effect> {
-        vec![Effect::Relay {
+    ) -> Result<Vec<Effect>, MasterError> {
+        let Some(s) = self.agents.get(&agent) else {
+            return Err(agent_not_connected(&agent, &executor, what));
+        };
+        Ok(vec![Effect::Relay {
+            conn_id: s.conn_id,
             agent,
             executor,
             what,
             lossy,
             message,
-        }]
+        }])
     }
 
     /// The executor a SHUTDOWN or MESSAGE names, checked: a valid id, on an agent where an
@@ -648,14 +667,17 @@ impl Leader {
                     m.remove(&key);
                 }
                 Metrics::inc(&self.metrics().acknowledgements);
-                Ok(vec![self.to_agent(
-                    &agent_id,
-                    pb::master_message::Msg::StatusAck(pb::master_message::StatusAck {
-                        framework_id: Some(fw),
-                        task_id: Some(task_id),
-                        uuid: call.uuid,
-                    }),
-                )])
+                Ok(self
+                    .to_agent(
+                        &agent_id,
+                        pb::master_message::Msg::StatusAck(pb::master_message::StatusAck {
+                            framework_id: Some(fw),
+                            task_id: Some(task_id),
+                            uuid: call.uuid,
+                        }),
+                    )
+                    .into_iter()
+                    .collect())
             }
         }
     }
@@ -705,7 +727,7 @@ impl Leader {
         let mut effects = Vec::new();
         if let ApplyOutcome::FrameworkRemoved { agents, .. } = outcome {
             for agent in agents {
-                effects.push(self.to_agent(
+                effects.extend(self.to_agent(
                     &agent,
                     pb::master_message::Msg::ShutdownFramework(
                         pb::master_message::ShutdownFramework {
@@ -762,8 +784,12 @@ impl Leader {
     /// A heartbeat to every subscribed framework.
     pub fn heartbeats(&self) -> Vec<Effect> {
         self.frameworks
-            .keys()
-            .map(|fw| Self::event(fw, pb::event::Event::Heartbeat(pb::event::Heartbeat {})))
+            .iter()
+            .map(|(fw, s)| Effect::Event {
+                framework: fw.clone(),
+                stream_id: s.stream_id.clone(),
+                event: pb::event::Event::Heartbeat(pb::event::Heartbeat {}),
+            })
             .collect()
     }
 }

@@ -17,7 +17,7 @@ use drover_proto::ids::validate_id;
 use drover_proto::pb::{self, operation::Type as OpType};
 use drover_proto::{AgentId, ExecutorId, FrameworkId, OfferId, Resources, TaskId};
 
-use super::OfferRec;
+use super::{OfferRec, TaskRefusal};
 use crate::error::MasterError;
 use crate::registry::{Registry, TaskKey};
 
@@ -175,7 +175,7 @@ pub fn check(
                     t.agent_id = Some(agent_id.clone());
                     plan.launch.push(t);
                 }
-                Err(why) => plan.errors.push((task_id, why)),
+                Err(why) => plan.errors.push((task_id, why.to_string())),
             }
         }
     }
@@ -203,7 +203,7 @@ fn check_group(
         .iter()
         .map(|t| t.task_id.clone().unwrap_or_default())
         .collect();
-    let refuse_all = |plan: &mut Plan, culprit: Option<&TaskId>, why: String| {
+    let refuse_all = |plan: &mut Plan, culprit: Option<&TaskId>, why: TaskRefusal| {
         for id in &task_ids {
             let msg = match culprit {
                 Some(bad) if bad != id => {
@@ -225,7 +225,7 @@ fn check_group(
     let mut budget = remaining.clone();
     let mut used = Resources::new();
     let mut accepted = Vec::with_capacity(tasks.len());
-    let mut failure: Option<(TaskId, String)> = None;
+    let mut failure: Option<(TaskId, TaskRefusal)> = None;
     for (task, id) in tasks.iter().zip(&task_ids) {
         let checked = check_group_task(task, &executor).and_then(|()| {
             check_task(framework_id, agent_id, task, &budget, ids_in_call, registry)
@@ -261,7 +261,7 @@ fn check_group(
 fn check_default_executor(
     framework_id: &FrameworkId,
     executor: Option<&pb::ExecutorInfo>,
-) -> Result<pb::ExecutorInfo, String> {
+) -> Result<pb::ExecutorInfo, TaskRefusal> {
     use pb::executor_info::Type;
     let Some(executor) = executor else {
         return Err("LAUNCH_GROUP names no executor".into());
@@ -271,13 +271,13 @@ fn check_default_executor(
         Ok(Type::Custom) => {
             return Err("task groups run under the agent's DEFAULT executor; a CUSTOM executor takes single tasks through LAUNCH (TaskInfo.executor)".into())
         }
-        Err(_) => return Err(format!("unknown executor type {}", executor.r#type)),
+        Err(_) => return Err(refuse!("unknown executor type {}", executor.r#type)),
     }
     let id = executor.executor_id.clone().unwrap_or_default();
     validate_id("executor", id.as_str())?;
     if let Some(fw) = &executor.framework_id {
         if !fw.is_empty() && fw != framework_id {
-            return Err(format!(
+            return Err(refuse!(
                 "the executor names framework {fw}, not the caller's {framework_id}"
             ));
         }
@@ -307,7 +307,7 @@ fn check_default_executor(
 }
 
 /// What a task of a group may not do that a lone task may.
-fn check_group_task(task: &pb::TaskInfo, executor: &pb::ExecutorInfo) -> Result<(), String> {
+fn check_group_task(task: &pb::TaskInfo, executor: &pb::ExecutorInfo) -> Result<(), TaskRefusal> {
     if let Some(own) = &task.executor {
         if own.executor_id != executor.executor_id {
             return Err("a task of a group may only name the group's executor".into());
@@ -347,21 +347,21 @@ fn check_task(
     remaining: &Resources,
     ids_in_call: &mut HashSet<TaskId>,
     registry: &Registry,
-) -> Result<Resources, String> {
+) -> Result<Resources, TaskRefusal> {
     let task_id = task.task_id.clone().unwrap_or_default();
     validate_id("task", task_id.as_str())?;
     if !ids_in_call.insert(task_id.clone()) {
-        return Err(format!("task id {task_id} is used twice in this ACCEPT"));
+        return Err(refuse!("task id {task_id} is used twice in this ACCEPT"));
     }
     let key = TaskKey::new(framework_id, &task_id);
     if registry.task_state(&key).is_some() {
-        return Err(format!(
+        return Err(refuse!(
             "task id {task_id} is already in use by this framework"
         ));
     }
     if let Some(a) = &task.agent_id {
         if !a.is_empty() && a != agent_id {
-            return Err(format!(
+            return Err(refuse!(
                 "task names agent {a} but the offers are on agent {agent_id}"
             ));
         }
@@ -370,7 +370,7 @@ fn check_task(
         return Err("task name is longer than 1024 bytes".into());
     }
     if task.labels.len() > MAX_LIST_ITEMS {
-        return Err(format!("task has more than {MAX_LIST_ITEMS} labels"));
+        return Err(refuse!("task has more than {MAX_LIST_ITEMS} labels"));
     }
     // A Docker task, or a task that runs an image in a linux container, may leave its
     // command out and run the image's own (`Entrypoint` + `Cmd`, or its `Entrypoint` with
@@ -398,12 +398,12 @@ fn check_task(
     }
     let size = cmd.value.len() + cmd.arguments.iter().map(String::len).sum::<usize>();
     if size > MAX_COMMAND_BYTES {
-        return Err(format!(
+        return Err(refuse!(
             "task command is longer than {MAX_COMMAND_BYTES} bytes"
         ));
     }
     if cmd.arguments.len() > MAX_LIST_ITEMS || cmd.environment.len() > MAX_LIST_ITEMS {
-        return Err(format!(
+        return Err(refuse!(
             "task has more than {MAX_LIST_ITEMS} arguments or environment variables"
         ));
     }
@@ -417,7 +417,7 @@ fn check_task(
     if let Some(kp) = &task.kill_policy {
         let g = kp.grace_period_seconds;
         if !(g.is_finite() && (0.0..=3600.0).contains(&g)) {
-            return Err(format!(
+            return Err(refuse!(
                 "kill grace period {g} must be between 0 and 3600 seconds"
             ));
         }
@@ -429,7 +429,7 @@ fn check_task(
         return Err("task uses no cpus and no mem; give it at least one of them".into());
     }
     if !remaining.contains(&res) {
-        return Err(format!(
+        return Err(refuse!(
             "task needs {res} but the offers only have {remaining} left"
         ));
     }
@@ -456,7 +456,7 @@ fn check_executor(
     task: &pb::TaskInfo,
     in_call: &HashMap<ExecutorId, pb::ExecutorInfo>,
     registry: &Registry,
-) -> Result<(), String> {
+) -> Result<(), TaskRefusal> {
     use pb::executor_info::Type;
     let Some(info) = &task.executor else {
         return Ok(());
@@ -474,14 +474,14 @@ fn check_executor(
     }
     let cmd = info.command.clone().unwrap_or_default();
     if cmd.value.trim().is_empty() && cmd.arguments.first().is_none_or(|a| a.trim().is_empty()) {
-        return Err(format!("executor {id} has no command"));
+        return Err(refuse!("executor {id} has no command"));
     }
     let size = cmd.value.len() + cmd.arguments.iter().map(String::len).sum::<usize>();
     if size > MAX_COMMAND_BYTES
         || cmd.arguments.len() > MAX_LIST_ITEMS
         || cmd.environment.len() > MAX_LIST_ITEMS
     {
-        return Err(format!(
+        return Err(refuse!(
             "executor {id}'s command is longer than {MAX_COMMAND_BYTES} bytes or has more than {MAX_LIST_ITEMS} arguments or environment variables"
         ));
     }
@@ -490,12 +490,12 @@ fn check_executor(
         .iter()
         .any(|e| e.name.is_empty() || e.name.contains('='))
     {
-        return Err(format!(
+        return Err(refuse!(
             "executor {id}'s environment has an empty name or a name containing '='"
         ));
     }
     if !info.resources.is_empty() {
-        return Err(format!(
+        return Err(refuse!(
             "executor {id} names resources of its own, which Drover does not support yet: an executor runs within its tasks' resources"
         ));
     }
@@ -504,7 +504,7 @@ fn check_executor(
         .as_ref()
         .is_some_and(|c| c.r#type == pb::container_info::Type::Docker as i32)
     {
-        return Err(format!(
+        return Err(refuse!(
             "executor {id} asks for a DOCKER container; custom executors run in linux or process containers"
         ));
     }
@@ -518,7 +518,7 @@ fn check_executor(
     });
     if let Some(earlier) = earlier {
         if !same_executor(earlier, info) {
-            return Err(format!(
+            return Err(refuse!(
                 "executor {id} on agent {agent_id} is already described differently by another task of this framework; every task naming it must carry the same ExecutorInfo"
             ));
         }

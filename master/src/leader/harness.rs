@@ -79,15 +79,32 @@ impl Harness {
 
     /// Plays the shell with a Raft that commits every proposal (see the module doc).
     pub fn settle(&mut self, effects: Vec<Effect>) -> Result<Vec<Effect>, MasterError> {
+        match self.settle_with(effects, |_| None) {
+            (_, Some(e)) => Err(e),
+            (out, None) => Ok(out),
+        }
+    }
+
+    /// Plays the shell with a Raft that answers each proposal as `raft` says: `None`
+    /// commits it (applies it to the registry), `Some(e)` fails it with `e`. Returns
+    /// everything else, in the order the shell would carry it out, and the first error.
+    pub fn settle_with(
+        &mut self,
+        effects: Vec<Effect>,
+        mut raft: impl FnMut(&Command) -> Option<MasterError>,
+    ) -> (Vec<Effect>, Option<MasterError>) {
         let mut out = Vec::new();
         let mut first_error = None;
         let mut queue: std::collections::VecDeque<Effect> = effects.into();
         while let Some(e) = queue.pop_front() {
             match e {
                 Effect::Propose { command, then } => {
-                    let outcome = self.reg.apply(&command);
+                    let outcome = match raft(&command) {
+                        None => Ok(self.reg.apply(&command)),
+                        Some(e) => Err(e),
+                    };
                     self.proposed.push(command);
-                    match self.leader.applied(&self.reg, self.now, then, Ok(outcome)) {
+                    match self.leader.applied(&self.reg, self.now, then, outcome) {
                         Ok(more) => {
                             for m in more.into_iter().rev() {
                                 queue.push_front(m);
@@ -101,10 +118,7 @@ impl Harness {
                 other => out.push(other),
             }
         }
-        match first_error {
-            Some(e) => Err(e),
-            None => Ok(out),
-        }
+        (out, first_error)
     }
 
     /// Subscribes a new framework (failover timeout in seconds, partition-aware or not);
@@ -179,6 +193,30 @@ impl Harness {
             .expect("a connection opened")
     }
 
+    /// The agent registers again (a new connection), reporting `tasks`; returns the
+    /// effects of the whole re-registration.
+    pub fn reregister(
+        &mut self,
+        agent: &AgentId,
+        tasks: Vec<pb::AgentTask>,
+    ) -> Result<Vec<Effect>, MasterError> {
+        let register = pb::agent_message::Register {
+            agent_id: Some(agent.clone()),
+            info: Some(pb::AgentInfo {
+                hostname: "host".into(),
+                address: "10.0.0.1:5051".into(),
+                resources: Resources::parse("cpus:4;mem:4096")
+                    .expect("resources")
+                    .to_proto(),
+                ..Default::default()
+            }),
+            tasks,
+            ..Default::default()
+        };
+        let first = self.leader.register_agent(self.now, register)?;
+        self.settle(first)
+    }
+
     /// The header of `fw`'s calls on its current stream.
     pub fn header(&self, fw: &FrameworkId) -> Option<pb::CallHeader> {
         Some(pb::CallHeader {
@@ -196,6 +234,7 @@ impl Harness {
                 Effect::Event {
                     framework,
                     event: pb::event::Event::Offers(o),
+                    ..
                 } => (framework, o.offers),
                 other => panic!("an allocation cycle only sends offers, not {other:?}"),
             })
@@ -258,11 +297,12 @@ pub fn events_to<'a>(effects: &'a [Effect], fw: &FrameworkId) -> Vec<&'a pb::eve
     effects
         .iter()
         .filter_map(|e| match e {
-            Effect::Event { framework, event } | Effect::EventOrDrop { framework, event }
-                if framework == fw =>
-            {
-                Some(event)
+            Effect::Event {
+                framework, event, ..
             }
+            | Effect::EventOrDrop {
+                framework, event, ..
+            } if framework == fw => Some(event),
             _ => None,
         })
         .collect()
@@ -284,7 +324,7 @@ pub fn messages_to<'a>(effects: &'a [Effect], to: &AgentId) -> Vec<&'a pb::Maste
     effects
         .iter()
         .filter_map(|e| match e {
-            Effect::ToAgent { agent, message } | Effect::Relay { agent, message, .. }
+            Effect::ToAgent { agent, message, .. } | Effect::Relay { agent, message, .. }
                 if agent == to =>
             {
                 Some(message)

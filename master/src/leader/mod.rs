@@ -20,6 +20,13 @@
 //! [`Then`] saying what to do once the command is applied, and [`Leader::applied`] takes
 //! the outcome (see the SUBSCRIBE walk in `docs/architecture.md`).
 
+/// A [`TaskRefusal`] with a formatted message.
+macro_rules! refuse {
+    ($($arg:tt)*) => {
+        $crate::leader::TaskRefusal(format!($($arg)*))
+    };
+}
+
 pub mod agents;
 pub mod frameworks;
 pub mod gate;
@@ -41,6 +48,29 @@ use drover_proto::{AgentId, ExecutorId, FrameworkId, OfferId, Resources};
 use crate::error::MasterError;
 use crate::metrics::Metrics;
 use crate::registry::{ApplyOutcome, Command, Registry, StatusUpdate, TaskKey};
+
+/// Why the ACCEPT gate refuses a task (or a task group): the message of the TASK_ERROR
+/// the framework gets for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskRefusal(pub String);
+
+impl std::fmt::Display for TaskRefusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl From<String> for TaskRefusal {
+    fn from(why: String) -> Self {
+        TaskRefusal(why)
+    }
+}
+
+impl From<&str> for TaskRefusal {
+    fn from(why: &str) -> Self {
+        TaskRefusal(why.to_string())
+    }
+}
 
 /// Where fresh ids (framework, agent, offer and stream ids) come from: random in the
 /// daemon, sequential in tests, so that a test can name what the leader will create.
@@ -129,22 +159,31 @@ pub enum Effect {
     /// Propose `command` through Raft, wait until it is applied, and hand the outcome to
     /// [`Leader::applied`] with `then`.
     Propose { command: Command, then: Then },
-    /// Send an event on the framework's stream. A full or closed stream disconnects the
-    /// framework: the shell reports it with [`Leader::framework_stream_lost`].
+    /// Send an event on the framework's stream `stream_id` (the subscription the leader
+    /// decided for). A full or closed stream disconnects the framework: the shell reports
+    /// it with [`Leader::framework_stream_lost`]. When that stream is not the framework's
+    /// open one (it ended, or was replaced), the event is not sent and the shell hands it
+    /// back with [`Leader::event_not_sent`].
     Event {
         framework: FrameworkId,
+        stream_id: String,
         event: pb::event::Event,
     },
-    /// A best-effort event (an executor's message): dropped, the framework staying
-    /// connected, when its stream has little room left (see [`best_effort_room`]).
+    /// A best-effort event (an executor's message) for stream `stream_id`: dropped, the
+    /// framework staying connected, when its stream has little room left (see
+    /// [`best_effort_room`]), and when that stream is no longer open.
     EventOrDrop {
         framework: FrameworkId,
+        stream_id: String,
         event: pb::event::Event,
     },
-    /// Send a message on the agent's connection. A full or closed connection disconnects
-    /// the agent: the shell reports it with [`Leader::agent_connection_lost`].
+    /// Send a message on the agent's connection `conn_id`; dropped when that connection
+    /// is no longer open (the agent registers again and is told what it missed). A full
+    /// or closed connection disconnects the agent: the shell reports it with
+    /// [`Leader::agent_connection_lost`].
     ToAgent {
         agent: AgentId,
+        conn_id: u64,
         message: pb::MasterMessage,
     },
     /// Relay a framework's request (SHUTDOWN, MESSAGE) to an agent; if it cannot be sent
@@ -152,6 +191,7 @@ pub enum Effect {
     /// message instead of disconnecting the agent.
     Relay {
         agent: AgentId,
+        conn_id: u64,
         executor: ExecutorId,
         /// What the caller should do, in the error ("ask again", …).
         what: &'static str,
@@ -306,6 +346,20 @@ pub fn executor_runs_on(
     })
 }
 
+/// The answer to a relay (SHUTDOWN, MESSAGE) for an agent that is not connected.
+pub fn agent_not_connected(agent: &AgentId, executor: &ExecutorId, what: &str) -> MasterError {
+    MasterError::Unavailable(format!(
+        "agent {agent} is not connected; {what} for executor {executor} once it is back"
+    ))
+}
+
+/// The answer to a best-effort relay the agent's stream is too short of room for.
+pub fn agent_too_busy(agent: &AgentId, executor: &ExecutorId, what: &str) -> MasterError {
+    MasterError::Unavailable(format!(
+        "agent {agent} has too much queued; {what} for executor {executor} later"
+    ))
+}
+
 /// The answer to a call made to a master that does not serve; the shell names the leader.
 pub fn not_leader() -> MasterError {
     MasterError::NotLeader { leader: None }
@@ -388,20 +442,27 @@ impl Leader {
         vec![Effect::Allocate]
     }
 
-    /// An event for a framework.
-    pub(crate) fn event(framework: &FrameworkId, event: pb::event::Event) -> Effect {
-        Effect::Event {
+    /// An event for a subscribed framework, on its current stream (`None` when it is not
+    /// subscribed).
+    pub(crate) fn event(&self, framework: &FrameworkId, event: pb::event::Event) -> Option<Effect> {
+        let s = self.frameworks.get(framework)?;
+        Some(Effect::Event {
             framework: framework.clone(),
+            stream_id: s.stream_id.clone(),
             event,
-        }
+        })
     }
 
-    /// A message to an agent, stamped with the leader's term (fencing).
-    pub(crate) fn to_agent(&self, agent: &AgentId, msg: pb::master_message::Msg) -> Effect {
-        Effect::ToAgent {
+    /// A message to a connected agent, on its current connection, stamped with the
+    /// leader's term (fencing). `None` when the agent is not connected: it is told what
+    /// it missed when it registers again.
+    pub(crate) fn to_agent(&self, agent: &AgentId, msg: pb::master_message::Msg) -> Option<Effect> {
+        let s = self.agents.get(agent)?;
+        Some(Effect::ToAgent {
             agent: agent.clone(),
+            conn_id: s.conn_id,
             message: self.stamp(msg),
-        }
+        })
     }
 
     pub(crate) fn stamp(&self, msg: pb::master_message::Msg) -> pb::MasterMessage {
@@ -418,15 +479,15 @@ impl Leader {
         status: pb::TaskStatus,
         effects: &mut Vec<Effect>,
     ) {
-        if self.frameworks.contains_key(fw) {
-            effects.push(Self::event(
-                fw,
-                pb::event::Event::Update(pb::event::Update {
+        match self.frameworks.get(fw) {
+            Some(s) => effects.push(Effect::Event {
+                framework: fw.clone(),
+                stream_id: s.stream_id.clone(),
+                event: pb::event::Event::Update(pb::event::Update {
                     status: Some(status),
                 }),
-            ));
-        } else {
-            self.keep_undelivered(fw, status);
+            }),
+            None => self.keep_undelivered(fw, status),
         }
     }
 
@@ -441,43 +502,94 @@ impl Leader {
             .insert(key, status);
     }
 
-    /// The shell could not send to the framework's stream (full or closed): the framework
-    /// is disconnected (it will resubscribe) and its offers return to the pool. `unsent`
-    /// is the event that did not go out: an acknowledgeable update is kept for later.
+    /// The shell could not send to the framework's stream `stream_id` (full or closed).
+    /// If it is still the framework's current stream, the framework is disconnected (it
+    /// will resubscribe) and its offers return to the pool; a stream already replaced
+    /// changes nothing. `unsent` is the event that did not go out: an acknowledgeable
+    /// update is kept for later.
     pub fn framework_stream_lost(
         &mut self,
         fw: &FrameworkId,
+        stream_id: &str,
         unsent: Option<pb::event::Event>,
     ) -> Vec<Effect> {
         let mut effects = Vec::new();
-        if let Some(s) = self.frameworks.remove(fw) {
+        if self
+            .frameworks
+            .get(fw)
+            .is_some_and(|s| s.stream_id == stream_id)
+        {
+            self.frameworks.remove(fw);
             effects.push(Effect::CloseFrameworkStream {
                 framework: fw.clone(),
-                stream_id: s.stream_id,
+                stream_id: stream_id.to_string(),
                 farewell: Farewell::Quietly,
             });
+            self.offers.retain(|_, o| &o.framework_id != fw);
         }
-        self.offers.retain(|_, o| &o.framework_id != fw);
-        if let Some(pb::event::Event::Update(pb::event::Update {
-            status: Some(status),
-        })) = unsent
-        {
-            self.keep_undelivered(fw, status);
+        if let Some(unsent) = unsent {
+            effects.extend(self.event_not_sent(fw, stream_id, unsent));
         }
         effects
     }
 
-    /// The shell could not send to the agent's connection (full or closed): the agent is
-    /// disconnected (it will register again) and its offers are rescinded.
-    pub fn agent_connection_lost(&mut self, agent: &AgentId) -> Vec<Effect> {
-        let mut effects = Vec::new();
-        if let Some(s) = self.agents.remove(agent) {
-            effects.push(Effect::CloseAgentConnection {
-                agent: agent.clone(),
-                conn_id: s.conn_id,
-                farewell: Farewell::Quietly,
-            });
+    /// The framework's `event` for stream `stream_id` did not go out: that stream ended
+    /// (or was replaced) before it was sent. An acknowledgeable update goes to the
+    /// framework's current stream if it has another one, or is kept for its return;
+    /// offers it never saw return to the pool.
+    pub fn event_not_sent(
+        &mut self,
+        fw: &FrameworkId,
+        stream_id: &str,
+        event: pb::event::Event,
+    ) -> Vec<Effect> {
+        match event {
+            pb::event::Event::Update(pb::event::Update {
+                status: Some(status),
+            }) => {
+                let mut effects = Vec::new();
+                match self.frameworks.get(fw) {
+                    // Resubscribed meanwhile: the update goes to the new stream.
+                    Some(s) if s.stream_id != stream_id => {
+                        self.forward_update(fw, status, &mut effects)
+                    }
+                    _ => self.keep_undelivered(fw, status),
+                }
+                effects
+            }
+            pb::event::Event::Offers(o) => {
+                let mut returned = false;
+                for id in o.offers.iter().filter_map(|o| o.id.as_ref()) {
+                    if self.offers.get(id).is_some_and(|o| &o.framework_id == fw) {
+                        self.offers.remove(id);
+                        returned = true;
+                    }
+                }
+                if returned {
+                    vec![Effect::Allocate]
+                } else {
+                    Vec::new()
+                }
+            }
+            _ => Vec::new(),
         }
+    }
+
+    /// The shell could not send to the agent's connection `conn_id` (full or closed). If
+    /// it is still the agent's current connection, the agent is disconnected (it will
+    /// register again) and its offers are rescinded; a connection already replaced
+    /// changes nothing.
+    pub fn agent_connection_lost(&mut self, agent: &AgentId, conn_id: u64) -> Vec<Effect> {
+        let mut effects = Vec::new();
+        if self.agents.get(agent).map(|s| s.conn_id) != Some(conn_id) {
+            return effects;
+        }
+        self.agents.remove(agent);
+        effects.push(Effect::CloseAgentConnection {
+            agent: agent.clone(),
+            conn_id,
+            farewell: Farewell::Quietly,
+        });
         self.rescind_agent_offers(agent, &mut effects);
         effects
     }
@@ -499,7 +611,7 @@ impl Leader {
                 suppressed,
             } => {
                 outcome?;
-                self.subscribed(framework, info, suppressed)
+                self.subscribed(reg, framework, info, suppressed)
             }
             Then::Launched {
                 framework,

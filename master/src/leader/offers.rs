@@ -160,8 +160,8 @@ impl Leader {
         // offers back (see `Leader::framework_stream_lost`).
         per_fw
             .into_iter()
-            .map(|(fw, offers)| {
-                Self::event(&fw, pb::event::Event::Offers(pb::event::Offers { offers }))
+            .filter_map(|(fw, offers)| {
+                self.event(&fw, pb::event::Event::Offers(pb::event::Offers { offers }))
             })
             .collect()
     }
@@ -170,14 +170,12 @@ impl Leader {
     pub(crate) fn rescind(&mut self, id: &OfferId, effects: &mut Vec<Effect>) {
         if let Some(o) = self.offers.remove(id) {
             Metrics::inc(&self.metrics().offers_rescinded);
-            if self.frameworks.contains_key(&o.framework_id) {
-                effects.push(Self::event(
-                    &o.framework_id,
-                    pb::event::Event::Rescind(pb::event::Rescind {
-                        offer_id: Some(id.clone()),
-                    }),
-                ));
-            }
+            effects.extend(self.event(
+                &o.framework_id,
+                pb::event::Event::Rescind(pb::event::Rescind {
+                    offer_id: Some(id.clone()),
+                }),
+            ));
         }
     }
 

@@ -4,12 +4,13 @@
 use drover_proto::pb::{self, check_info::Type};
 
 use super::gate::{MAX_COMMAND_BYTES, MAX_LIST_ITEMS};
+use super::TaskRefusal;
 
 /// The longest delay, interval, timeout or grace period accepted: a week.
 const MAX_SECONDS: f64 = 7.0 * 24.0 * 3600.0;
 
 /// Why the task's checks are invalid, if they are.
-pub fn validate(task: &pb::TaskInfo) -> Result<(), String> {
+pub fn validate(task: &pb::TaskInfo) -> Result<(), TaskRefusal> {
     let custom = task
         .executor
         .as_ref()
@@ -36,25 +37,25 @@ pub fn validate(task: &pb::TaskInfo) -> Result<(), String> {
     Ok(())
 }
 
-fn seconds(name: &str, v: f64) -> Result<(), String> {
+fn seconds(name: &str, v: f64) -> Result<(), TaskRefusal> {
     if v.is_finite() && (0.0..=MAX_SECONDS).contains(&v) {
         Ok(())
     } else {
-        Err(format!(
+        Err(refuse!(
             "{name} {v} must be between 0 and {MAX_SECONDS} seconds"
         ))
     }
 }
 
-fn port(p: u32) -> Result<(), String> {
+fn port(p: u32) -> Result<(), TaskRefusal> {
     if (1..=65535).contains(&p) {
         Ok(())
     } else {
-        Err(format!("port {p} must be between 1 and 65535"))
+        Err(refuse!("port {p} must be between 1 and 65535"))
     }
 }
 
-fn validate_check(c: &pb::CheckInfo) -> Result<(), String> {
+fn validate_check(c: &pb::CheckInfo) -> Result<(), TaskRefusal> {
     seconds("delay_seconds", c.delay_seconds)?;
     seconds("interval_seconds", c.interval_seconds)?;
     seconds("timeout_seconds", c.timeout_seconds)?;
@@ -66,7 +67,7 @@ fn validate_check(c: &pb::CheckInfo) -> Result<(), String> {
     ];
     for (owner, set, name) in fields {
         if set && owner != t {
-            return Err(format!(
+            return Err(refuse!(
                 "field '{name}' is set but the type is {}",
                 t.as_str_name()
             ));
@@ -85,12 +86,12 @@ fn validate_check(c: &pb::CheckInfo) -> Result<(), String> {
             }
             let size = cmd.value.len() + cmd.arguments.iter().map(String::len).sum::<usize>();
             if size > MAX_COMMAND_BYTES {
-                return Err(format!(
+                return Err(refuse!(
                     "the command is longer than {MAX_COMMAND_BYTES} bytes"
                 ));
             }
             if cmd.arguments.len() > MAX_LIST_ITEMS || cmd.environment.len() > MAX_LIST_ITEMS {
-                return Err(format!(
+                return Err(refuse!(
                     "the command has more than {MAX_LIST_ITEMS} arguments or environment variables"
                 ));
             }
@@ -113,7 +114,7 @@ fn validate_check(c: &pb::CheckInfo) -> Result<(), String> {
                         .chars()
                         .any(|ch| ch.is_whitespace() || ch.is_control()))
             {
-                return Err(format!(
+                return Err(refuse!(
                     "path {:?} must start with '/' and contain no spaces or control characters",
                     h.path
                 ));
@@ -145,7 +146,7 @@ mod tests {
     }
 
     fn err(t: &pb::TaskInfo) -> String {
-        validate(t).unwrap_err()
+        validate(t).unwrap_err().to_string()
     }
 
     #[test]
@@ -239,6 +240,6 @@ mod tests {
             }),
             ..Default::default()
         };
-        assert!(validate(&task).unwrap_err().contains("custom executor"));
+        assert!(validate(&task).unwrap_err().0.contains("custom executor"));
     }
 }

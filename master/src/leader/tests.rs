@@ -103,19 +103,59 @@ fn a_subscription_that_fails_to_commit_opens_nothing() {
             },
         )
         .unwrap();
-    let [Effect::Propose { then, .. }] = first.as_slice() else {
-        panic!("{first:?}");
-    };
-    let err = h
+    assert!(matches!(first.as_slice(), [Effect::Propose { .. }]));
+    let (effects, err) = h.settle_with(first, |_| {
+        Some(MasterError::Unavailable("lost leadership".into()))
+    });
+    assert!(matches!(err, Some(MasterError::Unavailable(_))), "{err:?}");
+    assert!(
+        effects.is_empty(),
+        "no stream opens, nothing is sent: {effects:?}"
+    );
+    assert!(h.leader.frameworks.is_empty(), "no session");
+    assert!(h.reg.frameworks.is_empty());
+}
+
+#[test]
+fn a_framework_removed_before_its_subscription_completes_gets_no_session() {
+    let mut h = Harness::new();
+    let (fw, stream) = h.subscribe("web", 0.0, false);
+    let stream_end = h.leader.framework_disconnected(h.now, &fw, &stream);
+    h.settle(stream_end).unwrap();
+    // It resubscribes; its teardown commits between the registration and the step that
+    // opens the stream.
+    let first = h
         .leader
-        .applied(
+        .subscribe(
             &h.reg,
             h.now,
-            then.clone(),
-            Err(MasterError::Unavailable("lost leadership".into())),
+            pb::SubscribeRequest {
+                framework_info: Some(pb::FrameworkInfo {
+                    id: Some(fw.clone()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
         )
+        .unwrap();
+    let [Effect::Propose { command, then }] = first.as_slice() else {
+        panic!("{first:?}");
+    };
+    let outcome = h.apply(command.clone());
+    h.apply(Command::RemoveFramework {
+        framework_id: fw.clone(),
+        reason: "torn down".into(),
+        now_ms: h.now,
+    });
+    let err = h
+        .leader
+        .applied(&h.reg, h.now, then.clone(), Ok(outcome))
         .unwrap_err();
-    assert!(matches!(err, MasterError::Unavailable(_)));
+    assert!(
+        err.to_string()
+            .starts_with(&format!("framework {fw} is unknown")),
+        "{err}"
+    );
     assert!(h.leader.frameworks.is_empty());
 }
 
@@ -810,8 +850,10 @@ fn a_lost_stream_keeps_the_unsent_update_and_returns_the_offers() {
         uuid: uuid(9),
         ..Default::default()
     };
+    let stream = h.leader.frameworks[&fw].stream_id.clone();
     let effects = h.leader.framework_stream_lost(
         &fw,
+        &stream,
         Some(pb::event::Event::Update(pb::event::Update {
             status: Some(status.clone()),
         })),
@@ -830,9 +872,132 @@ fn a_lost_stream_keeps_the_unsent_update_and_returns_the_offers() {
 }
 
 #[test]
+fn a_lost_stream_or_connection_that_was_replaced_changes_nothing() {
+    let (mut h, fw, agent) = one_task(false);
+    let old_stream = h.leader.frameworks[&fw].stream_id.clone();
+    // The framework (failover timeout 0) resubscribes and gets offers on its new stream.
+    h.subscribe_with(pb::FrameworkInfo {
+        id: Some(fw.clone()),
+        ..Default::default()
+    });
+    let new_stream = h.leader.frameworks[&fw].stream_id.clone();
+    assert_ne!(new_stream, old_stream);
+    assert_eq!(h.allocate().len(), 1);
+    // A send to the old stream fails a moment later: the new subscription stays.
+    let effects = h.leader.framework_stream_lost(&fw, &old_stream, None);
+    assert!(effects.is_empty(), "{effects:?}");
+    assert_eq!(h.leader.frameworks[&fw].stream_id, new_stream);
+    assert_eq!(h.leader.offers.len(), 1, "the new stream's offers stay");
+    h.leader
+        .check_caller(&h.reg, h.header(&fw).as_ref())
+        .expect("still subscribed");
+    assert!(h.leader.expire_frameworks(&h.reg, h.now).is_empty());
+
+    // The same for an agent that registered again on a new connection.
+    let old_conn = h.leader.agents[&agent].conn_id;
+    h.reregister(&agent, Vec::new()).unwrap();
+    let new_conn = h.leader.agents[&agent].conn_id;
+    assert_ne!(new_conn, old_conn);
+    assert_eq!(h.allocate().len(), 1);
+    let effects = h.leader.agent_connection_lost(&agent, old_conn);
+    assert!(effects.is_empty(), "{effects:?}");
+    assert_eq!(h.leader.agents[&agent].conn_id, new_conn);
+    assert_eq!(
+        h.leader.offers.len(),
+        1,
+        "the agent's offer is not rescinded"
+    );
+
+    // Losing the current ones disconnects.
+    let effects = h.leader.agent_connection_lost(&agent, new_conn);
+    assert!(matches!(
+        &effects[0],
+        Effect::CloseAgentConnection { conn_id, farewell: Farewell::Quietly, .. } if *conn_id == new_conn
+    ));
+    assert!(!h.leader.agents.contains_key(&agent));
+    assert!(h.leader.offers.is_empty());
+    let effects = h.leader.framework_stream_lost(&fw, &new_stream, None);
+    assert!(matches!(
+        effects.as_slice(),
+        [Effect::CloseFrameworkStream { stream_id, .. }] if *stream_id == new_stream
+    ));
+    assert!(!h.leader.frameworks.contains_key(&fw));
+}
+
+#[test]
+fn an_update_that_missed_its_stream_follows_the_framework() {
+    let (mut h, fw, agent) = one_task(false);
+    let old = h.leader.frameworks[&fw].stream_id.clone();
+    let update = pb::event::Event::Update(pb::event::Update {
+        status: Some(pb::TaskStatus {
+            task_id: Some(TaskId::new("t1")),
+            state: TaskState::TaskRunning as i32,
+            uuid: uuid(5),
+            ..Default::default()
+        }),
+    });
+    // Resubscribed meanwhile: the update goes to the new stream.
+    h.subscribe_with(pb::FrameworkInfo {
+        id: Some(fw.clone()),
+        failover_timeout: 60.0,
+        ..Default::default()
+    });
+    let new = h.leader.frameworks[&fw].stream_id.clone();
+    let effects = h.leader.event_not_sent(&fw, &old, update.clone());
+    assert!(
+        matches!(effects.as_slice(), [Effect::Event { stream_id, .. }] if *stream_id == new),
+        "{effects:?}"
+    );
+    // The current stream itself is gone: kept for the framework's return.
+    assert!(h.leader.event_not_sent(&fw, &new, update).is_empty());
+    assert_eq!(h.leader.undelivered[&fw].len(), 1);
+
+    // A relay to an agent that is not connected is answered at once.
+    let mut task = launch_op(&[("t2", "cpus:0.5;mem:32")])
+        .launch
+        .unwrap()
+        .task_infos
+        .remove(0);
+    task.executor = Some(pb::ExecutorInfo {
+        executor_id: Some(drover_proto::ExecutorId::new("ex")),
+        ..Default::default()
+    });
+    h.apply(Command::LaunchTasks {
+        framework_id: fw.clone(),
+        agent_id: agent.clone(),
+        tasks: vec![task],
+        term: TERM,
+        now_ms: h.now,
+    });
+    let call = |h: &Harness| pb::ShutdownCall {
+        header: h.header(&fw),
+        executor_id: Some(drover_proto::ExecutorId::new("ex")),
+        agent_id: Some(agent.clone()),
+    };
+    let effects = h.leader.shutdown_executor(&h.reg, call(&h)).unwrap();
+    assert_eq!(messages_to(&effects, &agent).len(), 1);
+    let conn = h.leader.agents[&agent].conn_id;
+    let _ = h.leader.agent_disconnected(&agent, conn);
+    let err = h.leader.shutdown_executor(&h.reg, call(&h)).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!("agent {agent} is not connected; ask again for executor ex once it is back")
+    );
+}
+
+#[test]
 fn a_reregistering_agent_gets_its_missed_launches_and_kills() {
     let (mut h, fw, agent) = one_task(false);
-    // The agent comes back on a new connection, reporting no task: t1 is sent again.
+    // The agent comes back on a new connection. It does not report t1 (still STAGING:
+    // sent again), and it reports a task the registry does not know (killed).
+    let ghost = pb::AgentTask {
+        framework_id: Some(fw.clone()),
+        task: Some(pb::TaskInfo {
+            task_id: Some(TaskId::new("ghost")),
+            ..Default::default()
+        }),
+        state: TaskState::TaskRunning as i32,
+    };
     let register = pb::agent_message::Register {
         agent_id: Some(agent.clone()),
         info: Some(pb::AgentInfo {
@@ -842,6 +1007,7 @@ fn a_reregistering_agent_gets_its_missed_launches_and_kills() {
                 .to_proto(),
             ..Default::default()
         }),
+        tasks: vec![ghost],
         ..Default::default()
     };
     let old = h.leader.agents[&agent].conn_id;
@@ -860,7 +1026,26 @@ fn a_reregistering_agent_gets_its_missed_launches_and_kills() {
     assert!(msgs.iter().any(|m| matches!(&m.msg, Some(Msg::RunTask(r))
         if r.task.as_ref().unwrap().task_id.as_ref().unwrap().as_str() == "t1"
             && r.framework_id.as_ref() == Some(&fw))));
-    assert_ne!(h.leader.agents[&agent].conn_id, old);
+    let kills: Vec<_> = msgs
+        .iter()
+        .filter_map(|m| match &m.msg {
+            Some(Msg::KillTask(k)) => Some(k),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        matches!(kills.as_slice(), [k] if k.task_id.as_ref().unwrap().as_str() == "ghost"
+            && k.framework_id.as_ref() == Some(&fw)),
+        "{kills:?}"
+    );
+    let new = h.leader.agents[&agent].conn_id;
+    assert_ne!(new, old);
+    assert!(
+        effects
+            .iter()
+            .all(|e| !matches!(e, Effect::ToAgent { conn_id, .. } if *conn_id != new)),
+        "everything goes on the new connection"
+    );
 }
 
 #[test]
@@ -889,6 +1074,9 @@ fn losing_leadership_ends_every_stream_with_not_leader() {
     let (mut h, fw, agent) = one_task(false);
     let effects = h.leader.reset(TERM + 1, h.now);
     assert_eq!(effects.len(), 2);
+    assert!(effects
+        .iter()
+        .any(|e| matches!(e, Effect::CloseAgentConnection { agent: a, .. } if *a == agent)));
     assert!(effects.iter().all(|e| matches!(
         e,
         Effect::CloseFrameworkStream {
@@ -910,7 +1098,6 @@ fn losing_leadership_ends_every_stream_with_not_leader() {
         .leader
         .check_agents(&h.reg, h.now + 10 * AGENT_TIMEOUT_MS)
         .is_empty());
-    let _ = agent;
 }
 
 #[test]
@@ -918,18 +1105,83 @@ fn the_same_inputs_give_the_same_effects() {
     let run = || {
         let mut h = Harness::new();
         let mut log = Vec::new();
-        for r in ["cpus:4;mem:4096", "cpus:2;mem:1024", "cpus:8;mem:512"] {
-            h.add_agent(r);
-        }
-        let fws: Vec<_> = (0..3)
-            .map(|i| h.subscribe(&format!("f{i}"), 1.0, false).0)
+        let agents: Vec<AgentId> = (0..8)
+            .map(|i| h.add_agent(&format!("cpus:{};mem:8192", 8 + i)).0)
             .collect();
-        for fw in &fws {
-            log.push(format!(
-                "{:?}",
-                h.launch(fw, &[("a", "cpus:0.5"), ("b", "cpus:0.5")])
-            ));
+        let fws: Vec<FrameworkId> = (0..12)
+            .map(|i| h.subscribe(&format!("f{i}"), 1.0, i % 2 == 0).0)
+            .collect();
+        // Six tasks per framework, committed on the agents in turn (still STAGING), and
+        // one launch through ACCEPT.
+        for (i, fw) in fws.iter().enumerate() {
+            let tasks = (0..6)
+                .map(|t| {
+                    let id = format!("t{i}-{t}");
+                    launch_op(&[(id.as_str(), "cpus:0.25;mem:64")])
+                        .launch
+                        .unwrap()
+                        .task_infos
+                        .remove(0)
+                })
+                .collect();
+            h.apply(Command::LaunchTasks {
+                framework_id: fw.clone(),
+                agent_id: agents[i % agents.len()].clone(),
+                tasks,
+                term: TERM,
+                now_ms: h.now,
+            });
         }
+        log.push(format!(
+            "{:?}",
+            h.launch(&fws[0], &[("accepted", "cpus:0.5;mem:64")])
+        ));
+        // Implicit reconciliation of every framework.
+        for fw in &fws {
+            let call = pb::ReconcileCall {
+                header: h.header(fw),
+                tasks: Vec::new(),
+            };
+            let effects = h.leader.reconcile(&h.reg, h.now, call).unwrap();
+            assert!(updates_to(&effects, fw).len() >= 6, "{effects:?}");
+            log.push(format!("{effects:?}"));
+        }
+        // The launches still STAGING are sent again.
+        h.advance(10_000);
+        log.push(format!(
+            "{:?}",
+            h.leader.resend_staging(&h.reg, h.now, 10_000)
+        ));
+        // Every agent registers again, reporting every other of its tasks and one the
+        // registry does not know.
+        for (n, agent) in agents.iter().enumerate() {
+            let mut mine: Vec<_> = h
+                .reg
+                .tasks
+                .values()
+                .filter(|t| &t.agent_id == agent)
+                .collect();
+            mine.sort_by_key(|t| t.key());
+            let mut reported: Vec<pb::AgentTask> = mine
+                .iter()
+                .step_by(2)
+                .map(|t| pb::AgentTask {
+                    framework_id: Some(t.framework_id.clone()),
+                    task: Some(t.info.clone()),
+                    state: TaskState::TaskRunning as i32,
+                })
+                .collect();
+            reported.push(pb::AgentTask {
+                framework_id: Some(fws[n].clone()),
+                task: Some(pb::TaskInfo {
+                    task_id: Some(TaskId::new(format!("ghost-{n}"))),
+                    ..Default::default()
+                }),
+                state: TaskState::TaskRunning as i32,
+            });
+            log.push(format!("{:?}", h.reregister(agent, reported)));
+        }
+        log.push(format!("{:?}", h.allocate()));
         h.advance(AGENT_TIMEOUT_MS + 1);
         let effects = h.leader.check_agents(&h.reg, h.now);
         log.push(format!("{:?}", h.settle(effects)));
@@ -939,7 +1191,12 @@ fn the_same_inputs_give_the_same_effects() {
         ));
         log
     };
-    assert_eq!(run(), run());
+    let first = run();
+    let count = |what: &str| first.iter().map(|l| l.matches(what).count()).sum::<usize>();
+    // The launches were sent again and the unknown tasks killed.
+    assert!(count("RunTask(") >= 72, "launches sent again: {first:?}");
+    assert_eq!(count("KillTask("), 8, "{first:?}");
+    assert_eq!(first, run());
 }
 
 #[test]
@@ -969,8 +1226,10 @@ fn resources_of_a_launch_not_yet_committed_are_not_offered_again() {
 #[test]
 fn heartbeats_go_to_every_subscribed_framework_in_id_order() {
     let mut h = Harness::new();
-    let (a, _) = h.subscribe("a", 0.0, false);
-    let (b, _) = h.subscribe("b", 0.0, false);
+    // Enough frameworks that a hash map's order would differ from id order.
+    let mut expected: Vec<FrameworkId> = (0..20)
+        .map(|i| h.subscribe(&format!("f{i}"), 0.0, false).0)
+        .collect();
     let effects = h.leader.heartbeats();
     let to: Vec<&FrameworkId> = effects
         .iter()
@@ -978,11 +1237,11 @@ fn heartbeats_go_to_every_subscribed_framework_in_id_order() {
             Effect::Event {
                 framework,
                 event: pb::event::Event::Heartbeat(_),
+                ..
             } => framework,
             other => panic!("{other:?}"),
         })
         .collect();
-    let mut expected = vec![&a, &b];
     expected.sort();
-    assert_eq!(to, expected);
+    assert_eq!(to, expected.iter().collect::<Vec<_>>());
 }

@@ -27,6 +27,8 @@ use serde::{Deserialize, Serialize};
 use drover_proto::pb;
 use drover_proto::{AgentId, FrameworkId, TaskId};
 
+use crate::error::MasterError;
+
 /// One change to the registry. Tags are part of the on-disk format: never rename one. A
 /// new command type needs a new registry version (see [`version`] and
 /// [`Command::required_version`]).
@@ -116,9 +118,12 @@ pub fn encode(cmd: &Command) -> Vec<u8> {
 }
 
 /// Decodes a command from the Raft log. An unknown or malformed command is an error the
-/// caller must treat as fatal: applying anything else would let replicas diverge.
-pub fn decode(data: &[u8]) -> Result<Command, String> {
-    serde_json::from_slice(data).map_err(|e| format!("undecodable registry command: {e}"))
+/// caller must treat as fatal: applying anything else would let replicas diverge. It is
+/// [`MasterError::Incompatible`]: an unknown command is what a newer release wrote, and
+/// serde cannot tell that from damaged bytes.
+pub fn decode(data: &[u8]) -> Result<Command, MasterError> {
+    serde_json::from_slice(data)
+        .map_err(|e| MasterError::Incompatible(format!("undecodable registry command: {e}")))
 }
 
 #[cfg(test)]

@@ -256,7 +256,14 @@ fn snapshot_round_trip_and_replay_are_deterministic() {
     assert_eq!(a, b);
     let restored = Registry::from_snapshot(&a.to_snapshot()).unwrap();
     assert_eq!(restored, a);
-    assert!(decode(br#"{"type":"SomethingNew"}"#).is_err());
+    assert!(matches!(
+        decode(br#"{"type":"SomethingNew"}"#),
+        Err(MasterError::Incompatible(_))
+    ));
+    assert!(matches!(
+        Registry::from_snapshot(b"{not json"),
+        Err(MasterError::Corrupt(_))
+    ));
 }
 
 #[test]
@@ -322,6 +329,8 @@ fn snapshots_carry_the_version_cluster_id_and_marker() {
 
     // A master capped below the snapshot's version refuses it (as an older binary would).
     let err = Registry::from_snapshot_up_to(&r.to_snapshot(), 1).unwrap_err();
+    assert!(matches!(err, MasterError::Incompatible(_)), "{err:?}");
+    let err = err.to_string();
     assert!(err.contains("at version 2"), "{err}");
     assert!(err.contains("versions 1 to 1"), "{err}");
 }
@@ -330,7 +339,9 @@ fn snapshots_carry_the_version_cluster_id_and_marker() {
 fn a_snapshot_of_a_newer_version_is_refused() {
     let mut r = setup(false);
     r.version = version::REGISTRY_VERSION + 1;
-    let err = Registry::from_snapshot(&r.to_snapshot()).unwrap_err();
+    let err = Registry::from_snapshot(&r.to_snapshot())
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("newer release"), "{err}");
     r.version = 0;
     assert!(Registry::from_snapshot(&r.to_snapshot()).is_err());

@@ -8,6 +8,7 @@ use drover_proto::pb::{self, TaskState};
 use drover_proto::{AgentId, FrameworkId, Resources, TaskId};
 
 use super::version::{BASE_VERSION, REGISTRY_VERSION};
+use crate::error::MasterError;
 
 /// Most completed tasks kept for the operator view; older ones are forgotten.
 pub const COMPLETED_TASKS_KEPT: usize = 20_000;
@@ -219,25 +220,27 @@ impl Registry {
 
     /// Rebuilds a registry from [`Registry::to_snapshot`] output, refusing a version this
     /// binary does not know.
-    pub fn from_snapshot(data: &[u8]) -> Result<Registry, String> {
+    pub fn from_snapshot(data: &[u8]) -> Result<Registry, MasterError> {
         Self::from_snapshot_up_to(data, REGISTRY_VERSION)
     }
 
     /// [`Registry::from_snapshot`] for a master that supports versions up to `supported`
-    /// (less than the binary knows when capped with `--max-registry-version`).
-    pub fn from_snapshot_up_to(data: &[u8], supported: u32) -> Result<Registry, String> {
+    /// (less than the binary knows when capped with `--max-registry-version`). Bytes that
+    /// do not decode are [`MasterError::Corrupt`]; a version outside what this master
+    /// supports is [`MasterError::Incompatible`].
+    pub fn from_snapshot_up_to(data: &[u8], supported: u32) -> Result<Registry, MasterError> {
         if data.is_empty() {
             return Ok(Registry::default());
         }
-        let snap: RegistrySnapshot =
-            serde_json::from_slice(data).map_err(|e| format!("bad registry snapshot: {e}"))?;
+        let snap: RegistrySnapshot = serde_json::from_slice(data)
+            .map_err(|e| MasterError::Corrupt(format!("bad registry snapshot: {e}")))?;
         if snap.version < BASE_VERSION || snap.version > supported {
-            return Err(format!(
+            return Err(MasterError::Incompatible(format!(
                 "the registry snapshot is at version {}, but this master supports registry \
                  versions {BASE_VERSION} to {supported}: it was written by a newer release \
                  (a registry version never goes down; run a release that supports it)",
                 snap.version
-            ));
+            )));
         }
         let mut r = Registry {
             version: snap.version,

@@ -30,11 +30,13 @@ impl Master {
     ) -> Result<(FrameworkId, String, EventRx), MasterError> {
         self.await_known_leader().await;
         self.ensure_leader()?;
-        let effects = self
-            .step(|leader, reg, now| leader.subscribe(reg, now, req))
-            .map_err(|e| self.named(e))?;
         let (tx, rx) = mpsc::channel(STREAM_QUEUE);
-        let opened = self.carry_out(effects, Attach::Framework(tx)).await?;
+        let opened = self
+            .run_attached(
+                |leader, reg, now| leader.subscribe(reg, now, req),
+                Attach::Framework(tx),
+            )
+            .await?;
         let (fw, stream_id) = opened
             .framework
             .ok_or_else(|| MasterError::Internal("SUBSCRIBE opened no stream".into()))?;
@@ -43,12 +45,7 @@ impl Master {
 
     /// The framework's stream `stream_id` ended (the client went away).
     pub fn framework_disconnected(self: &Arc<Self>, fw: FrameworkId, stream_id: String) {
-        let now = self.now_ms();
-        let effects = self
-            .core()
-            .leader
-            .framework_disconnected(now, &fw, &stream_id);
-        self.carry_out_now(effects);
+        self.run_now(|leader, _, now| leader.framework_disconnected(now, &fw, &stream_id));
     }
 
     /// ACCEPT: the gate, then commit, then send launches to the agent. Runs to completion
@@ -119,11 +116,13 @@ impl Master {
             .as_ref()
             .map(|i| i.address.clone())
             .unwrap_or_default();
-        let effects = self
-            .step(|leader, _, now| leader.register_agent(now, register))
-            .map_err(|e| self.named(e))?;
         let (tx, rx) = mpsc::channel(STREAM_QUEUE);
-        let opened = self.carry_out(effects, Attach::Agent(tx)).await?;
+        let opened = self
+            .run_attached(
+                |leader, _, now| leader.register_agent(now, register),
+                Attach::Agent(tx),
+            )
+            .await?;
         let (agent_id, conn_id) = opened
             .agent
             .ok_or_else(|| MasterError::Internal("the agent's session opened no stream".into()))?;
@@ -150,15 +149,20 @@ impl Master {
                     break;
                 }
             };
-            let effects = self
-                .step(|leader, reg, now| leader.agent_message(reg, now, &agent_id, conn_id, msg));
-            match effects {
-                Some(effects) => self.carry_out_now(effects),
+            let mut current = true;
+            self.run_now(|leader, reg, now| {
+                leader
+                    .agent_message(reg, now, &agent_id, conn_id, msg)
+                    .unwrap_or_else(|| {
+                        current = false;
+                        Vec::new()
+                    })
+            });
+            if !current {
                 // Replaced by a newer stream, or no longer leading.
-                None => return,
+                return;
             }
         }
-        let effects = self.core().leader.agent_disconnected(&agent_id, conn_id);
-        self.carry_out_now(effects);
+        self.run_now(|leader, _, _| leader.agent_disconnected(&agent_id, conn_id));
     }
 }

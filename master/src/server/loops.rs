@@ -36,12 +36,15 @@ impl Master {
     /// One allocation cycle (see [`crate::leader::Leader::allocate`]).
     pub fn allocate_once(self: &Arc<Self>) {
         let started = Instant::now();
-        let effects = self.step(|leader, reg, now| leader.allocate(reg, now));
-        if effects.is_empty() {
-            return;
+        let mut offered = false;
+        self.run_now(|leader, reg, now| {
+            let effects = leader.allocate(reg, now);
+            offered = !effects.is_empty();
+            effects
+        });
+        if offered {
+            self.metrics.allocation_cycle.observe(started.elapsed());
         }
-        self.carry_out_now(effects);
-        self.metrics.allocation_cycle.observe(started.elapsed());
     }
 
     /// Proposes status updates in batches (one Raft round per batch), then the leader
@@ -57,9 +60,10 @@ impl Master {
             let count = batch.len();
             let master = self.clone();
             tokio::spawn(async move {
-                let now = master.now_ms();
-                let effect = master.core().leader.commit_updates(now, batch);
-                if let Err(e) = master.carry_out(vec![effect], super::Attach::None).await {
+                let committed = master
+                    .run(|leader, _, now| Ok(vec![leader.commit_updates(now, batch)]))
+                    .await;
+                if let Err(e) = committed {
                     // The agents keep these updates and resend them; nothing is lost.
                     tracing::warn!(error = %e, count, "status updates not committed");
                 }
@@ -115,10 +119,8 @@ pub async fn leadership_loop(master: Arc<Master>) {
             match started {
                 Ok(_) => {
                     if master.raft.role() == role {
-                        let now = master.now_ms();
-                        let effects = master.core().leader.start_serving(role.term, now);
                         tracing::info!(term = role.term, "leading: serving frameworks and agents");
-                        master.carry_out_now(effects);
+                        master.run_now(|leader, _, now| leader.start_serving(role.term, now));
                     }
                 }
                 Err(e) => tracing::warn!(error = %e, "could not start leading"),
@@ -157,12 +159,9 @@ pub async fn housekeeping_loop(master: Arc<Master>) {
         tick.tick().await;
         ticks += 1;
         if ticks.is_multiple_of(20) {
-            let effects =
-                master.step(|leader, reg, now| leader.resend_staging(reg, now, STAGING_RESEND_MS));
-            master.carry_out_now(effects);
+            master.run_now(|leader, reg, now| leader.resend_staging(reg, now, STAGING_RESEND_MS));
         }
-        let effects = master.step(|leader, _, now| leader.expire_offers(now));
-        master.carry_out_now(effects);
+        master.run_now(|leader, _, now| leader.expire_offers(now));
         let result = master
             .run(|leader, reg, now| Ok(leader.check_agents(reg, now)))
             .await;
@@ -194,8 +193,7 @@ pub async fn heartbeat_loop(master: Arc<Master>) {
     let mut tick = tokio::time::interval(master.config.heartbeat_interval);
     loop {
         tick.tick().await;
-        let effects = master.core().leader.heartbeats();
-        master.carry_out_now(effects);
+        master.run_now(|leader, _, _| leader.heartbeats());
     }
 }
 

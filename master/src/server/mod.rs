@@ -13,10 +13,12 @@
 //!
 //! Locking: the leader and the streams live under one std mutex (`core`), never held
 //! across an `.await`; it is taken before the registry's read lock. The registry is
-//! written only by the Raft thread when it applies entries. Effects are carried out in
-//! order: sends under the lock, and at each [`Effect::Propose`] the lock is released,
-//! the command proposed, and the leader's next step for its outcome carried out before
-//! the remaining effects.
+//! written only by the Raft thread when it applies entries. A step of the leader and
+//! the effects it returns are carried out in one hold of the lock, in order, up to the
+//! first [`Effect::Propose`]: nothing can change the leader's sessions or offers
+//! between a decision and its sends. At a proposal the lock is released, the command
+//! proposed, and the leader's step for its outcome taken in a new hold, with its
+//! effects and then the ones that followed the proposal.
 
 pub mod calls;
 pub mod loops;
@@ -33,7 +35,7 @@ use drover_proto::{AgentId, FrameworkId};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::error::MasterError;
-use crate::leader::{Effect, IdSource, Leader, Settings};
+use crate::leader::{Effect, IdSource, Leader, Settings, Then};
 use crate::metrics::Metrics;
 use crate::raft::{ProposeError, RaftHandle};
 use crate::registry::{ApplyOutcome, Command, Registry, StatusUpdate};
@@ -68,6 +70,72 @@ pub enum Attach {
 pub struct Opened {
     pub framework: Option<(FrameworkId, String)>,
     pub agent: Option<(AgentId, u64)>,
+}
+
+/// A run of effects in progress: the stream the caller opened (until an open effect
+/// takes it), what was opened, and the first error to answer the caller with.
+pub struct Run {
+    pub attach: Attach,
+    pub opened: Opened,
+    pub first_error: Option<MasterError>,
+}
+
+impl Run {
+    pub fn new(attach: Attach) -> Self {
+        Run {
+            attach,
+            opened: Opened::default(),
+            first_error: None,
+        }
+    }
+}
+
+impl Core {
+    /// The leader drops its soft state (see [`Leader::reset`]) and every stream and
+    /// connection the shell holds ends with NotLeader: the sessions' ones and any other
+    /// (one whose session was already gone), so that no peer stays attached to a
+    /// follower.
+    pub fn reset(&mut self, term: u64, now_ms: u64, out: &Outlets<'_>) {
+        let mut queue: VecDeque<Effect> = self.leader.reset(term, now_ms).into();
+        let mut run = Run::new(Attach::None);
+        if self
+            .carry_out_until_proposal(&mut queue, &mut run, out)
+            .is_some()
+        {
+            tracing::error!("a reset of the leader proposed a command; not carried out");
+        }
+        let not_leader = || tonic::Status::from((out.named)(crate::leader::not_leader()));
+        for (_, s) in std::mem::take(&mut self.streams.frameworks) {
+            let _ = s.tx.try_send(Err(not_leader()));
+        }
+        for (_, c) in std::mem::take(&mut self.streams.agents) {
+            let _ = c.tx.try_send(Err(not_leader()));
+        }
+    }
+
+    /// Carries out the effects at the front of `queue` in order, with what breaks
+    /// meanwhile (a full stream) handled before the next one, up to the first proposal:
+    /// that proposal is returned and what follows it stays queued.
+    pub fn carry_out_until_proposal(
+        &mut self,
+        queue: &mut VecDeque<Effect>,
+        run: &mut Run,
+        out: &Outlets<'_>,
+    ) -> Option<(Command, Then)> {
+        while let Some(effect) = queue.pop_front() {
+            if let Effect::Propose { command, then } = effect {
+                return Some((command, then));
+            }
+            let (more, error) = self.execute(effect, &mut run.attach, &mut run.opened, out);
+            if let Some(e) = error {
+                run.first_error.get_or_insert(e);
+            }
+            for e in more.into_iter().rev() {
+                queue.push_front(e);
+            }
+        }
+        None
+    }
 }
 
 /// The master: configuration, clock, Raft handle, registry, the leader and its streams,
@@ -163,7 +231,9 @@ impl Master {
         self.core().leader.serving
     }
 
-    /// One step of the leader: `f` gets the leader, the registry and the time.
+    /// A look at the leader that decides nothing to carry out (a check): `f` gets the
+    /// leader, the registry and the time. Steps with effects go through [`Master::run`]
+    /// or [`Master::run_now`], which carry them out in the same hold of the lock.
     pub fn step<R>(&self, f: impl FnOnce(&mut Leader, &Registry, u64) -> R) -> R {
         let now = self.now_ms();
         let mut core = self.core();
@@ -171,13 +241,81 @@ impl Master {
         f(&mut core.leader, &reg, now)
     }
 
-    /// A step of the leader whose effects are carried out at once.
+    /// A step of the leader whose effects are carried out at once (see the module doc);
+    /// proposals are awaited. Returns the first error the steps or a relay answered.
     pub async fn run(
         &self,
         f: impl FnOnce(&mut Leader, &Registry, u64) -> Result<Vec<Effect>, MasterError>,
     ) -> Result<(), MasterError> {
-        let effects = self.step(f).map_err(|e| self.named(e))?;
-        self.carry_out(effects, Attach::None).await.map(|_| ())
+        self.run_attached(f, Attach::None).await.map(|_| ())
+    }
+
+    /// [`Master::run`] for a flow that opens a stream: `attach` is the stream the caller
+    /// opened, for the open effect. Returns what was opened.
+    pub async fn run_attached(
+        &self,
+        f: impl FnOnce(&mut Leader, &Registry, u64) -> Result<Vec<Effect>, MasterError>,
+        attach: Attach,
+    ) -> Result<Opened, MasterError> {
+        let mut queue = VecDeque::new();
+        let mut run = Run::new(attach);
+        let proposal = self.hold(f, &mut queue, &mut run);
+        self.finish(proposal, queue, run).await
+    }
+
+    /// A step of the leader from a context that cannot wait (a dropped stream, a loop):
+    /// it and its effects up to the first proposal are carried out now, in one hold of
+    /// the lock; that proposal and everything after it go on in a task of their own.
+    pub fn run_now(self: &Arc<Self>, f: impl FnOnce(&mut Leader, &Registry, u64) -> Vec<Effect>) {
+        let mut queue = VecDeque::new();
+        let mut run = Run::new(Attach::None);
+        let proposal = self.hold(
+            |leader, reg, now| Ok(f(leader, reg, now)),
+            &mut queue,
+            &mut run,
+        );
+        if let Some(e) = run.first_error.take() {
+            tracing::debug!(error = %e, "carrying out a step failed");
+        }
+        if proposal.is_none() {
+            return;
+        }
+        let master = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = master.finish(proposal, queue, run).await {
+                tracing::debug!(error = %e, "effects after a proposal failed");
+            }
+        });
+    }
+
+    /// One hold of the lock: the step `f`, then its effects (ahead of what is already
+    /// queued) up to the first proposal, which is returned. An error of the step is
+    /// recorded in `run` and what is queued still carried out.
+    fn hold(
+        &self,
+        f: impl FnOnce(&mut Leader, &Registry, u64) -> Result<Vec<Effect>, MasterError>,
+        queue: &mut VecDeque<Effect>,
+        run: &mut Run,
+    ) -> Option<(Command, Then)> {
+        let named = |e: MasterError| self.named(e);
+        let out = self.outlets(&named);
+        let now = self.now_ms();
+        let mut core = self.core();
+        let stepped = {
+            let reg = self.registry();
+            f(&mut core.leader, &reg, now)
+        };
+        match stepped {
+            Ok(effects) => {
+                for e in effects.into_iter().rev() {
+                    queue.push_front(e);
+                }
+            }
+            Err(e) => {
+                run.first_error.get_or_insert(e);
+            }
+        }
+        core.carry_out_until_proposal(queue, run, &out)
     }
 
     /// Refuses calls unless this master is the serving leader.
@@ -261,89 +399,32 @@ impl Master {
             .map_err(|e| self.named(propose_error(e)))
     }
 
-    /// Carries out `effects` in order (see the module doc). `attach` is the stream the
-    /// caller opened, for an open effect. Returns what was opened, or the first error a
-    /// step of the leader or a relay answered (the remaining effects are still carried
-    /// out).
-    pub async fn carry_out(
+    /// Carries out a run from `proposal` on: proposes, and in one hold of the lock
+    /// hands the outcome to the leader and carries out its effects and what followed
+    /// the proposal, up to the next proposal; until none is left. Returns what was
+    /// opened, or the first error a step or a relay answered (the remaining effects are
+    /// still carried out).
+    async fn finish(
         &self,
-        effects: Vec<Effect>,
-        mut attach: Attach,
+        mut proposal: Option<(Command, Then)>,
+        mut queue: VecDeque<Effect>,
+        mut run: Run,
     ) -> Result<Opened, MasterError> {
-        let mut queue: VecDeque<Effect> = effects.into();
-        let mut opened = Opened::default();
-        let mut first_error: Option<MasterError> = None;
-        while !queue.is_empty() {
-            let proposal = {
-                let named = |e: MasterError| self.named(e);
-                let out = self.outlets(&named);
-                let mut core = self.core();
-                let mut proposal = None;
-                while let Some(effect) = queue.pop_front() {
-                    if let Effect::Propose { command, then } = effect {
-                        proposal = Some((command, then));
-                        break;
-                    }
-                    let (more, error) = core.execute(effect, &mut attach, &mut opened, &out);
-                    if let Some(e) = error {
-                        first_error.get_or_insert(e);
-                    }
-                    for e in more.into_iter().rev() {
-                        queue.push_front(e);
-                    }
-                }
-                proposal
-            };
-            let Some((command, then)) = proposal else {
-                break;
-            };
+        while let Some((command, then)) = proposal {
             let outcome = self.propose(command).await;
-            let next = self.step(|leader, reg, now| leader.applied(reg, now, then, outcome));
-            match next {
-                Ok(more) => {
-                    for e in more.into_iter().rev() {
-                        queue.push_front(e);
-                    }
-                }
-                Err(e) => {
-                    tracing::debug!(error = %e, "a step after a proposal failed");
-                    first_error.get_or_insert(e);
-                }
-            }
+            proposal = self.hold(
+                |leader, reg, now| {
+                    leader.applied(reg, now, then, outcome).inspect_err(
+                        |e| tracing::debug!(error = %e, "a step after a proposal failed"),
+                    )
+                },
+                &mut queue,
+                &mut run,
+            );
         }
-        match first_error {
+        match run.first_error {
             Some(e) => Err(self.named(e)),
-            None => Ok(opened),
-        }
-    }
-
-    /// Carries out effects that propose nothing, from a context that cannot wait (a
-    /// dropped stream, a loop): proposals, if any, run in a task of their own.
-    pub fn carry_out_now(self: &Arc<Self>, effects: Vec<Effect>) {
-        let (now, later): (Vec<Effect>, Vec<Effect>) = effects
-            .into_iter()
-            .partition(|e| !matches!(e, Effect::Propose { .. }));
-        if !later.is_empty() {
-            // Keep the order: once a proposal comes, everything after it waits for it.
-            let master = self.clone();
-            let all: Vec<Effect> = now.into_iter().chain(later).collect();
-            tokio::spawn(async move {
-                if let Err(e) = master.carry_out(all, Attach::None).await {
-                    tracing::debug!(error = %e, "effects after a proposal failed");
-                }
-            });
-            return;
-        }
-        let named = |e: MasterError| self.named(e);
-        let out = self.outlets(&named);
-        let mut core = self.core();
-        let mut queue: VecDeque<Effect> = now.into();
-        let mut opened = Opened::default();
-        while let Some(effect) = queue.pop_front() {
-            let (more, _) = core.execute(effect, &mut Attach::None, &mut opened, &out);
-            for e in more.into_iter().rev() {
-                queue.push_front(e);
-            }
+            None => Ok(run.opened),
         }
     }
 
@@ -357,10 +438,12 @@ impl Master {
     }
 
     /// Drops every session and offer: this node no longer leads (or is starting to).
-    pub fn reset_soft(self: &Arc<Self>, term: u64) {
+    /// Every stream and connection ends with NotLeader (see [`Core::reset`]).
+    pub fn reset_soft(&self, term: u64) {
+        let named = |e: MasterError| self.named(e);
+        let out = self.outlets(&named);
         let now = self.now_ms();
-        let effects = self.core().leader.reset(term, now);
-        self.carry_out_now(effects);
+        self.core().reset(term, now, &out);
     }
 
     /// Refreshes the gauges exported with the metrics.

@@ -19,7 +19,7 @@ use drover_proto::{AgentId, FrameworkId};
 
 use super::{Attach, Core, Opened};
 use crate::error::MasterError;
-use crate::leader::{best_effort_room, Effect, Farewell};
+use crate::leader::{agent_not_connected, agent_too_busy, best_effort_room, Effect, Farewell};
 use crate::metrics::Metrics;
 use crate::registry::StatusUpdate;
 
@@ -75,10 +75,19 @@ impl Core {
     ) -> (Vec<Effect>, Option<MasterError>) {
         let Core { leader, streams } = self;
         match effect {
-            Effect::Propose { .. } => unreachable!("proposals are carried out by carry_out"),
-            Effect::Event { framework, event } => {
-                let Some(s) = streams.frameworks.get(&framework) else {
-                    return (Vec::new(), None);
+            Effect::Propose { .. } => unreachable!("proposals are carried out by Master::run"),
+            Effect::Event {
+                framework,
+                stream_id,
+                event,
+            } => {
+                let Some(s) = streams
+                    .frameworks
+                    .get(&framework)
+                    .filter(|s| s.stream_id == stream_id)
+                else {
+                    // That stream ended or was replaced after the leader decided.
+                    return (leader.event_not_sent(&framework, &stream_id, event), None);
                 };
                 let offers = match &event {
                     pb::event::Event::Offers(o) => o.offers.len() as u64,
@@ -96,12 +105,21 @@ impl Core {
                             TrySendError::Full(Ok(ev)) | TrySendError::Closed(Ok(ev)) => ev.event,
                             _ => None,
                         };
-                        (leader.framework_stream_lost(&framework, unsent), None)
+                        let more = leader.framework_stream_lost(&framework, &stream_id, unsent);
+                        (more, None)
                     }
                 }
             }
-            Effect::EventOrDrop { framework, event } => {
-                let Some(s) = streams.frameworks.get(&framework) else {
+            Effect::EventOrDrop {
+                framework,
+                stream_id,
+                event,
+            } => {
+                let Some(s) = streams
+                    .frameworks
+                    .get(&framework)
+                    .filter(|s| s.stream_id == stream_id)
+                else {
                     return (Vec::new(), None);
                 };
                 if !best_effort_room(s.tx.capacity(), s.tx.max_capacity()) {
@@ -112,12 +130,20 @@ impl Core {
                     Ok(()) | Err(TrySendError::Full(_)) => (Vec::new(), None),
                     Err(TrySendError::Closed(_)) => {
                         streams.frameworks.remove(&framework);
-                        (leader.framework_stream_lost(&framework, None), None)
+                        (
+                            leader.framework_stream_lost(&framework, &stream_id, None),
+                            None,
+                        )
                     }
                 }
             }
-            Effect::ToAgent { agent, message } => {
-                let Some(c) = streams.agents.get(&agent) else {
+            Effect::ToAgent {
+                agent,
+                conn_id,
+                message,
+            } => {
+                let Some(c) = streams.agents.get(&agent).filter(|c| c.conn_id == conn_id) else {
+                    // That connection ended or was replaced after the leader decided.
                     return (Vec::new(), None);
                 };
                 match c.tx.try_send(Ok(message)) {
@@ -125,29 +151,21 @@ impl Core {
                     Err(_) => {
                         tracing::warn!(agent = %agent, "agent stream is full or closed; disconnecting it");
                         streams.agents.remove(&agent);
-                        (leader.agent_connection_lost(&agent), None)
+                        (leader.agent_connection_lost(&agent, conn_id), None)
                     }
                 }
             }
             Effect::Relay {
                 agent,
+                conn_id,
                 executor,
                 what,
                 lossy,
                 message,
             } => {
-                let not_connected = || {
-                    MasterError::Unavailable(format!(
-                        "agent {agent} is not connected; {what} for executor {executor} once it \
-                         is back"
-                    ))
-                };
-                let too_much = || {
-                    MasterError::Unavailable(format!(
-                        "agent {agent} has too much queued; {what} for executor {executor} later"
-                    ))
-                };
-                let Some(c) = streams.agents.get(&agent) else {
+                let not_connected = || agent_not_connected(&agent, &executor, what);
+                let too_much = || agent_too_busy(&agent, &executor, what);
+                let Some(c) = streams.agents.get(&agent).filter(|c| c.conn_id == conn_id) else {
                     return (Vec::new(), Some(not_connected()));
                 };
                 if lossy && !best_effort_room(c.tx.capacity(), c.tx.max_capacity()) {
@@ -159,7 +177,8 @@ impl Core {
                     Err(_) => {
                         tracing::warn!(agent = %agent, "agent stream is full or closed; disconnecting it");
                         streams.agents.remove(&agent);
-                        (leader.agent_connection_lost(&agent), Some(not_connected()))
+                        let more = leader.agent_connection_lost(&agent, conn_id);
+                        (more, Some(not_connected()))
                     }
                 }
             }
@@ -301,6 +320,7 @@ mod tests {
     fn relay(agent: &AgentId, data: &[u8]) -> Effect {
         Effect::Relay {
             agent: agent.clone(),
+            conn_id: 1,
             executor: pb::ExecutorId::new("ex"),
             what: "send the message again",
             lossy: true,
@@ -335,6 +355,7 @@ mod tests {
         for _ in 0..4 {
             let effect = Effect::ToAgent {
                 agent: agent.clone(),
+                conn_id: 1,
                 message: message(b"must"),
             };
             assert!(run(&mut core, effect).0.is_empty());
@@ -383,6 +404,7 @@ mod tests {
         );
         let lossy = || Effect::EventOrDrop {
             framework: fw.clone(),
+            stream_id: "s".into(),
             event: pb::event::Event::Heartbeat(pb::event::Heartbeat {}),
         };
         run(&mut core, lossy());
@@ -399,6 +421,7 @@ mod tests {
         );
         let must = Effect::Event {
             framework: fw.clone(),
+            stream_id: "s".into(),
             event: pb::event::Event::Heartbeat(pb::event::Heartbeat {}),
         };
         assert!(
@@ -436,6 +459,7 @@ mod tests {
         );
         let update = |n: u8| Effect::Event {
             framework: fw.clone(),
+            stream_id: "s".into(),
             event: pb::event::Event::Update(pb::event::Update {
                 status: Some(pb::TaskStatus {
                     task_id: Some(pb::TaskId::new(format!("t{n}"))),
@@ -457,5 +481,303 @@ mod tests {
             1,
             "t2 waits for its return"
         );
+    }
+
+    #[test]
+    fn a_failed_send_to_a_replaced_stream_leaves_the_new_session() {
+        let mut core = core();
+        let fw = FrameworkId::new("fw");
+        // The shell still holds the old stream s1 (closed by now); the leader already
+        // subscribed the framework on s2.
+        let (tx, rx) = mpsc::channel(4);
+        drop(rx);
+        core.streams.frameworks.insert(
+            fw.clone(),
+            FrameworkStream {
+                stream_id: "s1".into(),
+                tx,
+            },
+        );
+        core.leader.frameworks.insert(
+            fw.clone(),
+            FrameworkSession {
+                stream_id: "s2".into(),
+                suppressed: false,
+                filters: Default::default(),
+            },
+        );
+        // An event decided for s1 before the resubscription fails to go out.
+        let (more, _) = run(
+            &mut core,
+            Effect::Event {
+                framework: fw.clone(),
+                stream_id: "s1".into(),
+                event: pb::event::Event::Heartbeat(pb::event::Heartbeat {}),
+            },
+        );
+        assert!(more.is_empty(), "{more:?}");
+        assert_eq!(core.leader.frameworks[&fw].stream_id, "s2");
+
+        let agent = AgentId::new("a1");
+        let (tx, rx) = mpsc::channel(4);
+        drop(rx);
+        core.streams
+            .agents
+            .insert(agent.clone(), AgentConnection { conn_id: 1, tx });
+        core.leader
+            .agents
+            .insert(agent.clone(), AgentSession { conn_id: 2 });
+        let (more, _) = run(
+            &mut core,
+            Effect::ToAgent {
+                agent: agent.clone(),
+                conn_id: 1,
+                message: message(b"x"),
+            },
+        );
+        assert!(more.is_empty(), "{more:?}");
+        assert_eq!(core.leader.agents[&agent].conn_id, 2);
+    }
+
+    #[test]
+    fn an_update_for_a_framework_without_a_stream_is_kept() {
+        let mut core = core();
+        let fw = FrameworkId::new("fw");
+        let status = pb::TaskStatus {
+            task_id: Some(pb::TaskId::new("t1")),
+            uuid: vec![1; 16],
+            ..Default::default()
+        };
+        let (more, error) = run(
+            &mut core,
+            Effect::Event {
+                framework: fw.clone(),
+                stream_id: "s".into(),
+                event: pb::event::Event::Update(pb::event::Update {
+                    status: Some(status.clone()),
+                }),
+            },
+        );
+        assert!(more.is_empty() && error.is_none());
+        let kept: Vec<_> = core.leader.undelivered[&fw].values().cloned().collect();
+        assert_eq!(
+            kept,
+            vec![status],
+            "delivered when the framework resubscribes"
+        );
+    }
+
+    #[test]
+    fn nothing_decided_for_a_new_stream_goes_to_the_old_one() {
+        let mut core = core();
+        let fw = FrameworkId::new("fw");
+        let agent = AgentId::new("a1");
+        // The leader subscribed the framework on s2 and made it an offer; the shell still
+        // holds s1, which is closed a moment later.
+        let (tx, mut old_rx) = mpsc::channel(8);
+        core.streams.frameworks.insert(
+            fw.clone(),
+            FrameworkStream {
+                stream_id: "s1".into(),
+                tx,
+            },
+        );
+        core.leader.frameworks.insert(
+            fw.clone(),
+            FrameworkSession {
+                stream_id: "s2".into(),
+                suppressed: false,
+                filters: Default::default(),
+            },
+        );
+        let offer = drover_proto::OfferId::new("o1");
+        core.leader.offers.insert(
+            offer.clone(),
+            crate::leader::OfferRec {
+                framework_id: fw.clone(),
+                agent_id: agent.clone(),
+                resources: drover_proto::Resources::parse("cpus:1").unwrap(),
+                created_ms: 0,
+            },
+        );
+        let offers = pb::event::Event::Offers(pb::event::Offers {
+            offers: vec![pb::Offer {
+                id: Some(offer.clone()),
+                ..Default::default()
+            }],
+        });
+        let status = pb::TaskStatus {
+            task_id: Some(pb::TaskId::new("t1")),
+            uuid: vec![1; 16],
+            ..Default::default()
+        };
+        let update = pb::event::Event::Update(pb::event::Update {
+            status: Some(status.clone()),
+        });
+        let heartbeat = pb::event::Event::Heartbeat(pb::event::Heartbeat {});
+        let mut more = Vec::new();
+        for event in [offers, update, heartbeat] {
+            let effect = Effect::Event {
+                framework: fw.clone(),
+                stream_id: "s2".into(),
+                event,
+            };
+            more.extend(run(&mut core, effect).0);
+        }
+        assert!(old_rx.try_recv().is_err(), "nothing went to s1");
+        assert!(
+            core.leader.offers.is_empty(),
+            "the offer never sent returns to the pool"
+        );
+        assert!(matches!(more.as_slice(), [Effect::Allocate]), "{more:?}");
+        let kept: Vec<_> = core.leader.undelivered[&fw].values().cloned().collect();
+        assert_eq!(kept, vec![status]);
+        assert_eq!(core.leader.frameworks[&fw].stream_id, "s2");
+
+        // Likewise a message for an agent's new connection is not sent on its old one.
+        let (tx, mut old_rx) = mpsc::channel(8);
+        core.streams
+            .agents
+            .insert(agent.clone(), AgentConnection { conn_id: 1, tx });
+        core.leader
+            .agents
+            .insert(agent.clone(), AgentSession { conn_id: 2 });
+        let effect = Effect::ToAgent {
+            agent: agent.clone(),
+            conn_id: 2,
+            message: message(b"x"),
+        };
+        assert!(run(&mut core, effect).0.is_empty());
+        assert!(old_rx.try_recv().is_err(), "nothing went to connection 1");
+        let mut relayed = relay(&agent, b"y");
+        if let Effect::Relay { conn_id, .. } = &mut relayed {
+            *conn_id = 2;
+        }
+        let (_, error) = run(&mut core, relayed);
+        assert!(old_rx.try_recv().is_err());
+        assert_eq!(
+            error.unwrap().to_string(),
+            "agent a1 is not connected; send the message again for executor ex once it is back"
+        );
+    }
+
+    #[test]
+    fn effects_are_carried_out_in_order_up_to_the_first_proposal() {
+        use std::collections::VecDeque;
+
+        use crate::leader::Then;
+        use crate::registry::Command;
+
+        let mut core = core();
+        let fw = FrameworkId::new("fw");
+        let (tx, mut rx) = mpsc::channel(8);
+        core.streams.frameworks.insert(
+            fw.clone(),
+            FrameworkStream {
+                stream_id: "s".into(),
+                tx,
+            },
+        );
+        let event = |n: u32| Effect::Event {
+            framework: fw.clone(),
+            stream_id: "s".into(),
+            event: pb::event::Event::Error(pb::event::Error {
+                message: n.to_string(),
+            }),
+        };
+        let proposal = Effect::Propose {
+            command: Command::Noop,
+            then: Then::Nothing,
+        };
+        let mut queue: VecDeque<Effect> = vec![event(1), event(2), proposal, event(3)].into();
+        let metrics = Metrics::default();
+        let (updates, _) = mpsc::unbounded_channel();
+        let allocate_now = Notify::new();
+        let named = |e: MasterError| e;
+        let out = Outlets {
+            metrics: &metrics,
+            updates: &updates,
+            allocate_now: &allocate_now,
+            named: &named,
+        };
+        let mut run = crate::server::Run::new(Attach::None);
+        let next = core.carry_out_until_proposal(&mut queue, &mut run, &out);
+        assert!(matches!(next, Some((Command::Noop, Then::Nothing))));
+        let sent: Vec<String> = std::iter::from_fn(|| rx.try_recv().ok())
+            .map(|e| match e.unwrap().event {
+                Some(pb::event::Event::Error(e)) => e.message,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(sent, ["1", "2"], "what precedes the proposal, in order");
+        assert!(
+            queue.len() == 1 && matches!(queue[0], Effect::Event { .. }),
+            "what follows it waits for its outcome"
+        );
+        assert!(core
+            .carry_out_until_proposal(&mut queue, &mut run, &out)
+            .is_none());
+        assert!(rx.try_recv().is_ok());
+    }
+
+    #[test]
+    fn a_reset_ends_every_stream_with_not_leader() {
+        let mut core = core();
+        core.leader.start_serving(2, 0);
+        let fw = FrameworkId::new("fw");
+        let stray = FrameworkId::new("stray");
+        let agent = AgentId::new("a1");
+        let mut receivers = Vec::new();
+        // The framework's stream has a session; the stray stream and the agent's
+        // connection have none (their sessions ended, the streams did not).
+        for (id, stream_id) in [(&fw, "s"), (&stray, "x")] {
+            let (tx, rx) = mpsc::channel(4);
+            core.streams.frameworks.insert(
+                id.clone(),
+                FrameworkStream {
+                    stream_id: stream_id.into(),
+                    tx,
+                },
+            );
+            receivers.push(rx);
+        }
+        core.leader.frameworks.insert(
+            fw.clone(),
+            FrameworkSession {
+                stream_id: "s".into(),
+                suppressed: false,
+                filters: Default::default(),
+            },
+        );
+        let (tx, mut agent_rx) = mpsc::channel(4);
+        core.streams
+            .agents
+            .insert(agent.clone(), AgentConnection { conn_id: 7, tx });
+        let metrics = Metrics::default();
+        let (updates, _) = mpsc::unbounded_channel();
+        let allocate_now = Notify::new();
+        let named = |e: MasterError| e;
+        let out = Outlets {
+            metrics: &metrics,
+            updates: &updates,
+            allocate_now: &allocate_now,
+            named: &named,
+        };
+        core.reset(3, 0, &out);
+        assert!(core.streams.frameworks.is_empty() && core.streams.agents.is_empty());
+        for rx in &mut receivers {
+            let status = rx.try_recv().unwrap().unwrap_err();
+            assert!(
+                drover_proto::leader::leader_hint(&status).is_some(),
+                "{status}"
+            );
+            assert!(rx.try_recv().is_err(), "the stream ended");
+        }
+        let status = agent_rx.try_recv().unwrap().unwrap_err();
+        assert!(
+            drover_proto::leader::leader_hint(&status).is_some(),
+            "{status}"
+        );
+        assert!(!core.leader.serving);
     }
 }
