@@ -11,7 +11,8 @@
 //! back to the registry. Every [`SNAPSHOT_EVERY`] entries the registry is copied at the
 //! applied index and serialised on a thread of its own, so that a large registry does
 //! not hold up heartbeats; the bytes come back to the Raft thread, which stores them as
-//! the snapshot at that index and compacts the log.
+//! the snapshot at that index and compacts the log. When a master is added, the snapshot
+//! is taken on the Raft thread at once instead: the new master must catch up from it.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -35,6 +36,11 @@ use crate::registry::{self, ApplyOutcome, Command, Registry};
 
 /// Take a registry snapshot (and compact the log) every this many applied entries.
 pub const SNAPSHOT_EVERY: u64 = 10_000;
+
+/// After a background snapshot fails, the next is tried once this many more entries are
+/// applied (not at once: a serialiser that fails every time would otherwise copy the
+/// registry at every `Ready`).
+const SNAPSHOT_RETRY_AFTER: u64 = SNAPSHOT_EVERY / 10;
 
 /// A learner within this many entries of the commit index counts as caught up and is
 /// promoted to voter.
@@ -941,17 +947,32 @@ impl<T: Transport, S: LogStore> Node<T, S> {
         }
         let (meta, registry) = self.snapshot_copy()?;
         let index = meta.index;
+        self.next_snapshot = index + SNAPSHOT_EVERY;
+        let registry = Arc::new(registry);
+        let (copy, job_meta) = (registry.clone(), meta.clone());
         let (tx, done) = std::sync::mpsc::channel();
-        std::thread::Builder::new()
+        let spawned = std::thread::Builder::new()
             .name("raft-snapshot".into())
             .spawn(move || {
+                let data = copy.to_snapshot();
+                let _ = tx.send((job_meta, data));
+            });
+        match spawned {
+            Ok(_) => {
+                self.snapshot_job = Some(SnapshotJob { index, done });
+                Ok(())
+            }
+            Err(e) => {
+                // Out of threads is no reason to stop the master: the snapshot is taken
+                // here, as a snapshot for a new master is.
+                tracing::warn!(
+                    error = %e,
+                    "cannot start the snapshot thread; serialising the registry on the Raft thread"
+                );
                 let data = registry.to_snapshot();
-                let _ = tx.send((meta, data));
-            })
-            .map_err(|e| MasterError::io("cannot start the snapshot thread", e))?;
-        self.next_snapshot = index + SNAPSHOT_EVERY;
-        self.snapshot_job = Some(SnapshotJob { index, done });
-        Ok(())
+                self.store_snapshot(meta, &data)
+            }
+        }
     }
 
     /// The metadata of a snapshot at the applied index, and a copy of the registry there.
@@ -1007,12 +1028,17 @@ impl<T: Transport, S: LogStore> Node<T, S> {
         self.store_snapshot(meta, &data)
     }
 
-    /// The snapshot thread died without an answer: try again at the next opportunity.
+    /// The snapshot thread died without an answer (it panicked): the log stays as it is,
+    /// and another snapshot is tried after [`SNAPSHOT_RETRY_AFTER`] more entries.
     fn snapshot_lost(&mut self) -> Result<()> {
-        tracing::error!("the registry snapshot thread failed; taking another");
-        self.snapshot_job = None;
-        self.snapshot_soon = true;
-        self.next_snapshot = self.applied;
+        let index = self.snapshot_job.take().map(|job| job.index);
+        self.next_snapshot = self.applied + SNAPSHOT_RETRY_AFTER;
+        Metrics::inc(&self.metrics.snapshot_failures);
+        tracing::error!(
+            index,
+            retry_at = self.next_snapshot,
+            "the registry snapshot thread failed; the log is not compacted until another succeeds"
+        );
         Ok(())
     }
 }
@@ -1290,6 +1316,45 @@ mod tests {
         let (restarted, registry_after) = leader(store.clone());
         assert_eq!(*registry_after.read().unwrap(), *registry.read().unwrap());
         assert_eq!(restarted.next_snapshot, index + SNAPSHOT_EVERY);
+    }
+
+    #[test]
+    fn a_failed_background_snapshot_is_counted_and_tried_again_later() {
+        let (mut node, _registry) = leader(MemLogStore::bootstrap(vec![1], b""));
+        for i in 0..3 {
+            set_weight(&mut node, &format!("role{i}"), 1.0);
+        }
+        // The serialiser died without an answer (it panicked).
+        let (serialiser, done) = std::sync::mpsc::channel();
+        drop(serialiser);
+        node.snapshot_job = Some(SnapshotJob {
+            index: node.applied,
+            done,
+        });
+        set_weight(&mut node, "web", 1.0);
+        assert!(node.snapshot_job.is_none());
+        assert_eq!(node.metrics.snapshot_failures.get(), 1);
+        let failed_at = node.applied;
+        // Not at every Ready that follows...
+        let cmd = registry::encode(&Command::SetWeights {
+            weights: vec![("web".to_string(), 2.0)],
+        });
+        while node.applied < failed_at + SNAPSHOT_RETRY_AFTER {
+            assert!(node.snapshot_job.is_none());
+            assert_eq!(node.raw.store().snapshot_meta().index, 0);
+            for _ in 0..100 {
+                node.raw.propose(vec![], cmd.clone()).unwrap();
+            }
+            node.on_ready().unwrap();
+        }
+        // ...but once enough entries are applied.
+        assert_eq!(
+            node.snapshot_job.as_ref().map(|j| j.index),
+            Some(node.applied)
+        );
+        node.poll_snapshot(true).unwrap();
+        assert_eq!(node.raw.store().snapshot_meta().index, node.applied);
+        assert_eq!(node.metrics.snapshot_failures.get(), 1);
     }
 
     #[test]
