@@ -938,7 +938,7 @@ impl<T: Transport, S: LogStore> Node<T, S> {
             let (meta, registry) = self.snapshot_copy()?;
             let data = registry.to_snapshot();
             self.next_snapshot = meta.index + SNAPSHOT_EVERY;
-            return self.store_snapshot(meta, &data);
+            return self.store_snapshot(meta, &data).map(drop);
         }
         self.snapshot_soon = false;
         let due = self.applied >= self.next_snapshot;
@@ -970,7 +970,7 @@ impl<T: Transport, S: LogStore> Node<T, S> {
                     "cannot start the snapshot thread; serialising the registry on the Raft thread"
                 );
                 let data = registry.to_snapshot();
-                self.store_snapshot(meta, &data)
+                self.store_snapshot(meta, &data).map(drop)
             }
         }
     }
@@ -990,19 +990,30 @@ impl<T: Transport, S: LogStore> Node<T, S> {
         Ok((meta, registry))
     }
 
-    /// Stores a serialised snapshot and compacts the log through its index.
-    fn store_snapshot(&mut self, meta: SnapshotMetadata, data: &[u8]) -> Result<()> {
+    /// Stores a serialised snapshot and compacts the log through its index. Returns false
+    /// when the store kept a newer snapshot instead (one from the leader, installed while
+    /// this one was serialised).
+    fn store_snapshot(&mut self, meta: SnapshotMetadata, data: &[u8]) -> Result<bool> {
         let index = meta.index;
-        // A newer snapshot from the leader may have been installed meanwhile; the store
-        // then keeps it.
         self.raw.mut_store().save_snapshot(meta, data)?;
         self.raw.mut_store().sync()?;
-        tracing::info!(
-            index,
-            bytes = data.len(),
-            "registry snapshot taken; log compacted"
-        );
-        Ok(())
+        let stored = self.raw.store().snapshot_meta().index;
+        if stored == index {
+            tracing::info!(
+                index,
+                bytes = data.len(),
+                "registry snapshot taken; log compacted"
+            );
+            Ok(true)
+        } else {
+            tracing::info!(
+                index,
+                stored,
+                "registry snapshot dropped: a newer snapshot from the leader was installed \
+                 while it was serialised"
+            );
+            Ok(false)
+        }
     }
 
     /// Stores the snapshot serialised off the thread, if it is ready (`wait`: wait for
@@ -1025,7 +1036,7 @@ impl<T: Transport, S: LogStore> Node<T, S> {
         };
         debug_assert_eq!(meta.index, job.index);
         self.snapshot_job = None;
-        self.store_snapshot(meta, &data)
+        self.store_snapshot(meta, &data).map(drop)
     }
 
     /// The snapshot thread died without an answer (it panicked): the log stays as it is,
@@ -1316,6 +1327,88 @@ mod tests {
         let (restarted, registry_after) = leader(store.clone());
         assert_eq!(*registry_after.read().unwrap(), *registry.read().unwrap());
         assert_eq!(restarted.next_snapshot, index + SNAPSHOT_EVERY);
+    }
+
+    /// Log lines written while `f` runs, without colours.
+    fn logged(f: impl FnOnce()) -> String {
+        #[derive(Clone, Default)]
+        struct Lines(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Lines {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Lines {
+            type Writer = Lines;
+            fn make_writer(&'a self) -> Lines {
+                self.clone()
+            }
+        }
+        let lines = Lines::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(lines.clone())
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::with_default(subscriber, f);
+        let bytes = lines.0.lock().unwrap().clone();
+        String::from_utf8(bytes).unwrap()
+    }
+
+    #[test]
+    fn a_background_snapshot_overtaken_by_the_leaders_is_dropped_and_said_so() {
+        let (mut node, _registry) = leader(MemLogStore::bootstrap(vec![1], b""));
+        for i in 0..3 {
+            set_weight(&mut node, &format!("role{i}"), 1.0);
+        }
+        let (serialiser, done) = std::sync::mpsc::channel();
+        let index = node.applied;
+        node.snapshot_job = Some(SnapshotJob { index, done });
+        // Meanwhile a newer snapshot (from a leader) is installed.
+        let mut newer = Snapshot::default();
+        newer.mut_metadata().index = index + 5;
+        newer.mut_metadata().term = node.raw.raft.term;
+        newer
+            .mut_metadata()
+            .set_conf_state(node.raw.store().conf_state().clone());
+        newer.set_data(b"the leader's".to_vec().into());
+        node.raw.mut_store().apply_snapshot(&newer).unwrap();
+        let mut meta = SnapshotMetadata {
+            index,
+            ..Default::default()
+        };
+        meta.set_conf_state(node.raw.store().conf_state().clone());
+        serialiser.send((meta, b"ours".to_vec())).unwrap();
+
+        let log = logged(|| node.poll_snapshot(true).unwrap());
+        assert!(node.snapshot_job.is_none());
+        let store = &node.raw.store().0;
+        assert_eq!(store.snapshot_meta().index, index + 5);
+        assert_eq!(store.snapshot_data().unwrap(), b"the leader's");
+        assert!(log.contains("registry snapshot dropped"), "{log}");
+        assert!(!log.contains("log compacted"), "{log}");
+
+        // One that is stored says so.
+        let (serialiser, done) = std::sync::mpsc::channel();
+        node.snapshot_job = Some(SnapshotJob {
+            index: index + 6,
+            done,
+        });
+        let mut meta = SnapshotMetadata {
+            index: index + 6,
+            ..Default::default()
+        };
+        meta.set_conf_state(node.raw.store().conf_state().clone());
+        serialiser.send((meta, b"ours".to_vec())).unwrap();
+        let log = logged(|| node.poll_snapshot(true).unwrap());
+        assert_eq!(node.raw.store().snapshot_meta().index, index + 6);
+        assert!(
+            log.contains("registry snapshot taken; log compacted"),
+            "{log}"
+        );
     }
 
     #[test]
