@@ -145,3 +145,70 @@ impl From<raft::Error> for MasterError {
         MasterError::raft("raft failed", e)
     }
 }
+
+/// `e` followed by every error under it (`source()`), joined with ": ", for the operator:
+/// some errors say only what failed (tonic's transport error prints "transport error") and
+/// leave why to their cause. A cause whose text the message already holds (a variant that
+/// prints its source) is not repeated.
+pub fn with_causes(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let more = c.to_string();
+        if !more.is_empty() && !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        cause = c.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_causes_of_a_transport_error_are_printed() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        // Nothing listens on a port bound and dropped: the connection is refused.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let source = runtime
+            .block_on(
+                tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
+                    .unwrap()
+                    .connect(),
+            )
+            .unwrap_err();
+        let e = MasterError::Grpc {
+            context: format!("cannot reach the leader at 127.0.0.1:{port}"),
+            source,
+        };
+        let text = with_causes(&e);
+        assert!(
+            text.starts_with(&format!(
+                "cannot reach the leader at 127.0.0.1:{port}: transport error: "
+            )),
+            "{text}"
+        );
+        assert!(text.to_lowercase().contains("connection refused"), "{text}");
+        assert_eq!(
+            text.matches("transport error").count(),
+            1,
+            "a cause already printed is not repeated: {text}"
+        );
+    }
+
+    #[test]
+    fn an_error_without_causes_prints_as_itself() {
+        let e = MasterError::Config("--raft-tick-ms must be positive".into());
+        assert_eq!(with_causes(&e), "--raft-tick-ms must be positive");
+    }
+}

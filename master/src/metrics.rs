@@ -84,6 +84,8 @@ pub struct Metrics {
     pub snapshots_received: Counter,
     /// Registry snapshots streamed to other masters.
     pub snapshots_sent: Counter,
+    /// Registry snapshots whose serialisation failed (the log was not compacted).
+    pub snapshot_failures: Counter,
     pub allocation_cycle: Timing,
     pub raft_commit: Timing,
     gauges: Arc<Gauges>,
@@ -109,6 +111,7 @@ impl Default for Metrics {
             frameworks_removed: counter(),
             snapshots_received: counter(),
             snapshots_sent: counter(),
+            snapshot_failures: counter(),
             allocation_cycle: Timing::default(),
             raft_commit: Timing::default(),
             gauges: Arc::default(),
@@ -186,6 +189,11 @@ impl Default for Metrics {
                 "raft_snapshots_sent",
                 "Registry snapshots streamed to other masters",
                 &m.snapshots_sent,
+            ),
+            (
+                "raft_snapshot_failures",
+                "Registry snapshots that failed to serialise (the log was not compacted)",
+                &m.snapshot_failures,
             ),
         ];
         let mut registry = Registry::default();
@@ -288,6 +296,7 @@ mod tests {
             "frameworks_removed",
             "raft_snapshots_received",
             "raft_snapshots_sent",
+            "raft_snapshot_failures",
         ];
         for name in counters {
             let sample = format!("drover_master_{name}_total 0");

@@ -11,7 +11,8 @@
 //! back to the registry. Every [`SNAPSHOT_EVERY`] entries the registry is copied at the
 //! applied index and serialised on a thread of its own, so that a large registry does
 //! not hold up heartbeats; the bytes come back to the Raft thread, which stores them as
-//! the snapshot at that index and compacts the log.
+//! the snapshot at that index and compacts the log. When a master is added, the snapshot
+//! is taken on the Raft thread at once instead: the new master must catch up from it.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -35,6 +36,11 @@ use crate::registry::{self, ApplyOutcome, Command, Registry};
 
 /// Take a registry snapshot (and compact the log) every this many applied entries.
 pub const SNAPSHOT_EVERY: u64 = 10_000;
+
+/// After a background snapshot fails, the next is tried once this many more entries are
+/// applied (not at once: a serialiser that fails every time would otherwise copy the
+/// registry at every `Ready`).
+const SNAPSHOT_RETRY_AFTER: u64 = SNAPSHOT_EVERY / 10;
 
 /// A learner within this many entries of the commit index counts as caught up and is
 /// promoted to voter.
@@ -342,7 +348,8 @@ struct Node<T: Transport, S: LogStore> {
     pending: BTreeMap<u64, Pending>,
     role_tx: watch::Sender<RaftRole>,
     applied: u64,
-    snapshot_index: u64,
+    /// A periodic snapshot is due once this index is applied.
+    next_snapshot: u64,
     /// Membership entries up to this index are already in the stored configuration.
     conf_index: u64,
     /// Take a snapshot at the next opportunity (a master was added: it must catch up
@@ -449,7 +456,7 @@ impl<T: Transport, S: LogStore> Node<T, S> {
             pending: BTreeMap::new(),
             role_tx,
             applied: meta.index,
-            snapshot_index: meta.index,
+            next_snapshot: meta.index + SNAPSHOT_EVERY,
             conf_index,
             snapshot_soon: false,
             snapshot_job: None,
@@ -664,7 +671,7 @@ impl<T: Transport, S: LogStore> Node<T, S> {
         *self.progress.masters.lock().expect("masters lock") = reg.masters.clone();
         *self.registry.write().expect("registry lock") = reg;
         self.applied = snap.get_metadata().index;
-        self.snapshot_index = self.applied;
+        self.next_snapshot = self.applied + SNAPSHOT_EVERY;
         *self.progress.voters.lock().expect("voters lock") =
             snap.get_metadata().get_conf_state().voters.clone();
         *self.progress.learners.lock().expect("learners lock") =
@@ -682,6 +689,17 @@ impl<T: Transport, S: LogStore> Node<T, S> {
     fn apply(&mut self, entries: Vec<Entry>) -> Result<()> {
         if entries.is_empty() {
             return Ok(());
+        }
+        let cs = self.raw.store().conf_state();
+        if cs.voters.is_empty() && cs.learners.is_empty() && cs.voters_outgoing.is_empty() {
+            // A master that joined with an empty data folder knows neither the membership
+            // nor the address book until the leader's snapshot brings them: the log alone,
+            // from entry 1, would be applied against an empty configuration.
+            return Err(MasterError::Internal(format!(
+                "entry {} arrived before any snapshot: this master joined with an empty \
+                 data folder and can only start from the leader's snapshot",
+                entries[0].index
+            )));
         }
         for e in entries {
             self.applied = e.index;
@@ -899,16 +917,66 @@ impl<T: Transport, S: LogStore> Node<T, S> {
         }
     }
 
-    /// Starts serialising a registry snapshot when one is due: the registry is copied at
-    /// the applied index (on this thread, so that the copy is exactly that index) and
-    /// serialised on another.
+    /// Takes a registry snapshot when one is due. Every [`SNAPSHOT_EVERY`] entries the
+    /// registry is copied at the applied index (on this thread, so that the copy is
+    /// exactly that index) and serialised on another. When a master was added, the
+    /// snapshot is taken here and now instead, as is the compaction: the new master starts
+    /// with an empty store, and the leader must answer its first probe with a snapshot
+    /// that includes it, not with the log from entry 1 (which assumes the seeded
+    /// membership and address book). A background job still running is discarded.
     fn maybe_snapshot(&mut self) -> Result<()> {
-        let due = self.applied >= self.snapshot_index + SNAPSHOT_EVERY
-            || (self.snapshot_soon && self.applied > self.snapshot_index);
+        let stored = self.raw.store().snapshot_meta().index;
+        if self.snapshot_soon && self.applied > stored {
+            self.snapshot_soon = false;
+            if let Some(job) = self.snapshot_job.take() {
+                tracing::info!(
+                    index = job.index,
+                    "discarding the registry snapshot being serialised: a master was added, \
+                     so one is taken now"
+                );
+            }
+            let (meta, registry) = self.snapshot_copy()?;
+            let data = registry.to_snapshot();
+            self.next_snapshot = meta.index + SNAPSHOT_EVERY;
+            return self.store_snapshot(meta, &data).map(drop);
+        }
+        self.snapshot_soon = false;
+        let due = self.applied >= self.next_snapshot;
         if !due || self.snapshot_job.is_some() {
             return Ok(());
         }
-        self.snapshot_soon = false;
+        let (meta, registry) = self.snapshot_copy()?;
+        let index = meta.index;
+        self.next_snapshot = index + SNAPSHOT_EVERY;
+        let registry = Arc::new(registry);
+        let (copy, job_meta) = (registry.clone(), meta.clone());
+        let (tx, done) = std::sync::mpsc::channel();
+        let spawned = std::thread::Builder::new()
+            .name("raft-snapshot".into())
+            .spawn(move || {
+                let data = copy.to_snapshot();
+                let _ = tx.send((job_meta, data));
+            });
+        match spawned {
+            Ok(_) => {
+                self.snapshot_job = Some(SnapshotJob { index, done });
+                Ok(())
+            }
+            Err(e) => {
+                // Out of threads is no reason to stop the master: the snapshot is taken
+                // here, as a snapshot for a new master is.
+                tracing::warn!(
+                    error = %e,
+                    "cannot start the snapshot thread; serialising the registry on the Raft thread"
+                );
+                let data = registry.to_snapshot();
+                self.store_snapshot(meta, &data).map(drop)
+            }
+        }
+    }
+
+    /// The metadata of a snapshot at the applied index, and a copy of the registry there.
+    fn snapshot_copy(&self) -> Result<(SnapshotMetadata, Registry)> {
         let index = self.applied;
         let term = raft::Storage::term(self.raw.store(), index)
             .map_err(|e| MasterError::raft(format!("no term for applied entry {index}"), e))?;
@@ -919,17 +987,33 @@ impl<T: Transport, S: LogStore> Node<T, S> {
         };
         meta.set_conf_state(self.raw.store().conf_state().clone());
         let registry = self.registry.read().expect("registry lock").clone();
-        let (tx, done) = std::sync::mpsc::channel();
-        std::thread::Builder::new()
-            .name("raft-snapshot".into())
-            .spawn(move || {
-                let data = registry.to_snapshot();
-                let _ = tx.send((meta, data));
-            })
-            .map_err(|e| MasterError::io("cannot start the snapshot thread", e))?;
-        self.snapshot_index = index;
-        self.snapshot_job = Some(SnapshotJob { index, done });
-        Ok(())
+        Ok((meta, registry))
+    }
+
+    /// Stores a serialised snapshot and compacts the log through its index. Returns false
+    /// when the store kept a newer snapshot instead (one from the leader, installed while
+    /// this one was serialised).
+    fn store_snapshot(&mut self, meta: SnapshotMetadata, data: &[u8]) -> Result<bool> {
+        let index = meta.index;
+        self.raw.mut_store().save_snapshot(meta, data)?;
+        self.raw.mut_store().sync()?;
+        let stored = self.raw.store().snapshot_meta().index;
+        if stored == index {
+            tracing::info!(
+                index,
+                bytes = data.len(),
+                "registry snapshot taken; log compacted"
+            );
+            Ok(true)
+        } else {
+            tracing::info!(
+                index,
+                stored,
+                "registry snapshot dropped: a newer snapshot from the leader was installed \
+                 while it was serialised"
+            );
+            Ok(false)
+        }
     }
 
     /// Stores the snapshot serialised off the thread, if it is ready (`wait`: wait for
@@ -952,25 +1036,20 @@ impl<T: Transport, S: LogStore> Node<T, S> {
         };
         debug_assert_eq!(meta.index, job.index);
         self.snapshot_job = None;
-        let index = meta.index;
-        // A newer snapshot from the leader may have been installed meanwhile; the store
-        // then keeps it.
-        self.raw.mut_store().save_snapshot(meta, &data)?;
-        self.raw.mut_store().sync()?;
-        tracing::info!(
-            index,
-            bytes = data.len(),
-            "registry snapshot taken; log compacted"
-        );
-        Ok(())
+        self.store_snapshot(meta, &data).map(drop)
     }
 
-    /// The snapshot thread died without an answer: try again at the next opportunity.
+    /// The snapshot thread died without an answer (it panicked): the log stays as it is,
+    /// and another snapshot is tried after [`SNAPSHOT_RETRY_AFTER`] more entries.
     fn snapshot_lost(&mut self) -> Result<()> {
-        tracing::error!("the registry snapshot thread failed; taking another");
-        self.snapshot_job = None;
-        self.snapshot_soon = true;
-        self.snapshot_index = self.raw.store().snapshot_meta().index;
+        let index = self.snapshot_job.take().map(|job| job.index);
+        self.next_snapshot = self.applied + SNAPSHOT_RETRY_AFTER;
+        Metrics::inc(&self.metrics.snapshot_failures);
+        tracing::error!(
+            index,
+            retry_at = self.next_snapshot,
+            "the registry snapshot thread failed; the log is not compacted until another succeeds"
+        );
         Ok(())
     }
 }
@@ -1000,8 +1079,12 @@ mod tests {
     use crate::raft::storage::MemLogStore;
 
     fn config() -> NodeConfig {
+        config_of(1)
+    }
+
+    fn config_of(id: u64) -> NodeConfig {
         NodeConfig {
-            id: 1,
+            id,
             tick: Duration::from_millis(10),
             election_ticks: 10,
             heartbeat_ticks: 2,
@@ -1027,12 +1110,173 @@ mod tests {
         (node, registry)
     }
 
-    fn set_weight(node: &mut Node<NoPeers, MemLogStore>, role: &str, weight: f64) {
+    fn set_weight<T: Transport>(node: &mut Node<T, MemLogStore>, role: &str, weight: f64) {
         let cmd = Command::SetWeights {
             weights: vec![(role.to_string(), weight)],
         };
         node.raw.propose(vec![], registry::encode(&cmd)).unwrap();
         node.on_ready().unwrap();
+    }
+
+    /// The messages a node sent, for the test to deliver by hand.
+    #[derive(Clone, Default)]
+    struct Outbox(Arc<Mutex<Vec<Message>>>);
+
+    impl Transport for Outbox {
+        fn send(&mut self, msgs: Vec<Message>) {
+            self.0.lock().unwrap().extend(msgs);
+        }
+    }
+
+    impl Outbox {
+        fn take(&self) -> Vec<Message> {
+            std::mem::take(&mut *self.0.lock().unwrap())
+        }
+    }
+
+    /// Node `id` over `store`, sending into `outbox`, not on a thread: the test drives it.
+    fn peer(
+        id: u64,
+        store: MemLogStore,
+        outbox: &Outbox,
+    ) -> (Node<Outbox, MemLogStore>, Arc<RwLock<Registry>>) {
+        let registry = Arc::new(RwLock::new(Registry::default()));
+        let (tx, _rx) = std::sync::mpsc::channel();
+        let outbox = outbox.clone();
+        let (node, _handle) = Node::new(
+            config_of(id),
+            store,
+            registry.clone(),
+            tx,
+            |_| outbox,
+            Arc::new(Metrics::default()),
+        )
+        .unwrap();
+        (node, registry)
+    }
+
+    #[test]
+    fn a_master_added_while_a_snapshot_is_serialised_catches_up_from_a_snapshot() {
+        let seed = Registry {
+            masters: [(1, "127.0.0.1:1".to_string())].into_iter().collect(),
+            ..Default::default()
+        };
+        let from_leader = Outbox::default();
+        let (mut leader, leader_registry) = peer(
+            1,
+            MemLogStore::bootstrap(vec![1], &seed.to_snapshot()),
+            &from_leader,
+        );
+        leader.on_ready().unwrap();
+        assert_eq!(leader.raw.raft.state, StateRole::Leader);
+        for i in 0..5 {
+            set_weight(&mut leader, &format!("role{i}"), 1.0);
+        }
+        // A periodic snapshot is being serialised and has not come back yet (the test
+        // holds its sender).
+        let (_serialiser, done) = std::sync::mpsc::channel();
+        leader.next_snapshot = leader.applied + SNAPSHOT_EVERY;
+        leader.snapshot_job = Some(SnapshotJob {
+            index: leader.applied,
+            done,
+        });
+        assert_eq!(leader.raw.store().snapshot_meta().index, 0);
+
+        // Master 2 is added as a learner.
+        let context = serde_json::to_vec(&ChangeContext {
+            address: "127.0.0.1:2".to_string(),
+        })
+        .unwrap();
+        leader
+            .raw
+            .propose_conf_change(context, single_change(2, ConfChangeType::AddLearnerNode))
+            .unwrap();
+        leader.on_ready().unwrap();
+        let added_at = leader.applied;
+        assert_eq!(leader.raw.store().conf_state().learners, vec![2]);
+        assert!(
+            leader.raw.store().snapshot_meta().index >= added_at,
+            "the log is compacted past the new master's addition before it can ask for it"
+        );
+
+        // The new master starts from an empty store and hears from the leader.
+        let from_joined = Outbox::default();
+        let (mut joined, joined_registry) = peer(2, MemLogStore::joining(), &from_joined);
+        joined.on_ready().unwrap();
+        set_weight(&mut leader, "after", 3.0);
+        for _ in 0..20 {
+            leader.raw.tick();
+            leader.on_ready().unwrap();
+            for m in from_leader.take() {
+                let snapshot = m.get_msg_type() == raft::prelude::MessageType::MsgSnapshot;
+                joined.raw.step(m).unwrap();
+                if snapshot {
+                    leader.raw.report_snapshot(2, SnapshotStatus::Finish);
+                }
+            }
+            joined.on_ready().unwrap();
+            for m in from_joined.take() {
+                leader.raw.step(m).unwrap();
+            }
+        }
+        for m in from_leader.take() {
+            joined.raw.step(m).unwrap();
+        }
+        joined.on_ready().unwrap();
+
+        assert_eq!(joined.metrics.snapshots_received.get(), 1);
+        assert!(joined.raw.store().snapshot_meta().index >= added_at);
+        assert_eq!(joined.applied, leader.applied);
+        assert_eq!(
+            *joined_registry.read().unwrap(),
+            *leader_registry.read().unwrap()
+        );
+        assert_eq!(joined.raw.store().conf_state().voters, vec![1]);
+        assert_eq!(joined.raw.store().conf_state().learners, vec![2]);
+        assert_eq!(
+            joined
+                .progress
+                .masters
+                .lock()
+                .unwrap()
+                .get(&1)
+                .map(String::as_str),
+            Some("127.0.0.1:1"),
+            "the address book came with the snapshot"
+        );
+    }
+
+    #[test]
+    fn a_master_that_joined_applies_nothing_before_a_snapshot() {
+        let from_leader = Outbox::default();
+        let (mut leader, _) = peer(1, MemLogStore::bootstrap(vec![1], b""), &from_leader);
+        leader.on_ready().unwrap();
+        set_weight(&mut leader, "web", 1.0);
+        let from_joined = Outbox::default();
+        let (mut joined, _) = peer(2, MemLogStore::joining(), &from_joined);
+        // The log from entry 1, as a leader that skipped the snapshot would send it.
+        let mut append = Message::default();
+        append.set_msg_type(raft::prelude::MessageType::MsgAppend);
+        append.from = 1;
+        append.to = 2;
+        append.term = leader.raw.raft.term;
+        append.commit = leader.raw.raft.raft_log.committed;
+        append.set_entries(
+            raft::Storage::entries(
+                leader.raw.store(),
+                1,
+                leader.applied + 1,
+                None,
+                raft::GetEntriesContext::empty(false),
+            )
+            .unwrap()
+            .into(),
+        );
+        joined.raw.step(append).unwrap();
+        let err = joined.on_ready().unwrap_err();
+        assert!(err.to_string().contains("before any snapshot"), "{err}");
+        assert_eq!(joined.applied, 0);
+        assert_eq!(joined.registry.read().unwrap().weights.len(), 0);
     }
 
     #[test]
@@ -1045,9 +1289,11 @@ mod tests {
         for i in 0..5 {
             set_weight(&mut node, &format!("role{i}"), 1.0);
         }
-        // A snapshot is due: the registry is copied now, at the applied index.
-        node.snapshot_soon = true;
+        // A snapshot is due: the registry is copied now, at the applied index, and
+        // serialised on another thread.
+        node.next_snapshot = node.applied;
         node.maybe_snapshot().unwrap();
+        assert!(node.snapshot_job.is_some());
         let index = node.applied;
         let term = raft::Storage::term(node.raw.store(), index).unwrap();
         let at_index = registry.read().unwrap().clone();
@@ -1080,7 +1326,128 @@ mod tests {
         // A restart from the store: the snapshot plus the log after it is the registry.
         let (restarted, registry_after) = leader(store.clone());
         assert_eq!(*registry_after.read().unwrap(), *registry.read().unwrap());
-        assert_eq!(restarted.snapshot_index, index);
+        assert_eq!(restarted.next_snapshot, index + SNAPSHOT_EVERY);
+    }
+
+    /// Log lines written while `f` runs, without colours.
+    fn logged(f: impl FnOnce()) -> String {
+        #[derive(Clone, Default)]
+        struct Lines(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Lines {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Lines {
+            type Writer = Lines;
+            fn make_writer(&'a self) -> Lines {
+                self.clone()
+            }
+        }
+        let lines = Lines::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(lines.clone())
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::with_default(subscriber, f);
+        let bytes = lines.0.lock().unwrap().clone();
+        String::from_utf8(bytes).unwrap()
+    }
+
+    #[test]
+    fn a_background_snapshot_overtaken_by_the_leaders_is_dropped_and_said_so() {
+        let (mut node, _registry) = leader(MemLogStore::bootstrap(vec![1], b""));
+        for i in 0..3 {
+            set_weight(&mut node, &format!("role{i}"), 1.0);
+        }
+        let (serialiser, done) = std::sync::mpsc::channel();
+        let index = node.applied;
+        node.snapshot_job = Some(SnapshotJob { index, done });
+        // Meanwhile a newer snapshot (from a leader) is installed.
+        let mut newer = Snapshot::default();
+        newer.mut_metadata().index = index + 5;
+        newer.mut_metadata().term = node.raw.raft.term;
+        newer
+            .mut_metadata()
+            .set_conf_state(node.raw.store().conf_state().clone());
+        newer.set_data(b"the leader's".to_vec().into());
+        node.raw.mut_store().apply_snapshot(&newer).unwrap();
+        let mut meta = SnapshotMetadata {
+            index,
+            ..Default::default()
+        };
+        meta.set_conf_state(node.raw.store().conf_state().clone());
+        serialiser.send((meta, b"ours".to_vec())).unwrap();
+
+        let log = logged(|| node.poll_snapshot(true).unwrap());
+        assert!(node.snapshot_job.is_none());
+        let store = &node.raw.store().0;
+        assert_eq!(store.snapshot_meta().index, index + 5);
+        assert_eq!(store.snapshot_data().unwrap(), b"the leader's");
+        assert!(log.contains("registry snapshot dropped"), "{log}");
+        assert!(!log.contains("log compacted"), "{log}");
+
+        // One that is stored says so.
+        let (serialiser, done) = std::sync::mpsc::channel();
+        node.snapshot_job = Some(SnapshotJob {
+            index: index + 6,
+            done,
+        });
+        let mut meta = SnapshotMetadata {
+            index: index + 6,
+            ..Default::default()
+        };
+        meta.set_conf_state(node.raw.store().conf_state().clone());
+        serialiser.send((meta, b"ours".to_vec())).unwrap();
+        let log = logged(|| node.poll_snapshot(true).unwrap());
+        assert_eq!(node.raw.store().snapshot_meta().index, index + 6);
+        assert!(
+            log.contains("registry snapshot taken; log compacted"),
+            "{log}"
+        );
+    }
+
+    #[test]
+    fn a_failed_background_snapshot_is_counted_and_tried_again_later() {
+        let (mut node, _registry) = leader(MemLogStore::bootstrap(vec![1], b""));
+        for i in 0..3 {
+            set_weight(&mut node, &format!("role{i}"), 1.0);
+        }
+        // The serialiser died without an answer (it panicked).
+        let (serialiser, done) = std::sync::mpsc::channel();
+        drop(serialiser);
+        node.snapshot_job = Some(SnapshotJob {
+            index: node.applied,
+            done,
+        });
+        set_weight(&mut node, "web", 1.0);
+        assert!(node.snapshot_job.is_none());
+        assert_eq!(node.metrics.snapshot_failures.get(), 1);
+        let failed_at = node.applied;
+        // Not at every Ready that follows...
+        let cmd = registry::encode(&Command::SetWeights {
+            weights: vec![("web".to_string(), 2.0)],
+        });
+        while node.applied < failed_at + SNAPSHOT_RETRY_AFTER {
+            assert!(node.snapshot_job.is_none());
+            assert_eq!(node.raw.store().snapshot_meta().index, 0);
+            for _ in 0..100 {
+                node.raw.propose(vec![], cmd.clone()).unwrap();
+            }
+            node.on_ready().unwrap();
+        }
+        // ...but once enough entries are applied.
+        assert_eq!(
+            node.snapshot_job.as_ref().map(|j| j.index),
+            Some(node.applied)
+        );
+        node.poll_snapshot(true).unwrap();
+        assert_eq!(node.raw.store().snapshot_meta().index, node.applied);
+        assert_eq!(node.metrics.snapshot_failures.get(), 1);
     }
 
     #[test]
@@ -1102,8 +1469,7 @@ mod tests {
         let first = node.snapshot_job.as_ref().map(|j| j.index);
         assert_eq!(first, Some(node.applied));
         // Until it is stored, no other starts, however due.
-        node.snapshot_soon = true;
-        node.snapshot_index = 0;
+        node.next_snapshot = 0;
         node.maybe_snapshot().unwrap();
         assert_eq!(node.snapshot_job.as_ref().map(|j| j.index), first);
         node.poll_snapshot(true).unwrap();

@@ -111,6 +111,8 @@ mod tests {
     //! is the same.
 
     use std::collections::VecDeque;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
 
     use protobuf::Message as PbMessage;
     use raft::prelude::{
@@ -122,19 +124,119 @@ mod tests {
     use super::*;
     use crate::raft::storage::MemLogStore;
 
-    /// Messages a node sent, not yet delivered.
-    #[derive(Default)]
-    struct Outbox(Vec<Message>);
+    /// A [`MemLogStore`] that publishes whether it holds unsynced writes, so that the
+    /// node's transport can record it at every send. Reads go to the store (it derefs to
+    /// it); writes go through here.
+    struct Watched {
+        store: MemLogStore,
+        unsynced: Arc<AtomicBool>,
+    }
+
+    impl Watched {
+        fn new(store: MemLogStore) -> Self {
+            let unsynced = Arc::new(AtomicBool::new(store.has_unsynced()));
+            Self { store, unsynced }
+        }
+
+        fn written<T>(&mut self, result: Result<T>) -> Result<T> {
+            self.unsynced
+                .store(self.store.has_unsynced(), Ordering::SeqCst);
+            result
+        }
+    }
+
+    impl std::ops::Deref for Watched {
+        type Target = MemLogStore;
+        fn deref(&self) -> &MemLogStore {
+            &self.store
+        }
+    }
+
+    impl LogStore for Watched {
+        fn hard_state(&self) -> &raft::prelude::HardState {
+            self.store.hard_state()
+        }
+        fn conf_state(&self) -> &ConfState {
+            self.store.conf_state()
+        }
+        fn conf_index(&self) -> u64 {
+            self.store.conf_index()
+        }
+        fn snapshot_meta(&self) -> &SnapshotMetadata {
+            self.store.snapshot_meta()
+        }
+        fn snapshot_data(&self) -> Result<Vec<u8>> {
+            self.store.snapshot_data()
+        }
+        fn last_index(&self) -> u64 {
+            self.store.last_index()
+        }
+        fn entries(&self, low: u64, high: u64, max_size: u64) -> Result<Vec<Entry>> {
+            self.store.entries(low, high, max_size)
+        }
+        fn append(&mut self, entries: &[Entry]) -> Result<()> {
+            let r = self.store.append(entries);
+            self.written(r)
+        }
+        fn set_hard_state(&mut self, hs: &raft::prelude::HardState) -> Result<()> {
+            let r = self.store.set_hard_state(hs);
+            self.written(r)
+        }
+        fn set_commit(&mut self, commit: u64) -> Result<()> {
+            let r = self.store.set_commit(commit);
+            self.written(r)
+        }
+        fn set_conf_state(&mut self, cs: ConfState, index: u64) -> Result<()> {
+            let r = self.store.set_conf_state(cs, index);
+            self.written(r)
+        }
+        fn save_snapshot(&mut self, meta: SnapshotMetadata, data: &[u8]) -> Result<()> {
+            let r = self.store.save_snapshot(meta, data);
+            self.written(r)
+        }
+        fn apply_snapshot(&mut self, snap: &Snapshot) -> Result<()> {
+            let r = self.store.apply_snapshot(snap);
+            self.written(r)
+        }
+        fn sync(&mut self) -> Result<()> {
+            let r = self.store.sync();
+            self.written(r)
+        }
+    }
+
+    /// Messages a node sent, not yet delivered, each with whether its store held unsynced
+    /// writes when it was sent.
+    struct Outbox {
+        sent: Vec<(Message, bool)>,
+        unsynced: Arc<AtomicBool>,
+    }
 
     impl Transport for Outbox {
         fn send(&mut self, msgs: Vec<Message>) {
-            self.0.extend(msgs);
+            let unsynced = self.unsynced.load(Ordering::SeqCst);
+            self.sent.extend(msgs.into_iter().map(|m| (m, unsynced)));
+        }
+    }
+
+    impl Outbox {
+        /// The messages, after checking that none promising the sender's log or vote left
+        /// before what it promises was synced.
+        fn checked(self) -> Vec<Message> {
+            for (m, unsynced) in &self.sent {
+                assert!(
+                    !(*unsynced && needs_durable_log(m)),
+                    "{:?} to {} sent before the sync",
+                    m.get_msg_type(),
+                    m.to
+                );
+            }
+            self.sent.into_iter().map(|(m, _)| m).collect()
         }
     }
 
     /// A node whose state machine is the list of applied payloads.
     struct TestNode {
-        raw: RawNode<RaftStorage<MemLogStore>>,
+        raw: RawNode<RaftStorage<Watched>>,
         applied: Vec<Vec<u8>>,
         applied_index: u64,
         snapshots_installed: usize,
@@ -152,12 +254,35 @@ mod tests {
                 ..Default::default()
             };
             let logger = slog::Logger::root(slog::Discard, slog::o!());
+            // The state machine starts from the stored snapshot; raft-rs hands back the
+            // committed log after it.
+            let applied = split(&store.snapshot_data().unwrap());
+            let applied_index = store.snapshot_meta().index;
             Self {
-                raw: RawNode::new(&cfg, RaftStorage(store), &logger).unwrap(),
-                applied: Vec::new(),
-                applied_index: 0,
+                raw: RawNode::new(&cfg, RaftStorage(Watched::new(store)), &logger).unwrap(),
+                applied,
+                applied_index,
                 snapshots_installed: 0,
             }
+        }
+
+        fn outbox(&self) -> Outbox {
+            Outbox {
+                sent: Vec::new(),
+                unsynced: self.raw.store().unsynced.clone(),
+            }
+        }
+
+        /// Handles one `Ready` up to its fsync and the messages that waited for it, and
+        /// crashes: the node restarts from what its store synced. The messages it sent.
+        fn step_and_crash(&mut self) -> Vec<Message> {
+            let mut outbox = self.outbox();
+            if let Some(step) = step(&mut self.raw, &mut outbox).unwrap() {
+                step.persist(&mut self.raw, &mut outbox).unwrap();
+            }
+            let id = self.raw.raft.id;
+            *self = TestNode::new(id, self.raw.store().crash());
+            outbox.checked()
         }
 
         fn state(&self) -> Vec<u8> {
@@ -167,33 +292,23 @@ mod tests {
         /// One `Ready` handled, and what the state machine does with it; the messages it
         /// sent.
         fn step(&mut self) -> Vec<Message> {
-            let mut outbox = Outbox::default();
+            let mut outbox = self.outbox();
             let Some(mut step) = step(&mut self.raw, &mut outbox).unwrap() else {
-                return outbox.0;
+                return outbox.checked();
             };
             if let Some(snap) = step.snapshot.take() {
-                self.applied = snap
-                    .get_data()
-                    .split(|b| *b == b'\n')
-                    .filter(|p| !p.is_empty())
-                    .map(<[u8]>::to_vec)
-                    .collect();
+                self.applied = split(snap.get_data());
                 self.applied_index = snap.get_metadata().index;
                 self.snapshots_installed += 1;
             }
             // What is already committed and durable is applied before the new entries'
             // fsync, as the Raft thread does.
             self.apply(std::mem::take(&mut step.committed));
-            let sent_before_sync = outbox.0.len();
             let committed = step.persist(&mut self.raw, &mut outbox).unwrap();
-            // Whatever was sent after the entries went out only once they were synced.
             assert!(!self.raw.store().has_unsynced());
-            assert!(outbox.0[..sent_before_sync]
-                .iter()
-                .all(|m| !needs_durable_log(m)));
             self.apply(committed);
             finish(&mut self.raw).unwrap();
-            outbox.0
+            outbox.checked()
         }
 
         fn apply(&mut self, entries: Vec<Entry>) {
@@ -227,6 +342,14 @@ mod tests {
             self.raw.mut_store().save_snapshot(meta, &data).unwrap();
             self.raw.mut_store().sync().unwrap();
         }
+    }
+
+    /// A state machine's payloads, as stored in a snapshot (one a line).
+    fn split(data: &[u8]) -> Vec<Vec<u8>> {
+        data.split(|b| *b == b'\n')
+            .filter(|p| !p.is_empty())
+            .map(<[u8]>::to_vec)
+            .collect()
     }
 
     /// Messages that promise something about the sender's log or vote (acknowledged
@@ -361,6 +484,54 @@ mod tests {
             "the snapshot is stored at the index it claims"
         );
         assert_eq!(lagging.raw.store().conf_state().voters, vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn what_followers_acknowledged_survives_their_crash() {
+        let mut c = Cluster::new(3);
+        c.node(1).raw.campaign().unwrap();
+        c.settle();
+        c.propose("before");
+        // The leader's appends reach 2 and 3, which acknowledge them and crash before
+        // they finish that Ready.
+        c.node(1)
+            .raw
+            .propose(vec![], b"acknowledged".to_vec())
+            .unwrap();
+        let appends = c.node(1).step();
+        for m in appends {
+            let _ = c.node(m.to).raw.step(m);
+        }
+        for id in [2, 3] {
+            let acks = c.node(id).step_and_crash();
+            assert!(acks.iter().any(needs_durable_log), "node {id} acknowledged");
+            c.net.extend(acks);
+        }
+        // Their acknowledgements commit the entry on the leader.
+        c.settle();
+        assert_eq!(c.node(1).state(), b"before\nacknowledged".to_vec());
+        // The leader is lost; the two that crashed elect one of them, and what they
+        // acknowledged is still there.
+        c.cut.push(1);
+        // As the leader's last act, it hands over to 2 (so 3 votes without waiting out
+        // its leader's lease).
+        let mut timeout_now = Message::default();
+        timeout_now.set_msg_type(MessageType::MsgTimeoutNow);
+        timeout_now.from = 1;
+        timeout_now.to = 2;
+        timeout_now.term = c.node(1).raw.raft.term;
+        c.node(2).raw.step(timeout_now).unwrap();
+        c.settle();
+        assert_eq!(c.node(2).raw.raft.state, StateRole::Leader);
+        c.node(2).raw.propose(vec![], b"after".to_vec()).unwrap();
+        c.settle();
+        for id in [2, 3] {
+            assert_eq!(
+                c.node(id).state(),
+                b"before\nacknowledged\nafter".to_vec(),
+                "node {id}"
+            );
+        }
     }
 
     #[test]

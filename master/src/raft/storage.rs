@@ -178,9 +178,23 @@ fn seed_meta(cs: &ConfState, index: u64, term: u64) -> SnapshotMetadata {
 }
 
 /// A [`LogStore`] in memory: the Raft node of unit tests and of the simulator. Counts its
-/// syncs, so that tests can check the order of writes and syncs.
+/// syncs, and keeps what the last sync made durable apart from what was written since, so
+/// that a test can check the order of writes and syncs and [`MemLogStore::crash`] it.
 #[derive(Debug, Default, Clone)]
 pub struct MemLogStore {
+    /// Every write, as reads see it.
+    live: MemState,
+    /// What the last sync made durable: what a crash leaves.
+    durable: MemState,
+    /// Writes since the last sync, replayed onto `durable` by the next.
+    pending: Vec<MemWrite>,
+    unsynced: bool,
+    syncs: u64,
+}
+
+/// The contents of a [`MemLogStore`].
+#[derive(Debug, Default, Clone)]
+struct MemState {
     hard_state: HardState,
     conf_state: ConfState,
     conf_index: u64,
@@ -188,8 +202,70 @@ pub struct MemLogStore {
     snap_data: Vec<u8>,
     /// The log after the snapshot: `log[i]` has index `snap_meta.index + 1 + i`.
     log: Vec<Entry>,
-    unsynced: bool,
-    syncs: u64,
+}
+
+/// One write to a [`MemLogStore`].
+#[derive(Debug, Clone)]
+enum MemWrite {
+    Append(Vec<Entry>),
+    HardState(HardState),
+    Commit(u64),
+    ConfState(ConfState, u64),
+    SaveSnapshot(SnapshotMetadata, Vec<u8>),
+    ApplySnapshot(Snapshot),
+}
+
+impl MemState {
+    fn last_index(&self) -> u64 {
+        self.snap_meta.index + self.log.len() as u64
+    }
+
+    fn write(&mut self, w: &MemWrite) -> Result<()> {
+        match w {
+            MemWrite::Append(entries) => {
+                let Some(first) = entries.first() else {
+                    return Ok(());
+                };
+                if first.index <= self.snap_meta.index || first.index > self.last_index() + 1 {
+                    return Err(MasterError::Internal(format!(
+                        "appending entry {} to a log holding {} to {}",
+                        first.index,
+                        self.snap_meta.index + 1,
+                        self.last_index()
+                    )));
+                }
+                self.log
+                    .truncate((first.index - self.snap_meta.index - 1) as usize);
+                self.log.extend_from_slice(entries);
+            }
+            MemWrite::HardState(hs) => self.hard_state = hs.clone(),
+            MemWrite::Commit(commit) => self.hard_state.commit = *commit,
+            MemWrite::ConfState(cs, index) => {
+                self.conf_state = cs.clone();
+                self.conf_index = *index;
+            }
+            MemWrite::SaveSnapshot(meta, data) => {
+                if meta.index <= self.snap_meta.index {
+                    return Ok(());
+                }
+                let drop = ((meta.index - self.snap_meta.index) as usize).min(self.log.len());
+                self.log.drain(..drop);
+                self.snap_meta = meta.clone();
+                self.snap_data = data.clone();
+            }
+            MemWrite::ApplySnapshot(snap) => {
+                let meta = snap.get_metadata().clone();
+                self.log.clear();
+                self.hard_state.term = self.hard_state.term.max(meta.term);
+                self.hard_state.commit = meta.index;
+                self.conf_state = meta.get_conf_state().clone();
+                self.conf_index = meta.index;
+                self.snap_data = snap.get_data().to_vec();
+                self.snap_meta = meta;
+            }
+        }
+        Ok(())
+    }
 }
 
 impl MemLogStore {
@@ -200,10 +276,15 @@ impl MemLogStore {
             voters,
             ..Default::default()
         };
-        Self {
+        let seeded = MemState {
             snap_meta: seed_meta(&cs, 0, 0),
             conf_state: cs,
             snap_data: registry.to_vec(),
+            ..Default::default()
+        };
+        Self {
+            durable: seeded.clone(),
+            live: seeded,
             ..Default::default()
         }
     }
@@ -223,39 +304,61 @@ impl MemLogStore {
     pub fn has_unsynced(&self) -> bool {
         self.unsynced
     }
+
+    /// The store as a crash now would leave it: what the last sync made durable, every
+    /// later write lost.
+    pub fn crash(&self) -> Self {
+        Self {
+            live: self.durable.clone(),
+            durable: self.durable.clone(),
+            pending: Vec::new(),
+            unsynced: false,
+            syncs: self.syncs,
+        }
+    }
+
+    /// Applies a write; `needs_sync`: it counts as unsynced until the next sync (a commit
+    /// index does not, but is lost in a crash all the same).
+    fn write(&mut self, w: MemWrite, needs_sync: bool) -> Result<()> {
+        self.live.write(&w)?;
+        self.pending.push(w);
+        self.unsynced |= needs_sync;
+        Ok(())
+    }
 }
 
 impl LogStore for MemLogStore {
     fn hard_state(&self) -> &HardState {
-        &self.hard_state
+        &self.live.hard_state
     }
 
     fn conf_state(&self) -> &ConfState {
-        &self.conf_state
+        &self.live.conf_state
     }
 
     fn conf_index(&self) -> u64 {
-        self.conf_index
+        self.live.conf_index
     }
 
     fn snapshot_meta(&self) -> &SnapshotMetadata {
-        &self.snap_meta
+        &self.live.snap_meta
     }
 
     fn snapshot_data(&self) -> Result<Vec<u8>> {
-        Ok(self.snap_data.clone())
+        Ok(self.live.snap_data.clone())
     }
 
     fn last_index(&self) -> u64 {
-        self.snap_meta.index + self.log.len() as u64
+        self.live.last_index()
     }
 
     fn entries(&self, low: u64, high: u64, max_size: u64) -> Result<Vec<Entry>> {
-        let first = self.snap_meta.index + 1;
+        let first = self.live.snap_meta.index + 1;
         let (low, high) = (low.max(first), high.min(self.last_index() + 1));
         let mut out = Vec::new();
         let mut size = 0u64;
         for e in self
+            .live
             .log
             .iter()
             .skip((low - first) as usize)
@@ -272,68 +375,41 @@ impl LogStore for MemLogStore {
     }
 
     fn append(&mut self, entries: &[Entry]) -> Result<()> {
-        let Some(first) = entries.first() else {
+        if entries.is_empty() {
             return Ok(());
-        };
-        if first.index <= self.snap_meta.index || first.index > self.last_index() + 1 {
-            return Err(MasterError::Internal(format!(
-                "appending entry {} to a log holding {} to {}",
-                first.index,
-                self.snap_meta.index + 1,
-                self.last_index()
-            )));
         }
-        self.log
-            .truncate((first.index - self.snap_meta.index - 1) as usize);
-        self.log.extend_from_slice(entries);
-        self.unsynced = true;
-        Ok(())
+        self.write(MemWrite::Append(entries.to_vec()), true)
     }
 
     fn set_hard_state(&mut self, hs: &HardState) -> Result<()> {
-        self.hard_state = hs.clone();
-        self.unsynced = true;
-        Ok(())
+        self.write(MemWrite::HardState(hs.clone()), true)
     }
 
     fn set_commit(&mut self, commit: u64) -> Result<()> {
-        self.hard_state.commit = commit;
-        Ok(())
+        self.write(MemWrite::Commit(commit), false)
     }
 
     fn set_conf_state(&mut self, cs: ConfState, index: u64) -> Result<()> {
-        self.conf_state = cs;
-        self.conf_index = index;
-        self.unsynced = true;
-        Ok(())
+        self.write(MemWrite::ConfState(cs, index), true)
     }
 
     fn save_snapshot(&mut self, meta: SnapshotMetadata, data: &[u8]) -> Result<()> {
-        if meta.index <= self.snap_meta.index {
+        if meta.index <= self.live.snap_meta.index {
             return Ok(());
         }
-        let drop = ((meta.index - self.snap_meta.index) as usize).min(self.log.len());
-        self.log.drain(..drop);
-        self.snap_meta = meta;
-        self.snap_data = data.to_vec();
-        self.unsynced = true;
-        Ok(())
+        self.write(MemWrite::SaveSnapshot(meta, data.to_vec()), true)
     }
 
     fn apply_snapshot(&mut self, snap: &Snapshot) -> Result<()> {
-        let meta = snap.get_metadata().clone();
-        self.log.clear();
-        self.hard_state.term = self.hard_state.term.max(meta.term);
-        self.hard_state.commit = meta.index;
-        self.conf_state = meta.get_conf_state().clone();
-        self.conf_index = meta.index;
-        self.snap_data = snap.get_data().to_vec();
-        self.snap_meta = meta;
-        self.unsynced = true;
-        Ok(())
+        self.write(MemWrite::ApplySnapshot(snap.clone()), true)
     }
 
     fn sync(&mut self) -> Result<()> {
+        for w in self.pending.drain(..) {
+            self.durable
+                .write(&w)
+                .expect("a write the live state took applies to the durable state");
+        }
         if self.unsynced {
             self.unsynced = false;
             self.syncs += 1;
@@ -837,6 +913,60 @@ mod tests {
         assert!(s.has_unsynced());
         s.sync().unwrap();
         assert_eq!(s.syncs(), syncs + 1);
+    }
+
+    #[test]
+    fn a_crashed_memory_store_keeps_only_what_was_synced() {
+        let mut s = MemLogStore::bootstrap(vec![1], b"seed");
+        s.append(&[entry(1, 1), entry(2, 1)]).unwrap();
+        let hs = HardState {
+            term: 1,
+            vote: 1,
+            ..Default::default()
+        };
+        s.set_hard_state(&hs).unwrap();
+        assert_eq!(s.crash().last_index(), 0, "nothing synced yet");
+        s.sync().unwrap();
+        // Written since the sync: all lost in a crash.
+        s.append(&[entry(3, 2)]).unwrap();
+        s.set_commit(2).unwrap();
+        s.set_conf_state(
+            ConfState {
+                voters: vec![1, 2],
+                ..Default::default()
+            },
+            3,
+        )
+        .unwrap();
+        let mut meta = SnapshotMetadata {
+            index: 2,
+            term: 1,
+            ..Default::default()
+        };
+        meta.set_conf_state(s.conf_state().clone());
+        s.save_snapshot(meta, b"at 2").unwrap();
+        assert_eq!(s.last_index(), 3);
+
+        let crashed = s.crash();
+        assert!(!crashed.has_unsynced());
+        assert_eq!(crashed.last_index(), 2);
+        assert_eq!(crashed.hard_state(), &hs);
+        assert_eq!(crashed.conf_state().voters, vec![1]);
+        assert_eq!(crashed.snapshot_meta().index, 0);
+        assert_eq!(crashed.snapshot_data().unwrap(), b"seed");
+        assert_eq!(
+            crashed.entries(1, 3, u64::MAX).unwrap(),
+            vec![entry(1, 1), entry(2, 1)]
+        );
+
+        // Once synced, they survive it.
+        s.sync().unwrap();
+        let crashed = s.crash();
+        assert_eq!(crashed.last_index(), 3);
+        assert_eq!(crashed.hard_state().commit, 2);
+        assert_eq!(crashed.conf_state().voters, vec![1, 2]);
+        assert_eq!(crashed.snapshot_meta().index, 2);
+        assert_eq!(crashed.entries(3, 4, u64::MAX).unwrap(), vec![entry(3, 2)]);
     }
 
     #[test]
