@@ -30,6 +30,19 @@ const N: usize = MAX_LAUNCHES;
 struct Fake {
     metrics: Arc<Metrics>,
     launched: Mutex<BTreeMap<TaskKey, u64>>,
+    /// For every usage asked (an answer to `GetState` being computed), how many
+    /// durability points had happened by then.
+    usage_asked: Mutex<Vec<u64>>,
+}
+
+impl Fake {
+    fn new(metrics: Arc<Metrics>) -> Self {
+        Fake {
+            metrics,
+            launched: Mutex::new(BTreeMap::new()),
+            usage_asked: Mutex::new(Vec::new()),
+        }
+    }
 }
 
 #[async_trait]
@@ -54,6 +67,55 @@ impl Containerizer for Fake {
 
     async fn kill(&self, _: &TaskKey, _: Duration, _: Reason) -> Result<(), ContainerizerError> {
         Ok(())
+    }
+
+    fn usage(&self, _key: &TaskKey) -> Option<pb::ResourceStatistics> {
+        let syncs = self.metrics.checkpoint_syncs();
+        self.usage_asked.lock().unwrap().push(syncs);
+        None
+    }
+}
+
+/// A recovered agent loop on `dir` over `fake`, and its events' receiver.
+async fn agent_on(
+    dir: &std::path::Path,
+    fake: Arc<Fake>,
+    metrics: Arc<Metrics>,
+) -> (AgentLoop, mpsc::Sender<Event>, mpsc::Receiver<Event>) {
+    let settings = Config::from_args([
+        "--master",
+        "127.0.0.1:1",
+        "--work-dir",
+        dir.to_str().unwrap(),
+    ])
+    .unwrap()
+    .validate()
+    .unwrap();
+    let layout = Layout::new(&settings.work_dir);
+    for d in [layout.frameworks_meta(), layout.sandboxes_root()] {
+        create_dir_all_durable(&d).unwrap();
+    }
+    let (events_tx, events) = mpsc::channel(1024);
+    let (journal, found) = recovery::load(&layout).unwrap();
+    let mut agent = AgentLoop::new(
+        Arc::new(settings),
+        pb::AgentInfo::default(),
+        Some(AgentId::new("agent-1")),
+        fake,
+        metrics,
+        events_tx.clone(),
+        journal,
+    );
+    agent.recover(found).await.unwrap();
+    (agent, events_tx, events)
+}
+
+fn registered(outbound: mpsc::UnboundedSender<pb::AgentMessage>) -> LinkEvent {
+    LinkEvent::Registered {
+        agent_id: AgentId::new("agent-1"),
+        ping_interval: Duration::from_secs(60),
+        master: "m".into(),
+        outbound,
     }
 }
 
@@ -126,49 +188,16 @@ async fn run_until(
 #[tokio::test]
 async fn a_batch_of_launches_updates_and_acks_shares_one_durability_point() {
     let dir = tempfile::tempdir().unwrap();
-    let settings = Config::from_args([
-        "--master",
-        "127.0.0.1:1",
-        "--work-dir",
-        dir.path().to_str().unwrap(),
-    ])
-    .unwrap()
-    .validate()
-    .unwrap();
-    let layout = Layout::new(&settings.work_dir);
-    for d in [layout.frameworks_meta(), layout.sandboxes_root()] {
-        create_dir_all_durable(&d).unwrap();
-    }
+    let layout = Layout::new(dir.path());
     let metrics = Arc::new(Metrics::new());
-    let fake = Arc::new(Fake {
-        metrics: metrics.clone(),
-        launched: Mutex::new(BTreeMap::new()),
-    });
-    let (events_tx, mut events) = mpsc::channel(1024);
-    let (journal, found) = recovery::load(&layout).unwrap();
-    let mut core = AgentLoop::new(
-        Arc::new(settings),
-        pb::AgentInfo::default(),
-        Some(AgentId::new("agent-1")),
-        fake.clone(),
-        metrics.clone(),
-        events_tx.clone(),
-        journal,
-    );
-    core.recover(found).await.unwrap();
+    let fake = Arc::new(Fake::new(metrics.clone()));
+    let (mut core, events_tx, mut events) =
+        agent_on(dir.path(), fake.clone(), metrics.clone()).await;
 
     // Batch 1: a registration and N launches, all queued before the loop runs.
     let (link_tx, mut link) = mpsc::channel(1024);
     let (out_tx, mut outbound) = mpsc::unbounded_channel();
-    link_tx
-        .send(LinkEvent::Registered {
-            agent_id: AgentId::new("agent-1"),
-            ping_interval: Duration::from_secs(60),
-            master: "m".into(),
-            outbound: out_tx,
-        })
-        .await
-        .unwrap();
+    link_tx.send(registered(out_tx)).await.unwrap();
     for i in 0..N {
         link_tx.send(run_task(i)).await.unwrap();
     }
@@ -269,4 +298,46 @@ async fn a_batch_of_launches_updates_and_acks_shares_one_durability_point() {
         assert_eq!(stream.latest_state, TaskState::TaskFinished as i32);
         assert_eq!(stream.pending.len(), 1);
     }
+}
+
+#[tokio::test]
+async fn an_answer_is_computed_only_once_its_batch_is_durable() {
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = Arc::new(Metrics::new());
+    let fake = Arc::new(Fake::new(metrics.clone()));
+    let (mut agent, events_tx, mut events) =
+        agent_on(dir.path(), fake.clone(), metrics.clone()).await;
+    let (link_tx, mut link) = mpsc::channel(16);
+    let (out_tx, mut outbound) = mpsc::unbounded_channel();
+    link_tx.send(registered(out_tx)).await.unwrap();
+    link_tx.send(run_task(0)).await.unwrap();
+    let starting = run_until(
+        &mut agent,
+        &mut link,
+        &mut events,
+        &mut outbound,
+        TaskState::TaskStarting,
+        1,
+    )
+    .await;
+    assert!(fake.usage_asked.lock().unwrap().is_empty());
+    // One batch: an acknowledgement (a change to checkpoint), then a GetState, whose
+    // answer asks the containerizer for the running task's usage while it is computed.
+    link_tx.send(ack(&starting[0])).await.unwrap();
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    events_tx
+        .send(Event::Api(crate::api::StateRequest::GetState(reply)))
+        .await
+        .unwrap();
+    let base = metrics.checkpoint_syncs();
+    let exit = agent
+        .run(&mut link, &mut events, async {
+            let _ = answer.await;
+        })
+        .await
+        .unwrap();
+    assert_eq!(exit, Exit::Requested);
+    let asked = fake.usage_asked.lock().unwrap().clone();
+    // Computed once, after the batch's sync.
+    assert_eq!(asked, [base + 1]);
 }

@@ -44,7 +44,14 @@ fn a_kill_during_a_launch_waits_for_the_container_and_then_kills_it() {
     let dir = tempfile::tempdir().unwrap();
     let clock = Clock(Instant::now());
     let mut core = registered(dir.path(), clock);
-    master(&mut core, clock.at(0), run_task(task("t1"), None));
+    let checked = pb::TaskInfo {
+        health_check: Some(pb::HealthCheck {
+            check: Some(pb::CheckInfo::default()),
+            ..Default::default()
+        }),
+        ..task("t1")
+    };
+    master(&mut core, clock.at(0), run_task(checked, None));
     let fx = step(&mut core, clock.at(0));
     assert_eq!(launches(&fx), [key("t1")]);
     // The kill arrives while the driver starts the container: nothing to kill yet.
@@ -247,14 +254,15 @@ fn an_acknowledged_terminal_update_forgets_the_task() {
 }
 
 #[test]
-fn answers_wait_for_the_commit_and_a_shutdown_from_the_master_stops_the_agent() {
+fn requests_are_answered_in_order_from_the_state_and_a_shutdown_from_the_master_stops_the_agent() {
     let dir = tempfile::tempdir().unwrap();
     let clock = Clock(Instant::now());
     let mut core = registered(dir.path(), clock);
     master(&mut core, clock.at(0), run_task(task("t1"), None));
     core.ask(41, Query::State);
     core.ask(42, Query::Registration);
-    // Staged like every effect: given only after the batch's commit.
+    // Staged like every effect, in order (that the driver gives them only after the
+    // batch's commit is checked by the driver's tests, `agent/tests.rs`).
     let fx = step(&mut core, clock.at(0));
     let replies: Vec<_> = fx
         .iter()
