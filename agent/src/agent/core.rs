@@ -432,6 +432,7 @@ impl AgentCore {
             let grace = self.grace_for(&key, None);
             longest = longest.max(grace);
             tracing::info!(task = %key, "killing the task before exiting");
+            self.stop_checks(&key);
             self.effects.push(Effect::Kill { key, grace, reason });
         }
         longest

@@ -341,6 +341,64 @@ fn an_unhealthy_task_hears_killing_then_is_killed_and_its_end_says_why() {
 }
 
 #[test]
+fn check_reports_after_a_kill_change_nothing() {
+    use crate::checks::schedule::Effect as CheckEffect;
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Clock(Instant::now());
+    let mut core = registered(dir.path(), clock);
+    let fw = pb::FrameworkInfo {
+        capabilities: vec![pb::framework_info::Capability::TaskKillingState as i32],
+        ..Default::default()
+    };
+    let checked = pb::TaskInfo {
+        health_check: Some(pb::HealthCheck {
+            check: Some(pb::CheckInfo::default()),
+            ..Default::default()
+        }),
+        ..task("t1")
+    };
+    running(&mut core, clock, 0, checked, Some(fw));
+    let report = |effect| crate::checks::Report {
+        key: key("t1"),
+        effect,
+    };
+    // One batch: the framework's kill, then reports its checks sent before they stopped.
+    master(&mut core, clock.at(1), kill("t1", Some(9.0)));
+    core.on_check_report(clock.at(1), report(CheckEffect::Healthy(true)));
+    core.on_check_report(
+        clock.at(1),
+        report(CheckEffect::CheckStatus(pb::CheckStatusInfo::default())),
+    );
+    core.on_check_report(
+        clock.at(1),
+        report(CheckEffect::Unhealthy {
+            message: "late".into(),
+        }),
+    );
+    let fx = step(&mut core, clock.at(1));
+    assert_eq!(states(&fx), [("t1".into(), TaskState::TaskKilling)]);
+    assert_eq!(
+        kills(&fx),
+        [(
+            "t1".into(),
+            Duration::from_secs(9),
+            Reason::KilledByFramework
+        )]
+    );
+    // Nor in a later batch, before the task's end.
+    core.on_check_report(clock.at(2), report(CheckEffect::Healthy(false)));
+    let fx = step(&mut core, clock.at(2));
+    assert!(kills(&fx).is_empty());
+    assert_eq!(core.updates.core().pending(&key("t1")), 1, "KILLING only");
+    core.on_task_ended(clock.at(3), &key("t1"), killed(Reason::KilledByFramework));
+    step(&mut core, clock.at(3));
+    let stream = core.updates.core().checkpoint(&key("t1")).unwrap();
+    let end = &stream.pending.last().unwrap().status;
+    assert_eq!(end.state(), TaskState::TaskKilled);
+    assert_eq!(end.reason(), Reason::KilledByFramework);
+}
+
+#[test]
 fn stopping_kills_what_runs_and_refuses_new_launches() {
     let dir = tempfile::tempdir().unwrap();
     let clock = Clock(Instant::now());
