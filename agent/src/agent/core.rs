@@ -65,6 +65,35 @@ impl Now {
     }
 }
 
+/// Where the core's fresh ids (status update uuids) come from: random in the daemon
+/// ([`RandomIds`]), a sequence in tests, so that the same inputs give the same effects.
+pub(crate) trait Ids: Send {
+    /// A fresh, unique 16-byte id.
+    fn uuid(&mut self) -> [u8; 16];
+}
+
+/// Version 4 (random) uuids: the daemon's [`Ids`].
+pub(crate) struct RandomIds;
+
+impl Ids for RandomIds {
+    fn uuid(&mut self) -> [u8; 16] {
+        *uuid::Uuid::new_v4().as_bytes()
+    }
+}
+
+/// 1, 2, 3, ... as big-endian 16-byte ids: the tests' [`Ids`].
+#[cfg(test)]
+#[derive(Default)]
+pub(crate) struct SequentialIds(u128);
+
+#[cfg(test)]
+impl Ids for SequentialIds {
+    fn uuid(&mut self) -> [u8; 16] {
+        self.0 += 1;
+        self.0.to_be_bytes()
+    }
+}
+
 /// Names a request the driver holds the reply channel of (a `GetState`, a master link's
 /// registration, an executor's call): the core answers by id.
 pub(crate) type ReplyId = u64;
@@ -193,6 +222,8 @@ pub(crate) struct AgentCore {
     pub(crate) root: bool,
     /// The time of the input being handled.
     pub(crate) now: Now,
+    /// Fresh ids (see [`Ids`]).
+    ids: Box<dyn Ids>,
     effects: Vec<Effect>,
 }
 
@@ -228,8 +259,16 @@ impl AgentCore {
             executors: Executors::default(),
             root,
             now,
+            ids: Box::new(RandomIds),
             effects: Vec::new(),
         }
+    }
+
+    /// The core with its ids from `ids` instead of [`RandomIds`] (tests, a simulation).
+    #[cfg(test)]
+    pub(crate) fn with_ids(mut self, ids: Box<dyn Ids>) -> Self {
+        self.ids = ids;
+        self
     }
 
     /// Adds an effect for the driver.
@@ -275,7 +314,6 @@ impl AgentCore {
             return;
         }
         let due = self.updates.due(now.instant);
-        self.metrics.updates_sent(due.len());
         let sends = due
             .into_iter()
             .map(|(_, update)| Effect::Send(update.to_message()));
@@ -469,7 +507,7 @@ impl AgentCore {
                 .and_then(|e| e.checkpoint.task.executor.as_ref())
                 .and_then(|e| e.executor_id.clone()),
             timestamp: self.now.unix_seconds,
-            uuid: uuid::Uuid::new_v4().as_bytes().to_vec(),
+            uuid: self.ids.uuid().to_vec(),
             healthy,
             check_status,
             exit_code,

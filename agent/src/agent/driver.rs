@@ -431,10 +431,14 @@ impl AgentLoop {
             }
             Effect::StopChecks(key) => self.checks.stop(&key),
             Effect::Send(msg) => {
+                let update = matches!(msg.msg, Some(pb::agent_message::Msg::StatusUpdate(_)));
                 let sent = self
                     .session
                     .as_ref()
                     .is_some_and(|s| s.outbound.send(msg).is_ok());
+                if sent && update {
+                    self.metrics.updates_sent(1);
+                }
                 if !sent && self.session.is_some() {
                     // The session is gone; its Disconnected event is on its way. What was
                     // not sent is resent after the next registration.

@@ -341,3 +341,40 @@ async fn an_answer_is_computed_only_once_its_batch_is_durable() {
     // Computed once, after the batch's sync.
     assert_eq!(asked, [base + 1]);
 }
+
+#[tokio::test]
+async fn an_update_counts_as_sent_only_once_the_masters_stream_took_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = Arc::new(Metrics::new());
+    let fake = Arc::new(Fake::new(metrics.clone()));
+    let (mut agent, _events_tx, mut events) =
+        agent_on(dir.path(), fake.clone(), metrics.clone()).await;
+    let (link_tx, mut link) = mpsc::channel(16);
+    // The session's stream is gone (its Disconnected event not here yet) when STARTING
+    // is due: it is not sent, and is resent after the next registration.
+    let (out_tx, outbound) = mpsc::unbounded_channel();
+    drop(outbound);
+    link_tx.send(registered(out_tx)).await.unwrap();
+    link_tx.send(run_task(0)).await.unwrap();
+    let launched = async {
+        while fake.launched.lock().unwrap().is_empty() {
+            tokio::task::yield_now().await;
+        }
+    };
+    let exit = agent.run(&mut link, &mut events, launched).await.unwrap();
+    assert_eq!(exit, Exit::Requested);
+    assert_eq!(metrics.updates_sent_count(), 0);
+    // A live stream counts what it takes.
+    let (out_tx, mut outbound) = mpsc::unbounded_channel();
+    link_tx.send(registered(out_tx)).await.unwrap();
+    run_until(
+        &mut agent,
+        &mut link,
+        &mut events,
+        &mut outbound,
+        TaskState::TaskStarting,
+        1,
+    )
+    .await;
+    assert_eq!(metrics.updates_sent_count(), 1);
+}

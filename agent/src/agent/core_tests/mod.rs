@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use drover_proto::pb::{self, master_message::Msg, task_status::Reason, TaskState};
 use drover_proto::{AgentId, ExecutorId, FrameworkId, TaskId};
 
-use super::core::{AgentCore, Effect, Exit, Now, Query};
+use super::core::{AgentCore, Effect, Exit, Now, Query, SequentialIds};
 use super::recovery;
 use super::restart::probes_needed;
 use super::tasks::LaunchResult;
@@ -71,7 +71,8 @@ fn core_on(dir: &Path, clock: Clock, probe: &[(&str, Recovered)]) -> AgentCore {
         journal,
         false,
         clock.at(0),
-    );
+    )
+    .with_ids(Box::new(SequentialIds::default()));
     let probes = probes_needed(&found)
         .into_iter()
         .map(|key| {

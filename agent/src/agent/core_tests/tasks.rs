@@ -422,3 +422,29 @@ fn stopping_kills_what_runs_and_refuses_new_launches() {
     core.on_task_ended(clock.at(3), &key("t1"), killed(Reason::AgentRestarted));
     assert!(!core.any_running());
 }
+
+#[test]
+fn the_same_inputs_give_the_same_effects() {
+    let clock = Clock(Instant::now());
+    let play = || {
+        let dir = tempfile::tempdir().unwrap();
+        let mut core = registered(dir.path(), clock);
+        let mut all = Vec::new();
+        master(&mut core, clock.at(0), run_task(task("t1"), None));
+        master(&mut core, clock.at(0), run_group("ex", &["g1", "g2"]));
+        let fx = step(&mut core, clock.at(0));
+        for s in sent(&fx) {
+            master(&mut core, clock.at(1), ack(&s));
+        }
+        all.extend(fx);
+        core.on_launched(clock.at(2), ok(&["t1", "g1", "g2"]));
+        all.extend(step(&mut core, clock.at(2)));
+        core.on_task_ended(clock.at(3), &key("g1"), exited(1));
+        all.extend(step(&mut core, clock.at(3)));
+        // The work dir differs from run to run; nothing else may.
+        format!("{all:?}").replace(dir.path().to_str().unwrap(), "<dir>")
+    };
+    let first = play();
+    assert!(first.contains("uuid"), "{first}");
+    assert_eq!(first, play());
+}
