@@ -168,6 +168,9 @@ pub(crate) enum Effect {
     MarkCompleted(TaskKey),
     /// Release an ended task group's namespaces and remove its executor folder.
     DestroyGroup(GroupKey),
+    /// Make (durably, and empty) the shared volume of a group started in the batch that
+    /// tore down the previous group of the same executor id: that teardown removed it.
+    RenewSharedVolume(GroupKey),
 }
 
 /// Why the agent stops.
@@ -274,6 +277,11 @@ impl AgentCore {
     /// Adds an effect for the driver.
     pub(crate) fn push(&mut self, effect: Effect) {
         self.effects.push(effect);
+    }
+
+    /// The effects staged so far.
+    pub(crate) fn effects(&self) -> &[Effect] {
+        &self.effects
     }
 
     /// Drops staged effects that no longer apply.

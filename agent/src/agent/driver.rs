@@ -30,7 +30,7 @@ use tonic::Status;
 
 use super::core::{AgentCore, Effect, Exit, Launch, Now, Query, ReplyId, SubscriptionId};
 use super::executors::{ExecutorRequest, Refusal, Timer, MAX_PENDING_MESSAGES};
-use super::groups::{launch_round, GroupKey};
+use super::groups::{launch_round, make_shared_volume, GroupKey};
 use super::recovery::RecoveredTask;
 use super::views;
 use crate::api::{Answer, EventSender};
@@ -493,6 +493,16 @@ impl AgentLoop {
             }
             Effect::MarkCompleted(key) => crate::gc::mark_completed(self.layout(), &key),
             Effect::DestroyGroup(gk) => destroy_holder(self.layout(), &gk),
+            Effect::RenewSharedVolume(gk) => {
+                let shared = self
+                    .layout()
+                    .executor_dir(gk.framework_id.as_str(), gk.executor_id.as_str())
+                    .join("shared");
+                // On failure the group's launches fail (they cannot mount the volume).
+                if let Err(e) = make_shared_volume(&shared, create_dir_all_durable) {
+                    tracing::warn!(group = ?gk, "making the shared volume {} again: {e}", shared.display());
+                }
+            }
         }
     }
 

@@ -33,6 +33,9 @@ struct Fake {
     /// For every usage asked (an answer to `GetState` being computed), how many
     /// durability points had happened by then.
     usage_asked: Mutex<Vec<u64>>,
+    /// For every launch of a group task: its shared volume's entries at that moment
+    /// (`None`: no volume).
+    shared_at_launch: Mutex<Vec<(TaskKey, Option<Vec<String>>)>>,
 }
 
 impl Fake {
@@ -41,6 +44,7 @@ impl Fake {
             metrics,
             launched: Mutex::new(BTreeMap::new()),
             usage_asked: Mutex::new(Vec::new()),
+            shared_at_launch: Mutex::new(Vec::new()),
         }
     }
 }
@@ -53,6 +57,16 @@ impl Containerizer for Fake {
 
     async fn launch(&self, spec: LaunchSpec) -> Result<(), ContainerizerError> {
         let syncs = self.metrics.checkpoint_syncs();
+        if let Some(group) = &spec.group {
+            let entries = std::fs::read_dir(&group.shared).ok().map(|d| {
+                d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                    .collect()
+            });
+            self.shared_at_launch
+                .lock()
+                .unwrap()
+                .push((spec.key.clone(), entries));
+        }
         self.launched.lock().unwrap().insert(spec.key, syncs);
         Ok(())
     }
@@ -377,4 +391,84 @@ async fn an_update_counts_as_sent_only_once_the_masters_stream_took_it() {
     )
     .await;
     assert_eq!(metrics.updates_sent_count(), 1);
+}
+
+fn now() -> super::core::Now {
+    super::core::Now {
+        instant: std::time::Instant::now(),
+        unix_seconds: 1_000_000.0,
+    }
+}
+
+fn run_group(executor: &str, task: &str) -> pb::MasterMessage {
+    pb::MasterMessage {
+        term: 1,
+        msg: Some(Msg::RunTaskGroup(pb::master_message::RunTaskGroup {
+            framework_id: Some(FrameworkId::new("fw")),
+            framework_info: None,
+            executor: Some(pb::ExecutorInfo {
+                executor_id: Some(drover_proto::ExecutorId::new(executor)),
+                r#type: pb::executor_info::Type::Default as i32,
+                ..Default::default()
+            }),
+            task_group: Some(pb::TaskGroupInfo {
+                tasks: vec![pb::TaskInfo {
+                    name: task.into(),
+                    task_id: Some(TaskId::new(task)),
+                    command: Some(pb::CommandInfo {
+                        value: "true".into(),
+                        shell: true,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }],
+            }),
+        })),
+    }
+}
+
+#[tokio::test]
+async fn a_group_started_in_the_batch_that_ended_its_predecessor_gets_an_empty_shared_volume() {
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = Arc::new(Metrics::new());
+    let fake = Arc::new(Fake::new(metrics.clone()));
+    let (mut agent, _events_tx, _events) =
+        agent_on(dir.path(), fake.clone(), metrics.clone()).await;
+    agent
+        .core
+        .on_master_message(now(), run_group("ex", "a"))
+        .unwrap();
+    agent.settle(usize::MAX).await.unwrap();
+    let shared = Layout::new(dir.path())
+        .executor_dir("fw", "ex")
+        .join("shared");
+    std::fs::write(shared.join("left-by-a"), "x").unwrap();
+    // One batch: the first group's last task ends, then a group under the same executor
+    // id arrives.
+    agent.core.on_task_ended(
+        now(),
+        &TaskKey::new("fw", "a"),
+        Ok(Termination::Recorded(ExitRecord {
+            outcome: ExitOutcome::Exited { code: 0 },
+            killed: false,
+            kill_reason: None,
+            task_pid: None,
+            finished_at: 0.0,
+            limitation: None,
+        })),
+    );
+    agent
+        .core
+        .on_master_message(now(), run_group("ex", "b"))
+        .unwrap();
+    agent.settle(usize::MAX).await.unwrap();
+    let at_launch = fake.shared_at_launch.lock().unwrap().clone();
+    assert_eq!(
+        at_launch,
+        [
+            (TaskKey::new("fw", "a"), Some(vec![])),
+            (TaskKey::new("fw", "b"), Some(vec![])),
+        ]
+    );
+    assert!(shared.is_dir());
 }
