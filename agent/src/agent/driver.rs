@@ -578,12 +578,17 @@ impl AgentLoop {
         // The supervisors SIGKILL at the end of the grace period; allow them time to
         // record the outcome after that.
         let deadline = tokio::time::Instant::now() + longest + Duration::from_secs(5);
+        // Both loops below wake for the executors' timers (and the updates' retries) as
+        // the main loop does: an executor's registration or shutdown timeout still ends
+        // it while the agent stops.
         while self.core.any_running() {
+            let wake = self.next_wake();
             tokio::select! {
                 _ = tokio::time::sleep_until(deadline) => {
                     tracing::warn!("some tasks did not end in time; their supervisors will finish the kill");
                     break;
                 }
+                _ = sleep_until(wake) => {}
                 Some(ev) = events.recv() => self.on_event(ev),
                 Some(ev) = link.recv() => {
                     if let Some(Exit::ShutdownByMaster(r)) = self.on_link(ev)? {
@@ -598,7 +603,7 @@ impl AgentLoop {
         // is not acknowledged is checkpointed and resent by the next agent anyway.
         let drain_deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
         while self.session.is_some() && self.core.updates.core().total_pending() > 0 {
-            let wake = self.core.next_retry();
+            let wake = self.next_wake();
             tokio::select! {
                 _ = tokio::time::sleep_until(drain_deadline) => break,
                 _ = sleep_until(wake) => {}
@@ -607,6 +612,7 @@ impl AgentLoop {
                     self.on_link(ev)?;
                 }
             }
+            self.fire_timers();
             self.settle(MAX_LAUNCHES).await?;
         }
         self.commit()?;
