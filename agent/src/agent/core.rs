@@ -125,6 +125,10 @@ pub(crate) struct Launch {
 pub(crate) enum Effect {
     /// Start a container; its result comes back through [`AgentCore::on_launched`].
     Launch(Box<Launch>),
+    /// The task was killed while its launch waits: if the driver has not started the
+    /// container yet, it drops the launch and tells [`AgentCore::on_launch_withdrawn`];
+    /// otherwise the kill waits for the launch's result, as the core arranged.
+    WithdrawLaunch(TaskKey),
     /// SIGTERM the container now and SIGKILL it after `grace`; its end comes back through
     /// [`AgentCore::on_task_ended`] (the container's waiter).
     Kill {
@@ -212,8 +216,10 @@ pub(crate) struct AgentCore {
     pub(crate) groups: BTreeMap<GroupKey, Group>,
     /// Containers asked for ([`Effect::Launch`]) whose result has not come back.
     pub(crate) launching: BTreeSet<TaskKey>,
-    /// Kills of tasks whose launch is under way: carried out once the container exists,
-    /// so the kill meets it (and the task's story stays STARTING, RUNNING, KILLED).
+    /// Kills of tasks whose launch is under way: the launch is withdrawn if it has not
+    /// started ([`Effect::WithdrawLaunch`], the task then ends KILLED without a
+    /// container); otherwise carried out once the container exists, so the kill meets it
+    /// (and the task's story stays STARTING, RUNNING, KILLED).
     pub(crate) kills_after_launch: BTreeMap<TaskKey, (Option<pb::KillPolicy>, Reason)>,
     /// Latest check results of running tasks.
     pub(crate) health: Health,

@@ -412,6 +412,14 @@ impl AgentLoop {
     async fn carry_out(&mut self, effect: Effect) {
         match effect {
             Effect::Launch(launch) => self.launches.push(*launch),
+            Effect::WithdrawLaunch(key) => {
+                // Launches start only in `launch`, which hands every result to the core
+                // before it returns: one still queued has not started.
+                if let Some(i) = self.launches.iter().position(|l| l.spec.key == key) {
+                    self.launches.remove(i);
+                    self.core.on_launch_withdrawn(now(), &key);
+                }
+            }
             Effect::Kill { key, grace, reason } => {
                 if let Err(e) = self.containerizer.kill(&key, grace, reason).await {
                     tracing::error!(task = %key, "kill failed: {e}");

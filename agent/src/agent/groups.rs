@@ -441,6 +441,12 @@ impl AgentCore {
             ));
             let others: Vec<TaskKey> = group.tasks.iter().filter(|k| *k != key).cloned().collect();
             for other in others {
+                if self.launching.contains(&other) {
+                    // Joined the group in a later round, its container not started yet:
+                    // killed like any task whose launch is under way.
+                    self.on_kill_task(&other, None, Reason::Unspecified);
+                    continue;
+                }
                 let Some(e) = self.tasks.get(&other) else {
                     continue;
                 };

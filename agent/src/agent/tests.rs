@@ -472,3 +472,42 @@ async fn a_group_started_in_the_batch_that_ended_its_predecessor_gets_an_empty_s
     );
     assert!(shared.is_dir());
 }
+
+#[tokio::test]
+async fn a_task_killed_while_its_launch_waits_in_the_backlog_never_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = Arc::new(Metrics::new());
+    let fake = Arc::new(Fake::new(metrics.clone()));
+    let (mut agent, _events_tx, _events) =
+        agent_on(dir.path(), fake.clone(), metrics.clone()).await;
+    // One more launch than a round starts: the last waits for the next round.
+    for i in 0..=N {
+        let LinkEvent::Message(msg) = run_task(i) else {
+            unreachable!()
+        };
+        agent.core.on_master_message(now(), *msg).unwrap();
+    }
+    agent.settle(MAX_LAUNCHES).await.unwrap();
+    let last = TaskKey::new("fw", format!("t{N}"));
+    assert_eq!(fake.launched.lock().unwrap().len(), N);
+    let kill = pb::MasterMessage {
+        term: 1,
+        msg: Some(Msg::KillTask(pb::master_message::KillTask {
+            framework_id: Some(FrameworkId::new("fw")),
+            task_id: Some(last.task_id.clone()),
+            kill_policy: None,
+        })),
+    };
+    agent.core.on_master_message(now(), kill).unwrap();
+    agent.settle(MAX_LAUNCHES).await.unwrap();
+    agent.settle(MAX_LAUNCHES).await.unwrap();
+    assert!(!fake.launched.lock().unwrap().contains_key(&last));
+    // Its KILLED is in the log.
+    let (_, found) = recovery::load(&Layout::new(dir.path())).unwrap();
+    let stream = found
+        .iter()
+        .find(|t| t.key == last)
+        .and_then(|t| t.stream.clone())
+        .unwrap();
+    assert_eq!(stream.latest_state, TaskState::TaskKilled as i32);
+}

@@ -54,10 +54,14 @@ fn a_kill_during_a_launch_waits_for_the_container_and_then_kills_it() {
     master(&mut core, clock.at(0), run_task(checked, None));
     let fx = step(&mut core, clock.at(0));
     assert_eq!(launches(&fx), [key("t1")]);
-    // The kill arrives while the driver starts the container: nothing to kill yet.
+    // The kill arrives while the driver starts the container: nothing to kill yet. The
+    // driver is asked to withdraw the launch, but it has started it already.
     master(&mut core, clock.at(1), kill("t1", Some(7.0)));
     let fx = step(&mut core, clock.at(1));
     assert!(kills(&fx).is_empty(), "{fx:?}");
+    assert!(fx
+        .iter()
+        .any(|e| matches!(e, Effect::WithdrawLaunch(k) if *k == key("t1"))));
     // Once the container exists it is killed, with the kill's grace and reason, and its
     // checks never start.
     core.on_launched(clock.at(2), ok(&["t1"]));
@@ -75,6 +79,63 @@ fn a_kill_during_a_launch_waits_for_the_container_and_then_kills_it() {
     // Its end reports KILLED.
     core.on_task_ended(clock.at(3), &key("t1"), killed(Reason::KilledByFramework));
     assert_eq!(core.latest_state(&key("t1")), TaskState::TaskKilled);
+}
+
+#[test]
+fn a_kill_before_the_container_started_withdraws_the_launch_and_reports_killed() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Clock(Instant::now());
+    let mut core = registered(dir.path(), clock);
+    master(&mut core, clock.at(0), run_task(task("t1"), None));
+    let fx = step(&mut core, clock.at(0));
+    assert_eq!(launches(&fx), [key("t1")]);
+    master(&mut core, clock.at(1), kill("t1", None));
+    master(&mut core, clock.at(1), kill("t1", Some(2.0)));
+    let fx = step(&mut core, clock.at(1));
+    let withdrawals: Vec<_> = fx
+        .iter()
+        .filter(|e| matches!(e, Effect::WithdrawLaunch(_)))
+        .collect();
+    assert_eq!(withdrawals.len(), 1, "one for both kills: {fx:?}");
+    assert!(kills(&fx).is_empty());
+    // The driver had not started it: the task ends KILLED without a container, durably
+    // with the next commit, like any terminal update.
+    core.on_launch_withdrawn(clock.at(2), &key("t1"));
+    assert!(!core.is_durable());
+    let fx = step(&mut core, clock.at(2));
+    assert!(kills(&fx).is_empty() && launches(&fx).is_empty());
+    assert!(core.kills_after_launch.is_empty() && core.launching.is_empty());
+    assert!(core.tasks[&key("t1")].terminal && !core.any_running());
+    let stream = core.updates.core().checkpoint(&key("t1")).unwrap();
+    let end = &stream.pending.last().unwrap().status;
+    assert_eq!(end.state(), TaskState::TaskKilled);
+    assert_eq!(end.reason(), Reason::KilledByFramework);
+}
+
+#[test]
+fn a_group_task_killed_before_its_launch_takes_the_tasks_launched_with_it_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Clock(Instant::now());
+    let mut core = registered(dir.path(), clock);
+    master(&mut core, clock.at(0), run_group("ex", &["a"]));
+    step(&mut core, clock.at(0));
+    core.on_launched(clock.at(1), ok(&["a"]));
+    step(&mut core, clock.at(1));
+    // "b" joins the running group; killed before its container started.
+    master(&mut core, clock.at(2), run_group("ex", &["b"]));
+    master(&mut core, clock.at(2), kill("b", None));
+    step(&mut core, clock.at(2));
+    core.on_launch_withdrawn(clock.at(3), &key("b"));
+    let fx = step(&mut core, clock.at(3));
+    assert_eq!(core.latest_state(&key("b")), TaskState::TaskKilled);
+    // Its KILLED takes the group down, as a KILLED task of a group does.
+    assert_eq!(
+        kills(&fx),
+        [("a".into(), Duration::from_secs(3), Reason::Unspecified)]
+    );
+    core.on_task_ended(clock.at(4), &key("a"), killed(Reason::Unspecified));
+    let fx = step(&mut core, clock.at(4));
+    assert!(fx.iter().any(|e| matches!(e, Effect::DestroyGroup(_))));
 }
 
 #[test]
