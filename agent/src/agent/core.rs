@@ -233,6 +233,14 @@ pub(crate) struct AgentCore {
     pub(crate) now: Now,
     /// Fresh ids (see [`Ids`]).
     ids: Box<dyn Ids>,
+    /// Counts the status updates enqueued and the executors' messages relayed, so they
+    /// leave in the order they came (see [`Self::after_commit`]).
+    order: u64,
+    /// For each task with updates enqueued since the last commit: the first of them (its
+    /// place in [`Self::order`] and its uuid).
+    first_enqueued: BTreeMap<TaskKey, (u64, Vec<u8>)>,
+    /// Executors' messages to their frameworks since the last commit, with their place.
+    relayed: Vec<(u64, pb::AgentMessage)>,
     effects: Vec<Effect>,
 }
 
@@ -269,6 +277,9 @@ impl AgentCore {
             root,
             now,
             ids: Box::new(RandomIds),
+            order: 0,
+            first_enqueued: BTreeMap::new(),
+            relayed: Vec::new(),
             effects: Vec::new(),
         }
     }
@@ -302,7 +313,10 @@ impl AgentCore {
 
     /// True when something waits for a commit or for the driver.
     pub(crate) fn unsettled(&self) -> bool {
-        !self.journal.is_clean() || self.updates.is_dirty() || !self.effects.is_empty()
+        !self.journal.is_clean()
+            || self.updates.is_dirty()
+            || !self.effects.is_empty()
+            || !self.relayed.is_empty()
     }
 
     /// True when everything the agent's state says is on disk.
@@ -319,19 +333,51 @@ impl AgentCore {
     }
 
     /// Right after a commit: every status update due now (new heads, retries) goes to
-    /// the master, if one is connected. Only here: what is sent is on disk. The updates go
-    /// ahead of the batch's other effects, so a KILLING is on its way before the kill's
-    /// first signal.
+    /// the master, if one is connected, with the executors' messages relayed since the
+    /// last commit. Only here: what is sent is on disk. They go ahead of the batch's other
+    /// effects, so a KILLING is on its way before the kill's first signal; among
+    /// themselves, updates enqueued before this batch first, then the batch's updates
+    /// and messages in the order they came, so an executor's message and its next
+    /// update (or its update and its next message) reach the master in that order.
     pub(crate) fn after_commit(&mut self, now: Now) {
         self.now = now;
+        let first_enqueued = std::mem::take(&mut self.first_enqueued);
+        let relayed = std::mem::take(&mut self.relayed);
         if self.master.is_none() {
             return;
         }
         let due = self.updates.due(now.instant);
-        let sends = due
+        let mut out: Vec<(u64, pb::AgentMessage)> = due
             .into_iter()
-            .map(|(_, update)| Effect::Send(update.to_message()));
+            .map(|(key, update)| {
+                let place = match first_enqueued.get(&key) {
+                    Some((place, uuid)) if *uuid == update.status.uuid => *place,
+                    // Enqueued before this batch (a retry, a head its ack uncovered).
+                    _ => 0,
+                };
+                (place, update.to_message())
+            })
+            .collect();
+        out.extend(relayed);
+        out.sort_by_key(|(place, _)| *place);
+        let sends = out.into_iter().map(|(_, msg)| Effect::Send(msg));
         self.effects.splice(0..0, sends);
+    }
+
+    /// Enqueues a status update (checkpointed by the batch's commit, sent after it).
+    pub(crate) fn enqueue_update(&mut self, key: &TaskKey, update: StatusUpdate) {
+        self.order += 1;
+        self.first_enqueued
+            .entry(key.clone())
+            .or_insert_with(|| (self.order, update.status.uuid.clone()));
+        self.updates.enqueue(key, update);
+    }
+
+    /// An executor's message to its framework, sent after the batch's commit in its
+    /// place among the batch's status updates.
+    pub(crate) fn relay(&mut self, message: pb::AgentMessage) {
+        self.order += 1;
+        self.relayed.push((self.order, message));
     }
 
     /// When the core next wants [`Self::after_commit`] for a retry.
@@ -534,7 +580,7 @@ impl AgentCore {
             self.metrics.task_terminal(state);
         }
         tracing::info!(task = %key, state = states::name(state), "status update");
-        self.updates.enqueue(
+        self.enqueue_update(
             key,
             StatusUpdate {
                 framework_id: key.framework_id.clone(),
