@@ -144,6 +144,9 @@ pub(crate) struct AgentLoop {
     timers: BTreeMap<(Instant, u64), Timer>,
     /// Launches of committed batches not started yet (see [`MAX_LAUNCHES`]).
     launches: Vec<Launch>,
+    /// Launches taken out of `launches` ([`Effect::WithdrawLaunch`]) whose tasks the core
+    /// has not been told of yet.
+    withdrawn: Vec<TaskKey>,
 }
 
 impl AgentLoop {
@@ -183,6 +186,7 @@ impl AgentLoop {
             next_id: 0,
             timers: BTreeMap::new(),
             launches: Vec::new(),
+            withdrawn: Vec::new(),
         }
     }
 
@@ -376,6 +380,10 @@ impl AgentLoop {
             self.carry_out(effect).await;
         }
         self.launch(limit).await;
+        let now = now();
+        for key in std::mem::take(&mut self.withdrawn) {
+            self.core.on_launch_withdrawn(now, &key);
+        }
         Ok(())
     }
 
@@ -414,10 +422,12 @@ impl AgentLoop {
             Effect::Launch(launch) => self.launches.push(*launch),
             Effect::WithdrawLaunch(key) => {
                 // Launches start only in `launch`, which hands every result to the core
-                // before it returns: one still queued has not started.
+                // before it returns: one still queued has not started. The core hears of
+                // it after this round's launches (what it stages then is not durable,
+                // and launches wait for a durable batch).
                 if let Some(i) = self.launches.iter().position(|l| l.spec.key == key) {
                     self.launches.remove(i);
-                    self.core.on_launch_withdrawn(now(), &key);
+                    self.withdrawn.push(key);
                 }
             }
             Effect::Kill { key, grace, reason } => {

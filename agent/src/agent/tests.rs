@@ -480,15 +480,15 @@ async fn a_task_killed_while_its_launch_waits_in_the_backlog_never_starts() {
     let fake = Arc::new(Fake::new(metrics.clone()));
     let (mut agent, _events_tx, _events) =
         agent_on(dir.path(), fake.clone(), metrics.clone()).await;
-    // One more launch than a round starts: the last waits for the next round.
-    for i in 0..=N {
+    // Two more launches than a round starts: the last two wait for the next round.
+    for i in 0..N + 2 {
         let LinkEvent::Message(msg) = run_task(i) else {
             unreachable!()
         };
         agent.core.on_master_message(now(), *msg).unwrap();
     }
     agent.settle(MAX_LAUNCHES).await.unwrap();
-    let last = TaskKey::new("fw", format!("t{N}"));
+    let last = TaskKey::new("fw", format!("t{}", N + 1));
     assert_eq!(fake.launched.lock().unwrap().len(), N);
     let kill = pb::MasterMessage {
         term: 1,
@@ -501,6 +501,12 @@ async fn a_task_killed_while_its_launch_waits_in_the_backlog_never_starts() {
     agent.core.on_master_message(now(), kill).unwrap();
     agent.settle(MAX_LAUNCHES).await.unwrap();
     agent.settle(MAX_LAUNCHES).await.unwrap();
+    // The other one waiting starts in the same round, after a durable batch as always.
+    assert!(fake
+        .launched
+        .lock()
+        .unwrap()
+        .contains_key(&TaskKey::new("fw", format!("t{N}"))));
     assert!(!fake.launched.lock().unwrap().contains_key(&last));
     // Its KILLED is in the log.
     let (_, found) = recovery::load(&Layout::new(dir.path())).unwrap();
