@@ -65,6 +65,35 @@ impl Now {
     }
 }
 
+/// Where the core's fresh ids (status update uuids) come from: random in the daemon
+/// ([`RandomIds`]), a sequence in tests, so that the same inputs give the same effects.
+pub(crate) trait Ids: Send {
+    /// A fresh, unique 16-byte id.
+    fn uuid(&mut self) -> [u8; 16];
+}
+
+/// Version 4 (random) uuids: the daemon's [`Ids`].
+pub(crate) struct RandomIds;
+
+impl Ids for RandomIds {
+    fn uuid(&mut self) -> [u8; 16] {
+        *uuid::Uuid::new_v4().as_bytes()
+    }
+}
+
+/// 1, 2, 3, ... as big-endian 16-byte ids: the tests' [`Ids`].
+#[cfg(test)]
+#[derive(Default)]
+pub(crate) struct SequentialIds(u128);
+
+#[cfg(test)]
+impl Ids for SequentialIds {
+    fn uuid(&mut self) -> [u8; 16] {
+        self.0 += 1;
+        self.0.to_be_bytes()
+    }
+}
+
 /// Names a request the driver holds the reply channel of (a `GetState`, a master link's
 /// registration, an executor's call): the core answers by id.
 pub(crate) type ReplyId = u64;
@@ -96,6 +125,10 @@ pub(crate) struct Launch {
 pub(crate) enum Effect {
     /// Start a container; its result comes back through [`AgentCore::on_launched`].
     Launch(Box<Launch>),
+    /// The task was killed while its launch waits: if the driver has not started the
+    /// container yet, it drops the launch and tells [`AgentCore::on_launch_withdrawn`];
+    /// otherwise the kill waits for the launch's result, as the core arranged.
+    WithdrawLaunch(TaskKey),
     /// SIGTERM the container now and SIGKILL it after `grace`; its end comes back through
     /// [`AgentCore::on_task_ended`] (the container's waiter).
     Kill {
@@ -139,6 +172,9 @@ pub(crate) enum Effect {
     MarkCompleted(TaskKey),
     /// Release an ended task group's namespaces and remove its executor folder.
     DestroyGroup(GroupKey),
+    /// Make (durably, and empty) the shared volume of a group started in the batch that
+    /// tore down the previous group of the same executor id: that teardown removed it.
+    RenewSharedVolume(GroupKey),
 }
 
 /// Why the agent stops.
@@ -180,8 +216,10 @@ pub(crate) struct AgentCore {
     pub(crate) groups: BTreeMap<GroupKey, Group>,
     /// Containers asked for ([`Effect::Launch`]) whose result has not come back.
     pub(crate) launching: BTreeSet<TaskKey>,
-    /// Kills of tasks whose launch is under way: carried out once the container exists,
-    /// so the kill meets it (and the task's story stays STARTING, RUNNING, KILLED).
+    /// Kills of tasks whose launch is under way: the launch is withdrawn if it has not
+    /// started ([`Effect::WithdrawLaunch`], the task then ends KILLED without a
+    /// container); otherwise carried out once the container exists, so the kill meets it
+    /// (and the task's story stays STARTING, RUNNING, KILLED).
     pub(crate) kills_after_launch: BTreeMap<TaskKey, (Option<pb::KillPolicy>, Reason)>,
     /// Latest check results of running tasks.
     pub(crate) health: Health,
@@ -193,6 +231,16 @@ pub(crate) struct AgentCore {
     pub(crate) root: bool,
     /// The time of the input being handled.
     pub(crate) now: Now,
+    /// Fresh ids (see [`Ids`]).
+    ids: Box<dyn Ids>,
+    /// Counts the status updates enqueued and the executors' messages relayed, so they
+    /// leave in the order they came (see [`Self::after_commit`]).
+    order: u64,
+    /// For each task with updates enqueued since the last commit: the first of them (its
+    /// place in [`Self::order`] and its uuid).
+    first_enqueued: BTreeMap<TaskKey, (u64, Vec<u8>)>,
+    /// Executors' messages to their frameworks since the last commit, with their place.
+    relayed: Vec<(u64, pb::AgentMessage)>,
     effects: Vec<Effect>,
 }
 
@@ -228,13 +276,29 @@ impl AgentCore {
             executors: Executors::default(),
             root,
             now,
+            ids: Box::new(RandomIds),
+            order: 0,
+            first_enqueued: BTreeMap::new(),
+            relayed: Vec::new(),
             effects: Vec::new(),
         }
+    }
+
+    /// The core with its ids from `ids` instead of [`RandomIds`] (tests, a simulation).
+    #[cfg(test)]
+    pub(crate) fn with_ids(mut self, ids: Box<dyn Ids>) -> Self {
+        self.ids = ids;
+        self
     }
 
     /// Adds an effect for the driver.
     pub(crate) fn push(&mut self, effect: Effect) {
         self.effects.push(effect);
+    }
+
+    /// The effects staged so far.
+    pub(crate) fn effects(&self) -> &[Effect] {
+        &self.effects
     }
 
     /// Drops staged effects that no longer apply.
@@ -249,7 +313,10 @@ impl AgentCore {
 
     /// True when something waits for a commit or for the driver.
     pub(crate) fn unsettled(&self) -> bool {
-        !self.journal.is_clean() || self.updates.is_dirty() || !self.effects.is_empty()
+        !self.journal.is_clean()
+            || self.updates.is_dirty()
+            || !self.effects.is_empty()
+            || !self.relayed.is_empty()
     }
 
     /// True when everything the agent's state says is on disk.
@@ -266,20 +333,51 @@ impl AgentCore {
     }
 
     /// Right after a commit: every status update due now (new heads, retries) goes to
-    /// the master, if one is connected. Only here: what is sent is on disk. The updates go
-    /// ahead of the batch's other effects, so a KILLING is on its way before the kill's
-    /// first signal.
+    /// the master, if one is connected, with the executors' messages relayed since the
+    /// last commit. Only here: what is sent is on disk. They go ahead of the batch's other
+    /// effects, so a KILLING is on its way before the kill's first signal; among
+    /// themselves, updates enqueued before this batch first, then the batch's updates
+    /// and messages in the order they came, so an executor's message and its next
+    /// update (or its update and its next message) reach the master in that order.
     pub(crate) fn after_commit(&mut self, now: Now) {
         self.now = now;
+        let first_enqueued = std::mem::take(&mut self.first_enqueued);
+        let relayed = std::mem::take(&mut self.relayed);
         if self.master.is_none() {
             return;
         }
         let due = self.updates.due(now.instant);
-        self.metrics.updates_sent(due.len());
-        let sends = due
+        let mut out: Vec<(u64, pb::AgentMessage)> = due
             .into_iter()
-            .map(|(_, update)| Effect::Send(update.to_message()));
+            .map(|(key, update)| {
+                let place = match first_enqueued.get(&key) {
+                    Some((place, uuid)) if *uuid == update.status.uuid => *place,
+                    // Enqueued before this batch (a retry, a head its ack uncovered).
+                    _ => 0,
+                };
+                (place, update.to_message())
+            })
+            .collect();
+        out.extend(relayed);
+        out.sort_by_key(|(place, _)| *place);
+        let sends = out.into_iter().map(|(_, msg)| Effect::Send(msg));
         self.effects.splice(0..0, sends);
+    }
+
+    /// Enqueues a status update (checkpointed by the batch's commit, sent after it).
+    pub(crate) fn enqueue_update(&mut self, key: &TaskKey, update: StatusUpdate) {
+        self.order += 1;
+        self.first_enqueued
+            .entry(key.clone())
+            .or_insert_with(|| (self.order, update.status.uuid.clone()));
+        self.updates.enqueue(key, update);
+    }
+
+    /// An executor's message to its framework, sent after the batch's commit in its
+    /// place among the batch's status updates.
+    pub(crate) fn relay(&mut self, message: pb::AgentMessage) {
+        self.order += 1;
+        self.relayed.push((self.order, message));
     }
 
     /// When the core next wants [`Self::after_commit`] for a retry.
@@ -432,6 +530,7 @@ impl AgentCore {
             let grace = self.grace_for(&key, None);
             longest = longest.max(grace);
             tracing::info!(task = %key, "killing the task before exiting");
+            self.stop_checks(&key);
             self.effects.push(Effect::Kill { key, grace, reason });
         }
         longest
@@ -468,7 +567,7 @@ impl AgentCore {
                 .and_then(|e| e.checkpoint.task.executor.as_ref())
                 .and_then(|e| e.executor_id.clone()),
             timestamp: self.now.unix_seconds,
-            uuid: uuid::Uuid::new_v4().as_bytes().to_vec(),
+            uuid: self.ids.uuid().to_vec(),
             healthy,
             check_status,
             exit_code,
@@ -481,7 +580,7 @@ impl AgentCore {
             self.metrics.task_terminal(state);
         }
         tracing::info!(task = %key, state = states::name(state), "status update");
-        self.updates.enqueue(
+        self.enqueue_update(
             key,
             StatusUpdate {
                 framework_id: key.framework_id.clone(),

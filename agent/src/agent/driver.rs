@@ -30,7 +30,7 @@ use tonic::Status;
 
 use super::core::{AgentCore, Effect, Exit, Launch, Now, Query, ReplyId, SubscriptionId};
 use super::executors::{ExecutorRequest, Refusal, Timer, MAX_PENDING_MESSAGES};
-use super::groups::{launch_round, GroupKey};
+use super::groups::{launch_round, make_shared_volume, GroupKey};
 use super::recovery::RecoveredTask;
 use super::views;
 use crate::api::{Answer, EventSender};
@@ -144,6 +144,9 @@ pub(crate) struct AgentLoop {
     timers: BTreeMap<(Instant, u64), Timer>,
     /// Launches of committed batches not started yet (see [`MAX_LAUNCHES`]).
     launches: Vec<Launch>,
+    /// Launches taken out of `launches` ([`Effect::WithdrawLaunch`]) whose tasks the core
+    /// has not been told of yet.
+    withdrawn: Vec<TaskKey>,
 }
 
 impl AgentLoop {
@@ -183,6 +186,7 @@ impl AgentLoop {
             next_id: 0,
             timers: BTreeMap::new(),
             launches: Vec::new(),
+            withdrawn: Vec::new(),
         }
     }
 
@@ -376,6 +380,10 @@ impl AgentLoop {
             self.carry_out(effect).await;
         }
         self.launch(limit).await;
+        let now = now();
+        for key in std::mem::take(&mut self.withdrawn) {
+            self.core.on_launch_withdrawn(now, &key);
+        }
         Ok(())
     }
 
@@ -412,6 +420,16 @@ impl AgentLoop {
     async fn carry_out(&mut self, effect: Effect) {
         match effect {
             Effect::Launch(launch) => self.launches.push(*launch),
+            Effect::WithdrawLaunch(key) => {
+                // Launches start only in `launch`, which hands every result to the core
+                // before it returns: one still queued has not started. The core hears of
+                // it after this round's launches (what it stages then is not durable,
+                // and launches wait for a durable batch).
+                if let Some(i) = self.launches.iter().position(|l| l.spec.key == key) {
+                    self.launches.remove(i);
+                    self.withdrawn.push(key);
+                }
+            }
             Effect::Kill { key, grace, reason } => {
                 if let Err(e) = self.containerizer.kill(&key, grace, reason).await {
                     tracing::error!(task = %key, "kill failed: {e}");
@@ -431,10 +449,14 @@ impl AgentLoop {
             }
             Effect::StopChecks(key) => self.checks.stop(&key),
             Effect::Send(msg) => {
+                let update = matches!(msg.msg, Some(pb::agent_message::Msg::StatusUpdate(_)));
                 let sent = self
                     .session
                     .as_ref()
                     .is_some_and(|s| s.outbound.send(msg).is_ok());
+                if sent && update {
+                    self.metrics.updates_sent(1);
+                }
                 if !sent && self.session.is_some() {
                     // The session is gone; its Disconnected event is on its way. What was
                     // not sent is resent after the next registration.
@@ -489,6 +511,16 @@ impl AgentLoop {
             }
             Effect::MarkCompleted(key) => crate::gc::mark_completed(self.layout(), &key),
             Effect::DestroyGroup(gk) => destroy_holder(self.layout(), &gk),
+            Effect::RenewSharedVolume(gk) => {
+                let shared = self
+                    .layout()
+                    .executor_dir(gk.framework_id.as_str(), gk.executor_id.as_str())
+                    .join("shared");
+                // On failure the group's launches fail (they cannot mount the volume).
+                if let Err(e) = make_shared_volume(&shared, create_dir_all_durable) {
+                    tracing::warn!(group = ?gk, "making the shared volume {} again: {e}", shared.display());
+                }
+            }
         }
     }
 
@@ -564,12 +596,17 @@ impl AgentLoop {
         // The supervisors SIGKILL at the end of the grace period; allow them time to
         // record the outcome after that.
         let deadline = tokio::time::Instant::now() + longest + Duration::from_secs(5);
+        // Both loops below wake for the executors' timers (and the updates' retries) as
+        // the main loop does: an executor's registration or shutdown timeout still ends
+        // it while the agent stops.
         while self.core.any_running() {
+            let wake = self.next_wake();
             tokio::select! {
                 _ = tokio::time::sleep_until(deadline) => {
                     tracing::warn!("some tasks did not end in time; their supervisors will finish the kill");
                     break;
                 }
+                _ = sleep_until(wake) => {}
                 Some(ev) = events.recv() => self.on_event(ev),
                 Some(ev) = link.recv() => {
                     if let Some(Exit::ShutdownByMaster(r)) = self.on_link(ev)? {
@@ -584,7 +621,7 @@ impl AgentLoop {
         // is not acknowledged is checkpointed and resent by the next agent anyway.
         let drain_deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
         while self.session.is_some() && self.core.updates.core().total_pending() > 0 {
-            let wake = self.core.next_retry();
+            let wake = self.next_wake();
             tokio::select! {
                 _ = tokio::time::sleep_until(drain_deadline) => break,
                 _ = sleep_until(wake) => {}
@@ -593,6 +630,7 @@ impl AgentLoop {
                     self.on_link(ev)?;
                 }
             }
+            self.fire_timers();
             self.settle(MAX_LAUNCHES).await?;
         }
         self.commit()?;

@@ -262,17 +262,25 @@ fn ack(s: &pb::TaskStatus) -> LinkEvent {
 }
 
 async fn agent(dir: &std::path::Path, fake: Arc<Fake>) -> (AgentLoop, mpsc::Receiver<Event>) {
-    let settings = Config::from_args([
+    agent_with(dir, fake, &[]).await
+}
+
+/// [`agent`] with more flags.
+async fn agent_with(
+    dir: &std::path::Path,
+    fake: Arc<Fake>,
+    flags: &[&str],
+) -> (AgentLoop, mpsc::Receiver<Event>) {
+    let mut args = vec![
         "--master",
         "127.0.0.1:1",
         "--work-dir",
         dir.to_str().unwrap(),
         "--listen",
         "127.0.0.1:7",
-    ])
-    .unwrap()
-    .validate()
-    .unwrap();
+    ];
+    args.extend_from_slice(flags);
+    let settings = Config::from_args(args).unwrap().validate().unwrap();
     let layout = Layout::new(&settings.work_dir);
     for d in [layout.frameworks_meta(), layout.sandboxes_root()] {
         create_dir_all_durable(&d).unwrap();
@@ -776,4 +784,76 @@ async fn messages_travel_between_a_framework_and_its_executor() {
         h.message("ex-1", b"later".to_vec()).await.unwrap();
     })
     .await;
+}
+
+/// An executor that never subscribes, launched beside a lone task; then the agent stops
+/// while the lone task still runs (`lone_runs`) or after it ended. Returns how many times
+/// the executor's container was killed.
+async fn kills_of_an_unsubscribed_executor_while_stopping(lone_runs: bool) -> usize {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = Arc::new(Fake::default());
+    let (mut core, mut events) = agent_with(
+        dir.path(),
+        fake.clone(),
+        &["--executor-registration-timeout-secs", "1"],
+    )
+    .await;
+    let (link_tx, mut link) = mpsc::channel(16);
+    let (out_tx, _outbound) = mpsc::unbounded_channel();
+    link_tx
+        .send(LinkEvent::Registered {
+            agent_id: AgentId::new("agent-1"),
+            ping_interval: Duration::from_secs(60),
+            master: "m".into(),
+            outbound: out_tx,
+        })
+        .await
+        .unwrap();
+    link_tx.send(run_task("t1", Some("ex"))).await.unwrap();
+    link_tx.send(run_task("lone", None)).await.unwrap();
+    let lone = TaskKey::new("fw", "lone");
+    let launched = async {
+        // Busy, so the paused clock does not move meanwhile.
+        while !(fake.launched.lock().unwrap().contains_key(&ekey("ex"))
+            && fake.launched.lock().unwrap().contains_key(&lone))
+        {
+            tokio::task::yield_now().await;
+        }
+    };
+    let exit = core.run(&mut link, &mut events, launched).await.unwrap();
+    assert_eq!(exit, Exit::Requested);
+    if !lone_runs {
+        core.events_tx
+            .send(Event::TaskEnded {
+                key: lone,
+                result: exited(),
+            })
+            .await
+            .unwrap();
+    }
+    core.kill_all_and_wait(&mut link, &mut events, Reason::AgentRestarted)
+        .await
+        .unwrap();
+    let killed = fake.killed.lock().unwrap();
+    killed.iter().filter(|k| **k == ekey("ex")).count()
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_executors_timers_fire_while_the_agent_waits_for_its_tasks_to_end() {
+    // Killed by the stop, then by its registration timeout, due 1s later, while the
+    // agent waits (up to the lone task's grace period and more) for the task to end.
+    assert_eq!(
+        kills_of_an_unsubscribed_executor_while_stopping(true).await,
+        2
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_executors_timers_fire_while_the_agent_drains_its_last_updates() {
+    // No task runs: the timeout comes due while the agent waits for the master to
+    // acknowledge its last updates.
+    assert_eq!(
+        kills_of_an_unsubscribed_executor_while_stopping(false).await,
+        2
+    );
 }

@@ -216,16 +216,8 @@ impl AgentCore {
             .layout
             .executor_dir(framework_id.as_str(), gk.executor_id.as_str());
         let shared = dir.join("shared");
-        let mut failure = self
-            .journal
-            .create_dir_all(&shared)
-            .and_then(|()| {
-                // The group's tasks may run as different users (each its own, or an
-                // image's): like /tmp, everyone in the group may write, and only a file's
-                // owner may remove it.
-                use std::os::unix::fs::PermissionsExt;
-                std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777))
-            })
+        let journal = &mut self.journal;
+        let mut failure = make_shared_volume(&shared, |d| journal.create_dir_all(d))
             .err()
             .map(|e| {
                 format!(
@@ -260,6 +252,17 @@ impl AgentCore {
             return Ok(());
         }
 
+        // The same executor id's previous group ended earlier in this batch: its
+        // teardown (staged, carried out after the commit but before these launches)
+        // removes the folder with the volume just made here, so the volume is made
+        // again after it (empty, as a new group's is).
+        let torn_down = self
+            .effects()
+            .iter()
+            .any(|e| matches!(e, Effect::DestroyGroup(g) if *g == gk));
+        if torn_down {
+            self.push(Effect::RenewSharedVolume(gk.clone()));
+        }
         let ns = dir.join("ns");
         let group = self.groups.entry(gk).or_default();
         if group.tasks.is_empty() {
@@ -438,6 +441,12 @@ impl AgentCore {
             ));
             let others: Vec<TaskKey> = group.tasks.iter().filter(|k| *k != key).cloned().collect();
             for other in others {
+                if self.launching.contains(&other) {
+                    // Joined the group in a later round, its container not started yet:
+                    // killed like any task whose launch is under way.
+                    self.on_kill_task(&other, None, Reason::Unspecified);
+                    continue;
+                }
                 let Some(e) = self.tasks.get(&other) else {
                     continue;
                 };
@@ -515,6 +524,19 @@ impl AgentCore {
             self.teardown_group_if_done(gk);
         }
     }
+}
+
+/// Makes a group's shared volume at `shared` with `create_dir_all` (which decides how
+/// durable the directories are).
+pub(crate) fn make_shared_volume(
+    shared: &std::path::Path,
+    create_dir_all: impl FnOnce(&std::path::Path) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    create_dir_all(shared)?;
+    // The group's tasks may run as different users (each its own, or an image's): like
+    // /tmp, everyone in the group may write, and only a file's owner may remove it.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(shared, std::fs::Permissions::from_mode(0o1777))
 }
 
 /// What a task of a group may not do that a lone task may.

@@ -8,7 +8,7 @@
 //! SIGTERM and SIGKILL after its grace period, and ends TASK_KILLED with reason
 //! `REASON_TASK_UNHEALTHY` and a message naming the check and its last result.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use drover_proto::pb::{self, task_status::Reason, task_status::Source, TaskState};
 
@@ -22,6 +22,11 @@ use crate::layout::TaskKey;
 #[derive(Default)]
 pub(crate) struct Health {
     latest: BTreeMap<TaskKey, Latest>,
+    /// Tasks whose checks were stopped (a kill was issued, or the task ended): reports
+    /// still on their way from the check drivers (in the same batch as the kill, or
+    /// before the driver's `StopChecks`) are ignored, so a killed task does not go back
+    /// to RUNNING nor get killed again as unhealthy.
+    stopped: BTreeSet<TaskKey>,
 }
 
 #[derive(Default)]
@@ -67,6 +72,7 @@ impl AgentCore {
             supervised_place(&self.layout, key)
         };
         let task = Box::new(task.clone());
+        self.health.stopped.remove(key);
         self.push(Effect::StartChecks {
             key: key.clone(),
             task,
@@ -76,6 +82,7 @@ impl AgentCore {
 
     /// The task ended or is being killed: no more attempts.
     pub(crate) fn stop_checks(&mut self, key: &TaskKey) {
+        self.health.stopped.insert(key.clone());
         self.push(Effect::StopChecks(key.clone()));
     }
 
@@ -83,6 +90,7 @@ impl AgentCore {
     pub(crate) fn forget_checks(&mut self, key: &TaskKey) {
         self.push(Effect::StopChecks(key.clone()));
         self.health.latest.remove(key);
+        self.health.stopped.remove(key);
     }
 
     /// A check of a running task reports.
@@ -93,7 +101,7 @@ impl AgentCore {
             .tasks
             .get(&key)
             .is_some_and(|e| !e.terminal && e.watched);
-        if !live {
+        if !live || self.health.stopped.contains(&key) {
             return;
         }
         let latest = self.health.latest.entry(key.clone()).or_default();

@@ -10,7 +10,9 @@ use drover_proto::pb::{
 use drover_proto::Resources;
 
 use super::core::{AgentCore, Effect, Launch, Now, TaskEntry};
-use crate::containerizer::{terminal_status, ContainerizerError, LaunchSpec, Termination};
+use crate::containerizer::{
+    terminal_status, ContainerizerError, LaunchSpec, TerminalStatus, Termination,
+};
 use crate::error::AgentError;
 use crate::journal::Journal;
 use crate::journal::TaskCheckpoint;
@@ -193,6 +195,42 @@ impl AgentCore {
         }
     }
 
+    /// The driver dropped the launch of a task killed before its container started
+    /// ([`Effect::WithdrawLaunch`]): the task ends KILLED, with the kill's reason, without
+    /// ever running (and a group it belongs to is taken down as by any KILLED task).
+    pub(crate) fn on_launch_withdrawn(&mut self, now: Now, key: &TaskKey) {
+        self.now = now;
+        self.launching.remove(key);
+        let reason = self
+            .kills_after_launch
+            .remove(key)
+            .map(|(_, reason)| reason)
+            .filter(|r| *r != Reason::Unspecified)
+            .unwrap_or(Reason::KilledByFramework);
+        if self.tasks.get(key).is_none_or(|e| e.terminal) {
+            return;
+        }
+        tracing::info!(task = %key, "killed before its container started; it never ran");
+        let status = TerminalStatus {
+            state: TaskState::TaskKilled,
+            reason,
+            source: Source::Executor,
+            message: "killed on request before its container started".into(),
+            exit_code: None,
+        };
+        let status = self.adjust_group_status(key, status);
+        let state = status.state;
+        self.enqueue_status(
+            key,
+            status.state,
+            status.source,
+            status.reason,
+            status.message,
+            None,
+        );
+        self.on_group_task_ended(key, state);
+    }
+
     /// A task's container could not start: TASK_FAILED, with the reason the error tells.
     pub(super) fn launch_failed(&mut self, key: &TaskKey, e: &AgentError) {
         // A user the task's image does not define is the task's mistake, told apart so a
@@ -265,12 +303,18 @@ impl AgentCore {
         reason: Reason,
     ) {
         if self.launching.contains(key) {
-            // Its container is being started: the kill waits for it (see
-            // [`Self::on_launched`]), so it meets a container, as when events came one
-            // at a time. A second kill replaces the first's policy and reason.
-            tracing::info!(task = %key, "kill of a task whose launch is under way; killing it once it started");
-            self.kills_after_launch
-                .insert(key.clone(), (policy, reason));
+            // Its container is to be started: the driver drops the launch if it has not
+            // started it yet (see [`Self::on_launch_withdrawn`]); else the kill waits for
+            // the container (see [`Self::on_launched`]), so it meets one. A second kill
+            // replaces the first's policy and reason.
+            tracing::info!(task = %key, "kill of a task whose launch is under way");
+            let first = self
+                .kills_after_launch
+                .insert(key.clone(), (policy, reason))
+                .is_none();
+            if first {
+                self.push(Effect::WithdrawLaunch(key.clone()));
+            }
             return;
         }
         if self.kill_on_executor(key, policy.as_ref(), reason) {

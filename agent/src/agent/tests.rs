@@ -30,6 +30,23 @@ const N: usize = MAX_LAUNCHES;
 struct Fake {
     metrics: Arc<Metrics>,
     launched: Mutex<BTreeMap<TaskKey, u64>>,
+    /// For every usage asked (an answer to `GetState` being computed), how many
+    /// durability points had happened by then.
+    usage_asked: Mutex<Vec<u64>>,
+    /// For every launch of a group task: its shared volume's entries at that moment
+    /// (`None`: no volume).
+    shared_at_launch: Mutex<Vec<(TaskKey, Option<Vec<String>>)>>,
+}
+
+impl Fake {
+    fn new(metrics: Arc<Metrics>) -> Self {
+        Fake {
+            metrics,
+            launched: Mutex::new(BTreeMap::new()),
+            usage_asked: Mutex::new(Vec::new()),
+            shared_at_launch: Mutex::new(Vec::new()),
+        }
+    }
 }
 
 #[async_trait]
@@ -40,6 +57,16 @@ impl Containerizer for Fake {
 
     async fn launch(&self, spec: LaunchSpec) -> Result<(), ContainerizerError> {
         let syncs = self.metrics.checkpoint_syncs();
+        if let Some(group) = &spec.group {
+            let entries = std::fs::read_dir(&group.shared).ok().map(|d| {
+                d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                    .collect()
+            });
+            self.shared_at_launch
+                .lock()
+                .unwrap()
+                .push((spec.key.clone(), entries));
+        }
         self.launched.lock().unwrap().insert(spec.key, syncs);
         Ok(())
     }
@@ -54,6 +81,55 @@ impl Containerizer for Fake {
 
     async fn kill(&self, _: &TaskKey, _: Duration, _: Reason) -> Result<(), ContainerizerError> {
         Ok(())
+    }
+
+    fn usage(&self, _key: &TaskKey) -> Option<pb::ResourceStatistics> {
+        let syncs = self.metrics.checkpoint_syncs();
+        self.usage_asked.lock().unwrap().push(syncs);
+        None
+    }
+}
+
+/// A recovered agent loop on `dir` over `fake`, and its events' receiver.
+async fn agent_on(
+    dir: &std::path::Path,
+    fake: Arc<Fake>,
+    metrics: Arc<Metrics>,
+) -> (AgentLoop, mpsc::Sender<Event>, mpsc::Receiver<Event>) {
+    let settings = Config::from_args([
+        "--master",
+        "127.0.0.1:1",
+        "--work-dir",
+        dir.to_str().unwrap(),
+    ])
+    .unwrap()
+    .validate()
+    .unwrap();
+    let layout = Layout::new(&settings.work_dir);
+    for d in [layout.frameworks_meta(), layout.sandboxes_root()] {
+        create_dir_all_durable(&d).unwrap();
+    }
+    let (events_tx, events) = mpsc::channel(1024);
+    let (journal, found) = recovery::load(&layout).unwrap();
+    let mut agent = AgentLoop::new(
+        Arc::new(settings),
+        pb::AgentInfo::default(),
+        Some(AgentId::new("agent-1")),
+        fake,
+        metrics,
+        events_tx.clone(),
+        journal,
+    );
+    agent.recover(found).await.unwrap();
+    (agent, events_tx, events)
+}
+
+fn registered(outbound: mpsc::UnboundedSender<pb::AgentMessage>) -> LinkEvent {
+    LinkEvent::Registered {
+        agent_id: AgentId::new("agent-1"),
+        ping_interval: Duration::from_secs(60),
+        master: "m".into(),
+        outbound,
     }
 }
 
@@ -126,49 +202,16 @@ async fn run_until(
 #[tokio::test]
 async fn a_batch_of_launches_updates_and_acks_shares_one_durability_point() {
     let dir = tempfile::tempdir().unwrap();
-    let settings = Config::from_args([
-        "--master",
-        "127.0.0.1:1",
-        "--work-dir",
-        dir.path().to_str().unwrap(),
-    ])
-    .unwrap()
-    .validate()
-    .unwrap();
-    let layout = Layout::new(&settings.work_dir);
-    for d in [layout.frameworks_meta(), layout.sandboxes_root()] {
-        create_dir_all_durable(&d).unwrap();
-    }
+    let layout = Layout::new(dir.path());
     let metrics = Arc::new(Metrics::new());
-    let fake = Arc::new(Fake {
-        metrics: metrics.clone(),
-        launched: Mutex::new(BTreeMap::new()),
-    });
-    let (events_tx, mut events) = mpsc::channel(1024);
-    let (journal, found) = recovery::load(&layout).unwrap();
-    let mut core = AgentLoop::new(
-        Arc::new(settings),
-        pb::AgentInfo::default(),
-        Some(AgentId::new("agent-1")),
-        fake.clone(),
-        metrics.clone(),
-        events_tx.clone(),
-        journal,
-    );
-    core.recover(found).await.unwrap();
+    let fake = Arc::new(Fake::new(metrics.clone()));
+    let (mut core, events_tx, mut events) =
+        agent_on(dir.path(), fake.clone(), metrics.clone()).await;
 
     // Batch 1: a registration and N launches, all queued before the loop runs.
     let (link_tx, mut link) = mpsc::channel(1024);
     let (out_tx, mut outbound) = mpsc::unbounded_channel();
-    link_tx
-        .send(LinkEvent::Registered {
-            agent_id: AgentId::new("agent-1"),
-            ping_interval: Duration::from_secs(60),
-            master: "m".into(),
-            outbound: out_tx,
-        })
-        .await
-        .unwrap();
+    link_tx.send(registered(out_tx)).await.unwrap();
     for i in 0..N {
         link_tx.send(run_task(i)).await.unwrap();
     }
@@ -269,4 +312,208 @@ async fn a_batch_of_launches_updates_and_acks_shares_one_durability_point() {
         assert_eq!(stream.latest_state, TaskState::TaskFinished as i32);
         assert_eq!(stream.pending.len(), 1);
     }
+}
+
+#[tokio::test]
+async fn an_answer_is_computed_only_once_its_batch_is_durable() {
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = Arc::new(Metrics::new());
+    let fake = Arc::new(Fake::new(metrics.clone()));
+    let (mut agent, events_tx, mut events) =
+        agent_on(dir.path(), fake.clone(), metrics.clone()).await;
+    let (link_tx, mut link) = mpsc::channel(16);
+    let (out_tx, mut outbound) = mpsc::unbounded_channel();
+    link_tx.send(registered(out_tx)).await.unwrap();
+    link_tx.send(run_task(0)).await.unwrap();
+    let starting = run_until(
+        &mut agent,
+        &mut link,
+        &mut events,
+        &mut outbound,
+        TaskState::TaskStarting,
+        1,
+    )
+    .await;
+    assert!(fake.usage_asked.lock().unwrap().is_empty());
+    // One batch: an acknowledgement (a change to checkpoint), then a GetState, whose
+    // answer asks the containerizer for the running task's usage while it is computed.
+    link_tx.send(ack(&starting[0])).await.unwrap();
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    events_tx
+        .send(Event::Api(crate::api::StateRequest::GetState(reply)))
+        .await
+        .unwrap();
+    let base = metrics.checkpoint_syncs();
+    let exit = agent
+        .run(&mut link, &mut events, async {
+            let _ = answer.await;
+        })
+        .await
+        .unwrap();
+    assert_eq!(exit, Exit::Requested);
+    let asked = fake.usage_asked.lock().unwrap().clone();
+    // Computed once, after the batch's sync.
+    assert_eq!(asked, [base + 1]);
+}
+
+#[tokio::test]
+async fn an_update_counts_as_sent_only_once_the_masters_stream_took_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = Arc::new(Metrics::new());
+    let fake = Arc::new(Fake::new(metrics.clone()));
+    let (mut agent, _events_tx, mut events) =
+        agent_on(dir.path(), fake.clone(), metrics.clone()).await;
+    let (link_tx, mut link) = mpsc::channel(16);
+    // The session's stream is gone (its Disconnected event not here yet) when STARTING
+    // is due: it is not sent, and is resent after the next registration.
+    let (out_tx, outbound) = mpsc::unbounded_channel();
+    drop(outbound);
+    link_tx.send(registered(out_tx)).await.unwrap();
+    link_tx.send(run_task(0)).await.unwrap();
+    let launched = async {
+        while fake.launched.lock().unwrap().is_empty() {
+            tokio::task::yield_now().await;
+        }
+    };
+    let exit = agent.run(&mut link, &mut events, launched).await.unwrap();
+    assert_eq!(exit, Exit::Requested);
+    assert_eq!(metrics.updates_sent_count(), 0);
+    // A live stream counts what it takes.
+    let (out_tx, mut outbound) = mpsc::unbounded_channel();
+    link_tx.send(registered(out_tx)).await.unwrap();
+    run_until(
+        &mut agent,
+        &mut link,
+        &mut events,
+        &mut outbound,
+        TaskState::TaskStarting,
+        1,
+    )
+    .await;
+    assert_eq!(metrics.updates_sent_count(), 1);
+}
+
+fn now() -> super::core::Now {
+    super::core::Now {
+        instant: std::time::Instant::now(),
+        unix_seconds: 1_000_000.0,
+    }
+}
+
+fn run_group(executor: &str, task: &str) -> pb::MasterMessage {
+    pb::MasterMessage {
+        term: 1,
+        msg: Some(Msg::RunTaskGroup(pb::master_message::RunTaskGroup {
+            framework_id: Some(FrameworkId::new("fw")),
+            framework_info: None,
+            executor: Some(pb::ExecutorInfo {
+                executor_id: Some(drover_proto::ExecutorId::new(executor)),
+                r#type: pb::executor_info::Type::Default as i32,
+                ..Default::default()
+            }),
+            task_group: Some(pb::TaskGroupInfo {
+                tasks: vec![pb::TaskInfo {
+                    name: task.into(),
+                    task_id: Some(TaskId::new(task)),
+                    command: Some(pb::CommandInfo {
+                        value: "true".into(),
+                        shell: true,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }],
+            }),
+        })),
+    }
+}
+
+#[tokio::test]
+async fn a_group_started_in_the_batch_that_ended_its_predecessor_gets_an_empty_shared_volume() {
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = Arc::new(Metrics::new());
+    let fake = Arc::new(Fake::new(metrics.clone()));
+    let (mut agent, _events_tx, _events) =
+        agent_on(dir.path(), fake.clone(), metrics.clone()).await;
+    agent
+        .core
+        .on_master_message(now(), run_group("ex", "a"))
+        .unwrap();
+    agent.settle(usize::MAX).await.unwrap();
+    let shared = Layout::new(dir.path())
+        .executor_dir("fw", "ex")
+        .join("shared");
+    std::fs::write(shared.join("left-by-a"), "x").unwrap();
+    // One batch: the first group's last task ends, then a group under the same executor
+    // id arrives.
+    agent.core.on_task_ended(
+        now(),
+        &TaskKey::new("fw", "a"),
+        Ok(Termination::Recorded(ExitRecord {
+            outcome: ExitOutcome::Exited { code: 0 },
+            killed: false,
+            kill_reason: None,
+            task_pid: None,
+            finished_at: 0.0,
+            limitation: None,
+        })),
+    );
+    agent
+        .core
+        .on_master_message(now(), run_group("ex", "b"))
+        .unwrap();
+    agent.settle(usize::MAX).await.unwrap();
+    let at_launch = fake.shared_at_launch.lock().unwrap().clone();
+    assert_eq!(
+        at_launch,
+        [
+            (TaskKey::new("fw", "a"), Some(vec![])),
+            (TaskKey::new("fw", "b"), Some(vec![])),
+        ]
+    );
+    assert!(shared.is_dir());
+}
+
+#[tokio::test]
+async fn a_task_killed_while_its_launch_waits_in_the_backlog_never_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = Arc::new(Metrics::new());
+    let fake = Arc::new(Fake::new(metrics.clone()));
+    let (mut agent, _events_tx, _events) =
+        agent_on(dir.path(), fake.clone(), metrics.clone()).await;
+    // Two more launches than a round starts: the last two wait for the next round.
+    for i in 0..N + 2 {
+        let LinkEvent::Message(msg) = run_task(i) else {
+            unreachable!()
+        };
+        agent.core.on_master_message(now(), *msg).unwrap();
+    }
+    agent.settle(MAX_LAUNCHES).await.unwrap();
+    let last = TaskKey::new("fw", format!("t{}", N + 1));
+    assert_eq!(fake.launched.lock().unwrap().len(), N);
+    let kill = pb::MasterMessage {
+        term: 1,
+        msg: Some(Msg::KillTask(pb::master_message::KillTask {
+            framework_id: Some(FrameworkId::new("fw")),
+            task_id: Some(last.task_id.clone()),
+            kill_policy: None,
+        })),
+    };
+    agent.core.on_master_message(now(), kill).unwrap();
+    agent.settle(MAX_LAUNCHES).await.unwrap();
+    agent.settle(MAX_LAUNCHES).await.unwrap();
+    // The other one waiting starts in the same round, after a durable batch as always.
+    assert!(fake
+        .launched
+        .lock()
+        .unwrap()
+        .contains_key(&TaskKey::new("fw", format!("t{N}"))));
+    assert!(!fake.launched.lock().unwrap().contains_key(&last));
+    // Its KILLED is in the log.
+    let (_, found) = recovery::load(&Layout::new(dir.path())).unwrap();
+    let stream = found
+        .iter()
+        .find(|t| t.key == last)
+        .and_then(|t| t.stream.clone())
+        .unwrap();
+    assert_eq!(stream.latest_state, TaskState::TaskKilled as i32);
 }

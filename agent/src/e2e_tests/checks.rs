@@ -275,7 +275,9 @@ async fn a_command_check_runs_inside_the_linux_tasks_namespaces_and_cgroups() {
         if u.reason == Reason::TaskCheckStatusUpdated as i32 {
             let cs = u.check_status.unwrap();
             assert_eq!(cs.r#type, CheckType::Command as i32);
-            exit_codes.push(cs.exit_code.unwrap());
+            // An attempt that timed out or could not start (a loaded machine, the task
+            // still starting) reports no exit code, by design: a failure like any other.
+            exit_codes.push(cs.exit_code);
         }
         if u.reason == Reason::TaskHealthCheckStatusUpdated as i32 {
             healthy = u.healthy;
@@ -289,7 +291,10 @@ async fn a_command_check_runs_inside_the_linux_tasks_namespaces_and_cgroups() {
     assert!(sandbox.join("ready").exists());
     assert!(!sandbox.join("private/flag").exists());
     // Every result the general check reported until then; the last is a success.
-    assert!(exit_codes.iter().all(|c| *c != 0) || exit_codes.last() == Some(&0));
+    assert!(
+        exit_codes.iter().all(|c| *c != Some(0)) || exit_codes.last() == Some(&Some(0)),
+        "{exit_codes:?}"
+    );
 
     master.send(2, kill("inside", 1.0));
     let seen = until_terminal(&mut master).await;

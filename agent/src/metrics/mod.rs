@@ -162,6 +162,11 @@ impl Metrics {
         self.checkpoint_syncs.inc();
     }
 
+    /// Status updates handed to a master's stream so far.
+    pub fn updates_sent_count(&self) -> u64 {
+        self.updates_sent.get()
+    }
+
     pub fn checkpoint_syncs(&self) -> u64 {
         self.checkpoint_syncs.get()
     }

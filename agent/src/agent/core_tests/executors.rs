@@ -144,3 +144,87 @@ fn a_newer_subscription_replaces_the_older_whose_undelivered_events_are_dropped(
         }
     )));
 }
+
+#[test]
+fn an_executors_messages_and_updates_reach_the_master_in_the_order_it_sent_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Clock(Instant::now());
+    let mut core = registered(dir.path(), clock);
+    let on_executor = pb::TaskInfo {
+        executor: Some(pb::ExecutorInfo {
+            executor_id: Some(ExecutorId::new("ex")),
+            r#type: pb::executor_info::Type::Custom as i32,
+            command: Some(pb::CommandInfo {
+                value: "./my-executor".into(),
+                shell: true,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..task("t1")
+    };
+    master(&mut core, clock.at(0), run_task(on_executor, None));
+    step(&mut core, clock.at(0));
+    let ekey = TaskKey::executor(&FrameworkId::new("fw"), &ExecutorId::new("ex"));
+    core.on_launched(clock.at(1), vec![(ekey, Ok(()), Some("fake"))]);
+    step(&mut core, clock.at(1));
+    let subscribe = pb::ExecutorSubscribeRequest {
+        framework_id: Some(FrameworkId::new("fw")),
+        executor_id: Some(ExecutorId::new("ex")),
+        launched_tasks: vec![],
+    };
+    core.on_executor_subscribe(clock.at(2), subscribe, 1, 10);
+    step(&mut core, clock.at(2));
+    let mut uuid = 0u8;
+    let mut update = |core: &mut AgentCore, ms: u64, state: TaskState| {
+        uuid += 1;
+        let call = pb::ExecutorUpdateCall {
+            framework_id: Some(FrameworkId::new("fw")),
+            executor_id: Some(ExecutorId::new("ex")),
+            status: Some(pb::TaskStatus {
+                task_id: Some(TaskId::new("t1")),
+                state: state as i32,
+                uuid: vec![uuid; 16],
+                ..Default::default()
+            }),
+        };
+        core.on_executor_update(clock.at(ms), call, 20 + u64::from(uuid));
+    };
+    let message = |core: &mut AgentCore, ms: u64, data: &str| {
+        let call = pb::ExecutorMessageCall {
+            framework_id: Some(FrameworkId::new("fw")),
+            executor_id: Some(ExecutorId::new("ex")),
+            data: data.as_bytes().to_vec(),
+        };
+        core.on_executor_message(clock.at(ms), call, 30);
+    };
+    // What went to the master, in order: a state, or a message's data.
+    fn to_master(fx: &[Effect]) -> Vec<String> {
+        use pb::agent_message::Msg as M;
+        fx.iter()
+            .filter_map(|e| match e {
+                Effect::Send(pb::AgentMessage {
+                    msg: Some(M::StatusUpdate(u)),
+                }) => Some(u.status.as_ref().unwrap().state().as_str_name().to_string()),
+                Effect::Send(pb::AgentMessage {
+                    msg: Some(M::ExecutorMessage(m)),
+                }) => Some(String::from_utf8(m.data.clone()).unwrap()),
+                _ => None,
+            })
+            .collect()
+    }
+    // An update, then a message: in that order.
+    update(&mut core, 3, TaskState::TaskRunning);
+    message(&mut core, 3, "after running");
+    let fx = step(&mut core, clock.at(3));
+    assert_eq!(to_master(&fx), ["TASK_RUNNING", "after running"]);
+    for s in sent(&fx) {
+        master(&mut core, clock.at(4), ack(&s));
+    }
+    step(&mut core, clock.at(4));
+    // A message, then the task's last update: in that order too.
+    message(&mut core, 5, "before finishing");
+    update(&mut core, 5, TaskState::TaskFinished);
+    let fx = step(&mut core, clock.at(5));
+    assert_eq!(to_master(&fx), ["before finishing", "TASK_FINISHED"]);
+}

@@ -86,3 +86,30 @@ fn a_group_launch_that_fails_for_one_task_fails_them_all() {
     assert!(fx.iter().any(|e| matches!(e, Effect::DestroyGroup(_))));
     assert!(core.kills_after_launch.is_empty());
 }
+
+#[test]
+fn a_group_started_in_the_batch_that_tore_its_predecessor_down_has_its_volume_made_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Clock(Instant::now());
+    let mut core = registered(dir.path(), clock);
+    master(&mut core, clock.at(0), run_group("ex", &["a"]));
+    step(&mut core, clock.at(0));
+    core.on_launched(clock.at(1), ok(&["a"]));
+    step(&mut core, clock.at(1));
+    // One batch: the last task of the group ends, and a new group of the same executor
+    // id arrives. The old group's teardown goes first, then the volume is made again,
+    // and the launches come last (the driver starts them after every other effect).
+    core.on_task_ended(clock.at(2), &key("a"), exited(0));
+    master(&mut core, clock.at(2), run_group("ex", &["b"]));
+    let fx = step(&mut core, clock.at(2));
+    let at = |what: &dyn Fn(&Effect) -> bool| fx.iter().position(what).unwrap();
+    let destroy = at(&|e| matches!(e, Effect::DestroyGroup(_)));
+    let renew = at(&|e| matches!(e, Effect::RenewSharedVolume(_)));
+    assert!(destroy < renew, "{fx:?}");
+    assert_eq!(launches(&fx), [key("b")]);
+    assert_eq!(core.groups.len(), 1);
+    // A group with no predecessor in its batch needs nothing made again.
+    master(&mut core, clock.at(3), run_group("other", &["c"]));
+    let fx = step(&mut core, clock.at(3));
+    assert!(!fx.iter().any(|e| matches!(e, Effect::RenewSharedVolume(_))));
+}

@@ -35,7 +35,8 @@ fn recovery_reattaches_reports_the_never_started_and_forgets_the_acknowledged() 
     assert_eq!(
         asked,
         ["ended", "never", "run"],
-        "ended tasks need no probe"
+        "every task without a recorded terminal update is probed (\"ended\" too: only its \
+         container knows how it ended); \"done\" and \"told\" are not"
     );
 
     let later = Clock(clock.0 + Duration::from_secs(60));

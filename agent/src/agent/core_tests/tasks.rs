@@ -44,13 +44,24 @@ fn a_kill_during_a_launch_waits_for_the_container_and_then_kills_it() {
     let dir = tempfile::tempdir().unwrap();
     let clock = Clock(Instant::now());
     let mut core = registered(dir.path(), clock);
-    master(&mut core, clock.at(0), run_task(task("t1"), None));
+    let checked = pb::TaskInfo {
+        health_check: Some(pb::HealthCheck {
+            check: Some(pb::CheckInfo::default()),
+            ..Default::default()
+        }),
+        ..task("t1")
+    };
+    master(&mut core, clock.at(0), run_task(checked, None));
     let fx = step(&mut core, clock.at(0));
     assert_eq!(launches(&fx), [key("t1")]);
-    // The kill arrives while the driver starts the container: nothing to kill yet.
+    // The kill arrives while the driver starts the container: nothing to kill yet. The
+    // driver is asked to withdraw the launch, but it has started it already.
     master(&mut core, clock.at(1), kill("t1", Some(7.0)));
     let fx = step(&mut core, clock.at(1));
     assert!(kills(&fx).is_empty(), "{fx:?}");
+    assert!(fx
+        .iter()
+        .any(|e| matches!(e, Effect::WithdrawLaunch(k) if *k == key("t1"))));
     // Once the container exists it is killed, with the kill's grace and reason, and its
     // checks never start.
     core.on_launched(clock.at(2), ok(&["t1"]));
@@ -68,6 +79,63 @@ fn a_kill_during_a_launch_waits_for_the_container_and_then_kills_it() {
     // Its end reports KILLED.
     core.on_task_ended(clock.at(3), &key("t1"), killed(Reason::KilledByFramework));
     assert_eq!(core.latest_state(&key("t1")), TaskState::TaskKilled);
+}
+
+#[test]
+fn a_kill_before_the_container_started_withdraws_the_launch_and_reports_killed() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Clock(Instant::now());
+    let mut core = registered(dir.path(), clock);
+    master(&mut core, clock.at(0), run_task(task("t1"), None));
+    let fx = step(&mut core, clock.at(0));
+    assert_eq!(launches(&fx), [key("t1")]);
+    master(&mut core, clock.at(1), kill("t1", None));
+    master(&mut core, clock.at(1), kill("t1", Some(2.0)));
+    let fx = step(&mut core, clock.at(1));
+    let withdrawals: Vec<_> = fx
+        .iter()
+        .filter(|e| matches!(e, Effect::WithdrawLaunch(_)))
+        .collect();
+    assert_eq!(withdrawals.len(), 1, "one for both kills: {fx:?}");
+    assert!(kills(&fx).is_empty());
+    // The driver had not started it: the task ends KILLED without a container, durably
+    // with the next commit, like any terminal update.
+    core.on_launch_withdrawn(clock.at(2), &key("t1"));
+    assert!(!core.is_durable());
+    let fx = step(&mut core, clock.at(2));
+    assert!(kills(&fx).is_empty() && launches(&fx).is_empty());
+    assert!(core.kills_after_launch.is_empty() && core.launching.is_empty());
+    assert!(core.tasks[&key("t1")].terminal && !core.any_running());
+    let stream = core.updates.core().checkpoint(&key("t1")).unwrap();
+    let end = &stream.pending.last().unwrap().status;
+    assert_eq!(end.state(), TaskState::TaskKilled);
+    assert_eq!(end.reason(), Reason::KilledByFramework);
+}
+
+#[test]
+fn a_group_task_killed_before_its_launch_takes_the_tasks_launched_with_it_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Clock(Instant::now());
+    let mut core = registered(dir.path(), clock);
+    master(&mut core, clock.at(0), run_group("ex", &["a"]));
+    step(&mut core, clock.at(0));
+    core.on_launched(clock.at(1), ok(&["a"]));
+    step(&mut core, clock.at(1));
+    // "b" joins the running group; killed before its container started.
+    master(&mut core, clock.at(2), run_group("ex", &["b"]));
+    master(&mut core, clock.at(2), kill("b", None));
+    step(&mut core, clock.at(2));
+    core.on_launch_withdrawn(clock.at(3), &key("b"));
+    let fx = step(&mut core, clock.at(3));
+    assert_eq!(core.latest_state(&key("b")), TaskState::TaskKilled);
+    // Its KILLED takes the group down, as a KILLED task of a group does.
+    assert_eq!(
+        kills(&fx),
+        [("a".into(), Duration::from_secs(3), Reason::Unspecified)]
+    );
+    core.on_task_ended(clock.at(4), &key("a"), killed(Reason::Unspecified));
+    let fx = step(&mut core, clock.at(4));
+    assert!(fx.iter().any(|e| matches!(e, Effect::DestroyGroup(_))));
 }
 
 #[test]
@@ -247,14 +315,15 @@ fn an_acknowledged_terminal_update_forgets_the_task() {
 }
 
 #[test]
-fn answers_wait_for_the_commit_and_a_shutdown_from_the_master_stops_the_agent() {
+fn requests_are_answered_in_order_from_the_state_and_a_shutdown_from_the_master_stops_the_agent() {
     let dir = tempfile::tempdir().unwrap();
     let clock = Clock(Instant::now());
     let mut core = registered(dir.path(), clock);
     master(&mut core, clock.at(0), run_task(task("t1"), None));
     core.ask(41, Query::State);
     core.ask(42, Query::Registration);
-    // Staged like every effect: given only after the batch's commit.
+    // Staged like every effect, in order (that the driver gives them only after the
+    // batch's commit is checked by the driver's tests, `agent/tests.rs`).
     let fx = step(&mut core, clock.at(0));
     let replies: Vec<_> = fx
         .iter()
@@ -333,6 +402,64 @@ fn an_unhealthy_task_hears_killing_then_is_killed_and_its_end_says_why() {
 }
 
 #[test]
+fn check_reports_after_a_kill_change_nothing() {
+    use crate::checks::schedule::Effect as CheckEffect;
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Clock(Instant::now());
+    let mut core = registered(dir.path(), clock);
+    let fw = pb::FrameworkInfo {
+        capabilities: vec![pb::framework_info::Capability::TaskKillingState as i32],
+        ..Default::default()
+    };
+    let checked = pb::TaskInfo {
+        health_check: Some(pb::HealthCheck {
+            check: Some(pb::CheckInfo::default()),
+            ..Default::default()
+        }),
+        ..task("t1")
+    };
+    running(&mut core, clock, 0, checked, Some(fw));
+    let report = |effect| crate::checks::Report {
+        key: key("t1"),
+        effect,
+    };
+    // One batch: the framework's kill, then reports its checks sent before they stopped.
+    master(&mut core, clock.at(1), kill("t1", Some(9.0)));
+    core.on_check_report(clock.at(1), report(CheckEffect::Healthy(true)));
+    core.on_check_report(
+        clock.at(1),
+        report(CheckEffect::CheckStatus(pb::CheckStatusInfo::default())),
+    );
+    core.on_check_report(
+        clock.at(1),
+        report(CheckEffect::Unhealthy {
+            message: "late".into(),
+        }),
+    );
+    let fx = step(&mut core, clock.at(1));
+    assert_eq!(states(&fx), [("t1".into(), TaskState::TaskKilling)]);
+    assert_eq!(
+        kills(&fx),
+        [(
+            "t1".into(),
+            Duration::from_secs(9),
+            Reason::KilledByFramework
+        )]
+    );
+    // Nor in a later batch, before the task's end.
+    core.on_check_report(clock.at(2), report(CheckEffect::Healthy(false)));
+    let fx = step(&mut core, clock.at(2));
+    assert!(kills(&fx).is_empty());
+    assert_eq!(core.updates.core().pending(&key("t1")), 1, "KILLING only");
+    core.on_task_ended(clock.at(3), &key("t1"), killed(Reason::KilledByFramework));
+    step(&mut core, clock.at(3));
+    let stream = core.updates.core().checkpoint(&key("t1")).unwrap();
+    let end = &stream.pending.last().unwrap().status;
+    assert_eq!(end.state(), TaskState::TaskKilled);
+    assert_eq!(end.reason(), Reason::KilledByFramework);
+}
+
+#[test]
 fn stopping_kills_what_runs_and_refuses_new_launches() {
     let dir = tempfile::tempdir().unwrap();
     let clock = Clock(Instant::now());
@@ -355,4 +482,30 @@ fn stopping_kills_what_runs_and_refuses_new_launches() {
     assert!(!core.tasks.contains_key(&key("t2")));
     core.on_task_ended(clock.at(3), &key("t1"), killed(Reason::AgentRestarted));
     assert!(!core.any_running());
+}
+
+#[test]
+fn the_same_inputs_give_the_same_effects() {
+    let clock = Clock(Instant::now());
+    let play = || {
+        let dir = tempfile::tempdir().unwrap();
+        let mut core = registered(dir.path(), clock);
+        let mut all = Vec::new();
+        master(&mut core, clock.at(0), run_task(task("t1"), None));
+        master(&mut core, clock.at(0), run_group("ex", &["g1", "g2"]));
+        let fx = step(&mut core, clock.at(0));
+        for s in sent(&fx) {
+            master(&mut core, clock.at(1), ack(&s));
+        }
+        all.extend(fx);
+        core.on_launched(clock.at(2), ok(&["t1", "g1", "g2"]));
+        all.extend(step(&mut core, clock.at(2)));
+        core.on_task_ended(clock.at(3), &key("g1"), exited(1));
+        all.extend(step(&mut core, clock.at(3)));
+        // The work dir differs from run to run; nothing else may.
+        format!("{all:?}").replace(dir.path().to_str().unwrap(), "<dir>")
+    };
+    let first = play();
+    assert!(first.contains("uuid"), "{first}");
+    assert_eq!(first, play());
 }

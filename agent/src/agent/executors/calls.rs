@@ -228,7 +228,7 @@ impl AgentCore {
                 "the agent has no master right now; send the message again later".into(),
             ));
         }
-        self.push(Effect::Send(message));
+        self.relay(message);
         Ok(())
     }
 
@@ -330,7 +330,7 @@ impl AgentCore {
             data: status.data,
         };
         tracing::info!(task = %key, state = states::name(state), executor = %executor_id, "status update from the executor");
-        self.updates.enqueue(
+        self.enqueue_update(
             &key,
             StatusUpdate {
                 framework_id: key.framework_id.clone(),
