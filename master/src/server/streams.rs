@@ -59,6 +59,8 @@ pub struct Outlets<'a> {
     pub updates: &'a mpsc::UnboundedSender<StatusUpdate>,
     /// Wakes the allocation loop.
     pub allocate_now: &'a tokio::sync::Notify,
+    /// The earliest wake the leader asked for (the housekeeping loop's).
+    pub wake: &'a tokio::sync::watch::Sender<Option<u64>>,
     /// Names the leader in a NotLeader error.
     pub named: &'a dyn Fn(MasterError) -> MasterError,
 }
@@ -258,6 +260,16 @@ impl Core {
                 out.allocate_now.notify_one();
                 (Vec::new(), None)
             }
+            Effect::Wake { at_ms } => {
+                out.wake.send_if_modified(|wake| {
+                    let earlier = wake.is_none_or(|w| at_ms < w);
+                    if earlier {
+                        *wake = Some(at_ms);
+                    }
+                    earlier
+                });
+                (Vec::new(), None)
+            }
         }
     }
 }
@@ -266,7 +278,7 @@ impl Core {
 mod tests {
     use std::sync::Arc;
 
-    use tokio::sync::Notify;
+    use tokio::sync::{watch, Notify};
 
     use super::*;
     use crate::leader::{AgentSession, FrameworkSession, Leader, SequentialIds, Settings};
@@ -290,18 +302,60 @@ mod tests {
         }
     }
 
+    /// What [`Outlets`] point at, for a test.
+    struct Sinks {
+        metrics: Metrics,
+        updates: mpsc::UnboundedSender<StatusUpdate>,
+        allocate_now: Notify,
+        wake: watch::Sender<Option<u64>>,
+    }
+
+    fn unnamed(e: MasterError) -> MasterError {
+        e
+    }
+
+    impl Sinks {
+        fn new() -> Self {
+            Sinks {
+                metrics: Metrics::default(),
+                updates: mpsc::unbounded_channel().0,
+                allocate_now: Notify::new(),
+                wake: watch::Sender::new(None),
+            }
+        }
+
+        fn outlets(&self) -> Outlets<'_> {
+            Outlets {
+                metrics: &self.metrics,
+                updates: &self.updates,
+                allocate_now: &self.allocate_now,
+                wake: &self.wake,
+                named: &unnamed,
+            }
+        }
+    }
+
     fn run(core: &mut Core, effect: Effect) -> (Vec<Effect>, Option<MasterError>) {
-        let metrics = Metrics::default();
-        let (updates, _) = mpsc::unbounded_channel();
-        let allocate_now = Notify::new();
-        let named = |e: MasterError| e;
-        let out = Outlets {
-            metrics: &metrics,
-            updates: &updates,
-            allocate_now: &allocate_now,
-            named: &named,
-        };
+        let sinks = Sinks::new();
+        let out = sinks.outlets();
         core.execute(effect, &mut Attach::None, &mut Opened::default(), &out)
+    }
+
+    #[test]
+    fn the_shell_keeps_the_earliest_wake_asked_for() {
+        let mut core = core();
+        let sinks = Sinks::new();
+        let out = sinks.outlets();
+        for at_ms in [500, 900, 300, 300, 700] {
+            let (more, error) = core.execute(
+                Effect::Wake { at_ms },
+                &mut Attach::None,
+                &mut Opened::default(),
+                &out,
+            );
+            assert!(more.is_empty() && error.is_none());
+        }
+        assert_eq!(*sinks.wake.borrow(), Some(300));
     }
 
     fn message(data: &[u8]) -> pb::MasterMessage {
@@ -690,16 +744,8 @@ mod tests {
             then: Then::Nothing,
         };
         let mut queue: VecDeque<Effect> = vec![event(1), event(2), proposal, event(3)].into();
-        let metrics = Metrics::default();
-        let (updates, _) = mpsc::unbounded_channel();
-        let allocate_now = Notify::new();
-        let named = |e: MasterError| e;
-        let out = Outlets {
-            metrics: &metrics,
-            updates: &updates,
-            allocate_now: &allocate_now,
-            named: &named,
-        };
+        let sinks = Sinks::new();
+        let out = sinks.outlets();
         let mut run = crate::server::Run::new(Attach::None);
         let next = core.carry_out_until_proposal(&mut queue, &mut run, &out);
         assert!(matches!(next, Some((Command::Noop, Then::Nothing))));
@@ -723,7 +769,7 @@ mod tests {
     #[test]
     fn a_reset_ends_every_stream_with_not_leader() {
         let mut core = core();
-        core.leader.start_serving(2, 0);
+        core.leader.start_serving(&Default::default(), 2, 0);
         let fw = FrameworkId::new("fw");
         let stray = FrameworkId::new("stray");
         let agent = AgentId::new("a1");
@@ -753,16 +799,8 @@ mod tests {
         core.streams
             .agents
             .insert(agent.clone(), AgentConnection { conn_id: 7, tx });
-        let metrics = Metrics::default();
-        let (updates, _) = mpsc::unbounded_channel();
-        let allocate_now = Notify::new();
-        let named = |e: MasterError| e;
-        let out = Outlets {
-            metrics: &metrics,
-            updates: &updates,
-            allocate_now: &allocate_now,
-            named: &named,
-        };
+        let sinks = Sinks::new();
+        let out = sinks.outlets();
         core.reset(3, 0, &out);
         assert!(core.streams.frameworks.is_empty() && core.streams.agents.is_empty());
         for rx in &mut receivers {
