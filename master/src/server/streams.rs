@@ -48,6 +48,44 @@ pub struct Streams {
     pub agents: BTreeMap<AgentId, AgentConnection>,
 }
 
+impl Streams {
+    /// The framework's stream, if it is still `stream_id` (the one an effect was decided
+    /// for).
+    fn framework(&self, fw: &FrameworkId, stream_id: &str) -> Option<&FrameworkStream> {
+        self.frameworks.get(fw).filter(|s| s.stream_id == stream_id)
+    }
+
+    /// The agent's connection, if it is still `conn_id`.
+    fn agent(&self, agent: &AgentId, conn_id: u64) -> Option<&AgentConnection> {
+        self.agents.get(agent).filter(|c| c.conn_id == conn_id)
+    }
+
+    /// Removes the framework's stream if it is still `stream_id`.
+    fn take_framework(&mut self, fw: &FrameworkId, stream_id: &str) -> Option<FrameworkStream> {
+        self.framework(fw, stream_id)?;
+        self.frameworks.remove(fw)
+    }
+
+    /// Removes the agent's connection if it is still `conn_id`.
+    fn take_agent(&mut self, agent: &AgentId, conn_id: u64) -> Option<AgentConnection> {
+        self.agent(agent, conn_id)?;
+        self.agents.remove(agent)
+    }
+}
+
+/// The agent's connection `conn_id` is full or closed: it ends, and the leader decides
+/// what follows.
+fn agent_lost(
+    leader: &mut crate::leader::Leader,
+    streams: &mut Streams,
+    agent: &AgentId,
+    conn_id: u64,
+) -> Vec<Effect> {
+    tracing::warn!(agent = %agent, "agent stream is full or closed; disconnecting it");
+    streams.agents.remove(agent);
+    leader.agent_connection_lost(agent, conn_id)
+}
+
 fn wrap(event: pb::event::Event) -> pb::Event {
     pb::Event { event: Some(event) }
 }
@@ -83,11 +121,7 @@ impl Core {
                 stream_id,
                 event,
             } => {
-                let Some(s) = streams
-                    .frameworks
-                    .get(&framework)
-                    .filter(|s| s.stream_id == stream_id)
-                else {
+                let Some(s) = streams.framework(&framework, &stream_id) else {
                     // That stream ended or was replaced after the leader decided.
                     return (leader.event_not_sent(&framework, &stream_id, event), None);
                 };
@@ -117,11 +151,7 @@ impl Core {
                 stream_id,
                 event,
             } => {
-                let Some(s) = streams
-                    .frameworks
-                    .get(&framework)
-                    .filter(|s| s.stream_id == stream_id)
-                else {
+                let Some(s) = streams.framework(&framework, &stream_id) else {
                     return (Vec::new(), None);
                 };
                 if !best_effort_room(s.tx.capacity(), s.tx.max_capacity()) {
@@ -144,17 +174,13 @@ impl Core {
                 conn_id,
                 message,
             } => {
-                let Some(c) = streams.agents.get(&agent).filter(|c| c.conn_id == conn_id) else {
+                let Some(c) = streams.agent(&agent, conn_id) else {
                     // That connection ended or was replaced after the leader decided.
                     return (Vec::new(), None);
                 };
                 match c.tx.try_send(Ok(message)) {
                     Ok(()) => (Vec::new(), None),
-                    Err(_) => {
-                        tracing::warn!(agent = %agent, "agent stream is full or closed; disconnecting it");
-                        streams.agents.remove(&agent);
-                        (leader.agent_connection_lost(&agent, conn_id), None)
-                    }
+                    Err(_) => (agent_lost(leader, streams, &agent, conn_id), None),
                 }
             }
             Effect::Relay {
@@ -167,7 +193,7 @@ impl Core {
             } => {
                 let not_connected = || agent_not_connected(&agent, &executor, what);
                 let too_much = || agent_too_busy(&agent, &executor, what);
-                let Some(c) = streams.agents.get(&agent).filter(|c| c.conn_id == conn_id) else {
+                let Some(c) = streams.agent(&agent, conn_id) else {
                     return (Vec::new(), Some(not_connected()));
                 };
                 if lossy && !best_effort_room(c.tx.capacity(), c.tx.max_capacity()) {
@@ -176,12 +202,10 @@ impl Core {
                 match c.tx.try_send(Ok(message)) {
                     Ok(()) => (Vec::new(), None),
                     Err(TrySendError::Full(_)) if lossy => (Vec::new(), Some(too_much())),
-                    Err(_) => {
-                        tracing::warn!(agent = %agent, "agent stream is full or closed; disconnecting it");
-                        streams.agents.remove(&agent);
-                        let more = leader.agent_connection_lost(&agent, conn_id);
-                        (more, Some(not_connected()))
-                    }
+                    Err(_) => (
+                        agent_lost(leader, streams, &agent, conn_id),
+                        Some(not_connected()),
+                    ),
                 }
             }
             Effect::OpenFrameworkStream {
@@ -205,12 +229,7 @@ impl Core {
                 stream_id,
                 farewell,
             } => {
-                if streams
-                    .frameworks
-                    .get(&framework)
-                    .is_some_and(|s| s.stream_id == stream_id)
-                {
-                    let s = streams.frameworks.remove(&framework).expect("present");
+                if let Some(s) = streams.take_framework(&framework, &stream_id) {
                     let last = match farewell {
                         Farewell::Quietly => None,
                         Farewell::ErrorEvent(message) => {
@@ -240,12 +259,7 @@ impl Core {
                 conn_id,
                 farewell,
             } => {
-                if streams
-                    .agents
-                    .get(&agent)
-                    .is_some_and(|c| c.conn_id == conn_id)
-                {
-                    let c = streams.agents.remove(&agent).expect("present");
+                if let Some(c) = streams.take_agent(&agent, conn_id) {
                     if let Farewell::Error(e) = farewell {
                         let _ = c.tx.try_send(Err(Status::from((out.named)(e))));
                     }
