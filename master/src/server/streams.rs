@@ -349,6 +349,24 @@ mod tests {
         }
     }
 
+    /// The shell holds `fw`'s stream `stream_id`, sending to `tx`.
+    fn open_stream(core: &mut Core, fw: &FrameworkId, stream_id: &str, tx: EventTx) {
+        let stream_id = stream_id.to_string();
+        core.streams
+            .frameworks
+            .insert(fw.clone(), FrameworkStream { stream_id, tx });
+    }
+
+    /// The leader has `fw` subscribed on `stream_id`.
+    fn subscribed(core: &mut Core, fw: &FrameworkId, stream_id: &str) {
+        let session = FrameworkSession {
+            stream_id: stream_id.into(),
+            suppressed: false,
+            filters: Default::default(),
+        };
+        core.leader.frameworks.insert(fw.clone(), session);
+    }
+
     fn run(core: &mut Core, effect: Effect) -> (Vec<Effect>, Option<MasterError>) {
         let sinks = Sinks::new();
         let out = sinks.outlets();
@@ -455,21 +473,8 @@ mod tests {
 
         let fw = FrameworkId::new("fw");
         let (tx, rx) = mpsc::channel(4);
-        core.streams.frameworks.insert(
-            fw.clone(),
-            FrameworkStream {
-                stream_id: "s".into(),
-                tx,
-            },
-        );
-        core.leader.frameworks.insert(
-            fw.clone(),
-            FrameworkSession {
-                stream_id: "s".into(),
-                suppressed: false,
-                filters: Default::default(),
-            },
-        );
+        open_stream(&mut core, &fw, "s", tx);
+        subscribed(&mut core, &fw, "s");
         let lossy = || Effect::EventOrDrop {
             framework: fw.clone(),
             stream_id: "s".into(),
@@ -510,21 +515,8 @@ mod tests {
         let mut core = core();
         let fw = FrameworkId::new("fw");
         let (tx, _rx) = mpsc::channel(1);
-        core.streams.frameworks.insert(
-            fw.clone(),
-            FrameworkStream {
-                stream_id: "s".into(),
-                tx,
-            },
-        );
-        core.leader.frameworks.insert(
-            fw.clone(),
-            FrameworkSession {
-                stream_id: "s".into(),
-                suppressed: false,
-                filters: Default::default(),
-            },
-        );
+        open_stream(&mut core, &fw, "s", tx);
+        subscribed(&mut core, &fw, "s");
         let update = |n: u8| Effect::Event {
             framework: fw.clone(),
             stream_id: "s".into(),
@@ -559,21 +551,8 @@ mod tests {
         // subscribed the framework on s2.
         let (tx, rx) = mpsc::channel(4);
         drop(rx);
-        core.streams.frameworks.insert(
-            fw.clone(),
-            FrameworkStream {
-                stream_id: "s1".into(),
-                tx,
-            },
-        );
-        core.leader.frameworks.insert(
-            fw.clone(),
-            FrameworkSession {
-                stream_id: "s2".into(),
-                suppressed: false,
-                filters: Default::default(),
-            },
-        );
+        open_stream(&mut core, &fw, "s1", tx);
+        subscribed(&mut core, &fw, "s2");
         // An event decided for s1 before the resubscription fails to go out.
         let (more, _) = run(
             &mut core,
@@ -643,21 +622,8 @@ mod tests {
         // The leader subscribed the framework on s2 and made it an offer; the shell still
         // holds s1, which is closed a moment later.
         let (tx, mut old_rx) = mpsc::channel(8);
-        core.streams.frameworks.insert(
-            fw.clone(),
-            FrameworkStream {
-                stream_id: "s1".into(),
-                tx,
-            },
-        );
-        core.leader.frameworks.insert(
-            fw.clone(),
-            FrameworkSession {
-                stream_id: "s2".into(),
-                suppressed: false,
-                filters: Default::default(),
-            },
-        );
+        open_stream(&mut core, &fw, "s1", tx);
+        subscribed(&mut core, &fw, "s2");
         let offer = drover_proto::OfferId::new("o1");
         core.leader.offers.insert(
             offer.clone(),
@@ -739,13 +705,7 @@ mod tests {
         let mut core = core();
         let fw = FrameworkId::new("fw");
         let (tx, mut rx) = mpsc::channel(8);
-        core.streams.frameworks.insert(
-            fw.clone(),
-            FrameworkStream {
-                stream_id: "s".into(),
-                tx,
-            },
-        );
+        open_stream(&mut core, &fw, "s", tx);
         let event = |n: u32| Effect::Event {
             framework: fw.clone(),
             stream_id: "s".into(),
@@ -792,23 +752,10 @@ mod tests {
         // connection have none (their sessions ended, the streams did not).
         for (id, stream_id) in [(&fw, "s"), (&stray, "x")] {
             let (tx, rx) = mpsc::channel(4);
-            core.streams.frameworks.insert(
-                id.clone(),
-                FrameworkStream {
-                    stream_id: stream_id.into(),
-                    tx,
-                },
-            );
+            open_stream(&mut core, id, stream_id, tx);
             receivers.push(rx);
         }
-        core.leader.frameworks.insert(
-            fw.clone(),
-            FrameworkSession {
-                stream_id: "s".into(),
-                suppressed: false,
-                filters: Default::default(),
-            },
-        );
+        subscribed(&mut core, &fw, "s");
         let (tx, mut agent_rx) = mpsc::channel(4);
         core.streams
             .agents
