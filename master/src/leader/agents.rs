@@ -207,6 +207,7 @@ impl Leader {
             }
         }
         effects.push(Effect::Allocate);
+        self.wake_by(self.liveness_deadline(&agent_id), now_ms, &mut effects);
         Ok(effects)
     }
 
@@ -227,6 +228,8 @@ impl Leader {
         }
         self.agent_seen.insert(agent_id.clone(), now_ms);
         let mut effects = Vec::new();
+        // Heard from: its liveness deadline moves on (a wake only if none is earlier).
+        self.wake_by(self.liveness_deadline(agent_id), now_ms, &mut effects);
         match msg.msg {
             Some(AgentMsg::Ping(ping)) => {
                 if !ping.usage.is_empty() {
@@ -429,6 +432,19 @@ impl Leader {
         effects
     }
 
+    /// When an agent not heard from again is marked UNREACHABLE: the first millisecond
+    /// past its timeout, counted from its last message, or from this leader's election
+    /// if it has not spoken to this leader.
+    pub fn liveness_deadline(&self, agent: &AgentId) -> u64 {
+        let last = self
+            .agent_seen
+            .get(agent)
+            .copied()
+            .unwrap_or(self.elected_ms);
+        last.saturating_add(self.settings.agent_timeout_ms)
+            .saturating_add(1)
+    }
+
     /// Proposes UNREACHABLE for the active agents silent past their timeout. Agents that
     /// have not re-registered with this leader count from its election.
     pub fn check_agents(&self, reg: &Registry, now_ms: u64) -> Vec<Effect> {
@@ -438,14 +454,7 @@ impl Leader {
         reg.agents
             .values()
             .filter(|a| a.state == AgentState::Active)
-            .filter(|a| {
-                let last = self
-                    .agent_seen
-                    .get(&a.id)
-                    .copied()
-                    .unwrap_or(self.elected_ms);
-                now_ms.saturating_sub(last) > self.settings.agent_timeout_ms
-            })
+            .filter(|a| now_ms >= self.liveness_deadline(&a.id))
             .map(|a| Effect::Propose {
                 command: Command::AgentUnreachable {
                     agent_id: a.id.clone(),

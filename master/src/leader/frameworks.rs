@@ -11,7 +11,7 @@ use super::{
 };
 use crate::error::MasterError;
 use crate::metrics::Metrics;
-use crate::registry::{master_status, ApplyOutcome, Command, Registry, TaskKey};
+use crate::registry::{master_status, ApplyOutcome, Command, FrameworkRec, Registry, TaskKey};
 
 /// Checks a FrameworkInfo from SUBSCRIBE.
 pub fn validate_framework_info(info: &pb::FrameworkInfo) -> Result<(), MasterError> {
@@ -163,9 +163,11 @@ impl Leader {
     }
 
     /// The framework's stream `stream_id` ended. If it was its current stream, its
-    /// failover timeout starts and its offers return to the pool.
+    /// failover timeout starts (the leader asks to be woken at its deadline) and its
+    /// offers return to the pool.
     pub fn framework_disconnected(
         &mut self,
+        reg: &Registry,
         now_ms: u64,
         fw: &FrameworkId,
         stream_id: &str,
@@ -177,7 +179,7 @@ impl Leader {
         self.frameworks.remove(fw);
         self.offers.retain(|_, o| &o.framework_id != fw);
         tracing::info!(framework = %fw, "framework disconnected; failover timeout started");
-        vec![
+        let mut effects = vec![
             Effect::CloseFrameworkStream {
                 framework: fw.clone(),
                 stream_id: stream_id.to_string(),
@@ -191,7 +193,16 @@ impl Leader {
                 then: Then::Nothing,
             },
             Effect::Allocate,
-        ]
+        ];
+        if let Some(f) = reg.frameworks.get(fw) {
+            // [`Leader::failover_deadline`] once the disconnection at `now_ms` is
+            // recorded (a resubscription cleared any earlier one).
+            let deadline = now_ms
+                .max(self.elected_ms)
+                .saturating_add(f.failover_timeout_ms());
+            self.wake_by(deadline, now_ms, &mut effects);
+        }
+        effects
     }
 
     /// Checks a call's header: the framework must be subscribed on exactly this stream.
@@ -750,6 +761,18 @@ impl Leader {
         effects
     }
 
+    /// When framework `f`, not subscribed, is removed: its failover timeout after its
+    /// disconnection (see [`Leader::expire_frameworks`]). A framework whose clock no
+    /// tick has started yet counts from `now_ms`, which is never later than where the
+    /// next tick will start it.
+    pub fn failover_deadline(&self, f: &FrameworkRec, now_ms: u64) -> u64 {
+        let away = self.framework_away.get(&f.id).copied().unwrap_or(now_ms);
+        f.disconnected_ms
+            .unwrap_or(away)
+            .max(self.elected_ms)
+            .saturating_add(f.failover_timeout_ms())
+    }
+
     /// Removes frameworks whose failover timeout has passed. Clocks of frameworks that were
     /// disconnected before this leader's election start at the election.
     pub fn expire_frameworks(&mut self, reg: &Registry, now_ms: u64) -> Vec<Effect> {
@@ -768,9 +791,8 @@ impl Leader {
             // is not committed yet (or the stream was dropped for being full), when this
             // leader first saw the framework without a stream; and never before this
             // leader's election. Never earlier than the real disconnection.
-            let away = *self.framework_away.entry(f.id.clone()).or_insert(now_ms);
-            let since = f.disconnected_ms.unwrap_or(away).max(self.elected_ms);
-            if now_ms >= since.saturating_add(f.failover_timeout_ms()) {
+            self.framework_away.entry(f.id.clone()).or_insert(now_ms);
+            if now_ms >= self.failover_deadline(f, now_ms) {
                 effects.extend(self.remove_framework(
                     now_ms,
                     f.id.clone(),

@@ -58,7 +58,7 @@ impl Harness {
             metrics.clone(),
         );
         let _ = leader.reset(TERM, ELECTED_MS);
-        let _ = leader.start_serving(TERM, ELECTED_MS);
+        let _ = leader.start_serving(&Registry::default(), TERM, ELECTED_MS);
         Self {
             reg: Registry::default(),
             leader,
@@ -170,6 +170,19 @@ impl Harness {
 
     /// Registers a new agent with `resources`; returns its id and connection id.
     pub fn add_agent(&mut self, resources: &str) -> (AgentId, u64) {
+        let effects = self.register_agent(resources);
+        effects
+            .iter()
+            .find_map(|e| match e {
+                Effect::OpenAgentConnection { agent, conn_id } => Some((agent.clone(), *conn_id)),
+                _ => None,
+            })
+            .expect("a connection opened")
+    }
+
+    /// Registers a new agent with `resources`; returns the effects of the whole
+    /// registration.
+    pub fn register_agent(&mut self, resources: &str) -> Vec<Effect> {
         let register = pb::agent_message::Register {
             info: Some(pb::AgentInfo {
                 hostname: "host".into(),
@@ -183,14 +196,7 @@ impl Harness {
             .leader
             .register_agent(self.now, register)
             .expect("register");
-        let effects = self.settle(first).expect("registered");
-        effects
-            .iter()
-            .find_map(|e| match e {
-                Effect::OpenAgentConnection { agent, conn_id } => Some((agent.clone(), *conn_id)),
-                _ => None,
-            })
-            .expect("a connection opened")
+        self.settle(first).expect("registered")
     }
 
     /// The agent registers again (a new connection), reporting `tasks`; returns the
@@ -225,20 +231,28 @@ impl Harness {
         })
     }
 
-    /// One allocation cycle; returns the offers made, per framework.
+    /// One allocation cycle; returns the offers made, per framework (the wake for their
+    /// expiry is left out: see [`wakes`]).
     pub fn allocate(&mut self) -> Vec<(FrameworkId, Vec<pb::Offer>)> {
         let effects = self.leader.allocate(&self.reg, self.now);
         effects
             .into_iter()
-            .map(|e| match e {
+            .filter_map(|e| match e {
                 Effect::Event {
                     framework,
                     event: pb::event::Event::Offers(o),
                     ..
-                } => (framework, o.offers),
+                } => Some((framework, o.offers)),
+                Effect::Wake { .. } => None,
                 other => panic!("an allocation cycle only sends offers, not {other:?}"),
             })
             .collect()
+    }
+
+    /// One housekeeping tick at the current time, settled.
+    pub fn tick(&mut self) -> Vec<Effect> {
+        let effects = self.leader.tick(&self.reg, self.now);
+        self.settle(effects).expect("tick")
     }
 
     /// Launches `tasks` (`(id, resources)`) of `fw` on `agent` through the gate, from
@@ -329,6 +343,17 @@ pub fn messages_to<'a>(effects: &'a [Effect], to: &AgentId) -> Vec<&'a pb::Maste
             {
                 Some(message)
             }
+            _ => None,
+        })
+        .collect()
+}
+
+/// The times of the wakes in `effects`, in order.
+pub fn wakes(effects: &[Effect]) -> Vec<u64> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Wake { at_ms } => Some(*at_ms),
             _ => None,
         })
         .collect()

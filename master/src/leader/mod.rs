@@ -16,6 +16,12 @@
 //! - [`launches`]: the messages that launch committed tasks.
 //! - [`task_checks`]: validation of tasks' checks for the gate.
 //!
+//! Time is an input too: the leader's deadlines (offer expiry, agent liveness, failover)
+//! are acted on by [`Leader::tick`], and the leader says when it needs one with
+//! [`Effect::Wake`]: whenever it creates a deadline earlier than the wake it already
+//! asked for, and after every tick for the next one ([`Leader::next_deadline`]). The
+//! shell's periodic tick is only a safety net.
+//!
 //! Multi-step flows are split at Raft: a step returns [`Effect::Propose`] with a
 //! [`Then`] saying what to do once the command is applied, and [`Leader::applied`] takes
 //! the outcome (see the SUBSCRIBE walk in `docs/architecture.md`).
@@ -221,6 +227,12 @@ pub enum Effect {
     CommitUpdate(StatusUpdate),
     /// Run an allocation cycle soon (resources were freed or a framework arrived).
     Allocate,
+    /// Tick the leader ([`Leader::tick`]) no later than `at_ms`: a deadline falls due
+    /// then (an offer's expiry, an agent's liveness, a framework's failover). Returned
+    /// when a new deadline is earlier than the wake already asked for (or that one has
+    /// passed), and by every tick for the next deadline; the shell keeps the earliest it
+    /// was asked for.
+    Wake { at_ms: u64 },
 }
 
 /// What to do once a proposed command is applied.
@@ -284,6 +296,9 @@ pub struct Leader {
     /// Kept per agent so an agent can only ever describe its own tasks.
     pub usage: BTreeMap<AgentId, BTreeMap<TaskKey, pb::ResourceStatistics>>,
     next_conn_id: u64,
+    /// The earliest wake asked for (see [`Effect::Wake`]), so that a stream of inputs
+    /// that each push a deadline later (an agent's pings) asks for nothing.
+    armed: Option<u64>,
 }
 
 /// Most messages queued on one stream for a best-effort send to join them (64 KiB each at
@@ -384,6 +399,7 @@ impl Leader {
             undelivered: BTreeMap::new(),
             usage: BTreeMap::new(),
             next_conn_id: 0,
+            armed: None,
         }
     }
 
@@ -428,18 +444,90 @@ impl Leader {
         self.framework_away.clear();
         self.undelivered.clear();
         self.usage.clear();
+        self.armed = None;
         self.serving = false;
         self.term = term;
         self.elected_ms = now_ms;
         effects
     }
 
-    /// Starts serving in `term`: everything committed before it is applied.
-    pub fn start_serving(&mut self, term: u64, now_ms: u64) -> Vec<Effect> {
+    /// Starts serving in `term`: everything committed before it is applied. The agents
+    /// and frameworks the registry holds have deadlines from now on (see
+    /// [`Leader::check_agents`], [`Leader::expire_frameworks`]): the leader asks to be
+    /// woken for the first.
+    pub fn start_serving(&mut self, reg: &Registry, term: u64, now_ms: u64) -> Vec<Effect> {
         self.serving = true;
         self.term = term;
         self.elected_ms = now_ms;
-        vec![Effect::Allocate]
+        let mut effects = vec![Effect::Allocate];
+        self.rearm(reg, now_ms, &mut effects);
+        effects
+    }
+
+    /// Housekeeping, one round: rescinds offers past the offer timeout (and drops
+    /// expired filters), proposes UNREACHABLE for agents silent past theirs, removes
+    /// frameworks past their failover timeout, and asks to be woken at the next
+    /// deadline ([`Leader::next_deadline`]).
+    pub fn tick(&mut self, reg: &Registry, now_ms: u64) -> Vec<Effect> {
+        let mut effects = self.expire_offers(now_ms);
+        effects.extend(self.check_agents(reg, now_ms));
+        effects.extend(self.expire_frameworks(reg, now_ms));
+        self.rearm(reg, now_ms, &mut effects);
+        effects
+    }
+
+    /// The earliest deadline after `now_ms` a tick has something to do at: an offer's
+    /// expiry, an active agent's liveness deadline, a framework's failover deadline.
+    /// Deadlines already passed are not counted: the tick at or after them acted on them
+    /// (a proposal that failed is tried again by the shell's periodic tick). Never later
+    /// than the real next deadline; it may be earlier for a framework whose failover
+    /// clock a tick has not started yet (see [`Leader::failover_deadline`]).
+    pub fn next_deadline(&self, reg: &Registry, now_ms: u64) -> Option<u64> {
+        if !self.serving {
+            return None;
+        }
+        let offers = self.offers.values().map(|o| self.offer_deadline(o));
+        let agents = reg
+            .agents
+            .values()
+            .filter(|a| a.state == crate::registry::AgentState::Active)
+            .map(|a| self.liveness_deadline(&a.id));
+        let frameworks = reg
+            .frameworks
+            .values()
+            .filter(|f| !self.frameworks.contains_key(&f.id))
+            .map(|f| self.failover_deadline(f, now_ms));
+        offers
+            .chain(agents)
+            .chain(frameworks)
+            .filter(|at| *at > now_ms)
+            .min()
+    }
+
+    /// The wake asked for last and not superseded (see [`Effect::Wake`]).
+    pub fn armed(&self) -> Option<u64> {
+        self.armed
+    }
+
+    /// A deadline at `at_ms` was created: asks to be woken for it unless an earlier
+    /// wake, not passed yet, is asked for already.
+    pub(crate) fn wake_by(&mut self, at_ms: u64, now_ms: u64, effects: &mut Vec<Effect>) {
+        if self
+            .armed
+            .is_some_and(|armed| armed <= at_ms && armed > now_ms)
+        {
+            return;
+        }
+        self.armed = Some(at_ms);
+        effects.push(Effect::Wake { at_ms });
+    }
+
+    /// Asks to be woken at the next deadline (after a tick, or on election).
+    fn rearm(&mut self, reg: &Registry, now_ms: u64, effects: &mut Vec<Effect>) {
+        self.armed = self.next_deadline(reg, now_ms);
+        if let Some(at_ms) = self.armed {
+            effects.push(Effect::Wake { at_ms });
+        }
     }
 
     /// An event for a subscribed framework, on its current stream (`None` when it is not

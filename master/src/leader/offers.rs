@@ -158,12 +158,18 @@ impl Leader {
         }
         // An OFFERS event that cannot be sent disconnects the framework, which takes its
         // offers back (see `Leader::framework_stream_lost`).
-        per_fw
+        let mut effects: Vec<Effect> = per_fw
             .into_iter()
             .filter_map(|(fw, offers)| {
                 self.event(&fw, pb::event::Event::Offers(pb::event::Offers { offers }))
             })
-            .collect()
+            .collect();
+        if !effects.is_empty() {
+            // The offers made now all expire together.
+            let expiry = now_ms.saturating_add(self.settings.offer_timeout_ms);
+            self.wake_by(expiry, now_ms, &mut effects);
+        }
+        effects
     }
 
     /// Rescinds one offer (its resources return to the pool) and tells its framework.
@@ -192,13 +198,21 @@ impl Leader {
         }
     }
 
-    /// Rescinds offers older than the offer timeout, and drops expired filters.
+    /// When an offer expires: the offer timeout after it was made.
+    pub fn offer_deadline(&self, offer: &OfferRec) -> u64 {
+        offer
+            .created_ms
+            .saturating_add(self.settings.offer_timeout_ms)
+    }
+
+    /// Rescinds offers older than the offer timeout, and drops expired filters. (A
+    /// filter's expiry is no deadline: allocation cycles ignore expired filters
+    /// themselves.)
     pub fn expire_offers(&mut self, now_ms: u64) -> Vec<Effect> {
-        let timeout = self.settings.offer_timeout_ms;
         let old: Vec<OfferId> = self
             .offers
             .iter()
-            .filter(|(_, o)| now_ms.saturating_sub(o.created_ms) >= timeout)
+            .filter(|(_, o)| now_ms >= self.offer_deadline(o))
             .map(|(id, _)| id.clone())
             .collect();
         let mut effects = Vec::new();

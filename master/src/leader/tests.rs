@@ -120,7 +120,7 @@ fn a_subscription_that_fails_to_commit_opens_nothing() {
 fn a_framework_removed_before_its_subscription_completes_gets_no_session() {
     let mut h = Harness::new();
     let (fw, stream) = h.subscribe("web", 0.0, false);
-    let stream_end = h.leader.framework_disconnected(h.now, &fw, &stream);
+    let stream_end = h.leader.framework_disconnected(&h.reg, h.now, &fw, &stream);
     h.settle(stream_end).unwrap();
     // It resubscribes; its teardown commits between the registration and the step that
     // opens the stream.
@@ -268,7 +268,7 @@ fn subscribe_refusals() {
 fn a_framework_is_removed_at_its_failover_deadline_not_before() {
     let (mut h, fw, agent) = one_task(false);
     let stream = h.leader.frameworks[&fw].stream_id.clone();
-    let effects = h.leader.framework_disconnected(h.now, &fw, &stream);
+    let effects = h.leader.framework_disconnected(&h.reg, h.now, &fw, &stream);
     let effects = h.settle(effects).unwrap();
     assert!(matches!(effects[0], Effect::CloseFrameworkStream { .. }));
     let gone_at = h.now;
@@ -296,12 +296,12 @@ fn a_framework_is_removed_at_its_failover_deadline_not_before() {
 fn a_resubscription_in_time_stops_the_failover_clock() {
     let (mut h, fw, _) = one_task(false);
     let stream = h.leader.frameworks[&fw].stream_id.clone();
-    let effects = h.leader.framework_disconnected(h.now, &fw, &stream);
+    let effects = h.leader.framework_disconnected(&h.reg, h.now, &fw, &stream);
     h.settle(effects).unwrap();
     // A stream that is not the current one changes nothing.
     assert!(h
         .leader
-        .framework_disconnected(h.now, &fw, "other")
+        .framework_disconnected(&h.reg, h.now, &fw, "other")
         .is_empty());
     h.advance(30_000);
     h.subscribe_with(pb::FrameworkInfo {
@@ -583,7 +583,7 @@ fn a_launch_applied_after_a_change_of_leadership_asks_for_reconciliation() {
         panic!("{first:?}");
     };
     let _ = h.leader.reset(TERM + 1, h.now);
-    let _ = h.leader.start_serving(TERM + 1, h.now);
+    let _ = h.leader.start_serving(&h.reg, TERM + 1, h.now);
     let err = h
         .leader
         .applied(
@@ -793,7 +793,7 @@ fn invalid_updates_are_refused_and_not_committed() {
 fn updates_for_a_disconnected_framework_wait_for_its_return() {
     let (mut h, fw, agent) = one_task(false);
     let stream = h.leader.frameworks[&fw].stream_id.clone();
-    let effects = h.leader.framework_disconnected(h.now, &fw, &stream);
+    let effects = h.leader.framework_disconnected(&h.reg, h.now, &fw, &stream);
     h.settle(effects).unwrap();
     let conn = h.leader.agents[&agent].conn_id;
     let mut committed = Vec::new();
@@ -1244,4 +1244,214 @@ fn heartbeats_go_to_every_subscribed_framework_in_id_order() {
         .collect();
     expected.sort();
     assert_eq!(to, expected.iter().collect::<Vec<_>>());
+}
+
+/// The offer ids in the OFFERS events of `effects`.
+fn offer_ids(effects: &[Effect]) -> Vec<drover_proto::OfferId> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Event {
+                event: pb::event::Event::Offers(o),
+                ..
+            } => Some(o.offers.iter().filter_map(|o| o.id.clone())),
+            _ => None,
+        })
+        .flatten()
+        .collect()
+}
+
+#[test]
+fn an_offers_wake_is_at_its_expiry_and_a_tick_then_rescinds_it() {
+    let mut h = Harness::new();
+    h.leader.settings.offer_timeout_ms = 5_000;
+    h.add_agent("cpus:4;mem:4096");
+    let (fw, _) = h.subscribe("web", 0.0, false);
+    let made = h.now;
+    let effects = h.leader.allocate(&h.reg, h.now);
+    let ids = offer_ids(&effects);
+    assert_eq!(ids.len(), 1, "{effects:?}");
+    assert_eq!(wakes(&effects), [made + 5_000], "earlier than the agent's");
+    assert_eq!(h.leader.armed(), Some(made + 5_000));
+
+    // A tick just before changes nothing and asks for the same wake again.
+    h.advance(5_000 - 1);
+    let effects = h.tick();
+    assert!(events_to(&effects, &fw).is_empty(), "{effects:?}");
+    assert_eq!(wakes(&effects), [made + 5_000]);
+
+    h.advance(1);
+    let effects = h.tick();
+    assert!(
+        matches!(events_to(&effects, &fw).as_slice(), [pb::event::Event::Rescind(r)] if r.offer_id.as_ref() == Some(&ids[0])),
+        "{effects:?}"
+    );
+    assert!(h.leader.offers.is_empty());
+    // The next deadline is the agent's liveness, counted from its registration.
+    assert_eq!(wakes(&effects), [ELECTED_MS + AGENT_TIMEOUT_MS + 1]);
+}
+
+#[test]
+fn a_disconnected_frameworks_wake_is_its_failover_deadline() {
+    let mut h = Harness::new();
+    h.add_agent("cpus:4;mem:4096");
+    let (fw, stream) = h.subscribe("web", 5.0, false);
+    h.advance(1_000);
+    let gone_at = h.now;
+    let effects = h.leader.framework_disconnected(&h.reg, h.now, &fw, &stream);
+    assert_eq!(wakes(&effects), [gone_at + 5_000], "{effects:?}");
+    h.settle(effects).unwrap();
+
+    h.advance(5_000 - 1);
+    let effects = h.leader.tick(&h.reg, h.now);
+    assert!(proposals(&effects).is_empty(), "{effects:?}");
+    assert_eq!(wakes(&effects), [gone_at + 5_000]);
+    h.advance(1);
+    let effects = h.leader.tick(&h.reg, h.now);
+    assert!(
+        matches!(proposals(&effects).as_slice(), [(Command::RemoveFramework { framework_id, .. }, _)] if *framework_id == fw),
+        "{effects:?}"
+    );
+    h.settle(effects).unwrap();
+    assert!(!h.reg.frameworks.contains_key(&fw));
+}
+
+#[test]
+fn a_ping_asks_for_no_wake_while_an_earlier_one_is_armed() {
+    let mut h = Harness::new();
+    let effects = h.register_agent("cpus:4;mem:4096");
+    let first_deadline = ELECTED_MS + AGENT_TIMEOUT_MS + 1;
+    assert_eq!(wakes(&effects), [first_deadline], "{effects:?}");
+    let Some(Effect::OpenAgentConnection { agent, conn_id }) = effects
+        .iter()
+        .find(|e| matches!(e, Effect::OpenAgentConnection { .. }))
+    else {
+        panic!("{effects:?}");
+    };
+    let (agent, conn) = (agent.clone(), *conn_id);
+
+    // Pings push the agent's deadline later: the armed wake still comes first.
+    for _ in 0..3 {
+        h.advance(5_000);
+        let effects = h
+            .leader
+            .agent_message(&h.reg, h.now, &agent, conn, ping())
+            .unwrap();
+        assert!(wakes(&effects).is_empty(), "{effects:?}");
+    }
+    assert_eq!(h.leader.armed(), Some(first_deadline));
+
+    // Once that wake has passed, the next ping asks for its own deadline.
+    h.now = first_deadline;
+    let effects = h
+        .leader
+        .agent_message(&h.reg, h.now, &agent, conn, ping())
+        .unwrap();
+    assert_eq!(wakes(&effects), [h.now + AGENT_TIMEOUT_MS + 1]);
+}
+
+#[test]
+fn after_a_deadline_is_ticked_the_wake_names_the_next_one() {
+    let mut h = Harness::new();
+    let (first, _) = h.add_agent("cpus:4;mem:4096");
+    h.advance(2_000);
+    let (second, _) = h.add_agent("cpus:4;mem:4096");
+    let (fw, stream) = h.subscribe("web", 20.0, false);
+    let effects = h.leader.framework_disconnected(&h.reg, h.now, &fw, &stream);
+    h.settle(effects).unwrap();
+    let deadlines = [
+        ELECTED_MS + AGENT_TIMEOUT_MS + 1,
+        ELECTED_MS + 2_000 + AGENT_TIMEOUT_MS + 1,
+        ELECTED_MS + 2_000 + 20_000,
+    ];
+    assert_eq!(h.leader.armed(), Some(deadlines[0]));
+
+    h.now = deadlines[0];
+    let effects = h.tick();
+    assert_eq!(h.reg.agents[&first].state, AgentState::Unreachable);
+    assert_eq!(h.reg.agents[&second].state, AgentState::Active);
+    assert_eq!(wakes(&effects), [deadlines[1]], "{effects:?}");
+
+    h.now = deadlines[1];
+    let effects = h.tick();
+    assert_eq!(h.reg.agents[&second].state, AgentState::Unreachable);
+    assert_eq!(wakes(&effects), [deadlines[2]], "{effects:?}");
+
+    h.now = deadlines[2];
+    let effects = h.tick();
+    assert!(!h.reg.frameworks.contains_key(&fw));
+    assert!(wakes(&effects).is_empty(), "nothing is left: {effects:?}");
+    assert_eq!(h.leader.armed(), None);
+}
+
+#[test]
+fn a_new_leader_asks_to_be_woken_for_the_registrys_first_deadline() {
+    let mut h = Harness::new();
+    h.add_agent("cpus:4;mem:4096");
+    h.apply(Command::AddFramework {
+        framework_id: FrameworkId::new("old"),
+        info: pb::FrameworkInfo {
+            failover_timeout: 10.0,
+            ..Default::default()
+        },
+        now_ms: 0,
+    });
+    h.apply(Command::FrameworkDisconnected {
+        framework_id: FrameworkId::new("old"),
+        now_ms: 5,
+    });
+    h.advance(100_000);
+    let _ = h.leader.reset(TERM + 1, h.now);
+    assert_eq!(h.leader.armed(), None);
+    // The framework's failover clock and the agent's liveness both start at the
+    // election; the framework's 10 s come first.
+    let effects = h.leader.start_serving(&h.reg, TERM + 1, h.now);
+    assert_eq!(wakes(&effects), [h.now + 10_000], "{effects:?}");
+}
+
+#[test]
+fn the_same_inputs_give_the_same_wakes() {
+    let run = || {
+        let mut h = Harness::new();
+        h.leader.settings.offer_timeout_ms = 7_000;
+        let mut all = Vec::new();
+        let mut agents = Vec::new();
+        for i in 0..4 {
+            let effects = h.register_agent("cpus:4;mem:4096");
+            all.extend(wakes(&effects));
+            agents.extend(effects.iter().find_map(|e| match e {
+                Effect::OpenAgentConnection { agent, conn_id } => Some((agent.clone(), *conn_id)),
+                _ => None,
+            }));
+            h.advance(1_000 + i * 500);
+        }
+        let fws: Vec<_> = (0..3)
+            .map(|i| h.subscribe(&format!("f{i}"), 3.0 + i as f64, false))
+            .collect();
+        all.extend(wakes(&h.leader.allocate(&h.reg, h.now)));
+        for (fw, stream) in &fws[1..] {
+            let effects = h.leader.framework_disconnected(&h.reg, h.now, fw, stream);
+            all.extend(wakes(&h.settle(effects).unwrap()));
+        }
+        for step in 0..40 {
+            h.advance(997);
+            if step % 3 == 0 {
+                let (agent, conn) = &agents[step % agents.len()];
+                if let Some(effects) = h.leader.agent_message(&h.reg, h.now, agent, *conn, ping()) {
+                    all.extend(wakes(&effects));
+                }
+            }
+            all.extend(wakes(&h.tick()));
+        }
+        all
+    };
+    let first = run();
+    assert_eq!(first, run());
+    // Registration, the offers' expiry, the failover deadlines and the ticks' re-arms.
+    assert!(first.len() > 40, "{first:?}");
+    assert_eq!(first[0], ELECTED_MS + AGENT_TIMEOUT_MS + 1);
+    assert!(
+        first.windows(2).any(|w| w[1] < w[0]),
+        "a deadline earlier than the armed one asks again: {first:?}"
+    );
 }

@@ -45,7 +45,7 @@ impl Master {
 
     /// The framework's stream `stream_id` ended (the client went away).
     pub fn framework_disconnected(self: &Arc<Self>, fw: FrameworkId, stream_id: String) {
-        self.run_now(|leader, _, now| leader.framework_disconnected(now, &fw, &stream_id));
+        self.run_now(|leader, reg, now| leader.framework_disconnected(reg, now, &fw, &stream_id));
     }
 
     /// ACCEPT: the gate, then commit, then send launches to the agent. Runs to completion

@@ -1,17 +1,32 @@
 //! The master's loops: each wakes on a timer (or a notification), asks the leader for
 //! one step and carries out its effects.
+//!
+//! Housekeeping ([`housekeeping_loop`]) is driven by the leader's own deadlines: each
+//! [`Effect::Wake`] it returns (an offer made, an agent heard from, a framework
+//! disconnected, the next deadline after a tick) lowers the time the loop sleeps until,
+//! so offer timeouts, agent liveness and failover deadlines are met when they fall due;
+//! a tick every 250 ms stays as a safety net (it retries what a failed proposal left
+//! undone).
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, Semaphore};
 
 use super::Master;
 use crate::leader::agents::MAX_BATCH;
+use crate::leader::Effect;
 use crate::registry::{Command, StatusUpdate};
 
 /// A launch still STAGING this long after its commit is sent to its agent again.
 const STAGING_RESEND_MS: u64 = 10_000;
+
+/// How often launches still STAGING are looked for (a retry, with no deadline of its
+/// own).
+const STAGING_SWEEP: Duration = Duration::from_secs(5);
+
+/// Housekeeping runs at least this often, whatever the leader asked for.
+const HOUSEKEEPING_PERIOD: Duration = Duration::from_millis(250);
 
 /// Status-update batches in flight at once (pipelining: the next batch fills while one
 /// commits).
@@ -39,7 +54,7 @@ impl Master {
         let mut offered = false;
         self.run_now(|leader, reg, now| {
             let effects = leader.allocate(reg, now);
-            offered = !effects.is_empty();
+            offered = effects.iter().any(|e| matches!(e, Effect::Event { .. }));
             effects
         });
         if offered {
@@ -120,7 +135,8 @@ pub async fn leadership_loop(master: Arc<Master>) {
                 Ok(_) => {
                     if master.raft.role() == role {
                         tracing::info!(term = role.term, "leading: serving frameworks and agents");
-                        master.run_now(|leader, _, now| leader.start_serving(role.term, now));
+                        master
+                            .run_now(|leader, reg, now| leader.start_serving(reg, role.term, now));
                     }
                 }
                 Err(e) => tracing::warn!(error = %e, "could not start leading"),
@@ -148,31 +164,48 @@ pub async fn allocation_loop(master: Arc<Master>) {
     }
 }
 
-/// Offer timeouts and filters, agent liveness, failover deadlines, and launches to send
-/// again. Proposals made here are awaited before the next round, so that one round's
-/// UNREACHABLE or removal is applied before the next round looks again.
+/// Offer timeouts and filters, agent liveness, failover deadlines ([`Leader::tick`]),
+/// and launches to send again. Sleeps until the earliest wake the leader asked for or
+/// the end of its period, whichever comes first. A round's proposals are awaited before
+/// the next round, so that one round's UNREACHABLE or removal is applied before the
+/// next round looks again.
+///
+/// [`Leader::tick`]: crate::leader::Leader::tick
 pub async fn housekeeping_loop(master: Arc<Master>) {
-    let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut ticks = 0u64;
+    let mut wake = master.wake.subscribe();
+    let mut next_sweep = tokio::time::Instant::now() + STAGING_SWEEP;
     loop {
-        tick.tick().await;
-        ticks += 1;
-        if ticks.is_multiple_of(20) {
+        let period_end = tokio::time::Instant::now() + HOUSEKEEPING_PERIOD;
+        loop {
+            // The wake is in the master's clock; it is read again whenever it moves.
+            let until = match *wake.borrow_and_update() {
+                Some(at_ms) => {
+                    let wait = Duration::from_millis(at_ms.saturating_sub(master.now_ms()));
+                    period_end.min(tokio::time::Instant::now() + wait)
+                }
+                None => period_end,
+            };
+            tokio::select! {
+                () = tokio::time::sleep_until(until) => break,
+                changed = wake.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+        // This round looks at every deadline that has passed and asks for the next one;
+        // a wake asked for from now on is one more.
+        master.wake.send_replace(None);
+        if tokio::time::Instant::now() >= next_sweep {
+            next_sweep = tokio::time::Instant::now() + STAGING_SWEEP;
             master.run_now(|leader, reg, now| leader.resend_staging(reg, now, STAGING_RESEND_MS));
         }
-        master.run_now(|leader, _, now| leader.expire_offers(now));
         let result = master
-            .run(|leader, reg, now| Ok(leader.check_agents(reg, now)))
+            .run(|leader, reg, now| Ok(leader.tick(reg, now)))
             .await;
         if let Err(e) = result {
-            tracing::warn!(error = %e, "could not mark an agent unreachable");
-        }
-        let result = master
-            .run(|leader, reg, now| Ok(leader.expire_frameworks(reg, now)))
-            .await;
-        if let Err(e) = result {
-            tracing::warn!(error = %e, "could not remove a framework past its failover timeout");
+            tracing::warn!(error = %e, "could not mark an agent unreachable or remove a framework past its failover timeout");
         }
     }
 }

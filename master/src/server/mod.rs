@@ -28,7 +28,7 @@ pub mod upgrade;
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard};
 
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::{mpsc, watch, Notify};
 
 use drover_proto::{AgentId, FrameworkId};
 
@@ -149,6 +149,9 @@ pub struct Master {
     pub metrics: Arc<Metrics>,
     /// Wakes the allocation loop early.
     pub allocate_now: Notify,
+    /// The earliest time (clock ms) the leader asked to be ticked at (its
+    /// [`Effect::Wake`]s): the housekeeping loop sleeps until then or its period ends.
+    pub wake: watch::Sender<Option<u64>>,
     pub updates_tx: mpsc::UnboundedSender<StatusUpdate>,
     /// Serializes raising the registry version with adding masters (see [`upgrade`]).
     pub version_lock: tokio::sync::Mutex<()>,
@@ -201,6 +204,7 @@ impl Master {
             }),
             metrics,
             allocate_now: Notify::new(),
+            wake: watch::Sender::new(None),
             updates_tx,
             version_lock: Default::default(),
         };
@@ -433,6 +437,7 @@ impl Master {
             metrics: &self.metrics,
             updates: &self.updates_tx,
             allocate_now: &self.allocate_now,
+            wake: &self.wake,
             named,
         }
     }

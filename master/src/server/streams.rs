@@ -48,6 +48,44 @@ pub struct Streams {
     pub agents: BTreeMap<AgentId, AgentConnection>,
 }
 
+impl Streams {
+    /// The framework's stream, if it is still `stream_id` (the one an effect was decided
+    /// for).
+    fn framework(&self, fw: &FrameworkId, stream_id: &str) -> Option<&FrameworkStream> {
+        self.frameworks.get(fw).filter(|s| s.stream_id == stream_id)
+    }
+
+    /// The agent's connection, if it is still `conn_id`.
+    fn agent(&self, agent: &AgentId, conn_id: u64) -> Option<&AgentConnection> {
+        self.agents.get(agent).filter(|c| c.conn_id == conn_id)
+    }
+
+    /// Removes the framework's stream if it is still `stream_id`.
+    fn take_framework(&mut self, fw: &FrameworkId, stream_id: &str) -> Option<FrameworkStream> {
+        self.framework(fw, stream_id)?;
+        self.frameworks.remove(fw)
+    }
+
+    /// Removes the agent's connection if it is still `conn_id`.
+    fn take_agent(&mut self, agent: &AgentId, conn_id: u64) -> Option<AgentConnection> {
+        self.agent(agent, conn_id)?;
+        self.agents.remove(agent)
+    }
+}
+
+/// The agent's connection `conn_id` is full or closed: it ends, and the leader decides
+/// what follows.
+fn agent_lost(
+    leader: &mut crate::leader::Leader,
+    streams: &mut Streams,
+    agent: &AgentId,
+    conn_id: u64,
+) -> Vec<Effect> {
+    tracing::warn!(agent = %agent, "agent stream is full or closed; disconnecting it");
+    streams.agents.remove(agent);
+    leader.agent_connection_lost(agent, conn_id)
+}
+
 fn wrap(event: pb::event::Event) -> pb::Event {
     pb::Event { event: Some(event) }
 }
@@ -59,6 +97,8 @@ pub struct Outlets<'a> {
     pub updates: &'a mpsc::UnboundedSender<StatusUpdate>,
     /// Wakes the allocation loop.
     pub allocate_now: &'a tokio::sync::Notify,
+    /// The earliest wake the leader asked for (the housekeeping loop's).
+    pub wake: &'a tokio::sync::watch::Sender<Option<u64>>,
     /// Names the leader in a NotLeader error.
     pub named: &'a dyn Fn(MasterError) -> MasterError,
 }
@@ -81,11 +121,7 @@ impl Core {
                 stream_id,
                 event,
             } => {
-                let Some(s) = streams
-                    .frameworks
-                    .get(&framework)
-                    .filter(|s| s.stream_id == stream_id)
-                else {
+                let Some(s) = streams.framework(&framework, &stream_id) else {
                     // That stream ended or was replaced after the leader decided.
                     return (leader.event_not_sent(&framework, &stream_id, event), None);
                 };
@@ -115,11 +151,7 @@ impl Core {
                 stream_id,
                 event,
             } => {
-                let Some(s) = streams
-                    .frameworks
-                    .get(&framework)
-                    .filter(|s| s.stream_id == stream_id)
-                else {
+                let Some(s) = streams.framework(&framework, &stream_id) else {
                     return (Vec::new(), None);
                 };
                 if !best_effort_room(s.tx.capacity(), s.tx.max_capacity()) {
@@ -142,17 +174,13 @@ impl Core {
                 conn_id,
                 message,
             } => {
-                let Some(c) = streams.agents.get(&agent).filter(|c| c.conn_id == conn_id) else {
+                let Some(c) = streams.agent(&agent, conn_id) else {
                     // That connection ended or was replaced after the leader decided.
                     return (Vec::new(), None);
                 };
                 match c.tx.try_send(Ok(message)) {
                     Ok(()) => (Vec::new(), None),
-                    Err(_) => {
-                        tracing::warn!(agent = %agent, "agent stream is full or closed; disconnecting it");
-                        streams.agents.remove(&agent);
-                        (leader.agent_connection_lost(&agent, conn_id), None)
-                    }
+                    Err(_) => (agent_lost(leader, streams, &agent, conn_id), None),
                 }
             }
             Effect::Relay {
@@ -165,7 +193,7 @@ impl Core {
             } => {
                 let not_connected = || agent_not_connected(&agent, &executor, what);
                 let too_much = || agent_too_busy(&agent, &executor, what);
-                let Some(c) = streams.agents.get(&agent).filter(|c| c.conn_id == conn_id) else {
+                let Some(c) = streams.agent(&agent, conn_id) else {
                     return (Vec::new(), Some(not_connected()));
                 };
                 if lossy && !best_effort_room(c.tx.capacity(), c.tx.max_capacity()) {
@@ -174,12 +202,10 @@ impl Core {
                 match c.tx.try_send(Ok(message)) {
                     Ok(()) => (Vec::new(), None),
                     Err(TrySendError::Full(_)) if lossy => (Vec::new(), Some(too_much())),
-                    Err(_) => {
-                        tracing::warn!(agent = %agent, "agent stream is full or closed; disconnecting it");
-                        streams.agents.remove(&agent);
-                        let more = leader.agent_connection_lost(&agent, conn_id);
-                        (more, Some(not_connected()))
-                    }
+                    Err(_) => (
+                        agent_lost(leader, streams, &agent, conn_id),
+                        Some(not_connected()),
+                    ),
                 }
             }
             Effect::OpenFrameworkStream {
@@ -203,12 +229,7 @@ impl Core {
                 stream_id,
                 farewell,
             } => {
-                if streams
-                    .frameworks
-                    .get(&framework)
-                    .is_some_and(|s| s.stream_id == stream_id)
-                {
-                    let s = streams.frameworks.remove(&framework).expect("present");
+                if let Some(s) = streams.take_framework(&framework, &stream_id) {
                     let last = match farewell {
                         Farewell::Quietly => None,
                         Farewell::ErrorEvent(message) => {
@@ -238,12 +259,7 @@ impl Core {
                 conn_id,
                 farewell,
             } => {
-                if streams
-                    .agents
-                    .get(&agent)
-                    .is_some_and(|c| c.conn_id == conn_id)
-                {
-                    let c = streams.agents.remove(&agent).expect("present");
+                if let Some(c) = streams.take_agent(&agent, conn_id) {
                     if let Farewell::Error(e) = farewell {
                         let _ = c.tx.try_send(Err(Status::from((out.named)(e))));
                     }
@@ -258,6 +274,16 @@ impl Core {
                 out.allocate_now.notify_one();
                 (Vec::new(), None)
             }
+            Effect::Wake { at_ms } => {
+                out.wake.send_if_modified(|wake| {
+                    let earlier = wake.is_none_or(|w| at_ms < w);
+                    if earlier {
+                        *wake = Some(at_ms);
+                    }
+                    earlier
+                });
+                (Vec::new(), None)
+            }
         }
     }
 }
@@ -266,7 +292,7 @@ impl Core {
 mod tests {
     use std::sync::Arc;
 
-    use tokio::sync::Notify;
+    use tokio::sync::{watch, Notify};
 
     use super::*;
     use crate::leader::{AgentSession, FrameworkSession, Leader, SequentialIds, Settings};
@@ -290,18 +316,78 @@ mod tests {
         }
     }
 
-    fn run(core: &mut Core, effect: Effect) -> (Vec<Effect>, Option<MasterError>) {
-        let metrics = Metrics::default();
-        let (updates, _) = mpsc::unbounded_channel();
-        let allocate_now = Notify::new();
-        let named = |e: MasterError| e;
-        let out = Outlets {
-            metrics: &metrics,
-            updates: &updates,
-            allocate_now: &allocate_now,
-            named: &named,
+    /// What [`Outlets`] point at, for a test.
+    struct Sinks {
+        metrics: Metrics,
+        updates: mpsc::UnboundedSender<StatusUpdate>,
+        allocate_now: Notify,
+        wake: watch::Sender<Option<u64>>,
+    }
+
+    fn unnamed(e: MasterError) -> MasterError {
+        e
+    }
+
+    impl Sinks {
+        fn new() -> Self {
+            Sinks {
+                metrics: Metrics::default(),
+                updates: mpsc::unbounded_channel().0,
+                allocate_now: Notify::new(),
+                wake: watch::Sender::new(None),
+            }
+        }
+
+        fn outlets(&self) -> Outlets<'_> {
+            Outlets {
+                metrics: &self.metrics,
+                updates: &self.updates,
+                allocate_now: &self.allocate_now,
+                wake: &self.wake,
+                named: &unnamed,
+            }
+        }
+    }
+
+    /// The shell holds `fw`'s stream `stream_id`, sending to `tx`.
+    fn open_stream(core: &mut Core, fw: &FrameworkId, stream_id: &str, tx: EventTx) {
+        let stream_id = stream_id.to_string();
+        core.streams
+            .frameworks
+            .insert(fw.clone(), FrameworkStream { stream_id, tx });
+    }
+
+    /// The leader has `fw` subscribed on `stream_id`.
+    fn subscribed(core: &mut Core, fw: &FrameworkId, stream_id: &str) {
+        let session = FrameworkSession {
+            stream_id: stream_id.into(),
+            suppressed: false,
+            filters: Default::default(),
         };
+        core.leader.frameworks.insert(fw.clone(), session);
+    }
+
+    fn run(core: &mut Core, effect: Effect) -> (Vec<Effect>, Option<MasterError>) {
+        let sinks = Sinks::new();
+        let out = sinks.outlets();
         core.execute(effect, &mut Attach::None, &mut Opened::default(), &out)
+    }
+
+    #[test]
+    fn the_shell_keeps_the_earliest_wake_asked_for() {
+        let mut core = core();
+        let sinks = Sinks::new();
+        let out = sinks.outlets();
+        for at_ms in [500, 900, 300, 300, 700] {
+            let (more, error) = core.execute(
+                Effect::Wake { at_ms },
+                &mut Attach::None,
+                &mut Opened::default(),
+                &out,
+            );
+            assert!(more.is_empty() && error.is_none());
+        }
+        assert_eq!(*sinks.wake.borrow(), Some(300));
     }
 
     fn message(data: &[u8]) -> pb::MasterMessage {
@@ -387,21 +473,8 @@ mod tests {
 
         let fw = FrameworkId::new("fw");
         let (tx, rx) = mpsc::channel(4);
-        core.streams.frameworks.insert(
-            fw.clone(),
-            FrameworkStream {
-                stream_id: "s".into(),
-                tx,
-            },
-        );
-        core.leader.frameworks.insert(
-            fw.clone(),
-            FrameworkSession {
-                stream_id: "s".into(),
-                suppressed: false,
-                filters: Default::default(),
-            },
-        );
+        open_stream(&mut core, &fw, "s", tx);
+        subscribed(&mut core, &fw, "s");
         let lossy = || Effect::EventOrDrop {
             framework: fw.clone(),
             stream_id: "s".into(),
@@ -442,21 +515,8 @@ mod tests {
         let mut core = core();
         let fw = FrameworkId::new("fw");
         let (tx, _rx) = mpsc::channel(1);
-        core.streams.frameworks.insert(
-            fw.clone(),
-            FrameworkStream {
-                stream_id: "s".into(),
-                tx,
-            },
-        );
-        core.leader.frameworks.insert(
-            fw.clone(),
-            FrameworkSession {
-                stream_id: "s".into(),
-                suppressed: false,
-                filters: Default::default(),
-            },
-        );
+        open_stream(&mut core, &fw, "s", tx);
+        subscribed(&mut core, &fw, "s");
         let update = |n: u8| Effect::Event {
             framework: fw.clone(),
             stream_id: "s".into(),
@@ -491,21 +551,8 @@ mod tests {
         // subscribed the framework on s2.
         let (tx, rx) = mpsc::channel(4);
         drop(rx);
-        core.streams.frameworks.insert(
-            fw.clone(),
-            FrameworkStream {
-                stream_id: "s1".into(),
-                tx,
-            },
-        );
-        core.leader.frameworks.insert(
-            fw.clone(),
-            FrameworkSession {
-                stream_id: "s2".into(),
-                suppressed: false,
-                filters: Default::default(),
-            },
-        );
+        open_stream(&mut core, &fw, "s1", tx);
+        subscribed(&mut core, &fw, "s2");
         // An event decided for s1 before the resubscription fails to go out.
         let (more, _) = run(
             &mut core,
@@ -575,21 +622,8 @@ mod tests {
         // The leader subscribed the framework on s2 and made it an offer; the shell still
         // holds s1, which is closed a moment later.
         let (tx, mut old_rx) = mpsc::channel(8);
-        core.streams.frameworks.insert(
-            fw.clone(),
-            FrameworkStream {
-                stream_id: "s1".into(),
-                tx,
-            },
-        );
-        core.leader.frameworks.insert(
-            fw.clone(),
-            FrameworkSession {
-                stream_id: "s2".into(),
-                suppressed: false,
-                filters: Default::default(),
-            },
-        );
+        open_stream(&mut core, &fw, "s1", tx);
+        subscribed(&mut core, &fw, "s2");
         let offer = drover_proto::OfferId::new("o1");
         core.leader.offers.insert(
             offer.clone(),
@@ -671,13 +705,7 @@ mod tests {
         let mut core = core();
         let fw = FrameworkId::new("fw");
         let (tx, mut rx) = mpsc::channel(8);
-        core.streams.frameworks.insert(
-            fw.clone(),
-            FrameworkStream {
-                stream_id: "s".into(),
-                tx,
-            },
-        );
+        open_stream(&mut core, &fw, "s", tx);
         let event = |n: u32| Effect::Event {
             framework: fw.clone(),
             stream_id: "s".into(),
@@ -690,16 +718,8 @@ mod tests {
             then: Then::Nothing,
         };
         let mut queue: VecDeque<Effect> = vec![event(1), event(2), proposal, event(3)].into();
-        let metrics = Metrics::default();
-        let (updates, _) = mpsc::unbounded_channel();
-        let allocate_now = Notify::new();
-        let named = |e: MasterError| e;
-        let out = Outlets {
-            metrics: &metrics,
-            updates: &updates,
-            allocate_now: &allocate_now,
-            named: &named,
-        };
+        let sinks = Sinks::new();
+        let out = sinks.outlets();
         let mut run = crate::server::Run::new(Attach::None);
         let next = core.carry_out_until_proposal(&mut queue, &mut run, &out);
         assert!(matches!(next, Some((Command::Noop, Then::Nothing))));
@@ -723,7 +743,7 @@ mod tests {
     #[test]
     fn a_reset_ends_every_stream_with_not_leader() {
         let mut core = core();
-        core.leader.start_serving(2, 0);
+        core.leader.start_serving(&Default::default(), 2, 0);
         let fw = FrameworkId::new("fw");
         let stray = FrameworkId::new("stray");
         let agent = AgentId::new("a1");
@@ -732,37 +752,16 @@ mod tests {
         // connection have none (their sessions ended, the streams did not).
         for (id, stream_id) in [(&fw, "s"), (&stray, "x")] {
             let (tx, rx) = mpsc::channel(4);
-            core.streams.frameworks.insert(
-                id.clone(),
-                FrameworkStream {
-                    stream_id: stream_id.into(),
-                    tx,
-                },
-            );
+            open_stream(&mut core, id, stream_id, tx);
             receivers.push(rx);
         }
-        core.leader.frameworks.insert(
-            fw.clone(),
-            FrameworkSession {
-                stream_id: "s".into(),
-                suppressed: false,
-                filters: Default::default(),
-            },
-        );
+        subscribed(&mut core, &fw, "s");
         let (tx, mut agent_rx) = mpsc::channel(4);
         core.streams
             .agents
             .insert(agent.clone(), AgentConnection { conn_id: 7, tx });
-        let metrics = Metrics::default();
-        let (updates, _) = mpsc::unbounded_channel();
-        let allocate_now = Notify::new();
-        let named = |e: MasterError| e;
-        let out = Outlets {
-            metrics: &metrics,
-            updates: &updates,
-            allocate_now: &allocate_now,
-            named: &named,
-        };
+        let sinks = Sinks::new();
+        let out = sinks.outlets();
         core.reset(3, 0, &out);
         assert!(core.streams.frameworks.is_empty() && core.streams.agents.is_empty());
         for rx in &mut receivers {
