@@ -38,7 +38,7 @@ const RECONNECT_PAUSE: Duration = Duration::from_millis(200);
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest batch of Raft messages a master accepts or sends in one call. Appends are
-/// bounded by `max_size_per_msg` (1 MiB) and [`BATCH`]; snapshots are streamed in chunks.
+/// bounded by `max_size_per_msg` (1 MiB) and `BATCH`; snapshots are streamed in chunks.
 pub const MAX_RAFT_MESSAGE_BYTES: usize = 320 * 1024 * 1024;
 
 /// Where the other masters are: the replicated address book (it follows membership
