@@ -66,6 +66,8 @@ fn cstring(name: &str) -> Result<CString, AgentError> {
 }
 
 pub(crate) fn openat(dir: RawFd, name: &CStr, flags: i32) -> io::Result<OwnedFd> {
+    // With O_CREAT openat reads a mode argument, which this one does not pass.
+    debug_assert_eq!(flags & libc::O_CREAT, 0, "openat cannot create files");
     // SAFETY: valid dirfd and NUL-terminated name; the returned fd is ours.
     let fd = unsafe { libc::openat(dir, name.as_ptr(), flags | libc::O_CLOEXEC) };
     if fd < 0 {

@@ -9,6 +9,9 @@
 //! go on writing at the new end with no hole. The trade-off: bytes written between the
 //! copy and the truncation are lost (the window is one `ftruncate` after a final
 //! catch-up copy), and only the newest `--log-max-size-mb` of an oversized file is kept.
+//! What the writers appended during the copy comes in with the catch-up, so the copy's
+//! oldest bytes are then dropped again: a copy never holds more than
+//! `--log-max-size-mb`. A copy keeps the owner and permission bits of its file.
 //! The alternative, a pipe through a rotating logger, would tie the task's output to a
 //! process that must outlive the agent; files keep the design's "files, never pipes".
 //! A running custom executor's own `stdout`/`stderr` rotate the same way.
@@ -105,6 +108,20 @@ pub fn rotate(
     max_files: u32,
     track: Option<(&Rotations, &TaskKey)>,
 ) -> io::Result<bool> {
+    rotate_with(dir, name, max_bytes, max_files, track, &mut || {})
+}
+
+/// [`rotate`], running `during_copy` between the copy and its catch-up: the moment at
+/// which the bytes of writers that go on writing while the file rotates arrive (the
+/// tests write there; [`rotate`] has nothing to do).
+fn rotate_with(
+    dir: &OwnedFd,
+    name: &str,
+    max_bytes: u64,
+    max_files: u32,
+    track: Option<(&Rotations, &TaskKey)>,
+    during_copy: &mut dyn FnMut(),
+) -> io::Result<bool> {
     let cname = CString::new(name).map_err(io::Error::other)?;
     // Looked at before it is opened: opening a device node the task made could act on
     // the device. (A swap between the two steps is caught by the fstat below.)
@@ -142,34 +159,76 @@ pub fn rotate(
     let tmp = CString::new(format!(".{name}.rotating")).map_err(io::Error::other)?;
     // SAFETY: unlinkat with a valid dirfd and name; a leftover (or planted) name goes.
     unsafe { libc::unlinkat(dir.as_raw_fd(), tmp.as_ptr(), 0) };
-    let copy = openat(
+    // Created private, then given the file's owner and permission bits (whatever the
+    // agent's umask): the task's user reads its rotated logs as it reads the file.
+    let copy = create_at(
         dir.as_raw_fd(),
         &tmp,
-        libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW,
+        libc::O_RDWR | libc::O_NOFOLLOW,
+        0o600,
     )?;
-    // SAFETY: fchown of a descriptor we own: the copy belongs to the task's user.
-    unsafe { libc::fchown(copy.as_raw_fd(), st.st_uid, st.st_gid) };
+    // SAFETY: fchown and fchmod of a descriptor we own. An agent that may not chown
+    // (not root) owns the file already, and keeps it.
+    unsafe {
+        libc::fchown(copy.as_raw_fd(), st.st_uid, st.st_gid);
+        if libc::fchmod(copy.as_raw_fd(), st.st_mode & 0o777) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
     let src = std::fs::File::from(fd);
     let dst = std::fs::File::from(copy);
-    let mut size = src.metadata()?.len();
-    let start = size.saturating_sub(max_bytes);
-    let mut at = start;
-    // Copy, then catch up once with what was appended meanwhile; the copy takes its
-    // place before the truncation, so a follower that sees the rotation finds it.
-    for _ in 0..2 {
-        copy_range(&src, &dst, at - start, at, size)?;
-        at = size;
-        size = src.metadata()?.len();
-    }
-    rename_in(dir.as_raw_fd(), &tmp, &numbered(1)?)?;
+    // The newest `max_bytes` of the file as it is now...
+    let first_end = src.metadata()?.len();
+    let first_start = first_end.saturating_sub(max_bytes);
+    copy_range(&src, &dst, 0, first_start, first_end)?;
+    during_copy();
+    // ...then what was appended meanwhile, read just before the truncation so that as
+    // little as possible is lost. (A file the task shrank meanwhile has nothing to add.)
+    let end = src.metadata()?.len().max(first_end);
+    copy_range(&src, &dst, first_end - first_start, first_end, end)?;
     src.set_len(0)?;
+    // The catch-up put the copy over `max_bytes`: its oldest bytes go, so that it holds
+    // the newest `max_bytes` of the file as it was truncated. Done after the truncation,
+    // which it would otherwise delay (losing more of what the writers write), and before
+    // the copy takes its name: followers wait for the rotation to end, and other readers
+    // never see a copy half-moved. (`<name>.1` was shifted away or still holds the
+    // previous copy meanwhile, as during the copy itself.) A failure here still names
+    // the copy: the file itself is gone.
+    let start = end.saturating_sub(max_bytes).max(first_start);
+    let trimmed = drop_front(&dst, start - first_start, end - first_start);
+    rename_in(dir.as_raw_fd(), &tmp, &numbered(1)?)?;
+    trimmed?;
     guard.done = Some(Rotation {
-        old_size: at,
+        old_size: end,
         kept_from: start,
     });
     Ok(true)
 }
 
+/// Creates `name` in `dir` (it must not exist; `O_EXCL`) with `mode` (less the umask).
+fn create_at(dir: RawFd, name: &CString, flags: i32, mode: libc::mode_t) -> io::Result<OwnedFd> {
+    let flags = flags | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC;
+    // SAFETY: valid dirfd and NUL-terminated name; with O_CREAT, openat reads the mode
+    // argument, which is passed. The returned fd is ours.
+    let fd = unsafe { libc::openat(dir, name.as_ptr(), flags, mode) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: openat returned a fresh descriptor.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Drops the first `n` of the `len` bytes of `file`, moving the rest to its start.
+fn drop_front(file: &std::fs::File, n: u64, len: u64) -> io::Result<()> {
+    if n == 0 {
+        return Ok(());
+    }
+    copy_range(file, file, 0, n.min(len), len)?;
+    file.set_len(len.saturating_sub(n))
+}
+
+/// Copies bytes `from..to` of `src` (up to its end) to `dst` at `dst_at`. `dst` may be
+/// `src` when `dst_at <= from`: every chunk is read before a write can reach it.
 fn copy_range(
     src: &std::fs::File,
     dst: &std::fs::File,
