@@ -70,7 +70,8 @@ impl AgentError {
 
     /// The gRPC status a client sees for this error.
     pub fn to_status(&self) -> tonic::Status {
-        let msg = self.to_string();
+        // Bounded: a message too long for the client's metadata limit would lose the error.
+        let msg = drover_proto::bound_error_message(self.to_string());
         match self {
             AgentError::TaskNotFound(_) | AgentError::FileNotFound(_) => {
                 tonic::Status::not_found(msg)

@@ -216,3 +216,124 @@ fn hostile_calls_are_refused_precisely_and_the_cluster_keeps_working() {
         }
     });
 }
+
+/// An acknowledgement must name an update the master sent: a well-formed uuid it never
+/// sent is NOT_FOUND (it used to answer OK and relay it to the agent), while the real
+/// acknowledgements go through and the task's later updates keep coming.
+#[test]
+fn acknowledging_a_uuid_the_master_never_sent_is_not_found() {
+    let mut cluster = Cluster::start(Timing::default());
+    cluster.add_agent("cpus:2;mem:1024");
+    cluster.wait_for_active_agents(1);
+    let addr = cluster.master_addr();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async move {
+        let mut a = subscribe(&addr, "acks").await;
+        let offer = a.offer().await;
+        a.launch(
+            vec![offer.id.clone().unwrap()],
+            vec![task("long", small(), "sleep 3600")],
+        )
+        .await
+        .unwrap();
+        let mut refused = 0;
+        loop {
+            let st = a.update().await;
+            assert!(
+                !drover_proto::states::is_terminal(drover_proto::states::from_i32(st.state)),
+                "{st:?}"
+            );
+            if !st.uuid.is_empty() {
+                let never_sent: Vec<u8> = st.uuid.iter().map(|b| !b).collect();
+                let e = a
+                    .client
+                    .acknowledge(pb::AcknowledgeCall {
+                        header: Some(a.header.clone()),
+                        agent_id: st.agent_id.clone(),
+                        task_id: st.task_id.clone(),
+                        uuid: never_sent,
+                    })
+                    .await
+                    .unwrap_err();
+                assert_eq!(e.code(), Code::NotFound, "{e:?}");
+                refused += 1;
+            }
+            a.ack(&st).await;
+            if st.state == TaskState::TaskRunning as i32 {
+                break;
+            }
+        }
+        assert!(refused > 0, "the task's updates carry uuids");
+        // Still running, and its stream of updates is not stuck: the kill is reported.
+        a.kill("long", 0.0).await.unwrap();
+        loop {
+            let st = a.update().await;
+            a.ack(&st).await;
+            if st.state == TaskState::TaskKilled as i32 {
+                break;
+            }
+            assert!(
+                !drover_proto::states::is_terminal(drover_proto::states::from_i32(st.state)),
+                "{st:?}"
+            );
+        }
+    });
+}
+
+/// An error about a huge caller-supplied id quotes only its start, so the real status
+/// reaches the client (a 1 MiB message used to overflow the client's metadata limit).
+#[test]
+fn errors_about_huge_ids_keep_their_code_and_a_bounded_message() {
+    let mut cluster = Cluster::start(Timing::default());
+    cluster.add_agent("cpus:2;mem:1024");
+    cluster.wait_for_active_agents(1);
+    let addr = cluster.master_addr();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async move {
+        let mut a = subscribe(&addr, "huge").await;
+        let huge = "x".repeat(1 << 20);
+        let unknown = pb::CallHeader {
+            framework_id: Some(huge.as_str().into()),
+            stream_id: "x".into(),
+        };
+        let e = a
+            .client
+            .revive(pb::ReviveCall {
+                header: Some(unknown),
+                roles: vec![],
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::NotFound, "{e:?}");
+        assert!(e.message().len() < 1024, "{} bytes", e.message().len());
+        assert!(e.message().contains("bytes)"), "{}", e.message());
+
+        let e = a
+            .client
+            .decline(pb::DeclineCall {
+                header: Some(a.header.clone()),
+                offer_ids: vec![OfferId::new(huge.as_str())],
+                filters: None,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::NotFound, "{e:?}");
+        assert!(e.message().len() < 1024, "{} bytes", e.message().len());
+
+        // The framework still works.
+        let offer = a.offer().await;
+        a.launch(
+            vec![offer.id.clone().unwrap()],
+            vec![task("fine", small(), "true")],
+        )
+        .await
+        .unwrap();
+        loop {
+            let st = a.update().await;
+            a.ack(&st).await;
+            if st.state == TaskState::TaskFinished as i32 {
+                break;
+            }
+        }
+    });
+}

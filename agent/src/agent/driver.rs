@@ -757,15 +757,17 @@ impl AgentLoop {
 }
 
 /// The gRPC status an executor sees for a refusal.
+/// Messages are bounded, so that the error reaches the executor whatever it quotes.
 fn to_status(refusal: Refusal) -> Status {
+    let b = drover_proto::bound_error_message;
     match refusal {
-        Refusal::NotFound(m) => Status::not_found(m),
-        Refusal::InvalidArgument(m) => Status::invalid_argument(m),
-        Refusal::Unavailable(m) => Status::unavailable(m),
-        Refusal::PermissionDenied(m) => Status::permission_denied(m),
-        Refusal::FailedPrecondition(m) => Status::failed_precondition(m),
-        Refusal::ResourceExhausted(m) => Status::resource_exhausted(m),
-        Refusal::Aborted(m) => Status::aborted(m),
+        Refusal::NotFound(m) => Status::not_found(b(m)),
+        Refusal::InvalidArgument(m) => Status::invalid_argument(b(m)),
+        Refusal::Unavailable(m) => Status::unavailable(b(m)),
+        Refusal::PermissionDenied(m) => Status::permission_denied(b(m)),
+        Refusal::FailedPrecondition(m) => Status::failed_precondition(b(m)),
+        Refusal::ResourceExhausted(m) => Status::resource_exhausted(b(m)),
+        Refusal::Aborted(m) => Status::aborted(b(m)),
     }
 }
 

@@ -1,9 +1,9 @@
 //! Frameworks: subscription, the scheduler calls, and failover deadlines.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 
 use drover_proto::pb::{self, task_status::Reason, TaskState};
-use drover_proto::{AgentId, ExecutorId, FrameworkId, OfferId, TaskId};
+use drover_proto::{quote, AgentId, ExecutorId, FrameworkId, OfferId, TaskId};
 
 use super::{
     agent_not_connected, executor_runs_on, gate, launches, not_leader, offers::refuse_until,
@@ -43,7 +43,8 @@ pub fn validate_framework_info(info: &pb::FrameworkInfo) -> Result<(), MasterErr
 /// The answer to a SUBSCRIBE for a framework the registry no longer has.
 fn framework_gone(id: &FrameworkId) -> MasterError {
     MasterError::NotFound(format!(
-        "framework {id} is unknown: it was torn down or its failover timeout passed; subscribe without an id"
+        "framework {} is unknown: it was torn down or its failover timeout passed; subscribe without an id",
+        quote(id.as_str())
     ))
 }
 
@@ -225,15 +226,18 @@ impl Leader {
         match self.frameworks.get(&fw) {
             Some(s) if s.stream_id == h.stream_id => Ok(fw),
             Some(_) => Err(refuse(MasterError::FailedPrecondition(format!(
-                "stream id does not match framework {fw}'s current subscription"
+                "stream id does not match framework {}'s current subscription",
+                quote(fw.as_str())
             )))),
             None if reg.frameworks.contains_key(&fw) => {
                 Err(refuse(MasterError::FailedPrecondition(format!(
-                    "framework {fw} is not subscribed to this master; subscribe first"
+                    "framework {} is not subscribed to this master; subscribe first",
+                    quote(fw.as_str())
                 ))))
             }
             None => Err(refuse(MasterError::NotFound(format!(
-                "framework {fw} is unknown"
+                "framework {} is unknown",
+                quote(fw.as_str())
             )))),
         }
     }
@@ -396,8 +400,10 @@ impl Leader {
             match self.offers.get(id) {
                 None => {
                     return Err(MasterError::NotFound(format!(
-                    "offer {id} is not outstanding (unknown, already used, rescinded, or expired)"
-                )))
+                        "offer {} is not outstanding (unknown, already used, rescinded, or \
+                         expired)",
+                        quote(id.as_str())
+                    )))
                 }
                 Some(o) if o.framework_id != fw => {
                     return Err(MasterError::PermissionDenied(format!(
@@ -508,7 +514,9 @@ impl Leader {
                 if let Some(a) = &call.agent_id {
                     if !a.is_empty() && a != &agent {
                         return Err(invalid(format!(
-                            "task {task_id} runs on agent {agent}, not {a}"
+                            "task {} runs on agent {agent}, not {}",
+                            quote(task_id.as_str()),
+                            quote(a.as_str())
                         )));
                     }
                 }
@@ -527,7 +535,8 @@ impl Leader {
             None => {
                 if reg.task_state(&key).is_none() {
                     return Err(MasterError::NotFound(format!(
-                        "task {task_id} is unknown to the master"
+                        "task {} is unknown to the master",
+                        quote(task_id.as_str())
                     )));
                 }
                 // Already terminal: tell the framework its final state again.
@@ -634,8 +643,9 @@ impl Leader {
             .ok_or_else(|| invalid(format!("{call} without agent_id")))?;
         if !executor_runs_on(reg, fw, &agent_id, &executor_id) {
             return Err(MasterError::NotFound(format!(
-                "no active task of framework {fw} on agent {agent_id} runs on executor \
-                 {executor_id}"
+                "no active task of framework {fw} on agent {} runs on executor {}",
+                quote(agent_id.as_str()),
+                quote(executor_id.as_str())
             )));
         }
         Ok((executor_id, agent_id))
@@ -666,31 +676,55 @@ impl Leader {
             )));
         }
         let key = TaskKey::new(&fw, &task_id);
-        match reg.task(&key).map(|t| t.agent_id.clone()) {
-            None => Err(MasterError::NotFound(format!(
-                "task {task_id} is unknown to the master"
-            ))),
-            Some(a) if a != agent_id => Err(invalid(format!(
-                "task {task_id} ran on agent {a}, not {agent_id}"
-            ))),
-            Some(_) => {
-                if let Some(m) = self.undelivered.get_mut(&fw) {
-                    m.remove(&key);
-                }
-                Metrics::inc(&self.metrics().acknowledgements);
-                Ok(self
-                    .to_agent(
-                        &agent_id,
-                        pb::master_message::Msg::StatusAck(pb::master_message::StatusAck {
-                            framework_id: Some(fw),
-                            task_id: Some(task_id),
-                            uuid: call.uuid,
-                        }),
-                    )
-                    .into_iter()
-                    .collect())
-            }
+        let Some(task) = reg.task(&key) else {
+            return Err(MasterError::NotFound(format!(
+                "task {} is unknown to the master",
+                quote(task_id.as_str())
+            )));
+        };
+        if task.agent_id != agent_id {
+            return Err(invalid(format!(
+                "task {} ran on agent {}, not {}",
+                quote(task_id.as_str()),
+                task.agent_id,
+                quote(agent_id.as_str())
+            )));
         }
+        // The agent sends a task's updates one at a time, each only once the previous one
+        // was acknowledged, so the one it waits for is the latest the registry applied.
+        // Also accepted: a repeat of an acknowledgement this leader relayed (an update
+        // delivered twice is acknowledged twice), and any uuid while the latest status is
+        // one the master made itself (agent unreachable, ...): the registry then no longer
+        // knows the agent's latest uuid, and the agent ignores a uuid it does not wait for.
+        let latest = task.last_status.as_ref().map(|s| s.uuid.as_slice());
+        let known = match latest {
+            Some([]) => true,
+            Some(u) => u == call.uuid.as_slice() || self.recent_acks.contains(&key, &call.uuid),
+            None => false,
+        };
+        if !known {
+            return Err(MasterError::NotFound(format!(
+                "task {} has no status update with uuid {} to acknowledge",
+                quote(task_id.as_str()),
+                hex(&call.uuid)
+            )));
+        }
+        self.recent_acks.record(key.clone(), call.uuid.clone());
+        if let Some(m) = self.undelivered.get_mut(&fw) {
+            m.remove(&key);
+        }
+        Metrics::inc(&self.metrics().acknowledgements);
+        Ok(self
+            .to_agent(
+                &agent_id,
+                pb::master_message::Msg::StatusAck(pb::master_message::StatusAck {
+                    framework_id: Some(fw),
+                    task_id: Some(task_id),
+                    uuid: call.uuid,
+                }),
+            )
+            .into_iter()
+            .collect())
     }
 
     /// TEARDOWN (by the framework or an operator) or failover timeout, first step:
@@ -721,7 +755,10 @@ impl Leader {
             .filter(|f| !f.is_empty())
             .ok_or_else(|| invalid("teardown needs a framework_id"))?;
         if !reg.frameworks.contains_key(&fw) {
-            return Err(MasterError::NotFound(format!("framework {fw} is unknown")));
+            return Err(MasterError::NotFound(format!(
+                "framework {} is unknown",
+                quote(fw.as_str())
+            )));
         }
         Ok(self.remove_framework(now_ms, fw, "torn down by an operator"))
     }
@@ -860,4 +897,41 @@ fn reconcile_status(
             )
         }
     }
+}
+
+/// Most acknowledgements [`RecentAcks`] remembers (about 100 bytes each with short ids).
+pub const RECENT_ACKS_KEPT: usize = 10_000;
+
+/// The latest acknowledgements the leader relayed, oldest first and bounded by
+/// [`RECENT_ACKS_KEPT`]: leader-only memory (a new leader starts empty), so a repeated
+/// acknowledgement is recognised only within one leader's term.
+#[derive(Debug, Default)]
+pub struct RecentAcks {
+    order: VecDeque<(TaskKey, Vec<u8>)>,
+    set: HashSet<(TaskKey, Vec<u8>)>,
+}
+
+impl RecentAcks {
+    pub fn contains(&self, key: &TaskKey, uuid: &[u8]) -> bool {
+        self.set.contains(&(key.clone(), uuid.to_vec()))
+    }
+
+    pub fn record(&mut self, key: TaskKey, uuid: Vec<u8>) {
+        let entry = (key, uuid);
+        if self.set.contains(&entry) {
+            return;
+        }
+        self.set.insert(entry.clone());
+        self.order.push_back(entry);
+        while self.order.len() > RECENT_ACKS_KEPT {
+            if let Some(old) = self.order.pop_front() {
+                self.set.remove(&old);
+            }
+        }
+    }
+}
+
+/// A uuid in hex, for error messages.
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

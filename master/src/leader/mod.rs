@@ -295,6 +295,9 @@ pub struct Leader {
     /// The latest container usage each agent reported with its pings, for the task view.
     /// Kept per agent so an agent can only ever describe its own tasks.
     pub usage: BTreeMap<AgentId, BTreeMap<TaskKey, pb::ResourceStatistics>>,
+    /// Acknowledgements this leader relayed, so that a repeat of one (a framework that got
+    /// an update twice acknowledges it twice) still answers OK after the agent moved on.
+    pub recent_acks: frameworks::RecentAcks,
     next_conn_id: u64,
     /// The earliest wake asked for (see [`Effect::Wake`]), so that a stream of inputs
     /// that each push a deadline later (an agent's pings) asks for nothing.
@@ -398,6 +401,7 @@ impl Leader {
             pending: BTreeMap::new(),
             undelivered: BTreeMap::new(),
             usage: BTreeMap::new(),
+            recent_acks: Default::default(),
             next_conn_id: 0,
             armed: None,
         }
@@ -444,6 +448,7 @@ impl Leader {
         self.framework_away.clear();
         self.undelivered.clear();
         self.usage.clear();
+        self.recent_acks = Default::default();
         self.armed = None;
         self.serving = false;
         self.term = term;

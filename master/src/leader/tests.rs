@@ -1455,3 +1455,120 @@ fn the_same_inputs_give_the_same_wakes() {
         "a deadline earlier than the armed one asks again: {first:?}"
     );
 }
+
+#[test]
+fn acknowledge_relays_uuids_the_master_sent_and_refuses_others() {
+    let (mut h, fw, agent) = one_task(false);
+    h.launch(&fw, &[("t2", "cpus:1;mem:128")]).unwrap();
+    let status = |task: &str, state: TaskState, n: u8| StatusUpdate {
+        agent_id: agent.clone(),
+        framework_id: fw.clone(),
+        status: pb::TaskStatus {
+            task_id: Some(TaskId::new(task)),
+            state: state as i32,
+            uuid: uuid(n),
+            ..Default::default()
+        },
+    };
+    let ack = |h: &mut Harness, task: &str, n: u8| {
+        let call = pb::AcknowledgeCall {
+            header: h.header(&fw),
+            agent_id: Some(agent.clone()),
+            task_id: Some(TaskId::new(task)),
+            uuid: uuid(n),
+        };
+        h.leader.acknowledge(&h.reg, call)
+    };
+    let relayed = |effects: &[Effect]| -> Vec<Vec<u8>> {
+        messages_to(effects, &agent)
+            .iter()
+            .filter_map(|m| match &m.msg {
+                Some(Msg::StatusAck(a)) => Some(a.uuid.clone()),
+                _ => None,
+            })
+            .collect()
+    };
+    let not_found = |r: Result<Vec<Effect>, MasterError>| match r {
+        Err(MasterError::NotFound(m)) => m,
+        other => panic!("expected NOT_FOUND, got {other:?}"),
+    };
+
+    h.apply(Command::StatusUpdates {
+        updates: vec![status("t1", TaskState::TaskRunning, 3)],
+        now_ms: h.now,
+    });
+    // A uuid the master never sent: refused, nothing reaches the agent.
+    let m = not_found(ack(&mut h, "t1", 99));
+    assert_eq!(
+        m,
+        format!(
+            "task t1 has no status update with uuid {} to acknowledge",
+            "63".repeat(16)
+        )
+    );
+    // No update at all yet (still STAGING), or no such task.
+    not_found(ack(&mut h, "t2", 3));
+    not_found(ack(&mut h, "ghost", 3));
+
+    // The latest update: relayed.
+    assert_eq!(relayed(&ack(&mut h, "t1", 3).unwrap()), [uuid(3)]);
+    // The agent moves on to the next update; a repeat of the first acknowledgement (the
+    // framework got that update twice) is still fine, and relayed for the agent to ignore.
+    h.apply(Command::StatusUpdates {
+        updates: vec![status("t1", TaskState::TaskRunning, 4)],
+        now_ms: h.now,
+    });
+    assert_eq!(relayed(&ack(&mut h, "t1", 3).unwrap()), [uuid(3)]);
+    not_found(ack(&mut h, "t1", 5));
+    assert_eq!(relayed(&ack(&mut h, "t1", 4).unwrap()), [uuid(4)]);
+
+    // A terminal update is acknowledged after the task left the active set.
+    h.apply(Command::StatusUpdates {
+        updates: vec![status("t1", TaskState::TaskFinished, 6)],
+        now_ms: h.now,
+    });
+    assert!(!h.reg.tasks.keys().any(|k| k.task_id.as_str() == "t1"));
+    assert_eq!(relayed(&ack(&mut h, "t1", 6).unwrap()), [uuid(6)]);
+    not_found(ack(&mut h, "t1", 7));
+
+    // A new leader remembers no acknowledgements, only the registry's latest uuid.
+    h.leader.recent_acks = Default::default();
+    not_found(ack(&mut h, "t1", 3));
+    assert_eq!(relayed(&ack(&mut h, "t1", 6).unwrap()), [uuid(6)]);
+}
+
+#[test]
+fn errors_quote_huge_caller_ids_bounded() {
+    let (mut h, fw, _) = one_task(false);
+    let huge = "x".repeat(1 << 20);
+    let call = pb::DeclineCall {
+        header: h.header(&fw),
+        offer_ids: vec![drover_proto::OfferId::new(huge.as_str())],
+        filters: None,
+    };
+    let err = h.leader.decline(&h.reg, h.now, call).unwrap_err();
+    let MasterError::NotFound(m) = &err else {
+        panic!("expected NOT_FOUND, got {err:?}");
+    };
+    assert!(m.len() < 1024, "{} bytes", m.len());
+    assert!(m.contains(&format!("… ({} bytes)", 1 << 20)), "{m}");
+
+    let mut header = h.header(&fw).unwrap();
+    header.framework_id = Some(FrameworkId::new(huge.as_str()));
+    let err = h
+        .leader
+        .decline(
+            &h.reg,
+            h.now,
+            pb::DeclineCall {
+                header: Some(header),
+                offer_ids: vec![],
+                filters: None,
+            },
+        )
+        .unwrap_err();
+    assert!(
+        matches!(&err, MasterError::NotFound(m) if m.len() < 1024),
+        "{err:?}"
+    );
+}

@@ -53,10 +53,25 @@ impl<T> Drop for GuardedStream<T> {
 
 /// The gRPC status a caller sees for a master error: the one place where library errors
 /// become statuses. A NotLeader answer carries the leader's address in its details (see
-/// [`drover_proto::leader`]); failures of the master's own machinery are INTERNAL.
+/// [`drover_proto::leader`]); failures of the master's own machinery are INTERNAL. Every
+/// message is bounded ([`drover_proto::bound_error_message`]), so that however much of the
+/// caller's input it quotes, the error itself reaches the caller.
 pub fn status(e: crate::error::MasterError) -> tonic::Status {
     use crate::error::MasterError as E;
     use tonic::Status;
+    let e = match e {
+        E::InvalidArgument(m) => E::InvalidArgument(drover_proto::bound_error_message(m)),
+        E::NotFound(m) => E::NotFound(drover_proto::bound_error_message(m)),
+        E::AlreadyExists(m) => E::AlreadyExists(drover_proto::bound_error_message(m)),
+        E::FailedPrecondition(m) => E::FailedPrecondition(drover_proto::bound_error_message(m)),
+        E::PermissionDenied(m) => E::PermissionDenied(drover_proto::bound_error_message(m)),
+        E::ResourceExhausted(m) => E::ResourceExhausted(drover_proto::bound_error_message(m)),
+        E::Aborted(m) => E::Aborted(drover_proto::bound_error_message(m)),
+        E::Unavailable(m) => E::Unavailable(drover_proto::bound_error_message(m)),
+        E::DeadlineExceeded(m) => E::DeadlineExceeded(drover_proto::bound_error_message(m)),
+        E::Unimplemented(m) => E::Unimplemented(drover_proto::bound_error_message(m)),
+        e => e,
+    };
     match e {
         E::InvalidArgument(m) => Status::invalid_argument(m),
         E::NotFound(m) => Status::not_found(m),
@@ -78,7 +93,7 @@ pub fn status(e: crate::error::MasterError) -> tonic::Status {
         | E::Config(_)
         | E::Backup(_)
         | E::Membership(_)
-        | E::Grpc { .. }) => Status::internal(e.to_string()),
+        | E::Grpc { .. }) => Status::internal(drover_proto::bound_error_message(e.to_string())),
     }
 }
 

@@ -66,7 +66,12 @@ impl Master {
 fn valid_master_address(addr: &str) -> Result<(), Status> {
     crate::config::parse_peers(&format!("1={addr}"))
         .map(|_| ())
-        .map_err(|_| Status::invalid_argument(format!("master address '{addr}' is not HOST:PORT")))
+        .map_err(|_| {
+            Status::invalid_argument(format!(
+                "master address '{}' is not HOST:PORT",
+                drover_proto::quote(addr)
+            ))
+        })
 }
 
 fn later(what: &str, issue: &str) -> Status {
@@ -313,7 +318,7 @@ impl Operator for OperatorService {
         if let Some((other, _)) = book.iter().find(|(id, a)| **id != r.id && **a == r.address) {
             return Err(Status::already_exists(format!(
                 "address {} belongs to master {other}",
-                r.address
+                drover_proto::quote(&r.address)
             )));
         }
         // Held until the change is applied: no version raise may slip in between.
