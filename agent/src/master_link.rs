@@ -278,7 +278,9 @@ impl MasterLink {
                 ))
             }
         };
-        let mut client = AgentMasterClient::new(channel);
+        // The master's gate keeps every launch within this limit (see drover_proto::limits).
+        let mut client = AgentMasterClient::new(channel)
+            .max_decoding_message_size(drover_proto::limits::MAX_MASTER_MESSAGE_BYTES);
 
         let (reply_tx, reply_rx) = oneshot::channel();
         self.events

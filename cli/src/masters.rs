@@ -28,9 +28,9 @@ const ELECTION_RETRIES: usize = 5;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long one operator call may take. Generous: `GetState` of a large cluster is big.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
-/// Largest response accepted. tonic's default of 4 MiB is too small for `GetState` of a
-/// cluster with tens of thousands of tasks.
-const MAX_RESPONSE_BYTES: usize = 256 * 1024 * 1024;
+/// Largest response accepted (the link's limit, shared with the master). tonic's default
+/// of 4 MiB is too small for `GetState` of a cluster with tens of thousands of tasks.
+const MAX_RESPONSE_BYTES: usize = drover_proto::limits::MAX_OPERATOR_RESPONSE_BYTES;
 
 /// The masters of one cluster, as given by `--master`.
 #[derive(Debug)]

@@ -163,8 +163,8 @@ pub async fn online(masters: &[String]) -> Result<Backup> {
             Ok(ch) => ch,
             Err(_) => continue,
         };
-        let mut client =
-            OperatorClient::new(ch).max_decoding_message_size(crate::MAX_MESSAGE_BYTES);
+        let mut client = OperatorClient::new(ch)
+            .max_decoding_message_size(drover_proto::limits::MAX_OPERATOR_RESPONSE_BYTES);
         match client.backup(pb::BackupRequest {}).await {
             Ok(resp) => {
                 let mut stream = resp.into_inner();

@@ -53,6 +53,7 @@ use std::sync::{Arc, RwLock};
 
 use tokio::net::TcpListener;
 
+use drover_proto::limits::{self, Limited};
 use drover_proto::pb;
 
 use crate::clock::{Clock, SystemClock};
@@ -70,9 +71,6 @@ const GRACEFUL_STOP: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Concurrent streams allowed on one HTTP/2 connection.
 pub const MAX_STREAMS_PER_CONNECTION: u32 = 1000;
-
-/// Largest gRPC message accepted (bigger requests get RESOURCE_EXHAUSTED).
-pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 
 /// Opens the registry's storage, checking that it belongs to this master. An empty data
 /// folder either joins an existing cluster (`--join`: the members' addresses learned there
@@ -219,36 +217,51 @@ pub async fn serve_with_clock(
         // Agent sessions are long-lived streams; a proxy or a simulated fleet may carry
         // many of them on one connection (hyper's default is 200).
         .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
-        .add_service(
+        // Every service holds requests to its link's limit (drover_proto::limits), answering
+        // RESOURCE_EXHAUSTED beyond it; tonic's own limit, the same, is the backstop.
+        .add_service(Limited::new(
             pb::scheduler_server::SchedulerServer::new(services::scheduler::SchedulerService {
                 master: master.clone(),
             })
-            .max_decoding_message_size(MAX_MESSAGE_BYTES),
-        )
-        .add_service(
+            .max_decoding_message_size(limits::MAX_SCHEDULER_CALL_BYTES),
+            limits::MAX_SCHEDULER_CALL_BYTES,
+            "MAX_SCHEDULER_CALL_BYTES",
+        ))
+        .add_service(Limited::new(
             pb::agent_master_server::AgentMasterServer::new(services::agent::AgentService {
                 master: master.clone(),
             })
-            .max_decoding_message_size(MAX_MESSAGE_BYTES),
-        )
-        .add_service(
+            .max_decoding_message_size(limits::MAX_AGENT_MESSAGE_BYTES),
+            limits::MAX_AGENT_MESSAGE_BYTES,
+            "MAX_AGENT_MESSAGE_BYTES",
+        ))
+        .add_service(Limited::new(
             pb::operator_server::OperatorServer::new(services::operator::OperatorService {
                 master: master.clone(),
             })
-            .max_decoding_message_size(MAX_MESSAGE_BYTES),
-        )
-        .add_service(
+            .max_decoding_message_size(limits::MAX_OPERATOR_CALL_BYTES),
+            limits::MAX_OPERATOR_CALL_BYTES,
+            "MAX_OPERATOR_CALL_BYTES",
+        ))
+        .add_service(Limited::new(
             pb::raft_peer_server::RaftPeerServer::new(services::peer::PeerService {
                 master: master.clone(),
             })
             .max_decoding_message_size(raft::transport::MAX_RAFT_MESSAGE_BYTES),
-        )
+            raft::transport::MAX_RAFT_MESSAGE_BYTES,
+            "MAX_RAFT_MESSAGE_BYTES",
+        ))
         // Test-only calls exist only on a master started with --enable-test-commands.
         .add_optional_service(config.enable_test_commands.then(|| {
-            pb::registry_testing_server::RegistryTestingServer::new(
-                services::testing::TestingService {
-                    master: master.clone(),
-                },
+            Limited::new(
+                pb::registry_testing_server::RegistryTestingServer::new(
+                    services::testing::TestingService {
+                        master: master.clone(),
+                    },
+                )
+                .max_decoding_message_size(limits::MAX_OPERATOR_CALL_BYTES),
+                limits::MAX_OPERATOR_CALL_BYTES,
+                "MAX_OPERATOR_CALL_BYTES",
             )
         }))
         .serve_with_incoming_shutdown(incoming, {

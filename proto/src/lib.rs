@@ -10,6 +10,9 @@
 //! - [`resources`]: the resource vocabulary (scalars, ranges, sets) with exact fixed-point
 //!   arithmetic: add, subtract, contains, split and validation.
 //! - [`states`]: task-state helpers (terminal or not, names for people).
+//! - [`limits`]: the message-size limit of every gRPC link (both ends use the same
+//!   constant) and [`limits::Limited`], the server wrapper answering RESOURCE_EXHAUSTED
+//!   for a request over its limit.
 //! - [`leader`]: leader following: the `NotLeader` error that followers answer with, and
 //!   the rounds, redirect limit and backoff every client of the masters uses to find the leader.
 
@@ -18,6 +21,7 @@
 
 pub mod ids;
 pub mod leader;
+pub mod limits;
 pub mod resources;
 pub mod states;
 

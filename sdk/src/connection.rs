@@ -21,8 +21,9 @@ pub(crate) const MISSED_HEARTBEATS: u32 = 3;
 /// How long a master may take between accepting the connection and sending SUBSCRIBED.
 const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Largest event accepted. Offers for thousands of agents exceed tonic's 4 MiB default.
-const MAX_EVENT_BYTES: usize = 256 * 1024 * 1024;
+/// Largest event accepted (the link's limit, shared with the master). Offers for thousands
+/// of agents exceed tonic's 4 MiB default.
+const MAX_EVENT_BYTES: usize = drover_proto::limits::MAX_SCHEDULER_EVENT_BYTES;
 
 /// A subscription that received its SUBSCRIBED event.
 pub(crate) struct Subscription {
@@ -77,6 +78,10 @@ pub(crate) fn classify(status: tonic::Status) -> AttemptError {
         | Code::AlreadyExists
         | Code::Unimplemented
         | Code::OutOfRange => AttemptError::Fatal(Box::new(status)),
+        // A request over the master's message-size limit is refused the same way again.
+        Code::ResourceExhausted if drover_proto::limits::exceeded_limit(&status).is_some() => {
+            AttemptError::Fatal(Box::new(status))
+        }
         _ => AttemptError::Retry(Box::new(status)),
     }
 }
@@ -298,6 +303,17 @@ mod tests {
         assert!(matches!(
             classify(tonic::Status::not_found("x")),
             AttemptError::Fatal(_)
+        ));
+        // A message over the master's limit is refused again; a passing shortage is not.
+        let mut over = tonic::Status::resource_exhausted("x");
+        over.metadata_mut().insert(
+            drover_proto::limits::LIMIT_METADATA,
+            tonic::metadata::MetadataValue::from_static("MAX_SCHEDULER_CALL_BYTES"),
+        );
+        assert!(matches!(classify(over), AttemptError::Fatal(_)));
+        assert!(matches!(
+            classify(tonic::Status::resource_exhausted("x")),
+            AttemptError::Retry(_)
         ));
     }
 

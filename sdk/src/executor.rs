@@ -322,7 +322,9 @@ pub async fn run_executor_with(
     loop {
         let attempt = async {
             let channel = endpoint.connect().await.map_err(|e| e.to_string())?;
-            let mut client = ExecutorClient::new(channel);
+            // The agent's events are held to the link's limit (drover_proto::limits).
+            let mut client = ExecutorClient::new(channel)
+                .max_decoding_message_size(drover_proto::limits::MAX_EXECUTOR_EVENT_BYTES);
             // Tasks that ended here but whose terminal update the agent has not
             // acknowledged count as launched too: the agent (restarted meanwhile) has not
             // heard that they ended and would otherwise launch them a second time.

@@ -337,3 +337,146 @@ fn errors_about_huge_ids_keep_their_code_and_a_bounded_message() {
         }
     });
 }
+
+/// Issue 14: an ACCEPT whose launch message would be larger than the agent's link takes
+/// (here an 8 MiB label; the master → agent limit is 4 MiB) was committed, and the agent
+/// then reconnected for ever. The gate now refuses the task with TASK_ERROR naming the
+/// limit, and the agent stays connected and keeps running work.
+#[test]
+fn a_launch_too_big_for_its_agent_is_refused_and_the_agent_keeps_working() {
+    let mut cluster = Cluster::start(Timing::default());
+    cluster.add_agent("cpus:2;mem:1024");
+    cluster.wait_for_active_agents(1);
+    let addr = cluster.master_addr();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async move {
+        let mut a = subscribe(&addr, "big").await;
+        let offer = a.offer().await;
+        let agent = offer.agent_id.clone().unwrap();
+        let mut huge = task("huge", small(), "true");
+        huge.labels.push(pb::Label {
+            key: "blob".into(),
+            value: "x".repeat(8 * 1024 * 1024),
+        });
+        a.launch(vec![offer.id.clone().unwrap()], vec![huge])
+            .await
+            .unwrap();
+        let st = a.update().await;
+        assert_eq!(st.task_id.as_ref().unwrap().value, "huge");
+        assert_eq!(st.state, TaskState::TaskError as i32, "{st:?}");
+        assert_eq!(st.reason, pb::task_status::Reason::TaskInvalid as i32);
+        assert!(
+            st.message.contains("MAX_MASTER_MESSAGE_BYTES"),
+            "the reason names the limit: {}",
+            st.message
+        );
+
+        // The agent is still connected: its offers stay valid and a normal task runs.
+        let offer = a.offer().await;
+        assert_eq!(offer.agent_id.as_ref(), Some(&agent));
+        a.launch(
+            vec![offer.id.clone().unwrap()],
+            vec![task("normal", small(), "echo ok")],
+        )
+        .await
+        .unwrap();
+        loop {
+            let st = a.update().await;
+            a.ack(&st).await;
+            assert_eq!(st.task_id.as_ref().unwrap().value, "normal", "{st:?}");
+            if st.state == TaskState::TaskFinished as i32 {
+                break;
+            }
+            assert!(
+                !drover_proto::states::is_terminal(drover_proto::states::from_i32(st.state)),
+                "{st:?}"
+            );
+        }
+        assert!(
+            a.rescinded.is_empty(),
+            "offers rescinded: {:?}",
+            a.rescinded
+        );
+    });
+}
+
+/// The refusal names the limit, in its message and its `drover-limit` metadata.
+fn assert_limit(e: &tonic::Status, name: &str) {
+    assert!(e.message().contains(name), "{e:?}");
+    let named = e
+        .metadata()
+        .get("drover-limit")
+        .map(|v| v.to_str().unwrap());
+    assert_eq!(named, Some(name), "{e:?}");
+}
+
+/// Issue 14: a request over a service's message-size limit gets RESOURCE_EXHAUSTED (gRPC's
+/// convention; tonic answers OUT_OF_RANGE by itself), on the master and on the agent.
+#[test]
+fn an_oversized_call_gets_resource_exhausted() {
+    let mut cluster = Cluster::start(Timing::default());
+    cluster.add_agent("cpus:2;mem:1024");
+    cluster.wait_for_active_agents(1);
+    let addr = cluster.master_addr();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async move {
+        let mut a = subscribe(&addr, "oversized").await;
+        let over = |limit: usize| "x".repeat(limit + 1);
+
+        // Master, scheduler API.
+        let e = a
+            .client
+            .revive(pb::ReviveCall {
+                header: Some(a.header.clone()),
+                roles: vec![over(16 * 1024 * 1024)],
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+        assert_limit(&e, "MAX_SCHEDULER_CALL_BYTES");
+        // The framework's stream is undisturbed.
+        a.revive().await.unwrap();
+
+        // Master, operator API.
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let e = pb::operator_client::OperatorClient::new(channel)
+            .teardown_framework(pb::TeardownFrameworkRequest {
+                framework_id: Some(over(16 * 1024 * 1024).into()),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+        assert_limit(&e, "MAX_OPERATOR_CALL_BYTES");
+
+        // Agent, agent API and executor API.
+        let offer = a.offer().await;
+        let channel =
+            tonic::transport::Endpoint::from_shared(format!("http://{}", offer.agent_address))
+                .unwrap()
+                .connect()
+                .await
+                .unwrap();
+        let e = pb::agent_api_client::AgentApiClient::new(channel.clone())
+            .read_file(pb::ReadFileRequest {
+                path: over(4 * 1024 * 1024),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+        assert_limit(&e, "MAX_AGENT_API_CALL_BYTES");
+        let e = pb::executor_client::ExecutorClient::new(channel)
+            .message(pb::ExecutorMessageCall {
+                data: over(4 * 1024 * 1024).into_bytes(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+        assert_limit(&e, "MAX_EXECUTOR_CALL_BYTES");
+    });
+}

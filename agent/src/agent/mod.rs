@@ -49,6 +49,7 @@ use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
+use drover_proto::limits::{self, Limited};
 use drover_proto::pb::{self, task_status::Reason};
 use drover_proto::AgentId;
 use tokio::net::TcpListener;
@@ -247,9 +248,21 @@ impl Agent {
         .with_rotations(rotations.clone());
         let api_server = tokio::spawn(
             tonic::transport::Server::builder()
-                .add_service(pb::agent_api_server::AgentApiServer::new(api))
-                .add_service(pb::executor_server::ExecutorServer::new(
-                    ExecutorService::new(Outbox::new(self.events_tx.clone())),
+                // Requests are held to their link's limit (drover_proto::limits), answering
+                // RESOURCE_EXHAUSTED beyond it; tonic's own limit, the same, is the backstop.
+                .add_service(Limited::new(
+                    pb::agent_api_server::AgentApiServer::new(api)
+                        .max_decoding_message_size(limits::MAX_AGENT_API_CALL_BYTES),
+                    limits::MAX_AGENT_API_CALL_BYTES,
+                    "MAX_AGENT_API_CALL_BYTES",
+                ))
+                .add_service(Limited::new(
+                    pb::executor_server::ExecutorServer::new(ExecutorService::new(Outbox::new(
+                        self.events_tx.clone(),
+                    )))
+                    .max_decoding_message_size(limits::MAX_EXECUTOR_CALL_BYTES),
+                    limits::MAX_EXECUTOR_CALL_BYTES,
+                    "MAX_EXECUTOR_CALL_BYTES",
                 ))
                 .serve_with_incoming_shutdown(
                     TcpListenerStream::new(self.api_listener),

@@ -10,14 +10,21 @@
 //! A LAUNCH_GROUP goes all or nothing: a problem with its executor or any of its tasks
 //! turns every task of the group into TASK_ERROR (REASON_TASK_GROUP_INVALID), the bad
 //! one saying why and the others naming it, and nothing of the group is launched.
+//!
+//! Last, a launch whose message to the agent (RunTask, RunTaskGroup) would exceed what an
+//! agent accepts (`drover_proto::limits::MAX_MASTER_MESSAGE_BYTES`) is refused the same
+//! way (TASK_ERROR naming the limit), before anything is proposed: such a task, once
+//! committed, could never reach its agent.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use drover_proto::ids::validate_id;
-use drover_proto::pb::{self, operation::Type as OpType};
+use drover_proto::limits::MAX_MASTER_MESSAGE_BYTES;
+use drover_proto::pb::{self, master_message::Msg, operation::Type as OpType};
 use drover_proto::{AgentId, ExecutorId, FrameworkId, OfferId, Resources, TaskId};
+use prost::Message as _;
 
-use super::{OfferRec, TaskRefusal};
+use super::{launches, OfferRec, TaskRefusal};
 use crate::error::MasterError;
 use crate::registry::{Registry, TaskKey};
 
@@ -179,7 +186,75 @@ pub fn check(
             }
         }
     }
+    refuse_oversized(framework_id, registry, &mut plan);
     Ok(plan)
+}
+
+/// Refuses the launches whose message to the agent (a RunTask, or one RunTaskGroup per
+/// task group) would be larger than an agent takes ([`MAX_MASTER_MESSAGE_BYTES`]):
+/// committed, such a task could never reach its agent, whose link would break on it at
+/// every attempt. A lone task gets TASK_ERROR; a group is refused as a whole.
+fn refuse_oversized(framework_id: &FrameworkId, registry: &Registry, plan: &mut Plan) {
+    let info = registry
+        .frameworks
+        .get(framework_id)
+        .map(|f| f.info.clone());
+    let mut refused: HashSet<TaskId> = HashSet::new();
+    for msg in launches::messages(framework_id, info, plan.launch.clone()) {
+        let (kind, ids): (&str, Vec<TaskId>) = match &msg {
+            Msg::RunTask(r) => (
+                "RunTask",
+                r.task
+                    .iter()
+                    .map(|t| t.task_id.clone().unwrap_or_default())
+                    .collect(),
+            ),
+            Msg::RunTaskGroup(g) => (
+                "RunTaskGroup",
+                g.task_group
+                    .iter()
+                    .flat_map(|g| &g.tasks)
+                    .map(|t| t.task_id.clone().unwrap_or_default())
+                    .collect(),
+            ),
+            _ => continue,
+        };
+        // The largest term there is: the size does not depend on the leader's term.
+        let size = pb::MasterMessage {
+            term: u64::MAX,
+            msg: Some(msg),
+        }
+        .encoded_len();
+        if size <= MAX_MASTER_MESSAGE_BYTES {
+            continue;
+        }
+        let why = format!(
+            "the launch would reach the agent as a {kind} of {size} bytes, more than MAX_MASTER_MESSAGE_BYTES ({MAX_MASTER_MESSAGE_BYTES} bytes), the most an agent accepts; make the task smaller (labels, environment, command, executor, framework info)"
+        );
+        for id in ids {
+            if kind == "RunTask" {
+                plan.errors.push((id.clone(), why.clone()));
+            } else {
+                plan.group_errors
+                    .push((id.clone(), format!("the task group is invalid: {why}")));
+            }
+            refused.insert(id);
+        }
+    }
+    if refused.is_empty() {
+        return;
+    }
+    plan.launch.retain(|t| {
+        let id = t.task_id.clone().unwrap_or_default();
+        if !refused.contains(&id) {
+            return true;
+        }
+        // The gate parsed these resources already.
+        if let Ok(res) = Resources::from_proto(&t.resources) {
+            plan.used.sub_saturating(&res);
+        }
+        false
+    });
 }
 
 /// Checks one LAUNCH_GROUP: its tasks join `plan.launch` (each carrying the group's

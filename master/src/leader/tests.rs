@@ -566,6 +566,127 @@ fn accept_commits_then_launches_and_refuses_bad_tasks_with_task_error() {
     assert_eq!(h.metrics.offers_accepted.get(), 1);
 }
 
+/// Issue 14: a launch whose message to the agent would exceed what an agent accepts is
+/// refused at the gate (TASK_ERROR naming the limit), never proposed; one exactly at the
+/// limit goes ahead; a task group travels as one message and is refused as a whole.
+#[test]
+fn a_launch_larger_than_an_agent_accepts_is_refused_before_it_is_proposed() {
+    use drover_proto::limits::MAX_MASTER_MESSAGE_BYTES;
+    use drover_proto::Resources;
+    use prost::Message as _;
+
+    let mut h = Harness::new();
+    let (agent, _) = h.add_agent("cpus:4;mem:4096");
+    let (fw, _) = h.subscribe("web", 0.0, false);
+    let labelled = |id: &str, res: &str, label: usize| {
+        let mut op = launch_op(&[(id, res)]);
+        let mut t = op.launch.take().unwrap().task_infos.remove(0);
+        t.labels.push(pb::Label {
+            key: "blob".into(),
+            value: "x".repeat(label),
+        });
+        t
+    };
+    // The size of the RunTask of task `edge` as the agent would receive it.
+    let info = h.reg.frameworks.get(&fw).map(|f| f.info.clone());
+    let sent_size = |label: usize| {
+        let mut t = labelled("edge", "cpus:0.5;mem:32", label);
+        t.agent_id = Some(agent.clone());
+        pb::MasterMessage {
+            term: u64::MAX,
+            msg: Some(Msg::RunTask(pb::master_message::RunTask {
+                framework_id: Some(fw.clone()),
+                framework_info: info.clone(),
+                task: Some(t),
+            })),
+        }
+        .encoded_len()
+    };
+    let guess = MAX_MASTER_MESSAGE_BYTES - 1024;
+    let at_limit = guess + (MAX_MASTER_MESSAGE_BYTES - sent_size(guess));
+    assert_eq!(sent_size(at_limit), MAX_MASTER_MESSAGE_BYTES);
+
+    let third = MAX_MASTER_MESSAGE_BYTES / 3;
+    let group = pb::Operation {
+        r#type: pb::operation::Type::LaunchGroup as i32,
+        launch_group: Some(pb::operation::LaunchGroup {
+            executor: Some(pb::ExecutorInfo {
+                executor_id: Some("ex".into()),
+                r#type: pb::executor_info::Type::Default as i32,
+                ..Default::default()
+            }),
+            task_group: Some(pb::TaskGroupInfo {
+                // Each task fits alone; together they do not.
+                tasks: vec![
+                    labelled("g1", "cpus:0.5;mem:32", third),
+                    labelled("g2", "cpus:0.5;mem:32", third),
+                    labelled("g3", "cpus:0.5;mem:32", third),
+                ],
+            }),
+        }),
+        ..Default::default()
+    };
+    let lone = pb::Operation {
+        r#type: pb::operation::Type::Launch as i32,
+        launch: Some(pb::operation::Launch {
+            task_infos: vec![
+                labelled("good", "cpus:1;mem:64", 0),
+                labelled("edge", "cpus:0.5;mem:32", at_limit),
+                labelled("over", "cpus:0.5;mem:32", at_limit + 1),
+            ],
+        }),
+        ..Default::default()
+    };
+    let offers = h.allocate();
+    let call = pb::AcceptCall {
+        header: h.header(&fw),
+        offer_ids: vec![offers[0].1[0].id.clone().unwrap()],
+        operations: vec![lone, group],
+        filters: None,
+    };
+    let first = h.leader.accept(&h.reg, h.now, call).unwrap();
+
+    let mut refused: Vec<(String, i32, String)> = updates_to(&first, &fw)
+        .into_iter()
+        .map(|u| (u.task_id.unwrap().value, u.reason, u.message))
+        .collect();
+    refused.sort();
+    let ids: Vec<&str> = refused.iter().map(|(id, ..)| id.as_str()).collect();
+    assert_eq!(ids, ["g1", "g2", "g3", "over"], "{refused:?}");
+    for (id, reason, why) in &refused {
+        let expected = if id == "over" {
+            pb::task_status::Reason::TaskInvalid
+        } else {
+            pb::task_status::Reason::TaskGroupInvalid
+        };
+        assert_eq!(*reason, expected as i32, "{id}");
+        assert!(why.contains("MAX_MASTER_MESSAGE_BYTES"), "{id}: {why}");
+    }
+    // Only what fits is proposed, and only its resources are held.
+    let proposed = proposals(&first);
+    let [(Command::LaunchTasks { tasks, .. }, _)] = proposed.as_slice() else {
+        panic!("expected one launch proposal: {first:?}");
+    };
+    let ids: Vec<&str> = tasks
+        .iter()
+        .map(|t| t.task_id.as_ref().unwrap().as_str())
+        .collect();
+    assert_eq!(ids, ["good", "edge"]);
+    assert_eq!(
+        h.leader.pending[&agent],
+        Resources::parse("cpus:1.5;mem:96").unwrap()
+    );
+
+    let effects = h.settle(first).unwrap();
+    let msgs = messages_to(&effects, &agent);
+    assert_eq!(msgs.len(), 2, "{}", msgs.len());
+    for m in msgs {
+        assert!(m.encoded_len() <= MAX_MASTER_MESSAGE_BYTES);
+    }
+    assert_eq!(h.metrics.tasks_error.get(), 4);
+    assert_eq!(h.metrics.tasks_launched.get(), 2);
+}
+
 #[test]
 fn a_launch_applied_after_a_change_of_leadership_asks_for_reconciliation() {
     let mut h = Harness::new();
