@@ -367,7 +367,8 @@ impl Operator for OperatorService {
                 .count();
             if live < remaining.len() / 2 + 1 {
                 return Err(Status::failed_precondition(format!(
-                    "removing master {id} would leave {live} of {} voters reachable, fewer than                      a majority; bring the others back (or add a replacement) first",
+                    "removing master {id} would leave {live} of {} voters reachable, fewer than a \
+                     majority; bring the others back (or add a replacement) first",
                     remaining.len()
                 )));
             }
