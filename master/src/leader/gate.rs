@@ -195,10 +195,23 @@ pub fn check(
 /// committed, such a task could never reach its agent, whose link would break on it at
 /// every attempt. A lone task gets TASK_ERROR; a group is refused as a whole.
 fn refuse_oversized(framework_id: &FrameworkId, registry: &Registry, plan: &mut Plan) {
-    let info = registry
-        .frameworks
-        .get(framework_id)
-        .map(|f| f.info.clone());
+    let info = registry.frameworks.get(framework_id).map(|f| &f.info);
+    // Fast path, taken by every ordinary ACCEPT: even all the tasks in one message, each
+    // counted twice (a group's message repeats its executor, which is part of a task) with
+    // room for tags and lengths, plus the framework's info and id, fit the limit; so no
+    // message needs building or measuring.
+    let bound = 64
+        + framework_id.as_str().len()
+        + info.map_or(0, |i| i.encoded_len())
+        + plan
+            .launch
+            .iter()
+            .map(|t| 2 * (t.encoded_len() + 16))
+            .sum::<usize>();
+    if bound <= MAX_MASTER_MESSAGE_BYTES {
+        return;
+    }
+    let info = info.cloned();
     let mut refused: HashSet<TaskId> = HashSet::new();
     for msg in launches::messages(framework_id, info, plan.launch.clone()) {
         let (kind, ids): (&str, Vec<TaskId>) = match &msg {
